@@ -1,0 +1,19 @@
+//! berth: a Kubernetes CRI runtime.
+//!
+//! Layering (see docs/architecture.md): `server` decodes CRI requests and calls one domain module
+//! (`sandbox`, `container`, `image`); those use the lower modules (`oci`, `monitor`, `storage`,
+//! `network`, `state`). Lower modules never reach up into `server`.
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod container;
+pub mod image;
+pub mod monitor;
+pub mod network;
+pub mod oci;
+pub mod pause;
+pub mod sandbox;
+pub mod server;
+pub mod state;
+pub mod storage;
+pub mod util;

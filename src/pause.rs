@@ -1,0 +1,1 @@
+//! The built-in infra ("pause") binary. Placeholder: filled in by the monitor/pause work.
