@@ -1,0 +1,188 @@
+//! Pinned network namespaces, as `ip netns add` / CRI-O's pinns make them: an empty file under
+//! the netns dir with the namespace bind-mounted onto it, so the namespace outlives every process.
+//!
+//! The netns dir is made a shared mount point the way `ip netns` does (bind-mounted onto itself
+//! once, then `MS_SHARED`), so a later unmount propagates into mount namespaces that copied the
+//! pin and the namespace really dies on [`remove`]. A dir that is already a mount point is left
+//! as its owner set it up.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+
+use super::types::NetworkError;
+
+/// Serialises the "is the dir a mount point yet" check so two creates never stack bind mounts.
+static DIR_SETUP: Mutex<()> = Mutex::new(());
+
+fn sys_err<'a>(path: &'a Path, syscall: &'static str) -> impl FnOnce(nix::Error) -> NetworkError + 'a {
+    move |e| NetworkError::Netns { path: path.to_path_buf(), syscall, source: std::io::Error::from(e) }
+}
+
+fn io_err<'a>(path: &'a Path, syscall: &'static str) -> impl FnOnce(std::io::Error) -> NetworkError + 'a {
+    move |source| NetworkError::Netns { path: path.to_path_buf(), syscall, source }
+}
+
+/// Creates and pins a new network namespace at `dir/name` and returns that path.
+///
+/// Steps: create `dir` (0755), make it a shared mount point (see the module docs), create the
+/// empty file `dir/name` (it must not exist), then in a fresh thread `unshare(CLONE_NEWNET)` and
+/// bind-mount `/proc/thread-self/ns/net` onto the file. The new namespace has only a down `lo`;
+/// the CNI loopback plugin brings it up. On failure nothing is left behind.
+/// Errors: [`NetworkError::Netns`] naming the path and the failing syscall (`mkdir`, `open`
+/// (EEXIST when the name is taken), `unshare`, `mount`, `mount(MS_SHARED)`).
+pub fn create(dir: &Path, name: &str) -> Result<PathBuf, NetworkError> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(NetworkError::Netns {
+            path: dir.join(name),
+            syscall: "open",
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "namespace name must be a non-empty file name"),
+        });
+    }
+    std::fs::create_dir_all(dir).map_err(io_err(dir, "mkdir"))?;
+    make_shared_mount_point(dir)?;
+    let path = dir.join(name);
+    std::fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(io_err(&path, "open"))?;
+    let target = path.clone();
+    let pinned = std::thread::Builder::new()
+        .name("berth-netns".into())
+        .spawn(move || -> Result<(), NetworkError> {
+            // Only this thread changes namespace, and it ends right after the bind mount.
+            unshare(CloneFlags::CLONE_NEWNET).map_err(sys_err(&target, "unshare(CLONE_NEWNET)"))?;
+            mount(Some("/proc/thread-self/ns/net"), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                .map_err(sys_err(&target, "mount(MS_BIND)"))
+        })
+        .map_err(io_err(&path, "clone(thread)"))
+        .and_then(|h| {
+            h.join().unwrap_or_else(|_| {
+                Err(NetworkError::Netns { path: path.clone(), syscall: "thread", source: std::io::Error::other("namespace thread panicked") })
+            })
+        });
+    if let Err(e) = pinned {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
+    Ok(path)
+}
+
+/// Unpins and deletes a namespace made by [`create`]: `umount2(path, MNT_DETACH)` then unlink.
+/// Idempotent: a missing file or a file that is not mounted is fine.
+/// Errors: [`NetworkError::Netns`] naming the path and `umount2` or `unlink`.
+pub fn remove(path: &Path) -> Result<(), NetworkError> {
+    match umount2(path, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::Error::ENOENT) | Err(nix::Error::EINVAL) => {}
+        Err(e) => return Err(sys_err(path, "umount2(MNT_DETACH)")(e)),
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(path, "unlink")(e)),
+    }
+}
+
+/// Whether `path` is pinned, i.e. a mount point of an nsfs namespace file.
+pub fn is_pinned(path: &Path) -> bool {
+    let Ok(canon) = std::fs::canonicalize(path) else { return false };
+    mount_points().iter().any(|(p, fstype)| *p == canon && fstype == "nsfs")
+}
+
+/// Makes `dir` a shared mount point as `ip netns` does, unless it already is a mount point.
+fn make_shared_mount_point(dir: &Path) -> Result<(), NetworkError> {
+    let _guard = DIR_SETUP.lock().unwrap_or_else(|p| p.into_inner());
+    let canon = std::fs::canonicalize(dir).map_err(io_err(dir, "realpath"))?;
+    if mount_points().iter().any(|(p, _)| *p == canon) {
+        return Ok(());
+    }
+    mount(Some(&canon), &canon, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).map_err(sys_err(dir, "mount(MS_BIND)"))?;
+    if let Err(e) = mount(None::<&str>, &canon, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>) {
+        let _ = umount2(&canon, MntFlags::MNT_DETACH);
+        return Err(sys_err(dir, "mount(MS_SHARED)")(e));
+    }
+    Ok(())
+}
+
+/// `(mount point, fstype)` of every line of /proc/self/mountinfo, octal escapes (`\040`) decoded.
+fn mount_points() -> Vec<(PathBuf, String)> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            let mp = f.nth(4)?;
+            let fstype = l.split(" - ").nth(1)?.split(' ').next()?;
+            Some((PathBuf::from(unescape_octal(mp)), fstype.to_string()))
+        })
+        .collect()
+}
+
+fn unescape_octal(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Undoes the shared self-bind of a netns dir made by [`create`] (tests and `berth` cleanup).
+/// Only unmounts when `dir` is a bind mount of itself; missing or not mounted is Ok.
+pub fn release_dir(dir: &Path) -> Result<(), NetworkError> {
+    match umount2(dir, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::Error::ENOENT) | Err(nix::Error::EINVAL) => Ok(()),
+        Err(e) => Err(sys_err(dir, "umount2(MNT_DETACH)")(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unescapes_mountinfo_octal() {
+        assert_eq!(unescape_octal("/a\\040b"), "/a b");
+        assert_eq!(unescape_octal("/plain"), "/plain");
+        assert_eq!(unescape_octal("/x\\04"), "/x\\04");
+    }
+
+    #[test]
+    fn rejects_bad_names() {
+        assert!(create(Path::new("/nonexistent-berth"), "a/b").is_err());
+        assert!(create(Path::new("/nonexistent-berth"), "").is_err());
+    }
+
+    fn is_root() -> bool {
+        nix::unistd::geteuid().is_root()
+    }
+
+    #[test]
+    fn create_pin_and_remove_as_root() {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("netns");
+        let p = create(&dir, "t1").unwrap();
+        assert!(is_pinned(&p));
+        let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+        assert_ne!(ino(&p), ino(Path::new("/proc/self/ns/net")), "a new namespace, not ours");
+        let p2 = create(&dir, "t2").unwrap();
+        assert_ne!(ino(&p), ino(&p2));
+        assert!(matches!(create(&dir, "t1"), Err(NetworkError::Netns { syscall: "open", .. })));
+        remove(&p).unwrap();
+        remove(&p).unwrap();
+        remove(&p2).unwrap();
+        assert!(!p.exists() && !p2.exists());
+        release_dir(&dir).unwrap();
+        let canon = std::fs::canonicalize(&dir).unwrap();
+        assert!(!mount_points().iter().any(|(m, _)| m.starts_with(&canon)), "nothing mounted under {}", canon.display());
+    }
+}
