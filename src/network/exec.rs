@@ -126,9 +126,9 @@ pub fn find_plugin(plugin_dirs: &[PathBuf], plugin_type: &str) -> Result<PathBuf
 /// and CHECK allow). The child is killed if the returned future is dropped (e.g. on timeout).
 /// Errors: [`NetworkError::PluginSpawn`], [`NetworkError::PluginFailed`] (non-zero exit, with the
 /// CNI error JSON `{code,msg,details}` decoded when printed), [`NetworkError::BadResult`].
-pub async fn exec_plugin(binary: &Path, command: &str, inv: &Invocation, network: &str, config: &Value) -> Result<Option<Value>, NetworkError> {
+pub async fn exec_plugin(binary: &Path, command: &'static str, inv: &Invocation, network: &str, config: &Value) -> Result<Option<Value>, NetworkError> {
     let plugin = binary.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let spawn_err = |source: std::io::Error| NetworkError::PluginSpawn { plugin: plugin.clone(), command: command.into(), source };
+    let spawn_err = |source: std::io::Error| NetworkError::PluginSpawn { plugin: plugin.clone(), command, source };
     let path = std::env::var_os("PATH").filter(|p| !p.is_empty()).unwrap_or_else(|| DEFAULT_PATH.into());
     let mut child = tokio::process::Command::new(binary)
         .env_clear()
@@ -155,14 +155,14 @@ pub async fn exec_plugin(binary: &Path, command: &str, inv: &Invocation, network
     tracing::debug!(plugin = %plugin, command, status = ?out.status, "CNI plugin ran");
     if !out.status.success() {
         let (code, msg, details) = decode_error(&out.stdout, &out.stderr, &out.status);
-        return Err(NetworkError::PluginFailed { plugin, command: command.into(), network: network.into(), code, msg, details });
+        return Err(NetworkError::PluginFailed { plugin, command, network: network.into(), code, msg, details });
     }
     if out.stdout.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(None);
     }
     serde_json::from_slice(&out.stdout)
         .map(Some)
-        .map_err(|e| NetworkError::BadResult { plugin, command: command.into(), message: e.to_string() })
+        .map_err(|e| NetworkError::BadResult { plugin, command, message: e.to_string() })
 }
 
 /// `(code, msg, details)` from a failed plugin: its CNI error JSON on stdout (SPEC.md "Error":

@@ -21,14 +21,14 @@ pub enum NetworkError {
     PluginNotFound { plugin: String, dirs: String },
     /// The plugin could not be started or talked to.
     #[error("CNI plugin {plugin:?} ({command}): {source}")]
-    PluginSpawn { plugin: String, command: String, #[source] source: std::io::Error },
+    PluginSpawn { plugin: String, command: &'static str, #[source] source: std::io::Error },
     /// The plugin exited non-zero; `code`/`msg`/`details` come from its CNI error JSON when it
     /// printed one (SPEC.md "Error"), else `msg` is its stderr or stdout.
     #[error("CNI plugin {plugin:?} {command} for network {network:?} failed (code {code}): {msg}{}", details_suffix(details))]
-    PluginFailed { plugin: String, command: String, network: String, code: i64, msg: String, details: String },
+    PluginFailed { plugin: String, command: &'static str, network: String, code: i64, msg: String, details: String },
     /// The plugin exited 0 but its stdout is not a JSON result.
     #[error("CNI plugin {plugin:?} {command}: result is not valid JSON: {message}")]
-    BadResult { plugin: String, command: String, message: String },
+    BadResult { plugin: String, command: &'static str, message: String },
     /// A DEL of one or more plugins failed; the others still ran.
     #[error("CNI DEL of network {network:?} for {container_id}: {errors}")]
     TeardownFailed { network: String, container_id: String, errors: String },
