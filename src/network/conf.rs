@@ -177,3 +177,85 @@ pub fn load_network(cfg: &NetworkConfig) -> Result<NetworkConfList, NetworkError
     }
     Err(NetworkError::NoConfig { dir: dir.clone(), detail })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(dir: &Path, default_network: &str) -> NetworkConfig {
+        NetworkConfig { conf_dir: dir.into(), default_network: default_network.into(), ..NetworkConfig::default() }
+    }
+
+    fn list(name: &str) -> String {
+        format!(r#"{{"cniVersion":"1.0.0","name":"{name}","plugins":[{{"type":"bridge"}},{{"type":"portmap","capabilities":{{"portMappings":true}}}}]}}"#)
+    }
+
+    #[test]
+    fn first_file_in_lexical_order_wins() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("20-b.conflist"), list("b")).unwrap();
+        std::fs::write(d.path().join("10-a.conflist"), list("a")).unwrap();
+        std::fs::write(d.path().join("05-ignored.txt"), list("txt")).unwrap();
+        let n = load_network(&cfg(d.path(), "")).unwrap();
+        assert_eq!(n.name, "a");
+        assert_eq!(n.plugins.len(), 2);
+        assert_eq!(n.source, d.path().join("10-a.conflist"));
+        assert_eq!(load_network(&cfg(d.path(), "b")).unwrap().name, "b");
+        let e = load_network(&cfg(d.path(), "c")).unwrap_err().to_string();
+        assert!(e.contains("\"c\"") && e.contains("a, b"), "{e}");
+    }
+
+    #[test]
+    fn single_conf_is_wrapped() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("10-x.conf"), r#"{"cniVersion":"0.4.0","name":"x","type":"bridge","bridge":"cni0"}"#).unwrap();
+        let n = load_network(&cfg(d.path(), "")).unwrap();
+        assert_eq!((n.name.as_str(), n.cni_version.as_str()), ("x", "0.4.0"));
+        assert_eq!(n.plugins.len(), 1);
+        assert_eq!(n.plugins[0]["bridge"], "cni0");
+        assert_eq!(n.raw["plugins"][0]["type"], "bridge");
+        // A .json file holding a list is read as a list.
+        std::fs::write(d.path().join("05-l.json"), list("l")).unwrap();
+        assert_eq!(load_network(&cfg(d.path(), "")).unwrap().name, "l");
+    }
+
+    #[test]
+    fn invalid_files_are_skipped_and_named() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("01-syntax.conflist"), "{not json").unwrap();
+        std::fs::write(d.path().join("02-noname.conflist"), r#"{"cniVersion":"1.0.0","plugins":[{"type":"bridge"}]}"#).unwrap();
+        std::fs::write(d.path().join("03-empty.conflist"), r#"{"cniVersion":"1.0.0","name":"e","plugins":[]}"#).unwrap();
+        std::fs::write(d.path().join("04-notype.conflist"), r#"{"cniVersion":"1.0.0","name":"t","plugins":[{"bridge":"x"}]}"#).unwrap();
+        std::fs::write(d.path().join("05-nover.conf"), r#"{"name":"v","type":"bridge"}"#).unwrap();
+        let e = load_network(&cfg(d.path(), "")).unwrap_err();
+        assert!(matches!(e, NetworkError::NoConfig { .. }));
+        let e = e.to_string();
+        for want in [
+            "no CNI network config found in",
+            "01-syntax.conflist: <json>",
+            "02-noname.conflist: name",
+            "03-empty.conflist: plugins",
+            "04-notype.conflist: plugins[0].type",
+            "05-nover.conf: cniVersion",
+        ] {
+            assert!(e.contains(want), "missing {want:?} in {e}");
+        }
+        std::fs::write(d.path().join("99-good.conflist"), list("good")).unwrap();
+        assert_eq!(load_network(&cfg(d.path(), "")).unwrap().name, "good");
+    }
+
+    #[test]
+    fn missing_or_empty_dir_is_no_config() {
+        let d = tempfile::tempdir().unwrap();
+        let e = load_network(&cfg(&d.path().join("absent"), "")).unwrap_err().to_string();
+        assert_eq!(e, format!("no CNI network config found in {}", d.path().join("absent").display()));
+        assert!(matches!(load_network(&cfg(d.path(), "")), Err(NetworkError::NoConfig { .. })));
+    }
+
+    #[test]
+    fn loopback_list_shape() {
+        let l = NetworkConfList::loopback();
+        assert_eq!(l.plugins[0], serde_json::json!({"cniVersion":"1.0.0","name":"cni-loopback","type":"loopback"}));
+        assert_eq!(NetworkConfList::from_value(l.raw.clone(), Path::new("x")).unwrap(), NetworkConfList { source: "x".into(), ..l });
+    }
+}

@@ -214,3 +214,109 @@ pub fn version_at_least(cni_version: &str, major: u64, minor: u64) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::PortMapping;
+    use serde_json::json;
+
+    fn req(pms: Vec<PortMapping>) -> AttachRequest {
+        AttachRequest {
+            container_id: "sb1".into(),
+            netns: "/var/run/netns/x".into(),
+            ifname: "eth0".into(),
+            pod_name: "web".into(),
+            pod_namespace: "default".into(),
+            pod_uid: "u-1".into(),
+            port_mappings: pms,
+        }
+    }
+
+    fn pm(host: u16, cont: u16, proto: &str, ip: &str) -> PortMapping {
+        PortMapping { host_port: host, container_port: cont, protocol: proto.into(), host_ip: ip.into() }
+    }
+
+    #[test]
+    fn cni_args_carry_the_pod() {
+        assert_eq!(
+            cni_args(&req(vec![])),
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web;K8S_POD_INFRA_CONTAINER_ID=sb1;K8S_POD_UID=u-1"
+        );
+        let inv = Invocation::new(&req(vec![]), "eth0", &["/opt/cni/bin".into(), "/usr/lib/cni".into()]);
+        assert_eq!(inv.cni_path, "/opt/cni/bin:/usr/lib/cni");
+    }
+
+    #[test]
+    fn port_mappings_become_capability_args() {
+        let caps = capability_args(&req(vec![pm(8080, 80, "TCP", ""), pm(0, 53, "udp", ""), pm(5353, 53, "UDP", "127.0.0.1")]));
+        assert_eq!(
+            caps["portMappings"],
+            json!([{"hostPort":8080,"containerPort":80,"protocol":"tcp"},{"hostPort":5353,"containerPort":53,"protocol":"udp","hostIP":"127.0.0.1"}])
+        );
+        assert!(capability_args(&req(vec![pm(0, 80, "tcp", "")])).is_empty());
+    }
+
+    #[test]
+    fn plugin_config_injection() {
+        let caps = capability_args(&req(vec![pm(8080, 80, "tcp", "")]));
+        let prev = json!({"cniVersion":"1.0.0","ips":[{"address":"10.0.0.2/24"}]});
+        let portmap = json!({"type":"portmap","capabilities":{"portMappings":true},"name":"stale"});
+        let c = plugin_config(&portmap, "net", "1.0.0", Some(&prev), &caps);
+        assert_eq!(c["name"], "net");
+        assert_eq!(c["cniVersion"], "1.0.0");
+        assert_eq!(c["prevResult"], prev);
+        assert_eq!(c["runtimeConfig"], json!({"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"tcp"}]}));
+        // No capability declared (or declared false): no runtimeConfig; first plugin: no prevResult.
+        let bridge = json!({"type":"bridge","capabilities":{"portMappings":false}});
+        let c = plugin_config(&bridge, "net", "1.0.0", None, &caps);
+        assert!(c.get("runtimeConfig").is_none() && c.get("prevResult").is_none(), "{c}");
+        assert_eq!(c["type"], "bridge");
+        // Capability declared but nothing to send: runtimeConfig untouched.
+        let c = plugin_config(&portmap, "net", "1.0.0", None, &Map::new());
+        assert!(c.get("runtimeConfig").is_none(), "{c}");
+    }
+
+    #[test]
+    fn result_ips_of_each_version() {
+        let v1 = json!({"cniVersion":"1.0.0","ips":[{"address":"fd00::5/64"},{"address":"10.88.0.5/16","gateway":"10.88.0.1"},{"address":"bad"}]});
+        assert_eq!(result_ips(&v1), vec!["10.88.0.5".parse::<IpAddr>().unwrap(), "fd00::5".parse().unwrap()]);
+        let v02 = json!({"cniVersion":"0.2.0","ip4":{"ip":"10.1.0.3/24"},"ip6":{"ip":"fd01::3/64"}});
+        assert_eq!(result_ips(&v02), vec!["10.1.0.3".parse::<IpAddr>().unwrap(), "fd01::3".parse().unwrap()]);
+        assert!(result_ips(&json!({"cniVersion":"1.0.0"})).is_empty());
+    }
+
+    #[test]
+    fn versions_compare() {
+        assert!(version_at_least("0.4.0", 0, 4));
+        assert!(version_at_least("1.0.0", 0, 4));
+        assert!(!version_at_least("0.3.1", 0, 4));
+        assert!(!version_at_least("garbage", 0, 4));
+    }
+
+    #[test]
+    fn error_json_is_decoded() {
+        use std::os::unix::process::ExitStatusExt;
+        let st = std::process::ExitStatus::from_raw(256);
+        let (c, m, d) = decode_error(br#"{"cniVersion":"1.0.0","code":11,"msg":"no IP addresses available","details":"range full"}"#, b"", &st);
+        assert_eq!((c, m.as_str(), d.as_str()), (11, "no IP addresses available", "range full"));
+        let (c, m, _) = decode_error(b"", b"panic: oops\n", &st);
+        assert_eq!((c, m.as_str()), (999, "panic: oops"));
+        let (_, m, _) = decode_error(b"", b"", &st);
+        assert!(m.contains("printed nothing"), "{m}");
+    }
+
+    #[test]
+    fn plugins_are_found_in_dir_order() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        std::fs::write(b.path().join("bridge"), "").unwrap();
+        let dirs = vec![a.path().to_path_buf(), b.path().to_path_buf()];
+        assert_eq!(find_plugin(&dirs, "bridge").unwrap(), b.path().join("bridge"));
+        std::fs::write(a.path().join("bridge"), "").unwrap();
+        assert_eq!(find_plugin(&dirs, "bridge").unwrap(), a.path().join("bridge"));
+        let e = find_plugin(&dirs, "nope").unwrap_err().to_string();
+        assert!(e.contains("\"nope\"") && e.contains(&a.path().display().to_string()), "{e}");
+        assert!(find_plugin(&dirs, "../bridge").is_err());
+    }
+}
