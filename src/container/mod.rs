@@ -1,1 +1,4 @@
-//! container
+//! Container lifecycle (being written; see the lead).
+
+pub mod spec;
+pub mod user;

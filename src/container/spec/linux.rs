@@ -1,0 +1,285 @@
+//! The `linux` object of a spec (OCI runtime-spec config-linux.md): namespaces, cgroups path and
+//! resources, devices, masked and read-only paths, sysctls.
+
+use k8s_cri::v1 as cri;
+use oci_spec::runtime::{
+    Linux, LinuxCpu, LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType, LinuxHugepageLimit, LinuxMemory,
+    LinuxNamespace, LinuxNamespaceType, LinuxResources,
+};
+use std::collections::HashMap;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use super::{cgroups_path, ContainerContext, HostFacts, SandboxContext, SpecError};
+
+/// Paths masked in unprivileged containers (containerd's `defaultUnixSpec`).
+pub const DEFAULT_MASKED_PATHS: [&str; 11] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+    "/proc/scsi",
+];
+
+/// Paths made read-only in unprivileged containers (containerd's `defaultUnixSpec`).
+pub const DEFAULT_READONLY_PATHS: [&str; 5] =
+    ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+
+fn namespace(typ: LinuxNamespaceType, path: Option<PathBuf>) -> LinuxNamespace {
+    let mut n = LinuxNamespace::default();
+    n.set_typ(typ).set_path(path);
+    n
+}
+
+fn mode(opt: Option<&cri::NamespaceOption>, pick: fn(&cri::NamespaceOption) -> i32) -> cri::NamespaceMode {
+    opt.map(pick).and_then(|v| cri::NamespaceMode::try_from(v).ok()).unwrap_or(cri::NamespaceMode::Pod)
+}
+
+fn pod_namespace_options(sb: &SandboxContext) -> Option<cri::NamespaceOption> {
+    sb.config.linux.as_ref()?.security_context.as_ref()?.namespace_options.clone()
+}
+
+/// The container's IPC mode: its own `namespace_options.ipc`, else the pod's.
+pub fn ipc_mode(sb: &SandboxContext, sc: &cri::LinuxContainerSecurityContext) -> cri::NamespaceMode {
+    match sc.namespace_options.as_ref() {
+        Some(o) => mode(Some(o), |o| o.ipc),
+        None => mode(pod_namespace_options(sb).as_ref(), |o| o.ipc),
+    }
+}
+
+/// The container's namespaces. PID: POD joins the infra's, CONTAINER gets a new one, NODE stays
+/// on the host, TARGET is not supported. IPC: NODE stays on the host, else joins the infra's.
+/// UTS joins the infra's unless the pod uses the host network (then the host's). Network: the
+/// pinned netns, or the host's. Mount: always new.
+pub fn container_namespaces(
+    sb: &SandboxContext,
+    container: &str,
+    sc: &cri::LinuxContainerSecurityContext,
+) -> Result<Vec<LinuxNamespace>, SpecError> {
+    let opts = sc.namespace_options.clone().or_else(|| pod_namespace_options(sb));
+    let infra_ns = |name: &str| Some(PathBuf::from(format!("/proc/{}/ns/{name}", sb.infra_pid)));
+    let mut ns = Vec::new();
+    match mode(opts.as_ref(), |o| o.pid) {
+        cri::NamespaceMode::Pod => ns.push(namespace(LinuxNamespaceType::Pid, infra_ns("pid"))),
+        cri::NamespaceMode::Container => ns.push(namespace(LinuxNamespaceType::Pid, None)),
+        cri::NamespaceMode::Node => {}
+        cri::NamespaceMode::Target => {
+            return Err(SpecError::Unsupported {
+                container: container.to_string(),
+                field: "namespace_options.pid",
+                value: format!("TARGET ({})", opts.map(|o| o.target_id).unwrap_or_default()),
+            })
+        }
+    }
+    if ipc_mode(sb, sc) != cri::NamespaceMode::Node {
+        ns.push(namespace(LinuxNamespaceType::Ipc, infra_ns("ipc")));
+    }
+    if let Some(netns) = sb.netns_path {
+        ns.push(namespace(LinuxNamespaceType::Uts, infra_ns("uts")));
+        ns.push(namespace(LinuxNamespaceType::Network, Some(netns.to_path_buf())));
+    }
+    ns.push(namespace(LinuxNamespaceType::Mount, None));
+    Ok(ns)
+}
+
+/// The infra process's namespaces: new PID (host when the pod's PID mode is NODE), new IPC (host
+/// when NODE), new UTS and the pinned netns (both host for host network), new mount.
+pub fn infra_namespaces(sb: &SandboxContext) -> Vec<LinuxNamespace> {
+    let opts = pod_namespace_options(sb);
+    let mut ns = Vec::new();
+    if mode(opts.as_ref(), |o| o.pid) != cri::NamespaceMode::Node {
+        ns.push(namespace(LinuxNamespaceType::Pid, None));
+    }
+    if mode(opts.as_ref(), |o| o.ipc) != cri::NamespaceMode::Node {
+        ns.push(namespace(LinuxNamespaceType::Ipc, None));
+    }
+    if let Some(netns) = sb.netns_path {
+        ns.push(namespace(LinuxNamespaceType::Uts, None));
+        ns.push(namespace(LinuxNamespaceType::Network, Some(netns.to_path_buf())));
+    }
+    ns.push(namespace(LinuxNamespaceType::Mount, None));
+    ns
+}
+
+/// cgroup resources from CRI `LinuxContainerResources` (zero/empty fields are left unset):
+/// cpu shares/quota/period/cpuset, memory limit with swap = `memory_swap_limit_in_bytes` or else
+/// the limit (containerd on v1: no extra swap), hugepage limits only where a cgroup v1 hugetlb
+/// hierarchy exists or on pure v2, `unified` only on pure v2. Devices: deny all (runc adds its
+/// default allow rules for /dev/null, zero, full, tty, random, urandom, pts, ptmx, tun).
+pub fn resources(r: Option<&cri::LinuxContainerResources>, host: &HostFacts) -> LinuxResources {
+    let mut out = LinuxResources::default();
+    let mut deny = LinuxDeviceCgroup::default();
+    deny.set_allow(false).set_access(Some("rwm".into()));
+    out.set_devices(Some(vec![deny]));
+    let Some(r) = r else { return out };
+    let mut cpu = LinuxCpu::default();
+    let mut cpu_set = false;
+    if r.cpu_shares > 0 {
+        cpu.set_shares(Some(r.cpu_shares as u64));
+        cpu_set = true;
+    }
+    if r.cpu_quota != 0 {
+        cpu.set_quota(Some(r.cpu_quota));
+        cpu_set = true;
+    }
+    if r.cpu_period > 0 {
+        cpu.set_period(Some(r.cpu_period as u64));
+        cpu_set = true;
+    }
+    if !r.cpuset_cpus.is_empty() {
+        cpu.set_cpus(Some(r.cpuset_cpus.clone()));
+        cpu_set = true;
+    }
+    if !r.cpuset_mems.is_empty() {
+        cpu.set_mems(Some(r.cpuset_mems.clone()));
+        cpu_set = true;
+    }
+    if cpu_set {
+        out.set_cpu(Some(cpu));
+    }
+    if r.memory_limit_in_bytes > 0 {
+        let mut mem = LinuxMemory::default();
+        let swap = if r.memory_swap_limit_in_bytes > 0 { r.memory_swap_limit_in_bytes } else { r.memory_limit_in_bytes };
+        mem.set_limit(Some(r.memory_limit_in_bytes)).set_swap(Some(swap));
+        out.set_memory(Some(mem));
+    }
+    if !r.hugepage_limits.is_empty() && (host.hugetlb_v1 || host.cgroup_v2) {
+        let limits = r
+            .hugepage_limits
+            .iter()
+            .map(|h| {
+                let mut l = LinuxHugepageLimit::default();
+                l.set_page_size(h.page_size.clone()).set_limit(h.limit.min(i64::MAX as u64) as i64);
+                l
+            })
+            .collect();
+        out.set_hugepage_limits(Some(limits));
+    }
+    if host.cgroup_v2 && !r.unified.is_empty() {
+        out.set_unified(Some(r.unified.clone().into_iter().collect()));
+    }
+    out
+}
+
+/// One CRI device: `host_path` must be a character or block device; it appears at
+/// `container_path` with the host's major/minor and mode, and the cgroup allows `permissions`
+/// (`rwm` when empty).
+pub fn device(container: &str, d: &cri::Device) -> Result<(LinuxDevice, LinuxDeviceCgroup), SpecError> {
+    let err = |reason: String| SpecError::Device { container: container.to_string(), host_path: d.host_path.clone(), reason };
+    let meta = std::fs::metadata(&d.host_path).map_err(|e| err(e.to_string()))?;
+    let ft = meta.file_type();
+    let typ = if ft.is_char_device() {
+        LinuxDeviceType::C
+    } else if ft.is_block_device() {
+        LinuxDeviceType::B
+    } else {
+        return Err(err("not a character or block device".into()));
+    };
+    let rdev = meta.rdev();
+    let (major, minor) = (nix::sys::stat::major(rdev) as i64, nix::sys::stat::minor(rdev) as i64);
+    let dest = if d.container_path.is_empty() { &d.host_path } else { &d.container_path };
+    if !Path::new(dest).is_absolute() {
+        return Err(err(format!("container_path {dest:?} must be absolute")));
+    }
+    let mut dev = LinuxDevice::default();
+    dev.set_path(PathBuf::from(dest))
+        .set_typ(typ)
+        .set_major(major)
+        .set_minor(minor)
+        .set_file_mode(Some(meta.mode() & 0o7777))
+        .set_uid(Some(0))
+        .set_gid(Some(0));
+    let perms = if d.permissions.is_empty() { "rwm".to_string() } else { d.permissions.clone() };
+    if !perms.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
+        return Err(err(format!("permissions {perms:?}: expected letters from \"rwm\"")));
+    }
+    let mut rule = LinuxDeviceCgroup::default();
+    rule.set_allow(true).set_typ(Some(typ)).set_major(Some(major)).set_minor(Some(minor)).set_access(Some(perms));
+    Ok((dev, rule))
+}
+
+fn pod_sysctls(sb: &SandboxContext) -> Option<HashMap<String, String>> {
+    let s = &sb.config.linux.as_ref()?.sysctls;
+    if s.is_empty() {
+        None
+    } else {
+        Some(s.clone().into_iter().collect())
+    }
+}
+
+/// The container's `linux` object.
+pub fn container_linux(
+    sb: &SandboxContext,
+    c: &ContainerContext,
+    sc: &cri::LinuxContainerSecurityContext,
+    host: &HostFacts,
+    rootfs_propagation: Option<String>,
+) -> Result<Linux, SpecError> {
+    let lc = c.config.linux.as_ref();
+    let mut res = resources(lc.and_then(|l| l.resources.as_ref()), host);
+    let mut devices = Vec::new();
+    for d in &c.config.devices {
+        let (dev, rule) = device(c.container_id, d)?;
+        devices.push(dev);
+        if let Some(rules) = res.devices_mut() {
+            rules.push(rule);
+        }
+    }
+    let (masked, readonly) = if sc.privileged {
+        (Vec::new(), Vec::new())
+    } else {
+        (
+            if sc.masked_paths.is_empty() {
+                DEFAULT_MASKED_PATHS.iter().map(|s| s.to_string()).collect()
+            } else {
+                sc.masked_paths.clone()
+            },
+            if sc.readonly_paths.is_empty() {
+                DEFAULT_READONLY_PATHS.iter().map(|s| s.to_string()).collect()
+            } else {
+                sc.readonly_paths.clone()
+            },
+        )
+    };
+    let mut l = Linux::default();
+    l.set_namespaces(Some(container_namespaces(sb, c.container_id, sc)?))
+        .set_cgroups_path(Some(PathBuf::from(cgroups_path(sb.cgroup_parent, c.container_id))))
+        .set_resources(Some(res))
+        .set_devices(if devices.is_empty() { None } else { Some(devices) })
+        .set_masked_paths(Some(masked))
+        .set_readonly_paths(Some(readonly))
+        .set_sysctl(pod_sysctls(sb))
+        .set_rootfs_propagation(rootfs_propagation)
+        .set_uid_mappings(None)
+        .set_gid_mappings(None)
+        .set_seccomp(None);
+    Ok(l)
+}
+
+/// The infra process's `linux` object: namespaces, cgroups path under the pod's parent, the
+/// default masked/read-only paths, deny-all devices, and the pod's sysctls (net/ipc sysctls are
+/// per namespace, and the infra owns the pod's namespaces).
+pub fn infra_linux(sb: &SandboxContext, infra_id: &str) -> Linux {
+    let mut deny = LinuxDeviceCgroup::default();
+    deny.set_allow(false).set_access(Some("rwm".into()));
+    let mut res = LinuxResources::default();
+    res.set_devices(Some(vec![deny]));
+    let mut l = Linux::default();
+    l.set_namespaces(Some(infra_namespaces(sb)))
+        .set_cgroups_path(Some(PathBuf::from(cgroups_path(sb.cgroup_parent, infra_id))))
+        .set_resources(Some(res))
+        .set_devices(None)
+        .set_masked_paths(Some(DEFAULT_MASKED_PATHS.iter().map(|s| s.to_string()).collect()))
+        .set_readonly_paths(Some(DEFAULT_READONLY_PATHS.iter().map(|s| s.to_string()).collect()))
+        .set_sysctl(pod_sysctls(sb))
+        .set_uid_mappings(None)
+        .set_gid_mappings(None)
+        .set_seccomp(None);
+    l
+}
