@@ -1,0 +1,534 @@
+//! [`ImageStore`]: pulled images and their unpacked layers.
+//!
+//! On disk, under `<root>/images`:
+//! - `layers/<chain-id hex>/diff`: one directory per layer, shared by every image whose layer
+//!   stack has that chain ID (image-spec config.md "Layer ChainID"). A layer is unpacked into
+//!   `layers/<hex>.tmp-<rand>/diff` and renamed into place, then recorded in the metadata
+//!   table `layers`; a directory without its record is treated as garbage.
+//! - `tmp/`: blobs being downloaded; emptied on open.
+//!
+//! Image records live in the metadata table `images`, keyed by image ID
+//! (`sha256:<config digest>`), as JSON [`Image`].
+//!
+//! Locking: a per-chain-ID async mutex serializes unpacking of one layer; pulls hold the GC lock
+//! shared from the first layer until the image record is written, and removal (which deletes
+//! unused layers) holds it exclusively, so a layer is never deleted under a pull that is about
+//! to reference it. Record edits (tags moving between images) are serialized by a second mutex,
+//! always taken after the GC lock.
+
+use super::reference::{is_hex, is_hex64, is_sha256_digest, ImageReference};
+use super::registry::{Puller, RegistryAuth, Source};
+use super::types::ImageRuntimeConfig;
+use super::unpack::unpack_blob_file;
+use super::ImageError;
+use crate::config::ImageConfig;
+use crate::state::{Store, IMAGES, LAYERS};
+use crate::util::{new_id, now_nanos, remove_dir_all_idempotent};
+use oci_client::manifest::OciDescriptor;
+use oci_client::secrets::RegistryAuth as OciAuth;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// An image record (table `images`, keyed by `id`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Image {
+    /// `sha256:<hex>` digest of the image config blob (what CRI calls the image ID).
+    pub id: String,
+    /// Normalized `registry/repository:tag` names, e.g. `docker.io/library/busybox:latest`.
+    pub repo_tags: Vec<String>,
+    /// `registry/repository@sha256:<manifest or index digest>`.
+    pub repo_digests: Vec<String>,
+    /// Sum of the compressed layer sizes in bytes (what containerd reports).
+    pub size: u64,
+    /// The config fields container creation uses.
+    pub config: ImageRuntimeConfig,
+    /// Chain IDs of the layers, base layer first.
+    pub chain_ids: Vec<String>,
+    /// Media type of the platform manifest (OCI or docker schema2).
+    pub media_type: String,
+    /// When the image was first pulled, nanoseconds since the epoch.
+    pub created_at: i64,
+}
+
+/// A layer record (table `layers`, keyed by chain ID).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct LayerRecord {
+    /// `sha256:<hex>` chain ID.
+    pub chain_id: String,
+    /// `sha256:<hex>` of the uncompressed tar.
+    pub diff_id: String,
+    /// `sha256:<hex>` of the blob it was unpacked from.
+    pub digest: String,
+    /// Blob size in bytes.
+    pub compressed_size: u64,
+    /// Uncompressed tar size in bytes.
+    pub uncompressed_size: u64,
+    /// When it was unpacked, nanoseconds since the epoch.
+    pub created_at: i64,
+}
+
+/// Disk usage of the image store, for CRI ImageFsInfo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsUsage {
+    /// The image store directory.
+    pub mountpoint: PathBuf,
+    /// Bytes of disk used by unpacked layers (allocated blocks, hardlinks counted once).
+    pub used_bytes: u64,
+    /// Inodes used by unpacked layers.
+    pub inodes_used: u64,
+}
+
+/// The parts of an image config file this store reads (image-spec config.md); docker's
+/// `null`s are accepted.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ConfigFile {
+    config: Option<ContainerConfig>,
+    rootfs: RootFs,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "PascalCase")]
+struct ContainerConfig {
+    user: Option<String>,
+    env: Option<Vec<String>>,
+    entrypoint: Option<Vec<String>>,
+    cmd: Option<Vec<String>>,
+    working_dir: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+    stop_signal: Option<String>,
+    exposed_ports: Option<BTreeMap<String, serde_json::Value>>,
+    volumes: Option<BTreeMap<String, serde_json::Value>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RootFs {
+    diff_ids: Vec<String>,
+}
+
+impl From<ContainerConfig> for ImageRuntimeConfig {
+    fn from(c: ContainerConfig) -> Self {
+        ImageRuntimeConfig {
+            user: c.user.unwrap_or_default(),
+            env: c.env.unwrap_or_default(),
+            entrypoint: c.entrypoint.unwrap_or_default(),
+            cmd: c.cmd.unwrap_or_default(),
+            working_dir: c.working_dir.unwrap_or_default(),
+            labels: c.labels.unwrap_or_default(),
+            stop_signal: c.stop_signal.unwrap_or_default(),
+            exposed_ports: c.exposed_ports.unwrap_or_default().into_keys().collect(),
+            volumes: c.volumes.unwrap_or_default().into_keys().collect(),
+        }
+    }
+}
+
+/// Chain IDs for `diff_ids` (base first): ChainID(L0) = DiffID(L0),
+/// ChainID(Ln) = sha256(ChainID(Ln-1) + " " + DiffID(Ln)) (image-spec config.md).
+pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
+    for d in diff_ids {
+        let next = match out.last() {
+            None => d.clone(),
+            Some(prev) => format!("sha256:{}", hex::encode(Sha256::digest(format!("{prev} {d}").as_bytes()))),
+        };
+        out.push(next);
+    }
+    out
+}
+
+/// Pulled images and their layers. Share it behind an `Arc`.
+pub struct ImageStore {
+    dir: PathBuf,
+    store: Arc<Store>,
+    puller: Puller,
+    layer_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    gc: tokio::sync::RwLock<()>,
+    meta: tokio::sync::Mutex<()>,
+}
+
+fn hex_of(digest: &str) -> &str {
+    digest.strip_prefix("sha256:").unwrap_or(digest)
+}
+
+impl ImageStore {
+    /// Opens the store at `dir` (`<root>/images`), creating `layers/` and `tmp/`, emptying `tmp/`
+    /// and deleting half-unpacked layers and layer directories without a record.
+    pub fn open(dir: PathBuf, store: Arc<Store>, cfg: ImageConfig) -> Result<ImageStore, ImageError> {
+        let layers = dir.join("layers");
+        let tmp = dir.join("tmp");
+        remove_dir_all_idempotent(&tmp).map_err(|e| ImageError::io(&tmp, e))?;
+        for d in [&layers, &tmp] {
+            std::fs::create_dir_all(d).map_err(|e| ImageError::io(d, e))?;
+        }
+        let known: HashSet<String> =
+            store.list::<LayerRecord>(LAYERS)?.into_iter().map(|(k, _)| hex_of(&k).to_string()).collect();
+        for entry in std::fs::read_dir(&layers).map_err(|e| ImageError::io(&layers, e))? {
+            let entry = entry.map_err(|e| ImageError::io(&layers, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !known.contains(&name) {
+                tracing::info!(layer_dir = %entry.path().display(), "removing unrecorded layer directory");
+                remove_dir_all_idempotent(&entry.path()).map_err(|e| ImageError::io(entry.path(), e))?;
+            }
+        }
+        Ok(ImageStore {
+            dir,
+            store,
+            puller: Puller::new(cfg),
+            layer_locks: std::sync::Mutex::new(HashMap::new()),
+            gc: tokio::sync::RwLock::new(()),
+            meta: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The diff directory of a layer: `<dir>/layers/<chain-id hex>/diff`.
+    pub fn layer_dir(&self, chain_id: &str) -> PathBuf {
+        self.dir.join("layers").join(hex_of(chain_id)).join("diff")
+    }
+
+    /// Pulls `reference` (see [`super::registry`] for sources, auth and platform), unpacks the
+    /// layers it lacks and records the image under the name as given (normalized) with its
+    /// repo digest. A tag held by another image moves to this one.
+    ///
+    /// Errors: [`ImageError::InvalidReference`], the registry errors of every source tried (the
+    /// last one is returned), [`ImageError::DigestMismatch`] / [`ImageError::BadConfig`] for
+    /// inconsistent content, [`ImageError::Unpack`] for hostile or unreadable layers.
+    pub async fn pull(&self, reference: &str, auth: Option<RegistryAuth>) -> Result<Image, ImageError> {
+        let r = ImageReference::parse(reference)?;
+        let auth = match auth {
+            None => OciAuth::Anonymous,
+            Some(a) => a.to_oci().map_err(|message| ImageError::Unauthenticated {
+                image: r.to_string(),
+                registry: r.registry.clone(),
+                message,
+            })?,
+        };
+        let started = std::time::Instant::now();
+        let mut last = None;
+        for src in self.puller.sources(&r) {
+            let a = if src.mirror { OciAuth::Anonymous } else { auth.clone() };
+            match self.pull_from(&r, &src, &a).await {
+                Ok(image) => {
+                    tracing::debug!(image = %r, source = %src.host, elapsed_ms = started.elapsed().as_millis() as u64, "pulled");
+                    return Ok(image);
+                }
+                Err(e) => {
+                    tracing::warn!(image = %r, source = %src.host, "pull failed: {e}");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| ImageError::Registry {
+            image: r.to_string(),
+            registry: r.registry.clone(),
+            message: "no registry or mirror to pull from".into(),
+        }))
+    }
+
+    async fn pull_from(&self, r: &ImageReference, src: &Source, auth: &OciAuth) -> Result<Image, ImageError> {
+        let image_name = r.to_string();
+        let resolved = self.puller.resolve(src, r, auth).await?;
+        let m = &resolved.manifest;
+        let id = m.config.digest.clone();
+        if !is_sha256_digest(&id) {
+            return Err(ImageError::BadConfig { image: image_name, message: format!("config digest {id:?} is not sha256:<64 hex>") });
+        }
+        let config_bytes = self.puller.blob_to_vec(src, r, &m.config).await?;
+        let cfg: ConfigFile = serde_json::from_slice(&config_bytes)
+            .map_err(|e| ImageError::BadConfig { image: image_name.clone(), message: format!("not an image config: {e}") })?;
+        let diff_ids = cfg.rootfs.diff_ids;
+        if diff_ids.len() != m.layers.len() {
+            return Err(ImageError::BadConfig {
+                image: image_name,
+                message: format!("rootfs.diff_ids has {} entries but the manifest has {} layers", diff_ids.len(), m.layers.len()),
+            });
+        }
+        if let Some(bad) = diff_ids.iter().find(|d| !is_sha256_digest(d)) {
+            return Err(ImageError::BadConfig { image: image_name, message: format!("rootfs.diff_ids entry {bad:?} is not sha256:<64 hex>") });
+        }
+        let chains = chain_ids(&diff_ids);
+        let _gc = self.gc.read().await;
+        for ((desc, diff_id), chain_id) in m.layers.iter().zip(&diff_ids).zip(&chains) {
+            self.ensure_layer(r, src, desc, diff_id, chain_id).await?;
+        }
+        let _meta = self.meta.lock().await;
+        let mut image = self.store.get::<Image>(IMAGES, &id)?.unwrap_or_else(|| Image {
+            id: id.clone(),
+            created_at: now_nanos(),
+            ..Default::default()
+        });
+        image.config = cfg.config.map(ImageRuntimeConfig::from).unwrap_or_default();
+        image.chain_ids = chains;
+        image.media_type = resolved.media_type.clone();
+        image.size = m.layers.iter().map(|l| l.size.max(0) as u64).sum();
+        let digest_ref = r.with_digest(&resolved.repo_digest);
+        if !image.repo_digests.contains(&digest_ref) {
+            image.repo_digests.push(digest_ref);
+        }
+        if let Some(tag) = r.tagged() {
+            for (other_id, mut other) in self.store.list::<Image>(IMAGES)? {
+                if other_id != id && other.repo_tags.contains(&tag) {
+                    other.repo_tags.retain(|t| t != &tag);
+                    self.store.put(IMAGES, &other_id, &other)?;
+                }
+            }
+            if !image.repo_tags.contains(&tag) {
+                image.repo_tags.push(tag);
+            }
+        }
+        self.store.put(IMAGES, &id, &image)?;
+        Ok(image)
+    }
+
+    fn layer_ready(&self, chain_id: &str) -> Result<bool, ImageError> {
+        Ok(self.store.get::<LayerRecord>(LAYERS, chain_id)?.is_some() && self.layer_dir(chain_id).is_dir())
+    }
+
+    fn layer_lock(&self, chain_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.layer_locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(chain_id.to_string()).or_default().clone()
+    }
+
+    /// Makes sure the layer `chain_id` is unpacked, downloading and unpacking `desc` if not.
+    async fn ensure_layer(&self, r: &ImageReference, src: &Source, desc: &OciDescriptor, diff_id: &str, chain_id: &str) -> Result<(), ImageError> {
+        if self.layer_ready(chain_id)? {
+            return Ok(());
+        }
+        let lock = self.layer_lock(chain_id);
+        let _guard = lock.lock().await;
+        if self.layer_ready(chain_id)? {
+            return Ok(());
+        }
+        let final_dir = self.dir.join("layers").join(hex_of(chain_id));
+        remove_dir_all_idempotent(&final_dir).map_err(|e| ImageError::io(&final_dir, e))?;
+        let rand = &new_id()[..12];
+        let tmp_dir = self.dir.join("layers").join(format!("{}.tmp-{rand}", hex_of(chain_id)));
+        let blob = self.dir.join("tmp").join(format!("blob-{rand}"));
+        let result = self.unpack_layer(r, src, desc, diff_id, chain_id, &tmp_dir, &blob).await;
+        let _ = std::fs::remove_file(&blob);
+        let record = match result {
+            Ok(rec) => rec,
+            Err(e) => {
+                let _ = remove_dir_all_idempotent(&tmp_dir);
+                return Err(e);
+            }
+        };
+        if let Err(e) = std::fs::rename(&tmp_dir, &final_dir) {
+            let _ = remove_dir_all_idempotent(&tmp_dir);
+            return Err(ImageError::io(&final_dir, e));
+        }
+        self.store.put(LAYERS, chain_id, &record)?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn unpack_layer(
+        &self,
+        r: &ImageReference,
+        src: &Source,
+        desc: &OciDescriptor,
+        diff_id: &str,
+        chain_id: &str,
+        tmp_dir: &Path,
+        blob: &Path,
+    ) -> Result<LayerRecord, ImageError> {
+        let diff = tmp_dir.join("diff");
+        std::fs::create_dir_all(&diff).map_err(|e| ImageError::io(&diff, e))?;
+        self.puller.blob_to_file(src, r, desc, blob).await?;
+        let (b, d, layer) = (blob.to_path_buf(), diff.clone(), desc.digest.clone());
+        let unpacked = tokio::task::spawn_blocking(move || unpack_blob_file(&b, &d, &layer))
+            .await
+            .map_err(|e| ImageError::Unpack { layer: desc.digest.clone(), entry: String::new(), message: format!("unpack task failed: {e}") })??;
+        let image = r.to_string();
+        if unpacked.digest != desc.digest {
+            return Err(ImageError::DigestMismatch { image, what: format!("layer {} blob", desc.digest), expected: desc.digest.clone(), actual: unpacked.digest });
+        }
+        if unpacked.diff_id != diff_id {
+            return Err(ImageError::DigestMismatch {
+                image,
+                what: format!("layer {} uncompressed content vs config rootfs.diff_ids", desc.digest),
+                expected: diff_id.to_string(),
+                actual: unpacked.diff_id,
+            });
+        }
+        Ok(LayerRecord {
+            chain_id: chain_id.to_string(),
+            diff_id: unpacked.diff_id,
+            digest: unpacked.digest,
+            compressed_size: unpacked.compressed_size,
+            uncompressed_size: unpacked.uncompressed_size,
+            created_at: now_nanos(),
+        })
+    }
+
+    /// Every image record.
+    pub fn list(&self) -> Result<Vec<Image>, ImageError> {
+        Ok(self.store.list::<Image>(IMAGES)?.into_iter().map(|(_, v)| v).collect())
+    }
+
+    /// Finds an image by: full ID `sha256:<hex>`, bare 64-hex ID, normalized tag
+    /// (`busybox` = `docker.io/library/busybox:latest`), repo digest `name@sha256:...` (a tag next
+    /// to a digest is ignored, as containerd does), or a unique ID prefix of at least 12 hex
+    /// characters (with or without `sha256:`). `Ok(None)` when nothing matches or a prefix is
+    /// ambiguous; [`ImageError::InvalidReference`] when `reference` is none of these shapes.
+    pub fn resolve(&self, reference: &str) -> Result<Option<Image>, ImageError> {
+        let images = self.list()?;
+        let by_id = |id: &str| images.iter().find(|i| i.id == id).cloned();
+        if is_sha256_digest(reference) {
+            return Ok(by_id(reference));
+        }
+        if is_hex64(reference) {
+            return Ok(by_id(&format!("sha256:{reference}")));
+        }
+        let parsed = ImageReference::parse(reference);
+        if let Ok(r) = &parsed {
+            let found = match &r.digest {
+                Some(d) => {
+                    let want = r.with_digest(d);
+                    images.iter().find(|i| i.repo_digests.contains(&want)).cloned()
+                }
+                None => r.tagged().and_then(|t| images.iter().find(|i| i.repo_tags.contains(&t)).cloned()),
+            };
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        let prefix = reference.strip_prefix("sha256:").unwrap_or(reference);
+        if prefix.len() >= 12 && is_hex(prefix) {
+            let mut hits = images.iter().filter(|i| hex_of(&i.id).starts_with(prefix));
+            return Ok(match (hits.next(), hits.next()) {
+                (Some(one), None) => Some(one.clone()),
+                _ => None,
+            });
+        }
+        match parsed {
+            Ok(_) => Ok(None),
+            Err(e) => Err(ImageError::InvalidReference(e)),
+        }
+    }
+
+    /// Removes `reference`: a tag removes only that tag (the image goes with its last tag); an ID
+    /// or digest removes the image with all its names. Nothing found is `Ok`. Layers no image
+    /// uses any more are then deleted from disk and the store.
+    pub async fn remove(&self, reference: &str) -> Result<(), ImageError> {
+        let _gc = self.gc.write().await;
+        let _meta = self.meta.lock().await;
+        let Some(mut image) = self.resolve(reference)? else { return Ok(()) };
+        let bare = reference.strip_prefix("sha256:").unwrap_or(reference);
+        let tag = if is_sha256_digest(reference) || (bare.len() >= 12 && is_hex(bare)) {
+            None
+        } else {
+            ImageReference::parse(reference).ok().filter(|r| r.digest.is_none()).and_then(|r| r.tagged())
+        };
+        match tag {
+            Some(t) if image.repo_tags.contains(&t) && image.repo_tags.len() > 1 => {
+                image.repo_tags.retain(|x| x != &t);
+                self.store.put(IMAGES, &image.id, &image)?;
+            }
+            _ => {
+                self.store.delete(IMAGES, &image.id)?;
+            }
+        }
+        self.collect_layers()
+    }
+
+    /// Deletes layers no image references. Caller holds the GC lock exclusively.
+    fn collect_layers(&self) -> Result<(), ImageError> {
+        let used: HashSet<String> = self.list()?.into_iter().flat_map(|i| i.chain_ids).collect();
+        for (chain_id, _) in self.store.list::<LayerRecord>(LAYERS)? {
+            if used.contains(&chain_id) {
+                continue;
+            }
+            self.store.delete(LAYERS, &chain_id)?;
+            let dir = self.dir.join("layers").join(hex_of(&chain_id));
+            remove_dir_all_idempotent(&dir).map_err(|e| ImageError::io(&dir, e))?;
+            tracing::debug!(chain_id, "removed unused layer");
+        }
+        Ok(())
+    }
+
+    /// The diff directories of `image`, lowest (base) layer first, for overlay `lowerdir`
+    /// (which lists the top layer first: reverse this). Errors with [`ImageError::Io`] naming
+    /// a directory that is missing.
+    pub fn layer_dirs(&self, image: &Image) -> Result<Vec<PathBuf>, ImageError> {
+        image
+            .chain_ids
+            .iter()
+            .map(|c| {
+                let d = self.layer_dir(c);
+                if d.is_dir() {
+                    Ok(d)
+                } else {
+                    Err(ImageError::io(&d, format!("layer {c} of image {} is not unpacked", image.id)))
+                }
+            })
+            .collect()
+    }
+
+    /// Disk usage of the unpacked layers (walks `<dir>/layers`; blocking, run from
+    /// `spawn_blocking` when the store is large).
+    pub fn fs_usage(&self) -> Result<FsUsage, ImageError> {
+        use std::os::unix::fs::MetadataExt;
+        let mut seen: HashSet<(u64, u64)> = HashSet::new();
+        let (mut used_bytes, mut inodes_used) = (0u64, 0u64);
+        let mut stack = vec![self.dir.join("layers")];
+        while let Some(d) = stack.pop() {
+            let rd = match std::fs::read_dir(&d) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(ImageError::io(&d, e)),
+            };
+            for entry in rd.flatten() {
+                let Ok(m) = entry.metadata() else { continue };
+                if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
+                    continue;
+                }
+                used_bytes += m.blocks() * 512;
+                inodes_used += 1;
+                if m.is_dir() {
+                    stack.push(entry.path());
+                }
+            }
+        }
+        Ok(FsUsage { mountpoint: self.dir.clone(), used_bytes, inodes_used })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_ids_follow_image_spec() {
+        let a = format!("sha256:{}", "a".repeat(64));
+        let b = format!("sha256:{}", "b".repeat(64));
+        let ids = chain_ids(&[a.clone(), b.clone()]);
+        assert_eq!(ids[0], a);
+        let want = format!("sha256:{}", hex::encode(Sha256::digest(format!("{a} {b}").as_bytes())));
+        assert_eq!(ids[1], want);
+        assert!(chain_ids(&[]).is_empty());
+    }
+
+    #[test]
+    fn docker_config_nulls_are_empty() {
+        let c: ConfigFile = serde_json::from_str(
+            r#"{"architecture":"amd64","config":{"User":"1000","Env":["A=b"],"Entrypoint":null,"Cmd":["sh"],
+            "ExposedPorts":{"80/tcp":{}},"Volumes":null,"Labels":null,"StopSignal":"SIGQUIT","WorkingDir":"/w"},
+            "rootfs":{"type":"layers","diff_ids":["sha256:x"]}}"#,
+        )
+        .unwrap();
+        let rc = ImageRuntimeConfig::from(c.config.unwrap());
+        assert_eq!(rc.user, "1000");
+        assert_eq!(rc.cmd, vec!["sh"]);
+        assert!(rc.entrypoint.is_empty());
+        assert_eq!(rc.exposed_ports, vec!["80/tcp"]);
+        assert_eq!(rc.stop_signal, "SIGQUIT");
+        assert_eq!(rc.working_dir, "/w");
+        assert_eq!(c.rootfs.diff_ids, vec!["sha256:x"]);
+    }
+}
