@@ -215,3 +215,6 @@ fn plugin_type(plugin: &Value) -> String {
 fn unreachable_empty_list(net: &NetworkConfList) -> (usize, NetworkError, Option<Value>) {
     (0, NetworkError::BadConfig { path: net.source.clone(), field: "plugins".into(), message: "the list is empty".into() }, None)
 }
+
+#[cfg(test)]
+mod tests;
