@@ -1,1 +1,16 @@
-//! placeholder
+//! berth-conformance: a CRI v1 test suite that runs against any CRI endpoint.
+//!
+//! The harness ([`harness`]) sets up a local registry with test images, a CNI config and the
+//! daemon under test (berth, containerd, or an endpoint given with `BERTH_ENDPOINT`); the cases
+//! ([`cases`]) each check one user-visible behaviour. The test binary `tests/cri.rs` runs them.
+#![deny(unsafe_code)]
+
+pub mod http;
+pub mod images;
+pub mod proc;
+pub mod registry;
+pub mod cases;
+pub mod client;
+pub mod ctx;
+pub mod daemon;
+pub mod harness;

@@ -1,0 +1,60 @@
+//! End-of-suite leak checks (berth only, where the harness owns the root and run root).
+
+use super::util::check;
+use crate::ctx::{skip, Ctx};
+use crate::daemon::TargetKind;
+use crate::harness::{mounts_under, netns_names};
+use anyhow::Result;
+use std::path::Path;
+
+fn dirs_named(dir: &Path, names: &[String], depth: usize, out: &mut Vec<String>) {
+    if depth == 0 {
+        return;
+    }
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let p = e.path();
+        if names.iter().any(|n| e.file_name().to_string_lossy() == n.as_str()) {
+            out.push(p.display().to_string());
+        }
+        if p.is_dir() && !p.is_symlink() {
+            dirs_named(&p, names, depth - 1, out);
+        }
+    }
+}
+
+/// After every suite pod is removed: no mounts under root/run_root, no new netns files, no
+/// processes mentioning root/run_root (but the daemon), no container/pod dirs in run_root.
+pub async fn no_leftovers(ctx: &Ctx) -> Result<()> {
+    if ctx.kind != TargetKind::Berth {
+        return skip("leak checks need berth started by the harness on its own roots");
+    }
+    let errs = ctx.remove_suite_pods().await;
+    check(errs.is_empty(), || format!("removing the suite's pods failed: {errs:?}"))?;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (root, run) = (ctx.tmp.join("root"), ctx.tmp.join("run"));
+    let mut problems = Vec::new();
+    for d in [&root, &run] {
+        for m in mounts_under(d) {
+            problems.push(format!("mount left: {m}"));
+        }
+    }
+    let new_netns: Vec<String> = netns_names().difference(&ctx.netns_before).cloned().collect();
+    if !new_netns.is_empty() {
+        problems.push(format!("netns files left in /var/run/netns: {new_netns:?}"));
+    }
+    let daemon = ctx.daemon_pid().await.map(|p| p as i32);
+    for d in [&root, &run] {
+        for (pid, cmd) in crate::proc::pids_mentioning(&d.display().to_string()) {
+            if Some(pid) != daemon && pid as u32 != std::process::id() {
+                problems.push(format!("process left: {pid} {cmd}"));
+            }
+        }
+    }
+    let mut left = Vec::new();
+    dirs_named(&run, &ctx.created_ids(), 5, &mut left);
+    if !left.is_empty() {
+        problems.push(format!("container/pod dirs left in the run root: {left:?}"));
+    }
+    check(problems.is_empty(), || problems.join("; "))
+}

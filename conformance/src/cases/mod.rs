@@ -1,0 +1,62 @@
+//! The case table, in run order. Each case is an `async fn(&Ctx) -> anyhow::Result<()>` that
+//! checks one behaviour a CRI user sees and cleans up what it made.
+
+use crate::ctx::Ctx;
+use futures_util::future::BoxFuture;
+
+mod container;
+mod exec;
+mod image;
+mod leaks;
+mod pod;
+mod restart;
+pub(crate) mod util;
+
+/// One case: its name and its function.
+pub type Case = (&'static str, for<'a> fn(&'a Ctx) -> BoxFuture<'a, anyhow::Result<()>>);
+
+macro_rules! case {
+    ($name:literal, $f:path) => {
+        ($name, |c| Box::pin($f(c)) as BoxFuture<'_, anyhow::Result<()>>)
+    };
+}
+
+/// Every case in run order: runtime info, images, pods, containers, exec, restart, leak checks.
+pub fn all() -> Vec<Case> {
+    vec![
+        case!("version", image::version),
+        case!("status_ready", image::status_ready),
+        case!("pull_by_tag", image::pull_by_tag),
+        case!("pull_by_digest", image::pull_by_digest),
+        case!("pull_docker_schema2", image::pull_docker_schema2),
+        case!("pull_multiarch_index", image::pull_multiarch_index),
+        case!("pull_missing_image", image::pull_missing_image),
+        case!("pull_through_k8s_mirror", image::pull_through_k8s_mirror),
+        case!("list_images", image::list_images),
+        case!("image_status_fields", image::image_status_fields),
+        case!("image_status_user", image::image_status_user),
+        case!("image_status_missing", image::image_status_missing),
+        case!("remove_image_by_tag", image::remove_image_by_tag),
+        case!("remove_image_by_id", image::remove_image_by_id),
+        case!("remove_image_twice", image::remove_image_twice),
+        case!("pod_run_status", pod::run_status),
+        case!("pod_list_filters", pod::list_filters),
+        case!("pod_same_metadata_twice", pod::same_metadata_twice),
+        case!("pod_remove_missing", pod::remove_missing),
+        case!("pod_stop_remove_with_running_containers", pod::stop_remove_with_running),
+        case!("container_exit_code_and_logs", container::exit_code_and_logs),
+        case!("container_exit_zero_completed", container::exit_zero_completed),
+        case!("container_user_image_uid", container::user_image_uid),
+        case!("container_layers_whiteouts", container::layers_whiteouts),
+        case!("container_localhost_between_containers", container::localhost_between_containers),
+        case!("container_list_filters", container::list_filters),
+        case!("container_create_in_missing_pod", container::create_in_missing_pod),
+        case!("container_duplicate_name", container::duplicate_name),
+        case!("container_stop_timeout_kills", exec::stop_timeout_kills),
+        case!("container_stop_remove_twice", exec::stop_remove_twice),
+        case!("exec_sync_output", exec::exec_sync_output),
+        case!("exec_sync_timeout", exec::exec_sync_timeout),
+        case!("daemon_restart_keeps_containers", restart::keeps_containers),
+        case!("no_leftovers_after_suite", leaks::no_leftovers),
+    ]
+}
