@@ -88,10 +88,18 @@ pub enum SpecError {
     },
     /// A CRI mount is malformed (e.g. a relative `container_path`).
     #[error("container {container}: mount {container_path:?}: {reason}")]
-    InvalidMount { container: String, container_path: String, reason: String },
+    InvalidMount {
+        container: String,
+        container_path: String,
+        reason: String,
+    },
     /// A CRI device could not be used.
     #[error("container {container}: device {host_path:?}: {reason}")]
-    Device { container: String, host_path: String, reason: String },
+    Device {
+        container: String,
+        host_path: String,
+        reason: String,
+    },
     /// A capability name in `security_context.capabilities` is unknown.
     #[error("container {container}: capability {name:?} is unknown: expected a Linux capability name such as NET_ADMIN or CAP_NET_ADMIN, or ALL")]
     UnknownCapability { container: String, name: String },
@@ -100,7 +108,11 @@ pub enum SpecError {
     Build { field: &'static str, message: String },
     /// A requested feature berth (or runc 1.1) does not provide.
     #[error("container {container}: {field} = {value}: not supported")]
-    Unsupported { container: String, field: &'static str, value: String },
+    Unsupported {
+        container: String,
+        field: &'static str,
+        value: String,
+    },
 }
 
 /// What the pod gives its containers. Built by `sandbox/` when the pod runs.
@@ -261,7 +273,11 @@ pub const DEFAULT_CAPABILITIES: [Capability; 14] = [
 
 /// The capabilities whose bits are set in a `/proc/<pid>/status` mask (e.g. `CapEff`).
 pub fn capabilities_from_mask(mask: u64) -> Vec<Capability> {
-    ALL_CAPABILITIES.iter().filter(|(bit, _)| mask & (1u64 << bit) != 0).map(|(_, c)| *c).collect()
+    ALL_CAPABILITIES
+        .iter()
+        .filter(|(bit, _)| mask & (1u64 << bit) != 0)
+        .map(|(_, c)| *c)
+        .collect()
 }
 
 /// The runtime's cgroupfs path for a container: `<parent>/berth-<id>` (a trailing `/` on
@@ -290,7 +306,11 @@ pub fn container_spec_with(sb: &SandboxContext, c: &ContainerContext, host: &Hos
     let mut process = Process::default();
     process.set_terminal(Some(c.config.tty));
     process.set_console_size(None);
-    process.set_args(Some(resolve_args(c.config, c.image).ok_or_else(|| SpecError::NoCommand { container: id.to_string() })?));
+    process.set_args(Some(resolve_args(c.config, c.image).ok_or_else(|| {
+        SpecError::NoCommand {
+            container: id.to_string(),
+        }
+    })?));
     process.set_env(Some(merge_env(sb.hostname, &c.image.env, &c.config.envs)));
     process.set_cwd(resolve_cwd(&c.config.working_dir, &c.image.working_dir));
     process.set_user(resolve_container_user(id, &sc, c.image, c.rootfs)?);
@@ -309,7 +329,11 @@ pub fn container_spec_with(sb: &SandboxContext, c: &ContainerContext, host: &Hos
     let mut spec = Spec::default();
     spec.set_process(Some(process));
     spec.set_root(Some(root));
-    spec.set_hostname(if sb.netns_path.is_some() { Some(sb.hostname.to_string()) } else { None });
+    spec.set_hostname(if sb.netns_path.is_some() {
+        Some(sb.hostname.to_string())
+    } else {
+        None
+    });
     let m = mounts::container_mounts(sb, c, &sc)?;
     spec.set_mounts(Some(m.mounts));
     spec.set_linux(Some(linux::container_linux(sb, c, &sc, host, m.rootfs_propagation)?));
@@ -357,7 +381,11 @@ pub fn infra_spec_with(sb: &SandboxContext, rootfs: &Path, infra_id: &str, own_o
     let mut spec = Spec::default();
     spec.set_process(Some(process));
     spec.set_root(Some(root));
-    spec.set_hostname(if sb.netns_path.is_some() { Some(sb.hostname.to_string()) } else { None });
+    spec.set_hostname(if sb.netns_path.is_some() {
+        Some(sb.hostname.to_string())
+    } else {
+        None
+    });
     spec.set_mounts(Some(mounts::infra_mounts()));
     spec.set_linux(Some(linux::infra_linux(sb, infra_id)));
     let mut ann: HashMap<String, String> = sb.config.annotations.clone().into_iter().collect();
@@ -393,7 +421,11 @@ pub fn resolve_args(config: &cri::ContainerConfig, image: &crate::image::ImageRu
     } else {
         image.entrypoint.iter().chain(image.cmd.iter()).cloned().collect()
     };
-    if out.is_empty() { None } else { Some(out) }
+    if out.is_empty() {
+        None
+    } else {
+        Some(out)
+    }
 }
 
 /// The environment: default `PATH`, `HOSTNAME`, then the image's `Env`, then CRI `envs`. A later
@@ -402,7 +434,10 @@ pub fn merge_env(hostname: &str, image_env: &[String], cri_env: &[cri::KeyValue]
     let mut out: Vec<String> = Vec::new();
     let mut put = |entry: String| {
         let key = entry.split_once('=').map(|(k, _)| k).unwrap_or(&entry).to_string();
-        match out.iter_mut().find(|e| e.split_once('=').map(|(k, _)| k).unwrap_or(e) == key) {
+        match out
+            .iter_mut()
+            .find(|e| e.split_once('=').map(|(k, _)| k).unwrap_or(e) == key)
+        {
             Some(slot) => *slot = entry,
             None => out.push(entry),
         }
@@ -443,12 +478,18 @@ pub fn nofile_rlimit(own_hard: u64) -> Result<PosixRlimit, SpecError> {
         .hard(n)
         .soft(n)
         .build()
-        .map_err(|e| SpecError::Build { field: "process.rlimits", message: e.to_string() })
+        .map_err(|e| SpecError::Build {
+            field: "process.rlimits",
+            message: e.to_string(),
+        })
 }
 
 /// The daemon's own `/proc/self/oom_score_adj` (0 when unreadable).
 pub fn own_oom_score_adj() -> i32 {
-    std::fs::read_to_string("/proc/self/oom_score_adj").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+    std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn resolve_container_user(
@@ -457,13 +498,22 @@ fn resolve_container_user(
     image: &crate::image::ImageRuntimeConfig,
     rootfs: &Path,
 ) -> Result<User, SpecError> {
-    let uerr = |source| SpecError::User { container: id.to_string(), source };
+    let uerr = |source| SpecError::User {
+        container: id.to_string(),
+        source,
+    };
     let mut req = UserRequest::parse_image_user(&image.user).map_err(uerr)?;
     if let Some(v) = &sc.run_as_user {
-        req = UserRequest { user: IdRef::Id(user::id_from_i64("run_as_user", v.value).map_err(uerr)?), group: None };
+        req = UserRequest {
+            user: IdRef::Id(user::id_from_i64("run_as_user", v.value).map_err(uerr)?),
+            group: None,
+        };
     }
     if !sc.run_as_username.is_empty() {
-        req = UserRequest { user: IdRef::Name(sc.run_as_username.clone()), group: None };
+        req = UserRequest {
+            user: IdRef::Name(sc.run_as_username.clone()),
+            group: None,
+        };
     }
     if let Some(g) = &sc.run_as_group {
         req.group = Some(IdRef::Id(user::id_from_i64("run_as_group", g.value).map_err(uerr)?));
@@ -486,7 +536,9 @@ fn resolve_container_user(
     let merge = sc.supplemental_groups_policy != cri::SupplementalGroupsPolicy::Strict as i32;
     let r = user::resolve_user(&req, &passwd, &groups, merge, &supplemental).map_err(uerr)?;
     let mut u = User::default();
-    u.set_uid(r.uid).set_gid(r.gid).set_additional_gids(Some(r.additional_gids));
+    u.set_uid(r.uid)
+        .set_gid(r.gid)
+        .set_additional_gids(Some(r.additional_gids));
     Ok(u)
 }
 
@@ -512,15 +564,19 @@ pub fn container_capabilities(
             if n.eq_ignore_ascii_case("ALL") {
                 all = true;
             } else {
-                out.push(
-                    parse_capability(n)
-                        .ok_or_else(|| SpecError::UnknownCapability { container: id.to_string(), name: n.clone() })?,
-                );
+                out.push(parse_capability(n).ok_or_else(|| SpecError::UnknownCapability {
+                    container: id.to_string(),
+                    name: n.clone(),
+                })?);
             }
         }
         Ok((all, out))
     };
-    let mut set: Capabilities = if sc.privileged { own.clone() } else { DEFAULT_CAPABILITIES.iter().copied().collect() };
+    let mut set: Capabilities = if sc.privileged {
+        own.clone()
+    } else {
+        DEFAULT_CAPABILITIES.iter().copied().collect()
+    };
     let mut ambient = Capabilities::new();
     if let Some(c) = &sc.capabilities {
         let (add_all, add) = parse_list(&c.add_capabilities)?;

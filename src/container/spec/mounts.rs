@@ -38,7 +38,12 @@ pub fn default_mounts(privileged: bool) -> Vec<Mount> {
     let ro = if privileged { "rw" } else { "ro" };
     vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
-        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
         mount(
             "/dev/pts",
             "devpts",
@@ -47,7 +52,12 @@ pub fn default_mounts(privileged: bool) -> Vec<Mount> {
         ),
         mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
         mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", ro]),
-        mount("/sys/fs/cgroup", "cgroup", "cgroup", &["nosuid", "noexec", "nodev", "relatime", ro]),
+        mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", ro],
+        ),
     ]
 }
 
@@ -55,7 +65,12 @@ pub fn default_mounts(privileged: bool) -> Vec<Mount> {
 pub fn infra_mounts() -> Vec<Mount> {
     vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
-        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
     ]
 }
 
@@ -121,8 +136,8 @@ pub fn cri_mount(container: &str, m: &cri::Mount) -> Result<Mount, SpecError> {
         container_path: m.container_path.clone(),
         reason,
     };
-    let dest = clean_container_path(&m.container_path)
-        .ok_or_else(|| invalid("container_path must be absolute".into()))?;
+    let dest =
+        clean_container_path(&m.container_path).ok_or_else(|| invalid("container_path must be absolute".into()))?;
     if m.host_path.is_empty() {
         let image = m.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
         if !image.is_empty() {
@@ -154,7 +169,11 @@ pub fn cri_mount(container: &str, m: &cri::Mount) -> Result<Mount, SpecError> {
         host_path: m.host_path.clone(),
         source,
     })?;
-    let opts = ["rbind", propagation_option(m.propagation), if m.readonly { "ro" } else { "rw" }];
+    let opts = [
+        "rbind",
+        propagation_option(m.propagation),
+        if m.readonly { "ro" } else { "rw" },
+    ];
     Ok(mount(&dest, "bind", source, &opts))
 }
 
@@ -182,7 +201,12 @@ pub fn container_mounts(
     } else if let Some(shm) = sb.shm_path {
         mounts.push(mount("/dev/shm", "bind", shm, &shm_opts));
     } else {
-        mounts.push(mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]));
+        mounts.push(mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        ));
     }
     let file_mode = if sc.readonly_rootfs { "ro" } else { "rw" };
     for (dest, src) in [
@@ -199,7 +223,11 @@ pub fn container_mounts(
         !cri_mounts.iter().any(|m| m.destination() == dest) && !(overrides_dev && dest.starts_with("/dev"))
     });
 
-    let has = |opt: &str| cri_mounts.iter().any(|m| m.options().as_ref().is_some_and(|o| o.iter().any(|x| x == opt)));
+    let has = |opt: &str| {
+        cri_mounts
+            .iter()
+            .any(|m| m.options().as_ref().is_some_and(|o| o.iter().any(|x| x == opt)))
+    };
     let rootfs_propagation = if has("rshared") {
         Some("rshared".to_string())
     } else if has("rslave") {
@@ -208,5 +236,8 @@ pub fn container_mounts(
         None
     };
     mounts.extend(cri_mounts);
-    Ok(ContainerMounts { mounts, rootfs_propagation })
+    Ok(ContainerMounts {
+        mounts,
+        rootfs_propagation,
+    })
 }
