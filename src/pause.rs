@@ -43,8 +43,16 @@ mod tests {
     fn binary_is_static_elf() {
         let b = binary();
         assert_eq!(&b[..4], b"\x7fELF");
-        // A static executable has no PT_INTERP program header, hence no loader path string.
-        assert!(!b.windows(b"ld-linux".len()).any(|w| w == b"ld-linux"), "berth-pause names a dynamic loader");
+        // ELF64: a static executable has no PT_INTERP (3) or PT_DYNAMIC (2) program header.
+        let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+        let phoff = u64::from_le_bytes(b[0x20..0x28].try_into().unwrap()) as usize;
+        let (phentsize, phnum) = (u16_at(0x36), u16_at(0x38));
+        assert!(phnum > 0);
+        for i in 0..phnum {
+            let o = phoff + i * phentsize;
+            let p_type = u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+            assert!(p_type != 2 && p_type != 3, "berth-pause has a dynamic program header ({p_type})");
+        }
     }
 
     #[test]
