@@ -198,11 +198,14 @@ impl Drop for RealCleanup {
         let _ = netns::remove(&self.req.netns);
         let _ = netns::release_dir(&self.netns_dir);
         let _ = run("ip", &["link", "del", &self.bridge]);
-        if !self.portmap_chains_existed {
+        let (_, nat) = run("iptables-save", &["-t", "nat"]);
+        // Leave portmap's shared chains alone while any other pod (":CNI-DN-<hash>") still uses them.
+        if !self.portmap_chains_existed && !nat.contains(":CNI-DN-") {
             // portmap leaves its shared top-level chains; remove them when this test made them.
-            for (parent, chain) in [("PREROUTING", "CNI-HOSTPORT-DNAT"), ("OUTPUT", "CNI-HOSTPORT-DNAT"), ("POSTROUTING", "CNI-HOSTPORT-MASQ")] {
-                let _ = run("iptables", &["-t", "nat", "-D", parent, "-m", "addrtype", "--dst-type", "LOCAL", "-j", chain]);
-                let _ = run("iptables", &["-t", "nat", "-D", parent, "-j", chain]);
+            // iptables-save quotes like a shell, so each jump is deleted through `sh -c`.
+            let (_, rules) = run("iptables-save", &["-t", "nat"]);
+            for rule in rules.lines().filter(|l| l.starts_with("-A ") && l.contains("-j CNI-HOSTPORT-")) {
+                let _ = run("sh", &["-c", &format!("iptables -t nat -D {}", &rule[3..])]);
             }
             for chain in ["CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-SETMARK", "CNI-HOSTPORT-MASQ"] {
                 let _ = run("iptables", &["-t", "nat", "-F", chain]);
