@@ -220,7 +220,8 @@ pub fn container_mounts(
     let overrides_dev = cri_mounts.iter().any(|m| m.destination() == Path::new("/dev"));
     mounts.retain(|d| {
         let dest = d.destination();
-        !cri_mounts.iter().any(|m| m.destination() == dest) && !(overrides_dev && dest.starts_with("/dev"))
+        let overridden = cri_mounts.iter().any(|m| m.destination() == dest);
+        !(overridden || overrides_dev && dest.starts_with("/dev"))
     });
 
     let has = |opt: &str| {

@@ -1,0 +1,179 @@
+//! Mount tests. Those marked "root" mount real filesystems in temp dirs and unmount them.
+
+use super::*;
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+#[test]
+fn overlay_options_reverse_lowers_and_check_limits() {
+    let lowers = vec![
+        PathBuf::from("/l/base"),
+        PathBuf::from("/l/mid"),
+        PathBuf::from("/l/top"),
+    ];
+    let data = overlay_options(&lowers, Path::new("/u"), Path::new("/w"), Path::new("/t")).unwrap();
+    assert!(
+        data.starts_with("lowerdir=/l/top:/l/mid:/l/base,upperdir=/u,workdir=/w"),
+        "{data}"
+    );
+    let err = overlay_options(&[], Path::new("/u"), Path::new("/w"), Path::new("/t")).unwrap_err();
+    assert!(err.to_string().contains("/t"), "{err}");
+    let bad = vec![PathBuf::from("/l/a:b")];
+    assert!(overlay_options(&bad, Path::new("/u"), Path::new("/w"), Path::new("/t")).is_err());
+    let many: Vec<PathBuf> = (0..200)
+        .map(|i| PathBuf::from(format!("/var/lib/berth/layers/{i:064}")))
+        .collect();
+    let err = overlay_options(&many, Path::new("/u"), Path::new("/w"), Path::new("/t")).unwrap_err();
+    assert!(err.to_string().contains("one page"), "{err}");
+}
+
+#[test]
+fn mountinfo_unescape() {
+    assert_eq!(unescape_mountinfo(r"/a\040b\134c"), r"/a b\c");
+    assert_eq!(unescape_mountinfo(r"/plain"), "/plain");
+    assert_eq!(unescape_mountinfo(r"/end\04"), r"/end\04");
+}
+
+#[allow(unsafe_code)]
+fn set_opaque(dir: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+    let name = c"trusted.overlay.opaque";
+    // SAFETY: both strings are NUL-terminated and live across the call; the value is 1 byte.
+    let rc = unsafe { libc::setxattr(p.as_ptr(), name.as_ptr(), b"y".as_ptr().cast(), 1, 0) };
+    assert_eq!(rc, 0, "setxattr {}: {}", dir.display(), std::io::Error::last_os_error());
+}
+
+#[test]
+fn overlay_merges_whiteouts_and_opaque_dirs_root() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let base = d.path().join("base");
+    let top = d.path().join("top");
+    for p in ["etc", "gone", "opaque"] {
+        std::fs::create_dir_all(base.join(p)).unwrap();
+    }
+    std::fs::write(base.join("etc/keep"), "base").unwrap();
+    std::fs::write(base.join("etc/deleted"), "base").unwrap();
+    std::fs::write(base.join("gone/x"), "x").unwrap();
+    std::fs::write(base.join("opaque/hidden"), "h").unwrap();
+    std::fs::create_dir_all(top.join("etc")).unwrap();
+    std::fs::create_dir_all(top.join("opaque")).unwrap();
+    std::fs::write(top.join("etc/keep"), "top").unwrap();
+    std::fs::write(top.join("opaque/visible"), "v").unwrap();
+    set_opaque(&top.join("opaque"));
+    for w in ["etc/deleted", "gone"] {
+        nix::sys::stat::mknod(
+            &top.join(w),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o000),
+            nix::sys::stat::makedev(0, 0),
+        )
+        .unwrap();
+    }
+    let upper = d.path().join("upper");
+    let work = d.path().join("work");
+    let merged = d.path().join("merged");
+    mount_overlay(&[base.clone(), top.clone()], &upper, &work, &merged).unwrap();
+    let result = std::panic::catch_unwind(|| {
+        assert!(is_mounted(&merged));
+        assert_eq!(std::fs::read_to_string(merged.join("etc/keep")).unwrap(), "top");
+        assert!(!merged.join("etc/deleted").exists());
+        assert!(!merged.join("gone").exists());
+        assert!(merged.join("opaque/visible").exists());
+        assert!(!merged.join("opaque/hidden").exists());
+        std::fs::write(merged.join("new"), "written").unwrap();
+        std::fs::remove_file(merged.join("etc/keep")).unwrap();
+    });
+    unmount(&merged).unwrap();
+    result.unwrap();
+    assert!(!is_mounted(&merged));
+    assert_eq!(std::fs::read_to_string(upper.join("new")).unwrap(), "written");
+    let meta = std::fs::symlink_metadata(upper.join("etc/keep")).unwrap();
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    assert!(
+        meta.file_type().is_char_device() && meta.rdev() == 0,
+        "deletion recorded as a whiteout"
+    );
+    assert_eq!(
+        std::fs::read_to_string(top.join("etc/keep")).unwrap(),
+        "top",
+        "lower untouched"
+    );
+    unmount(&merged).unwrap();
+}
+
+#[test]
+fn overlay_with_single_layer_root() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let base = d.path().join("base");
+    std::fs::create_dir_all(&base).unwrap();
+    std::fs::write(base.join("f"), "1").unwrap();
+    let merged = d.path().join("m");
+    mount_overlay(&[base], &d.path().join("u"), &d.path().join("w"), &merged).unwrap();
+    let ok = std::fs::read_to_string(merged.join("f")).map(|s| s == "1");
+    unmount(&merged).unwrap();
+    assert!(ok.unwrap());
+    let missing = mount_overlay(
+        &[d.path().join("nope")],
+        &d.path().join("u"),
+        &d.path().join("w"),
+        &merged,
+    );
+    assert!(missing.is_err());
+}
+
+#[test]
+fn tmpfs_mount_and_idempotent_unmount_root() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let shm = d.path().join("shm");
+    mount_tmpfs(&shm, "mode=1777,size=65536k").unwrap();
+    let mounted = is_mounted(&shm);
+    let line = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(shm.to_str().unwrap()))
+        .map(String::from);
+    let mode = std::fs::metadata(&shm).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777);
+    unmount(&shm).unwrap();
+    assert!(mounted);
+    let line = line.unwrap();
+    assert!(
+        line.contains("nosuid") && line.contains("nodev") && line.contains("noexec"),
+        "{line}"
+    );
+    assert!(line.contains("size=65536k"), "{line}");
+    assert_eq!(mode.unwrap(), 0o1777);
+    assert!(!is_mounted(&shm));
+    unmount(&shm).unwrap();
+    unmount(&d.path().join("never-existed")).unwrap();
+    unmount(d.path()).unwrap();
+}
+
+#[test]
+fn busy_mount_is_detached_root() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let t = d.path().join("t");
+    mount_tmpfs(&t, "size=1m").unwrap();
+    let f = std::fs::File::create(t.join("open"));
+    unmount(&t).unwrap();
+    assert!(!is_mounted(&t));
+    drop(f);
+}
