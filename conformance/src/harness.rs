@@ -215,6 +215,9 @@ pub async fn run(cases: &[Case], filters: &[String]) -> i32 {
         eprintln!("teardown: {e}");
     }
     ctx.daemon.lock().await.stop();
+    if failed > 0 {
+        save_daemon_log(&ctx).await;
+    }
     drop(ctx);
     s.teardown();
     if skipped > 0 {
@@ -223,6 +226,18 @@ pub async fn run(cases: &[Case], filters: &[String]) -> i32 {
         println!("{passed} passed, {failed} failed");
     }
     i32::from(failed > 0)
+}
+
+/// Copies the daemon log to `<target dir>/berth-conformance/<kind>-daemon.log` so it outlives
+/// the temp dir, and says where.
+async fn save_daemon_log(ctx: &Ctx) {
+    let Some(log) = ctx.daemon.lock().await.log.clone() else { return };
+    let dir = daemon::berth_binary().parent().and_then(Path::parent).map(|t| t.join("berth-conformance"));
+    let Some(dir) = dir else { return };
+    let dest = dir.join(format!("{:?}-daemon.log", ctx.kind).to_lowercase());
+    if std::fs::create_dir_all(&dir).is_ok() && std::fs::copy(&log, &dest).is_ok() {
+        eprintln!("berth-conformance: daemon log saved to {}", dest.display());
+    }
 }
 
 fn one_line(s: &str) -> String {
