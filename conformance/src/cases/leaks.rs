@@ -26,13 +26,16 @@ fn dirs_named(dir: &Path, names: &[String], depth: usize, out: &mut Vec<String>)
 /// After every suite pod is removed: no mounts under root/run_root, no new netns files, no
 /// processes mentioning root/run_root (but the daemon), no container/pod dirs in run_root.
 pub async fn no_leftovers(ctx: &Ctx) -> Result<()> {
-    if ctx.kind != TargetKind::Berth {
-        return skip("leak checks need berth started by the harness on its own roots");
-    }
+    // The roots the harness gave the daemon: berth's root/run_root, containerd's root/state
+    // (run on containerd too, to prove the checks themselves).
+    let (root, run) = match ctx.kind {
+        TargetKind::Berth => (ctx.tmp.join("root"), ctx.tmp.join("run")),
+        TargetKind::Containerd => (ctx.tmp.join("containerd/root"), ctx.tmp.join("containerd/state")),
+        TargetKind::External => return skip("leak checks need a daemon started by the harness on its own roots"),
+    };
     let errs = ctx.remove_suite_pods().await;
     check(errs.is_empty(), || format!("removing the suite's pods failed: {errs:?}"))?;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let (root, run) = (ctx.tmp.join("root"), ctx.tmp.join("run"));
     let mut problems = Vec::new();
     for d in [&root, &run] {
         for m in mounts_under(d) {
