@@ -21,6 +21,8 @@ use std::time::Duration;
 pub const BRIDGE: &str = "brt0";
 /// The pod subnet of the test network.
 pub const SUBNET_PREFIX: &str = "10.88.77.";
+/// Held (flock) for a whole run so two suites never share `brt0` at once.
+pub const LOCK_FILE: &str = "/tmp/berth-conformance.lock";
 /// Per-case time limit.
 pub const CASE_LIMIT: Duration = Duration::from_secs(180);
 
@@ -159,6 +161,22 @@ pub async fn run(cases: &[Case], filters: &[String]) -> i32 {
         println!("0 passed, 0 failed");
         return 0;
     }
+    // One run at a time on this machine: runs share the bridge name and the pod subnet.
+    let _lock = match std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(LOCK_FILE) {
+        Ok(f) => {
+            if !matches!(f.try_lock(), Ok(())) {
+                eprintln!("berth-conformance: waiting for another run to release {LOCK_FILE}");
+                if let Err(e) = f.lock() {
+                    eprintln!("berth-conformance: cannot lock {LOCK_FILE}: {e}");
+                }
+            }
+            Some(f)
+        }
+        Err(e) => {
+            eprintln!("berth-conformance: cannot open {LOCK_FILE}: {e}; running unlocked");
+            None
+        }
+    };
     let tmp = match tempfile::Builder::new().prefix("berth-conformance-").tempdir_in("/tmp") {
         Ok(t) => t.keep(),
         Err(e) => {
