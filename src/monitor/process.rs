@@ -255,9 +255,10 @@ fn create_container(spec: &MonitorSpec) -> Result<Container, String> {
         let mut message = crate::oci::last_json_log_error(&log)
             .unwrap_or_else(|| format!("{:?} create exited with {status}", spec.runtime));
         if let Some((_, err_r)) = &pipes {
-            let extra = read_available(err_r);
-            if !extra.trim().is_empty() {
-                message = format!("{message}: {}", extra.trim());
+            // runc also prints its error on its stderr, which is the container's stderr pipe.
+            let extra = crate::oci::runtime_error_message(&read_available(err_r));
+            if !extra.is_empty() && !extra.contains(&message) && !message.contains(&extra) {
+                message = format!("{message} (stderr: {extra})");
             }
         }
         if console.is_some() {

@@ -1,0 +1,258 @@
+//! Real tests of berth-monitor + runc + berth-pause (need root and runc; skipped otherwise).
+//!
+//! Each test builds a bundle in a temp dir with a rootfs made from the host's dynamic
+//! /bin/busybox and the libraries `ldd` names, a `runc spec` config edited for the case, and a
+//! cgroupsPath `/berth-test/<id>`. Everything is deleted at the end: runc delete --force, the temp
+//! dir, the cgroup directories; the monitor is checked to be gone.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use berth::monitor::{self, ExitInfo, MonitorError, MonitorSpec};
+use berth::oci::Runtime;
+
+const MONITOR: &str = env!("CARGO_BIN_EXE_berth-monitor");
+
+fn can_run() -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping: needs root");
+        return false;
+    }
+    if berth::oci::resolve_binary(Path::new("runc")).is_none() || !Path::new("/bin/busybox").exists() {
+        eprintln!("skipping: needs runc and /bin/busybox");
+        return false;
+    }
+    true
+}
+
+/// A bundle directory with its runc state root, cleaned up on drop.
+struct Case {
+    id: String,
+    dir: tempfile::TempDir,
+    runtime: Runtime,
+}
+
+impl Case {
+    fn bundle(&self) -> PathBuf {
+        self.dir.path().join("bundle")
+    }
+
+    fn spec(&self, terminal: bool) -> MonitorSpec {
+        MonitorSpec {
+            id: self.id.clone(),
+            bundle: self.bundle(),
+            runtime: self.runtime.path.clone(),
+            runtime_root: self.runtime.root.clone(),
+            log_path: Some(self.dir.path().join("logs/0.log")),
+            exit_file: self.dir.path().join("exits").join(&self.id),
+            pid_file: self.bundle().join("pidfile"),
+            attach_socket: self.bundle().join("attach"),
+            terminal,
+            stdin: false,
+            stdin_once: false,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("logs/0.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Case {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(&self.runtime.path)
+            .arg("--root")
+            .arg(&self.runtime.root)
+            .args(["delete", "--force", &self.id])
+            .output();
+        for ctrl in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            let _ = std::fs::remove_dir(ctrl.path().join("berth-test").join(&self.id));
+            let _ = std::fs::remove_dir(ctrl.path().join("berth-test"));
+        }
+    }
+}
+
+/// A bundle whose rootfs is busybox (with its libraries), or only berth-pause when `pause`.
+fn case(name: &str, args: &[&str], terminal: bool, pause: bool) -> Case {
+    let id = format!("berth-test-{name}-{}", std::process::id());
+    let dir = tempfile::Builder::new().prefix("bm").tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    let rootfs = bundle.join("rootfs");
+    for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    if pause {
+        berth::pause::install(&rootfs).unwrap();
+    } else {
+        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).unwrap();
+        let ldd = std::process::Command::new("ldd").arg("/bin/busybox").output().unwrap();
+        for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+            let lib = line.split_whitespace().find(|w| w.starts_with('/'));
+            if let Some(lib) = lib {
+                let dest = rootfs.join(lib.trim_start_matches('/'));
+                std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+                std::fs::copy(lib, &dest).unwrap();
+            }
+        }
+    }
+    let out = std::process::Command::new("runc").arg("spec").arg("--bundle").arg(&bundle).output().unwrap();
+    assert!(out.status.success(), "runc spec: {}", String::from_utf8_lossy(&out.stderr));
+    let path = bundle.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    cfg["process"]["args"] = serde_json::json!(args);
+    cfg["process"]["terminal"] = serde_json::json!(terminal);
+    cfg["root"]["path"] = serde_json::json!("rootfs");
+    cfg["linux"]["cgroupsPath"] = serde_json::json!(format!("/berth-test/{id}"));
+    std::fs::write(&path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    let runtime = Runtime::new("runc", "runc".into(), dir.path().join("runc-root")).unwrap();
+    Case { id, dir, runtime }
+}
+
+async fn wait_exit(path: &Path) -> ExitInfo {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(info) = monitor::read_exit_file(path).unwrap() {
+            return info;
+        }
+        assert!(Instant::now() < deadline, "no exit file {path:?} after 20 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The monitor exits right after writing the exit file; it is not our child, so poll.
+async fn assert_gone(pid: i32) {
+    assert!(pid > 0, "monitor pid unknown");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() {
+        assert!(Instant::now() < deadline, "monitor {pid} still alive");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `(stream, tag, text)` of every CRI log record, checking the timestamp's shape.
+fn records(log: &str) -> Vec<(String, String, String)> {
+    log.lines()
+        .map(|l| {
+            let mut it = l.splitn(4, ' ');
+            let ts = it.next().unwrap();
+            assert!(ts.len() == 30 && ts.ends_with('Z') && ts.as_bytes()[19] == b'.', "bad timestamp in {l:?}");
+            (it.next().unwrap().into(), it.next().unwrap().into(), it.next().unwrap_or("").into())
+        })
+        .collect()
+}
+
+fn rec(s: &str, t: &str, x: &str) -> (String, String, String) {
+    (s.into(), t.into(), x.into())
+}
+
+#[tokio::test]
+async fn pipes_exit_code_and_cri_log() {
+    if !can_run() {
+        return;
+    }
+    let c = case("pipes", &["sh", "-c", "echo out; echo err >&2; printf tail; exit 3"], false, false);
+    let spec = c.spec(false);
+    let spawned = monitor::spawn(Path::new(MONITOR), &spec).await.unwrap();
+    assert!(spawned.container_pid > 0);
+    let state = c.runtime.state(&c.id).await.unwrap().unwrap();
+    assert_eq!(state.status, "created");
+    assert_eq!(state.pid, spawned.container_pid);
+    assert_eq!(monitor::read_exit_file(&spec.exit_file).unwrap(), None);
+
+    c.runtime.start(&c.id).await.unwrap();
+    let info = wait_exit(&spec.exit_file).await;
+    assert_eq!(info.exit_code, 3);
+    assert!(!info.oom_killed);
+    assert!(info.exited_at > 0);
+    assert_gone(spawned.monitor_pid).await;
+
+    let mut recs = records(&c.log());
+    recs.sort();
+    assert_eq!(recs, vec![rec("stderr", "F", "err"), rec("stdout", "F", "out"), rec("stdout", "P", "tail")]);
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(c.dir.path().join("logs/0.log")).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o640);
+
+    assert_eq!(c.runtime.state(&c.id).await.unwrap().unwrap().status, "stopped");
+    c.runtime.delete(&c.id, false).await.unwrap();
+    assert_eq!(c.runtime.state(&c.id).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn tty_output_is_stdout() {
+    if !can_run() {
+        return;
+    }
+    let c = case("tty", &["sh", "-c", "echo hello tty; echo to-stderr >&2; exit 0"], true, false);
+    let spec = c.spec(true);
+    let spawned = monitor::spawn(Path::new(MONITOR), &spec).await.unwrap();
+    assert!(!spec.bundle.join("console.sock").exists(), "console socket left behind");
+    c.runtime.start(&c.id).await.unwrap();
+    let info = wait_exit(&spec.exit_file).await;
+    assert_eq!(info.exit_code, 0);
+    assert_gone(spawned.monitor_pid).await;
+    assert_eq!(records(&c.log()), vec![rec("stdout", "F", "hello tty"), rec("stdout", "F", "to-stderr")]);
+}
+
+#[tokio::test]
+async fn failing_create_reports_runtime_error() {
+    if !can_run() {
+        return;
+    }
+    let c = case("fail", &["/does-not-exist"], false, false);
+    let spec = c.spec(false);
+    match monitor::spawn(Path::new(MONITOR), &spec).await {
+        Err(MonitorError::Runtime { id, message }) => {
+            assert_eq!(id, c.id);
+            eprintln!("runtime message: {message}");
+            assert!(message.contains("does-not-exist"), "runtime message: {message}");
+        }
+        other => panic!("expected a runtime error, got {other:?}"),
+    }
+    // The monitor gave up: no exit file, no live monitor.
+    let pid = monitor::client::read_pid(&spec.bundle.join("monitor.pid"));
+    if let Some(pid) = pid {
+        assert_gone(pid).await;
+    }
+    assert_eq!(monitor::read_exit_file(&spec.exit_file).unwrap(), None);
+}
+
+#[tokio::test]
+async fn killed_container_exits_128_plus_signal() {
+    if !can_run() {
+        return;
+    }
+    let c = case("kill", &["sh", "-c", "echo ready; exec sleep 600"], false, false);
+    // busybox `sleep` is an applet: give it its link.
+    std::os::unix::fs::symlink("busybox", c.bundle().join("rootfs/bin/sleep")).unwrap();
+    let spec = c.spec(false);
+    let spawned = monitor::spawn(Path::new(MONITOR), &spec).await.unwrap();
+    c.runtime.start(&c.id).await.unwrap();
+    assert_eq!(c.runtime.state(&c.id).await.unwrap().unwrap().status, "running");
+    c.runtime.kill(&c.id, libc::SIGKILL, false).await.unwrap();
+    let info = wait_exit(&spec.exit_file).await;
+    assert_eq!(info.exit_code, 128 + libc::SIGKILL);
+    assert_gone(spawned.monitor_pid).await;
+    assert_eq!(records(&c.log()), vec![rec("stdout", "F", "ready")]);
+    // Killing a stopped container is fine.
+    c.runtime.kill(&c.id, libc::SIGKILL, false).await.unwrap();
+}
+
+#[tokio::test]
+async fn pause_container_exits_0_on_sigterm() {
+    if !can_run() {
+        return;
+    }
+    let c = case("pause", &["/berth-pause"], false, true);
+    let mut spec = c.spec(false);
+    spec.log_path = None;
+    let spawned = monitor::spawn(Path::new(MONITOR), &spec).await.unwrap();
+    c.runtime.start(&c.id).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(c.runtime.state(&c.id).await.unwrap().unwrap().status, "running");
+    assert_eq!(monitor::read_exit_file(&spec.exit_file).unwrap(), None);
+    c.runtime.kill(&c.id, libc::SIGTERM, false).await.unwrap();
+    let info = wait_exit(&spec.exit_file).await;
+    assert_eq!(info.exit_code, 0);
+    assert_gone(spawned.monitor_pid).await;
+}
