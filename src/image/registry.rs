@@ -20,6 +20,7 @@ use oci_client::manifest::{OciDescriptor, OciImageManifest};
 use oci_client::secrets::RegistryAuth as OciAuth;
 use oci_client::{Client, Reference};
 use std::path::Path;
+use std::sync::Arc;
 
 /// Credentials for a registry, as CRI `AuthConfig` carries them. Empty fields are unset.
 #[derive(Clone, Default)]
@@ -122,14 +123,34 @@ pub struct ResolvedManifest {
     pub media_type: String,
 }
 
-/// The registry client of an [`super::ImageStore`].
+/// The registry side of an [`super::ImageStore`]: the mirror/insecure configuration and a
+/// shared client for anonymous pulls.
 pub struct Puller {
-    client: Client,
+    anonymous: Arc<Client>,
+    http_hosts: Vec<String>,
     cfg: ImageConfig,
 }
 
+/// A client bound to one set of credentials. oci-client keeps the first credentials it sees per
+/// registry (and the tokens they bought), so credentialed pulls get a client of their own and
+/// never share tokens with other pulls.
+pub struct Session {
+    client: Arc<Client>,
+    auth: OciAuth,
+}
+
+fn build_client(http_hosts: Vec<String>) -> Client {
+    Client::new(ClientConfig {
+        protocol: ClientProtocol::HttpsExcept(http_hosts),
+        platform_resolver: Some(Box::new(oci_client::client::current_platform_resolver)),
+        connect_timeout: Some(std::time::Duration::from_secs(30)),
+        read_timeout: Some(std::time::Duration::from_secs(120)),
+        ..Default::default()
+    })
+}
+
 impl Puller {
-    /// A client for `cfg`: plain HTTP for insecure registries and `http://` mirrors.
+    /// A puller for `cfg`: plain HTTP for insecure registries and `http://` mirrors.
     pub fn new(cfg: ImageConfig) -> Puller {
         let mut http_hosts = cfg.insecure_registries.clone();
         for r in cfg.registries.values() {
@@ -139,14 +160,16 @@ impl Puller {
                 }
             }
         }
-        let client = Client::new(ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(http_hosts),
-            platform_resolver: Some(Box::new(oci_client::client::current_platform_resolver)),
-            connect_timeout: Some(std::time::Duration::from_secs(30)),
-            read_timeout: Some(std::time::Duration::from_secs(120)),
-            ..Default::default()
-        });
-        Puller { client, cfg }
+        Puller { anonymous: Arc::new(build_client(http_hosts.clone())), http_hosts, cfg }
+    }
+
+    /// A session for `auth`: the shared client when anonymous, a fresh one otherwise.
+    pub fn session(&self, auth: &OciAuth) -> Session {
+        let client = match auth {
+            OciAuth::Anonymous => self.anonymous.clone(),
+            _ => Arc::new(build_client(self.http_hosts.clone())),
+        };
+        Session { client, auth: auth.clone() }
     }
 
     /// The sources for `r`, in the order they are tried (see the module docs).
@@ -169,21 +192,23 @@ impl Puller {
         }
         out
     }
+}
 
-    fn oci_ref(src: &Source, r: &ImageReference, digest: Option<&str>) -> Reference {
-        match (digest.or(r.digest.as_deref()), &r.tag) {
-            (Some(d), _) => Reference::with_digest(src.host.clone(), r.repository.clone(), d.to_string()),
-            (None, Some(t)) => Reference::with_tag(src.host.clone(), r.repository.clone(), t.clone()),
-            (None, None) => Reference::with_tag(src.host.clone(), r.repository.clone(), "latest".into()),
-        }
+fn oci_ref(src: &Source, r: &ImageReference) -> Reference {
+    match (&r.digest, &r.tag) {
+        (Some(d), _) => Reference::with_digest(src.host.clone(), r.repository.clone(), d.clone()),
+        (None, Some(t)) => Reference::with_tag(src.host.clone(), r.repository.clone(), t.clone()),
+        (None, None) => Reference::with_tag(src.host.clone(), r.repository.clone(), "latest".into()),
     }
+}
 
+impl Session {
     /// Fetches the manifest of `r` from `src`, resolving an index to the host platform.
-    pub async fn resolve(&self, src: &Source, r: &ImageReference, auth: &OciAuth) -> Result<ResolvedManifest, ImageError> {
-        let oref = Self::oci_ref(src, r, None);
+    pub async fn resolve(&self, src: &Source, r: &ImageReference) -> Result<ResolvedManifest, ImageError> {
+        let oref = oci_ref(src, r);
         let (manifest, digest, list_digest) = self
             .client
-            .pull_image_manifest_and_list_digest(&oref, auth)
+            .pull_image_manifest_and_list_digest(&oref, &self.auth)
             .await
             .map_err(|e| map_error(&r.to_string(), &src.host, e))?;
         let media_type = manifest
@@ -196,7 +221,8 @@ impl Puller {
     /// Reads the blob `desc` of `r` from `src` into memory (for the config), verified by digest.
     pub async fn blob_to_vec(&self, src: &Source, r: &ImageReference, desc: &OciDescriptor) -> Result<Vec<u8>, ImageError> {
         let mut out = Vec::new();
-        let oref = Self::oci_ref(src, r, None);
+        let oref = oci_ref(src, r);
+        self.client.store_auth_if_needed(oref.resolve_registry(), &self.auth).await;
         self.client.pull_blob(&oref, desc, &mut out).await.map_err(|e| map_error(&r.to_string(), &src.host, e))?;
         Ok(out)
     }
@@ -206,7 +232,8 @@ impl Puller {
     pub async fn blob_to_file(&self, src: &Source, r: &ImageReference, desc: &OciDescriptor, path: &Path) -> Result<(), ImageError> {
         let f = tokio::fs::File::create(path).await.map_err(|e| ImageError::io(path, e))?;
         let mut w = tokio::io::BufWriter::with_capacity(1 << 16, f);
-        let oref = Self::oci_ref(src, r, None);
+        let oref = oci_ref(src, r);
+        self.client.store_auth_if_needed(oref.resolve_registry(), &self.auth).await;
         self.client.pull_blob(&oref, desc, &mut w).await.map_err(|e| map_error(&r.to_string(), &src.host, e))?;
         let f = w.into_inner();
         f.sync_all().await.map_err(|e| ImageError::io(path, e))?;

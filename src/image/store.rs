@@ -17,7 +17,7 @@
 //! always taken after the GC lock.
 
 use super::reference::{is_hex, is_hex64, is_sha256_digest, ImageReference};
-use super::registry::{Puller, RegistryAuth, Source};
+use super::registry::{Puller, RegistryAuth, Session, Source};
 use super::types::ImageRuntimeConfig;
 use super::unpack::unpack_blob_file;
 use super::ImageError;
@@ -211,8 +211,8 @@ impl ImageStore {
         let started = std::time::Instant::now();
         let mut last = None;
         for src in self.puller.sources(&r) {
-            let a = if src.mirror { OciAuth::Anonymous } else { auth.clone() };
-            match self.pull_from(&r, &src, &a).await {
+            let session = self.puller.session(if src.mirror { &OciAuth::Anonymous } else { &auth });
+            match self.pull_from(&r, &src, &session).await {
                 Ok(image) => {
                     tracing::debug!(image = %r, source = %src.host, elapsed_ms = started.elapsed().as_millis() as u64, "pulled");
                     return Ok(image);
@@ -230,15 +230,15 @@ impl ImageStore {
         }))
     }
 
-    async fn pull_from(&self, r: &ImageReference, src: &Source, auth: &OciAuth) -> Result<Image, ImageError> {
+    async fn pull_from(&self, r: &ImageReference, src: &Source, session: &Session) -> Result<Image, ImageError> {
         let image_name = r.to_string();
-        let resolved = self.puller.resolve(src, r, auth).await?;
+        let resolved = session.resolve(src, r).await?;
         let m = &resolved.manifest;
         let id = m.config.digest.clone();
         if !is_sha256_digest(&id) {
             return Err(ImageError::BadConfig { image: image_name, message: format!("config digest {id:?} is not sha256:<64 hex>") });
         }
-        let config_bytes = self.puller.blob_to_vec(src, r, &m.config).await?;
+        let config_bytes = session.blob_to_vec(src, r, &m.config).await?;
         let cfg: ConfigFile = serde_json::from_slice(&config_bytes)
             .map_err(|e| ImageError::BadConfig { image: image_name.clone(), message: format!("not an image config: {e}") })?;
         let diff_ids = cfg.rootfs.diff_ids;
@@ -254,7 +254,7 @@ impl ImageStore {
         let chains = chain_ids(&diff_ids);
         let _gc = self.gc.read().await;
         for ((desc, diff_id), chain_id) in m.layers.iter().zip(&diff_ids).zip(&chains) {
-            self.ensure_layer(r, src, desc, diff_id, chain_id).await?;
+            self.ensure_layer(r, src, session, desc, diff_id, chain_id).await?;
         }
         let _meta = self.meta.lock().await;
         let mut image = self.store.get::<Image>(IMAGES, &id)?.unwrap_or_else(|| Image {
@@ -295,7 +295,7 @@ impl ImageStore {
     }
 
     /// Makes sure the layer `chain_id` is unpacked, downloading and unpacking `desc` if not.
-    async fn ensure_layer(&self, r: &ImageReference, src: &Source, desc: &OciDescriptor, diff_id: &str, chain_id: &str) -> Result<(), ImageError> {
+    async fn ensure_layer(&self, r: &ImageReference, src: &Source, session: &Session, desc: &OciDescriptor, diff_id: &str, chain_id: &str) -> Result<(), ImageError> {
         if self.layer_ready(chain_id)? {
             return Ok(());
         }
@@ -309,7 +309,7 @@ impl ImageStore {
         let rand = &new_id()[..12];
         let tmp_dir = self.dir.join("layers").join(format!("{}.tmp-{rand}", hex_of(chain_id)));
         let blob = self.dir.join("tmp").join(format!("blob-{rand}"));
-        let result = self.unpack_layer(r, src, desc, diff_id, chain_id, &tmp_dir, &blob).await;
+        let result = self.unpack_layer(r, src, session, desc, diff_id, chain_id, &tmp_dir, &blob).await;
         let _ = std::fs::remove_file(&blob);
         let record = match result {
             Ok(rec) => rec,
@@ -331,6 +331,7 @@ impl ImageStore {
         &self,
         r: &ImageReference,
         src: &Source,
+        session: &Session,
         desc: &OciDescriptor,
         diff_id: &str,
         chain_id: &str,
@@ -339,7 +340,7 @@ impl ImageStore {
     ) -> Result<LayerRecord, ImageError> {
         let diff = tmp_dir.join("diff");
         std::fs::create_dir_all(&diff).map_err(|e| ImageError::io(&diff, e))?;
-        self.puller.blob_to_file(src, r, desc, blob).await?;
+        session.blob_to_file(src, r, desc, blob).await?;
         let (b, d, layer) = (blob.to_path_buf(), diff.clone(), desc.digest.clone());
         let unpacked = tokio::task::spawn_blocking(move || unpack_blob_file(&b, &d, &layer))
             .await

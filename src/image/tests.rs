@@ -27,17 +27,21 @@ impl Drop for Registry {
     }
 }
 
-fn start_registry(dir: &Path) -> Registry {
+/// Starts `docker-registry` on a free 127.0.0.1 port; with `htpasswd` (a `user:bcrypt` line) it
+/// requires basic auth.
+fn start_registry(dir: &Path, htpasswd: Option<&str>) -> Registry {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let cfg = dir.join("registry.yml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            dir.join("data").display()
-        ),
-    )
-    .unwrap();
+    let mut yml = format!(
+        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+        dir.join("data").display()
+    );
+    if let Some(line) = htpasswd {
+        let file = dir.join("htpasswd");
+        std::fs::write(&file, format!("{line}\n")).unwrap();
+        yml.push_str(&format!("auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n", file.display()));
+    }
+    std::fs::write(&cfg, yml).unwrap();
     let log = std::fs::File::create(dir.join("registry.log")).unwrap();
     let child = Command::new("docker-registry")
         .arg("serve")
@@ -97,6 +101,10 @@ struct Pushed {
 }
 
 async fn push_images(port: u16) -> Pushed {
+    push_images_as(port, &OciAuth::Anonymous).await
+}
+
+async fn push_images_as(port: u16, auth: &OciAuth) -> Pushed {
     use tar::EntryType::*;
     let layer1 = tar_of(|b| {
         add(b, "etc/", Directory, b"", None);
@@ -128,9 +136,9 @@ async fn push_images(port: u16) -> Pushed {
         ImageLayer::new(zst, "application/vnd.oci.image.layer.v1.tar+zstd".into(), None),
     ];
     let cfg = Config::oci_v1(config.clone().into_bytes(), None);
-    client.push(&Reference::with_tag(host.clone(), repo.clone(), "1".into()), &layers, cfg, &OciAuth::Anonymous, None).await.unwrap();
+    client.push(&Reference::with_tag(host.clone(), repo.clone(), "1".into()), &layers, cfg, auth, None).await.unwrap();
     let (_, manifest_digest) = client
-        .pull_manifest_raw(&Reference::with_tag(host.clone(), repo.clone(), "1".into()), &OciAuth::Anonymous, &["application/vnd.oci.image.manifest.v1+json"])
+        .pull_manifest_raw(&Reference::with_tag(host.clone(), repo.clone(), "1".into()), auth, &["application/vnd.oci.image.manifest.v1+json"])
         .await
         .unwrap();
 
@@ -153,7 +161,7 @@ async fn push_images(port: u16) -> Pushed {
         .await
         .unwrap();
     let (oci_manifest_raw, _) = client
-        .pull_manifest_raw(&Reference::with_tag(host.clone(), repo.clone(), "1".into()), &OciAuth::Anonymous, &["application/vnd.oci.image.manifest.v1+json"])
+        .pull_manifest_raw(&Reference::with_tag(host.clone(), repo.clone(), "1".into()), auth, &["application/vnd.oci.image.manifest.v1+json"])
         .await
         .unwrap();
     let index = serde_json::json!({
@@ -187,7 +195,7 @@ async fn pull_unpack_resolve_remove_against_a_real_registry() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let reg = start_registry(tmp.path());
+    let reg = start_registry(tmp.path(), None);
     let port = reg.port;
     let pushed = push_images(port).await;
 
@@ -283,5 +291,34 @@ async fn pull_unpack_resolve_remove_against_a_real_registry() {
     assert!(images.list().unwrap().is_empty());
     assert!(!dirs[0].exists());
     assert!(state.list::<LayerRecord>(crate::state::LAYERS).unwrap().is_empty());
+    drop(reg);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_with_basic_auth() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping pull_with_basic_auth: needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // bcrypt (cost 4) of "pw" for user "berth".
+    let reg = start_registry(tmp.path(), Some("berth:$2b$04$YHt/69jGhOjqOBeNMD3GnOoDR0/tsyAnXgCIvLeQmV4o4kHIpD0IK"));
+    let port = reg.port;
+    let pushed = push_images_as(port, &OciAuth::Basic("berth".into(), "pw".into())).await;
+    let mut cfg = ImageConfig::default();
+    cfg.insecure_registries.push(format!("127.0.0.1:{port}"));
+    let state = Arc::new(crate::state::Store::open(&tmp.path().join("state")).unwrap());
+    let images = ImageStore::open(tmp.path().join("images"), state, cfg).unwrap();
+    let name = format!("127.0.0.1:{port}/test/img:1");
+    match images.pull(&name, None).await {
+        Err(ImageError::Unauthenticated { image, .. }) => assert_eq!(image, name),
+        other => panic!("expected Unauthenticated, got {other:?}"),
+    }
+    let wrong = RegistryAuth { username: "berth".into(), password: "nope".into(), ..Default::default() };
+    assert!(matches!(images.pull(&name, Some(wrong)).await, Err(ImageError::Unauthenticated { .. })));
+    // CRI's `auth` field: base64("berth:pw").
+    let auth = RegistryAuth { auth: "YmVydGg6cHc=".into(), ..Default::default() };
+    let img = images.pull(&name, Some(auth)).await.unwrap();
+    assert_eq!(img.id, pushed.config_digest);
     drop(reg);
 }
