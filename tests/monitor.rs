@@ -256,3 +256,49 @@ async fn pause_container_exits_0_on_sigterm() {
     assert_eq!(info.exit_code, 0);
     assert_gone(spawned.monitor_pid).await;
 }
+
+#[tokio::test]
+async fn monitor_is_detached_small_and_holds_no_daemon_fds() {
+    if !can_run() {
+        return;
+    }
+    let c = case("detach", &["sh", "-c", "exec sleep 600"], false, false);
+    std::os::unix::fs::symlink("busybox", c.bundle().join("rootfs/bin/sleep")).unwrap();
+    let spec = c.spec(false);
+    let spawned = monitor::spawn(Path::new(MONITOR), &spec).await.unwrap();
+    let mon = spawned.monitor_pid;
+    let status = std::fs::read_to_string(format!("/proc/{mon}/status")).unwrap();
+    let field = |k: &str| -> i64 {
+        let line = status.lines().find(|l| l.starts_with(k)).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    assert_ne!(field("PPid:") as u32, std::process::id(), "monitor is still the daemon's child");
+    let rss_kib = field("VmRSS:");
+    eprintln!("monitor RSS: {rss_kib} KiB");
+    assert!(rss_kib < 8 * 1024, "monitor RSS {rss_kib} KiB");
+    // setsid: the monitor leads its own session.
+    let stat = std::fs::read_to_string(format!("/proc/{mon}/stat")).unwrap();
+    let after = stat.rsplit_once(')').unwrap().1.split_whitespace().collect::<Vec<_>>();
+    assert_eq!(after[3], mon.to_string(), "session id");
+    // fds: 0-2 on /dev/null, then only what the monitor made (stdout/stderr pipes, signalfd, log).
+    let mut fds = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{mon}/fd")).unwrap().flatten() {
+        let target = std::fs::read_link(e.path()).map(|p| p.display().to_string()).unwrap_or_default();
+        fds.push((e.file_name().to_string_lossy().parse::<i32>().unwrap(), target));
+    }
+    fds.sort();
+    eprintln!("monitor fds: {fds:?}");
+    for (fd, target) in &fds {
+        if *fd <= 2 {
+            assert_eq!(target, "/dev/null");
+        }
+        assert!(!target.contains("socket"), "monitor holds a socket: fd {fd} -> {target}");
+    }
+    assert!(fds.len() <= 7, "unexpected fds: {fds:?}");
+    c.runtime.start(&c.id).await.unwrap();
+    // PID 1 of the container ignores SIGTERM without a handler: SIGKILL.
+    c.runtime.kill(&c.id, libc::SIGKILL, true).await.unwrap();
+    let info = wait_exit(&spec.exit_file).await;
+    assert_eq!(info.exit_code, 128 + libc::SIGKILL);
+    assert_gone(mon).await;
+}
