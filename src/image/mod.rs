@@ -17,12 +17,6 @@ pub mod whiteout;
 #[cfg(test)]
 mod tests;
 
-// Compile-checks and tests the CRI adapter until `src/server/mod.rs` declares `pub mod image;`
-// (the lead wires it); harmless afterwards (the adapter has no trait impls that could clash).
-#[cfg(test)]
-#[path = "../server/image.rs"]
-mod server_image_adapter;
-
 pub use reference::{ImageReference, ReferenceError};
 pub use registry::RegistryAuth;
 pub use store::{FsUsage, Image, ImageStore, LayerRecord};
