@@ -247,10 +247,10 @@ pub fn last_json_log_error(log: &str) -> Option<String> {
         msg: String,
     }
     log.lines()
+        .rev()
         .filter_map(|l| serde_json::from_str::<Entry>(l).ok())
-        .filter(|e| e.level == "error" || e.level == "fatal")
+        .find(|e| e.level == "error" || e.level == "fatal")
         .map(|e| e.msg)
-        .last()
 }
 
 /// Resolves a runtime binary: a path containing `/` is taken as is (when it exists); a bare
