@@ -5,8 +5,10 @@
 //! `network`, `state`). Lower modules never reach up into `server`.
 #![deny(unsafe_code)]
 
+pub mod cleanup;
 pub mod config;
 pub mod container;
+pub mod daemon;
 pub mod image;
 pub mod monitor;
 pub mod network;

@@ -1,1 +1,149 @@
-fn main() {}
+//! `berth`: the CRI daemon and its small CLI.
+//!
+//! - `berth serve [--config FILE] [flags]`: serve CRI on the configured unix socket.
+//! - `berth config [--config FILE]`: print the effective configuration as commented TOML.
+//! - `berth version`: print the version.
+//! - `berth status [--endpoint PATH]`: ask a running daemon for its CRI Status.
+
+use anyhow::Context;
+use berth::config::{Config, LoadOptions};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "berth", version, about = "A Kubernetes CRI runtime")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the CRI (RuntimeService and ImageService) on a unix socket.
+    Serve(ServeArgs),
+    /// Print the effective configuration as commented TOML.
+    Config(ConfigArgs),
+    /// Print the version of berth and of the CRI it serves.
+    Version,
+    /// Ask a running berth for its CRI Status (RuntimeReady, NetworkReady).
+    Status {
+        /// The CRI socket (default: the configured `listen`).
+        #[arg(long)]
+        endpoint: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Clone)]
+struct ConfigArgs {
+    /// Read only this file (no /etc/berth/berth.toml, no drop-ins).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// CRI socket path (overrides `listen`).
+    #[arg(long)]
+    listen: Option<PathBuf>,
+    /// Persistent state directory (overrides `root`).
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Volatile state directory (overrides `run_root`).
+    #[arg(long)]
+    run_root: Option<PathBuf>,
+    /// Log filter (overrides `log_level`), e.g. `debug` or `berth=debug,info`.
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+fn load(args: &ConfigArgs) -> anyhow::Result<Config> {
+    Ok(Config::load(&LoadOptions { config_file: args.config.clone(), ..Default::default() })?)
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Config(args) => {
+            print!("{}", load(&args)?.to_commented_toml());
+            Ok(())
+        }
+        Command::Version => {
+            println!("berth {}\nCRI {}", env!("CARGO_PKG_VERSION"), berth::server::runtime::RUNTIME_API_VERSION);
+            Ok(())
+        }
+        Command::Status { endpoint } => {
+            let socket = match endpoint {
+                Some(p) => p,
+                None => load(&ConfigArgs { config: None })?.listen,
+            };
+            tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(status(socket))
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = load(&args.config)?;
+    if let Some(v) = args.listen {
+        config.listen = v;
+    }
+    if let Some(v) = args.root {
+        config.root = v;
+    }
+    if let Some(v) = args.run_root {
+        config.run_root = v;
+    }
+    if let Some(v) = args.log_level {
+        config.log_level = v;
+    }
+    config.validate()?;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log_level))
+        .with_context(|| format!("log_level {:?}", config.log_level))?;
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let store = Arc::new(berth::state::Store::open(&config.root)?);
+        let images = Arc::new(
+            berth::image::ImageStore::open(config.root.join("images"), store.clone(), config.image.clone())
+                .context("opening the image store")?,
+        );
+        let listen = config.listen.clone();
+        let daemon = Arc::new(berth::daemon::Daemon::open(config, images, store)?);
+        berth::sandbox::recover(&daemon).await.context("recovering pod sandboxes")?;
+        berth::container::recover(&daemon).await.context("recovering containers")?;
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+            tracing::info!("shutting down; containers keep running under their monitors");
+        };
+        berth::server::serve(daemon, &listen, shutdown).await
+    })
+}
+
+async fn status(socket: PathBuf) -> anyhow::Result<()> {
+    use hyper_util::rt::TokioIo;
+    let path = socket.clone();
+    let channel = tonic::transport::Endpoint::try_from("http://[::]:0")?
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+        }))
+        .await
+        .with_context(|| format!("connecting to {}", socket.display()))?;
+    let mut client = k8s_cri::v1::runtime_service_client::RuntimeServiceClient::new(channel);
+    let v = client.version(k8s_cri::v1::VersionRequest::default()).await?.into_inner();
+    println!("{} {} (CRI {})", v.runtime_name, v.runtime_version, v.runtime_api_version);
+    let s = client.status(k8s_cri::v1::StatusRequest { verbose: false }).await?.into_inner();
+    for c in s.status.map(|s| s.conditions).unwrap_or_default() {
+        println!("{}: {}{}", c.r#type, c.status, if c.message.is_empty() { String::new() } else { format!(" ({}: {})", c.reason, c.message) });
+    }
+    Ok(())
+}

@@ -1,4 +1,223 @@
-//! Container lifecycle (being written; see the lead).
+//! Container lifecycle: CreateContainer ([`create`]), StartContainer ([`start`]),
+//! StopContainer ([`stop`]), RemoveContainer ([`remove`]), ContainerStatus ([`get`]),
+//! ListContainers ([`list`]), ExecSync ([`exec_sync`]).
+//!
+//! A container's state is its store record plus its monitor's exit file: the record says what
+//! berth did (created, started), the exit file says what happened (it exited, with what code).
+//! Every read folds a new exit file into the record, so exits that happen while berth is down are
+//! picked up when it comes back.
 
+mod create;
+mod exec;
+mod lifecycle;
 pub mod spec;
 pub mod user;
+
+pub use create::create;
+pub use exec::{exec_sync, ExecOutput};
+pub use lifecycle::{remove, start, stop};
+
+use crate::daemon::{Daemon, Error, Result};
+use crate::monitor::ExitInfo;
+use crate::state::CONTAINERS;
+use k8s_cri::v1::ContainerConfig;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// State of a container, as CRI `ContainerState` names them.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ContainerState {
+    /// `CONTAINER_CREATED`: `runtime create` done, process waiting to be started.
+    Created,
+    /// `CONTAINER_RUNNING`.
+    Running,
+    /// `CONTAINER_EXITED`.
+    Exited,
+    /// `CONTAINER_UNKNOWN`: its runtime state could not be established.
+    Unknown,
+}
+
+/// One container as stored in the metadata store (table `containers`, key = ID).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    /// 64-hex ID; also its OCI runtime ID.
+    pub id: String,
+    /// The pod sandbox it belongs to.
+    pub sandbox_id: String,
+    /// The CRI config it was created from.
+    pub config: ContainerConfig,
+    /// Image ID (`sha256:<config digest>`).
+    pub image_id: String,
+    /// Digested reference (`repo@sha256:...`), or the image ID when the image has no repo digest.
+    pub image_ref: String,
+    /// The runtime handler of its sandbox.
+    pub runtime_handler: String,
+    /// Current state, as of the last refresh.
+    pub state: ContainerState,
+    /// Nanoseconds since the epoch; 0 = not yet.
+    pub created_at: i64,
+    /// Nanoseconds since the epoch; 0 = not yet.
+    pub started_at: i64,
+    /// Nanoseconds since the epoch; 0 = not yet.
+    pub finished_at: i64,
+    /// Exit code (128+signal when killed by a signal).
+    pub exit_code: i32,
+    /// CRI reason: `Completed`, `Error`, `OOMKilled`.
+    pub reason: String,
+    /// Human-readable detail.
+    pub message: String,
+    /// Host PID of the container's init (0 before create finished).
+    pub pid: i32,
+    /// Absolute CRI log path (log_directory/log_path), empty when none.
+    pub log_path: String,
+    /// The image's StopSignal (empty = SIGTERM).
+    pub stop_signal: String,
+    /// The name reservation key ([`ContainerRecord::name_key`]), kept so it can be released
+    /// even after the pod sandbox record is gone.
+    pub name_key: String,
+}
+
+impl ContainerRecord {
+    /// Name reservation key, as kubelet builds container names:
+    /// `name_podname_namespace_poduid_attempt`.
+    pub fn name_key(config: &ContainerConfig, sandbox: &crate::sandbox::SandboxRecord) -> String {
+        let m = config.metadata.clone().unwrap_or_default();
+        let p = sandbox.config.metadata.clone().unwrap_or_default();
+        format!("{}_{}_{}_{}_{}", m.name, p.name, p.namespace, p.uid, m.attempt)
+    }
+}
+
+/// Files of a container.
+pub struct ContainerPaths {
+    /// `<run_root>/containers/<id>`: the OCI bundle (config.json, monitor files).
+    pub bundle: PathBuf,
+    /// `<bundle>/rootfs`: the overlay mount point.
+    pub rootfs: PathBuf,
+    /// `<bundle>/exit`: the monitor's exit file.
+    pub exit_file: PathBuf,
+    /// `<root>/containers/<id>`: upper and work dirs of the writable layer.
+    pub state: PathBuf,
+}
+
+impl ContainerPaths {
+    /// Paths of container `id`.
+    pub fn new(d: &Daemon, id: &str) -> ContainerPaths {
+        let bundle = d.run_dir("containers", id);
+        ContainerPaths {
+            rootfs: bundle.join("rootfs"),
+            exit_file: bundle.join("exit"),
+            bundle,
+            state: d.state_dir("containers", id),
+        }
+    }
+}
+
+/// Looks a container up by full ID or unique prefix and folds in its exit file.
+///
+/// Errors: NotFound when nothing matches; InvalidArgument when the prefix is ambiguous or empty.
+pub fn get(d: &Daemon, id: &str) -> Result<ContainerRecord> {
+    if id.is_empty() {
+        return Err(Error::invalid("container_id", "must not be empty"));
+    }
+    let r = match d.store.get::<ContainerRecord>(CONTAINERS, id)? {
+        Some(r) => r,
+        None => {
+            let mut m: Vec<ContainerRecord> = d
+                .store
+                .list::<ContainerRecord>(CONTAINERS)?
+                .into_iter()
+                .map(|(_, r)| r)
+                .filter(|r| r.id.starts_with(id))
+                .collect();
+            match m.len() {
+                0 => return Err(Error::NotFound { kind: "container", id: id.to_string() }),
+                1 => m.remove(0),
+                n => return Err(Error::invalid("container_id", format!("prefix {id:?} matches {n} containers"))),
+            }
+        }
+    };
+    refresh(d, r)
+}
+
+/// Every container, refreshed.
+pub fn list(d: &Daemon) -> Result<Vec<ContainerRecord>> {
+    d.store.list::<ContainerRecord>(CONTAINERS)?.into_iter().map(|(_, r)| refresh(d, r)).collect()
+}
+
+/// The containers of one pod sandbox, refreshed.
+pub fn list_in_sandbox(d: &Daemon, sandbox_id: &str) -> Result<Vec<ContainerRecord>> {
+    Ok(list(d)?.into_iter().filter(|c| c.sandbox_id == sandbox_id).collect())
+}
+
+/// Folds the exit file into a Created or Running record (and persists the change).
+pub fn refresh(d: &Daemon, r: ContainerRecord) -> Result<ContainerRecord> {
+    if !matches!(r.state, ContainerState::Created | ContainerState::Running) {
+        return Ok(r);
+    }
+    let paths = ContainerPaths::new(d, &r.id);
+    match crate::monitor::read_exit_file(&paths.exit_file)? {
+        Some(exit) => {
+            let r = apply_exit(r, &exit);
+            d.store.put(CONTAINERS, &r.id, &r)?;
+            Ok(r)
+        }
+        None => Ok(r),
+    }
+}
+
+/// The record after its process exited: state, finished_at, exit code and CRI reason.
+pub fn apply_exit(mut r: ContainerRecord, exit: &ExitInfo) -> ContainerRecord {
+    r.state = ContainerState::Exited;
+    r.finished_at = exit.exited_at.max(r.started_at);
+    r.exit_code = exit.exit_code;
+    r.reason = if exit.oom_killed {
+        "OOMKilled"
+    } else if exit.exit_code == 0 {
+        "Completed"
+    } else {
+        "Error"
+    }
+    .to_string();
+    r
+}
+
+/// Polls `exit_file` until it appears or `timeout` passes. Returns the exit, or `None` on timeout.
+pub async fn wait_for_exit(exit_file: &Path, timeout: Duration) -> Option<ExitInfo> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut interval = Duration::from_millis(5);
+    loop {
+        if let Ok(Some(e)) = crate::monitor::read_exit_file(exit_file) {
+            return Some(e);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(interval).await;
+        interval = (interval * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// Restart recovery: re-reserve names; a container the record calls Created or Running whose
+/// process is gone without an exit file (its monitor died too, or the node rebooted) becomes
+/// Exited with code 255 and reason `Unknown`... unless an exit file tells better.
+pub async fn recover(d: &Daemon) -> Result<()> {
+    for (_, r) in d.store.list::<ContainerRecord>(CONTAINERS)? {
+        d.reserve_name("container", &r.name_key, &r.id)?;
+        let mut r = refresh(d, r)?;
+        if matches!(r.state, ContainerState::Created | ContainerState::Running) {
+            let st = d.runtime(&r.runtime_handler)?.state(&r.id).await?;
+            let alive = matches!(&st, Some(s) if s.status == "running" || s.status == "created" || s.status == "paused");
+            if !alive {
+                tracing::warn!(container = %r.id, "container process is gone and left no exit file");
+                r.state = ContainerState::Exited;
+                r.finished_at = crate::util::now_nanos();
+                r.exit_code = 255;
+                r.reason = "Unknown".into();
+                r.message = "the container's monitor exited without recording an exit code".into();
+                d.store.put(CONTAINERS, &r.id, &r)?;
+            }
+        }
+    }
+    Ok(())
+}

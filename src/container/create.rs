@@ -1,0 +1,160 @@
+//! CreateContainer: writable layer, overlay rootfs, OCI bundle, `runtime create` through the
+//! monitor. Every step pushes its undo.
+
+use super::{ContainerPaths, ContainerRecord, ContainerState};
+use crate::cleanup::Cleanup;
+use crate::container::spec::{self, ContainerContext, SandboxContext};
+use crate::daemon::{Daemon, Error, Result};
+use crate::monitor::MonitorSpec;
+use crate::sandbox::{SandboxPaths, SandboxState};
+use crate::state::CONTAINERS;
+use k8s_cri::v1::{ContainerConfig, PodSandboxConfig};
+use std::path::PathBuf;
+use tracing::Instrument;
+
+/// Creates a container in pod sandbox `sandbox_id`; returns its ID. The container is left in
+/// CREATED state (its process waits in the runtime until [`super::start`]).
+///
+/// `sandbox_config` is the config kubelet passes along; berth uses the one it stored at
+/// RunPodSandbox and ignores this one.
+///
+/// Errors: InvalidArgument (missing metadata name or image), NotFound (pod sandbox or image),
+/// FailedPrecondition (pod not ready), AlreadyExists (name taken in this pod), Spec, Storage,
+/// Monitor for the step that failed.
+pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sandbox_config: Option<PodSandboxConfig>) -> Result<String> {
+    let meta = config.metadata.clone().ok_or_else(|| Error::invalid("config.metadata", "is required"))?;
+    if meta.name.is_empty() {
+        return Err(Error::invalid("config.metadata.name", "must not be empty"));
+    }
+    let image_name = config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
+    if image_name.is_empty() {
+        return Err(Error::invalid("config.image.image", "must name an image"));
+    }
+    let sandbox = crate::sandbox::get(d, sandbox_id)?;
+    let sandbox = crate::sandbox::refresh(d, sandbox)?;
+    if sandbox.state != SandboxState::Ready {
+        return Err(Error::FailedPrecondition(format!("pod sandbox {} is not ready", sandbox.id)));
+    }
+    let image = d.images.resolve(&image_name)?.ok_or_else(|| Error::NotFound { kind: "image", id: image_name.clone() })?;
+    let layers = d.images.layer_dirs(&image)?;
+
+    let id = crate::util::new_id();
+    let name_key = ContainerRecord::name_key(&config, &sandbox);
+    d.reserve_name("container", &name_key, &id)?;
+    let lock = d.lock_for(&id);
+    let _guard = lock.lock().await;
+    let span = tracing::info_span!("create_container", container = %id, sandbox = %sandbox.id, name = %meta.name);
+    let runtime = d.runtime(&sandbox.runtime_handler)?;
+    let paths = ContainerPaths::new(d, &id);
+    let log_path = match (sandbox.config.log_directory.as_str(), config.log_path.as_str()) {
+        ("", _) | (_, "") => String::new(),
+        (dir, file) => PathBuf::from(dir).join(file).to_string_lossy().into_owned(),
+    };
+    let mut record = ContainerRecord {
+        id: id.clone(),
+        sandbox_id: sandbox.id.clone(),
+        config: config.clone(),
+        image_id: image.id.clone(),
+        image_ref: image.repo_digests.first().cloned().unwrap_or_else(|| image.id.clone()),
+        runtime_handler: sandbox.runtime_handler.clone(),
+        state: ContainerState::Created,
+        created_at: crate::util::now_nanos(),
+        started_at: 0,
+        finished_at: 0,
+        exit_code: 0,
+        reason: String::new(),
+        message: String::new(),
+        pid: 0,
+        log_path: log_path.clone(),
+        stop_signal: image.config.stop_signal.clone(),
+        name_key: name_key.clone(),
+    };
+
+    let mut undo = Cleanup::new();
+    undo.push("release name", async { d.release_name(&name_key, &id) });
+    let result = async {
+        let upper = paths.state.join("upper");
+        let work = paths.state.join("work");
+        for dir in [&upper, &work, &paths.rootfs] {
+            std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+        }
+        undo.push("remove dirs", async {
+            let _ = crate::util::remove_dir_all_idempotent(&paths.bundle);
+            let _ = crate::util::remove_dir_all_idempotent(&paths.state);
+        });
+        crate::storage::mount_overlay(&layers, &upper, &work, &paths.rootfs)?;
+        undo.push("unmount rootfs", async {
+            let _ = crate::storage::unmount(&paths.rootfs);
+        });
+
+        let sb_paths = SandboxPaths::new(d, &sandbox.id);
+        let hostname_file = sb_paths.hostname_file();
+        let hosts_file = sb_paths.hosts_file();
+        let resolv_conf = sb_paths.resolv_conf();
+        let sctx = SandboxContext {
+            sandbox_id: &sandbox.id,
+            config: &sandbox.config,
+            netns_path: sandbox.netns_path.as_deref(),
+            infra_pid: sandbox.infra_pid,
+            hostname: &sandbox.hostname,
+            hosts_file: &hosts_file,
+            resolv_conf: &resolv_conf,
+            hostname_file: &hostname_file,
+            shm_path: sandbox.shm_mounted.then_some(sb_paths.shm.as_path()),
+            cgroup_parent: &sandbox.cgroup_parent,
+        };
+        let cctx = ContainerContext {
+            container_id: &id,
+            config: &config,
+            image: &image.config,
+            rootfs: &paths.rootfs,
+            own_oom_score_adj: d.own_oom_score_adj,
+        };
+        let oci = spec::container_spec(&sctx, &cctx)?;
+        let config_json = paths.bundle.join("config.json");
+        let bytes = serde_json::to_vec_pretty(&oci).map_err(|e| Error::io("encoding config.json")(e.into()))?;
+        crate::util::write_atomic(&config_json, &bytes).map_err(Error::io(format!("writing {}", config_json.display())))?;
+
+        // The record goes in before the runtime knows the container, so a crash from here on
+        // leaves a record that Remove can clean up.
+        d.store.put(CONTAINERS, &id, &record)?;
+        undo.push("drop record", async { let _ = d.store.delete(CONTAINERS, &id); });
+
+        let mspec = MonitorSpec {
+            id: id.clone(),
+            bundle: paths.bundle.clone(),
+            runtime: runtime.path.clone(),
+            runtime_root: runtime.root.clone(),
+            log_path: (!log_path.is_empty()).then(|| PathBuf::from(&log_path)),
+            exit_file: paths.exit_file.clone(),
+            pid_file: paths.bundle.join("pidfile"),
+            attach_socket: paths.bundle.join("attach"),
+            terminal: config.tty,
+            stdin: config.stdin,
+            stdin_once: config.stdin_once,
+        };
+        let started = std::time::Instant::now();
+        let spawned = crate::monitor::spawn(&d.monitor_bin, &mspec).await?;
+        tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, pid = spawned.container_pid, "runtime create done");
+        record.pid = spawned.container_pid;
+        d.store.put(CONTAINERS, &id, &record)?;
+        Ok::<(), Error>(())
+    }
+    .instrument(span.clone())
+    .await;
+
+    match result {
+        Ok(()) => {
+            undo.commit();
+            tracing::info!(parent: &span, "container created");
+            Ok(id)
+        }
+        Err(e) => {
+            tracing::warn!(parent: &span, error = %e, "CreateContainer failed; undoing");
+            let _ = runtime.delete(&id, true).await;
+            undo.run().instrument(span).await;
+            d.drop_lock(&id);
+            Err(e)
+        }
+    }
+}

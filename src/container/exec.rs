@@ -1,0 +1,118 @@
+//! ExecSync: run a command in a running container and collect its output.
+//!
+//! The process is started with `runtime exec --process <json> --pid-file <file>`; its
+//! `process` object is the container's own (user, env, cwd, capabilities) with the new args,
+//! as CRI-O and containerd build it. On timeout the exec'd process itself is SIGKILLed by its
+//! host PID (killing the runtime's client alone would leave it running).
+
+use super::{ContainerPaths, ContainerState};
+use crate::daemon::{Daemon, Error, Result};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+
+/// Most bytes kept of each of stdout and stderr; the rest is read and dropped, so the command
+/// never blocks on a full pipe (CRI ExecSyncResponse: "cap the output ... to 16MB").
+pub const OUTPUT_CAP: usize = 16 << 20;
+
+/// What ExecSync returns.
+#[derive(Debug, Default)]
+pub struct ExecOutput {
+    /// Captured stdout, at most [`OUTPUT_CAP`] bytes.
+    pub stdout: Vec<u8>,
+    /// Captured stderr, at most [`OUTPUT_CAP`] bytes.
+    pub stderr: Vec<u8>,
+    /// Exit code; 128+signal when the process was killed by a signal.
+    pub exit_code: i32,
+}
+
+/// Runs `cmd` in container `id`, waiting at most `timeout_secs` (0 = no limit).
+///
+/// Errors: InvalidArgument for an empty command; NotFound; FailedPrecondition when the container
+/// is not running; DeadlineExceeded (after killing the process) when the timeout expires.
+pub async fn exec_sync(d: &Daemon, id: &str, cmd: &[String], timeout_secs: i64) -> Result<ExecOutput> {
+    if cmd.is_empty() || cmd[0].is_empty() {
+        return Err(Error::invalid("cmd", "must name a command to run"));
+    }
+    let r = super::get(d, id)?;
+    if r.state != ContainerState::Running {
+        return Err(Error::FailedPrecondition(format!(
+            "container {} is {}, not RUNNING: exec needs a running container",
+            r.id,
+            super::lifecycle::state_name(r.state)
+        )));
+    }
+    let paths = ContainerPaths::new(d, &r.id);
+    let spec_path = paths.bundle.join("config.json");
+    let text = std::fs::read(&spec_path).map_err(Error::io(format!("reading {}", spec_path.display())))?;
+    let spec: oci_spec::runtime::Spec =
+        serde_json::from_slice(&text).map_err(|e| Error::io(format!("decoding {}", spec_path.display()))(e.into()))?;
+    let process = crate::container::spec::exec_process(&spec, cmd, false)?;
+    let tag = &crate::util::new_id()[..16];
+    let process_json = paths.bundle.join(format!("exec-{tag}.json"));
+    let pid_file = paths.bundle.join(format!("exec-{tag}.pid"));
+    let bytes = serde_json::to_vec(&process).map_err(|e| Error::io("encoding exec process")(e.into()))?;
+    crate::util::write_atomic(&process_json, &bytes).map_err(Error::io(format!("writing {}", process_json.display())))?;
+    let result = run(d, &r.runtime_handler, &r.id, cmd, &process_json, &pid_file, timeout_secs).await;
+    let _ = std::fs::remove_file(&process_json);
+    let _ = std::fs::remove_file(&pid_file);
+    result
+}
+
+async fn run(
+    d: &Daemon,
+    handler: &str,
+    id: &str,
+    cmd: &[String],
+    process_json: &std::path::Path,
+    pid_file: &std::path::Path,
+    timeout_secs: i64,
+) -> Result<ExecOutput> {
+    let mut command = d.runtime(handler)?.exec_command(id, process_json, pid_file);
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    let mut child = command.spawn().map_err(Error::io(format!("spawning the runtime to exec in container {id}")))?;
+    let out = child.stdout.take();
+    let err = child.stderr.take();
+    let stdout_task = tokio::spawn(read_capped(out));
+    let stderr_task = tokio::spawn(read_capped(err));
+    let status = if timeout_secs > 0 {
+        match tokio::time::timeout(Duration::from_secs(timeout_secs as u64), child.wait()).await {
+            Ok(s) => s,
+            Err(_) => {
+                if let Some(pid) = std::fs::read_to_string(pid_file).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                }
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                stdout_task.abort();
+                stderr_task.abort();
+                return Err(Error::DeadlineExceeded(format!(
+                    "command {cmd:?} in container {id} timed out after {timeout_secs}s and was killed"
+                )));
+            }
+        }
+    } else {
+        child.wait().await
+    }
+    .map_err(Error::io(format!("waiting for exec in container {id}")))?;
+    let stdout = stdout_task.await.unwrap_or_default();
+    let stderr = stderr_task.await.unwrap_or_default();
+    use std::os::unix::process::ExitStatusExt;
+    let exit_code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    Ok(ExecOutput { stdout, stderr, exit_code })
+}
+
+async fn read_capped<R: tokio::io::AsyncRead + Unpin>(r: Option<R>) -> Vec<u8> {
+    let Some(mut r) = r else { return Vec::new() };
+    let mut kept = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return kept,
+            Ok(n) => {
+                let room = OUTPUT_CAP.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! StartContainer, StopContainer, RemoveContainer.
+
+use super::{wait_for_exit, ContainerPaths, ContainerRecord, ContainerState};
+use crate::daemon::{Daemon, Error, Result};
+use crate::state::CONTAINERS;
+use std::time::Duration;
+use tracing::Instrument;
+
+/// How long a SIGKILLed container may take to be reaped before Stop reports DeadlineExceeded.
+const KILL_GRACE: Duration = Duration::from_secs(15);
+
+/// Starts a CREATED container (`runtime start`).
+///
+/// Errors: NotFound; FailedPrecondition when it is not CREATED (already running or exited).
+pub async fn start(d: &Daemon, id: &str) -> Result<()> {
+    let r = super::get(d, id)?;
+    let lock = d.lock_for(&r.id);
+    let _guard = lock.lock().await;
+    let span = tracing::info_span!("start_container", container = %r.id, sandbox = %r.sandbox_id);
+    async {
+        let mut r = super::get(d, &r.id)?;
+        if r.state != ContainerState::Created {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is {}, not CREATED: only a created container can be started",
+                r.id,
+                state_name(r.state)
+            )));
+        }
+        let started_at = crate::util::now_nanos();
+        d.runtime(&r.runtime_handler)?.start(&r.id).await?;
+        r.started_at = started_at;
+        r.state = ContainerState::Running;
+        d.store.put(CONTAINERS, &r.id, &r)?;
+        // It may already have exited: fold the exit file in now.
+        super::refresh(d, r)?;
+        tracing::info!("container started");
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}
+
+/// Stops a container: its stop signal (the image's StopSignal, else SIGTERM), then SIGKILL after
+/// `timeout` seconds (0 = SIGKILL at once). A container that is not running, or does not exist,
+/// is Ok (CRI: StopContainer is idempotent).
+pub async fn stop(d: &Daemon, id: &str, timeout: i64) -> Result<()> {
+    let r = match super::get(d, id) {
+        Ok(r) => r,
+        Err(Error::NotFound { .. }) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let lock = d.lock_for(&r.id);
+    let _guard = lock.lock().await;
+    let span = tracing::info_span!("stop_container", container = %r.id, sandbox = %r.sandbox_id);
+    async {
+        let r = super::get(d, &r.id)?;
+        stop_locked(d, r, timeout).await.map(|_| ())
+    }
+    .instrument(span)
+    .await
+}
+
+async fn stop_locked(d: &Daemon, r: ContainerRecord, timeout: i64) -> Result<ContainerRecord> {
+    if !matches!(r.state, ContainerState::Created | ContainerState::Running) {
+        return Ok(r);
+    }
+    let runtime = d.runtime(&r.runtime_handler)?;
+    let paths = ContainerPaths::new(d, &r.id);
+    if timeout > 0 {
+        let signal = parse_signal(&r.stop_signal).unwrap_or(libc::SIGTERM);
+        runtime.kill(&r.id, signal, false).await?;
+        if let Some(exit) = wait_for_exit(&paths.exit_file, Duration::from_secs(timeout as u64)).await {
+            return finish(d, r, &exit);
+        }
+        tracing::info!(timeout, "container ignored its stop signal; sending SIGKILL");
+    }
+    runtime.kill(&r.id, libc::SIGKILL, false).await?;
+    match wait_for_exit(&paths.exit_file, KILL_GRACE).await {
+        Some(exit) => finish(d, r, &exit),
+        None => Err(Error::DeadlineExceeded(format!(
+            "container {} was sent SIGKILL but its monitor reported no exit within {}s",
+            r.id,
+            KILL_GRACE.as_secs()
+        ))),
+    }
+}
+
+fn finish(d: &Daemon, r: ContainerRecord, exit: &crate::monitor::ExitInfo) -> Result<ContainerRecord> {
+    let r = super::apply_exit(r, exit);
+    d.store.put(CONTAINERS, &r.id, &r)?;
+    tracing::info!(exit_code = r.exit_code, "container stopped");
+    Ok(r)
+}
+
+/// Removes a container: kills it if it still runs, deletes it from the runtime, unmounts its
+/// rootfs, removes its bundle and writable layer and its record. Its log file stays (kubelet
+/// owns log rotation and removal). A container that does not exist is Ok.
+pub async fn remove(d: &Daemon, id: &str) -> Result<()> {
+    let r = match super::get(d, id) {
+        Ok(r) => r,
+        Err(Error::NotFound { .. }) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let full_id = r.id.clone();
+    let lock = d.lock_for(&full_id);
+    let guard = lock.lock().await;
+    let span = tracing::info_span!("remove_container", container = %r.id, sandbox = %r.sandbox_id);
+    async {
+        let r = match d.store.get::<ContainerRecord>(CONTAINERS, &r.id)? {
+            Some(r) => super::refresh(d, r)?,
+            None => return Ok::<(), Error>(()),
+        };
+        let r = stop_locked(d, r, 0).await?;
+        d.runtime(&r.runtime_handler)?.delete(&r.id, true).await?;
+        let paths = ContainerPaths::new(d, &r.id);
+        crate::storage::unmount(&paths.rootfs)?;
+        for dir in [&paths.bundle, &paths.state] {
+            crate::util::remove_dir_all_idempotent(dir).map_err(Error::io(format!("removing {}", dir.display())))?;
+        }
+        d.store.delete(CONTAINERS, &r.id)?;
+        d.release_name(&r.name_key, &r.id);
+        tracing::info!("container removed");
+        Ok(())
+    }
+    .instrument(span)
+    .await?;
+    drop(guard);
+    d.drop_lock(&full_id);
+    Ok(())
+}
+
+/// A signal by name (`SIGTERM`, `TERM`) or number (`15`), as image-spec `StopSignal` allows.
+pub fn parse_signal(s: &str) -> Option<i32> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    if let Ok(n) = s.parse::<i32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let name = s.to_ascii_uppercase();
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    nix::sys::signal::Signal::iterator().find(|sig| sig.as_str().strip_prefix("SIG") == Some(name)).map(|sig| sig as i32)
+}
+
+/// The CRI spelling of a state, for messages.
+pub fn state_name(s: ContainerState) -> &'static str {
+    match s {
+        ContainerState::Created => "CREATED",
+        ContainerState::Running => "RUNNING",
+        ContainerState::Exited => "EXITED",
+        ContainerState::Unknown => "UNKNOWN",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_parse_by_name_and_number() {
+        assert_eq!(parse_signal("SIGQUIT"), Some(libc::SIGQUIT));
+        assert_eq!(parse_signal("term"), Some(libc::SIGTERM));
+        assert_eq!(parse_signal("9"), Some(9));
+        assert_eq!(parse_signal(""), None);
+        assert_eq!(parse_signal("SIGNOPE"), None);
+        assert_eq!(parse_signal("99"), None);
+    }
+}

@@ -1,0 +1,224 @@
+//! The daemon's shared context and the one error type of the lifecycle modules.
+//!
+//! [`Daemon`] is built once by `berth serve` and handed (in an `Arc`) to the gRPC adapters in
+//! `server/`; `sandbox` and `container` functions take it as their first argument. It owns the
+//! configuration, the metadata store, the image store, the CNI client, the OCI runtime handlers,
+//! the in-memory name reservations and the per-object locks.
+
+use crate::config::Config;
+use crate::image::ImageStore;
+use crate::network::Cni;
+use crate::oci::Runtime;
+use crate::state::Store;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Errors of pod sandbox and container operations. `server/` maps each variant to one gRPC code
+/// (see `server::status`); messages name the object, the field and what was expected.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request field is missing or malformed (gRPC InvalidArgument).
+    #[error("{field}: {message}")]
+    InvalidArgument { field: String, message: String },
+    /// The named object does not exist (gRPC NotFound).
+    #[error("{kind} {id:?} not found")]
+    NotFound { kind: &'static str, id: String },
+    /// The name is already reserved by another object (gRPC AlreadyExists).
+    #[error("{kind} name {name:?} is already reserved by {id}")]
+    AlreadyExists { kind: &'static str, name: String, id: String },
+    /// The object is not in a state that allows the operation (gRPC FailedPrecondition).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The operation ran out of time (gRPC DeadlineExceeded).
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// CNI failed.
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
+    /// The OCI runtime failed.
+    #[error(transparent)]
+    Oci(#[from] crate::oci::OciError),
+    /// The monitor could not start the container or reported an error.
+    #[error(transparent)]
+    Monitor(#[from] crate::monitor::MonitorError),
+    /// The OCI spec could not be generated from the request.
+    #[error(transparent)]
+    Spec(#[from] crate::container::spec::SpecError),
+    /// A mount failed.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    /// The image store failed.
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
+    /// The metadata store failed.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    /// A filesystem operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Wraps an I/O error with what was being done and to what.
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Io { context, source }
+    }
+
+    /// Shorthand for [`Error::InvalidArgument`].
+    pub fn invalid(field: &str, message: impl Into<String>) -> Error {
+        Error::InvalidArgument { field: field.into(), message: message.into() }
+    }
+}
+
+/// Result of lifecycle operations.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Everything the lifecycle modules share. Built by [`Daemon::open`].
+pub struct Daemon {
+    /// Effective configuration.
+    pub config: Config,
+    /// Metadata store (`<root>/state.redb`).
+    pub store: Arc<Store>,
+    /// Image store (`<root>/images`).
+    pub images: Arc<ImageStore>,
+    /// CNI client for the pod network.
+    pub cni: Cni,
+    /// OCI runtimes by handler name.
+    pub runtimes: HashMap<String, Runtime>,
+    /// The `berth-monitor` binary.
+    pub monitor_bin: PathBuf,
+    /// The static `berth-pause` binary, installed under the run root.
+    pub pause_bin: PathBuf,
+    /// Reserved names (pod sandbox and container name keys) -> object ID.
+    names: Mutex<HashMap<String, String>>,
+    /// Per-object operation locks, so two RPCs on one object never interleave.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// This process's own oom_score_adj: the lowest value its children may be given.
+    pub own_oom_score_adj: i32,
+}
+
+impl Daemon {
+    /// Opens the store and the image store, resolves runtime handlers, installs the pause binary
+    /// and rebuilds name reservations. Call [`crate::sandbox::recover`] and
+    /// [`crate::container::recover`] afterwards to reconcile with the runtime.
+    pub fn open(config: Config, images: Arc<ImageStore>, store: Arc<Store>) -> anyhow::Result<Daemon> {
+        use anyhow::Context;
+        for dir in [&config.root, &config.run_root] {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let mut runtimes = HashMap::new();
+        for name in config.runtime.handlers.keys() {
+            let h = &config.runtime.handlers[name];
+            let root = config.handler_root(name).unwrap_or_else(|| config.run_root.join("runtime").join(name));
+            match Runtime::new(name, h.path.clone(), root) {
+                Ok(rt) => {
+                    runtimes.insert(name.clone(), rt);
+                }
+                Err(e) if *name != config.runtime.default_handler => {
+                    tracing::warn!(handler = %name, error = %e, "runtime handler unavailable; requests naming it will fail");
+                }
+                Err(e) => return Err(e).with_context(|| format!("runtime.handlers.{name} (the default handler)")),
+            }
+        }
+        let monitor_bin = if config.monitor_path.as_os_str().is_empty() {
+            sibling_binary("berth-monitor")?
+        } else {
+            config.monitor_path.clone()
+        };
+        if !monitor_bin.exists() {
+            anyhow::bail!("monitor binary {} does not exist (set monitor_path)", monitor_bin.display());
+        }
+        let pause_bin = crate::pause::install(&config.run_root)
+            .with_context(|| format!("installing berth-pause under {}", config.run_root.display()))?;
+        let own_oom_score_adj = std::fs::read_to_string("/proc/self/oom_score_adj")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let cni = Cni::new(config.network.clone());
+        Ok(Daemon {
+            config,
+            store,
+            images,
+            cni,
+            runtimes,
+            monitor_bin,
+            pause_bin,
+            names: Mutex::new(HashMap::new()),
+            locks: Mutex::new(HashMap::new()),
+            own_oom_score_adj,
+        })
+    }
+
+    /// The runtime for a CRI `runtime_handler` (empty = the default handler).
+    ///
+    /// Errors with InvalidArgument naming the handler and the configured ones.
+    pub fn runtime(&self, handler: &str) -> Result<&Runtime> {
+        let name = if handler.is_empty() { self.config.runtime.default_handler.as_str() } else { handler };
+        self.runtimes.get(name).ok_or_else(|| {
+            let mut known: Vec<&str> = self.runtimes.keys().map(String::as_str).collect();
+            known.sort();
+            Error::invalid(
+                "runtime_handler",
+                format!("no runtime handler {name:?} is configured (configured: {})", known.join(", ")),
+            )
+        })
+    }
+
+    /// Reserves `key` for `id`. Errors with AlreadyExists naming the holder when taken by another.
+    pub fn reserve_name(&self, kind: &'static str, key: &str, id: &str) -> Result<()> {
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        match names.get(key) {
+            Some(holder) if holder != id => {
+                Err(Error::AlreadyExists { kind, name: key.to_string(), id: holder.clone() })
+            }
+            _ => {
+                names.insert(key.to_string(), id.to_string());
+                Ok(())
+            }
+        }
+    }
+
+    /// Releases `key` if `id` holds it. Idempotent.
+    pub fn release_name(&self, key: &str, id: &str) {
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        if names.get(key).is_some_and(|h| h == id) {
+            names.remove(key);
+        }
+    }
+
+    /// The lock serializing operations on one object (pod sandbox or container ID).
+    pub fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(id.to_string()).or_default().clone()
+    }
+
+    /// Forgets the lock of a removed object.
+    pub fn drop_lock(&self, id: &str) {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.remove(id);
+    }
+
+    /// `<run_root>/<kind>/<id>`: volatile per-object directory (bundle, exit file, sockets).
+    pub fn run_dir(&self, kind: &str, id: &str) -> PathBuf {
+        self.config.run_root.join(kind).join(id)
+    }
+
+    /// `<root>/<kind>/<id>`: persistent per-object directory (writable layer, hosts files).
+    pub fn state_dir(&self, kind: &str, id: &str) -> PathBuf {
+        self.config.root.join(kind).join(id)
+    }
+}
+
+/// A binary installed beside the running executable (`target/debug/berth` ->
+/// `target/debug/berth-monitor`, `/usr/local/bin/berth` -> `/usr/local/bin/berth-monitor`).
+pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().unwrap_or(Path::new("/"));
+    Ok(dir.join(name))
+}

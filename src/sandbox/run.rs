@@ -1,0 +1,267 @@
+//! RunPodSandbox: every step pushes its undo, so a failure halfway leaves nothing behind.
+
+use super::{files, namespace_options, SandboxPaths, SandboxRecord, SandboxState};
+use crate::cleanup::Cleanup;
+use crate::container::spec::{self, SandboxContext};
+use crate::daemon::{Daemon, Error, Result};
+use crate::monitor::MonitorSpec;
+use crate::network::{AttachRequest, PortMapping};
+use crate::state::SANDBOXES;
+use k8s_cri::v1::{NamespaceMode, PodSandboxConfig, Protocol};
+use std::path::Path;
+use tracing::Instrument;
+
+/// Creates and starts a pod sandbox; returns its ID.
+///
+/// Steps (each undone in reverse on failure): name reservation, store record (NotReady), state
+/// and bundle dirs, pinned netns, CNI ADD (+ loopback), hostname/hosts/resolv.conf, the pod's
+/// `/dev/shm` tmpfs, the infra container through the monitor, `runtime start`; then the record
+/// turns Ready.
+///
+/// Errors: InvalidArgument for a missing metadata field, a bad hostname or an unknown runtime
+/// handler; AlreadyExists when name/namespace/uid/attempt is taken; Network, Monitor, Oci for the
+/// step that failed.
+pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) -> Result<String> {
+    let meta = config.metadata.clone().ok_or_else(|| Error::invalid("config.metadata", "is required"))?;
+    if meta.name.is_empty() {
+        return Err(Error::invalid("config.metadata.name", "must not be empty"));
+    }
+    if meta.namespace.is_empty() {
+        return Err(Error::invalid("config.metadata.namespace", "must not be empty"));
+    }
+    let runtime = d.runtime(runtime_handler)?;
+    let ns = namespace_options(&config);
+    let host_network = ns.network == NamespaceMode::Node as i32;
+    let hostname = if !config.hostname.is_empty() {
+        config.hostname.clone()
+    } else if host_network {
+        nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
+    } else {
+        meta.name.chars().take(63).collect()
+    };
+    if !host_network {
+        files::validate_hostname(&hostname).map_err(|m| Error::invalid("config.hostname", m))?;
+    }
+    let cgroup_parent = match config.linux.as_ref().map(|l| l.cgroup_parent.as_str()) {
+        Some(p) if !p.is_empty() => p.to_string(),
+        _ => d.config.cgroup_parent.clone(),
+    };
+
+    let id = crate::util::new_id();
+    let name_key = SandboxRecord::name_key(&config);
+    d.reserve_name("pod sandbox", &name_key, &id)?;
+    let lock = d.lock_for(&id);
+    let _guard = lock.lock().await;
+    let span = tracing::info_span!("run_pod_sandbox", sandbox = %id, pod = %meta.name, namespace = %meta.namespace);
+
+    let paths = SandboxPaths::new(d, &id);
+    let mut record = SandboxRecord {
+        id: id.clone(),
+        config: config.clone(),
+        runtime_handler: runtime_handler.to_string(),
+        state: SandboxState::NotReady,
+        created_at: crate::util::now_nanos(),
+        netns_path: (!host_network).then(|| d.config.netns_dir.join(netns_name(&id))),
+        network_attached: false,
+        ips: Vec::new(),
+        infra_pid: 0,
+        cgroup_parent: cgroup_parent.clone(),
+        hostname: hostname.clone(),
+        shm_mounted: false,
+    };
+
+    let mut undo = Cleanup::new();
+    undo.push("release name", async { d.release_name(&name_key, &id) });
+    let result = async {
+        // The record goes in first, carrying the paths of everything about to be made, so that
+        // a crash halfway leaves a NotReady sandbox whose Stop/Remove find and undo it all.
+        d.store.put(SANDBOXES, &id, &record)?;
+        undo.push("drop record", async { let _ = d.store.delete(SANDBOXES, &id); });
+        for dir in [&paths.state, &paths.rootfs] {
+            std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+        }
+        undo.push("remove dirs", async {
+            let _ = crate::util::remove_dir_all_idempotent(&paths.bundle);
+            let _ = crate::util::remove_dir_all_idempotent(&paths.state);
+        });
+
+        if let Some(netns) = record.netns_path.clone() {
+            crate::network::netns::create(&d.config.netns_dir, &netns_name(&id))?;
+            let n2 = netns.clone();
+            undo.push("remove netns", async move {
+                if let Err(e) = crate::network::netns::remove(&n2) {
+                    tracing::warn!(error = %e, "undo: removing netns");
+                }
+            });
+            let req = attach_request(&record, &netns);
+            let started = std::time::Instant::now();
+            let attached = d.cni.setup(&req).await?;
+            tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, ips = ?attached.ips, "CNI ADD done");
+            undo.push("CNI DEL", async move {
+                if let Err(e) = d.cni.teardown(&req).await {
+                    tracing::warn!(error = %e, "undo: CNI DEL");
+                }
+            });
+            record.network_attached = true;
+            record.ips = attached.ips.iter().map(|ip| ip.to_string()).collect();
+        }
+
+        write_pod_files(&paths, &record, host_network)?;
+
+        let host_ipc = namespace_options(&config).ipc == NamespaceMode::Node as i32;
+        if !host_ipc {
+            std::fs::create_dir_all(&paths.shm).map_err(Error::io(format!("creating {}", paths.shm.display())))?;
+            crate::storage::mount_tmpfs(&paths.shm, "mode=1777,size=65536k")?;
+            record.shm_mounted = true;
+            let shm = paths.shm.clone();
+            undo.push("unmount shm", async move {
+                let _ = crate::storage::unmount(&shm);
+            });
+        }
+
+        // The infra container.
+        link_or_copy(&d.pause_bin, &paths.rootfs.join("berth-pause"))?;
+        let hostname_file = paths.hostname_file();
+        let hosts_file = paths.hosts_file();
+        let resolv_conf = paths.resolv_conf();
+        let ctx = SandboxContext {
+            sandbox_id: &id,
+            config: &config,
+            netns_path: record.netns_path.as_deref(),
+            infra_pid: 0,
+            hostname: &hostname,
+            hosts_file: &hosts_file,
+            resolv_conf: &resolv_conf,
+            hostname_file: &hostname_file,
+            shm_path: record.shm_mounted.then_some(paths.shm.as_path()),
+            cgroup_parent: &cgroup_parent,
+        };
+        let mut infra = spec::infra_spec(&ctx, &paths.rootfs, &id)?;
+        clamp_oom_score_adj(&mut infra, d.own_oom_score_adj);
+        let config_json = paths.bundle.join("config.json");
+        let bytes = serde_json::to_vec_pretty(&infra).map_err(|e| Error::io("encoding infra config.json")(e.into()))?;
+        crate::util::write_atomic(&config_json, &bytes).map_err(Error::io(format!("writing {}", config_json.display())))?;
+
+        let mspec = MonitorSpec {
+            id: id.clone(),
+            bundle: paths.bundle.clone(),
+            runtime: runtime.path.clone(),
+            runtime_root: runtime.root.clone(),
+            log_path: None,
+            exit_file: paths.exit_file.clone(),
+            pid_file: paths.bundle.join("pidfile"),
+            attach_socket: paths.bundle.join("attach"),
+            terminal: false,
+            stdin: false,
+            stdin_once: false,
+        };
+        let started = std::time::Instant::now();
+        let spawned = crate::monitor::spawn(&d.monitor_bin, &mspec).await?;
+        undo.push("delete infra container", async {
+            let _ = runtime.kill(&id, libc::SIGKILL, true).await;
+            crate::container::wait_for_exit(&paths.exit_file, std::time::Duration::from_secs(10)).await;
+            if let Err(e) = runtime.delete(&id, true).await {
+                tracing::warn!(error = %e, "undo: deleting infra container");
+            }
+        });
+        runtime.start(&id).await?;
+        tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, pid = spawned.container_pid, "infra container started");
+        record.infra_pid = spawned.container_pid;
+        record.state = SandboxState::Ready;
+        d.store.put(SANDBOXES, &id, &record)?;
+        Ok::<(), Error>(())
+    }
+    .instrument(span.clone())
+    .await;
+
+    let _enter = span.enter();
+    match result {
+        Ok(()) => {
+            undo.commit();
+            tracing::info!("pod sandbox ready");
+            Ok(id)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "RunPodSandbox failed; undoing");
+            drop(_enter);
+            undo.run().instrument(span).await;
+            d.drop_lock(&id);
+            Err(e)
+        }
+    }
+}
+
+/// Name of the pinned netns file: `berth-<first 16 hex of the sandbox id>`.
+pub(crate) fn netns_name(id: &str) -> String {
+    format!("berth-{}", &id[..16.min(id.len())])
+}
+
+/// The CNI request for a sandbox (also used by StopPodSandbox for the DEL).
+pub(crate) fn attach_request(r: &SandboxRecord, netns: &Path) -> AttachRequest {
+    let m = r.config.metadata.clone().unwrap_or_default();
+    AttachRequest {
+        container_id: r.id.clone(),
+        netns: netns.to_path_buf(),
+        ifname: "eth0".into(),
+        pod_name: m.name,
+        pod_namespace: m.namespace,
+        pod_uid: m.uid,
+        port_mappings: r
+            .config
+            .port_mappings
+            .iter()
+            .filter(|p| p.host_port > 0)
+            .map(|p| PortMapping {
+                host_port: p.host_port as u16,
+                container_port: p.container_port as u16,
+                protocol: match Protocol::try_from(p.protocol) {
+                    Ok(Protocol::Udp) => "udp",
+                    Ok(Protocol::Sctp) => "sctp",
+                    _ => "tcp",
+                }
+                .into(),
+                host_ip: p.host_ip.clone(),
+            })
+            .collect(),
+    }
+}
+
+fn write_pod_files(paths: &SandboxPaths, r: &SandboxRecord, host_network: bool) -> Result<()> {
+    let write = |p: std::path::PathBuf, data: Vec<u8>| {
+        crate::util::write_atomic(&p, &data).map_err(Error::io(format!("writing {}", p.display())))
+    };
+    write(paths.hostname_file(), format!("{}\n", r.hostname).into_bytes())?;
+    let hosts = if host_network {
+        std::fs::read("/etc/hosts").unwrap_or_else(|_| files::hosts_file(&r.hostname, &[]).into_bytes())
+    } else {
+        files::hosts_file(&r.hostname, &r.ips).into_bytes()
+    };
+    write(paths.hosts_file(), hosts)?;
+    let resolv = match files::resolv_conf(r.config.dns_config.as_ref()) {
+        Some(s) => s.into_bytes(),
+        None => std::fs::read("/etc/resolv.conf").unwrap_or_default(),
+    };
+    write(paths.resolv_conf(), resolv)
+}
+
+/// Hard-links `src` to `dst` (both under the run root, so one filesystem), copying when the link
+/// is refused.
+fn link_or_copy(src: &Path, dst: &Path) -> Result<()> {
+    let _ = std::fs::remove_file(dst);
+    if std::fs::hard_link(src, dst).is_err() {
+        std::fs::copy(src, dst).map_err(Error::io(format!("copying {} to {}", src.display(), dst.display())))?;
+    }
+    Ok(())
+}
+
+/// This machine has no CAP_SYS_RESOURCE: a value below the daemon's own makes runc fail, so raise
+/// it to the daemon's own (DESIGN.md "Facts of this machine").
+pub(crate) fn clamp_oom_score_adj(spec: &mut oci_spec::runtime::Spec, own: i32) {
+    if let Some(p) = spec.process_mut() {
+        if let Some(v) = p.oom_score_adj() {
+            if v < own {
+                p.set_oom_score_adj(Some(own));
+            }
+        }
+    }
+}

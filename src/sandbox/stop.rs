@@ -1,0 +1,99 @@
+//! StopPodSandbox and RemovePodSandbox. Both are idempotent: a sandbox that is already stopped,
+//! half-created or gone is not an error (kubelet retries them).
+
+use super::{SandboxPaths, SandboxRecord, SandboxState};
+use crate::daemon::{Daemon, Error, Result};
+use crate::state::SANDBOXES;
+use std::time::Duration;
+use tracing::Instrument;
+
+/// Stops every container of the pod (SIGKILL: kubelet has already given them their grace
+/// period), runs CNI DEL, stops the infra container, unpins the netns and unmounts the pod's
+/// `/dev/shm`. The record stays, NotReady. A sandbox that does not exist is Ok.
+pub async fn stop(d: &Daemon, id: &str) -> Result<()> {
+    let r = match super::get(d, id) {
+        Ok(r) => r,
+        Err(Error::NotFound { .. }) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let lock = d.lock_for(&r.id);
+    let _guard = lock.lock().await;
+    let span = tracing::info_span!("stop_pod_sandbox", sandbox = %r.id);
+    stop_locked(d, r).instrument(span).await
+}
+
+async fn stop_locked(d: &Daemon, mut r: SandboxRecord) -> Result<()> {
+    // Re-read under the lock: another Stop may have finished meanwhile.
+    if let Some(fresh) = d.store.get::<SandboxRecord>(SANDBOXES, &r.id)? {
+        r = fresh;
+    }
+    for c in crate::container::list_in_sandbox(d, &r.id)? {
+        crate::container::stop(d, &c.id, 0).await?;
+    }
+    let paths = SandboxPaths::new(d, &r.id);
+    if r.network_attached {
+        if let Some(netns) = &r.netns_path {
+            let req = super::run::attach_request(&r, netns);
+            d.cni.teardown(&req).await?;
+        }
+        r.network_attached = false;
+        d.store.put(SANDBOXES, &r.id, &r)?;
+    }
+    let runtime = d.runtime(&r.runtime_handler)?;
+    if crate::monitor::read_exit_file(&paths.exit_file)?.is_none() && runtime.state(&r.id).await?.is_some() {
+        runtime.kill(&r.id, libc::SIGKILL, true).await?;
+        if crate::container::wait_for_exit(&paths.exit_file, Duration::from_secs(10)).await.is_none() {
+            return Err(Error::DeadlineExceeded(format!(
+                "infra container of pod sandbox {} did not exit within 10s of SIGKILL",
+                r.id
+            )));
+        }
+    }
+    runtime.delete(&r.id, true).await?;
+    if let Some(netns) = &r.netns_path {
+        crate::network::netns::remove(netns)?;
+    }
+    if r.shm_mounted {
+        crate::storage::unmount(&paths.shm)?;
+        r.shm_mounted = false;
+    }
+    r.state = SandboxState::NotReady;
+    d.store.put(SANDBOXES, &r.id, &r)?;
+    tracing::info!("pod sandbox stopped");
+    Ok(())
+}
+
+/// Stops the sandbox if needed, removes all its containers, its directories and its record, and
+/// releases its name. A sandbox that does not exist is Ok.
+pub async fn remove(d: &Daemon, id: &str) -> Result<()> {
+    let r = match super::get(d, id) {
+        Ok(r) => r,
+        Err(Error::NotFound { .. }) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let full_id = r.id.clone();
+    let lock = d.lock_for(&full_id);
+    let guard = lock.lock().await;
+    let span = tracing::info_span!("remove_pod_sandbox", sandbox = %r.id);
+    async {
+        let id = r.id.clone();
+        let name_key = SandboxRecord::name_key(&r.config);
+        stop_locked(d, r).await?;
+        for c in crate::container::list_in_sandbox(d, &id)? {
+            crate::container::remove(d, &c.id).await?;
+        }
+        let paths = SandboxPaths::new(d, &id);
+        for dir in [&paths.bundle, &paths.state] {
+            crate::util::remove_dir_all_idempotent(dir).map_err(Error::io(format!("removing {}", dir.display())))?;
+        }
+        d.store.delete(SANDBOXES, &id)?;
+        d.release_name(&name_key, &id);
+        tracing::info!("pod sandbox removed");
+        Ok::<(), Error>(())
+    }
+    .instrument(span)
+    .await?;
+    drop(guard);
+    d.drop_lock(&full_id);
+    Ok(())
+}

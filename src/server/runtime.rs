@@ -1,0 +1,254 @@
+//! CRI RuntimeService: decode, validate, call one domain function, encode. Nothing here touches
+//! a mount, a process or the store directly.
+
+use super::convert;
+use crate::daemon::Daemon;
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::runtime_service_server::RuntimeService;
+use std::sync::{Arc, Mutex};
+use tonic::{Request, Response, Status};
+
+/// The CRI runtime API version berth serves.
+pub const RUNTIME_API_VERSION: &str = "v1";
+
+/// RuntimeService over a shared [`Daemon`].
+pub struct RuntimeServer {
+    d: Arc<Daemon>,
+    /// Pod CIDR from the last UpdateRuntimeConfig (kubelet sends the node's).
+    pod_cidr: Mutex<String>,
+}
+
+impl RuntimeServer {
+    /// A server for `d`.
+    pub fn new(d: Arc<Daemon>) -> Self {
+        RuntimeServer { d, pod_cidr: Mutex::new(String::new()) }
+    }
+}
+
+type R<T> = Result<Response<T>, Status>;
+
+fn not_built(rpc: &str, detail: &str) -> Status {
+    Status::unimplemented(format!("{rpc} is not implemented by berth yet: {detail}"))
+}
+
+#[tonic::async_trait]
+impl RuntimeService for RuntimeServer {
+    async fn version(&self, _req: Request<cri::VersionRequest>) -> R<cri::VersionResponse> {
+        Ok(Response::new(cri::VersionResponse {
+            version: "0.1.0".into(),
+            runtime_name: "berth".into(),
+            runtime_version: env!("CARGO_PKG_VERSION").into(),
+            runtime_api_version: RUNTIME_API_VERSION.into(),
+        }))
+    }
+
+    async fn run_pod_sandbox(&self, req: Request<cri::RunPodSandboxRequest>) -> R<cri::RunPodSandboxResponse> {
+        let req = req.into_inner();
+        let config = req.config.ok_or_else(|| Status::invalid_argument("config: a PodSandboxConfig is required"))?;
+        let id = crate::sandbox::run(&self.d, config, &req.runtime_handler).await?;
+        Ok(Response::new(cri::RunPodSandboxResponse { pod_sandbox_id: id }))
+    }
+
+    async fn stop_pod_sandbox(&self, req: Request<cri::StopPodSandboxRequest>) -> R<cri::StopPodSandboxResponse> {
+        crate::sandbox::stop(&self.d, &req.into_inner().pod_sandbox_id).await?;
+        Ok(Response::new(cri::StopPodSandboxResponse {}))
+    }
+
+    async fn remove_pod_sandbox(&self, req: Request<cri::RemovePodSandboxRequest>) -> R<cri::RemovePodSandboxResponse> {
+        crate::sandbox::remove(&self.d, &req.into_inner().pod_sandbox_id).await?;
+        Ok(Response::new(cri::RemovePodSandboxResponse {}))
+    }
+
+    async fn pod_sandbox_status(&self, req: Request<cri::PodSandboxStatusRequest>) -> R<cri::PodSandboxStatusResponse> {
+        let req = req.into_inner();
+        let r = crate::sandbox::get(&self.d, &req.pod_sandbox_id)?;
+        let r = crate::sandbox::refresh(&self.d, r)?;
+        Ok(Response::new(cri::PodSandboxStatusResponse {
+            status: Some(convert::pod_sandbox_status(&r)),
+            info: if req.verbose { convert::pod_sandbox_info(&r) } else { Default::default() },
+            // Filled only by runtimes that serve evented PLEG (GetContainerEvents); berth does not yet.
+            containers_statuses: Vec::new(),
+            timestamp: crate::util::now_nanos(),
+        }))
+    }
+
+    async fn list_pod_sandbox(&self, req: Request<cri::ListPodSandboxRequest>) -> R<cri::ListPodSandboxResponse> {
+        let filter = req.into_inner().filter.unwrap_or_default();
+        let items = crate::sandbox::list(&self.d)?
+            .iter()
+            .filter(|r| convert::sandbox_matches(r, &filter))
+            .map(convert::pod_sandbox)
+            .collect();
+        Ok(Response::new(cri::ListPodSandboxResponse { items }))
+    }
+
+    async fn create_container(&self, req: Request<cri::CreateContainerRequest>) -> R<cri::CreateContainerResponse> {
+        let req = req.into_inner();
+        let config = req.config.ok_or_else(|| Status::invalid_argument("config: a ContainerConfig is required"))?;
+        let id = crate::container::create(&self.d, &req.pod_sandbox_id, config, req.sandbox_config).await?;
+        Ok(Response::new(cri::CreateContainerResponse { container_id: id }))
+    }
+
+    async fn start_container(&self, req: Request<cri::StartContainerRequest>) -> R<cri::StartContainerResponse> {
+        crate::container::start(&self.d, &req.into_inner().container_id).await?;
+        Ok(Response::new(cri::StartContainerResponse {}))
+    }
+
+    async fn stop_container(&self, req: Request<cri::StopContainerRequest>) -> R<cri::StopContainerResponse> {
+        let req = req.into_inner();
+        crate::container::stop(&self.d, &req.container_id, req.timeout).await?;
+        Ok(Response::new(cri::StopContainerResponse {}))
+    }
+
+    async fn remove_container(&self, req: Request<cri::RemoveContainerRequest>) -> R<cri::RemoveContainerResponse> {
+        crate::container::remove(&self.d, &req.into_inner().container_id).await?;
+        Ok(Response::new(cri::RemoveContainerResponse {}))
+    }
+
+    async fn list_containers(&self, req: Request<cri::ListContainersRequest>) -> R<cri::ListContainersResponse> {
+        let filter = req.into_inner().filter.unwrap_or_default();
+        let containers = crate::container::list(&self.d)?
+            .iter()
+            .filter(|r| convert::container_matches(r, &filter))
+            .map(convert::container)
+            .collect();
+        Ok(Response::new(cri::ListContainersResponse { containers }))
+    }
+
+    async fn container_status(&self, req: Request<cri::ContainerStatusRequest>) -> R<cri::ContainerStatusResponse> {
+        let req = req.into_inner();
+        let r = crate::container::get(&self.d, &req.container_id)?;
+        let info = if req.verbose {
+            let spec_path = crate::container::ContainerPaths::new(&self.d, &r.id).bundle.join("config.json");
+            let spec = std::fs::read(spec_path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            convert::container_info(&r, spec)
+        } else {
+            Default::default()
+        };
+        Ok(Response::new(cri::ContainerStatusResponse { status: Some(convert::container_status(&r)), info }))
+    }
+
+    async fn update_container_resources(
+        &self,
+        _req: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> R<cri::UpdateContainerResourcesResponse> {
+        Err(not_built("UpdateContainerResources", "resources are set at CreateContainer only"))
+    }
+
+    async fn reopen_container_log(&self, _req: Request<cri::ReopenContainerLogRequest>) -> R<cri::ReopenContainerLogResponse> {
+        Err(not_built("ReopenContainerLog", "the monitor's control channel comes with log rotation (issue #4)"))
+    }
+
+    async fn exec_sync(&self, req: Request<cri::ExecSyncRequest>) -> R<cri::ExecSyncResponse> {
+        let req = req.into_inner();
+        let out = crate::container::exec_sync(&self.d, &req.container_id, &req.cmd, req.timeout).await?;
+        Ok(Response::new(cri::ExecSyncResponse { stdout: out.stdout, stderr: out.stderr, exit_code: out.exit_code }))
+    }
+
+    async fn exec(&self, _req: Request<cri::ExecRequest>) -> R<cri::ExecResponse> {
+        Err(not_built("Exec", "the streaming server comes with issue #3; ExecSync (crictl exec -s) works"))
+    }
+
+    async fn attach(&self, _req: Request<cri::AttachRequest>) -> R<cri::AttachResponse> {
+        Err(not_built("Attach", "the streaming server comes with issue #3; container output is in its CRI log"))
+    }
+
+    async fn port_forward(&self, _req: Request<cri::PortForwardRequest>) -> R<cri::PortForwardResponse> {
+        Err(not_built("PortForward", "the streaming server comes with issue #3"))
+    }
+
+    async fn container_stats(&self, _req: Request<cri::ContainerStatsRequest>) -> R<cri::ContainerStatsResponse> {
+        Err(not_built("ContainerStats", "cgroup stats come with issue #4"))
+    }
+
+    async fn list_container_stats(&self, _req: Request<cri::ListContainerStatsRequest>) -> R<cri::ListContainerStatsResponse> {
+        Err(not_built("ListContainerStats", "cgroup stats come with issue #4"))
+    }
+
+    async fn pod_sandbox_stats(&self, _req: Request<cri::PodSandboxStatsRequest>) -> R<cri::PodSandboxStatsResponse> {
+        Err(not_built("PodSandboxStats", "cgroup stats come with issue #4"))
+    }
+
+    async fn list_pod_sandbox_stats(&self, _req: Request<cri::ListPodSandboxStatsRequest>) -> R<cri::ListPodSandboxStatsResponse> {
+        Err(not_built("ListPodSandboxStats", "cgroup stats come with issue #4"))
+    }
+
+    async fn update_runtime_config(&self, req: Request<cri::UpdateRuntimeConfigRequest>) -> R<cri::UpdateRuntimeConfigResponse> {
+        let cidr = req.into_inner().runtime_config.and_then(|c| c.network_config).map(|n| n.pod_cidr).unwrap_or_default();
+        if !cidr.is_empty() {
+            tracing::info!(pod_cidr = %cidr, "pod CIDR updated");
+            *self.pod_cidr.lock().unwrap_or_else(|p| p.into_inner()) = cidr;
+        }
+        Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
+    }
+
+    async fn status(&self, req: Request<cri::StatusRequest>) -> R<cri::StatusResponse> {
+        let verbose = req.into_inner().verbose;
+        let default = &self.d.config.runtime.default_handler;
+        let runtime_ready = self.d.runtimes.contains_key(default);
+        let runtime_cond = cri::RuntimeCondition {
+            r#type: "RuntimeReady".into(),
+            status: runtime_ready,
+            reason: if runtime_ready { String::new() } else { "RuntimeHandlerUnavailable".into() },
+            message: if runtime_ready { String::new() } else { format!("the default runtime handler {default:?} is not available") },
+        };
+        let network = self.d.cni.status();
+        let network_cond = cri::RuntimeCondition {
+            r#type: "NetworkReady".into(),
+            status: network.is_ok(),
+            reason: if network.is_ok() { String::new() } else { "NetworkPluginNotReady".into() },
+            message: network.as_ref().err().map(|e| e.to_string()).unwrap_or_default(),
+        };
+        let mut handlers: Vec<cri::RuntimeHandler> = self
+            .d
+            .runtimes
+            .keys()
+            .map(|name| cri::RuntimeHandler {
+                name: name.clone(),
+                features: Some(cri::RuntimeHandlerFeatures { recursive_read_only_mounts: false, user_namespaces: false }),
+            })
+            .collect();
+        handlers.sort_by(|a, b| a.name.cmp(&b.name));
+        let info = if verbose {
+            let cfg = serde_json::json!({
+                "config": self.d.config,
+                "network": network.as_ref().ok(),
+                "podCIDR": *self.pod_cidr.lock().unwrap_or_else(|p| p.into_inner()),
+            });
+            std::collections::HashMap::from([("config".to_string(), cfg.to_string())])
+        } else {
+            Default::default()
+        };
+        Ok(Response::new(cri::StatusResponse {
+            status: Some(cri::RuntimeStatus { conditions: vec![runtime_cond, network_cond] }),
+            info,
+            runtime_handlers: handlers,
+            features: Some(cri::RuntimeFeatures { supplemental_groups_policy: false }),
+        }))
+    }
+
+    async fn checkpoint_container(&self, _req: Request<cri::CheckpointContainerRequest>) -> R<cri::CheckpointContainerResponse> {
+        Err(not_built("CheckpointContainer", "checkpoint/restore is not planned"))
+    }
+
+    type GetContainerEventsStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send + 'static>>;
+
+    async fn get_container_events(&self, _req: Request<cri::GetEventsRequest>) -> R<Self::GetContainerEventsStream> {
+        Err(not_built("GetContainerEvents", "container events come with issue #4"))
+    }
+
+    async fn list_metric_descriptors(&self, _req: Request<cri::ListMetricDescriptorsRequest>) -> R<cri::ListMetricDescriptorsResponse> {
+        Err(not_built("ListMetricDescriptors", "metrics come with issue #4"))
+    }
+
+    async fn list_pod_sandbox_metrics(&self, _req: Request<cri::ListPodSandboxMetricsRequest>) -> R<cri::ListPodSandboxMetricsResponse> {
+        Err(not_built("ListPodSandboxMetrics", "metrics come with issue #4"))
+    }
+
+    async fn runtime_config(&self, _req: Request<cri::RuntimeConfigRequest>) -> R<cri::RuntimeConfigResponse> {
+        Ok(Response::new(cri::RuntimeConfigResponse {
+            linux: Some(cri::LinuxRuntimeConfiguration { cgroup_driver: cri::CgroupDriver::Cgroupfs as i32 }),
+        }))
+    }
+}
