@@ -302,3 +302,25 @@ async fn monitor_is_detached_small_and_holds_no_daemon_fds() {
     assert_eq!(info.exit_code, 128 + libc::SIGKILL);
     assert_gone(mon).await;
 }
+
+#[tokio::test]
+async fn oom_kill_is_reported() {
+    if !can_run() {
+        return;
+    }
+    let c = case("oom", &["sh", "-c", "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived"], false, false);
+    for applet in ["head", "tr"] {
+        std::os::unix::fs::symlink("busybox", c.bundle().join("rootfs/bin").join(applet)).unwrap();
+    }
+    let path = c.bundle().join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    cfg["linux"]["resources"]["memory"] = serde_json::json!({ "limit": 16 * 1024 * 1024 });
+    std::fs::write(&path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    let spec = c.spec(false);
+    let spawned = monitor::spawn(Path::new(MONITOR), &spec).await.unwrap();
+    c.runtime.start(&c.id).await.unwrap();
+    let info = wait_exit(&spec.exit_file).await;
+    eprintln!("oom case: {info:?}, log: {:?}", c.log());
+    assert!(info.oom_killed, "expected oom_killed: {info:?}");
+    assert_gone(spawned.monitor_pid).await;
+}
