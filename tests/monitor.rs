@@ -273,6 +273,9 @@ async fn monitor_is_detached_small_and_holds_no_daemon_fds() {
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
     };
     assert_ne!(field("PPid:") as u32, std::process::id(), "monitor is still the daemon's child");
+    let sig_ign = status.lines().find(|l| l.starts_with("SigIgn:")).unwrap().split_whitespace().nth(1).unwrap();
+    let sig_ign = u64::from_str_radix(sig_ign, 16).unwrap();
+    assert!(sig_ign & (1 << (libc::SIGPIPE - 1)) != 0, "monitor does not ignore SIGPIPE");
     let rss_kib = field("VmRSS:");
     eprintln!("monitor RSS: {rss_kib} KiB");
     assert!(rss_kib < 8 * 1024, "monitor RSS {rss_kib} KiB");
