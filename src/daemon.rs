@@ -79,6 +79,16 @@ impl Error {
 /// Result of lifecycle operations.
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// Turns NotFound into `Ok(None)`: Stop and Remove of something already gone succeed, since
+/// kubelet retries them.
+pub fn ok_if_missing<T>(r: Result<T>) -> Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Everything the lifecycle modules share. Built by [`Daemon::open`].
 pub struct Daemon {
     /// Effective configuration.

@@ -1,7 +1,7 @@
 //! StartContainer, StopContainer, RemoveContainer.
 
 use super::{wait_for_exit, ContainerPaths, ContainerRecord, ContainerState};
-use crate::daemon::{Daemon, Error, Result};
+use crate::daemon::{ok_if_missing, Daemon, Error, Result};
 use crate::state::CONTAINERS;
 use std::time::Duration;
 use tracing::Instrument;
@@ -44,11 +44,7 @@ pub async fn start(d: &Daemon, id: &str) -> Result<()> {
 /// `timeout` seconds (0 = SIGKILL at once). A container that is not running, or does not exist,
 /// is Ok (CRI: StopContainer is idempotent).
 pub async fn stop(d: &Daemon, id: &str, timeout: i64) -> Result<()> {
-    let r = match super::get(d, id) {
-        Ok(r) => r,
-        Err(Error::NotFound { .. }) => return Ok(()),
-        Err(e) => return Err(e),
-    };
+    let Some(r) = ok_if_missing(super::get(d, id))? else { return Ok(()) };
     let lock = d.lock_for(&r.id);
     let _guard = lock.lock().await;
     let span = tracing::info_span!("stop_container", container = %r.id, sandbox = %r.sandbox_id);
@@ -96,11 +92,7 @@ fn finish(d: &Daemon, r: ContainerRecord, exit: &crate::monitor::ExitInfo) -> Re
 /// rootfs, removes its bundle and writable layer and its record. Its log file stays (kubelet
 /// owns log rotation and removal). A container that does not exist is Ok.
 pub async fn remove(d: &Daemon, id: &str) -> Result<()> {
-    let r = match super::get(d, id) {
-        Ok(r) => r,
-        Err(Error::NotFound { .. }) => return Ok(()),
-        Err(e) => return Err(e),
-    };
+    let Some(r) = ok_if_missing(super::get(d, id))? else { return Ok(()) };
     let full_id = r.id.clone();
     let lock = d.lock_for(&full_id);
     let guard = lock.lock().await;

@@ -111,26 +111,11 @@ fn mount_points() -> Vec<(PathBuf, String)> {
             let mut f = l.split(' ');
             let mp = f.nth(4)?;
             let fstype = l.split(" - ").nth(1)?.split(' ').next()?;
-            Some((PathBuf::from(unescape_octal(mp)), fstype.to_string()))
+            Some((PathBuf::from(crate::storage::unescape_mountinfo(mp)), fstype.to_string()))
         })
         .collect()
 }
 
-fn unescape_octal(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 /// Undoes the shared self-bind of a netns dir made by [`create`] (tests and `berth` cleanup).
 /// Only unmounts when `dir` is a bind mount of itself; missing or not mounted is Ok.
@@ -147,9 +132,9 @@ mod tests {
 
     #[test]
     fn unescapes_mountinfo_octal() {
-        assert_eq!(unescape_octal("/a\\040b"), "/a b");
-        assert_eq!(unescape_octal("/plain"), "/plain");
-        assert_eq!(unescape_octal("/x\\04"), "/x\\04");
+        assert_eq!(crate::storage::unescape_mountinfo("/a\\040b"), "/a b");
+        assert_eq!(crate::storage::unescape_mountinfo("/plain"), "/plain");
+        assert_eq!(crate::storage::unescape_mountinfo("/x\\04"), "/x\\04");
     }
 
     #[test]

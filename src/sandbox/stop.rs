@@ -2,7 +2,7 @@
 //! half-created or gone is not an error (kubelet retries them).
 
 use super::{SandboxPaths, SandboxRecord, SandboxState};
-use crate::daemon::{Daemon, Error, Result};
+use crate::daemon::{ok_if_missing, Daemon, Error, Result};
 use crate::state::SANDBOXES;
 use std::time::Duration;
 use tracing::Instrument;
@@ -11,11 +11,7 @@ use tracing::Instrument;
 /// period), runs CNI DEL, stops the infra container, unpins the netns and unmounts the pod's
 /// `/dev/shm`. The record stays, NotReady. A sandbox that does not exist is Ok.
 pub async fn stop(d: &Daemon, id: &str) -> Result<()> {
-    let r = match super::get(d, id) {
-        Ok(r) => r,
-        Err(Error::NotFound { .. }) => return Ok(()),
-        Err(e) => return Err(e),
-    };
+    let Some(r) = ok_if_missing(super::get(d, id))? else { return Ok(()) };
     let lock = d.lock_for(&r.id);
     let _guard = lock.lock().await;
     let span = tracing::info_span!("stop_pod_sandbox", sandbox = %r.id);
@@ -66,11 +62,7 @@ async fn stop_locked(d: &Daemon, mut r: SandboxRecord) -> Result<()> {
 /// Stops the sandbox if needed, removes all its containers, its directories and its record, and
 /// releases its name. A sandbox that does not exist is Ok.
 pub async fn remove(d: &Daemon, id: &str) -> Result<()> {
-    let r = match super::get(d, id) {
-        Ok(r) => r,
-        Err(Error::NotFound { .. }) => return Ok(()),
-        Err(e) => return Err(e),
-    };
+    let Some(r) = ok_if_missing(super::get(d, id))? else { return Ok(()) };
     let full_id = r.id.clone();
     let lock = d.lock_for(&full_id);
     let guard = lock.lock().await;
