@@ -24,6 +24,8 @@ use super::user::{self, IdRef, UserError, UserRequest};
 pub mod linux;
 pub mod mounts;
 #[cfg(test)]
+mod runc_tests;
+#[cfg(test)]
 mod tests;
 
 /// Annotation naming the kind of object a spec is for (`sandbox` or `container`), as containerd
