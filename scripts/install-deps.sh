@@ -20,6 +20,7 @@ declare -A need=(
   [ca-certificates]=/etc/ssl/certs/ca-certificates.crt
   [pkg-config]=/usr/bin/pkg-config
   [gcc]=/usr/bin/cc
+  [libc6-dev]=/usr/lib/x86_64-linux-gnu/libc.a
 )
 
 missing=()

@@ -21,4 +21,18 @@ echo "== cargo test --workspace --no-fail-fast"
 # The conformance suite (tests/cri.rs in berth-conformance) prints one line per case and a
 # closing "N passed, N failed" line; --no-fail-fast runs every test binary even when one fails,
 # and cargo still exits non-zero when any failed.
-cargo test --workspace --no-fail-fast </dev/null
+log=$(mktemp /tmp/berth-test-log.XXXXXX)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --no-fail-fast </dev/null 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+
+# One closing line over every test binary: cargo's own "test result:" lines (unit and
+# integration tests) plus the conformance suite's "N passed, N failed" line.
+awk '
+  /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
+  /^[0-9]+ passed, [0-9]+ failed/ { split($0, a, /[ ,]+/); p += a[1]; f += a[3] }
+  END { printf "total: %d passed, %d failed\n", p, f }
+' "$log"
+exit "$status"

@@ -111,6 +111,9 @@ pub struct Daemon {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// This process's own oom_score_adj: the lowest value its children may be given.
     pub own_oom_score_adj: i32,
+    /// What this host lets containers have (capabilities, nofile limit, cgroup layout), probed
+    /// once at start rather than on every CreateContainer.
+    pub host_facts: crate::container::spec::HostFacts,
 }
 
 impl Daemon {
@@ -162,6 +165,7 @@ impl Daemon {
             names: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
             own_oom_score_adj,
+            host_facts: crate::container::spec::HostFacts::probe(),
         })
     }
 

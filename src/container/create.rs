@@ -110,7 +110,7 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
             rootfs: &paths.rootfs,
             own_oom_score_adj: d.own_oom_score_adj,
         };
-        let oci = spec::container_spec(&sctx, &cctx)?;
+        let oci = spec::container_spec_with(&sctx, &cctx, &d.host_facts)?;
         let config_json = paths.bundle.join("config.json");
         let bytes = serde_json::to_vec_pretty(&oci).map_err(|e| Error::io("encoding config.json")(e.into()))?;
         crate::util::write_atomic(&config_json, &bytes).map_err(Error::io(format!("writing {}", config_json.display())))?;

@@ -136,8 +136,7 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
             shm_path: record.shm_mounted.then_some(paths.shm.as_path()),
             cgroup_parent: &cgroup_parent,
         };
-        let mut infra = spec::infra_spec(&ctx, &paths.rootfs, &id)?;
-        clamp_oom_score_adj(&mut infra, d.own_oom_score_adj);
+        let infra = spec::infra_spec_with(&ctx, &paths.rootfs, &id, d.own_oom_score_adj)?;
         let config_json = paths.bundle.join("config.json");
         let bytes = serde_json::to_vec_pretty(&infra).map_err(|e| Error::io("encoding infra config.json")(e.into()))?;
         crate::util::write_atomic(&config_json, &bytes).map_err(Error::io(format!("writing {}", config_json.display())))?;
@@ -252,16 +251,4 @@ fn link_or_copy(src: &Path, dst: &Path) -> Result<()> {
         std::fs::copy(src, dst).map_err(Error::io(format!("copying {} to {}", src.display(), dst.display())))?;
     }
     Ok(())
-}
-
-/// This machine has no CAP_SYS_RESOURCE: a value below the daemon's own makes runc fail, so raise
-/// it to the daemon's own (DESIGN.md "Facts of this machine").
-pub(crate) fn clamp_oom_score_adj(spec: &mut oci_spec::runtime::Spec, own: i32) {
-    if let Some(p) = spec.process_mut() {
-        if let Some(v) = p.oom_score_adj() {
-            if v < own {
-                p.set_oom_score_adj(Some(own));
-            }
-        }
-    }
 }
