@@ -185,12 +185,17 @@ impl RuntimeService for RuntimeServer {
     async fn status(&self, req: Request<cri::StatusRequest>) -> R<cri::StatusResponse> {
         let verbose = req.into_inner().verbose;
         let default = &self.d.config.runtime.default_handler;
-        let runtime_ready = self.d.runtimes.contains_key(default);
+        // The binary is checked on every Status, so a runtime removed after start is reported.
+        let runtime_ready = self.d.runtimes.get(default).is_some_and(|rt| rt.path.exists());
         let runtime_cond = cri::RuntimeCondition {
             r#type: "RuntimeReady".into(),
             status: runtime_ready,
             reason: if runtime_ready { String::new() } else { "RuntimeHandlerUnavailable".into() },
-            message: if runtime_ready { String::new() } else { format!("the default runtime handler {default:?} is not available") },
+            message: if runtime_ready {
+                String::new()
+            } else {
+                format!("the default runtime handler {default:?} is not configured or its binary is missing")
+            },
         };
         let network = self.d.cni.status();
         let network_cond = cri::RuntimeCondition {
