@@ -5,11 +5,15 @@ use crate::ctx::Ctx;
 use futures_util::future::BoxFuture;
 
 mod container;
+mod cstatus;
+mod errors;
 mod exec;
 mod image;
 mod leaks;
 mod pod;
+mod podnet;
 mod restart;
+mod runtime_info;
 pub(crate) mod util;
 
 /// One case: its name and its function.
@@ -56,6 +60,17 @@ pub fn all() -> Vec<Case> {
         case!("container_stop_remove_twice", exec::stop_remove_twice),
         case!("exec_sync_output", exec::exec_sync_output),
         case!("exec_sync_timeout", exec::exec_sync_timeout),
+        case!("runtime_config_cgroupfs", runtime_info::runtime_config_cgroupfs),
+        case!("update_runtime_config", runtime_info::update_runtime_config),
+        case!("image_fs_info", runtime_info::image_fs_info),
+        case!("host_network_pod", podnet::host_network_pod),
+        case!("pod_dns_and_hostname", podnet::pod_dns_and_hostname),
+        case!("container_status_fields", cstatus::container_status_fields),
+        case!("tty_container_logs", cstatus::tty_container_logs),
+        case!("bad_input_codes", errors::bad_input_codes),
+        case!("exec_in_exited_container", errors::exec_in_exited_container),
+        case!("start_exited_container", errors::start_exited_container),
+        case!("memory_limit_applied", cstatus::memory_limit_applied),
         case!("daemon_restart_keeps_containers", restart::keeps_containers),
         case!("no_leftovers_after_suite", leaks::no_leftovers),
     ]
