@@ -1,6 +1,6 @@
 //! StartContainer, StopContainer, RemoveContainer.
 
-use super::{wait_for_exit, ContainerPaths, ContainerRecord, ContainerState};
+use super::{watched, ContainerPaths, ContainerRecord, ContainerState};
 use crate::daemon::{ok_if_missing, Daemon, Error, Result};
 use crate::state::CONTAINERS;
 use std::time::Duration;
@@ -65,14 +65,14 @@ async fn stop_locked(d: &Daemon, r: ContainerRecord, timeout: i64) -> Result<Con
     if timeout > 0 {
         let signal = parse_signal(&r.stop_signal).unwrap_or(libc::SIGTERM);
         runtime.kill(&r.id, signal, false).await?;
-        if let Some(exit) = wait_for_exit(&paths.exit_file, Duration::from_secs(timeout as u64)).await {
-            return finish(d, r, &exit);
+        if let Some(ended) = watched(&paths, &r).wait(Duration::from_secs(timeout as u64)).await {
+            return finish(d, r, &ended);
         }
         tracing::info!(timeout, "container ignored its stop signal; sending SIGKILL");
     }
     runtime.kill(&r.id, libc::SIGKILL, false).await?;
-    match wait_for_exit(&paths.exit_file, KILL_GRACE).await {
-        Some(exit) => finish(d, r, &exit),
+    match watched(&paths, &r).wait(KILL_GRACE).await {
+        Some(ended) => finish(d, r, &ended),
         None => Err(Error::DeadlineExceeded(format!(
             "container {} was sent SIGKILL but its monitor reported no exit within {}s",
             r.id,
@@ -81,8 +81,8 @@ async fn stop_locked(d: &Daemon, r: ContainerRecord, timeout: i64) -> Result<Con
     }
 }
 
-fn finish(d: &Daemon, r: ContainerRecord, exit: &crate::monitor::ExitInfo) -> Result<ContainerRecord> {
-    let r = super::apply_exit(r, exit);
+fn finish(d: &Daemon, r: ContainerRecord, ended: &super::liveness::Ended) -> Result<ContainerRecord> {
+    let r = super::apply_end(r, ended);
     d.store.put(CONTAINERS, &r.id, &r)?;
     tracing::info!(exit_code = r.exit_code, "container stopped");
     Ok(r)
@@ -109,6 +109,7 @@ pub async fn remove(d: &Daemon, id: &str) -> Result<()> {
         for dir in [&paths.bundle, &paths.state] {
             crate::util::remove_dir_all_idempotent(dir).map_err(Error::io(format!("removing {}", dir.display())))?;
         }
+        d.images.release_layers(&r.id).await?;
         d.store.delete(CONTAINERS, &r.id)?;
         d.release_name(&r.name_key, &r.id);
         tracing::info!("container removed");

@@ -22,7 +22,7 @@ use super::types::ImageRuntimeConfig;
 use super::unpack::unpack_blob_file;
 use super::ImageError;
 use crate::config::ImageConfig;
-use crate::state::{Store, IMAGES, LAYERS};
+use crate::state::{Store, IMAGES, LAYERS, LEASES};
 use crate::util::{new_id, now_nanos, remove_dir_all_idempotent};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth as OciAuth;
@@ -438,9 +438,34 @@ impl ImageStore {
         self.collect_layers()
     }
 
-    /// Deletes layers no image references. Caller holds the GC lock exclusively.
+    /// Leases the layers of `image` to `holder` (a container ID) and returns their diff dirs, base
+    /// first, as [`ImageStore::layer_dirs`] does. While the lease stands, removing the image
+    /// keeps its layers (the container's overlay still stacks them), as containerd's leases do.
+    /// Taken under the GC lock, so a concurrent RemoveImage cannot delete the layers between the
+    /// lookup and the lease. Errors as `layer_dirs`, or with the store's error.
+    pub async fn lease_layers(&self, holder: &str, image: &Image) -> Result<Vec<PathBuf>, ImageError> {
+        let _gc = self.gc.write().await;
+        let dirs = self.layer_dirs(image)?;
+        self.store.put(LEASES, holder, &image.chain_ids)?;
+        Ok(dirs)
+    }
+
+    /// Drops the lease of `holder` and deletes the layers nothing uses any more. A holder with no
+    /// lease is fine (idempotent: undo steps and retried removals call it again).
+    pub async fn release_layers(&self, holder: &str) -> Result<(), ImageError> {
+        let _gc = self.gc.write().await;
+        if self.store.delete(LEASES, holder)? {
+            self.collect_layers()?;
+        }
+        Ok(())
+    }
+
+    /// Deletes layers that no image and no lease references. Caller holds the GC lock exclusively.
     fn collect_layers(&self) -> Result<(), ImageError> {
-        let used: HashSet<String> = self.list()?.into_iter().flat_map(|i| i.chain_ids).collect();
+        let mut used: HashSet<String> = self.list()?.into_iter().flat_map(|i| i.chain_ids).collect();
+        for (_, chain_ids) in self.store.list::<Vec<String>>(LEASES)? {
+            used.extend(chain_ids);
+        }
         for (chain_id, _) in self.store.list::<LayerRecord>(LAYERS)? {
             if used.contains(&chain_id) {
                 continue;

@@ -18,6 +18,8 @@ pub const CONTAINERS: &str = "containers";
 pub const IMAGES: &str = "images";
 /// Table of unpacked layers, keyed by chain ID.
 pub const LAYERS: &str = "layers";
+/// Table of layer leases: holder (container ID) -> the chain IDs its rootfs stacks.
+pub const LEASES: &str = "leases";
 
 /// Errors of the metadata store.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +56,7 @@ impl Store {
         let store = Store { db };
         // Create every table up front so reads never see "table does not exist".
         let w = store.db.begin_write().map_err(|e| StateError::Open { path: path.clone(), message: e.to_string() })?;
-        for t in [SANDBOXES, CONTAINERS, IMAGES, LAYERS] {
+        for t in [SANDBOXES, CONTAINERS, IMAGES, LAYERS, LEASES] {
             w.open_table(def(t)).map_err(|e| StateError::Open { path: path.clone(), message: e.to_string() })?;
         }
         w.commit().map_err(|e| StateError::Open { path, message: e.to_string() })?;

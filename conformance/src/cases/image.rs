@@ -181,3 +181,37 @@ pub async fn remove_image_twice(ctx: &Ctx) -> Result<()> {
     remove(ctx, d).await?;
     remove(ctx, d).await.context("second RemoveImage of the same image must be Ok")
 }
+
+/// RemoveImage of an image a running container uses: the container keeps its files (its rootfs
+/// still stacks the image's layers), and the image can be pulled and used again afterwards.
+pub async fn remove_image_in_use(ctx: &Ctx) -> Result<()> {
+    let img = &ctx.images.layers;
+    ctx.ensure_image(img).await?;
+    let i = status_of(ctx, img).await?.with_context(|| format!("ImageStatus {img}: no image"))?;
+    let pod = ctx.run_pod("inuse").await?;
+    let res = async {
+        let c = ctx.start_container(&pod, "inuse", img, &["sleep", "300"]).await?;
+        remove(ctx, &i.id).await.context("RemoveImage of an image in use")?;
+        let r = ctx.exec(&c, &["cat", "/data/b"], 10).await?;
+        check(r.exit_code == 0, || {
+            format!("after RemoveImage, `cat /data/b` in the running container: exit {} stderr {:?}", r.exit_code, String::from_utf8_lossy(&r.stderr))
+        })?;
+        let r = ctx.exec(&c, &["sh", "-c", "ls /bin | wc -l"], 10).await?;
+        let n: u32 = String::from_utf8_lossy(&r.stdout).trim().parse().unwrap_or(0);
+        check(n > 10, || format!("after RemoveImage, the container's /bin holds {n} entries"))?;
+        Ok::<(), anyhow::Error>(())
+    }
+    .await;
+    ctx.remove_pod(&pod.id).await?;
+    res?;
+    ctx.pull(img).await.context("pulling the removed image again")?;
+    let pod = ctx.run_pod("inuse2").await?;
+    let res = async {
+        let c = ctx.start_container(&pod, "inuse2", img, &["sleep", "300"]).await?;
+        let r = ctx.exec(&c, &["cat", "/data/b"], 10).await?;
+        check(r.exit_code == 0, || format!("re-pulled image: `cat /data/b` exit {}", r.exit_code))
+    }
+    .await;
+    ctx.remove_pod(&pod.id).await?;
+    res
+}
