@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 cargo build --release --bins
 conf_dir=/etc/cni/net.d
-if ! ls "$conf_dir"/*.conflist "$conf_dir"/*.conf "$conf_dir"/*.json >/dev/null 2>&1; then
+if [ -z "$(find "$conf_dir" -maxdepth 1 -type f \( -name '*.conflist' -o -name '*.conf' -o -name '*.json' \) 2>/dev/null)" ]; then
   echo "run.sh: no CNI network config in $conf_dir; installing deploy/cni/10-berth-bridge.conflist" >&2
   install -D -m 0644 deploy/cni/10-berth-bridge.conflist "$conf_dir/10-berth-bridge.conflist"
 fi

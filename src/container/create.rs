@@ -9,7 +9,7 @@ use crate::monitor::MonitorSpec;
 use crate::sandbox::{SandboxPaths, SandboxState};
 use crate::state::CONTAINERS;
 use k8s_cri::v1::{ContainerConfig, PodSandboxConfig};
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 use tracing::Instrument;
 
 /// Creates a container in pod sandbox `sandbox_id`; returns its ID. The container is left in
@@ -30,13 +30,18 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
     if image_name.is_empty() {
         return Err(Error::invalid("config.image.image", "must name an image"));
     }
+    if Path::new(&config.log_path).is_absolute() || Path::new(&config.log_path).components().any(|c| c == Component::ParentDir) {
+        return Err(Error::invalid(
+            "config.log_path",
+            format!("{:?} must be a path relative to the pod's log_directory, without \"..\"", config.log_path),
+        ));
+    }
     let sandbox = crate::sandbox::get(d, sandbox_id)?;
     let sandbox = crate::sandbox::refresh(d, sandbox)?;
     if sandbox.state != SandboxState::Ready {
         return Err(Error::FailedPrecondition(format!("pod sandbox {} is not ready", sandbox.id)));
     }
     let image = d.images.resolve(&image_name)?.ok_or_else(|| Error::NotFound { kind: "image", id: image_name.clone() })?;
-    let layers = d.images.layer_dirs(&image)?;
 
     let id = crate::util::new_id();
     let name_key = ContainerRecord::name_key(&config, &sandbox);
@@ -65,6 +70,7 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
         reason: String::new(),
         message: String::new(),
         pid: 0,
+        monitor_pid: 0,
         log_path: log_path.clone(),
         stop_signal: image.config.stop_signal.clone(),
         name_key: name_key.clone(),
@@ -81,6 +87,12 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
         undo.push("remove dirs", async {
             let _ = crate::util::remove_dir_all_idempotent(&paths.bundle);
             let _ = crate::util::remove_dir_all_idempotent(&paths.state);
+        });
+        // The lease keeps the layers while this container stacks them, even if its image is
+        // removed meanwhile.
+        let layers = d.images.lease_layers(&id, &image).await?;
+        undo.push("release layers", async {
+            let _ = d.images.release_layers(&id).await;
         });
         crate::storage::mount_overlay(&layers, &upper, &work, &paths.rootfs)?;
         undo.push("unmount rootfs", async {
@@ -133,10 +145,20 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
             stdin: config.stdin,
             stdin_once: config.stdin_once,
         };
+        if let Some(log) = mspec.log_path.clone() {
+            // The monitor creates the log file before the runtime runs; a failed create must not
+            // leave an empty one behind (one with content stays: it may explain the failure).
+            undo.push("remove empty log file", async move {
+                if std::fs::metadata(&log).is_ok_and(|m| m.len() == 0) {
+                    let _ = std::fs::remove_file(&log);
+                }
+            });
+        }
         let started = std::time::Instant::now();
         let spawned = crate::monitor::spawn(&d.monitor_bin, &mspec).await?;
         tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, pid = spawned.container_pid, "runtime create done");
         record.pid = spawned.container_pid;
+        record.monitor_pid = spawned.monitor_pid;
         d.store.put(CONTAINERS, &id, &record)?;
         Ok::<(), Error>(())
     }

@@ -99,7 +99,39 @@ async fn run(
     let stderr = stderr_task.await.unwrap_or_default();
     use std::os::unix::process::ExitStatusExt;
     let exit_code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    let stderr = if exit_code == 255 { runtime_errors_readable(stderr) } else { stderr };
     Ok(ExecOutput { stdout, stderr, exit_code })
+}
+
+/// When the runtime itself failed (runc exits 255 and appends logrus lines such as
+/// `time="..." level=error msg="exec failed: ..."` to the process's stderr), keeps the process's
+/// own output and turns the runtime's trailing lines into their messages.
+fn runtime_errors_readable(stderr: Vec<u8>) -> Vec<u8> {
+    let text = String::from_utf8_lossy(&stderr);
+    let lines: Vec<&str> = text.lines().collect();
+    let is_runtime_line = |l: &&str| l.starts_with("time=") && l.contains(" level=") && l.contains(" msg=");
+    let split = lines.iter().rposition(|l| !is_runtime_line(l)).map_or(0, |i| i + 1);
+    if split == lines.len() {
+        return stderr;
+    }
+    let mut out: String = lines[..split].iter().map(|l| format!("{l}\n")).collect();
+    out.push_str(&crate::oci::runtime_error_message(&lines[split..].join("\n")));
+    out.push('\n');
+    out.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_lines_become_messages() {
+        let raw = b"partial output\ntime=\"2026-11-29T08:00:00Z\" level=error msg=\"exec failed: unable to start container process: exec: \\\"nope\\\": executable file not found in $PATH\"\n".to_vec();
+        let got = String::from_utf8(runtime_errors_readable(raw)).unwrap();
+        assert_eq!(got, "partial output\nexec failed: unable to start container process: exec: \"nope\": executable file not found in $PATH\n");
+        let plain = b"just the program's own stderr\n".to_vec();
+        assert_eq!(runtime_errors_readable(plain.clone()), plain);
+    }
 }
 
 async fn read_capped<R: tokio::io::AsyncRead + Unpin>(r: Option<R>) -> Vec<u8> {

@@ -10,6 +10,7 @@
 mod create;
 mod exec;
 mod lifecycle;
+pub mod liveness;
 pub mod spec;
 pub mod user;
 
@@ -19,11 +20,11 @@ pub use lifecycle::{remove, start, stop};
 
 use crate::daemon::{Daemon, Error, Result};
 use crate::monitor::ExitInfo;
+use liveness::{Ended, Watched};
 use crate::state::CONTAINERS;
 use k8s_cri::v1::ContainerConfig;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::PathBuf;
 
 /// State of a container, as CRI `ContainerState` names them.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -69,6 +70,9 @@ pub struct ContainerRecord {
     pub message: String,
     /// Host PID of the container's init (0 before create finished).
     pub pid: i32,
+    /// PID of its `berth-monitor` (0 before create finished).
+    #[serde(default)]
+    pub monitor_pid: i32,
     /// Absolute CRI log path (log_directory/log_path), empty when none.
     pub log_path: String,
     /// The image's StopSignal (empty = SIGTERM).
@@ -150,19 +154,43 @@ pub fn list_in_sandbox(d: &Daemon, sandbox_id: &str) -> Result<Vec<ContainerReco
     Ok(list(d)?.into_iter().filter(|c| c.sandbox_id == sandbox_id).collect())
 }
 
-/// Folds the exit file into a Created or Running record (and persists the change).
+/// Folds the end of the container's process into a Created or Running record (and persists the
+/// change): the monitor's exit file, or, when the monitor and the process are both gone without
+/// one, EXITED with code 255 and reason `Unknown`.
 pub fn refresh(d: &Daemon, r: ContainerRecord) -> Result<ContainerRecord> {
     if !matches!(r.state, ContainerState::Created | ContainerState::Running) {
         return Ok(r);
     }
     let paths = ContainerPaths::new(d, &r.id);
-    match crate::monitor::read_exit_file(&paths.exit_file)? {
-        Some(exit) => {
-            let r = apply_exit(r, &exit);
+    match watched(&paths, &r).observe() {
+        Some(ended) => {
+            let r = apply_end(r, &ended);
             d.store.put(CONTAINERS, &r.id, &r)?;
             Ok(r)
         }
         None => Ok(r),
+    }
+}
+
+/// The container's process as the liveness checks see it.
+pub(crate) fn watched<'a>(paths: &'a ContainerPaths, r: &ContainerRecord) -> Watched<'a> {
+    Watched { exit_file: &paths.exit_file, monitor_pid: r.monitor_pid, pid: r.pid }
+}
+
+/// The record after its process ended, recorded or lost.
+pub fn apply_end(r: ContainerRecord, ended: &Ended) -> ContainerRecord {
+    match ended {
+        Ended::Recorded(exit) => apply_exit(r, exit),
+        Ended::Lost => {
+            tracing::warn!(container = %r.id, "container process and its monitor are gone without an exit file");
+            let mut r = r;
+            r.state = ContainerState::Exited;
+            r.finished_at = crate::util::now_nanos().max(r.started_at);
+            r.exit_code = 255;
+            r.reason = "Unknown".into();
+            r.message = "berth-monitor of this container exited without recording an exit code (killed?)".into();
+            r
+        }
     }
 }
 
@@ -180,22 +208,6 @@ pub fn apply_exit(mut r: ContainerRecord, exit: &ExitInfo) -> ContainerRecord {
     }
     .to_string();
     r
-}
-
-/// Polls `exit_file` until it appears or `timeout` passes. Returns the exit, or `None` on timeout.
-pub async fn wait_for_exit(exit_file: &Path, timeout: Duration) -> Option<ExitInfo> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut interval = Duration::from_millis(5);
-    loop {
-        if let Ok(Some(e)) = crate::monitor::read_exit_file(exit_file) {
-            return Some(e);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(interval).await;
-        interval = (interval * 2).min(Duration::from_millis(50));
-    }
 }
 
 /// Restart recovery: re-reserve names; a container the record calls Created or Running whose

@@ -48,6 +48,9 @@ pub struct SandboxRecord {
     pub ips: Vec<String>,
     /// Host PID of the infra process (0 before it started).
     pub infra_pid: i32,
+    /// PID of the infra's `berth-monitor` (0 before it started).
+    #[serde(default)]
+    pub monitor_pid: i32,
     /// cgroupfs parent of the pod's containers.
     pub cgroup_parent: String,
     /// The pod's hostname.
@@ -66,6 +69,11 @@ impl SandboxRecord {
     /// The pod's namespace options (defaults: POD for every namespace).
     pub fn namespace_options(&self) -> NamespaceOption {
         namespace_options(&self.config)
+    }
+
+    /// The infra process as the liveness checks see it.
+    pub fn infra_watched<'a>(&self, paths: &'a SandboxPaths) -> crate::container::liveness::Watched<'a> {
+        crate::container::liveness::Watched { exit_file: &paths.exit_file, monitor_pid: self.monitor_pid, pid: self.infra_pid }
     }
 
     /// Whether the pod uses the node's network namespace.
@@ -157,7 +165,7 @@ pub fn list(d: &Daemon) -> Result<Vec<SandboxRecord>> {
 pub fn refresh(d: &Daemon, mut r: SandboxRecord) -> Result<SandboxRecord> {
     if r.state == SandboxState::Ready {
         let paths = SandboxPaths::new(d, &r.id);
-        if crate::monitor::read_exit_file(&paths.exit_file)?.is_some() {
+        if r.infra_watched(&paths).observe().is_some() {
             r.state = SandboxState::NotReady;
             d.store.put(SANDBOXES, &r.id, &r)?;
         }

@@ -29,6 +29,15 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
     if meta.namespace.is_empty() {
         return Err(Error::invalid("config.metadata.namespace", "must not be empty"));
     }
+    if meta.uid.is_empty() {
+        return Err(Error::invalid("config.metadata.uid", "must not be empty (kubelet sends the pod's UID)"));
+    }
+    if !config.log_directory.is_empty() && !Path::new(&config.log_directory).is_absolute() {
+        return Err(Error::invalid(
+            "config.log_directory",
+            format!("{:?} must be an absolute path (container logs go under it)", config.log_directory),
+        ));
+    }
     let runtime = d.runtime(runtime_handler)?;
     let ns = namespace_options(&config);
     let host_network = ns.network == NamespaceMode::Node as i32;
@@ -46,6 +55,12 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
         Some(p) if !p.is_empty() => p.to_string(),
         _ => d.config.cgroup_parent.clone(),
     };
+    if !cgroup_parent.starts_with('/') || cgroup_parent.split('/').any(|c| c == "..") {
+        return Err(Error::invalid(
+            "config.linux.cgroup_parent",
+            format!("{cgroup_parent:?} must be an absolute cgroupfs path without \"..\" (e.g. /kubepods/besteffort/pod<uid>)"),
+        ));
+    }
 
     let id = crate::util::new_id();
     let name_key = SandboxRecord::name_key(&config);
@@ -65,6 +80,7 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
         network_attached: false,
         ips: Vec::new(),
         infra_pid: 0,
+        monitor_pid: 0,
         cgroup_parent: cgroup_parent.clone(),
         hostname: hostname.clone(),
         shm_mounted: false,
@@ -156,16 +172,23 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
         };
         let started = std::time::Instant::now();
         let spawned = crate::monitor::spawn(&d.monitor_bin, &mspec).await?;
-        undo.push("delete infra container", async {
-            let _ = runtime.kill(&id, libc::SIGKILL, true).await;
-            crate::container::wait_for_exit(&paths.exit_file, std::time::Duration::from_secs(10)).await;
-            if let Err(e) = runtime.delete(&id, true).await {
+        let watched = crate::container::liveness::Watched {
+            exit_file: &paths.exit_file,
+            monitor_pid: spawned.monitor_pid,
+            pid: spawned.container_pid,
+        };
+        let infra_id = id.as_str();
+        undo.push("delete infra container", async move {
+            let _ = runtime.kill(infra_id, libc::SIGKILL, true).await;
+            watched.wait(std::time::Duration::from_secs(10)).await;
+            if let Err(e) = runtime.delete(infra_id, true).await {
                 tracing::warn!(error = %e, "undo: deleting infra container");
             }
         });
         runtime.start(&id).await?;
         tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, pid = spawned.container_pid, "infra container started");
         record.infra_pid = spawned.container_pid;
+        record.monitor_pid = spawned.monitor_pid;
         record.state = SandboxState::Ready;
         d.store.put(SANDBOXES, &id, &record)?;
         Ok::<(), Error>(())

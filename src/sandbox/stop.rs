@@ -36,9 +36,15 @@ async fn stop_locked(d: &Daemon, mut r: SandboxRecord) -> Result<()> {
         d.store.put(SANDBOXES, &r.id, &r)?;
     }
     let runtime = d.runtime(&r.runtime_handler)?;
-    if crate::monitor::read_exit_file(&paths.exit_file)?.is_none() && runtime.state(&r.id).await?.is_some() {
+    // Kill the infra only while it may still run: not when its end is known (exit file, or it and
+    // its monitor are gone), nor when the runtime already calls it stopped.
+    let running = match r.infra_watched(&paths).observe() {
+        Some(_) => false,
+        None => matches!(runtime.state(&r.id).await?, Some(s) if s.status != "stopped"),
+    };
+    if running {
         runtime.kill(&r.id, libc::SIGKILL, true).await?;
-        if crate::container::wait_for_exit(&paths.exit_file, Duration::from_secs(10)).await.is_none() {
+        if r.infra_watched(&paths).wait(Duration::from_secs(10)).await.is_none() {
             return Err(Error::DeadlineExceeded(format!(
                 "infra container of pod sandbox {} did not exit within 10s of SIGKILL",
                 r.id

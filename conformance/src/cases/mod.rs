@@ -10,6 +10,7 @@ mod errors;
 mod exec;
 mod image;
 mod leaks;
+mod monitor;
 mod pod;
 mod podnet;
 mod restart;
@@ -43,6 +44,7 @@ pub fn all() -> Vec<Case> {
         case!("remove_image_by_tag", image::remove_image_by_tag),
         case!("remove_image_by_id", image::remove_image_by_id),
         case!("remove_image_twice", image::remove_image_twice),
+        case!("remove_image_in_use", image::remove_image_in_use),
         case!("pod_run_status", pod::run_status),
         case!("pod_list_filters", pod::list_filters),
         case!("pod_same_metadata_twice", pod::same_metadata_twice),
@@ -71,6 +73,7 @@ pub fn all() -> Vec<Case> {
         case!("exec_in_exited_container", errors::exec_in_exited_container),
         case!("start_exited_container", errors::start_exited_container),
         case!("memory_limit_applied", cstatus::memory_limit_applied),
+        case!("monitor_killed", monitor::monitor_killed),
         case!("daemon_restart_keeps_containers", restart::keeps_containers),
         case!("no_leftovers_after_suite", leaks::no_leftovers),
     ]
