@@ -124,3 +124,28 @@ pub async fn start_exited_container(ctx: &Ctx) -> Result<()> {
     ctx.remove_pod(&pod.id).await?;
     res
 }
+
+/// Paths that would put logs outside the pod's log directory are refused with InvalidArgument:
+/// a relative `log_directory` and a `log_path` that climbs out with `..`. berth only: the CRI
+/// leaves path checks to the runtime, so other runtimes are not held to berth's answer.
+pub async fn log_paths_refused(ctx: &Ctx) -> Result<()> {
+    const CASE: &str = "log_paths_refused";
+    if ctx.kind != TargetKind::Berth {
+        return crate::ctx::skip("path checks are berth's choice, not a CRI rule");
+    }
+    let mut cfg = ctx.pod_config("rellog", &[]);
+    cfg.log_directory = "relative/logs".into();
+    let r = ctx.rt().run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(cfg), runtime_handler: String::new() }).await;
+    expect_error(ctx, CASE, "RunPodSandbox with log_directory \"relative/logs\"", r, tonic::Code::InvalidArgument)?;
+    ctx.ensure_image(&ctx.images.busybox).await?;
+    let pod = ctx.run_pod("climblog").await?;
+    let mut c = ctx.container_config("climb", &ctx.images.busybox, &["true"]);
+    c.log_path = "../escape.log".into();
+    let r = ctx
+        .rt()
+        .create_container(cri::CreateContainerRequest { pod_sandbox_id: pod.id.clone(), config: Some(c), sandbox_config: Some(pod.config.clone()) })
+        .await;
+    let res = expect_error(ctx, CASE, "CreateContainer with log_path \"../escape.log\"", r, tonic::Code::InvalidArgument);
+    ctx.remove_pod(&pod.id).await?;
+    res
+}

@@ -73,6 +73,7 @@ pub fn all() -> Vec<Case> {
         case!("exec_in_exited_container", errors::exec_in_exited_container),
         case!("start_exited_container", errors::start_exited_container),
         case!("memory_limit_applied", cstatus::memory_limit_applied),
+        case!("log_paths_refused", errors::log_paths_refused),
         case!("monitor_killed", monitor::monitor_killed),
         case!("daemon_restart_keeps_containers", restart::keeps_containers),
         case!("no_leftovers_after_suite", leaks::no_leftovers),
