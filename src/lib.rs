@@ -18,4 +18,5 @@ pub mod sandbox;
 pub mod server;
 pub mod state;
 pub mod storage;
+pub mod streaming;
 pub mod util;
