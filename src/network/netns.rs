@@ -67,6 +67,29 @@ pub fn create(dir: &Path, name: &str) -> Result<PathBuf, NetworkError> {
     Ok(path)
 }
 
+/// Opens a TCP connection to `127.0.0.1:port` inside the network namespace pinned at `netns`
+/// (CRI PortForward: "the port inside the pod's network namespace"). The socket is created by a
+/// short-lived thread that `setns(CLONE_NEWNET)`s into the namespace first; a socket keeps the
+/// namespace it was created in, so the returned stream talks inside the pod while the daemon's
+/// own threads never change namespace. Blocking: call it from `spawn_blocking`.
+/// Errors: [`NetworkError::Netns`] naming the path and `open`, `setns` or `connect` (ECONNREFUSED
+/// when nothing listens on the port).
+pub fn connect_tcp(netns: &Path, port: u16) -> Result<std::net::TcpStream, NetworkError> {
+    let path = netns.to_path_buf();
+    std::thread::Builder::new()
+        .name("berth-netns-dial".into())
+        .spawn(move || -> Result<std::net::TcpStream, NetworkError> {
+            let ns = std::fs::File::open(&path).map_err(io_err(&path, "open"))?;
+            nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).map_err(sys_err(&path, "setns(CLONE_NEWNET)"))?;
+            std::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port)).map_err(io_err(&path, "connect"))
+        })
+        .map_err(io_err(netns, "clone(thread)"))?
+        .join()
+        .unwrap_or_else(|_| {
+            Err(NetworkError::Netns { path: netns.to_path_buf(), syscall: "thread", source: std::io::Error::other("dial thread panicked") })
+        })
+}
+
 /// Unpins and deletes a namespace made by [`create`]: `umount2(path, MNT_DETACH)` then unlink.
 /// Idempotent: a missing file or a file that is not mounted is fine.
 /// Errors: [`NetworkError::Netns`] naming the path and `umount2` or `unlink`.
@@ -135,6 +158,46 @@ mod tests {
         assert_eq!(crate::storage::unescape_mountinfo("/a\\040b"), "/a b");
         assert_eq!(crate::storage::unescape_mountinfo("/plain"), "/plain");
         assert_eq!(crate::storage::unescape_mountinfo("/x\\04"), "/x\\04");
+    }
+
+    #[test]
+    fn connect_tcp_dials_inside_the_namespace() {
+        if !is_root() {
+            eprintln!("skipping connect_tcp_dials_inside_the_namespace: needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let ns = create(dir.path(), "dial").unwrap();
+        // Nothing listens inside the new namespace (its lo is even down): refused or unreachable.
+        let e = connect_tcp(&ns, 1).unwrap_err().to_string();
+        assert!(e.contains("connect"), "{e}");
+        // A listener in the namespace, made the same way, is reached.
+        let ns2 = ns.clone();
+        let listener = std::thread::spawn(move || {
+            let f = std::fs::File::open(&ns2).unwrap();
+            nix::sched::setns(&f, CloneFlags::CLONE_NEWNET).unwrap();
+            std::process::Command::new("ip").args(["link", "set", "lo", "up"]).status().unwrap();
+            std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap()
+        })
+        .join()
+        .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accept = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            std::io::Write::write_all(&mut s, b"inside").unwrap();
+        });
+        let mut c = connect_tcp(&ns, port).unwrap();
+        let mut got = String::new();
+        std::io::Read::read_to_string(&mut c, &mut got).unwrap();
+        accept.join().unwrap();
+        assert_eq!(got, "inside");
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err() || port_taken_on_host(port));
+        remove(&ns).unwrap();
+        release_dir(dir.path()).unwrap();
+    }
+
+    fn port_taken_on_host(port: u16) -> bool {
+        std::net::TcpListener::bind(("127.0.0.1", port)).is_err()
     }
 
     #[test]
