@@ -189,3 +189,27 @@ pub async fn recover(d: &Daemon) -> Result<()> {
     }
     Ok(())
 }
+
+/// A TCP connection to `port` on localhost inside the pod's network namespace (the host's for a
+/// host-network pod), for CRI PortForward.
+///
+/// Errors: NotFound; FailedPrecondition when the pod is not ready; Network when nothing listens
+/// there (the message says `connect` and the errno).
+pub async fn port_forward(d: &Daemon, id: &str, port: u16) -> Result<tokio::net::TcpStream> {
+    let r = refresh(d, get(d, id)?)?;
+    if r.state != SandboxState::Ready {
+        return Err(Error::FailedPrecondition(format!("pod sandbox {} is not ready: cannot forward port {port}", r.id)));
+    }
+    let std_stream = match r.netns_path.clone() {
+        Some(netns) => tokio::task::spawn_blocking(move || crate::network::netns::connect_tcp(&netns, port))
+            .await
+            .map_err(|e| Error::io("port-forward dial task")(std::io::Error::other(e.to_string())))??,
+        None => {
+            return tokio::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port))
+                .await
+                .map_err(Error::io(format!("connecting to 127.0.0.1:{port} on the host network")))
+        }
+    };
+    std_stream.set_nonblocking(true).map_err(Error::io("port-forward socket"))?;
+    tokio::net::TcpStream::from_std(std_stream).map_err(Error::io("port-forward socket"))
+}
