@@ -148,3 +148,26 @@ async fn read_capped<R: tokio::io::AsyncRead + Unpin>(r: Option<R>) -> Vec<u8> {
         }
     }
 }
+
+/// Checks an Exec or Attach request before a streaming URL is handed out (kubelet's streaming
+/// server rules): the container exists and runs; at least one of stdin, stdout, stderr; not tty
+/// together with stderr (a terminal has one output). Returns the full container ID.
+///
+/// Errors: NotFound; FailedPrecondition when it is not running; InvalidArgument naming the field.
+pub fn validate_stream(d: &Daemon, id: &str, tty: bool, stdin: bool, stdout: bool, stderr: bool) -> Result<String> {
+    if !stdin && !stdout && !stderr {
+        return Err(Error::invalid("stdin/stdout/stderr", "at least one of them must be true"));
+    }
+    if tty && stderr {
+        return Err(Error::invalid("tty/stderr", "tty and stderr cannot both be true: a terminal has one output stream"));
+    }
+    let r = super::get(d, id)?;
+    if r.state != ContainerState::Running {
+        return Err(Error::FailedPrecondition(format!(
+            "container {} is {}, not RUNNING",
+            r.id,
+            super::lifecycle::state_name(r.state)
+        )));
+    }
+    Ok(r.id)
+}

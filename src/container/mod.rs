@@ -15,7 +15,7 @@ pub mod spec;
 pub mod user;
 
 pub use create::create;
-pub use exec::{exec_sync, ExecOutput};
+pub use exec::{exec_sync, validate_stream, ExecOutput};
 pub use lifecycle::{remove, start, stop};
 
 use crate::daemon::{Daemon, Error, Result};
