@@ -94,3 +94,8 @@ pub trait Backend: Send + Sync + 'static {
     /// host's for host-network pods).
     async fn port_forward(&self, sandbox_id: &str, port: u16) -> Result<tokio::net::TcpStream, StreamError>;
 }
+
+pub mod base64;
+pub mod protocol;
+pub mod token;
+pub mod websocket;
