@@ -295,9 +295,11 @@ async fn monitor_is_detached_small_and_holds_no_daemon_fds() {
         if *fd <= 2 {
             assert_eq!(target, "/dev/null");
         }
-        assert!(!target.contains("socket"), "monitor holds a socket: fd {fd} -> {target}");
     }
-    assert!(fds.len() <= 7, "unexpected fds: {fds:?}");
+    // Its one socket is the attach listener it made itself.
+    assert_eq!(fds.iter().filter(|(_, t)| t.contains("socket")).count(), 1, "sockets: {fds:?}");
+    assert!(spec.attach_socket.exists(), "no attach socket");
+    assert!(fds.len() <= 8, "unexpected fds: {fds:?}");
     c.runtime.start(&c.id).await.unwrap();
     // PID 1 of the container ignores SIGTERM without a handler: SIGKILL.
     c.runtime.kill(&c.id, libc::SIGKILL, true).await.unwrap();
@@ -326,4 +328,251 @@ async fn oom_kill_is_reported() {
     eprintln!("oom case: {info:?}, log: {:?}", c.log());
     assert!(info.oom_killed, "expected oom_killed: {info:?}");
     assert_gone(spawned.monitor_pid).await;
+}
+
+// ---- attach socket and exec mode -------------------------------------------------------------
+
+use berth::monitor::attach::{AttachConn, STDERR, STDOUT};
+use berth::monitor::ExecProcess;
+use berth::streaming::TermSize;
+
+fn link_applets(c: &Case, applets: &[&str]) {
+    for a in applets {
+        let _ = std::os::unix::fs::symlink("busybox", c.bundle().join("rootfs/bin").join(a));
+    }
+}
+
+/// Reads packets until `pred(stdout, stderr)` holds (or EOF / 10 s: then panics).
+async fn read_until(conn: &AttachConn, out: &mut Vec<u8>, err: &mut Vec<u8>, pred: impl Fn(&str, &str) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pred(&String::from_utf8_lossy(out), &String::from_utf8_lossy(err)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, conn.recv()).await {
+            Ok(Ok(Some((STDOUT, d)))) => out.extend_from_slice(&d),
+            Ok(Ok(Some((STDERR, d)))) => err.extend_from_slice(&d),
+            Ok(Ok(Some((s, _)))) => panic!("unknown stream {s}"),
+            Ok(Ok(None)) => panic!("EOF; out={:?} err={:?}", String::from_utf8_lossy(out), String::from_utf8_lossy(err)),
+            Ok(Err(e)) => panic!("recv: {e}"),
+            Err(_) => panic!("timeout; out={:?} err={:?}", String::from_utf8_lossy(out), String::from_utf8_lossy(err)),
+        }
+    }
+}
+
+/// Reads packets to EOF (10 s at most).
+async fn read_to_eof(conn: &AttachConn) -> (String, String) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, conn.recv()).await.expect("no EOF within 10 s").unwrap() {
+            Some((STDOUT, d)) => out.extend_from_slice(&d),
+            Some((_, d)) => err.extend_from_slice(&d),
+            None => break,
+        }
+    }
+    (String::from_utf8_lossy(&out).into_owned(), String::from_utf8_lossy(&err).into_owned())
+}
+
+fn rss_kib(pid: i32) -> i64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn attach_two_clients_stdin_and_output() {
+    if !can_run() {
+        return;
+    }
+    let c = case("attach", &["sh", "-c", "while read l; do echo got:$l; echo err:$l >&2; done; echo bye"], false, false);
+    let mut spec = c.spec(false);
+    spec.stdin = true;
+    let spawned = monitor::spawn(Path::new(MONITOR), &spec).await.unwrap();
+    c.runtime.start(&c.id).await.unwrap();
+    let a = monitor::attach(&spec.attach_socket).await.unwrap();
+    let b = monitor::attach(&spec.attach_socket).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    a.write_stdin(b"hello\n").await.unwrap();
+    let (mut ao, mut ae, mut bo, mut be) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    read_until(&a, &mut ao, &mut ae, |o, e| o.contains("got:hello\n") && e.contains("err:hello\n")).await;
+    read_until(&b, &mut bo, &mut be, |o, _| o.contains("got:hello\n")).await;
+    b.write_stdin(b"two\n").await.unwrap();
+    read_until(&a, &mut ao, &mut ae, |o, _| o.contains("got:two\n")).await;
+    read_until(&b, &mut bo, &mut be, |o, _| o.contains("got:two\n")).await;
+    // Without stdin_once a client's stdin ending leaves the container's stdin open.
+    a.close_stdin().await.unwrap();
+    drop(a);
+    b.write_stdin(b"three\n").await.unwrap();
+    read_until(&b, &mut bo, &mut be, |o, _| o.contains("got:three\n")).await;
+    let rss = rss_kib(spawned.monitor_pid);
+    eprintln!("monitor RSS with a client attached: {rss} KiB");
+    assert!(rss < 4 * 1024, "monitor RSS {rss} KiB");
+    c.runtime.kill(&c.id, libc::SIGKILL, false).await.unwrap();
+    let _ = read_to_eof(&b).await;
+    let info = wait_exit(&spec.exit_file).await;
+    assert_eq!(info.exit_code, 128 + libc::SIGKILL);
+    assert_gone(spawned.monitor_pid).await;
+    assert!(!spec.attach_socket.exists(), "attach socket left behind");
+    let log = c.log();
+    for want in ["stdout F got:hello", "stderr F err:hello", "stdout F got:two", "stdout F got:three"] {
+        assert!(log.contains(want), "log lacks {want:?}: {log}");
+    }
+}
+
+#[tokio::test]
+async fn attach_stdin_once_closes_stdin() {
+    if !can_run() {
+        return;
+    }
+    let c = case("once", &["sh", "-c", "while read l; do echo got:$l; done; echo bye; exit 7"], false, false);
+    let mut spec = c.spec(false);
+    spec.stdin = true;
+    spec.stdin_once = true;
+    let spawned = monitor::spawn(Path::new(MONITOR), &spec).await.unwrap();
+    c.runtime.start(&c.id).await.unwrap();
+    let a = monitor::attach(&spec.attach_socket).await.unwrap();
+    a.write_stdin(b"x\n").await.unwrap();
+    a.close_stdin().await.unwrap();
+    let (out, _) = read_to_eof(&a).await;
+    assert_eq!(out, "got:x\nbye\n");
+    assert_eq!(wait_exit(&spec.exit_file).await.exit_code, 7);
+    assert_gone(spawned.monitor_pid).await;
+}
+
+#[tokio::test]
+async fn attach_tty_resize() {
+    if !can_run() {
+        return;
+    }
+    let c = case("resize", &["sh", "-c", "read x; stty size; exit 0"], true, false);
+    link_applets(&c, &["stty"]);
+    let mut spec = c.spec(true);
+    spec.stdin = true;
+    let spawned = monitor::spawn(Path::new(MONITOR), &spec).await.unwrap();
+    c.runtime.start(&c.id).await.unwrap();
+    let a = monitor::attach(&spec.attach_socket).await.unwrap();
+    a.resize(TermSize { width: 123, height: 45 }).await.unwrap();
+    a.write_stdin(b"go\r").await.unwrap();
+    let (out, err) = read_to_eof(&a).await;
+    assert!(err.is_empty());
+    assert!(out.contains("45 123"), "tty output {out:?}");
+    assert_eq!(wait_exit(&spec.exit_file).await.exit_code, 0);
+    assert_gone(spawned.monitor_pid).await;
+}
+
+/// A running `sleep` container and an exec session spec in a directory whose attach socket
+/// path is longer than sun_path.
+async fn running_container(name: &str) -> (Case, MonitorSpec, monitor::Spawned) {
+    let c = case(name, &["sh", "-c", "exec sleep 600"], false, false);
+    link_applets(&c, &["sleep", "cat", "stty"]);
+    let spec = c.spec(false);
+    let spawned = monitor::spawn(Path::new(MONITOR), &spec).await.unwrap();
+    c.runtime.start(&c.id).await.unwrap();
+    (c, spec, spawned)
+}
+
+fn exec_spec(c: &Case, args: &[&str], tty: bool, stdin: bool) -> (MonitorSpec, ExecProcess) {
+    let dir = c.dir.path().join(format!("exec-{}", "x".repeat(110)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(c.bundle().join("config.json")).unwrap()).unwrap();
+    let mut process = cfg["process"].clone();
+    process["args"] = serde_json::json!(args);
+    process["terminal"] = serde_json::json!(tty);
+    let pj = dir.join("process.json");
+    std::fs::write(&pj, serde_json::to_vec(&process).unwrap()).unwrap();
+    let spec = MonitorSpec {
+        id: c.id.clone(),
+        bundle: dir.clone(),
+        runtime: c.runtime.path.clone(),
+        runtime_root: c.runtime.root.clone(),
+        log_path: None,
+        exit_file: dir.join("exit"),
+        pid_file: dir.join("pid"),
+        attach_socket: dir.join("attach"),
+        terminal: tty,
+        stdin,
+        stdin_once: true,
+    };
+    assert!(spec.attach_socket.as_os_str().len() > 108);
+    (spec, ExecProcess { process_json: pj })
+}
+
+async fn stop(c: &Case, spawned: monitor::Spawned, spec: &MonitorSpec) {
+    c.runtime.kill(&c.id, libc::SIGKILL, false).await.unwrap();
+    wait_exit(&spec.exit_file).await;
+    assert_gone(spawned.monitor_pid).await;
+}
+
+#[tokio::test]
+async fn exec_mode_pipes_exit_code() {
+    if !can_run() {
+        return;
+    }
+    let (c, cspec, cspawned) = running_container("exec").await;
+    let (spec, exec) = exec_spec(&c, &["sh", "-c", "echo out; echo err >&2; exit 3"], false, false);
+    let spawned = monitor::spawn_exec(Path::new(MONITOR), &spec, &exec).await.unwrap();
+    // The process may be done already: its output waits for the first client.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let a = monitor::attach(&spec.attach_socket).await.unwrap();
+    let (out, err) = read_to_eof(&a).await;
+    assert_eq!((out.as_str(), err.as_str()), ("out\n", "err\n"));
+    assert_eq!(monitor::read_exit_file(&spec.exit_file).unwrap().unwrap().exit_code, 3);
+    assert_gone(spawned.monitor_pid).await;
+    assert!(!spec.attach_socket.exists());
+    // The container's own log is untouched by the exec session.
+    assert!(c.log().is_empty(), "container log: {}", c.log());
+
+    // stdin: cat echoes what it is given and ends when the client's stdin ends.
+    let (spec, exec) = exec_spec(&c, &["cat"], false, true);
+    let spawned = monitor::spawn_exec(Path::new(MONITOR), &spec, &exec).await.unwrap();
+    let a = monitor::attach(&spec.attach_socket).await.unwrap();
+    let big = vec![b'z'; 200_000];
+    a.write_stdin(&big).await.unwrap();
+    a.close_stdin().await.unwrap();
+    let (out, _) = read_to_eof(&a).await;
+    assert_eq!(out.len(), big.len());
+    assert_eq!(monitor::read_exit_file(&spec.exit_file).unwrap().unwrap().exit_code, 0);
+    assert_gone(spawned.monitor_pid).await;
+    stop(&c, cspawned, &cspec).await;
+}
+
+#[tokio::test]
+async fn exec_mode_tty() {
+    if !can_run() {
+        return;
+    }
+    let (c, cspec, cspawned) = running_container("exectty").await;
+    let (spec, exec) = exec_spec(&c, &["sh", "-c", "read x; stty size; echo to-err >&2; exit 5"], true, true);
+    let spawned = monitor::spawn_exec(Path::new(MONITOR), &spec, &exec).await.unwrap();
+    let a = monitor::attach(&spec.attach_socket).await.unwrap();
+    a.resize(TermSize { width: 80, height: 24 }).await.unwrap();
+    a.write_stdin(b"go\r").await.unwrap();
+    let (out, err) = read_to_eof(&a).await;
+    assert!(err.is_empty(), "tty output is all stdout: {err:?}");
+    assert!(out.contains("24 80\r\n") && out.contains("to-err\r\n"), "tty output {out:?}");
+    assert_eq!(monitor::read_exit_file(&spec.exit_file).unwrap().unwrap().exit_code, 5);
+    assert_gone(spawned.monitor_pid).await;
+    stop(&c, cspawned, &cspec).await;
+}
+
+#[tokio::test]
+async fn exec_mode_killed_process_and_runtime_error() {
+    if !can_run() {
+        return;
+    }
+    let (c, cspec, cspawned) = running_container("execkill").await;
+    let (spec, exec) = exec_spec(&c, &["sleep", "600"], false, false);
+    let spawned = monitor::spawn_exec(Path::new(MONITOR), &spec, &exec).await.unwrap();
+    let a = monitor::attach(&spec.attach_socket).await.unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(spawned.container_pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let _ = read_to_eof(&a).await;
+    assert_eq!(monitor::read_exit_file(&spec.exit_file).unwrap().unwrap().exit_code, 128 + libc::SIGKILL);
+    assert_gone(spawned.monitor_pid).await;
+
+    let (spec, exec) = exec_spec(&c, &["/no-such-binary"], false, false);
+    match monitor::spawn_exec(Path::new(MONITOR), &spec, &exec).await {
+        Err(MonitorError::RuntimeExec { message, .. }) => assert!(message.contains("no-such-binary"), "{message}"),
+        other => panic!("expected RuntimeExec, got {other:?}"),
+    }
+    stop(&c, cspawned, &cspec).await;
 }

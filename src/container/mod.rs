@@ -12,6 +12,7 @@ mod exec;
 mod lifecycle;
 pub mod liveness;
 pub mod spec;
+pub mod streaming;
 pub mod user;
 
 pub use create::create;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use nix::fcntl::OFlag;
 use tokio::io::AsyncReadExt;
 
-use super::{ExitInfo, MonitorError, MonitorSpec, SyncMessage};
+use super::{ExecProcess, ExitInfo, MonitorError, MonitorFile, MonitorSpec, SyncMessage};
 
 /// How long [`spawn`] waits for the monitor's `{"pid":N}` line (covers a slow `runtime create`).
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
@@ -39,14 +39,31 @@ pub async fn spawn(monitor_bin: &Path, spec: &MonitorSpec) -> Result<Spawned, Mo
     spawn_with_timeout(monitor_bin, spec, SYNC_TIMEOUT).await
 }
 
+/// Starts a monitor in exec mode: it runs `runtime exec --process <exec.process_json> --detach`
+/// in the running container `spec.id`, holds the process's stdio (`spec.terminal`, `spec.stdin`;
+/// `spec.log_path` should be `None`), serves `spec.attach_socket`, writes `spec.exit_file` when
+/// the process ends and exits. `spec.bundle` is the session's own directory (monitor files live
+/// there). Output produced before the first attach is kept for it, and the monitor waits up to
+/// 30 s after the process ended for a first client to take it.
+/// Returns the exec'd process's host PID in `container_pid`.
+/// Errors: as [`spawn`], with [`MonitorError::RuntimeExec`] when the runtime refused.
+pub async fn spawn_exec(monitor_bin: &Path, spec: &MonitorSpec, exec: &ExecProcess) -> Result<Spawned, MonitorError> {
+    spawn_file(monitor_bin, &MonitorFile { spec: spec.clone(), exec: Some(exec.clone()) }, SYNC_TIMEOUT).await
+}
+
 /// [`spawn`] with an explicit sync timeout.
 pub async fn spawn_with_timeout(
     monitor_bin: &Path,
     spec: &MonitorSpec,
     timeout: Duration,
 ) -> Result<Spawned, MonitorError> {
+    spawn_file(monitor_bin, &MonitorFile { spec: spec.clone(), exec: None }, timeout).await
+}
+
+async fn spawn_file(monitor_bin: &Path, file: &MonitorFile, timeout: Duration) -> Result<Spawned, MonitorError> {
+    let spec = &file.spec;
     let spec_path = spec.bundle.join(SPEC_FILE);
-    let json = serde_json::to_vec_pretty(spec)
+    let json = serde_json::to_vec_pretty(file)
         .map_err(|source| MonitorError::Json { what: "monitor spec", path: spec_path.clone(), source })?;
     crate::util::write_atomic(&spec_path, &json)
         .map_err(|source| MonitorError::Io { what: "write", path: spec_path.clone(), source })?;
@@ -87,6 +104,9 @@ pub async fn spawn_with_timeout(
     let protocol = || MonitorError::Protocol { id: spec.id.clone(), reply: reply.clone() };
     let msg: SyncMessage = serde_json::from_str(reply.trim()).map_err(|_| protocol())?;
     match msg {
+        SyncMessage { error: Some(message), .. } if file.exec.is_some() => {
+            Err(MonitorError::RuntimeExec { id: spec.id.clone(), message })
+        }
         SyncMessage { error: Some(message), .. } => Err(MonitorError::Runtime { id: spec.id.clone(), message }),
         SyncMessage { pid: Some(pid), .. } if pid > 0 => Ok(Spawned {
             container_pid: pid,

@@ -2,18 +2,21 @@
 //! reap children (the monitor is child subreaper), and when the container process exits drain the
 //! output, write the exit file and return.
 //!
-//! One thread, `poll(2)` over a signalfd (SIGCHLD) and the container's stdout/stderr pipes or pty
-//! master. Control channels (attach socket, resize, reopen-log) join this poll set in issue 3.
+//! One thread, `poll(2)` over a signalfd (SIGCHLD), the container's stdout/stderr pipes or pty
+//! master, and the attach socket with its clients ([`AttachSocket`]): every chunk read goes to the
+//! log and to every attached client.
 
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 
+use super::attach_socket::{AttachSocket, Token};
 use super::logline::{LineBuffer, Stream};
 use super::oom::OomWatch;
 use super::process::{diag, set_nonblocking};
@@ -45,19 +48,31 @@ pub struct Container {
     pub oom: Option<OomWatch>,
 }
 
-/// One output stream being copied to the log.
+/// One output stream being copied to the log and the attach clients.
 struct Source {
     fd: OwnedFd,
     lines: LineBuffer,
     open: bool,
 }
 
-/// Runs until the container process exits; writes the exit file and returns the exit code of the
-/// monitor (0, or 1 when the exit file could not be written).
-pub fn run(spec: &MonitorSpec, container: Container, mut log: Option<File>, sigfd: SignalFd) -> i32 {
+/// How long an exec-mode monitor waits after the process ended for its first attach client.
+const EXEC_CONNECT_WAIT: Duration = Duration::from_secs(30);
+/// How long queued output may sit undelivered (no client progress) before the monitor gives up.
+const EXEC_FLUSH_IDLE: Duration = Duration::from_secs(10);
+const CONTAINER_FLUSH_IDLE: Duration = Duration::from_secs(1);
+
+/// Runs until the container process (or, `exec_mode`, the exec'd process) exits; delivers its
+/// remaining output, writes the exit file and returns the exit code of the monitor (0, or 1 when
+/// the exit file could not be written).
+pub fn run(spec: &MonitorSpec, container: Container, mut log: Option<File>, sigfd: SignalFd, exec_mode: bool) -> i32 {
     let Container { pid, streams, stdin, oom } = container;
-    // Held for the attach socket (issue 3); dropping it would close the container's stdin.
-    let _stdin = stdin;
+    let tty = match &streams {
+        Streams::Tty { master } => master.try_clone().ok(),
+        Streams::Pipes { .. } => None,
+    };
+    // Input goes to the stdin pipe, or with a tty to the master, only when CRI `stdin` is set.
+    let input = if spec.stdin { stdin.or_else(|| tty.as_ref().and_then(|t| t.try_clone().ok())) } else { None };
+    let mut attach = AttachSocket::bind(&spec.attach_socket, &spec.bundle, input, tty, spec.stdin_once, exec_mode);
     let mut sources: Vec<Source> = match streams {
         Streams::Pipes { stdout, stderr } => vec![source(stdout, Stream::Stdout), source(stderr, Stream::Stderr)],
         Streams::Tty { master } => vec![source(master, Stream::Stdout)],
@@ -67,11 +82,17 @@ pub fn run(spec: &MonitorSpec, container: Container, mut log: Option<File>, sigf
     let mut exit = reap(pid, &spec.bundle);
 
     while exit.is_none() {
-        let open: Vec<usize> = (0..sources.len()).filter(|&i| sources[i].open).collect();
-        let mut fds = Vec::with_capacity(open.len() + 1);
+        let paused = attach.output_paused();
+        let open: Vec<usize> = (0..sources.len()).filter(|&i| sources[i].open && !paused).collect();
+        let entries = attach.poll_entries();
+        let mut fds = Vec::with_capacity(open.len() + 1 + entries.len());
         fds.push(PollFd::new(sigfd.as_fd(), PollFlags::POLLIN));
         for &i in &open {
             fds.push(PollFd::new(sources[i].fd.as_fd(), PollFlags::POLLIN));
+        }
+        let tokens: Vec<Token> = entries.iter().map(|e| e.2).collect();
+        for (fd, ev, _) in entries {
+            fds.push(PollFd::new(fd, ev));
         }
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) => {}
@@ -82,14 +103,18 @@ pub fn run(spec: &MonitorSpec, container: Container, mut log: Option<File>, sigf
                 continue;
             }
         }
-        let ready: Vec<bool> = fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
+        let revents: Vec<PollFlags> = fds.iter().map(|f| f.revents().unwrap_or(PollFlags::empty())).collect();
         drop(fds);
+        let ready: Vec<bool> = revents.iter().map(|r| !r.is_empty()).collect();
         for (k, &i) in open.iter().enumerate() {
             if ready[k + 1] {
-                read_once(&mut sources[i], &mut buf, &mut out);
+                read_once(&mut sources[i], &mut buf, &mut out, &mut attach);
                 write_log(&mut log, &mut out);
             }
         }
+        let base = 1 + open.len();
+        let events: Vec<(Token, PollFlags)> = tokens.into_iter().zip(revents[base..].iter().copied()).collect();
+        attach.handle(&events);
         if ready[0] {
             while let Ok(Some(_)) = sigfd.read_signal() {}
             exit = reap(pid, &spec.bundle);
@@ -100,8 +125,13 @@ pub fn run(spec: &MonitorSpec, container: Container, mut log: Option<File>, sigf
     // EOF (a daemonized grandchild may keep the write ends open forever).
     for s in sources.iter_mut().filter(|s| s.open) {
         let _ = set_nonblocking(&s.fd);
-        while s.open && read_once(s, &mut buf, &mut out) {}
+        while s.open && read_once(s, &mut buf, &mut out, &mut attach) {}
         write_log(&mut log, &mut out);
+    }
+    if exec_mode {
+        attach.finish(EXEC_CONNECT_WAIT, EXEC_FLUSH_IDLE);
+    } else {
+        attach.finish(Duration::ZERO, CONTAINER_FLUSH_IDLE);
     }
     let now = crate::util::now_nanos();
     for s in sources.iter_mut() {
@@ -114,7 +144,10 @@ pub fn run(spec: &MonitorSpec, container: Container, mut log: Option<File>, sigf
 
     let (exit_code, exited_at) = exit.unwrap_or((255, now));
     let info = ExitInfo { exit_code, exited_at, oom_killed: oom.as_ref().is_some_and(|o| o.oom_killed()) };
-    write_exit_file(spec, &info)
+    let code = write_exit_file(spec, &info);
+    // Clients see the connection end only now, with the exit file in place.
+    drop(attach);
+    code
 }
 
 fn source(fd: OwnedFd, stream: Stream) -> Source {
@@ -124,7 +157,7 @@ fn source(fd: OwnedFd, stream: Stream) -> Source {
 /// Reads one chunk from `s` into log records. Returns true when data was read; false on EOF
 /// (pipe closed, or EIO from a pty whose slave side is gone), on EAGAIN, or on error (EOF and
 /// errors also close the source and flush its partial line).
-fn read_once(s: &mut Source, buf: &mut [u8], out: &mut Vec<u8>) -> bool {
+fn read_once(s: &mut Source, buf: &mut [u8], out: &mut Vec<u8>, attach: &mut AttachSocket) -> bool {
     match nix::unistd::read(&s.fd, buf) {
         Ok(0) => {
             s.open = false;
@@ -133,6 +166,11 @@ fn read_once(s: &mut Source, buf: &mut [u8], out: &mut Vec<u8>) -> bool {
         }
         Ok(n) => {
             s.lines.push(&buf[..n], crate::util::now_nanos(), out);
+            let stream = match s.lines.stream() {
+                Stream::Stdout => super::attach::STDOUT,
+                Stream::Stderr => super::attach::STDERR,
+            };
+            attach.broadcast(stream, &buf[..n]);
             true
         }
         Err(Errno::EAGAIN) | Err(Errno::EINTR) => false,

@@ -57,6 +57,11 @@ impl LineBuffer {
         LineBuffer { stream, pending: Vec::new() }
     }
 
+    /// The stream this buffer encodes.
+    pub fn stream(&self) -> Stream {
+        self.stream
+    }
+
     /// Bytes of an incomplete line held back (at most [`MAX_LINE`]).
     pub fn pending_len(&self) -> usize {
         self.pending.len()

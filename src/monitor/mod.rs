@@ -9,10 +9,17 @@
 //! the container's output into the CRI log file ([`logline`]), reaps children, and when the
 //! container process exits writes [`ExitInfo`] atomically to the exit file and exits.
 //!
+//! Exec mode ([`spawn_exec`]): the same monitor runs `runtime exec --detach` for one exec session
+//! instead of `runtime create`, holds that process's stdio, serves the attach socket, writes the
+//! exit file and exits; no CRI log.
+//!
 //! Modules: [`logline`] (pure CRI log encoder), [`client`] (daemon side, tokio), [`process`]
-//! (the monitor process up to the sync reply: fork, runtime create), [`eventloop`] (log copying,
-//! reaping, exit file), [`oom`] (OOM-kill detection).
+//! (the monitor process up to the sync reply: fork, runtime create / exec), [`eventloop`] (log
+//! copying, reaping, exit file), [`oom`] (OOM-kill detection), [`attach_socket`] (the attach
+//! socket inside the monitor), [`attach`] (its daemon-side client and packet protocol).
 
+pub mod attach;
+pub mod attach_socket;
 pub mod client;
 pub mod eventloop;
 pub mod logline;
@@ -23,7 +30,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use client::{read_exit_file, spawn, Spawned};
+pub use attach::{attach, AttachConn};
+pub use client::{read_exit_file, spawn, spawn_exec, Spawned};
 
 /// What one monitor does, written by the daemon as JSON to `<bundle>/monitor.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,7 +52,8 @@ pub struct MonitorSpec {
     pub exit_file: PathBuf,
     /// The runtime's `--pid-file`: the container process's host PID.
     pub pid_file: PathBuf,
-    /// The attach socket path (served from issue 3 on; not yet created).
+    /// The attach socket (unix SOCK_SEQPACKET, see [`attach`]); bound relative to its directory
+    /// when longer than `sun_path` allows. Removed when the monitor exits.
     pub attach_socket: PathBuf,
     /// CRI `tty`: the container gets a pseudo-terminal (runc `--console-socket`).
     pub terminal: bool,
@@ -52,6 +61,23 @@ pub struct MonitorSpec {
     pub stdin: bool,
     /// CRI `stdin_once`: close the container's stdin when the first attach session ends.
     pub stdin_once: bool,
+}
+
+/// Exec mode: the process to run in the (running) container `MonitorSpec.id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecProcess {
+    /// The OCI `process` object as JSON (runtime `exec --process`).
+    pub process_json: PathBuf,
+}
+
+/// What `<bundle>/monitor.json` holds: the [`MonitorSpec`] fields, plus `exec` in exec mode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorFile {
+    #[serde(flatten)]
+    pub spec: MonitorSpec,
+    /// Exec mode when set; `runtime create` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecProcess>,
 }
 
 /// The exit file's content (JSON), written once when the container process exits.
@@ -99,6 +125,9 @@ pub enum MonitorError {
     /// The OCI runtime refused to create the container; `message` is its error text.
     #[error("container {id}: runtime create failed: {message}")]
     Runtime { id: String, message: String },
+    /// The OCI runtime refused to start an exec session; `message` is its error text.
+    #[error("container {id}: runtime exec failed: {message}")]
+    RuntimeExec { id: String, message: String },
     /// The monitor's first process exited non-zero (it could not even fork).
     #[error("container {id}: monitor exited with {status} before reporting")]
     Exited { id: String, status: String },

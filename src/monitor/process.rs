@@ -26,7 +26,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use super::client::{read_pid, PID_FILE};
 use super::eventloop::{self, Container, Streams};
 use super::oom::OomWatch;
-use super::{MonitorSpec, SyncMessage};
+use super::{ExecProcess, MonitorFile, MonitorSpec, SyncMessage};
 
 /// The runtime's JSON log inside the bundle (`--log <bundle>/runtime.log --log-format json`).
 pub const RUNTIME_LOG: &str = "runtime.log";
@@ -57,7 +57,7 @@ pub fn main() -> i32 {
 pub fn run(spec_path: &Path) -> i32 {
     let mut sync = take_sync_pipe();
     close_inherited_fds();
-    let spec: MonitorSpec = match std::fs::read(spec_path)
+    let MonitorFile { spec, exec } = match std::fs::read(spec_path)
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
     {
@@ -109,7 +109,7 @@ pub fn run(spec_path: &Path) -> i32 {
             return 1;
         }
     };
-    let container = match create_container(&spec) {
+    let container = match create_container(&spec, exec.as_ref()) {
         Ok(c) => c,
         Err(message) => {
             report(&mut sync, &error_msg(message));
@@ -118,7 +118,7 @@ pub fn run(spec_path: &Path) -> i32 {
     };
     report(&mut sync, &SyncMessage { pid: Some(container.pid), error: None });
     drop(sync);
-    eventloop::run(&spec, container, log, sigfd)
+    eventloop::run(&spec, container, log, sigfd, exec.is_some())
 }
 
 fn error_msg(message: String) -> SyncMessage {
@@ -201,9 +201,10 @@ pub fn open_log(path: Option<&Path>) -> Result<Option<File>, String> {
         .map_err(|e| format!("open log file {path:?}: {e}"))
 }
 
-/// Runs `runtime create` with the container's stdio and returns the created container.
+/// Runs `runtime create` (or, in exec mode, `runtime exec --process P --detach`) with the
+/// process's stdio and returns the created process.
 /// `Err` carries the message for the sync reply (the runtime's own error text when it has one).
-fn create_container(spec: &MonitorSpec) -> Result<Container, String> {
+fn create_container(spec: &MonitorSpec, exec: Option<&ExecProcess>) -> Result<Container, String> {
     let runtime_log = spec.bundle.join(RUNTIME_LOG);
     let _ = std::fs::remove_file(&runtime_log);
     let _ = std::fs::remove_file(&spec.pid_file);
@@ -215,13 +216,12 @@ fn create_container(spec: &MonitorSpec) -> Result<Container, String> {
         .arg("--log")
         .arg(&runtime_log)
         .arg("--log-format")
-        .arg("json")
-        .arg("create")
-        .arg("--bundle")
-        .arg(&spec.bundle)
-        .arg("--pid-file")
-        .arg(&spec.pid_file)
-        .current_dir(&spec.bundle);
+        .arg("json");
+    match exec {
+        Some(e) => cmd.arg("exec").arg("--process").arg(&e.process_json).arg("--detach"),
+        None => cmd.arg("create").arg("--bundle").arg(&spec.bundle),
+    };
+    cmd.arg("--pid-file").arg(&spec.pid_file).current_dir(&spec.bundle);
 
     let mut stdin_keep = None;
     let mut console = None;
@@ -253,7 +253,7 @@ fn create_container(spec: &MonitorSpec) -> Result<Container, String> {
     if !status.success() {
         let log = std::fs::read_to_string(&runtime_log).unwrap_or_default();
         let mut message = crate::oci::last_json_log_error(&log)
-            .unwrap_or_else(|| format!("{:?} create exited with {status}", spec.runtime));
+            .unwrap_or_else(|| format!("{:?} {} exited with {status}", spec.runtime, if exec.is_some() { "exec" } else { "create" }));
         if let Some((_, err_r)) = &pipes {
             // runc also prints its error on its stderr, which is the container's stderr pipe.
             let extra = crate::oci::runtime_error_message(&read_available(err_r));
@@ -278,7 +278,8 @@ fn create_container(spec: &MonitorSpec) -> Result<Container, String> {
     };
     let pid = read_pid(&spec.pid_file)
         .ok_or_else(|| format!("runtime create succeeded but pid file {:?} is missing or invalid", spec.pid_file))?;
-    let oom = OomWatch::for_pid(pid, Path::new("/sys/fs/cgroup"));
+    // An exec'd process shares the container's cgroup: its counter says nothing about this process.
+    let oom = if exec.is_some() { None } else { OomWatch::for_pid(pid, Path::new("/sys/fs/cgroup")) };
     Ok(Container { pid, streams, stdin: stdin_keep, oom })
 }
 

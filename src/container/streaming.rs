@@ -1,0 +1,300 @@
+//! The streaming [`Backend`] over the daemon: Exec and Attach sessions through `berth-monitor`.
+//!
+//! Exec: like ExecSync, the process is the container's own OCI `process` with the new args
+//! ([`super::spec::exec_process`]), but it runs under a monitor in exec mode
+//! ([`crate::monitor::spawn_exec`]) in a fresh directory `<bundle>/exec-<12 hex>`, and the session
+//! is pumped through that monitor's attach socket: client stdin -> process stdin, process output
+//! -> client stdout/stderr, resizes -> TIOCSWINSZ. When the monitor closes the socket the process
+//! has ended and its output was delivered; the exit code is read from the session's exit file.
+//! If the session future is dropped first (the client went away), an [`ExecGuard`] SIGKILLs the
+//! process by the PID in its pid file; the directory is removed either way.
+//!
+//! Attach: connect to the container's attach socket (`<bundle>/attach`) and pump until the
+//! container exits, the client's output streams fail, or the client's stdin ends (then, for a
+//! `stdin_once` container without a tty, its stdin is closed and the output is followed to the
+//! container's end, as CRI-O does).
+//!
+//! Port forwarding is the lead's (`port_forward` answers Internal for now).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{ContainerPaths, ContainerState};
+use crate::daemon::{Daemon, Error};
+use crate::monitor::{self, AttachConn, ExecProcess, MonitorSpec};
+use crate::streaming::{Backend, ExecSpec, SessionIo, StreamError, Writer};
+
+/// The [`Backend`] the streaming server uses in the daemon.
+pub struct StreamBackend {
+    d: Arc<Daemon>,
+}
+
+impl StreamBackend {
+    /// A backend over daemon `d`.
+    pub fn new(d: Arc<Daemon>) -> StreamBackend {
+        StreamBackend { d }
+    }
+}
+
+/// Maps a domain error onto the streaming error of the same meaning.
+fn stream_error(e: Error) -> StreamError {
+    match e {
+        Error::NotFound { .. } => StreamError::NotFound(e.to_string()),
+        Error::FailedPrecondition(m) => StreamError::FailedPrecondition(m),
+        Error::InvalidArgument { .. } => StreamError::InvalidArgument(e.to_string()),
+        other => StreamError::Internal(other.to_string()),
+    }
+}
+
+/// The running container `id`, or NotFound / FailedPrecondition.
+fn running(d: &Daemon, id: &str) -> Result<super::ContainerRecord, StreamError> {
+    let r = super::get(d, id).map_err(stream_error)?;
+    if r.state != ContainerState::Running {
+        return Err(StreamError::FailedPrecondition(format!(
+            "container {} is {}, not RUNNING",
+            r.id,
+            super::lifecycle::state_name(r.state)
+        )));
+    }
+    Ok(r)
+}
+
+/// Kills an exec session's process (SIGKILL to the PID in `pid_file`) unless
+/// [`ExecGuard::finished`] was called, and removes the session directory, on drop.
+pub struct ExecGuard {
+    dir: PathBuf,
+    pid_file: PathBuf,
+    finished: bool,
+}
+
+impl ExecGuard {
+    /// Guards session directory `dir` whose process's PID is (or will be) in `pid_file`.
+    pub fn new(dir: PathBuf, pid_file: PathBuf) -> ExecGuard {
+        ExecGuard { dir, pid_file, finished: false }
+    }
+
+    /// The process has ended: do not kill on drop.
+    pub fn finished(&mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for ExecGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            if let Some(pid) = monitor::client::read_pid(&self.pid_file) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                tracing::debug!(pid, "exec session dropped: process killed");
+            }
+        }
+        let _ = crate::util::remove_dir_all_idempotent(&self.dir);
+    }
+}
+
+/// How a pump ended.
+#[derive(Debug, PartialEq, Eq)]
+enum PumpEnd {
+    /// The monitor closed the connection: the process ended and all output was delivered.
+    ProcessEnded,
+    /// The client's output stream failed (it went away).
+    ClientGone,
+    /// The client's stdin ended and the session should end with it (attach without stdin_once).
+    StdinEnded,
+}
+
+/// Pumps `io` <-> `conn` until the monitor closes the connection, a client writer fails, or (when
+/// `end_on_stdin_eof`) the client's stdin ends. Stdin EOF is always passed on as `close_stdin`.
+async fn pump(conn: &AttachConn, io: SessionIo, end_on_stdin_eof: bool) -> PumpEnd {
+    let SessionIo { stdin, mut stdout, mut stderr, resize } = io;
+    let output = async {
+        loop {
+            match conn.recv().await {
+                Ok(Some((stream, data))) => {
+                    let w = if stream == monitor::attach::STDERR { &mut stderr } else { &mut stdout };
+                    if !write_all(w, &data).await {
+                        return PumpEnd::ClientGone;
+                    }
+                }
+                Ok(None) | Err(_) => {
+                    for w in [&mut stdout, &mut stderr].into_iter().flatten() {
+                        let _ = w.flush().await;
+                    }
+                    return PumpEnd::ProcessEnded;
+                }
+            }
+        }
+    };
+    let input = async {
+        if let Some(mut r) = stdin {
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match r.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if conn.write_stdin(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = conn.close_stdin().await;
+            if end_on_stdin_eof {
+                return PumpEnd::StdinEnded;
+            }
+        }
+        std::future::pending().await
+    };
+    let resizes = async {
+        if let Some(mut rx) = resize {
+            while let Some(size) = rx.recv().await {
+                let _ = conn.resize(size).await;
+            }
+        }
+        std::future::pending::<PumpEnd>().await
+    };
+    tokio::select! {
+        end = output => end,
+        end = input => end,
+        end = resizes => end,
+    }
+}
+
+/// Writes to an optional client stream (a missing one discards); false when the client failed.
+async fn write_all(w: &mut Option<Writer>, data: &[u8]) -> bool {
+    match w {
+        Some(w) => w.write_all(data).await.is_ok() && w.flush().await.is_ok(),
+        None => true,
+    }
+}
+
+impl StreamBackend {
+    /// Writes the session's process JSON and monitor spec; returns them with the guard.
+    fn prepare_exec(&self, spec: &ExecSpec, stdin: bool) -> Result<(MonitorSpec, ExecProcess, ExecGuard), StreamError> {
+        let d = &self.d;
+        let r = running(d, &spec.container_id)?;
+        let paths = ContainerPaths::new(d, &r.id);
+        let config_path = paths.bundle.join("config.json");
+        let internal = |what: String| move |e: std::io::Error| StreamError::Internal(format!("{what}: {e}"));
+        let text = std::fs::read(&config_path).map_err(internal(format!("reading {}", config_path.display())))?;
+        let oci: oci_spec::runtime::Spec = serde_json::from_slice(&text)
+            .map_err(|e| StreamError::Internal(format!("decoding {}: {e}", config_path.display())))?;
+        let process = super::spec::exec_process(&oci, &spec.cmd, spec.tty)
+            .map_err(|e| StreamError::InvalidArgument(e.to_string()))?;
+        let runtime = d.runtime(&r.runtime_handler).map_err(stream_error)?;
+        let dir = paths.bundle.join(format!("exec-{}", &crate::util::new_id()[..12]));
+        std::fs::create_dir_all(&dir).map_err(internal(format!("creating {}", dir.display())))?;
+        let guard = ExecGuard::new(dir.clone(), dir.join("pid"));
+        let process_json = dir.join("process.json");
+        let bytes = serde_json::to_vec(&process).map_err(|e| StreamError::Internal(format!("encoding exec process: {e}")))?;
+        crate::util::write_atomic(&process_json, &bytes).map_err(internal(format!("writing {}", process_json.display())))?;
+        let mspec = MonitorSpec {
+            id: r.id.clone(),
+            bundle: dir.clone(),
+            runtime: runtime.path.clone(),
+            runtime_root: runtime.root.clone(),
+            log_path: None,
+            exit_file: dir.join("exit"),
+            pid_file: dir.join("pid"),
+            attach_socket: dir.join("attach"),
+            terminal: spec.tty,
+            stdin,
+            stdin_once: true,
+        };
+        Ok((mspec, ExecProcess { process_json }, guard))
+    }
+}
+
+#[tonic::async_trait]
+impl Backend for StreamBackend {
+    async fn exec(&self, spec: ExecSpec, io: SessionIo) -> Result<i32, StreamError> {
+        if spec.cmd.is_empty() || spec.cmd[0].is_empty() {
+            return Err(StreamError::InvalidArgument("cmd: must name a command to run".into()));
+        }
+        let (mspec, exec, mut guard) = self.prepare_exec(&spec, io.stdin.is_some())?;
+        let spawned = monitor::spawn_exec(&self.d.monitor_bin, &mspec, &exec).await.map_err(|e| match e {
+            monitor::MonitorError::RuntimeExec { message, .. } => {
+                StreamError::Internal(format!("exec {:?} in container {}: {message}", spec.cmd, spec.container_id))
+            }
+            other => StreamError::Internal(other.to_string()),
+        })?;
+        tracing::debug!(container = %mspec.id, pid = spawned.container_pid, "exec session started");
+        let conn = monitor::attach(&mspec.attach_socket).await.map_err(|e| StreamError::Internal(e.to_string()))?;
+        match pump(&conn, io, false).await {
+            PumpEnd::ProcessEnded => {}
+            PumpEnd::ClientGone | PumpEnd::StdinEnded => {
+                return Err(StreamError::Internal(format!(
+                    "exec in container {}: the client went away; the process was killed",
+                    mspec.id
+                )));
+            }
+        }
+        let exit = wait_exit_file(&mspec.exit_file).await;
+        guard.finished();
+        match exit {
+            Some(e) => Ok(e.exit_code),
+            None => Err(StreamError::Internal(format!(
+                "exec in container {}: the monitor ended without writing {}",
+                mspec.id,
+                mspec.exit_file.display()
+            ))),
+        }
+    }
+
+    async fn attach(&self, container_id: &str, io: SessionIo) -> Result<(), StreamError> {
+        let r = running(&self.d, container_id)?;
+        let socket = ContainerPaths::new(&self.d, &r.id).bundle.join("attach");
+        let conn = monitor::attach(&socket).await.map_err(|e| StreamError::Internal(e.to_string()))?;
+        let follow_after_stdin = r.config.stdin_once && !r.config.tty;
+        pump(&conn, io, !follow_after_stdin).await;
+        Ok(())
+    }
+
+    async fn port_forward(&self, _sandbox_id: &str, _port: u16) -> Result<tokio::net::TcpStream, StreamError> {
+        Err(StreamError::Internal("port_forward: not built yet".into()))
+    }
+}
+
+/// The exit file of an ended session; it is written before the monitor closes the socket, so a
+/// short wait only covers a monitor killed at the wrong moment.
+async fn wait_exit_file(path: &Path) -> Option<monitor::ExitInfo> {
+    for _ in 0..20 {
+        if let Ok(Some(e)) = monitor::read_exit_file(path) {
+            return Some(e);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guard_kills_unfinished_process_and_removes_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let session = dir.path().join("exec-1");
+        std::fs::create_dir(&session).unwrap();
+        let mut child = std::process::Command::new("sleep").arg("600").spawn().unwrap();
+        std::fs::write(session.join("pid"), child.id().to_string()).unwrap();
+        drop(ExecGuard::new(session.clone(), session.join("pid")));
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        assert!(!session.exists());
+
+        let session = dir.path().join("exec-2");
+        std::fs::create_dir(&session).unwrap();
+        let mut child = std::process::Command::new("sleep").arg("600").spawn().unwrap();
+        std::fs::write(session.join("pid"), child.id().to_string()).unwrap();
+        let mut g = ExecGuard::new(session.clone(), session.join("pid"));
+        g.finished();
+        drop(g);
+        assert!(child.try_wait().unwrap().is_none(), "finished guard must not kill");
+        assert!(!session.exists());
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}

@@ -1,0 +1,204 @@
+//! Daemon side of a monitor's attach socket (tokio), and the packet protocol both sides speak.
+//!
+//! The socket is a unix `SOCK_SEQPACKET` socket at `MonitorSpec.attach_socket`, served by
+//! [`super::attach_socket`] inside the monitor. One packet is one message:
+//!
+//! - monitor -> client: `[1] + bytes` (the container's stdout, or its pty output) and
+//!   `[2] + bytes` (stderr). End of the connection (recv of 0 bytes) means the monitor exited: the
+//!   process ended, its output was delivered and its exit file written.
+//! - client -> monitor: `[0] + bytes` stdin data; `[1]` the client's stdin ended (with
+//!   `stdin_once`, the monitor then closes the container's stdin pipe, as conmon does);
+//!   `[2] + rows(u16 BE) + cols(u16 BE)` terminal resize (TIOCSWINSZ on the pty master, conmon's
+//!   ctl-fifo "1 <h> <w>" message). A client that closes or shuts down its write side counts as
+//!   stdin ended.
+//!
+//! Packets carry at most [`MAX_PACKET`] bytes; longer stdin writes are split.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+use super::MonitorError;
+use crate::streaming::TermSize;
+
+/// Output packet type: stdout (or pty output).
+pub const STDOUT: u8 = 1;
+/// Output packet type: stderr.
+pub const STDERR: u8 = 2;
+/// Input packet type: stdin data.
+pub const IN_STDIN: u8 = 0;
+/// Input packet type: the client's stdin ended.
+pub const IN_CLOSE_STDIN: u8 = 1;
+/// Input packet type: terminal resize, rows then columns as big-endian u16.
+pub const IN_RESIZE: u8 = 2;
+/// Largest packet either side sends, type byte included (64 KiB).
+pub const MAX_PACKET: usize = 64 * 1024;
+
+/// A decoded client -> monitor packet.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientPacket<'a> {
+    Stdin(&'a [u8]),
+    CloseStdin,
+    Resize { height: u16, width: u16 },
+}
+
+/// Decodes one client packet; `None` for an unknown or malformed one (ignored by the monitor).
+pub fn decode_client_packet(p: &[u8]) -> Option<ClientPacket<'_>> {
+    match p {
+        [IN_STDIN, data @ ..] => Some(ClientPacket::Stdin(data)),
+        [IN_CLOSE_STDIN] => Some(ClientPacket::CloseStdin),
+        [IN_RESIZE, h0, h1, w0, w1] => Some(ClientPacket::Resize {
+            height: u16::from_be_bytes([*h0, *h1]),
+            width: u16::from_be_bytes([*w0, *w1]),
+        }),
+        _ => None,
+    }
+}
+
+/// Encodes a resize packet.
+pub fn encode_resize(size: TermSize) -> [u8; 5] {
+    let h = size.height.to_be_bytes();
+    let w = size.width.to_be_bytes();
+    [IN_RESIZE, h[0], h[1], w[0], w[1]]
+}
+
+/// A connection to a monitor's attach socket. Cheap to clone: clones share the socket, so one
+/// task can read output while another writes stdin.
+#[derive(Clone)]
+pub struct AttachConn {
+    fd: Arc<AsyncFd<OwnedFd>>,
+}
+
+/// Connects to the attach socket at `socket` (paths longer than `sun_path` are reached through
+/// `/proc/self/fd/<dir fd>/<name>`, as CRI-O does). Retries for up to 2 s while the socket does
+/// not exist yet or its backlog is full.
+/// Errors: [`MonitorError::Io`] naming the socket path.
+pub async fn attach(socket: &Path) -> Result<AttachConn, MonitorError> {
+    let err = |what: &'static str, e: Errno| MonitorError::Io { what, path: socket.to_path_buf(), source: e.into() };
+    let mut tries = 0;
+    loop {
+        let fd = socket::socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(|e| err("create socket for", e))?;
+        match connect(&fd, socket) {
+            Ok(()) => {
+                let fd = register(fd)
+                    .map_err(|source| MonitorError::Io { what: "register socket", path: socket.to_path_buf(), source })?;
+                return Ok(AttachConn { fd: Arc::new(fd) });
+            }
+            Err(e @ (Errno::ENOENT | Errno::EAGAIN | Errno::ECONNREFUSED)) if tries < 40 => {
+                let _ = e;
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(err("connect to attach socket", e)),
+        }
+    }
+}
+
+/// Registers the socket with the tokio reactor.
+#[allow(unsafe_code)]
+fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: an OwnedFd is a valid open descriptor, owned by the AsyncFd until it is dropped,
+    // and its as_raw_fd() always returns that same descriptor.
+    unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)
+}
+
+fn connect(fd: &OwnedFd, path: &Path) -> Result<(), Errno> {
+    if path.as_os_str().len() < 108 {
+        return socket::connect(fd.as_raw_fd(), &UnixAddr::new(path)?);
+    }
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let name = path.file_name().ok_or(Errno::EINVAL)?;
+    let dirfd = nix::fcntl::open(
+        dir,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    let short = Path::new("/proc/self/fd").join(dirfd.as_raw_fd().to_string()).join(name);
+    socket::connect(fd.as_raw_fd(), &UnixAddr::new(&short)?)
+}
+
+impl AttachConn {
+    /// The next output packet as `(stream, bytes)`, stream [`STDOUT`] or [`STDERR`];
+    /// `Ok(None)` when the monitor closed the connection (the process ended and all output came).
+    pub async fn recv(&self) -> io::Result<Option<(u8, Vec<u8>)>> {
+        let mut buf = vec![0u8; MAX_PACKET];
+        loop {
+            let n = self
+                .fd
+                .async_io(Interest::READABLE, |fd| {
+                    socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT).map_err(io::Error::from)
+                })
+                .await?;
+            match n {
+                0 => return Ok(None),
+                1 => continue,
+                n => {
+                    buf.truncate(n);
+                    let stream = buf.remove(0);
+                    return Ok(Some((stream, buf)));
+                }
+            }
+        }
+    }
+
+    /// Writes `data` to the container's stdin (split into packets of at most [`MAX_PACKET`]).
+    /// Waits while the socket is full (the container is not reading its stdin).
+    pub async fn write_stdin(&self, data: &[u8]) -> io::Result<()> {
+        for chunk in data.chunks(MAX_PACKET / 2) {
+            let mut p = Vec::with_capacity(chunk.len() + 1);
+            p.push(IN_STDIN);
+            p.extend_from_slice(chunk);
+            self.send(&p).await?;
+        }
+        Ok(())
+    }
+
+    /// Tells the monitor this client's stdin ended (closes the container's stdin with `stdin_once`).
+    pub async fn close_stdin(&self) -> io::Result<()> {
+        self.send(&[IN_CLOSE_STDIN]).await
+    }
+
+    /// Resizes the container's terminal (no effect without a tty).
+    pub async fn resize(&self, size: TermSize) -> io::Result<()> {
+        self.send(&encode_resize(size)).await
+    }
+
+    async fn send(&self, packet: &[u8]) -> io::Result<()> {
+        self.fd
+            .async_io(Interest::WRITABLE, |fd| {
+                socket::send(fd.as_raw_fd(), packet, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL)
+                    .map_err(io::Error::from)
+            })
+            .await
+            .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_packets_round_trip() {
+        assert_eq!(decode_client_packet(b"\0hello"), Some(ClientPacket::Stdin(b"hello")));
+        assert_eq!(decode_client_packet(&[IN_CLOSE_STDIN]), Some(ClientPacket::CloseStdin));
+        let r = encode_resize(TermSize { width: 132, height: 43 });
+        assert_eq!(decode_client_packet(&r), Some(ClientPacket::Resize { height: 43, width: 132 }));
+        assert_eq!(decode_client_packet(&[]), None);
+        assert_eq!(decode_client_packet(&[IN_RESIZE, 1]), None);
+        assert_eq!(decode_client_packet(&[9, 1, 2]), None);
+    }
+}
