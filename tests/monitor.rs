@@ -576,3 +576,92 @@ async fn exec_mode_killed_process_and_runtime_error() {
     }
     stop(&c, cspawned, &cspec).await;
 }
+
+// ---- the streaming backend's exec session (container::streaming::run_exec) -------------------
+
+use berth::container::streaming::{run_exec, ExecGuard};
+use berth::streaming::SessionIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The guard removes a session directory once its monitor has exited.
+async fn dir_gone(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while dir.exists() {
+        assert!(Instant::now() < deadline, "session dir {dir:?} left behind");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn pid_alive_until_gone(pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() {
+        assert!(Instant::now() < deadline, "process {pid} still alive");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn backend_exec_session_stdio_and_exit_code() {
+    if !can_run() {
+        return;
+    }
+    let (c, cspec, cspawned) = running_container("bexec").await;
+    let (spec, exec) = exec_spec(&c, &["sh", "-c", "read l; echo got:$l; echo e >&2; exit 4"], false, true);
+    let guard = ExecGuard::new(spec.bundle.clone(), spec.pid_file.clone());
+    let (mut in_w, in_r) = tokio::io::duplex(1 << 16);
+    let (out_w, mut out_r) = tokio::io::duplex(1 << 20);
+    let (err_w, mut err_r) = tokio::io::duplex(1 << 20);
+    let io = SessionIo { stdin: Some(Box::new(in_r)), stdout: Some(Box::new(out_w)), stderr: Some(Box::new(err_w)), resize: None };
+    in_w.write_all(b"hi\n").await.unwrap();
+    drop(in_w);
+    let code = run_exec(Path::new(MONITOR), &spec, &exec, guard, io).await.unwrap();
+    assert_eq!(code, 4);
+    let (mut out, mut err) = (String::new(), String::new());
+    out_r.read_to_string(&mut out).await.unwrap();
+    err_r.read_to_string(&mut err).await.unwrap();
+    assert_eq!((out.as_str(), err.as_str()), ("got:hi\n", "e\n"));
+    dir_gone(&spec.bundle).await;
+    stop(&c, cspawned, &cspec).await;
+}
+
+#[tokio::test]
+async fn backend_exec_killed_when_client_drops() {
+    if !can_run() {
+        return;
+    }
+    let (c, cspec, cspawned) = running_container("bdrop").await;
+    // 1. The session future is dropped (the client connection ended).
+    let (spec, exec) = exec_spec(&c, &["sleep", "600"], false, false);
+    let guard = ExecGuard::new(spec.bundle.clone(), spec.pid_file.clone());
+    let (out_w, _out_r) = tokio::io::duplex(1 << 16);
+    let io = SessionIo { stdin: None, stdout: Some(Box::new(out_w)), stderr: None, resize: None };
+    let (mspec, mexec) = (spec.clone(), exec.clone());
+    let task = tokio::spawn(async move { run_exec(Path::new(MONITOR), &mspec, &mexec, guard, io).await });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (pid, mon) = loop {
+        let pid = monitor::client::read_pid(&spec.pid_file);
+        let mon = monitor::client::read_pid(&spec.bundle.join("monitor.pid"));
+        if let (Some(p), Some(m)) = (pid, mon) {
+            break (p, m);
+        }
+        assert!(Instant::now() < deadline, "exec never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    task.abort();
+    let _ = task.await;
+    pid_alive_until_gone(pid).await;
+    assert_gone(mon).await;
+    dir_gone(&spec.bundle).await;
+
+    // 2. The client's stdout fails while the process writes.
+    let (spec, exec) = exec_spec(&c, &["sh", "-c", "while true; do echo y; done"], false, false);
+    let guard = ExecGuard::new(spec.bundle.clone(), spec.pid_file.clone());
+    let (out_w, out_r) = tokio::io::duplex(1024);
+    drop(out_r);
+    let io = SessionIo { stdin: None, stdout: Some(Box::new(out_w)), stderr: None, resize: None };
+    let r = tokio::time::timeout(Duration::from_secs(10), run_exec(Path::new(MONITOR), &spec, &exec, guard, io)).await.unwrap();
+    assert!(r.is_err(), "expected an error when the client is gone: {r:?}");
+    dir_gone(&spec.bundle).await;
+    stop(&c, cspawned, &cspec).await;
+}

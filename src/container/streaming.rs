@@ -19,12 +19,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 use super::{ContainerPaths, ContainerState};
 use crate::daemon::{Daemon, Error};
-use crate::monitor::{self, AttachConn, ExecProcess, MonitorSpec};
-use crate::streaming::{Backend, ExecSpec, SessionIo, StreamError, Writer};
+use crate::monitor::attach::{pump, PumpEnd};
+use crate::monitor::{self, ExecProcess, MonitorSpec};
+use crate::streaming::{Backend, ExecSpec, SessionIo, StreamError};
 
 /// The [`Backend`] the streaming server uses in the daemon.
 pub struct StreamBackend {
@@ -62,7 +61,9 @@ fn running(d: &Daemon, id: &str) -> Result<super::ContainerRecord, StreamError> 
 }
 
 /// Kills an exec session's process (SIGKILL to the PID in `pid_file`) unless
-/// [`ExecGuard::finished`] was called, and removes the session directory, on drop.
+/// [`ExecGuard::finished`] was called, and removes the session directory, on drop. Inside a
+/// tokio runtime the removal waits (in a spawned task, up to 5 s) for the session's monitor
+/// (`<dir>/monitor.pid`) to exit, so it cannot recreate files there.
 pub struct ExecGuard {
     dir: PathBuf,
     pid_file: PathBuf,
@@ -89,83 +90,27 @@ impl Drop for ExecGuard {
                 tracing::debug!(pid, "exec session dropped: process killed");
             }
         }
-        let _ = crate::util::remove_dir_all_idempotent(&self.dir);
-    }
-}
-
-/// How a pump ended.
-#[derive(Debug, PartialEq, Eq)]
-enum PumpEnd {
-    /// The monitor closed the connection: the process ended and all output was delivered.
-    ProcessEnded,
-    /// The client's output stream failed (it went away).
-    ClientGone,
-    /// The client's stdin ended and the session should end with it (attach without stdin_once).
-    StdinEnded,
-}
-
-/// Pumps `io` <-> `conn` until the monitor closes the connection, a client writer fails, or (when
-/// `end_on_stdin_eof`) the client's stdin ends. Stdin EOF is always passed on as `close_stdin`.
-async fn pump(conn: &AttachConn, io: SessionIo, end_on_stdin_eof: bool) -> PumpEnd {
-    let SessionIo { stdin, mut stdout, mut stderr, resize } = io;
-    let output = async {
-        loop {
-            match conn.recv().await {
-                Ok(Some((stream, data))) => {
-                    let w = if stream == monitor::attach::STDERR { &mut stderr } else { &mut stdout };
-                    if !write_all(w, &data).await {
-                        return PumpEnd::ClientGone;
-                    }
-                }
-                Ok(None) | Err(_) => {
-                    for w in [&mut stdout, &mut stderr].into_iter().flatten() {
-                        let _ = w.flush().await;
-                    }
-                    return PumpEnd::ProcessEnded;
-                }
-            }
-        }
-    };
-    let input = async {
-        if let Some(mut r) = stdin {
-            let mut buf = vec![0u8; 32 * 1024];
-            loop {
-                match r.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if conn.write_stdin(&buf[..n]).await.is_err() {
-                            break;
+        // The monitor may still be finishing in the directory: remove it once the monitor is gone.
+        let dir = std::mem::take(&mut self.dir);
+        let monitor_pid = monitor::client::read_pid(&dir.join(monitor::client::PID_FILE));
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if monitor_pid.is_some() => {
+                h.spawn(async move {
+                    if let Some(pid) = monitor_pid {
+                        for _ in 0..200 {
+                            if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+                                break;
+                            }
+                            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
                         }
                     }
-                }
+                    let _ = crate::util::remove_dir_all_idempotent(&dir);
+                });
             }
-            let _ = conn.close_stdin().await;
-            if end_on_stdin_eof {
-                return PumpEnd::StdinEnded;
-            }
-        }
-        std::future::pending().await
-    };
-    let resizes = async {
-        if let Some(mut rx) = resize {
-            while let Some(size) = rx.recv().await {
-                let _ = conn.resize(size).await;
+            _ => {
+                let _ = crate::util::remove_dir_all_idempotent(&dir);
             }
         }
-        std::future::pending::<PumpEnd>().await
-    };
-    tokio::select! {
-        end = output => end,
-        end = input => end,
-        end = resizes => end,
-    }
-}
-
-/// Writes to an optional client stream (a missing one discards); false when the client failed.
-async fn write_all(w: &mut Option<Writer>, data: &[u8]) -> bool {
-    match w {
-        Some(w) => w.write_all(data).await.is_ok() && w.flush().await.is_ok(),
-        None => true,
     }
 }
 
@@ -212,34 +157,8 @@ impl Backend for StreamBackend {
         if spec.cmd.is_empty() || spec.cmd[0].is_empty() {
             return Err(StreamError::InvalidArgument("cmd: must name a command to run".into()));
         }
-        let (mspec, exec, mut guard) = self.prepare_exec(&spec, io.stdin.is_some())?;
-        let spawned = monitor::spawn_exec(&self.d.monitor_bin, &mspec, &exec).await.map_err(|e| match e {
-            monitor::MonitorError::RuntimeExec { message, .. } => {
-                StreamError::Internal(format!("exec {:?} in container {}: {message}", spec.cmd, spec.container_id))
-            }
-            other => StreamError::Internal(other.to_string()),
-        })?;
-        tracing::debug!(container = %mspec.id, pid = spawned.container_pid, "exec session started");
-        let conn = monitor::attach(&mspec.attach_socket).await.map_err(|e| StreamError::Internal(e.to_string()))?;
-        match pump(&conn, io, false).await {
-            PumpEnd::ProcessEnded => {}
-            PumpEnd::ClientGone | PumpEnd::StdinEnded => {
-                return Err(StreamError::Internal(format!(
-                    "exec in container {}: the client went away; the process was killed",
-                    mspec.id
-                )));
-            }
-        }
-        let exit = wait_exit_file(&mspec.exit_file).await;
-        guard.finished();
-        match exit {
-            Some(e) => Ok(e.exit_code),
-            None => Err(StreamError::Internal(format!(
-                "exec in container {}: the monitor ended without writing {}",
-                mspec.id,
-                mspec.exit_file.display()
-            ))),
-        }
+        let (mspec, exec, guard) = self.prepare_exec(&spec, io.stdin.is_some())?;
+        run_exec(&self.d.monitor_bin, &mspec, &exec, guard, io).await
     }
 
     async fn attach(&self, container_id: &str, io: SessionIo) -> Result<(), StreamError> {
@@ -253,6 +172,47 @@ impl Backend for StreamBackend {
 
     async fn port_forward(&self, _sandbox_id: &str, _port: u16) -> Result<tokio::net::TcpStream, StreamError> {
         Err(StreamError::Internal("port_forward: not built yet".into()))
+    }
+}
+
+/// Runs one exec session: spawns the monitor in exec mode for `mspec` / `exec`, attaches to it,
+/// pumps `io` until the process ended and its output was delivered, and returns its exit code
+/// (128+signal when killed). `guard` (for `mspec.bundle` and `mspec.pid_file`) kills the process
+/// if this future is dropped or the client goes away, and removes the session directory.
+/// Errors: Internal with the runtime's message when exec failed, or when the client went away.
+pub async fn run_exec(
+    monitor_bin: &Path,
+    mspec: &MonitorSpec,
+    exec: &ExecProcess,
+    mut guard: ExecGuard,
+    io: SessionIo,
+) -> Result<i32, StreamError> {
+    let spawned = monitor::spawn_exec(monitor_bin, mspec, exec).await.map_err(|e| match e {
+        monitor::MonitorError::RuntimeExec { id, message } => {
+            StreamError::Internal(format!("exec in container {id}: {message}"))
+        }
+        other => StreamError::Internal(other.to_string()),
+    })?;
+    tracing::debug!(container = %mspec.id, pid = spawned.container_pid, "exec session started");
+    let conn = monitor::attach(&mspec.attach_socket).await.map_err(|e| StreamError::Internal(e.to_string()))?;
+    match pump(&conn, io, false).await {
+        PumpEnd::ProcessEnded => {}
+        PumpEnd::ClientGone | PumpEnd::StdinEnded => {
+            return Err(StreamError::Internal(format!(
+                "exec in container {}: the client went away; the process was killed",
+                mspec.id
+            )));
+        }
+    }
+    let exit = wait_exit_file(&mspec.exit_file).await;
+    guard.finished();
+    match exit {
+        Some(e) => Ok(e.exit_code),
+        None => Err(StreamError::Internal(format!(
+            "exec in container {}: the monitor ended without writing {}",
+            mspec.id,
+            mspec.exit_file.display()
+        ))),
     }
 }
 

@@ -26,7 +26,9 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use super::MonitorError;
-use crate::streaming::TermSize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::streaming::{SessionIo, TermSize, Writer};
 
 /// Output packet type: stdout (or pty output).
 pub const STDOUT: u8 = 1;
@@ -184,6 +186,83 @@ impl AttachConn {
             })
             .await
             .map(|_| ())
+    }
+}
+
+/// How a pump ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PumpEnd {
+    /// The monitor closed the connection: the process ended and all output was delivered.
+    ProcessEnded,
+    /// The client's output stream failed (it went away).
+    ClientGone,
+    /// The client's stdin ended and the session should end with it (attach without stdin_once).
+    StdinEnded,
+}
+
+/// Pumps a streaming session `io` <-> `conn` (client stdin -> process stdin, output packets ->
+/// the client's stdout / stderr, resizes -> [`AttachConn::resize`]) until the monitor closes the connection, a client writer fails, or (when
+/// `end_on_stdin_eof`) the client's stdin ends. Stdin EOF is always passed on as `close_stdin`.
+pub async fn pump(conn: &AttachConn, io: SessionIo, end_on_stdin_eof: bool) -> PumpEnd {
+    let SessionIo { stdin, mut stdout, mut stderr, resize } = io;
+    let output = async {
+        loop {
+            match conn.recv().await {
+                Ok(Some((stream, data))) => {
+                    let w = if stream == STDERR { &mut stderr } else { &mut stdout };
+                    if !write_all(w, &data).await {
+                        return PumpEnd::ClientGone;
+                    }
+                }
+                Ok(None) | Err(_) => {
+                    for w in [&mut stdout, &mut stderr].into_iter().flatten() {
+                        let _ = w.flush().await;
+                    }
+                    return PumpEnd::ProcessEnded;
+                }
+            }
+        }
+    };
+    let input = async {
+        if let Some(mut r) = stdin {
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match r.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if conn.write_stdin(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = conn.close_stdin().await;
+            if end_on_stdin_eof {
+                return PumpEnd::StdinEnded;
+            }
+        }
+        std::future::pending().await
+    };
+    let resizes = async {
+        if let Some(mut rx) = resize {
+            while let Some(size) = rx.recv().await {
+                let _ = conn.resize(size).await;
+            }
+        }
+        std::future::pending::<PumpEnd>().await
+    };
+    tokio::select! {
+        end = output => end,
+        end = input => end,
+        end = resizes => end,
+    }
+}
+
+/// Writes to an optional client stream (a missing one discards); false when the client failed.
+async fn write_all(w: &mut Option<Writer>, data: &[u8]) -> bool {
+    match w {
+        Some(w) => w.write_all(data).await.is_ok() && w.flush().await.is_ok(),
+        None => true,
     }
 }
 

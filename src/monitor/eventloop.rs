@@ -144,7 +144,7 @@ pub fn run(spec: &MonitorSpec, container: Container, mut log: Option<File>, sigf
 
     let (exit_code, exited_at) = exit.unwrap_or((255, now));
     let info = ExitInfo { exit_code, exited_at, oom_killed: oom.as_ref().is_some_and(|o| o.oom_killed()) };
-    let code = write_exit_file(spec, &info);
+    let code = write_exit_file(spec, &info, !exec_mode);
     // Clients see the connection end only now, with the exit file in place.
     drop(attach);
     code
@@ -224,9 +224,10 @@ fn reap(pid: i32, bundle: &std::path::Path) -> Option<(i32, i64)> {
     result
 }
 
-/// Writes the exit file atomically (creating its directory); 0 on success, 1 otherwise.
-fn write_exit_file(spec: &MonitorSpec, info: &ExitInfo) -> i32 {
-    if let Some(dir) = spec.exit_file.parent() {
+/// Writes the exit file atomically (creating its directory when `create_dir`; an exec session's
+/// directory removed by the daemon must stay removed); 0 on success, 1 otherwise.
+fn write_exit_file(spec: &MonitorSpec, info: &ExitInfo, create_dir: bool) -> i32 {
+    if let (Some(dir), true) = (spec.exit_file.parent(), create_dir) {
         let _ = std::fs::create_dir_all(dir);
     }
     let data = match serde_json::to_vec(info) {
