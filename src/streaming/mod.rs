@@ -105,3 +105,5 @@ pub mod portforward;
 pub mod rc_spdy;
 pub mod server;
 pub mod client;
+#[cfg(test)]
+mod tests;
