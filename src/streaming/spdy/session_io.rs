@@ -164,7 +164,7 @@ pub(crate) async fn read_loop<IO: AsyncRead>(shared: Arc<Shared>, mut rd: ReadHa
         writer_done.notified().await;
     }
     drop(rd);
-    let _ = shared.closed.send(true);
+    shared.closed.send_replace(true);
 }
 
 /// Waits until stream `id`'s buffer is back within its window (peer without flow control).

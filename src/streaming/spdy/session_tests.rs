@@ -1,0 +1,324 @@
+//! Session tests over `tokio::io::duplex`: both roles of this crate, and a raw-frame peer.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::time::timeout;
+
+use super::frame::{self, rst, Frame, FLAG_FIN};
+use super::header::{HeaderCompressor, HeaderDecompressor};
+use super::{Session, SpdyError};
+
+const T: Duration = Duration::from_secs(60);
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i as u32).wrapping_mul(2654435761).rotate_left(seed as u32 % 31) as u8 ^ seed).collect()
+}
+
+fn pair() -> (Session, tokio::sync::mpsc::Receiver<super::Stream>, Session) {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let (server, accept) = Session::server(a);
+    let client = Session::client(b);
+    (server, accept, client)
+}
+
+fn hv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_streams_ten_mib_each_way() {
+    let (server, mut accept, client) = pair();
+    const N: usize = 4;
+    const LEN: usize = 10 * 1024 * 1024;
+    let srv = tokio::spawn(async move {
+        let mut tasks = Vec::new();
+        for _ in 0..N {
+            let s = accept.recv().await.expect("accepted stream");
+            tasks.push(tokio::spawn(async move {
+                let seed: u8 = s.header("seed").expect("seed header").parse().expect("seed");
+                let (mut r, mut w) = s.split();
+                let writer = tokio::spawn(async move {
+                    w.write_all(&pattern(seed.wrapping_add(100), LEN)).await.expect("server write");
+                    w.shutdown().await.expect("server fin");
+                    w
+                });
+                let mut got = Vec::new();
+                r.read_to_end(&mut got).await.expect("server read");
+                assert!(got == pattern(seed, LEN), "server got the client's bytes on stream {seed}");
+                let _w = writer.await.expect("writer");
+            }));
+        }
+        for t in tasks {
+            t.await.expect("server stream task");
+        }
+    });
+    let mut tasks = Vec::new();
+    for i in 0..N {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let seed = i as u8 + 1;
+            let s = client.open_stream(hv(&[("seed", &seed.to_string()), ("StreamType", "data")]), false).await.expect("open");
+            assert_eq!(s.id % 2, 1, "client ids are odd");
+            let (mut r, mut w) = s.split();
+            let writer = tokio::spawn(async move {
+                w.write_all(&pattern(seed, LEN)).await.expect("client write");
+                w.shutdown().await.expect("client fin");
+                w
+            });
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).await.expect("client read");
+            assert!(got == pattern(seed.wrapping_add(100), LEN), "client got the server's bytes on stream {seed}");
+            let _w = writer.await.expect("writer");
+        }));
+    }
+    timeout(T, async {
+        for t in tasks {
+            t.await.expect("client stream task");
+        }
+        srv.await.expect("server");
+    })
+    .await
+    .expect("10 MiB each way in time");
+    assert!(server.ping().await.is_ok());
+    client.goaway().await;
+    timeout(T, async { tokio::join!(client.closed(), server.closed()) }).await.expect("both sides close after GOAWAY");
+}
+
+#[tokio::test]
+async fn fin_reset_and_headers() {
+    let (server, mut accept, client) = pair();
+    // FIN on SYN_STREAM: the server sees EOF at once and can still answer.
+    let c = client.open_stream(hv(&[("streamtype", "error")]), true).await.expect("open");
+    let mut s = accept.recv().await.expect("accept");
+    assert_eq!(s.header("streamtype"), Some("error"));
+    let mut buf = Vec::new();
+    assert_eq!(s.read_to_end(&mut buf).await.expect("eof"), 0);
+    s.write_all(b"status").await.expect("write");
+    s.shutdown().await.expect("fin");
+    let mut c = c;
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).await.expect("read");
+    assert_eq!(got, b"status");
+    assert!(c.write_all(b"x").await.is_err(), "writing after our FIN fails");
+    // RST: both reader and writer of the other side get errors.
+    let mut c2 = client.open_stream(hv(&[("streamtype", "stdout")]), false).await.expect("open");
+    let s2 = accept.recv().await.expect("accept");
+    s2.reset(rst::CANCEL);
+    let e = c2.read(&mut [0u8; 8]).await.expect_err("read after RST");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset);
+    assert!(c2.write_all(b"x").await.is_err());
+    // Server-opened streams use even ids (the client refuses them: it has no acceptor).
+    let e = server.open_stream(hv(&[("a", "b")]), false).await.expect_err("client refuses");
+    assert!(matches!(e, SpdyError::Reset { status: rst::REFUSED_STREAM, .. }), "{e}");
+    assert!(client.ping().await.is_ok());
+    assert!(server.ping().await.is_ok());
+}
+
+#[tokio::test]
+async fn goaway_lets_streams_finish_then_closes() {
+    let (server, mut accept, client) = pair();
+    let mut c = client.open_stream(hv(&[("x", "1")]), false).await.expect("open");
+    let mut s = accept.recv().await.expect("accept");
+    server.goaway().await;
+    // wait until the client saw it
+    timeout(T, async {
+        loop {
+            match client.open_stream(hv(&[]), false).await {
+                Err(SpdyError::GoingAway) => break,
+                Ok(_) | Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    })
+    .await
+    .expect("client sees GOAWAY");
+    assert!(!server.is_closed(), "the open stream keeps the session up");
+    c.write_all(b"still works").await.expect("write");
+    c.shutdown().await.expect("fin");
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).await.expect("read");
+    assert_eq!(got, b"still works");
+    s.shutdown().await.expect("fin");
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).await.expect("eof");
+    timeout(T, async { tokio::join!(client.closed(), server.closed()) }).await.expect("closed after last stream");
+}
+
+/// A peer driven frame by frame.
+struct RawPeer {
+    io: DuplexStream,
+    comp: HeaderCompressor,
+    dec: HeaderDecompressor,
+    buf: Vec<u8>,
+}
+
+impl RawPeer {
+    fn new(io: DuplexStream) -> Self {
+        Self { io, comp: HeaderCompressor::new().expect("comp"), dec: HeaderDecompressor::new(), buf: Vec::new() }
+    }
+    async fn send(&mut self, f: Frame) {
+        let mut out = Vec::new();
+        f.encode(&mut out).expect("encode");
+        self.io.write_all(&out).await.expect("raw write");
+    }
+    async fn syn(&mut self, id: u32, headers: &[(&str, &str)], flags: u8) {
+        let header_block = self.comp.compress(&hv(headers)).expect("compress");
+        self.send(Frame::SynStream { stream_id: id, associated_id: 0, priority: 0, slot: 0, flags, header_block }).await;
+    }
+    /// Next frame other than WINDOW_UPDATE/SETTINGS, or None at EOF.
+    async fn next(&mut self) -> Option<Frame> {
+        loop {
+            match frame::parse(&self.buf, frame::MAX_FRAME_LEN).expect("valid frame from the session") {
+                Some((f, n)) => {
+                    self.buf.drain(..n);
+                    match f {
+                        Frame::WindowUpdate { .. } | Frame::Settings { .. } => continue,
+                        Frame::SynReply { ref header_block, .. } | Frame::SynStream { ref header_block, .. } => {
+                            self.dec.decompress(header_block).expect("header block");
+                            return Some(f);
+                        }
+                        f => return Some(f),
+                    }
+                }
+                None => {
+                    let mut chunk = [0u8; 65536];
+                    let n = self.io.read(&mut chunk).await.expect("raw read");
+                    if n == 0 {
+                        return None;
+                    }
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+            }
+        }
+    }
+}
+
+fn raw_pair() -> (Session, tokio::sync::mpsc::Receiver<super::Stream>, RawPeer) {
+    let (a, b) = tokio::io::duplex(1 << 20);
+    let (server, accept) = Session::server(a);
+    (server, accept, RawPeer::new(b))
+}
+
+#[tokio::test]
+async fn peer_without_flow_control_still_gets_everything() {
+    // moby/spdystream never sends WINDOW_UPDATE: after the grace period the server must go on.
+    let (_server, mut accept, mut peer) = raw_pair();
+    peer.syn(1, &[("streamtype", "stdout")], FLAG_FIN).await;
+    let mut s = accept.recv().await.expect("accept");
+    let len = 1024 * 1024;
+    let data = pattern(7, len);
+    let writer = tokio::spawn(async move {
+        s.write_all(&data).await.expect("write past the window");
+        s.shutdown().await.expect("fin");
+        s
+    });
+    let mut got = Vec::new();
+    timeout(T, async {
+        loop {
+            match peer.next().await.expect("frame") {
+                Frame::SynReply { stream_id: 1, .. } => {}
+                Frame::Data { stream_id: 1, flags, data } => {
+                    got.extend_from_slice(&data);
+                    if flags & FLAG_FIN != 0 {
+                        break;
+                    }
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("data in time");
+    assert!(got == pattern(7, len));
+    let _s = writer.await.expect("writer");
+}
+
+#[tokio::test]
+async fn peer_overrunning_window_is_slowed_not_buffered() {
+    // The peer sends 4 MiB at once on a stream nobody reads: the session must stop reading
+    // (bounded buffer) yet deliver all of it once the application reads.
+    let (_server, mut accept, mut peer) = raw_pair();
+    peer.syn(1, &[("streamtype", "stdin")], 0).await;
+    let mut s = accept.recv().await.expect("accept");
+    let data = pattern(3, 4 << 20);
+    let (mut rd, mut wr) = tokio::io::split(peer.io);
+    let sender = tokio::spawn(async move {
+        for chunk in data.chunks(16 * 1024) {
+            let mut out = Vec::new();
+            Frame::Data { stream_id: 1, flags: 0, data: chunk.to_vec() }.encode(&mut out).expect("encode");
+            wr.write_all(&out).await.expect("write");
+        }
+        let mut out = Vec::new();
+        Frame::Data { stream_id: 1, flags: FLAG_FIN, data: vec![] }.encode(&mut out).expect("encode");
+        wr.write_all(&out).await.expect("write");
+        wr
+    });
+    let drain = tokio::spawn(async move {
+        let mut sink = Vec::new();
+        let _ = rd.read_to_end(&mut sink).await;
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    {
+        let st = s.shared.lock();
+        let buffered = st.streams.get(&1).map_or(0, |x| x.recv_len);
+        assert!(buffered <= 64 * 1024 + 16 * 1024, "buffer bounded by the window: {buffered}");
+    }
+    assert!(!sender.is_finished(), "the peer is held back by TCP-like backpressure");
+    let mut got = Vec::new();
+    timeout(T, s.read_to_end(&mut got)).await.expect("in time").expect("read");
+    assert!(got == pattern(3, 4 << 20));
+    let _wr = sender.await.expect("sender");
+    drain.abort();
+}
+
+#[tokio::test]
+async fn hostile_and_unknown_frames() {
+    let (server, _accept, mut peer) = raw_pair();
+    // DATA for a stream never opened -> RST_STREAM INVALID_STREAM, session stays up.
+    peer.send(Frame::Data { stream_id: 9, flags: 0, data: b"x".to_vec() }).await;
+    assert_eq!(peer.next().await, Some(Frame::RstStream { stream_id: 9, status: rst::INVALID_STREAM }));
+    // Unknown control types are ignored; PING is answered.
+    let mut out = Vec::new();
+    out.extend_from_slice(&[0x80, 3, 0, 10, 0, 0, 0, 3, 1, 2, 3]);
+    peer.io.write_all(&out).await.expect("write");
+    peer.send(Frame::Ping { id: 5 }).await;
+    assert_eq!(peer.next().await, Some(Frame::Ping { id: 5 }));
+    // A wrong version ends the session with GOAWAY PROTOCOL_ERROR.
+    peer.io.write_all(&[0x80, 2, 0, 6, 0, 0, 0, 4, 0, 0, 0, 1]).await.expect("write");
+    assert!(matches!(peer.next().await, Some(Frame::GoAway { status: frame::goaway::PROTOCOL_ERROR, .. })));
+    assert_eq!(peer.next().await, None, "then the connection closes");
+    timeout(T, server.closed()).await.expect("closed");
+}
+
+#[tokio::test]
+async fn bad_header_block_and_wrong_parity_end_the_session() {
+    let (server, _accept, mut peer) = raw_pair();
+    peer.send(Frame::SynStream { stream_id: 1, associated_id: 0, priority: 0, slot: 0, flags: 0, header_block: b"garbage".to_vec() }).await;
+    assert!(matches!(peer.next().await, Some(Frame::GoAway { status: frame::goaway::PROTOCOL_ERROR, .. })));
+    timeout(T, server.closed()).await.expect("closed");
+
+    let (server, _accept, mut peer) = raw_pair();
+    peer.syn(2, &[("a", "b")], 0).await;
+    assert!(matches!(peer.next().await, Some(Frame::GoAway { status: frame::goaway::PROTOCOL_ERROR, .. })));
+    timeout(T, server.closed()).await.expect("closed");
+}
+
+#[tokio::test]
+async fn vanished_peer_ends_every_stream() {
+    let (server, mut accept, mut peer) = raw_pair();
+    peer.syn(1, &[("streamtype", "stdin")], 0).await;
+    peer.syn(3, &[("streamtype", "stdout")], 0).await;
+    let mut a = accept.recv().await.expect("accept");
+    let mut b = accept.recv().await.expect("accept");
+    peer.send(Frame::Data { stream_id: 1, flags: 0, data: b"partial".to_vec() }).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(peer);
+    timeout(T, server.closed()).await.expect("closed() returns");
+    let mut got = [0u8; 7];
+    a.read_exact(&mut got).await.expect("buffered data still readable");
+    assert_eq!(&got, b"partial");
+    assert!(a.read(&mut [0u8; 1]).await.is_err(), "then an error, not a clean EOF");
+    assert!(b.write_all(b"x").await.is_err());
+    assert!(server.open_stream(hv(&[]), false).await.is_err());
+    assert_eq!(std::sync::Arc::strong_count(&server.shared), 3, "tasks released the session (server, a, b)");
+}

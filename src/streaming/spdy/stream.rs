@@ -25,7 +25,7 @@ pub struct Stream {
     /// For a peer-opened stream, the SYN_STREAM headers; for a stream this side opened, the
     /// SYN_REPLY headers. Names are lowercase; repeated names appear as repeated pairs.
     pub headers: Vec<(String, String)>,
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     grace: Option<Pin<Box<Sleep>>>,
 }
 
