@@ -41,7 +41,10 @@ async fn write_frames<IO: AsyncWrite>(shared: &Shared, wr: &mut WriteHalf<IO>, r
                     f.encode(&mut buf).map_err(|e| e.to_string())?;
                 }
                 Out::Reply { id, fin } => {
-                    let header_block = comp.compress(&[]).map_err(|e| e.to_string())?;
+                    // SPDY/3 §3.2.2 response headers: spdystream ignores them, HTTP-minded peers
+                    // (spdy-transport) reset a reply without `:status`.
+                    let reply = [(":status".to_string(), "200".to_string()), (":version".to_string(), "HTTP/1.1".to_string())];
+                    let header_block = comp.compress(&reply).map_err(|e| e.to_string())?;
                     Frame::SynReply { stream_id: id, flags: if fin { FIN } else { 0 }, header_block }.encode(&mut buf).map_err(|e| e.to_string())?;
                 }
                 Out::Open { headers, fin, resp } => open(shared, &mut comp, &mut buf, headers, fin, resp)?,

@@ -322,3 +322,71 @@ async fn vanished_peer_ends_every_stream() {
     assert!(server.open_stream(hv(&[]), false).await.is_err());
     assert_eq!(std::sync::Arc::strong_count(&server.shared), 3, "tasks released the session (server, a, b)");
 }
+
+/// Interop with an independent SPDY/3.1 implementation: node's `spdy-transport` as client
+/// (tests/spdy-interop/client.js) against a `Session::server` on a loopback TCP socket.
+/// Skipped, with a message, when node/npm are absent or the package cannot be installed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interop_with_node_spdy_transport() {
+    use std::process::Command;
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/spdy-interop");
+    if Command::new("node").arg("--version").output().is_err() || Command::new("npm").arg("--version").output().is_err() {
+        eprintln!("SKIP interop_with_node_spdy_transport: node/npm not found");
+        return;
+    }
+    let dir = std::env::temp_dir().join("berth-spdy-interop");
+    std::fs::create_dir_all(&dir).expect("interop dir");
+    for f in ["package.json", "client.js"] {
+        std::fs::copy(src.join(f), dir.join(f)).expect("copy interop file");
+    }
+    if !dir.join("node_modules/spdy-transport").exists() {
+        let ok = Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--silent"])
+            .current_dir(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("SKIP interop_with_node_spdy_transport: npm install spdy-transport failed");
+            return;
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    let port = listener.local_addr().expect("addr").port();
+    let (streams, bytes) = (4usize, 300 * 1024usize);
+    let server = tokio::spawn(async move {
+        let (sock, _) = listener.accept().await.expect("accept");
+        let (session, mut accept) = Session::server(sock);
+        let mut tasks = Vec::new();
+        for _ in 0..streams {
+            let s = accept.recv().await.expect("stream from node");
+            assert_eq!(s.header("streamtype"), Some("data"), "headers: {:?}", s.headers);
+            tasks.push(tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let mut buf = vec![0u8; 8192];
+                loop {
+                    let n = r.read(&mut buf).await.expect("read from node");
+                    if n == 0 {
+                        break;
+                    }
+                    let out: Vec<u8> = buf[..n].iter().map(|b| b ^ 0x5a).collect();
+                    w.write_all(&out).await.expect("write to node");
+                }
+                w.shutdown().await.expect("fin to node");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }));
+        }
+        for t in tasks {
+            t.await.expect("stream task");
+        }
+        session
+    });
+    let child = tokio::process::Command::new("node")
+        .arg(dir.join("client.js"))
+        .args([port.to_string(), streams.to_string(), bytes.to_string()])
+        .output();
+    let out = timeout(T, child).await.expect("node in time").expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("OK"), "node client: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+    let session = timeout(T, server).await.expect("server in time").expect("server task");
+    timeout(T, session.closed()).await.expect("node closed the connection");
+}
