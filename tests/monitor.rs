@@ -665,3 +665,29 @@ async fn backend_exec_killed_when_client_drops() {
     dir_gone(&spec.bundle).await;
     stop(&c, cspawned, &cspec).await;
 }
+
+#[tokio::test]
+async fn slow_client_is_dropped_and_never_blocks_the_log() {
+    if !can_run() {
+        return;
+    }
+    let line = "a".repeat(99);
+    let script = format!("yes {line} | head -n 50000; echo done");
+    let c = case("slow", &["sh", "-c", &script], false, false);
+    link_applets(&c, &["yes", "head"]);
+    let spec = c.spec(false);
+    let spawned = monitor::spawn(Path::new(MONITOR), &spec).await.unwrap();
+    // Attached before start, and never reads while the container writes 5 MB.
+    let slow = monitor::attach(&spec.attach_socket).await.unwrap();
+    c.runtime.start(&c.id).await.unwrap();
+    let info = tokio::time::timeout(Duration::from_secs(30), wait_exit(&spec.exit_file)).await.expect("container blocked");
+    assert_eq!(info.exit_code, 0);
+    assert_gone(spawned.monitor_pid).await;
+    let log = c.log();
+    assert_eq!(log.lines().count(), 50_001, "every line is in the log");
+    assert!(log.ends_with("stdout F done\n"));
+    // The slow client got a bounded prefix, then the end of the connection.
+    let (out, _) = read_to_eof(&slow).await;
+    assert!(out.len() < 3 << 20, "slow client got {} bytes", out.len());
+    assert!(!out.contains("done"), "slow client should have been dropped");
+}

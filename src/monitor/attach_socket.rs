@@ -260,9 +260,12 @@ impl AttachSocket {
         }
         if self.clients[i].read_open && revents.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
             let mut buf = vec![0u8; MAX_PACKET + 1];
-            // One batch per wakeup, so one client cannot starve the others.
-            for _ in 0..16 {
-                if !self.stdin_pending.is_empty() {
+            // One batch per wakeup, so one client cannot starve the others. A client that hung
+            // up is read to its end at once (what it sent is bounded by its socket buffer), so
+            // a container that does not read its stdin cannot make the poll loop spin on POLLHUP.
+            let hung_up = revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR);
+            for _ in 0..if hung_up { usize::MAX } else { 16 } {
+                if !hung_up && !self.stdin_pending.is_empty() {
                     break;
                 }
                 match socket::recv(self.clients[i].fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
@@ -272,7 +275,13 @@ impl AttachSocket {
                         break;
                     }
                     Ok(n) => self.client_packet(&buf[..n]),
-                    Err(Errno::EAGAIN) => break,
+                    Err(Errno::EAGAIN) => {
+                        if hung_up {
+                            self.clients[i].read_open = false;
+                            self.stdin_eof();
+                        }
+                        break;
+                    }
                     Err(Errno::EINTR) => continue,
                     Err(_) => return false,
                 }
@@ -283,11 +292,9 @@ impl AttachSocket {
 
     fn client_packet(&mut self, packet: &[u8]) {
         match decode_client_packet(packet) {
-            Some(ClientPacket::Stdin(data)) => {
-                if self.stdin.is_some() {
-                    self.stdin_pending.extend_from_slice(data);
-                    self.write_stdin();
-                }
+            Some(ClientPacket::Stdin(data)) if self.stdin.is_some() => {
+                self.stdin_pending.extend_from_slice(data);
+                self.write_stdin();
             }
             Some(ClientPacket::CloseStdin) => self.stdin_eof(),
             Some(ClientPacket::Resize { height, width }) => {
@@ -297,7 +304,7 @@ impl AttachSocket {
                     }
                 }
             }
-            None => {}
+            _ => {}
         }
     }
 
