@@ -1,4 +1,5 @@
-//! The monitor's event loop after `runtime create`: copy the container's output into the CRI log,
+//! The monitor's event loop after `runtime create` (or `runtime exec --detach` in exec mode): copy
+//! the container's output into the CRI log and to the attach clients,
 //! reap children (the monitor is child subreaper), and when the container process exits drain the
 //! output, write the exit file and return.
 //!
@@ -41,7 +42,7 @@ pub struct Container {
     pub pid: i32,
     pub streams: Streams,
     /// Write end of the container's stdin pipe when CRI `stdin` is set without a tty. Kept open so
-    /// the container does not see EOF; the attach socket (issue 3) writes to it and closes it
+    /// the container does not see EOF; the attach socket writes client input to it and closes it
     /// after the first session when `stdin_once`.
     pub stdin: Option<OwnedFd>,
     /// Where to read the OOM-kill counter after exit.

@@ -3,7 +3,8 @@
 //! Sequence (conmon's, simplified): take the sync pipe from fd 3 and close every other inherited
 //! descriptor; fork, the first process exits 0 at once; the second calls `setsid`, becomes child
 //! subreaper (so the container process, whose runtime parent exits after `create`, is reparented
-//! to it), writes `<bundle>/monitor.pid`, runs `runtime create` with the container's stdio, reads
+//! to it), writes `<bundle>/monitor.pid`, runs `runtime create` (exec mode: `runtime exec --process P
+//! --detach`) with the container's stdio, reads
 //! the runtime's pid file and answers on fd 3 with one [`SyncMessage`] line. [`super::eventloop`]
 //! does the rest. SIGPIPE is ignored (Rust's runtime sets SIG_IGN before `main`; child processes
 //! get it back at default from `std::process::Command`).
