@@ -67,12 +67,17 @@ impl Default for SessionConfig {
     }
 }
 
+/// Delivers the peer's SYN_REPLY headers (or why none came) to `open_stream`.
+pub(crate) type ReplyTx = oneshot::Sender<Result<Vec<(String, String)>, SpdyError>>;
+/// Answers an `Out::Open`: the new stream id and where its SYN_REPLY will arrive.
+pub(crate) type OpenResp = oneshot::Sender<Result<(u32, oneshot::Receiver<Result<Vec<(String, String)>, SpdyError>>), SpdyError>>;
+
 /// What the writer task is asked to send.
 pub(crate) enum Out {
     Frame(Frame),
     Data { id: u32, data: Bytes, fin: bool },
     Reply { id: u32, fin: bool },
-    Open { headers: Vec<(String, String)>, fin: bool, resp: oneshot::Sender<Result<(u32, oneshot::Receiver<Result<Vec<(String, String)>, SpdyError>>), SpdyError>> },
+    Open { headers: Vec<(String, String)>, fin: bool, resp: OpenResp },
     /// Flush and close the write half, then end.
     Shutdown,
 }
@@ -93,7 +98,7 @@ pub(crate) struct StreamState {
     pub read_waker: Option<Waker>,
     pub write_waker: Option<Waker>,
     /// Client side: waiting for SYN_REPLY.
-    pub reply_tx: Option<oneshot::Sender<Result<Vec<(String, String)>, SpdyError>>>,
+    pub reply_tx: Option<ReplyTx>,
     /// This side opened the stream.
     pub local: bool,
 }

@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::frame::{self, goaway, rst, settings, Frame};
 use super::header::{HeaderCompressor, HeaderDecompressor};
-use super::session::{consumed, Out, Shared, StreamState, FIN, RECV_FRAME_LIMIT, UNIDIRECTIONAL};
+use super::session::{consumed, OpenResp, Out, Shared, StreamState, FIN, RECV_FRAME_LIMIT, UNIDIRECTIONAL};
 use super::stream::Stream;
 use super::SpdyError;
 
@@ -72,8 +72,6 @@ async fn write_frames<IO: AsyncWrite>(shared: &Shared, wr: &mut WriteHalf<IO>, r
         }
     }
 }
-
-type OpenResp = oneshot::Sender<Result<(u32, oneshot::Receiver<Result<Vec<(String, String)>, SpdyError>>), SpdyError>>;
 
 /// Allocates the next local stream id (here, so ids go out in order) and writes SYN_STREAM.
 fn open(shared: &Shared, comp: &mut HeaderCompressor, buf: &mut Vec<u8>, headers: Vec<(String, String)>, fin: bool, resp: OpenResp) -> Result<(), String> {
