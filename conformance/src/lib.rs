@@ -14,3 +14,4 @@ pub mod client;
 pub mod ctx;
 pub mod daemon;
 pub mod harness;
+pub mod stream_client;

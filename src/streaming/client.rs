@@ -8,6 +8,9 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
+/// Re-exported so users of this client (the conformance suite) name the same types.
+pub use tokio_tungstenite::tungstenite::Message;
+
 /// A failed upgrade: connection, malformed URL, or a non-101 answer (its status and body).
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -15,6 +15,7 @@ mod pod;
 mod podnet;
 mod restart;
 mod runtime_info;
+mod streaming;
 pub(crate) mod util;
 
 /// One case: its name and its function.
@@ -74,6 +75,11 @@ pub fn all() -> Vec<Case> {
         case!("start_exited_container", errors::start_exited_container),
         case!("memory_limit_applied", cstatus::memory_limit_applied),
         case!("log_paths_refused", errors::log_paths_refused),
+        case!("stream_exec_exit_code", streaming::exec_exit_code),
+        case!("stream_exec_stdin", streaming::exec_stdin),
+        case!("stream_exec_tty", streaming::exec_tty),
+        case!("stream_attach_output", streaming::attach_output),
+        case!("stream_port_forward", streaming::port_forward),
         case!("monitor_killed", monitor::monitor_killed),
         case!("daemon_restart_keeps_containers", restart::keeps_containers),
         case!("no_leftovers_after_suite", leaks::no_leftovers),

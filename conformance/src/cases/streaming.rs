@@ -1,0 +1,145 @@
+//! Exec, Attach and PortForward through the streaming server, on SPDY v4/v5 (what kubelet and
+//! crictl speak) and WebSocket v4/v5 (kubectl ≥ 1.30). Each case skips on a runtime whose
+//! Exec/Attach/PortForward RPC answers Unimplemented.
+
+use super::util::check;
+use crate::ctx::{skip, Ctx, Pod};
+use crate::stream_client::{self as sc, Session, Transport};
+use anyhow::{Context, Result};
+use k8s_cri::v1 as cri;
+use std::time::Duration;
+
+const REMOTECOMMAND: [Transport; 4] = [
+    Transport::Spdy("v4.channel.k8s.io"),
+    Transport::Spdy("v5.channel.k8s.io"),
+    Transport::WebSocket("v4.channel.k8s.io"),
+    Transport::WebSocket("v5.channel.k8s.io"),
+];
+
+fn unimplemented<T>(r: Result<T, tonic::Status>, what: &str) -> Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(s) if s.code() == tonic::Code::Unimplemented => Ok(None),
+        Err(s) => Err(anyhow::anyhow!("{what}: {s}")),
+    }
+}
+
+async fn exec_url(ctx: &Ctx, id: &str, cmd: &[&str], s: &Session) -> Result<Option<String>> {
+    let req = cri::ExecRequest {
+        container_id: id.into(),
+        cmd: cmd.iter().map(|c| c.to_string()).collect(),
+        tty: s.tty,
+        stdin: s.stdin.is_some(),
+        stdout: true,
+        stderr: s.stderr && !s.tty,
+    };
+    Ok(unimplemented(ctx.rt().exec(req).await, "Exec")?.map(|r| r.into_inner().url))
+}
+
+async fn sleeper(ctx: &Ctx, name: &str) -> Result<(Pod, String)> {
+    let pod = ctx.run_pod(name).await?;
+    let id = ctx.start_container(&pod, name, &ctx.images.busybox, &["sleep", "1000"]).await?;
+    ctx.wait_container_state(&id, cri::ContainerState::ContainerRunning, Duration::from_secs(30)).await?;
+    Ok((pod, id))
+}
+
+/// Exec `sh -c 'echo out; echo err >&2; exit 3'`: stdout, stderr and exit code 3 in the status.
+pub async fn exec_exit_code(ctx: &Ctx) -> Result<()> {
+    let (pod, id) = sleeper(ctx, "stream-exit").await?;
+    let s = Session { stderr: true, ..Default::default() };
+    for t in REMOTECOMMAND {
+        let Some(url) = exec_url(ctx, &id, &["sh", "-c", "echo out; echo err >&2; exit 3"], &s).await? else {
+            ctx.remove_pod(&pod.id).await?;
+            return skip("Exec is Unimplemented on this runtime");
+        };
+        let o = sc::remotecommand(&url, t, &s).await.with_context(|| format!("{t:?}"))?;
+        check(o.stdout == b"out\n", || format!("{t:?}: stdout {:?}", String::from_utf8_lossy(&o.stdout)))?;
+        check(o.stderr == b"err\n", || format!("{t:?}: stderr {:?}", String::from_utf8_lossy(&o.stderr)))?;
+        let code = o.exit_code().with_context(|| format!("{t:?}"))?;
+        check(code == 3, || format!("{t:?}: exit code {code}, expected 3"))?;
+    }
+    ctx.remove_pod(&pod.id).await
+}
+
+/// Exec with stdin: `cat` ends on stdin EOF (SPDY FIN, WebSocket v5 close signal); on
+/// WebSocket v4 (no half-close) a command that reads one line.
+pub async fn exec_stdin(ctx: &Ctx) -> Result<()> {
+    let (pod, id) = sleeper(ctx, "stream-stdin").await?;
+    for t in REMOTECOMMAND {
+        let v4_ws = t == Transport::WebSocket("v4.channel.k8s.io");
+        let cmd: &[&str] = if v4_ws { &["sh", "-c", "read l; echo got $l"] } else { &["cat"] };
+        let s = Session { stdin: Some(b"hello stdin\n".to_vec()), close_stdin: !v4_ws, stderr: true, ..Default::default() };
+        let Some(url) = exec_url(ctx, &id, cmd, &s).await? else {
+            ctx.remove_pod(&pod.id).await?;
+            return skip("Exec is Unimplemented on this runtime");
+        };
+        let o = sc::remotecommand(&url, t, &s).await.with_context(|| format!("{t:?}"))?;
+        let want: &[u8] = if v4_ws { b"got hello stdin\n" } else { b"hello stdin\n" };
+        check(o.stdout == want, || format!("{t:?}: stdout {:?}", String::from_utf8_lossy(&o.stdout)))?;
+        check(o.exit_code()? == 0, || format!("{t:?}: status {:?}", String::from_utf8_lossy(&o.error)))?;
+    }
+    ctx.remove_pod(&pod.id).await
+}
+
+/// A tty exec sees a terminal of the size the client sent first.
+pub async fn exec_tty(ctx: &Ctx) -> Result<()> {
+    let (pod, id) = sleeper(ctx, "stream-tty").await?;
+    for t in [Transport::Spdy("v4.channel.k8s.io"), Transport::WebSocket("v5.channel.k8s.io")] {
+        let s = Session { tty: true, resize: Some((100, 30)), ..Default::default() };
+        let Some(url) = exec_url(ctx, &id, &["sh", "-c", "sleep 1; stty size; tty"], &s).await? else {
+            ctx.remove_pod(&pod.id).await?;
+            return skip("Exec is Unimplemented on this runtime");
+        };
+        let o = sc::remotecommand(&url, t, &s).await.with_context(|| format!("{t:?}"))?;
+        let text = String::from_utf8_lossy(&o.stdout).replace('\r', "");
+        check(text.contains("30 100"), || format!("{t:?}: stty size said {text:?}, expected 30 rows 100 columns"))?;
+        check(text.contains("/dev/pts/"), || format!("{t:?}: tty said {text:?}"))?;
+        check(o.stderr.is_empty(), || format!("{t:?}: a tty session has no stderr, got {:?}", o.stderr))?;
+    }
+    ctx.remove_pod(&pod.id).await
+}
+
+/// Attach receives the container's output and ends when the container exits.
+pub async fn attach_output(ctx: &Ctx) -> Result<()> {
+    let pod = ctx.run_pod("stream-attach").await?;
+    for (i, t) in [Transport::Spdy("v4.channel.k8s.io"), Transport::WebSocket("v5.channel.k8s.io")].into_iter().enumerate() {
+        let name = format!("attach{i}");
+        let id = ctx.start_container(&pod, &name, &ctx.images.busybox, &["sh", "-c", "sleep 3; echo attached-output; sleep 1"]).await?;
+        let req = cri::AttachRequest { container_id: id.clone(), stdin: false, tty: false, stdout: true, stderr: true };
+        let Some(resp) = unimplemented(ctx.rt().attach(req).await, "Attach")? else {
+            ctx.remove_pod(&pod.id).await?;
+            return skip("Attach is Unimplemented on this runtime");
+        };
+        let o = sc::remotecommand(&resp.into_inner().url, t, &Session { stderr: true, ..Default::default() })
+            .await
+            .with_context(|| format!("{t:?}"))?;
+        check(String::from_utf8_lossy(&o.stdout).contains("attached-output"), || format!("{t:?}: attach stdout {:?}", String::from_utf8_lossy(&o.stdout)))?;
+    }
+    ctx.remove_pod(&pod.id).await
+}
+
+/// PortForward to `busybox httpd` in a pod, over SPDY and WebSocket; a closed port reports an
+/// error instead of hanging.
+pub async fn port_forward(ctx: &Ctx) -> Result<()> {
+    let pod = ctx.run_pod("stream-pf").await?;
+    let id = ctx
+        .start_container(&pod, "httpd", &ctx.images.busybox, &["sh", "-c", "mkdir -p /tmp/www && echo hello-pf > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"])
+        .await?;
+    ctx.wait_container_state(&id, cri::ContainerState::ContainerRunning, Duration::from_secs(30)).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for t in [Transport::Spdy("portforward.k8s.io"), Transport::WebSocket("v4.channel.k8s.io")] {
+        let req = cri::PortForwardRequest { pod_sandbox_id: pod.id.clone(), port: vec![8080] };
+        let Some(resp) = unimplemented(ctx.rt().port_forward(req).await, "PortForward")? else {
+            ctx.remove_pod(&pod.id).await?;
+            return skip("PortForward is Unimplemented on this runtime");
+        };
+        let (got, err) = sc::port_forward(&resp.into_inner().url, t, 8080, b"GET /index.html HTTP/1.0\r\n\r\n").await.with_context(|| format!("{t:?}"))?;
+        let text = String::from_utf8_lossy(&got);
+        check(text.contains("200") && text.contains("hello-pf"), || format!("{t:?}: response {text:?}, error {err:?}"))?;
+    }
+    let req = cri::PortForwardRequest { pod_sandbox_id: pod.id.clone(), port: vec![9] };
+    let url = ctx.rt().port_forward(req).await.context("PortForward port 9")?.into_inner().url;
+    let (got, err) = sc::port_forward(&url, Transport::Spdy("portforward.k8s.io"), 9, b"x").await.context("closed port")?;
+    check(got.is_empty() && !err.is_empty(), || format!("closed port 9: data {got:?}, error text {err:?}"))?;
+    ctx.remove_pod(&pod.id).await
+}
