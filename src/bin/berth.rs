@@ -121,6 +121,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let daemon = Arc::new(berth::daemon::Daemon::open(config, images, store)?);
         berth::sandbox::recover(&daemon).await.context("recovering pod sandboxes")?;
         berth::container::recover(&daemon).await.context("recovering containers")?;
+        let backend = Arc::new(berth::container::streaming::StreamBackend::new(daemon.clone()));
+        let streaming = berth::streaming::server::StreamingServer::start(&daemon.config.streaming, backend)
+            .await
+            .context("starting the streaming server ([streaming] address/port)")?;
+        tracing::info!(address = %streaming.local_addr(), "streaming server (exec/attach/port-forward) listening");
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             tokio::select! {
@@ -129,7 +134,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
             tracing::info!("shutting down; containers keep running under their monitors");
         };
-        berth::server::serve(daemon, &listen, shutdown).await
+        berth::server::serve(daemon, streaming, &listen, shutdown).await
     })
 }
 

@@ -170,8 +170,12 @@ impl Backend for StreamBackend {
         Ok(())
     }
 
-    async fn port_forward(&self, _sandbox_id: &str, _port: u16) -> Result<tokio::net::TcpStream, StreamError> {
-        Err(StreamError::Internal("port_forward: not built yet".into()))
+    async fn port_forward(&self, sandbox_id: &str, port: u16) -> Result<tokio::net::TcpStream, StreamError> {
+        crate::sandbox::port_forward(&self.d, sandbox_id, port).await.map_err(|e| match e {
+            Error::NotFound { .. } => StreamError::NotFound(e.to_string()),
+            Error::FailedPrecondition(_) => StreamError::FailedPrecondition(e.to_string()),
+            e => StreamError::Internal(e.to_string()),
+        })
     }
 }
 

@@ -18,8 +18,13 @@ use std::sync::Arc;
 pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
 
 /// Serves CRI RuntimeService and ImageService on the unix socket `listen` (mode 0660) until
-/// `shutdown` completes. A stale socket file is replaced; its parent directory is created.
-pub async fn serve(d: Arc<Daemon>, listen: &Path, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+/// `shutdown` completes; Exec, Attach and PortForward hand out URLs of `streaming`. A stale socket file is replaced; its parent directory is created.
+pub async fn serve(
+    d: Arc<Daemon>,
+    streaming: Arc<crate::streaming::server::StreamingServer>,
+    listen: &Path,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     use anyhow::Context;
     if let Some(dir) = listen.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -34,7 +39,7 @@ pub async fn serve(d: Arc<Daemon>, listen: &Path, shutdown: impl Future<Output =
     std::fs::set_permissions(listen, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("chmod 0660 {}", listen.display()))?;
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-    let runtime = RuntimeServiceServer::new(runtime::RuntimeServer::new(d.clone()))
+    let runtime = RuntimeServiceServer::new(runtime::RuntimeServer::new(d.clone(), streaming))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
     let images = ImageServiceServer::new(image::ImageServer::new(d.images.clone()))

@@ -3,6 +3,7 @@
 
 use super::convert;
 use crate::daemon::Daemon;
+use crate::streaming::server::{StreamRequest, StreamingServer};
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_server::RuntimeService;
 use std::sync::{Arc, Mutex};
@@ -14,14 +15,20 @@ pub const RUNTIME_API_VERSION: &str = "v1";
 /// RuntimeService over a shared [`Daemon`].
 pub struct RuntimeServer {
     d: Arc<Daemon>,
+    /// The streaming server that serves the URLs Exec, Attach and PortForward return.
+    streaming: Arc<StreamingServer>,
     /// Pod CIDR from the last UpdateRuntimeConfig (kubelet sends the node's).
     pod_cidr: Mutex<String>,
 }
 
 impl RuntimeServer {
-    /// A server for `d`.
-    pub fn new(d: Arc<Daemon>) -> Self {
-        RuntimeServer { d, pod_cidr: Mutex::new(String::new()) }
+    /// A server for `d` whose streaming URLs point at `streaming`.
+    pub fn new(d: Arc<Daemon>, streaming: Arc<StreamingServer>) -> Self {
+        RuntimeServer { d, streaming, pod_cidr: Mutex::new(String::new()) }
+    }
+
+    fn url_for(&self, req: StreamRequest) -> Result<String, Status> {
+        self.streaming.url_for(req).map_err(|e| Status::internal(format!("streaming server: {e}")))
     }
 }
 
@@ -145,16 +152,53 @@ impl RuntimeService for RuntimeServer {
         Ok(Response::new(cri::ExecSyncResponse { stdout: out.stdout, stderr: out.stderr, exit_code: out.exit_code }))
     }
 
-    async fn exec(&self, _req: Request<cri::ExecRequest>) -> R<cri::ExecResponse> {
-        Err(not_built("Exec", "the streaming server comes with issue #3; ExecSync (crictl exec -s) works"))
+    async fn exec(&self, req: Request<cri::ExecRequest>) -> R<cri::ExecResponse> {
+        let req = req.into_inner();
+        if req.cmd.is_empty() || req.cmd[0].is_empty() {
+            return Err(Status::invalid_argument("cmd: must name a command to run"));
+        }
+        let container_id =
+            crate::container::validate_stream(&self.d, &req.container_id, req.tty, req.stdin, req.stdout, req.stderr)?;
+        let url = self.url_for(StreamRequest::Exec {
+            container_id,
+            cmd: req.cmd,
+            tty: req.tty,
+            stdin: req.stdin,
+            stdout: req.stdout,
+            stderr: req.stderr,
+        })?;
+        Ok(Response::new(cri::ExecResponse { url }))
     }
 
-    async fn attach(&self, _req: Request<cri::AttachRequest>) -> R<cri::AttachResponse> {
-        Err(not_built("Attach", "the streaming server comes with issue #3; container output is in its CRI log"))
+    async fn attach(&self, req: Request<cri::AttachRequest>) -> R<cri::AttachResponse> {
+        let req = req.into_inner();
+        let container_id =
+            crate::container::validate_stream(&self.d, &req.container_id, req.tty, req.stdin, req.stdout, req.stderr)?;
+        let url = self.url_for(StreamRequest::Attach {
+            container_id,
+            tty: req.tty,
+            stdin: req.stdin,
+            stdout: req.stdout,
+            stderr: req.stderr,
+        })?;
+        Ok(Response::new(cri::AttachResponse { url }))
     }
 
-    async fn port_forward(&self, _req: Request<cri::PortForwardRequest>) -> R<cri::PortForwardResponse> {
-        Err(not_built("PortForward", "the streaming server comes with issue #3"))
+    async fn port_forward(&self, req: Request<cri::PortForwardRequest>) -> R<cri::PortForwardResponse> {
+        let req = req.into_inner();
+        let mut ports = Vec::with_capacity(req.port.len());
+        for p in &req.port {
+            let port = u16::try_from(*p).ok().filter(|p| *p > 0).ok_or_else(|| {
+                Status::invalid_argument(format!("port: {p} is not a TCP port (1-65535)"))
+            })?;
+            ports.push(port);
+        }
+        let sandbox = crate::sandbox::refresh(&self.d, crate::sandbox::get(&self.d, &req.pod_sandbox_id)?)?;
+        if sandbox.state != crate::sandbox::SandboxState::Ready {
+            return Err(Status::failed_precondition(format!("pod sandbox {} is not ready", sandbox.id)));
+        }
+        let url = self.url_for(StreamRequest::PortForward { sandbox_id: sandbox.id, ports })?;
+        Ok(Response::new(cri::PortForwardResponse { url }))
     }
 
     async fn container_stats(&self, _req: Request<cri::ContainerStatsRequest>) -> R<cri::ContainerStatsResponse> {
