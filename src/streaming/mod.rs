@@ -107,3 +107,5 @@ pub mod server;
 pub mod client;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod interop_tests;

@@ -12,10 +12,12 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-/// Sends every message from `rx` to the socket, then a Close frame; ends on a socket error.
+/// Sends every message from `rx` to the socket, then a Close frame (1000); ends on a socket error.
 pub(crate) fn spawn_ws_writer<S>(
     mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
     mut rx: mpsc::Receiver<Message>,
@@ -29,6 +31,10 @@ where
                 return;
             }
         }
+        // 1000 Normal Closure: client-go's v5 reader takes only that code as a clean EOF
+        // (an empty Close, 1005, fails the session with "error reading from error stream").
+        let normal = CloseFrame { code: CloseCode::Normal, reason: "".into() };
+        let _ = sink.send(Message::Close(Some(normal))).await;
         let _ = sink.close().await;
     })
 }

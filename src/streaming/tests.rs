@@ -93,8 +93,8 @@ async fn echo_server() -> (u16, tokio::task::JoinHandle<()>) {
     (port, h)
 }
 
-struct Env {
-    srv: Arc<StreamingServer>,
+pub(super) struct Env {
+    pub(super) srv: Arc<StreamingServer>,
     dropped: Arc<AtomicBool>,
     echo: tokio::task::JoinHandle<()>,
 }
@@ -106,7 +106,7 @@ impl Drop for Env {
     }
 }
 
-async fn env() -> Env {
+pub(super) async fn env() -> Env {
     let (echo_port, echo) = echo_server().await;
     let dropped = Arc::new(AtomicBool::new(false));
     let cfg = StreamingConfig { address: "127.0.0.1".into(), port: 0 };
