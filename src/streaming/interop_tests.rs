@@ -217,6 +217,7 @@ async fn kubectl_port_forward_spdy_and_websocket() {
         let _ = child.start_kill();
         let _ = child.wait().await;
     }
-    eprintln!("kubectl port-forward upgrades: {:?}", seen.lock().unwrap());
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen, ["portforward spdy/3.1", "portforward websocket"], "kubectl used SPDY, then SPDY tunnelled in WebSocket");
     h.abort();
 }

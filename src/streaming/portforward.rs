@@ -133,6 +133,50 @@ where
     session.close();
 }
 
+/// Carries a byte stream in WebSocket binary messages (the `SPDY/3.1+portforward.k8s.io`
+/// tunnel): returns the local end of a pipe whose bytes travel as binary messages; a Close or
+/// error from the client is EOF, EOF from the local side sends a 1000 Close.
+pub fn ws_byte_tunnel<S>(ws: WebSocketStream<S>) -> tokio::io::DuplexStream
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    use futures_util::SinkExt;
+    let (local, remote) = tokio::io::duplex(64 * 1024);
+    let (mut rd, mut wr) = tokio::io::split(remote);
+    let (mut sink, mut source) = ws.split();
+    tokio::spawn(async move {
+        while let Some(Ok(m)) = source.next().await {
+            match m {
+                Message::Binary(d) => {
+                    if wr.write_all(&d).await.is_err() {
+                        break;
+                    }
+                }
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if sink.send(Message::binary(buf[..n].to_vec())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
+        let _ = sink.send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() }))).await;
+        let _ = sink.close().await;
+    });
+    local
+}
+
 /// Serves one WebSocket port-forward connection for `ports` (non-empty).
 pub async fn serve_ws<S>(ws: WebSocketStream<S>, choice: WsChoice, sandbox_id: String, ports: Vec<u16>, backend: Arc<dyn Backend>)
 where

@@ -59,7 +59,13 @@ pub struct WsChoice {
     pub base64: bool,
     /// The `Sec-WebSocket-Protocol` value to send back ("" = send no header).
     pub answer: String,
+    /// `SPDY/3.1+portforward.k8s.io`: SPDY frames tunnelled in binary messages (kubectl ≥ 1.31
+    /// port-forward over WebSocket); `version`/`base64` are then meaningless.
+    pub spdy_tunnel: bool,
 }
+
+/// The WebSocket subprotocol that tunnels a SPDY `portforward.k8s.io` session.
+pub const SPDY_TUNNEL_PROTOCOL: &str = "SPDY/3.1+portforward.k8s.io";
 
 /// Splits a header's comma-separated values (`X-Stream-Protocol-Version` may also repeat).
 pub fn split_values<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<String> {
@@ -104,18 +110,21 @@ fn ws_parse(name: &str) -> Option<(RcVersion, bool)> {
 
 /// Negotiates a WebSocket subprotocol for exec/attach (`v5.`, `v4.`, legacy `channel.k8s.io`,
 /// each also as `base64.`) or, with `portforward`, for port-forward (`v4.` and the legacy names;
-/// kubelet's port-forward WebSocket has no v5). No offer = legacy binary framing. `None`: the
+/// kubelet's port-forward WebSocket has no v5; plus the SPDY tunnel). No offer = legacy binary framing. `None`: the
 /// client offered only unknown protocols.
 pub fn negotiate_ws(offered: &[String], portforward: bool) -> Option<WsChoice> {
     if offered.is_empty() {
-        return Some(WsChoice { version: RcVersion::V1, base64: false, answer: String::new() });
+        return Some(WsChoice { version: RcVersion::V1, base64: false, answer: String::new(), spdy_tunnel: false });
     }
     offered.iter().find_map(|o| {
+        if portforward && o == SPDY_TUNNEL_PROTOCOL {
+            return Some(WsChoice { version: RcVersion::V1, base64: false, answer: o.clone(), spdy_tunnel: true });
+        }
         let (version, base64) = ws_parse(o)?;
         if portforward && version == RcVersion::V5 {
             return None;
         }
-        Some(WsChoice { version, base64, answer: o.clone() })
+        Some(WsChoice { version, base64, answer: o.clone(), spdy_tunnel: false })
     })
 }
 
@@ -148,7 +157,8 @@ mod tests {
         assert_eq!((c.version, c.base64), (RcVersion::V1, true));
         assert_eq!(negotiate_ws(&[], false).unwrap().version, RcVersion::V1);
         assert!(negotiate_ws(&v(&["v5.channel.k8s.io"]), true).is_none());
-        assert!(negotiate_ws(&v(&["SPDY/3.1+portforward.k8s.io"]), true).is_none());
+        assert!(negotiate_ws(&v(&["SPDY/3.1+portforward.k8s.io"]), true).unwrap().spdy_tunnel);
+        assert!(negotiate_ws(&v(&["SPDY/3.1+portforward.k8s.io"]), false).is_none());
         assert!(negotiate_ws(&v(&["v3.channel.k8s.io"]), false).is_none());
     }
 }

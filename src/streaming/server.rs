@@ -230,7 +230,7 @@ async fn handle(inner: Arc<Inner>, mut req: Request<Incoming>) -> Result<Resp, I
             return Ok(text(StatusCode::BAD_REQUEST, format!("unable to negotiate a websocket subprotocol: client offered {offered:?}")));
         };
         if let StreamRequest::PortForward { ports, .. } = &sreq {
-            if ports.is_empty() {
+            if ports.is_empty() && !choice.spdy_tunnel {
                 return Ok(text(StatusCode::BAD_REQUEST, "port-forward over websocket needs the ports in the PortForward request"));
             }
         }
@@ -246,6 +246,9 @@ async fn handle(inner: Arc<Inner>, mut req: Request<Incoming>) -> Result<Resp, I
             };
             let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
             match sreq {
+                StreamRequest::PortForward { sandbox_id, ports } if choice.spdy_tunnel => {
+                    super::portforward::serve_spdy(super::portforward::ws_byte_tunnel(ws), sandbox_id, ports, backend).await
+                }
                 StreamRequest::PortForward { sandbox_id, ports } => {
                     super::portforward::serve_ws(ws, choice, sandbox_id, ports, backend).await
                 }
