@@ -64,9 +64,8 @@ async fn forward_pair(mut error: Stream, mut data: Stream, sandbox_id: String, a
             .port_forward(&sandbox_id, port)
             .await
             .map_err(|e| format!("error forwarding port {port} to pod {sandbox_id}: {e}"))?;
-        tokio::io::copy_bidirectional(&mut data, &mut tcp)
+        copy_until_one_side_ends(&mut data, &mut tcp)
             .await
-            .map(|_| ())
             .map_err(|e| format!("error forwarding port {port} to pod {sandbox_id}: copying: {e}"))
     }
     .await;
@@ -76,6 +75,37 @@ async fn forward_pair(mut error: Stream, mut data: Stream, sandbox_id: String, a
     }
     let _ = data.shutdown().await;
     let _ = error.shutdown().await;
+}
+
+/// After one direction ended, how long the other may still run (containerd: 1 s, as socat).
+pub const HALF_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Copies both ways; once either direction reached EOF (and was half-closed on the other
+/// side), the other gets [`HALF_CLOSE_GRACE`] to finish, then both end. client-go waits for the
+/// error stream's EOF after the pod side closed, so waiting for the client's FIN would hang.
+pub async fn copy_until_one_side_ends(data: &mut Stream, tcp: &mut tokio::net::TcpStream) -> std::io::Result<()> {
+    let (mut dr, mut dw) = tokio::io::split(data);
+    let (mut tr, mut tw) = tcp.split();
+    let up = async {
+        let r = tokio::io::copy(&mut dr, &mut tw).await;
+        let _ = tw.shutdown().await;
+        r
+    };
+    let down = async {
+        let r = tokio::io::copy(&mut tr, &mut dw).await;
+        let _ = dw.shutdown().await;
+        r
+    };
+    tokio::pin!(up, down);
+    let (first, second) = tokio::select! {
+        r = &mut up => (r, tokio::time::timeout(HALF_CLOSE_GRACE, &mut down).await),
+        r = &mut down => (r, tokio::time::timeout(HALF_CLOSE_GRACE, &mut up).await),
+    };
+    first?;
+    if let Ok(r) = second {
+        r?;
+    }
+    Ok(())
 }
 
 /// Serves one SPDY port-forward connection until the client closes it.
