@@ -101,13 +101,15 @@ async fn spdy_rc(url: &str, proto: &str, s: &Session) -> Result<Output> {
     if chosen.as_deref() != Some(proto) {
         bail!("server negotiated {chosen:?}, offered {proto}");
     }
-    let err = sess.open_stream(hdr(&[("streamType", "error")]), true).await?;
+    // As client-go: every stream opened without FIN (moby/spdystream resets a SYN_STREAM that
+    // carries FIN), and only stdin is ever half-closed.
+    let err = sess.open_stream(hdr(&[("streamType", "error")]), false).await?;
     let mut stdin = match &s.stdin {
         Some(_) => Some(sess.open_stream(hdr(&[("streamType", "stdin")]), false).await?),
         None => None,
     };
-    let out = sess.open_stream(hdr(&[("streamType", "stdout")]), true).await?;
-    let errs = if s.stderr && !s.tty { Some(sess.open_stream(hdr(&[("streamType", "stderr")]), true).await?) } else { None };
+    let out = sess.open_stream(hdr(&[("streamType", "stdout")]), false).await?;
+    let errs = if s.stderr && !s.tty { Some(sess.open_stream(hdr(&[("streamType", "stderr")]), false).await?) } else { None };
     let has_resize = s.tty && !matches!(proto, "channel.k8s.io" | "v2.channel.k8s.io");
     let mut resize = if has_resize { Some(sess.open_stream(hdr(&[("streamType", "resize")]), false).await?) } else { None };
     if let (Some(r), Some((w, h))) = (resize.as_mut(), s.resize) {
@@ -171,7 +173,9 @@ pub async fn port_forward(url: &str, t: Transport, port: u16, payload: &[u8]) ->
         Transport::Spdy(proto) => {
             let (sess, _) = up::spdy(url, &[proto]).await?;
             let p = port.to_string();
-            let err = sess.open_stream(hdr(&[("streamType", "error"), ("port", &p), ("requestID", "0")]), true).await?;
+            // client-go: open the error stream, then half-close it ("we're not writing to it").
+            let mut err = sess.open_stream(hdr(&[("streamType", "error"), ("port", &p), ("requestID", "0")]), false).await?;
+            err.shutdown().await?;
             let mut data = sess.open_stream(hdr(&[("streamType", "data"), ("port", &p), ("requestID", "0")]), false).await?;
             data.write_all(payload).await?;
             let err = read_all(err);
