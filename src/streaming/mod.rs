@@ -9,9 +9,10 @@
 //! which `container::streaming` implements over the daemon.
 //!
 //! - [`spdy`]: the SPDY/3.1 framing, header compression and stream multiplexer (client and server).
-//! - `server`: the HTTP server, routes and upgrades; `token`: single-use expiring URL tokens;
-//!   `remotecommand`: exec/attach stream protocols; `portforward`: port-forward protocols;
-//!   `websocket`: the WebSocket channel framing.
+//! - [`server`]: the HTTP server, routes and upgrades; [`token`]: single-use expiring URL tokens;
+//!   [`protocol`]: version negotiation; [`remotecommand`]: exec/attach status and glue, with
+//!   [`rc_spdy`] and [`rc_websocket`] per transport; [`portforward`]: port-forward on both;
+//!   [`websocket`]: the WebSocket channel framing; [`client`]: the upgrade client (tests, conformance).
 
 pub mod spdy;
 
@@ -96,16 +97,17 @@ pub trait Backend: Send + Sync + 'static {
 }
 
 pub mod base64;
+pub mod client;
+pub mod portforward;
 pub mod protocol;
+pub mod rc_spdy;
+pub mod rc_websocket;
+pub mod remotecommand;
+pub mod server;
 pub mod token;
 pub mod websocket;
-pub mod remotecommand;
-pub mod rc_websocket;
-pub mod portforward;
-pub mod rc_spdy;
-pub mod server;
-pub mod client;
-#[cfg(test)]
-mod tests;
+
 #[cfg(test)]
 mod interop_tests;
+#[cfg(test)]
+mod tests;

@@ -55,6 +55,15 @@ impl Backend for Fake {
                 }
                 Ok(0)
             }
+            ["big"] => {
+                let chunk = vec![b'x'; 64 * 1024];
+                if let Some(o) = io.stdout.as_mut() {
+                    for _ in 0..32 {
+                        o.write_all(&chunk).await.ok();
+                    }
+                }
+                Ok(7)
+            }
             ["sleep"] => {
                 let _guard = SetOnDrop(self.dropped.clone());
                 tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -316,4 +325,72 @@ async fn attach_over_spdy_v1_without_protocol_header() {
     err.read_to_end(&mut c).await.unwrap();
     assert_eq!(a, b"attached\n");
     assert!(c.is_empty());
+}
+
+#[tokio::test]
+async fn big_output_drains_before_the_status() {
+    let e = env().await;
+    let url = e.srv.url_for(exec("big", false, false)).unwrap();
+    let (mut ws, _) = client::websocket(&url, &["v5.base64.channel.k8s.io"]).await.unwrap();
+    let out = ws_collect(&mut ws, true).await;
+    assert_eq!(out[1].len(), 2 * 1024 * 1024);
+    assert!(String::from_utf8_lossy(&out[3]).contains("NonZeroExitCode"));
+
+    let url = e.srv.url_for(exec("big", false, false)).unwrap();
+    let (s, _) = client::spdy(&url, &["v4.channel.k8s.io"]).await.unwrap();
+    let mut err = s.open_stream(h(&[("streamType", "error")]), false).await.unwrap();
+    let mut out = s.open_stream(h(&[("streamType", "stdout")]), false).await.unwrap();
+    let _errs = s.open_stream(h(&[("streamType", "stderr")]), false).await.unwrap();
+    let mut a = Vec::new();
+    out.read_to_end(&mut a).await.unwrap();
+    let mut c = Vec::new();
+    err.read_to_end(&mut c).await.unwrap();
+    assert_eq!(a.len(), 2 * 1024 * 1024);
+    assert!(String::from_utf8_lossy(&c).contains(r#""message":"7""#));
+}
+
+#[tokio::test]
+async fn port_forward_moves_megabytes_both_ways() {
+    let e = env().await;
+    let payload: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let url = e.srv.url_for(StreamRequest::PortForward { sandbox_id: "p1".into(), ports: vec![80] }).unwrap();
+    let (s, _) = client::spdy(&url, &["portforward.k8s.io"]).await.unwrap();
+    let mut er = s.open_stream(h(&[("streamType", "error"), ("port", "80"), ("requestID", "1")]), false).await.unwrap();
+    er.shutdown().await.unwrap();
+    let data = s.open_stream(h(&[("streamType", "data"), ("port", "80"), ("requestID", "1")]), false).await.unwrap();
+    let (mut r, mut w) = tokio::io::split(data);
+    let p2 = payload.clone();
+    let writer = tokio::spawn(async move {
+        w.write_all(&p2).await.unwrap();
+        w.shutdown().await.unwrap();
+    });
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), r.read_to_end(&mut got)).await.unwrap().unwrap();
+    writer.await.unwrap();
+    assert!(got == payload, "SPDY port-forward: {} bytes back of {}", got.len(), payload.len());
+    s.close();
+
+    let url = e.srv.url_for(StreamRequest::PortForward { sandbox_id: "p1".into(), ports: vec![80] }).unwrap();
+    let (ws, _) = client::websocket(&url, &["v4.channel.k8s.io"]).await.unwrap();
+    let (mut sink, mut source) = ws.split();
+    let p2 = payload.clone();
+    let writer = tokio::spawn(async move {
+        for c in p2.chunks(32 * 1024) {
+            sink.send(super::websocket::encode(false, 0, c)).await.unwrap();
+        }
+        sink
+    });
+    let mut got = Vec::new();
+    let mut first = true;
+    while got.len() < payload.len() {
+        let m = tokio::time::timeout(Duration::from_secs(30), source.next()).await.unwrap().unwrap().unwrap();
+        if let Ok(Some(super::websocket::Frame::Data { channel: 0, data })) = super::websocket::decode(false, false, &m) {
+            if std::mem::take(&mut first) {
+                continue;
+            }
+            got.extend_from_slice(&data);
+        }
+    }
+    assert!(got == payload, "WebSocket port-forward: {} bytes back", got.len());
+    let _ = writer.await.unwrap().close().await;
 }
