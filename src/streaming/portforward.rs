@@ -178,9 +178,7 @@ where
         while let Some(Ok(m)) = source.next().await {
             match m {
                 Message::Binary(d) => {
-                    if wr.write_all(&d).await.is_err() {
-                        break;
-                    }
+                    let Ok(()) = wr.write_all(&d).await else { break };
                 }
                 Message::Close(_) => break,
                 _ => {}
