@@ -101,13 +101,26 @@ async fn fin_reset_and_headers() {
     c.read_to_end(&mut got).await.expect("read");
     assert_eq!(got, b"status");
     assert!(c.write_all(b"x").await.is_err(), "writing after our FIN fails");
-    // RST: both reader and writer of the other side get errors.
+    // RST with an error status: both reader and writer of the other side get errors.
     let mut c2 = client.open_stream(hv(&[("streamtype", "stdout")]), false).await.expect("open");
     let s2 = accept.recv().await.expect("accept");
-    s2.reset(rst::CANCEL);
+    s2.reset(rst::INTERNAL_ERROR);
     let e = c2.read(&mut [0u8; 8]).await.expect_err("read after RST");
     assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset);
     assert!(c2.write_all(b"x").await.is_err());
+    // RST CANCEL right after data (what kubelet-style servers do after writing the exit status):
+    // the data is still read, then EOF, as moby/spdystream delivers it; writing fails.
+    let mut c3 = client.open_stream(hv(&[("streamtype", "error")]), false).await.expect("open");
+    let mut s3 = accept.recv().await.expect("accept");
+    s3.write_all(b"exit status").await.expect("write");
+    s3.flush().await.expect("flush");
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    s3.reset(rst::CANCEL);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let mut got = Vec::new();
+    c3.read_to_end(&mut got).await.expect("data then EOF after a peer CANCEL");
+    assert_eq!(got, b"exit status");
+    assert!(c3.write_all(b"x").await.is_err(), "writing after the peer reset fails");
     // Server-opened streams use even ids (the client refuses them: it has no acceptor).
     let e = server.open_stream(hv(&[("a", "b")]), false).await.expect_err("client refuses");
     assert!(matches!(e, SpdyError::Reset { status: rst::REFUSED_STREAM, .. }), "{e}");

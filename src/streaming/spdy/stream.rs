@@ -92,8 +92,18 @@ impl AsyncRead for Stream {
         let Some(s) = st.streams.get_mut(&id) else {
             return Poll::Ready(Err(io::Error::new(io::ErrorKind::NotConnected, format!("SPDY stream {id} is gone"))));
         };
+        // A peer reset keeps what it sent before: kubelet-style servers (containerd's, CRI-O's)
+        // write the exit status on the error stream and reset every stream right after, so the
+        // buffered data is delivered first and the reset then reads as EOF, as moby/spdystream
+        // does. A reset of our own (or a protocol error) fails the read at once.
         if let Some(status) = s.reset {
-            return Poll::Ready(Err(reset_error(id, status, s.reset_by_peer)));
+            if s.reset_by_peer && !s.recv.is_empty() {
+                // Deliver what the peer sent before it reset (below).
+            } else if s.reset_by_peer && status == RST_CANCEL {
+                return Poll::Ready(Ok(()));
+            } else {
+                return Poll::Ready(Err(reset_error(id, status, s.reset_by_peer)));
+            }
         }
         if !s.recv.is_empty() {
             let mut n = 0;
