@@ -5,6 +5,7 @@
 //! `network`, `state`). Lower modules never reach up into `server`.
 #![deny(unsafe_code)]
 
+pub mod base64;
 pub mod cleanup;
 pub mod config;
 pub mod container;

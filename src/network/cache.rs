@@ -115,59 +115,12 @@ pub fn split_cni_args(args: &str) -> Vec<[String; 2]> {
 mod b64 {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-    pub fn encode(data: &[u8]) -> String {
-        let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-        for chunk in data.chunks(3) {
-            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
-    }
-
-    pub fn decode(s: &str) -> Result<Vec<u8>, String> {
-        let s = s.trim_end_matches('=');
-        let mut out = Vec::with_capacity(s.len() * 3 / 4);
-        let (mut acc, mut bits) = (0u32, 0u32);
-        for c in s.bytes() {
-            let v = ALPHABET.iter().position(|&a| a == c).ok_or_else(|| format!("invalid base64 character {:?}", c as char))?;
-            acc = (acc << 6) | v as u32;
-            bits += 6;
-            if bits >= 8 {
-                bits -= 8;
-                out.push((acc >> bits) as u8);
-                acc &= (1 << bits) - 1;
-            }
-        }
-        Ok(out)
-    }
-
     pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&encode(v))
+        s.serialize_str(&crate::base64::encode_std(v))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let s = String::deserialize(d)?;
-        decode(&s).map_err(serde::de::Error::custom)
-    }
-
-    #[cfg(test)]
-    mod tests {
-        #[test]
-        fn round_trips_rfc4648_vectors() {
-            for (plain, enc) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")] {
-                assert_eq!(super::encode(plain.as_bytes()), enc);
-                assert_eq!(super::decode(enc).unwrap(), plain.as_bytes());
-            }
-            assert!(super::decode("Zm9v!").is_err());
-        }
+        crate::base64::decode_std(s.as_bytes()).map_err(serde::de::Error::custom)
     }
 }

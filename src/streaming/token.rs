@@ -29,7 +29,7 @@ pub struct TokenError(#[from] std::io::Error);
 fn random_token() -> Result<String, TokenError> {
     let mut buf = [0u8; 32];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
-    Ok(super::base64::encode_url(&buf))
+    Ok(crate::base64::encode_url(&buf))
 }
 
 impl<T> TokenCache<T> {

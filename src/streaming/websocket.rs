@@ -5,7 +5,7 @@
 //! messages whose first character is the channel as an ASCII digit and the rest the payload in
 //! standard base64. v5 adds the close signal: byte 255 followed by the channel to half-close.
 
-use super::base64;
+use crate::base64;
 use bytes::Bytes;
 use tokio_tungstenite::tungstenite::Message;
 
