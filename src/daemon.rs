@@ -114,6 +114,8 @@ pub struct Daemon {
     /// What this host lets containers have (capabilities, nofile limit, cgroup layout), probed
     /// once at start rather than on every CreateContainer.
     pub host_facts: crate::container::spec::HostFacts,
+    /// Container and pod sandbox lifecycle events (CRI GetContainerEvents).
+    pub events: crate::events::EventBus,
 }
 
 impl Daemon {
@@ -166,6 +168,7 @@ impl Daemon {
             locks: Mutex::new(HashMap::new()),
             own_oom_score_adj,
             host_facts: crate::container::spec::HostFacts::probe(),
+            events: crate::events::EventBus::default(),
         })
     }
 

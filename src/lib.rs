@@ -10,6 +10,7 @@ pub mod cleanup;
 pub mod config;
 pub mod container;
 pub mod daemon;
+pub mod events;
 pub mod image;
 pub mod monitor;
 pub mod network;

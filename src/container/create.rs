@@ -168,6 +168,7 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
     match result {
         Ok(()) => {
             undo.commit();
+            crate::events::container_event(d, crate::events::ContainerEventKind::Created, &record);
             tracing::info!(parent: &span, "container created");
             Ok(id)
         }

@@ -31,7 +31,8 @@ pub async fn start(d: &Daemon, id: &str) -> Result<()> {
         r.started_at = started_at;
         r.state = ContainerState::Running;
         d.store.put(CONTAINERS, &r.id, &r)?;
-        // It may already have exited: fold the exit file in now.
+        crate::events::container_event(d, crate::events::ContainerEventKind::Started, &r);
+        // It may already have exited: fold the exit file in now (that publishes STOPPED).
         super::refresh(d, r)?;
         tracing::info!("container started");
         Ok(())
@@ -84,6 +85,7 @@ async fn stop_locked(d: &Daemon, r: ContainerRecord, timeout: i64) -> Result<Con
 fn finish(d: &Daemon, r: ContainerRecord, ended: &super::liveness::Ended) -> Result<ContainerRecord> {
     let r = super::apply_end(r, ended);
     d.store.put(CONTAINERS, &r.id, &r)?;
+    crate::events::container_event(d, crate::events::ContainerEventKind::Stopped, &r);
     tracing::info!(exit_code = r.exit_code, "container stopped");
     Ok(r)
 }
@@ -112,6 +114,11 @@ pub async fn remove(d: &Daemon, id: &str) -> Result<()> {
         d.images.release_layers(&r.id).await?;
         d.store.delete(CONTAINERS, &r.id)?;
         d.release_name(&r.name_key, &r.id);
+        // A container removed before anyone saw it stop still gets its STOPPED first.
+        if r.state == ContainerState::Exited {
+            crate::events::container_event(d, crate::events::ContainerEventKind::Stopped, &r);
+        }
+        crate::events::container_event(d, crate::events::ContainerEventKind::Deleted, &r);
         tracing::info!("container removed");
         Ok(())
     }

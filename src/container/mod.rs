@@ -167,6 +167,7 @@ pub fn refresh(d: &Daemon, r: ContainerRecord) -> Result<ContainerRecord> {
         Some(ended) => {
             let r = apply_end(r, &ended);
             d.store.put(CONTAINERS, &r.id, &r)?;
+            crate::events::container_event(d, crate::events::ContainerEventKind::Stopped, &r);
             Ok(r)
         }
         None => Ok(r),

@@ -200,6 +200,8 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
     match result {
         Ok(()) => {
             undo.commit();
+            crate::events::sandbox_event(d, crate::events::ContainerEventKind::Created, &record);
+            crate::events::sandbox_event(d, crate::events::ContainerEventKind::Started, &record);
             tracing::info!("pod sandbox ready");
             Ok(id)
         }

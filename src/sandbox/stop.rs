@@ -61,6 +61,7 @@ async fn stop_locked(d: &Daemon, mut r: SandboxRecord) -> Result<()> {
     }
     r.state = SandboxState::NotReady;
     d.store.put(SANDBOXES, &r.id, &r)?;
+    crate::events::sandbox_event(d, crate::events::ContainerEventKind::Stopped, &r);
     tracing::info!("pod sandbox stopped");
     Ok(())
 }
@@ -76,6 +77,7 @@ pub async fn remove(d: &Daemon, id: &str) -> Result<()> {
     async {
         let id = r.id.clone();
         let name_key = SandboxRecord::name_key(&r.config);
+        let last = r.clone();
         stop_locked(d, r).await?;
         for c in crate::container::list_in_sandbox(d, &id)? {
             crate::container::remove(d, &c.id).await?;
@@ -86,6 +88,9 @@ pub async fn remove(d: &Daemon, id: &str) -> Result<()> {
         }
         d.store.delete(SANDBOXES, &id)?;
         d.release_name(&name_key, &id);
+        let mut last = last;
+        last.state = SandboxState::NotReady;
+        crate::events::sandbox_event(d, crate::events::ContainerEventKind::Deleted, &last);
         tracing::info!("pod sandbox removed");
         Ok::<(), Error>(())
     }

@@ -283,8 +283,37 @@ impl RuntimeService for RuntimeServer {
     type GetContainerEventsStream =
         std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send + 'static>>;
 
+    /// A stream of every container and pod sandbox event from now on (see [`crate::events`]);
+    /// it ends with Aborted when this client fell more than `events::EVENT_BUFFER` events behind
+    /// (kubelet then relists).
     async fn get_container_events(&self, _req: Request<cri::GetEventsRequest>) -> R<Self::GetContainerEventsStream> {
-        Err(not_built("GetContainerEvents", "container events come with issue #4"))
+        use crate::events::{ContainerEvent, ContainerEventKind as K};
+        fn encode(ev: &ContainerEvent) -> cri::ContainerEventResponse {
+            let kind = match ev.kind {
+                K::Created => cri::ContainerEventType::ContainerCreatedEvent,
+                K::Started => cri::ContainerEventType::ContainerStartedEvent,
+                K::Stopped => cri::ContainerEventType::ContainerStoppedEvent,
+                K::Deleted => cri::ContainerEventType::ContainerDeletedEvent,
+            };
+            cri::ContainerEventResponse {
+                container_id: ev.container_id.clone(),
+                container_event_type: kind as i32,
+                created_at: ev.created_at,
+                pod_sandbox_status: ev.sandbox.as_ref().map(convert::pod_sandbox_status),
+                containers_statuses: ev.containers.iter().map(convert::container_status).collect(),
+            }
+        }
+        crate::events::start_exit_watcher(&self.d);
+        let sub = self.d.events.subscribe();
+        let stream = futures_util::stream::unfold(Some(sub), |sub| async move {
+            let mut sub = sub?;
+            match sub.recv().await {
+                Ok(Some(ev)) => Some((Ok(encode(&ev)), Some(sub))),
+                Ok(None) => None,
+                Err(lagged) => Some((Err(Status::aborted(lagged.to_string())), None)),
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn list_metric_descriptors(&self, _req: Request<cri::ListMetricDescriptorsRequest>) -> R<cri::ListMetricDescriptorsResponse> {
