@@ -19,6 +19,7 @@ pub mod pause;
 pub mod sandbox;
 pub mod server;
 pub mod state;
+pub mod stats;
 pub mod storage;
 pub mod streaming;
 pub mod util;

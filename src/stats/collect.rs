@@ -1,0 +1,286 @@
+//! CRI stats messages from container and sandbox records: ContainerStats, ListContainerStats,
+//! PodSandboxStats, ListPodSandboxStats.
+//!
+//! Which objects have stats (as containerd's CRI plugin): only RUNNING containers and READY pod
+//! sandboxes. A list skips the others (and a container that stopped while being read); asking for
+//! one of them by ID is FailedPrecondition. Every function here does blocking file I/O (cgroupfs,
+//! procfs, a walk of the writable layer): call it from `spawn_blocking`.
+//!
+//! A pod's CPU and memory are those of its cgroup parent when the pod has a parent of its own
+//! (kubelet's `/kubepods/.../pod<uid>`), and the sum of its infra and container cgroups when it
+//! uses berth's shared default parent (`cgroup_parent` in the config). Network figures are read
+//! from `/proc/<infra pid>/net/dev`, which shows the pod's network namespace; host-network pods
+//! have none.
+
+use super::cgroup::{self, CgroupStats};
+use super::{caches, host_layout, parse, StatsError};
+use crate::container::spec::cgroups_path;
+use crate::container::{ContainerPaths, ContainerRecord, ContainerState};
+use crate::daemon::{Daemon, Error, Result};
+use crate::sandbox::{SandboxRecord, SandboxState};
+use k8s_cri::v1 as cri;
+use std::collections::HashMap;
+
+fn u64v(value: u64) -> Option<cri::UInt64Value> {
+    Some(cri::UInt64Value { value })
+}
+
+/// The error for an object whose cgroup could not be read.
+fn stats_error(kind: &str, id: &str, e: StatsError) -> Error {
+    match e {
+        StatsError::NoCgroup { .. } => Error::FailedPrecondition(format!("{kind} {id}: no stats: {e}")),
+        StatsError::Io { path, source } => Error::Io { context: format!("{kind} {id}: reading {}", path.display()), source },
+    }
+}
+
+/// CRI CPU and memory usage of a cgroup's figures at `now` (ns); `rate_key` names the object in
+/// the rate cache.
+fn cpu_memory(s: &CgroupStats, rate_key: &str, now: i64) -> (Option<cri::CpuUsage>, Option<cri::MemoryUsage>) {
+    let cpu = s.cpu_usage_ns.map(|ns| cri::CpuUsage {
+        timestamp: now,
+        usage_core_nano_seconds: u64v(ns),
+        usage_nano_cores: caches().0.nano_cores(rate_key, now, ns).map(|value| cri::UInt64Value { value }),
+    });
+    let memory = s.memory.map(|m| cri::MemoryUsage {
+        timestamp: now,
+        working_set_bytes: u64v(m.working_set),
+        available_bytes: m.available().and_then(u64v),
+        usage_bytes: u64v(m.usage),
+        rss_bytes: u64v(m.rss),
+        page_faults: u64v(m.page_faults),
+        major_page_faults: u64v(m.major_page_faults),
+    });
+    (cpu, memory)
+}
+
+/// The mount point reported for container writable layers: `<root>/containers`.
+pub fn container_fs_root(d: &Daemon) -> std::path::PathBuf {
+    d.config.root.join("containers")
+}
+
+/// Stats of one running container in a pod whose cgroup parent is `parent`, with its raw
+/// cgroup figures (for pod sums).
+fn one_container(d: &Daemon, r: &ContainerRecord, parent: &str) -> Result<(cri::ContainerStats, CgroupStats)> {
+    let now = crate::util::now_nanos();
+    let raw = cgroup::read(host_layout(), &cgroups_path(parent, &r.id)).map_err(|e| stats_error("container", &r.id, e))?;
+    let (cpu, memory) = cpu_memory(&raw, &r.id, now);
+    let upper = ContainerPaths::new(d, &r.id).state.join("upper");
+    let writable_layer = match caches().1.usage(&upper) {
+        Ok((bytes, inodes)) => Some(cri::FilesystemUsage {
+            timestamp: now,
+            fs_id: Some(cri::FilesystemIdentifier { mountpoint: container_fs_root(d).to_string_lossy().into_owned() }),
+            used_bytes: u64v(bytes),
+            inodes_used: u64v(inodes),
+        }),
+        Err(e) => {
+            tracing::debug!(container = %r.id, error = %e, "writable layer usage unavailable");
+            None
+        }
+    };
+    let stats = cri::ContainerStats {
+        attributes: Some(cri::ContainerAttributes {
+            id: r.id.clone(),
+            metadata: r.config.metadata.clone(),
+            labels: r.config.labels.clone(),
+            annotations: r.config.annotations.clone(),
+        }),
+        cpu,
+        memory,
+        writable_layer,
+        swap: None,
+    };
+    Ok((stats, raw))
+}
+
+fn sandboxes_by_id(d: &Daemon) -> Result<HashMap<String, SandboxRecord>> {
+    Ok(crate::sandbox::list(d)?.into_iter().map(|s| (s.id.clone(), s)).collect())
+}
+
+/// CRI ContainerStats of container `id` (full ID or unique prefix).
+///
+/// Errors: NotFound / InvalidArgument as `container::get`; FailedPrecondition when it is not
+/// running or its cgroup is gone; Io when a cgroup file cannot be read.
+pub fn container_stats(d: &Daemon, id: &str) -> Result<cri::ContainerStats> {
+    let r = crate::container::get(d, id)?;
+    if r.state != ContainerState::Running {
+        return Err(Error::FailedPrecondition(format!(
+            "container {}: is {:?}; only running containers have stats",
+            r.id, r.state
+        )));
+    }
+    let sb = crate::sandbox::get(d, &r.sandbox_id)?;
+    Ok(one_container(d, &r, &sb.cgroup_parent)?.0)
+}
+
+/// Whether a container matches a CRI `ContainerStatsFilter`: `id` and `pod_sandbox_id` as
+/// prefixes (full IDs work too), every `label_selector` pair present.
+pub fn container_filter_matches(r: &ContainerRecord, f: &cri::ContainerStatsFilter) -> bool {
+    r.id.starts_with(&f.id)
+        && r.sandbox_id.starts_with(&f.pod_sandbox_id)
+        && f.label_selector.iter().all(|(k, v)| r.config.labels.get(k) == Some(v))
+}
+
+/// CRI ListContainerStats: stats of every running container matching `filter`.
+/// Errors: the store's; unreadable cgroup files (Io).
+pub fn list_container_stats(d: &Daemon, filter: &cri::ContainerStatsFilter) -> Result<Vec<cri::ContainerStats>> {
+    let sandboxes = sandboxes_by_id(d)?;
+    let mut out = Vec::new();
+    for r in crate::container::list(d)? {
+        if r.state != ContainerState::Running || !container_filter_matches(&r, filter) {
+            continue;
+        }
+        let Some(sb) = sandboxes.get(&r.sandbox_id) else { continue };
+        match one_container(d, &r, &sb.cgroup_parent) {
+            Ok((s, _)) => out.push(s),
+            Err(Error::FailedPrecondition(m)) => tracing::debug!(container = %r.id, "skipped: {m}"),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// Network usage of a pod from `/proc/<infra_pid>/net/dev`; `None` for host-network pods, an
+/// infra that is not running, or an unreadable file. The default interface is `eth0` (the CNI
+/// convention kubelet uses), else the first non-loopback one.
+fn network(sb: &SandboxRecord, now: i64) -> Option<cri::NetworkUsage> {
+    if sb.host_network() || sb.netns_path.is_none() || sb.infra_pid <= 0 {
+        return None;
+    }
+    let path = format!("/proc/{}/net/dev", sb.infra_pid);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| tracing::debug!(pod = %sb.id, path, error = %e, "no network stats"))
+        .ok()?;
+    let interfaces: Vec<cri::NetworkInterfaceUsage> = parse::net_dev(&text)
+        .into_iter()
+        .map(|c| cri::NetworkInterfaceUsage {
+            name: c.name,
+            rx_bytes: u64v(c.rx_bytes),
+            rx_errors: u64v(c.rx_errors),
+            tx_bytes: u64v(c.tx_bytes),
+            tx_errors: u64v(c.tx_errors),
+        })
+        .collect();
+    let default_interface =
+        interfaces.iter().find(|i| i.name == "eth0").or(interfaces.first()).cloned();
+    Some(cri::NetworkUsage { timestamp: now, default_interface, interfaces })
+}
+
+/// Stats of one ready pod sandbox and its running containers.
+fn one_sandbox(d: &Daemon, sb: &SandboxRecord, containers: &[ContainerRecord]) -> Result<cri::PodSandboxStats> {
+    let mut stats = Vec::new();
+    let mut sum = match cgroup::read(host_layout(), &cgroups_path(&sb.cgroup_parent, &sb.id)) {
+        Ok(s) => s,
+        Err(StatsError::NoCgroup { .. }) => CgroupStats::default(),
+        Err(e) => return Err(stats_error("pod sandbox infra container", &sb.id, e)),
+    };
+    for r in containers.iter().filter(|r| r.sandbox_id == sb.id && r.state == ContainerState::Running) {
+        match one_container(d, r, &sb.cgroup_parent) {
+            Ok((s, raw)) => {
+                stats.push(s);
+                sum = sum.add(&raw);
+            }
+            Err(Error::FailedPrecondition(m)) => tracing::debug!(container = %r.id, "skipped: {m}"),
+            Err(e) => return Err(e),
+        }
+    }
+    // A parent of the pod's own (kubelet's pod cgroup) counts everything in the pod, including
+    // processes exec'd into it; berth's shared default parent holds other pods too.
+    let own_parent = sb.cgroup_parent.trim_end_matches('/') != d.config.cgroup_parent.trim_end_matches('/');
+    let pod = if own_parent {
+        match cgroup::read(host_layout(), &sb.cgroup_parent) {
+            Ok(s) => s,
+            Err(StatsError::NoCgroup { .. }) => sum,
+            Err(e) => return Err(stats_error("pod sandbox cgroup parent of", &sb.id, e)),
+        }
+    } else {
+        sum
+    };
+    let now = crate::util::now_nanos();
+    let (cpu, memory) = cpu_memory(&pod, &format!("pod/{}", sb.id), now);
+    Ok(cri::PodSandboxStats {
+        attributes: Some(cri::PodSandboxAttributes {
+            id: sb.id.clone(),
+            metadata: sb.config.metadata.clone(),
+            labels: sb.config.labels.clone(),
+            annotations: sb.config.annotations.clone(),
+        }),
+        linux: Some(cri::LinuxPodSandboxStats {
+            cpu,
+            memory,
+            network: network(sb, now),
+            process: pod.pids.map(|n| cri::ProcessUsage { timestamp: now, process_count: u64v(n) }),
+            containers: stats,
+        }),
+        windows: None,
+    })
+}
+
+/// CRI PodSandboxStats of pod sandbox `id` (full ID or unique prefix).
+///
+/// Errors: NotFound / InvalidArgument as `sandbox::get`; FailedPrecondition when it is not
+/// ready; Io when a cgroup file cannot be read.
+pub fn pod_sandbox_stats(d: &Daemon, id: &str) -> Result<cri::PodSandboxStats> {
+    let sb = crate::sandbox::refresh(d, crate::sandbox::get(d, id)?)?;
+    if sb.state != SandboxState::Ready {
+        return Err(Error::FailedPrecondition(format!("pod sandbox {}: is not ready; only ready pods have stats", sb.id)));
+    }
+    let containers = crate::container::list_in_sandbox(d, &sb.id)?;
+    one_sandbox(d, &sb, &containers)
+}
+
+/// CRI ListPodSandboxStats: stats of every ready pod sandbox matching `filter` (`id` as a
+/// prefix, every `label_selector` pair present).
+pub fn list_pod_sandbox_stats(d: &Daemon, filter: &cri::PodSandboxStatsFilter) -> Result<Vec<cri::PodSandboxStats>> {
+    let containers = crate::container::list(d)?;
+    let mut out = Vec::new();
+    for sb in crate::sandbox::list(d)? {
+        let labels_ok = filter.label_selector.iter().all(|(k, v)| sb.config.labels.get(k) == Some(v));
+        if !sb.id.starts_with(&filter.id) || !labels_ok {
+            continue;
+        }
+        let sb = crate::sandbox::refresh(d, sb)?;
+        if sb.state == SandboxState::Ready {
+            out.push(one_sandbox(d, &sb, &containers)?);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_filters_match_prefixes_and_labels() {
+        let r = ContainerRecord {
+            id: "abcdef".into(),
+            sandbox_id: "123456".into(),
+            config: cri::ContainerConfig { labels: [("app".to_string(), "web".to_string())].into(), ..Default::default() },
+            image_id: String::new(),
+            image_ref: String::new(),
+            runtime_handler: String::new(),
+            state: ContainerState::Running,
+            created_at: 0,
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            pid: 0,
+            monitor_pid: 0,
+            log_path: String::new(),
+            stop_signal: String::new(),
+            name_key: String::new(),
+        };
+        let f = |id: &str, pod: &str, l: &[(&str, &str)]| cri::ContainerStatsFilter {
+            id: id.into(),
+            pod_sandbox_id: pod.into(),
+            label_selector: l.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        assert!(container_filter_matches(&r, &f("", "", &[])));
+        assert!(container_filter_matches(&r, &f("abc", "1234", &[("app", "web")])));
+        assert!(!container_filter_matches(&r, &f("abd", "", &[])));
+        assert!(!container_filter_matches(&r, &f("", "2", &[])));
+        assert!(!container_filter_matches(&r, &f("", "", &[("app", "db")])));
+    }
+}
