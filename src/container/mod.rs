@@ -13,11 +13,13 @@ mod lifecycle;
 pub mod liveness;
 pub mod spec;
 pub mod streaming;
+mod update;
 pub mod user;
 
 pub use create::create;
 pub use exec::{exec_sync, validate_stream, ExecOutput};
 pub use lifecycle::{remove, start, stop};
+pub use update::update_resources;
 
 use crate::daemon::{Daemon, Error, Result};
 use crate::monitor::ExitInfo;

@@ -133,6 +133,15 @@ impl Runtime {
         self.run(&["resume", id]).await.map(|_| ())
     }
 
+    /// `runtime update --resources <resources_json> <id>`: applies new cgroup limits to a created
+    /// or running container. `resources_json` holds an OCI runtime-spec `LinuxResources` object
+    /// (config-linux.md "Control groups"); runc 1.1 applies its cpu, memory, pids, blockIO and
+    /// unified entries and ignores devices.
+    pub async fn update(&self, id: &str, resources_json: &Path) -> Result<(), OciError> {
+        let file = resources_json.to_string_lossy();
+        self.run(&["update", "--resources", &file, id]).await.map(|_| ())
+    }
+
     /// A prepared `runtime --root R exec --process <process_json> --pid-file <pid_file> <id>`
     /// command. The caller sets stdio (and `--detach` style behaviour through how it waits).
     pub fn exec_command(&self, id: &str, process_json: &Path, pid_file: &Path) -> tokio::process::Command {

@@ -6,7 +6,8 @@
 //!   image record in `info["info"]`.
 //! - PullImage: `image_ref` is the image ID (`sha256:<config digest>`).
 //! - RemoveImage: removing what is not there succeeds.
-//! - ImageFsInfo: one filesystem, the image store directory.
+//! - ImageFsInfo: one image filesystem, the image store directory; one container filesystem,
+//!   `<root>/containers` (the writable layers' upper dirs).
 //!
 //! Errors map to gRPC codes in [`status_from_image_error`].
 
@@ -155,14 +156,27 @@ impl cri::image_service_server::ImageService for ImageServer {
             .await
             .map_err(|e| Status::internal(format!("ImageFsInfo: usage task failed: {e}")))?
             .map_err(|e| status_from_image_error("ImageFsInfo", "", e))?;
+        // Writable layers live in `<root>/containers/<id>/upper`; the image store is `<root>/images`.
+        let containers_dir = usage.mountpoint.parent().unwrap_or(&usage.mountpoint).join("containers");
+        let dir = containers_dir.clone();
+        let (c_bytes, c_inodes) = tokio::task::spawn_blocking(move || crate::stats::collect::writable_layers_usage(&dir))
+            .await
+            .map_err(|e| Status::internal(format!("ImageFsInfo: usage task failed: {e}")))?
+            .map_err(|e| Status::internal(format!("ImageFsInfo: usage of {}: {e}", containers_dir.display())))?;
+        let now = crate::util::now_nanos();
         Ok(Response::new(cri::ImageFsInfoResponse {
             image_filesystems: vec![cri::FilesystemUsage {
-                timestamp: crate::util::now_nanos(),
+                timestamp: now,
                 fs_id: Some(cri::FilesystemIdentifier { mountpoint: usage.mountpoint.to_string_lossy().into_owned() }),
                 used_bytes: Some(cri::UInt64Value { value: usage.used_bytes }),
                 inodes_used: Some(cri::UInt64Value { value: usage.inodes_used }),
             }],
-            container_filesystems: Vec::new(),
+            container_filesystems: vec![cri::FilesystemUsage {
+                timestamp: now,
+                fs_id: Some(cri::FilesystemIdentifier { mountpoint: containers_dir.to_string_lossy().into_owned() }),
+                used_bytes: Some(cri::UInt64Value { value: c_bytes }),
+                inodes_used: Some(cri::UInt64Value { value: c_inodes }),
+            }],
         }))
     }
 }
@@ -251,6 +265,8 @@ mod tests {
         assert_eq!(fs.image_filesystems.len(), 1);
         assert!(fs.image_filesystems[0].fs_id.as_ref().unwrap().mountpoint.ends_with("images"));
         assert!(fs.image_filesystems[0].timestamp > 0);
+        assert_eq!(fs.container_filesystems.len(), 1);
+        assert!(fs.container_filesystems[0].fs_id.as_ref().unwrap().mountpoint.ends_with("containers"));
 
         srv.remove_image(Request::new(cri::RemoveImageRequest { image: spec(&id[7..19]) })).await.unwrap();
         srv.remove_image(Request::new(cri::RemoveImageRequest { image: spec("busybox") })).await.unwrap();

@@ -34,6 +34,19 @@ impl RuntimeServer {
 
 type R<T> = Result<Response<T>, Status>;
 
+/// Runs a blocking stats read (cgroupfs, procfs, a walk of a writable layer) off the async
+/// workers.
+async fn blocking<T: Send + 'static>(
+    d: &Arc<Daemon>,
+    f: impl FnOnce(&Daemon) -> crate::daemon::Result<T> + Send + 'static,
+) -> Result<T, Status> {
+    let d = d.clone();
+    tokio::task::spawn_blocking(move || f(&d))
+        .await
+        .map_err(|e| Status::internal(format!("stats task failed: {e}")))?
+        .map_err(Status::from)
+}
+
 fn not_built(rpc: &str, detail: &str) -> Status {
     Status::unimplemented(format!("{rpc} is not implemented by berth yet: {detail}"))
 }
@@ -137,9 +150,11 @@ impl RuntimeService for RuntimeServer {
 
     async fn update_container_resources(
         &self,
-        _req: Request<cri::UpdateContainerResourcesRequest>,
+        req: Request<cri::UpdateContainerResourcesRequest>,
     ) -> R<cri::UpdateContainerResourcesResponse> {
-        Err(not_built("UpdateContainerResources", "resources are set at CreateContainer only"))
+        let req = req.into_inner();
+        crate::container::update_resources(&self.d, &req.container_id, req.linux).await?;
+        Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
     }
 
     async fn reopen_container_log(&self, _req: Request<cri::ReopenContainerLogRequest>) -> R<cri::ReopenContainerLogResponse> {
@@ -201,20 +216,28 @@ impl RuntimeService for RuntimeServer {
         Ok(Response::new(cri::PortForwardResponse { url }))
     }
 
-    async fn container_stats(&self, _req: Request<cri::ContainerStatsRequest>) -> R<cri::ContainerStatsResponse> {
-        Err(not_built("ContainerStats", "cgroup stats come with issue #4"))
+    async fn container_stats(&self, req: Request<cri::ContainerStatsRequest>) -> R<cri::ContainerStatsResponse> {
+        let id = req.into_inner().container_id;
+        let stats = blocking(&self.d, move |d| crate::stats::container_stats(d, &id)).await?;
+        Ok(Response::new(cri::ContainerStatsResponse { stats: Some(stats) }))
     }
 
-    async fn list_container_stats(&self, _req: Request<cri::ListContainerStatsRequest>) -> R<cri::ListContainerStatsResponse> {
-        Err(not_built("ListContainerStats", "cgroup stats come with issue #4"))
+    async fn list_container_stats(&self, req: Request<cri::ListContainerStatsRequest>) -> R<cri::ListContainerStatsResponse> {
+        let filter = req.into_inner().filter.unwrap_or_default();
+        let stats = blocking(&self.d, move |d| crate::stats::list_container_stats(d, &filter)).await?;
+        Ok(Response::new(cri::ListContainerStatsResponse { stats }))
     }
 
-    async fn pod_sandbox_stats(&self, _req: Request<cri::PodSandboxStatsRequest>) -> R<cri::PodSandboxStatsResponse> {
-        Err(not_built("PodSandboxStats", "cgroup stats come with issue #4"))
+    async fn pod_sandbox_stats(&self, req: Request<cri::PodSandboxStatsRequest>) -> R<cri::PodSandboxStatsResponse> {
+        let id = req.into_inner().pod_sandbox_id;
+        let stats = blocking(&self.d, move |d| crate::stats::pod_sandbox_stats(d, &id)).await?;
+        Ok(Response::new(cri::PodSandboxStatsResponse { stats: Some(stats) }))
     }
 
-    async fn list_pod_sandbox_stats(&self, _req: Request<cri::ListPodSandboxStatsRequest>) -> R<cri::ListPodSandboxStatsResponse> {
-        Err(not_built("ListPodSandboxStats", "cgroup stats come with issue #4"))
+    async fn list_pod_sandbox_stats(&self, req: Request<cri::ListPodSandboxStatsRequest>) -> R<cri::ListPodSandboxStatsResponse> {
+        let filter = req.into_inner().filter.unwrap_or_default();
+        let stats = blocking(&self.d, move |d| crate::stats::list_pod_sandbox_stats(d, &filter)).await?;
+        Ok(Response::new(cri::ListPodSandboxStatsResponse { stats }))
     }
 
     async fn update_runtime_config(&self, req: Request<cri::UpdateRuntimeConfigRequest>) -> R<cri::UpdateRuntimeConfigResponse> {

@@ -58,6 +58,30 @@ pub fn container_fs_root(d: &Daemon) -> std::path::PathBuf {
     d.config.root.join("containers")
 }
 
+/// Total (bytes, inodes) of every container's writable layer (`<containers_dir>/*/upper`), for
+/// ImageFsInfo.container_filesystems. A missing `containers_dir` is (0, 0); layers removed
+/// during the walk are skipped. Blocking. Errors: unreadable directories.
+pub fn writable_layers_usage(containers_dir: &std::path::Path) -> std::io::Result<(u64, u64)> {
+    let entries = match std::fs::read_dir(containers_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
+        Err(e) => return Err(e),
+    };
+    let (mut bytes, mut inodes) = (0, 0);
+    for entry in entries {
+        let upper = entry?.path().join("upper");
+        match crate::storage::dir_usage(&upper) {
+            Ok((b, i)) => {
+                bytes += b;
+                inodes += i;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((bytes, inodes))
+}
+
 /// Stats of one running container in a pod whose cgroup parent is `parent`, with its raw
 /// cgroup figures (for pod sums).
 fn one_container(d: &Daemon, r: &ContainerRecord, parent: &str) -> Result<(cri::ContainerStats, CgroupStats)> {
@@ -249,6 +273,20 @@ pub fn list_pod_sandbox_stats(d: &Daemon, filter: &cri::PodSandboxStatsFilter) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writable_layers_sum_uppers_only() {
+        let t = tempfile::tempdir().unwrap();
+        assert_eq!(writable_layers_usage(&t.path().join("none")).unwrap(), (0, 0));
+        for id in ["a", "b"] {
+            std::fs::create_dir_all(t.path().join(id).join("upper")).unwrap();
+            std::fs::create_dir_all(t.path().join(id).join("work")).unwrap();
+            std::fs::write(t.path().join(id).join("upper/f"), vec![1u8; 8192]).unwrap();
+        }
+        let (bytes, inodes) = writable_layers_usage(t.path()).unwrap();
+        assert_eq!(inodes, 4, "two upper dirs with one file each");
+        assert!(bytes >= 2 * 8192, "{bytes}");
+    }
 
     #[test]
     fn stats_filters_match_prefixes_and_labels() {
