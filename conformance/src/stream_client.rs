@@ -214,3 +214,153 @@ pub async fn port_forward(url: &str, t: Transport, port: u16, payload: &[u8]) ->
         }
     }
 }
+
+/// What one forwarded connection got: the bytes the pod side sent until it closed, and the
+/// text of the port's error stream / channel (empty when all went well).
+#[derive(Debug, Default)]
+pub struct Forwarded {
+    /// Data from the pod, in order.
+    pub received: Vec<u8>,
+    /// Error text the server sent for this connection.
+    pub error: String,
+}
+
+/// Largest piece written at once (a WebSocket message, an SPDY write).
+const PF_CHUNK: usize = 64 * 1024;
+
+/// One port-forward connection over an open SPDY session, full duplex: streams `error` and
+/// `data` with `requestID` = `request_id` (client-go's headers), `payload` written while the
+/// pod's bytes are read, until the pod side closes (EOF) or `limit` passes.
+async fn spdy_pf_conn(
+    sess: &berth::streaming::spdy::Session,
+    port: u16,
+    request_id: usize,
+    payload: Vec<u8>,
+    limit: Duration,
+    mut first: Option<tokio::sync::oneshot::Sender<()>>,
+) -> Result<Forwarded> {
+    let (p, rid) = (port.to_string(), request_id.to_string());
+    let mut err = sess.open_stream(hdr(&[("streamType", "error"), ("port", &p), ("requestID", &rid)]), false).await?;
+    err.shutdown().await?;
+    let data = sess.open_stream(hdr(&[("streamType", "data"), ("port", &p), ("requestID", &rid)]), false).await?;
+    let (mut rd, mut wr) = data.split();
+    let writer = tokio::spawn(async move {
+        for c in payload.chunks(PF_CHUNK) {
+            wr.write_all(c).await?;
+        }
+        wr.flush().await?;
+        // Keep the write half open (no FIN) until the reader is done: the pod side ends it.
+        Ok::<_, std::io::Error>(wr)
+    });
+    let err = read_all(err);
+    let mut received = Vec::new();
+    let read = async {
+        let mut buf = vec![0u8; PF_CHUNK];
+        loop {
+            let n = rd.read(&mut buf).await?;
+            if let Some(tx) = first.take() {
+                let _ = tx.send(());
+            }
+            if n == 0 {
+                return Ok::<_, std::io::Error>(());
+            }
+            received.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(limit, read)
+        .await
+        .with_context(|| format!("port-forward connection {request_id}: no EOF within {limit:?} ({} bytes read)", received.len()))?
+        .with_context(|| format!("port-forward connection {request_id}: read"))?;
+    let wr = tokio::time::timeout(limit, writer).await.with_context(|| format!("port-forward connection {request_id}: writer stuck"))??;
+    let wr = wr.with_context(|| format!("port-forward connection {request_id}: write"))?;
+    drop(rd.unsplit(wr));
+    let e = join(Some(err), "port-forward error stream").await?;
+    Ok(Forwarded { received, error: String::from_utf8_lossy(&e).into_owned() })
+}
+
+/// `payloads.len()` port-forward connections to `port` at once over ONE SPDY session offering
+/// `proto` (`portforward.k8s.io`), as kubectl multiplexes its local connections: requestIDs
+/// 0..n, each connection full duplex (its payload written while the pod's bytes are read) and
+/// ended by the pod side. Results are in payload order; `limit` bounds each connection.
+///
+/// With `one_by_one`, connection n+1 is opened only once connection n got its first byte (or
+/// EOF, or 5 s passed): all still run at the same time, but they reach the pod's listener one
+/// after the other, as a user's connections to kubectl's local port do. Servers with a tiny
+/// listen backlog (busybox `nc -ll` listens with a backlog of 2) otherwise see a SYN burst,
+/// fall back to SYN cookies and reset some connections.
+pub async fn port_forward_spdy_parallel(url: &str, proto: &str, port: u16, payloads: Vec<Vec<u8>>, limit: Duration, one_by_one: bool) -> Result<Vec<Forwarded>> {
+    let (sess, chosen) = up::spdy(url, &[proto]).await?;
+    if chosen.as_deref() != Some(proto) {
+        bail!("server negotiated {chosen:?}, offered {proto}");
+    }
+    let sess = std::sync::Arc::new(sess);
+    let mut tasks = Vec::new();
+    for (i, p) in payloads.into_iter().enumerate() {
+        let s = sess.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tasks.push(tokio::spawn(async move { spdy_pf_conn(&s, port, i, p, limit, Some(tx)).await }));
+        if one_by_one {
+            let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
+        }
+    }
+    let mut out = Vec::with_capacity(tasks.len());
+    for (i, t) in tasks.into_iter().enumerate() {
+        out.push(t.await.with_context(|| format!("port-forward connection {i}: task"))??);
+    }
+    sess.close();
+    Ok(out)
+}
+
+/// One port-forward connection to `port` at `url`, full duplex (unlike [`port_forward`], which
+/// writes everything before reading): SPDY (one session, requestID 0) or WebSocket (channel 0
+/// data, channel 1 errors, each channel's first message the port, little-endian), until the pod
+/// side closes or `limit` passes.
+pub async fn port_forward_duplex(url: &str, t: Transport, port: u16, payload: Vec<u8>, limit: Duration) -> Result<Forwarded> {
+    match t {
+        Transport::Spdy(proto) => {
+            let mut v = port_forward_spdy_parallel(url, proto, port, vec![payload], limit, false).await?;
+            v.pop().context("no connection result")
+        }
+        Transport::WebSocket(proto) => {
+            let (ws, chosen) = up::websocket(url, &[proto]).await?;
+            if chosen.as_deref() != Some(proto) {
+                bail!("server negotiated {chosen:?}, offered {proto}");
+            }
+            let b64 = proto.contains("base64");
+            let (mut sink, mut source) = ws.split();
+            let writer = tokio::spawn(async move {
+                for c in payload.chunks(PF_CHUNK) {
+                    sink.send(berth::streaming::websocket::encode(b64, 0, c)).await.map_err(|e| anyhow!("websocket send: {e}"))?;
+                }
+                Ok::<_, anyhow::Error>(sink)
+            });
+            let read = async {
+                let (mut got, mut err, mut seen) = (Vec::new(), Vec::new(), [false; 2]);
+                while let Some(msg) = source.next().await {
+                    let msg = match msg {
+                        Ok(Message::Close(_)) | Err(_) => break,
+                        Ok(m) => m,
+                    };
+                    if let Some(berth::streaming::websocket::Frame::Data { channel, data }) = berth::streaming::websocket::decode(b64, false, &msg)? {
+                        let c = usize::from(channel);
+                        if c > 1 {
+                            continue;
+                        }
+                        if !seen[c] {
+                            seen[c] = true;
+                            if data.as_ref() != port.to_le_bytes() {
+                                bail!("channel {c}: first message {:?} is not port {port} little-endian", data.as_ref());
+                            }
+                            continue;
+                        }
+                        if c == 0 { got.extend_from_slice(&data) } else { err.extend_from_slice(&data) }
+                    }
+                }
+                Ok((got, err))
+            };
+            let (got, err) = tokio::time::timeout(limit, read).await.with_context(|| format!("websocket port-forward: no close within {limit:?}"))??;
+            writer.abort();
+            Ok(Forwarded { received: got, error: String::from_utf8_lossy(&err).into_owned() })
+        }
+    }
+}

@@ -80,6 +80,7 @@ pub fn all() -> Vec<Case> {
         case!("stream_exec_tty", streaming::exec_tty),
         case!("stream_attach_output", streaming::attach_output),
         case!("stream_port_forward", streaming::port_forward),
+        case!("stream_port_forward_parallel", streaming::port_forward_parallel),
         case!("monitor_killed", monitor::monitor_killed),
         case!("daemon_restart_keeps_containers", restart::keeps_containers),
         case!("no_leftovers_after_suite", leaks::no_leftovers),

@@ -160,3 +160,105 @@ pub async fn port_forward(ctx: &Ctx) -> Result<()> {
     check(got.is_empty() && !err.is_empty(), || format!("closed port 9: data {got:?}, error text {err:?}"))?;
     ctx.remove_pod(&pod.id).await
 }
+
+/// Size of each connection's payload in [`port_forward_parallel`].
+const PF_PAYLOAD: usize = 10 * 1024 * 1024;
+/// Connections multiplexed over one SPDY session in [`port_forward_parallel`].
+const PF_PARALLEL: usize = 20;
+/// Separate WebSocket connections in [`port_forward_parallel`] (one connection per socket).
+const PF_WS_PARALLEL: usize = 4;
+
+/// `len` pseudo-random bytes from `seed` (xorshift64*): distinct per connection, incompressible.
+pub(crate) fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        v.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+/// A pod whose container serves `port` with `busybox nc -ll -e` (a process per connection)
+/// running `script` (sh, stdin/stdout = the connection). Returns (pod, container id).
+pub(crate) async fn nc_server(ctx: &Ctx, name: &str, port: u16, script: &str) -> Result<(Pod, String)> {
+    let pod = ctx.run_pod(name).await?;
+    let cmd = format!("printf '#!/bin/sh\\n%s\\n' '{script}' > /tmp/serve.sh && chmod +x /tmp/serve.sh && exec nc -ll -p {port} -e /tmp/serve.sh");
+    let id = ctx.start_container(&pod, "nc", &ctx.images.busybox, &["sh", "-c", &cmd]).await?;
+    ctx.wait_container_state(&id, cri::ContainerState::ContainerRunning, Duration::from_secs(30)).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok((pod, id))
+}
+
+/// Checks each connection echoed its payload byte-exact (length and SHA-256 of both ends).
+fn check_echoes(what: &str, payloads: &[Vec<u8>], got: &[sc::Forwarded]) -> Result<()> {
+    let bad: Vec<String> = payloads
+        .iter()
+        .zip(got)
+        .enumerate()
+        .filter(|(_, (p, g))| p.len() != g.received.len() || sha256_hex(p) != sha256_hex(&g.received))
+        .map(|(i, (p, g))| format!("#{i}: sent {} B sha256 {:.12}, got {} B sha256 {:.12}, error {:?}", p.len(), sha256_hex(p), g.received.len(), sha256_hex(&g.received), g.error))
+        .collect();
+    check(bad.is_empty(), || format!("{what}: {} of {} connections differ: {}", bad.len(), payloads.len(), bad.join("; ")))
+}
+
+/// 20 port-forward connections at once over ONE SPDY session (`portforward.k8s.io`; opened one
+/// after the other, all running together, see `port_forward_spdy_parallel`), each
+/// sending 10 MiB of distinct data to an echo server in the pod (`nc -ll -e dd`: echoes exactly
+/// 10 MiB, then closes) and reading 10 MiB back; every connection byte-exact by SHA-256 of
+/// both ends. Then 4 parallel WebSocket v4 connections (one per socket) the same way, when the
+/// runtime offers WebSocket port-forward.
+pub async fn port_forward_parallel(ctx: &Ctx) -> Result<()> {
+    let blocks = PF_PAYLOAD / 65536;
+    let (pod, _) = nc_server(ctx, "stream-pf-par", 8080, &format!("exec dd bs=65536 count={blocks} iflag=fullblock 2>/dev/null")).await?;
+    let pf = |pod_id: String| async move {
+        let req = cri::PortForwardRequest { pod_sandbox_id: pod_id, port: vec![8080] };
+        unimplemented(ctx.rt().port_forward(req).await, "PortForward").map(|r| r.map(|r| r.into_inner().url))
+    };
+    let Some(url) = pf(pod.id.clone()).await? else {
+        ctx.remove_pod(&pod.id).await?;
+        return skip("PortForward is Unimplemented on this runtime");
+    };
+    let limit = Duration::from_secs(90);
+    let payloads: Vec<Vec<u8>> = (0..PF_PARALLEL).map(|i| pattern(i as u64 + 1, PF_PAYLOAD)).collect();
+    let t = std::time::Instant::now();
+    let got = sc::port_forward_spdy_parallel(&url, "portforward.k8s.io", 8080, payloads.clone(), limit, true).await.context("SPDY port-forward")?;
+    eprintln!("note: {PF_PARALLEL} x 10 MiB each way over one SPDY session in {:.1} s", t.elapsed().as_secs_f64());
+    check_echoes("SPDY portforward.k8s.io", &payloads, &got)?;
+
+    let ws = Transport::WebSocket("v4.channel.k8s.io");
+    let t = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for (i, p) in payloads.into_iter().take(PF_WS_PARALLEL).enumerate() {
+        let url = pf(pod.id.clone()).await?.context("PortForward answered Unimplemented after it worked")?;
+        tasks.push((p.clone(), tokio::spawn(async move { sc::port_forward_duplex(&url, ws, 8080, p, limit).await.with_context(|| format!("connection {i}")) })));
+        // One at a time into nc's listen backlog of 2 (see `port_forward_spdy_parallel`).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (mut sent, mut got) = (Vec::new(), Vec::new());
+    for (p, task) in tasks {
+        match task.await.context("websocket port-forward task")? {
+            Ok(f) => {
+                sent.push(p);
+                got.push(f);
+            }
+            Err(e) if ctx.kind != TargetKind::Berth && optional_failure(&e) => {
+                eprintln!("note: {ws:?} port-forward not offered by this runtime: {e:#}");
+            }
+            Err(e) => return Err(e.context(format!("{ws:?} port-forward"))),
+        }
+    }
+    if !got.is_empty() {
+        eprintln!("note: {} x 10 MiB each way over {} WebSockets in {:.1} s", got.len(), got.len(), t.elapsed().as_secs_f64());
+    }
+    check_echoes("WebSocket v4.channel.k8s.io", &sent, &got)?;
+    ctx.remove_pod(&pod.id).await
+}
