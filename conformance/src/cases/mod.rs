@@ -15,6 +15,8 @@ mod pod;
 mod podnet;
 mod restart;
 mod runtime_info;
+mod stats;
+mod stream_hostile;
 mod streaming;
 pub(crate) mod util;
 
@@ -75,12 +77,18 @@ pub fn all() -> Vec<Case> {
         case!("start_exited_container", errors::start_exited_container),
         case!("memory_limit_applied", cstatus::memory_limit_applied),
         case!("log_paths_refused", errors::log_paths_refused),
+        case!("stats_cpu_moves", stats::cpu_moves),
+        case!("stats_memory_grows", stats::memory_grows),
+        case!("stats_list_filters", stats::list_filters),
+        case!("stats_pod_network", stats::pod_stats_network),
+        case!("stats_update_resources", stats::update_resources),
         case!("stream_exec_exit_code", streaming::exec_exit_code),
         case!("stream_exec_stdin", streaming::exec_stdin),
         case!("stream_exec_tty", streaming::exec_tty),
         case!("stream_attach_output", streaming::attach_output),
         case!("stream_port_forward", streaming::port_forward),
         case!("stream_port_forward_parallel", streaming::port_forward_parallel),
+        case!("stream_hostile_input", stream_hostile::hostile_input),
         case!("monitor_killed", monitor::monitor_killed),
         case!("daemon_restart_keeps_containers", restart::keeps_containers),
         case!("no_leftovers_after_suite", leaks::no_leftovers),
