@@ -16,7 +16,6 @@ mod podnet;
 mod restart;
 mod runtime_info;
 mod stats;
-mod stream_hostile;
 mod streaming;
 pub(crate) mod util;
 
@@ -88,7 +87,6 @@ pub fn all() -> Vec<Case> {
         case!("stream_attach_output", streaming::attach_output),
         case!("stream_port_forward", streaming::port_forward),
         case!("stream_port_forward_parallel", streaming::port_forward_parallel),
-        case!("stream_hostile_input", stream_hostile::hostile_input),
         case!("monitor_killed", monitor::monitor_killed),
         case!("daemon_restart_keeps_containers", restart::keeps_containers),
         case!("no_leftovers_after_suite", leaks::no_leftovers),
