@@ -10,6 +10,7 @@
 mod create;
 mod exec;
 mod lifecycle;
+pub mod logs;
 pub mod liveness;
 pub mod spec;
 pub mod streaming;
@@ -20,6 +21,7 @@ pub use create::create;
 pub use exec::{exec_sync, validate_stream, ExecOutput};
 pub use lifecycle::{remove, start, stop};
 pub use update::update_resources;
+pub use logs::reopen_log;
 
 use crate::daemon::{Daemon, Error, Result};
 use crate::monitor::ExitInfo;

@@ -9,8 +9,11 @@
 //! - client -> monitor: `[0] + bytes` stdin data; `[1]` the client's stdin ended (with
 //!   `stdin_once`, the monitor then closes the container's stdin pipe, as conmon does);
 //!   `[2] + rows(u16 BE) + cols(u16 BE)` terminal resize (TIOCSWINSZ on the pty master, conmon's
-//!   ctl-fifo "1 <h> <w>" message). A client that closes or shuts down its write side counts as
-//!   stdin ended.
+//!   ctl-fifo "1 <h> <w>" message); `[3]` reopen the CRI log file (conmon's ctl-fifo "2"
+//!   message, for CRI ReopenContainerLog), answered to that client alone with `[3, 0]` once the
+//!   new file is open or `[3, 1] + message` when it could not be opened; from that request on the
+//!   connection is a control connection: it gets no output and its end is no stdin EOF. A client that closes or
+//!   shuts down its write side counts as stdin ended.
 //!
 //! Packets carry at most [`MAX_PACKET`] bytes; longer stdin writes are split.
 
@@ -40,6 +43,8 @@ pub const IN_STDIN: u8 = 0;
 pub const IN_CLOSE_STDIN: u8 = 1;
 /// Input packet type: terminal resize, rows then columns as big-endian u16.
 pub const IN_RESIZE: u8 = 2;
+/// Input packet type: reopen the log file; also the type of the monitor's answer to it.
+pub const IN_REOPEN_LOG: u8 = 3;
 /// Largest packet either side sends, type byte included (64 KiB).
 pub const MAX_PACKET: usize = 64 * 1024;
 
@@ -49,6 +54,7 @@ pub enum ClientPacket<'a> {
     Stdin(&'a [u8]),
     CloseStdin,
     Resize { height: u16, width: u16 },
+    ReopenLog,
 }
 
 /// Decodes one client packet; `None` for an unknown or malformed one (ignored by the monitor).
@@ -60,7 +66,55 @@ pub fn decode_client_packet(p: &[u8]) -> Option<ClientPacket<'_>> {
             height: u16::from_be_bytes([*h0, *h1]),
             width: u16::from_be_bytes([*w0, *w1]),
         }),
+        [IN_REOPEN_LOG] => Some(ClientPacket::ReopenLog),
         _ => None,
+    }
+}
+
+/// The monitor's answer to a reopen request: `[3, 0]`, or `[3, 1] + message`.
+pub fn encode_reopen_answer(result: &Result<(), String>) -> Vec<u8> {
+    match result {
+        Ok(()) => vec![IN_REOPEN_LOG, 0],
+        Err(m) => {
+            let mut p = vec![IN_REOPEN_LOG, 1];
+            p.extend_from_slice(m.as_bytes());
+            p.truncate(MAX_PACKET);
+            p
+        }
+    }
+}
+
+/// Asks the monitor serving `socket` to reopen its container's CRI log file (after kubelet renamed
+/// it, a new file is created at the log path) and waits up to `timeout` for its answer. Output
+/// packets that arrive meanwhile are skipped.
+///
+/// Errors: [`MonitorError::Io`] naming the socket when it cannot be reached, closes (the process
+/// ended) or does not answer in time; [`MonitorError::Protocol`]-like `Io` with the monitor's
+/// message when it could not open the file.
+pub async fn reopen_log(socket: &Path, timeout: Duration) -> Result<(), MonitorError> {
+    let io_err = |what: &'static str, source: io::Error| MonitorError::Io { what, path: socket.to_path_buf(), source };
+    let conn = attach(socket).await?;
+    conn.send(&[IN_REOPEN_LOG]).await.map_err(|e| io_err("send reopen-log request to", e))?;
+    let answer = async {
+        loop {
+            match conn.recv().await {
+                Ok(Some((IN_REOPEN_LOG, rest))) => return Ok(rest),
+                Ok(Some(_)) => continue,
+                Ok(None) => {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the monitor exited (the container ended)"))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let rest = tokio::time::timeout(timeout, answer)
+        .await
+        .map_err(|_| io_err("reopen-log answer (timed out) from", io::ErrorKind::TimedOut.into()))?
+        .map_err(|e| io_err("reopen-log answer from", e))?;
+    match rest.split_first() {
+        Some((0, _)) => Ok(()),
+        Some((_, msg)) => Err(io_err("reopen log via", io::Error::other(String::from_utf8_lossy(msg).into_owned()))),
+        None => Err(io_err("reopen-log answer from", io::Error::other("empty answer"))),
     }
 }
 
@@ -279,5 +333,8 @@ mod tests {
         assert_eq!(decode_client_packet(&[]), None);
         assert_eq!(decode_client_packet(&[IN_RESIZE, 1]), None);
         assert_eq!(decode_client_packet(&[9, 1, 2]), None);
+        assert_eq!(decode_client_packet(&[IN_REOPEN_LOG]), Some(ClientPacket::ReopenLog));
+        assert_eq!(encode_reopen_answer(&Ok(())), vec![IN_REOPEN_LOG, 0]);
+        assert_eq!(encode_reopen_answer(&Err("no".into())), b"\x03\x01no".to_vec());
     }
 }

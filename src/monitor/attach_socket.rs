@@ -44,6 +44,11 @@ struct Client {
     queued: usize,
     /// Still reading packets from it (false after its EOF).
     read_open: bool,
+    /// It asked for a log reopen and awaits the answer ([`AttachSocket::reopen_done`]).
+    reopen_pending: bool,
+    /// A control connection (it sent a reopen request): it gets no output and its end is no
+    /// stdin EOF.
+    control: bool,
 }
 
 /// The attach socket, its clients and the container's stdin as the monitor holds them.
@@ -178,6 +183,9 @@ impl AttachSocket {
         }
         let mut gone = Vec::new();
         for (i, c) in self.clients.iter_mut().enumerate() {
+            if c.control {
+                continue;
+            }
             if c.queue.is_empty() {
                 match send_packet(&c.fd, &packet) {
                     Ok(true) => continue,
@@ -245,7 +253,7 @@ impl AttachSocket {
                 Ok(raw) => {
                     let fd = owned(raw);
                     let (queue, queued) = self.backlog.take().unwrap_or_default();
-                    self.clients.push(Client { fd, queue, queued, read_open: true });
+                    self.clients.push(Client { fd, queue, queued, read_open: true, reopen_pending: false, control: false });
                 }
                 Err(Errno::EINTR) | Err(Errno::ECONNABORTED) => continue,
                 Err(_) => return,
@@ -271,14 +279,14 @@ impl AttachSocket {
                 match socket::recv(self.clients[i].fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
                     Ok(0) => {
                         self.clients[i].read_open = false;
-                        self.stdin_eof();
+                        self.client_input_ended(i);
                         break;
                     }
-                    Ok(n) => self.client_packet(&buf[..n]),
+                    Ok(n) => self.client_packet(i, &buf[..n]),
                     Err(Errno::EAGAIN) => {
                         if hung_up {
                             self.clients[i].read_open = false;
-                            self.stdin_eof();
+                            self.client_input_ended(i);
                         }
                         break;
                     }
@@ -290,13 +298,49 @@ impl AttachSocket {
         !(revents.contains(PollFlags::POLLERR) || (revents.contains(PollFlags::POLLHUP) && !self.clients[i].read_open))
     }
 
-    fn client_packet(&mut self, packet: &[u8]) {
+    /// Whether some client asked for the log file to be reopened (the event loop then reopens it
+    /// and calls [`AttachSocket::reopen_done`]).
+    pub fn reopen_requested(&self) -> bool {
+        self.clients.iter().any(|c| c.reopen_pending)
+    }
+
+    /// Answers every client that asked for a reopen (`[3, 0]`, or `[3, 1] + message`), ahead of
+    /// any output still queued for it.
+    pub fn reopen_done(&mut self, result: &Result<(), String>) {
+        let answer = super::attach::encode_reopen_answer(result);
+        let mut gone = Vec::new();
+        for (i, c) in self.clients.iter_mut().enumerate().filter(|(_, c)| c.reopen_pending) {
+            c.reopen_pending = false;
+            match send_packet(&c.fd, &answer) {
+                Ok(true) => {}
+                Ok(false) => {
+                    c.queued += answer.len();
+                    c.queue.push_front(answer.clone());
+                }
+                Err(_) => gone.push(i),
+            }
+        }
+        for i in gone.into_iter().rev() {
+            self.drop_client(i);
+        }
+    }
+
+    fn client_packet(&mut self, i: usize, packet: &[u8]) {
         match decode_client_packet(packet) {
+            Some(ClientPacket::ReopenLog) => {
+                // From now on a control connection: no output (what is queued is dropped), so a
+                // client waiting for the answer is never dropped for not reading output.
+                let c = &mut self.clients[i];
+                c.reopen_pending = true;
+                c.control = true;
+                c.queue.clear();
+                c.queued = 0;
+            }
             Some(ClientPacket::Stdin(data)) if self.stdin.is_some() => {
                 self.stdin_pending.extend_from_slice(data);
                 self.write_stdin();
             }
-            Some(ClientPacket::CloseStdin) => self.stdin_eof(),
+            Some(ClientPacket::CloseStdin) if !self.clients[i].control => self.stdin_eof(),
             Some(ClientPacket::Resize { height, width }) => {
                 if let Some(tty) = &self.tty {
                     if let Err(e) = set_winsize(tty, height, width) {
@@ -305,6 +349,14 @@ impl AttachSocket {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Client `i` sent its last packet: an attach session's stdin ended (a control connection's
+    /// end means nothing for stdin).
+    fn client_input_ended(&mut self, i: usize) {
+        if !self.clients[i].control {
+            self.stdin_eof();
         }
     }
 
@@ -346,7 +398,7 @@ impl AttachSocket {
 
     fn drop_client(&mut self, i: usize) {
         let c = self.clients.remove(i);
-        if c.read_open {
+        if c.read_open && !c.control {
             self.stdin_eof();
         }
     }

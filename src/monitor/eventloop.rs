@@ -10,7 +10,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -61,6 +61,8 @@ const EXEC_CONNECT_WAIT: Duration = Duration::from_secs(30);
 /// How long queued output may sit undelivered (no client progress) before the monitor gives up.
 const EXEC_FLUSH_IDLE: Duration = Duration::from_secs(10);
 const CONTAINER_FLUSH_IDLE: Duration = Duration::from_secs(1);
+/// How long a log reopen waits for a half-written line (`P` records out) to end in the old file.
+const REOPEN_DEFER_MAX: Duration = Duration::from_secs(1);
 
 /// Runs until the container process (or, `exec_mode`, the exec'd process) exits; delivers its
 /// remaining output, writes the exit file and returns the exit code of the monitor (0, or 1 when
@@ -81,6 +83,8 @@ pub fn run(spec: &MonitorSpec, container: Container, mut log: Option<File>, sigf
     let mut out = Vec::with_capacity(READ_CHUNK);
     let mut buf = vec![0u8; READ_CHUNK];
     let mut exit = reap(pid, &spec.bundle);
+    // When a reopen request was first deferred (a line was half written).
+    let mut reopen_since: Option<Instant> = None;
 
     while exit.is_none() {
         let paused = attach.output_paused();
@@ -95,7 +99,9 @@ pub fn run(spec: &MonitorSpec, container: Container, mut log: Option<File>, sigf
         for (fd, ev, _) in entries {
             fds.push(PollFd::new(fd, ev));
         }
-        match poll(&mut fds, PollTimeout::NONE) {
+        // A deferred reopen is looked at again soon even when nothing else happens.
+        let timeout = if reopen_since.is_some() { PollTimeout::from(20u16) } else { PollTimeout::NONE };
+        match poll(&mut fds, timeout) {
             Ok(_) => {}
             Err(Errno::EINTR) => continue,
             Err(e) => {
@@ -116,6 +122,20 @@ pub fn run(spec: &MonitorSpec, container: Container, mut log: Option<File>, sigf
         let base = 1 + open.len();
         let events: Vec<(Token, PollFlags)> = tokens.into_iter().zip(revents[base..].iter().copied()).collect();
         attach.handle(&events);
+        if attach.reopen_requested() {
+            // Every encoded record is already written (`out` is empty here); a line still held
+            // in a LineBuffer goes whole to the new file. A line whose `P` records are out
+            // already is finished in the old file first (for up to REOPEN_DEFER_MAX).
+            let since = *reopen_since.get_or_insert_with(Instant::now);
+            if sources.iter().all(|s| !s.lines.mid_line()) || since.elapsed() >= REOPEN_DEFER_MAX {
+                reopen_since = None;
+                let result = reopen_log(spec, &mut log);
+                if let Err(e) = &result {
+                    diag(&spec.bundle, &format!("reopen log: {e}"));
+                }
+                attach.reopen_done(&result);
+            }
+        }
         if ready[0] {
             while let Ok(Some(_)) = sigfd.read_signal() {}
             exit = reap(pid, &spec.bundle);
@@ -192,6 +212,25 @@ fn write_log(log: &mut Option<File>, out: &mut Vec<u8>) {
         }
     }
     out.clear();
+}
+
+/// Reopens the CRI log file at `spec.log_path` (CRI ReopenContainerLog: kubelet renamed the old
+/// one, so a new file is created; when it was not renamed the same file is opened again). The old
+/// file stays open until the new one is, so a failure loses nothing.
+fn reopen_log(spec: &MonitorSpec, log: &mut Option<File>) -> Result<(), String> {
+    let Some(path) = spec.log_path.as_deref() else {
+        return Err("this monitor writes no log file (no log_path)".into());
+    };
+    match super::process::open_log(Some(path))? {
+        Some(f) => {
+            if let Some(old) = log.as_mut() {
+                let _ = old.sync_data();
+            }
+            *log = Some(f);
+            Ok(())
+        }
+        None => Err(format!("log file {path:?} could not be opened")),
+    }
 }
 
 /// Reaps every exited child; returns `(exit_code, exited_at)` when one of them is the container

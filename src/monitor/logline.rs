@@ -49,12 +49,14 @@ pub fn encode_record(out: &mut Vec<u8>, ts: i64, stream: Stream, partial: bool, 
 pub struct LineBuffer {
     stream: Stream,
     pending: Vec<u8>,
+    /// `P` records of the held line are already out; its `F` record is still to come.
+    mid_line: bool,
 }
 
 impl LineBuffer {
     /// An empty buffer for `stream`.
     pub fn new(stream: Stream) -> LineBuffer {
-        LineBuffer { stream, pending: Vec::new() }
+        LineBuffer { stream, pending: Vec::new(), mid_line: false }
     }
 
     /// The stream this buffer encodes.
@@ -67,6 +69,12 @@ impl LineBuffer {
         self.pending.len()
     }
 
+    /// Whether `P` records of the current line were written and its `F` record was not yet: the
+    /// log is then in the middle of a line (the monitor defers a log reopen until it is not).
+    pub fn mid_line(&self) -> bool {
+        self.mid_line
+    }
+
     /// Feeds a chunk read from the stream and appends the records it completes to `out`, all
     /// stamped `ts` (nanoseconds since the epoch).
     pub fn push(&mut self, data: &[u8], ts: i64, out: &mut Vec<u8>) {
@@ -74,6 +82,7 @@ impl LineBuffer {
         while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
             let (line, after) = rest.split_at(nl);
             rest = &after[1..];
+            self.mid_line = false;
             if self.pending.is_empty() {
                 self.emit_line(line, ts, out);
             } else {
@@ -88,6 +97,7 @@ impl LineBuffer {
 
     /// Writes a held incomplete line as a `P` record (at EOF or container exit). No-op when empty.
     pub fn flush(&mut self, ts: i64, out: &mut Vec<u8>) {
+        self.mid_line = false;
         if !self.pending.is_empty() {
             let text = std::mem::take(&mut self.pending);
             encode_record(out, ts, self.stream, true, &text);
@@ -117,6 +127,7 @@ impl LineBuffer {
         while self.pending.len() - start > MAX_LINE {
             encode_record(out, ts, self.stream, true, &self.pending[start..start + MAX_LINE]);
             start += MAX_LINE;
+            self.mid_line = true;
         }
         self.pending.drain(..start);
     }
@@ -125,6 +136,20 @@ impl LineBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mid_line_is_set_by_partials_and_cleared_by_the_line_end() {
+        let mut b = LineBuffer::new(Stream::Stdout);
+        let mut out = Vec::new();
+        b.push(b"short", 1, &mut out);
+        assert!(!b.mid_line(), "nothing written yet");
+        b.push(&vec![b'x'; MAX_LINE + 10], 1, &mut out);
+        assert!(b.mid_line());
+        b.push(b"end\nnext", 1, &mut out);
+        assert!(!b.mid_line());
+        b.flush(1, &mut out);
+        assert!(!b.mid_line());
+    }
 
     const TS: i64 = 1_475_712_229_669_794_202;
     const STAMP: &str = "2016-10-06T00:03:49.669794202Z";

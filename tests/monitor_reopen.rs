@@ -1,0 +1,195 @@
+//! Real test of the monitor's log reopen (CRI ReopenContainerLog) with berth-monitor + runc
+//! (needs root, runc and /bin/busybox; skipped otherwise). The bundle is built as in
+//! tests/monitor.rs; everything is removed at the end.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use berth::monitor::{self, MonitorSpec};
+use berth::oci::Runtime;
+
+const MONITOR: &str = env!("CARGO_BIN_EXE_berth-monitor");
+
+struct Case {
+    id: String,
+    dir: tempfile::TempDir,
+    runtime: Runtime,
+}
+
+impl Drop for Case {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(&self.runtime.path)
+            .arg("--root")
+            .arg(&self.runtime.root)
+            .args(["delete", "--force", &self.id])
+            .output();
+        for ctrl in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            let _ = std::fs::remove_dir(ctrl.path().join("berth-test").join(&self.id));
+            let _ = std::fs::remove_dir(ctrl.path().join("berth-test"));
+        }
+    }
+}
+
+fn can_run() -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping: needs root");
+        return false;
+    }
+    if berth::oci::resolve_binary(Path::new("runc")).is_none() || !Path::new("/bin/busybox").exists() {
+        eprintln!("skipping: needs runc and /bin/busybox");
+        return false;
+    }
+    true
+}
+
+fn case(name: &str, args: &[&str]) -> Case {
+    let id = format!("berth-test-{name}-{}", std::process::id());
+    let dir = tempfile::Builder::new().prefix("bmr").tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    let rootfs = bundle.join("rootfs");
+    for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).unwrap();
+    let ldd = std::process::Command::new("ldd").arg("/bin/busybox").output().unwrap();
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        if let Some(lib) = line.split_whitespace().find(|w| w.starts_with('/')) {
+            let dest = rootfs.join(lib.trim_start_matches('/'));
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            std::fs::copy(lib, &dest).unwrap();
+        }
+    }
+    let out = std::process::Command::new("runc").arg("spec").arg("--bundle").arg(&bundle).output().unwrap();
+    assert!(out.status.success(), "runc spec: {}", String::from_utf8_lossy(&out.stderr));
+    let path = bundle.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    cfg["process"]["args"] = serde_json::json!(args);
+    cfg["process"]["terminal"] = serde_json::json!(false);
+    cfg["root"]["path"] = serde_json::json!("rootfs");
+    cfg["linux"]["cgroupsPath"] = serde_json::json!(format!("/berth-test/{id}"));
+    std::fs::write(&path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    let runtime = Runtime::new("runc", "runc".into(), dir.path().join("runc-root")).unwrap();
+    Case { id, dir, runtime }
+}
+
+fn spec(c: &Case) -> MonitorSpec {
+    let bundle = c.dir.path().join("bundle");
+    MonitorSpec {
+        id: c.id.clone(),
+        bundle: bundle.clone(),
+        runtime: c.runtime.path.clone(),
+        runtime_root: c.runtime.root.clone(),
+        log_path: Some(c.dir.path().join("logs/0.log")),
+        exit_file: c.dir.path().join("exit"),
+        pid_file: bundle.join("pidfile"),
+        attach_socket: bundle.join("attach"),
+        terminal: false,
+        stdin: false,
+        stdin_once: false,
+    }
+}
+
+/// Reopens the log four times while the container writes numbered lines (some longer than one
+/// read, so split across reads): every line appears exactly once across the rotated files, each
+/// whole (`F` record with the exact text), and lines after a reopen go to the new file.
+#[tokio::test]
+async fn reopen_while_writing_loses_and_splits_nothing() {
+    if !can_run() {
+        return;
+    }
+    // Writes until the test creates /tmp/stop in its rootfs. Every 1000th line is 40 KiB long, more than one 32 KiB read of the monitor.
+    let script = format!(
+        "i=0; big=$(head -c 40000 /dev/zero | tr '\\0' b); while [ ! -e /tmp/stop ]; do \
+         if [ $((i % 1000)) -eq 0 ]; then echo \"line $i $big\"; else echo \"line $i payload\"; fi; i=$((i+1)); done"
+    );
+    let c = case("reopen", &["sh", "-c", &script]);
+    for a in ["head", "tr"] {
+        std::os::unix::fs::symlink("busybox", c.dir.path().join("bundle/rootfs/bin").join(a)).unwrap();
+    }
+    let spec = spec(&c);
+    let log = spec.log_path.clone().unwrap();
+    let spawned = monitor::spawn(Path::new(MONITOR), &spec).await.unwrap();
+    c.runtime.start(&c.id).await.unwrap();
+
+    let mut rotated: Vec<PathBuf> = Vec::new();
+    for n in 1..=4 {
+        // Wait until the current file has something, then rotate as kubelet does: rename, reopen.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0) < 2000 {
+            assert!(monitor::read_exit_file(&spec.exit_file).unwrap().is_none(), "the container ended early");
+            assert!(Instant::now() < deadline, "log did not grow");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let old = log.with_extension(format!("log.{n}"));
+        std::fs::rename(&log, &old).unwrap();
+        rotated.push(old);
+        if let Err(e) = monitor::attach::reopen_log(&spec.attach_socket, Duration::from_secs(5)).await {
+            let diag = std::fs::read_to_string(spec.bundle.join("monitor.log")).unwrap_or_default();
+            let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(spawned.monitor_pid), None).is_ok();
+            panic!("reopen {n}: {e}; monitor alive {alive}; exit {:?}; diag {diag}", monitor::read_exit_file(&spec.exit_file));
+        }
+        assert!(log.exists(), "reopen answered before {log:?} existed");
+    }
+    // Lines after the last reopen go to the new file too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0) < 2000 {
+        assert!(Instant::now() < deadline, "log did not grow after the last reopen");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    std::fs::write(c.dir.path().join("bundle/rootfs/tmp/stop"), b"").unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let info = loop {
+        if let Some(i) = monitor::read_exit_file(&spec.exit_file).unwrap() {
+            break i;
+        }
+        assert!(Instant::now() < deadline, "container did not finish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(info.exit_code, 0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while nix::sys::signal::kill(nix::unistd::Pid::from_raw(spawned.monitor_pid), None).is_ok() {
+        assert!(Instant::now() < deadline, "monitor still alive");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let big = "b".repeat(40000);
+    let mut seen: BTreeMap<usize, usize> = BTreeMap::new();
+    let files: Vec<PathBuf> = rotated.iter().cloned().chain(std::iter::once(log.clone())).collect();
+    let mut last_in_file = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        let mut partial = String::new();
+        let mut max = None;
+        for rec in text.lines() {
+            let mut it = rec.splitn(4, ' ');
+            let (_ts, stream, tag, body) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap(), it.next().unwrap_or(""));
+            assert_eq!(stream, "stdout", "record {rec:.80}");
+            partial.push_str(body);
+            if tag == "P" {
+                continue;
+            }
+            assert_eq!(tag, "F", "record {rec:.80}");
+            let line = std::mem::take(&mut partial);
+            let mut words = line.splitn(3, ' ');
+            assert_eq!(words.next(), Some("line"), "split or mangled line in {f:?}: {line:.80}");
+            let i: usize = words.next().unwrap().parse().unwrap_or_else(|_| panic!("bad line {line:.80}"));
+            let want = if i % 1000 == 0 { big.as_str() } else { "payload" };
+            assert_eq!(words.next(), Some(want), "line {i} is not whole in {f:?}");
+            *seen.entry(i).or_default() += 1;
+            assert!(max.is_none_or(|m| i > m), "lines out of order in {f:?}");
+            max = Some(i);
+        }
+        assert!(partial.is_empty(), "{f:?} ends inside a line (P without F)");
+        last_in_file.push(max);
+    }
+    let lines = seen.keys().next_back().map_or(0, |m| m + 1);
+    assert!(last_in_file.iter().all(Option::is_some), "a file holds no whole line: {last_in_file:?}");
+    assert_eq!(seen.len(), lines, "lines missing: first gap at {:?}", (0..lines).find(|i| !seen.contains_key(i)));
+    assert!(seen.values().all(|&n| n == 1), "some lines appear twice");
+    // Files hold consecutive ranges: lines after each reopen went to the new file.
+    let maxima: Vec<usize> = last_in_file.iter().flatten().copied().collect();
+    assert!(maxima.windows(2).all(|w| w[0] < w[1]), "rotated files overlap: {maxima:?}");
+}
