@@ -134,7 +134,7 @@ fn update_bundle_spec(paths: &ContainerPaths, oci: &oci_spec::runtime::LinuxReso
         let mut linux = spec.linux().clone().unwrap_or_default();
         let mut res = linux.resources().clone().unwrap_or_default();
         res.set_cpu(oci.cpu().clone())
-            .set_memory(oci.memory().clone())
+            .set_memory(*oci.memory())
             .set_hugepage_limits(oci.hugepage_limits().clone())
             .set_unified(oci.unified().clone());
         linux.set_resources(Some(res));

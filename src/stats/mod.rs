@@ -98,10 +98,13 @@ const LAYER_CACHE_TTL: Duration = Duration::from_secs(5);
 /// A walk taking longer than this is "slow".
 const LAYER_SLOW_WALK: Duration = Duration::from_millis(50);
 
+/// When a writable layer was measured, and its (bytes, inodes).
+type LayerEntry = (Instant, (u64, u64));
+
 /// Cached (bytes, inodes) of writable layers whose walk was slow.
 #[derive(Debug, Default)]
 pub struct LayerCache {
-    entries: Mutex<HashMap<PathBuf, (Instant, (u64, u64))>>,
+    entries: Mutex<HashMap<PathBuf, LayerEntry>>,
 }
 
 impl LayerCache {

@@ -4,6 +4,7 @@
 
 use super::util::check;
 use crate::ctx::{skip, Ctx, Pod};
+use crate::daemon::TargetKind;
 use anyhow::{Context, Result};
 use k8s_cri::v1 as cri;
 use std::time::Duration;
@@ -33,7 +34,8 @@ async fn running(ctx: &Ctx, pod: &Pod, name: &str, cmd: &[&str], labels: &[(&str
 
 /// A container burning CPU: usage_core_nano_seconds grows between two ContainerStats calls
 /// 1.5 s apart and the second reports usage_nano_cores > 0; attributes, memory and the
-/// writable layer are filled.
+/// writable layer are filled. On berth the writable layer counts its upper dir itself (>= 1
+/// inode); containerd 1.6 refreshes snapshot usage every 10 s, so it may still say 0.
 pub async fn cpu_moves(ctx: &Ctx) -> Result<()> {
     let pod = ctx.run_pod("statscpu").await?;
     let res = async {
@@ -45,7 +47,7 @@ pub async fn cpu_moves(ctx: &Ctx) -> Result<()> {
         let attrs = b.attributes.as_ref().context("stats.attributes missing")?;
         check(attrs.id == id, || format!("attributes.id {:?}, expected {id}", attrs.id))?;
         check(attrs.metadata.as_ref().map(|m| m.name.as_str()) == Some("burn"), || format!("attributes.metadata {:?}", attrs.metadata))?;
-        let (ca, cb) = (a.cpu.context("first stats: cpu missing")?, b.cpu.clone().context("second stats: cpu missing")?);
+        let (ca, cb) = (a.cpu.context("first stats: cpu missing")?, b.cpu.context("second stats: cpu missing")?);
         let (ua, ub) = (val(&ca.usage_core_nano_seconds).unwrap_or(0), val(&cb.usage_core_nano_seconds).unwrap_or(0));
         eprintln!("note stats_cpu_moves: usage {ua} -> {ub} ns, nano_cores {:?} -> {:?}", val(&ca.usage_nano_cores), val(&cb.usage_nano_cores));
         check(ub > ua + 500_000_000, || format!("usage_core_nano_seconds {ua} -> {ub}: expected > 0.5 s of CPU in 1.5 s of spinning"))?;
@@ -55,7 +57,8 @@ pub async fn cpu_moves(ctx: &Ctx) -> Result<()> {
         let mem = b.memory.as_ref().context("stats.memory missing")?;
         check(val(&mem.working_set_bytes).unwrap_or(0) > 0, || format!("memory.working_set_bytes {:?}", mem.working_set_bytes))?;
         let wl = b.writable_layer.as_ref().context("stats.writable_layer missing")?;
-        check(val(&wl.inodes_used).unwrap_or(0) >= 1, || format!("writable_layer.inodes_used {:?}", wl.inodes_used))
+        eprintln!("note stats_cpu_moves: writable_layer bytes {:?} inodes {:?}", val(&wl.used_bytes), val(&wl.inodes_used));
+        check(ctx.kind != TargetKind::Berth || val(&wl.inodes_used).unwrap_or(0) >= 1, || format!("writable_layer.inodes_used {:?}", wl.inodes_used))
     }
     .await;
     ctx.remove_pod(&pod.id).await?;
@@ -85,7 +88,8 @@ pub async fn memory_grows(ctx: &Ctx) -> Result<()> {
 }
 
 /// ListContainerStats filters: by container id, by pod sandbox id, by labels; an exited
-/// container has no stats; no filter lists every running container of ours.
+/// container has no stats on berth (containerd 1.6 still reports one until it is removed: noted,
+/// not failed); no filter lists every running container of ours.
 pub async fn list_filters(ctx: &Ctx) -> Result<()> {
     let a = ctx.run_pod("statsla").await?;
     let b = match ctx.run_pod("statslb").await {
@@ -123,7 +127,10 @@ pub async fn list_filters(ctx: &Ctx) -> Result<()> {
         };
         let all = list(Default::default()).await?;
         check(all.contains(&a1) && all.contains(&a2) && all.contains(&b1), || format!("unfiltered list {all:?} lacks one of {a1} {a2} {b1}"))?;
-        check(done.is_empty() || !all.contains(&done), || format!("exited container {done} has stats"))?;
+        if !done.is_empty() && all.contains(&done) {
+            eprintln!("note stats_list_filters: exited container {done} is listed with stats by this runtime");
+            check(ctx.kind != TargetKind::Berth, || format!("exited container {done} has stats"))?;
+        }
         let by_id = list(cri::ContainerStatsFilter { id: a2.clone(), ..Default::default() }).await?;
         check(by_id == vec![a2.clone()], || format!("filter id={a2}: {by_id:?}"))?;
         let by_pod = list(cri::ContainerStatsFilter { pod_sandbox_id: a.id.clone(), ..Default::default() }).await?;
@@ -144,7 +151,8 @@ pub async fn list_filters(ctx: &Ctx) -> Result<()> {
 /// PodSandboxStats: after the pod's container opens a TCP connection to another pod (both in
 /// namespaces the suite made), eth0 shows rx and tx bytes; the container is listed; cpu,
 /// memory and process count are there. ListPodSandboxStats filters by id. Skipped when the
-/// runtime does not implement it (containerd 1.6).
+/// runtime does not implement it, or (containerd 1.6) serves it only for pods with a cgroup
+/// parent ("cgroupPath is empty": the suite's pods give none).
 pub async fn pod_stats_network(ctx: &Ctx) -> Result<()> {
     let a = ctx.run_pod("statsnet-a").await?;
     let b = match ctx.run_pod("statsnet-b").await {
@@ -172,6 +180,9 @@ pub async fn pod_stats_network(ctx: &Ctx) -> Result<()> {
         let _ = ctx.exec(&id, &["wget", "-T", "3", "-q", "-O", "/dev/null", &url], 10).await?;
         let stats = match ctx.rt().pod_sandbox_stats(cri::PodSandboxStatsRequest { pod_sandbox_id: b.id.clone() }).await {
             Err(s) if s.code() == tonic::Code::Unimplemented => return skip("PodSandboxStats is unimplemented by this runtime"),
+            Err(s) if ctx.kind != TargetKind::Berth && s.message().contains("cgroupPath is empty") => {
+                return skip("this runtime serves PodSandboxStats only for pods with a cgroup_parent")
+            }
             r => r.context("PodSandboxStats")?.into_inner().stats.context("PodSandboxStats: no stats")?,
         };
         let linux = stats.linux.as_ref().context("stats.linux missing")?;
