@@ -7,6 +7,7 @@ use futures_util::future::BoxFuture;
 mod container;
 mod cstatus;
 mod errors;
+mod events;
 mod exec;
 mod image;
 mod leaks;
@@ -16,6 +17,7 @@ mod podnet;
 mod restart;
 mod runtime_info;
 mod stats;
+mod stream_hostile;
 mod streaming;
 pub(crate) mod util;
 
@@ -87,6 +89,9 @@ pub fn all() -> Vec<Case> {
         case!("stream_attach_output", streaming::attach_output),
         case!("stream_port_forward", streaming::port_forward),
         case!("stream_port_forward_parallel", streaming::port_forward_parallel),
+        case!("stream_hostile_input", stream_hostile::hostile_input),
+        case!("events_pod_lifecycle_in_order", events::pod_lifecycle_in_order),
+        case!("reopen_log_while_writing", events::reopen_log_while_writing),
         case!("monitor_killed", monitor::monitor_killed),
         case!("daemon_restart_keeps_containers", restart::keeps_containers),
         case!("no_leftovers_after_suite", leaks::no_leftovers),
