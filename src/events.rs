@@ -180,9 +180,8 @@ fn snapshot(d: &Daemon, sandbox_id: &str, current: Option<&ContainerRecord>) -> 
         .map(|v| v.into_iter().map(|(_, r)| r).filter(|r| r.sandbox_id == sandbox_id).collect())
         .unwrap_or_default();
     if let Some(cur) = current {
-        match containers.iter_mut().find(|r| r.id == cur.id) {
-            Some(slot) => *slot = cur.clone(),
-            None => {}
+        if let Some(slot) = containers.iter_mut().find(|r| r.id == cur.id) {
+            *slot = cur.clone();
         }
     }
     containers.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.id.cmp(&b.id)));

@@ -99,12 +99,11 @@ async fn reopen_while_writing_loses_and_splits_nothing() {
     if !can_run() {
         return;
     }
-    // Writes until the test creates /tmp/stop in its rootfs. Every 1000th line is 40 KiB long, more than one 32 KiB read of the monitor.
-    let script = format!(
-        "i=0; big=$(head -c 40000 /dev/zero | tr '\\0' b); while [ ! -e /tmp/stop ]; do \
-         if [ $((i % 1000)) -eq 0 ]; then echo \"line $i $big\"; else echo \"line $i payload\"; fi; i=$((i+1)); done"
-    );
-    let c = case("reopen", &["sh", "-c", &script]);
+    // Writes until the test creates /tmp/stop in its rootfs. Every 1000th line is 40 KiB long,
+    // more than one 32 KiB read of the monitor, so it is logged as P records then F.
+    let script = "i=0; big=$(head -c 40000 /dev/zero | tr '\\0' b); while [ ! -e /tmp/stop ]; do \
+         if [ $((i % 1000)) -eq 0 ]; then echo \"line $i $big\"; else echo \"line $i payload\"; fi; i=$((i+1)); done";
+    let c = case("reopen", &["sh", "-c", script]);
     for a in ["head", "tr"] {
         std::os::unix::fs::symlink("busybox", c.dir.path().join("bundle/rootfs/bin").join(a)).unwrap();
     }
@@ -176,7 +175,7 @@ async fn reopen_while_writing_loses_and_splits_nothing() {
             let mut words = line.splitn(3, ' ');
             assert_eq!(words.next(), Some("line"), "split or mangled line in {f:?}: {line:.80}");
             let i: usize = words.next().unwrap().parse().unwrap_or_else(|_| panic!("bad line {line:.80}"));
-            let want = if i % 1000 == 0 { big.as_str() } else { "payload" };
+            let want = if i.is_multiple_of(1000) { big.as_str() } else { "payload" };
             assert_eq!(words.next(), Some(want), "line {i} is not whole in {f:?}");
             *seen.entry(i).or_default() += 1;
             assert!(max.is_none_or(|m| i > m), "lines out of order in {f:?}");
