@@ -11,7 +11,9 @@
 //! 2. RunPodSandbox, `--runs` times (default 20); each pod stopped+removed outside the timing.
 //! 3. CreateContainer+StartContainer of a `sleep 3600` busybox container in one ready pod, and
 //! 4. StopContainer(timeout 0)+RemoveContainer of that container, `--runs` times each.
-//! 5. With `--pods` pods (default 10) each running one `sleep` container: the daemon's VmRSS
+//! 5. Streaming (see `bench/stream.rs`): exec round trip of `echo hi` over SPDY v4, `--execs`
+//!    times (default 100); port-forward of 64 MiB through one connection, down and up.
+//! 6. With `--pods` pods (default 10) each running one `sleep` container: the daemon's VmRSS
 //!    (/proc/PID/status), one per-container monitor's / shim's PSS and the total PSS of all
 //!    monitors (berth-monitor) or shims (containerd-shim-runc-v2) (/proc/PID/smaps_rollup).
 //!
@@ -20,7 +22,8 @@
 //! (containerd pulls its pause image there). Everything created is removed at the end; leftovers
 //! (mounts, /var/run/netns entries, processes, cgroup dirs, the bridge) are checked and printed.
 //!
-//! Usage: `bench [--pulls N] [--runs N] [--pods N] [--targets berth,containerd]`, as root.
+//! Usage: `bench [--pulls N] [--runs N] [--execs N] [--pods N] [--targets berth,containerd]`,
+//! as root.
 //! `BERTH_BIN` names the berth binary (default `<target>/release/berth`, else debug).
 
 use anyhow::{bail, Context, Result};
@@ -35,6 +38,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+#[path = "bench/stream.rs"]
+mod stream;
 
 /// Label on every pod and container the bench creates.
 const BENCH_LABEL: &str = "berth-bench";
@@ -58,18 +64,20 @@ fn created() -> Vec<String> {
 struct Opts {
     pulls: usize,
     runs: usize,
+    execs: usize,
     pods: usize,
     targets: Vec<TargetKind>,
 }
 
 fn parse_opts() -> Result<Opts> {
-    let mut o = Opts { pulls: 10, runs: 20, pods: 10, targets: vec![TargetKind::Berth, TargetKind::Containerd] };
+    let mut o = Opts { pulls: 10, runs: 20, execs: 100, pods: 10, targets: vec![TargetKind::Berth, TargetKind::Containerd] };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
         match a.as_str() {
             "--pulls" => o.pulls = val("--pulls")?.parse().context("--pulls: expected a count")?,
             "--runs" => o.runs = val("--runs")?.parse().context("--runs: expected a count")?,
+            "--execs" => o.execs = val("--execs")?.parse().context("--execs: expected a count")?,
             "--pods" => o.pods = val("--pods")?.parse().context("--pods: expected a count")?,
             "--targets" => {
                 o.targets = val("--targets")?
@@ -82,14 +90,14 @@ fn parse_opts() -> Result<Opts> {
                     .collect::<Result<_>>()?
             }
             "-h" | "--help" => {
-                println!("usage: bench [--pulls N] [--runs N] [--pods N] [--targets berth,containerd]");
+                println!("usage: bench [--pulls N] [--runs N] [--execs N] [--pods N] [--targets berth,containerd]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (see --help)"),
         }
     }
-    if o.pulls == 0 || o.runs == 0 || o.pods == 0 {
-        bail!("--pulls, --runs and --pods must be at least 1");
+    if o.pulls == 0 || o.runs == 0 || o.execs == 0 || o.pods == 0 {
+        bail!("--pulls, --runs, --execs and --pods must be at least 1");
     }
     Ok(o)
 }
@@ -128,6 +136,7 @@ struct Results {
     run_pod: Samples,
     create_start: Samples,
     stop_remove: Samples,
+    streaming: stream::StreamResults,
     image_size: Option<u64>,
     daemon_rss_idle_kib: Option<u64>,
     daemon_rss_kib: Option<u64>,
@@ -433,6 +442,8 @@ async fn phases(kind: TargetKind, dir: &Path, c: &mut Clients, daemon_pid: i32, 
     phase_run_pod(dir, c, o.runs, r).await?;
     eprintln!("bench[{}]: Create+Start / Stop+Remove x{}", kind_name(kind), o.runs);
     phase_containers(dir, c, &imgs.busybox, o.runs, r).await?;
+    eprintln!("bench[{}]: exec round trip x{}, port-forward 64 MiB x{} each way", kind_name(kind), o.execs, stream::PF_RUNS);
+    stream::phase_streaming(dir, c, &imgs.busybox, o.execs, &mut r.streaming).await?;
     eprintln!("bench[{}]: memory with {} pods", kind_name(kind), o.pods);
     phase_memory(kind, dir, c, daemon_pid, &imgs.busybox, o.pods, r).await
 }
@@ -647,6 +658,9 @@ fn print_report(o: &Opts, facts: &[(String, String)], cols: &[(TargetKind, Resul
     row(&format!("RunPodSandbox (median of {})", o.runs), &|r| ms(r.run_pod.median()));
     row(&format!("Create+Start (median of {})", o.runs), &|r| ms(r.create_start.median()));
     row(&format!("Stop+Remove (median of {})", o.runs), &|r| ms(r.stop_remove.median()));
+    row(&format!("exec echo hi, SPDY (median of {})", o.execs), &|r| ms(r.streaming.exec.median()));
+    row("port-forward 64 MiB down (median)", &|r| stream::median_rate(&r.streaming.pf_down));
+    row("port-forward 64 MiB up (median)", &|r| stream::median_rate(&r.streaming.pf_up));
     row("daemon RSS, idle", &|r| mib(r.daemon_rss_idle_kib));
     row(&format!("daemon RSS, {} pods", o.pods), &|r| mib(r.daemon_rss_kib));
     row("monitor/shim PSS (one)", &|r| kib(r.one_monitor_pss_kib));
@@ -656,9 +670,10 @@ fn print_report(o: &Opts, facts: &[(String, String)], cols: &[(TargetKind, Resul
     println!();
     println!("min / median / max:");
     for (k, r) in cols {
-        for (name, s) in [("Version", &r.version), ("pull", &r.pull), ("RunPodSandbox", &r.run_pod), ("Create+Start", &r.create_start), ("Stop+Remove", &r.stop_remove)] {
+        for (name, s) in [("Version", &r.version), ("pull", &r.pull), ("RunPodSandbox", &r.run_pod), ("Create+Start", &r.create_start), ("Stop+Remove", &r.stop_remove), ("exec echo hi", &r.streaming.exec)] {
             println!("  {:<11} {:<14} {} / {} / {}  (n={})", kind_name(*k), name, ms(s.min()), ms(s.median()), ms(s.max()), s.0.len());
         }
+        println!("  {:<11} {:<14} down {}, up {}  (n={})", kind_name(*k), "port-forward", stream::range_rate(&r.streaming.pf_down), stream::range_rate(&r.streaming.pf_up), r.streaming.pf_down.len());
         if let Some(sz) = r.image_size {
             println!("  {:<11} busybox ImageStatus.size = {} bytes", kind_name(*k), sz);
         }
