@@ -72,25 +72,16 @@ pub struct AttachSocket {
 }
 
 impl AttachSocket {
-    /// Binds and listens at `path` (relative to its directory when longer than `sun_path`; the
-    /// monitor's working directory is restored to `cwd`). A bind failure is logged to the monitor
-    /// diagnostics and leaves a socket with no listener: the container still runs, unattachable.
-    /// `stdin`: where client input goes (None: input is discarded); `tty`: the pty master (dup).
-    pub fn bind(
+    /// The attach side of a monitor over `listener` (made by [`listen`] before the monitor reports
+    /// the pid, so the socket exists as soon as the daemon hears of the container).
+    pub fn with_listener(
+        listener: Option<OwnedFd>,
         path: &Path,
-        cwd: &Path,
         stdin: Option<OwnedFd>,
         tty: Option<OwnedFd>,
         stdin_once: bool,
         exec_mode: bool,
     ) -> AttachSocket {
-        let listener = match listen_at(path, cwd) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                diag(cwd, &format!("attach socket {path:?}: {e}"));
-                None
-            }
-        };
         for fd in stdin.iter().chain(tty.iter()) {
             let _ = super::process::set_nonblocking(fd);
         }
@@ -432,6 +423,19 @@ fn send_packet(fd: &OwnedFd, packet: &[u8]) -> Result<bool, Errno> {
             Err(Errno::EAGAIN) => return Ok(false),
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Binds and listens on the attach socket `path` (relative to `cwd` when the path is too long for
+/// `sun_path`); a failure is written to the monitor's diagnostics and gives `None` (the container
+/// then runs unattachable).
+pub fn listen(path: &Path, cwd: &Path) -> Option<OwnedFd> {
+    match listen_at(path, cwd) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            diag(cwd, &format!("attach socket {path:?}: {e}"));
+            None
         }
     }
 }

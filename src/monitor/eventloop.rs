@@ -67,7 +67,14 @@ const REOPEN_DEFER_MAX: Duration = Duration::from_secs(1);
 /// Runs until the container process (or, `exec_mode`, the exec'd process) exits; delivers its
 /// remaining output, writes the exit file and returns the exit code of the monitor (0, or 1 when
 /// the exit file could not be written).
-pub fn run(spec: &MonitorSpec, container: Container, mut log: Option<File>, sigfd: SignalFd, exec_mode: bool) -> i32 {
+pub fn run(
+    spec: &MonitorSpec,
+    container: Container,
+    mut log: Option<File>,
+    sigfd: SignalFd,
+    exec_mode: bool,
+    listener: Option<std::os::fd::OwnedFd>,
+) -> i32 {
     let Container { pid, streams, stdin, oom } = container;
     let tty = match &streams {
         Streams::Tty { master } => master.try_clone().ok(),
@@ -75,7 +82,7 @@ pub fn run(spec: &MonitorSpec, container: Container, mut log: Option<File>, sigf
     };
     // Input goes to the stdin pipe, or with a tty to the master, only when CRI `stdin` is set.
     let input = if spec.stdin { stdin.or_else(|| tty.as_ref().and_then(|t| t.try_clone().ok())) } else { None };
-    let mut attach = AttachSocket::bind(&spec.attach_socket, &spec.bundle, input, tty, spec.stdin_once, exec_mode);
+    let mut attach = AttachSocket::with_listener(listener, &spec.attach_socket, input, tty, spec.stdin_once, exec_mode);
     let mut sources: Vec<Source> = match streams {
         Streams::Pipes { stdout, stderr } => vec![source(stdout, Stream::Stdout), source(stderr, Stream::Stderr)],
         Streams::Tty { master } => vec![source(master, Stream::Stdout)],

@@ -117,9 +117,12 @@ pub fn run(spec_path: &Path) -> i32 {
             return 1;
         }
     };
+    // The attach socket exists before the daemon hears the pid: an Attach right after
+    // CreateContainer (or an exec session's first connect) never finds it missing.
+    let listener = super::attach_socket::listen(&spec.attach_socket, &spec.bundle);
     report(&mut sync, &SyncMessage { pid: Some(container.pid), error: None });
     drop(sync);
-    eventloop::run(&spec, container, log, sigfd, exec.is_some())
+    eventloop::run(&spec, container, log, sigfd, exec.is_some(), listener)
 }
 
 fn error_msg(message: String) -> SyncMessage {
