@@ -86,8 +86,11 @@ impl RuntimeService for RuntimeServer {
         Ok(Response::new(cri::PodSandboxStatusResponse {
             status: Some(convert::pod_sandbox_status(&r)),
             info: if req.verbose { convert::pod_sandbox_info(&r) } else { Default::default() },
-            // Filled only by runtimes that serve evented PLEG (GetContainerEvents); berth does not yet.
-            containers_statuses: Vec::new(),
+            // Evented PLEG (GetContainerEvents) reads the pod's container statuses from here.
+            containers_statuses: crate::container::list_in_sandbox(&self.d, &r.id)?
+                .iter()
+                .map(convert::container_status)
+                .collect(),
             timestamp: crate::util::now_nanos(),
         }))
     }
