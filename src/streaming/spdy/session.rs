@@ -29,8 +29,10 @@ pub(crate) const MAX_DATA_CHUNK: usize = 16 * 1024;
 /// Data bytes queued for the writer task beyond which writers wait (bounds the queue for peers
 /// that do no flow control).
 pub(crate) const MAX_QUEUED_DATA: usize = 256 * 1024;
-/// Largest frame payload accepted from the peer.
-const MAX_RECV_FRAME: usize = frame::MAX_FRAME_LEN;
+/// Largest frame payload accepted from the peer: 1 MiB. The protocol allows 16 MiB, but a frame
+/// is buffered whole before it is checked, so a hostile peer could make every connection hold
+/// 16 MiB; real peers write far smaller frames (client-go and kubelet copy in 32 KiB pieces).
+const MAX_RECV_FRAME: usize = 1 << 20;
 /// The session receive window this side grants at start (SPDY/3.1 WINDOW_UPDATE on stream 0).
 const SESSION_RECV_WINDOW: u32 = 16 * 1024 * 1024;
 
