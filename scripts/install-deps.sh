@@ -18,6 +18,7 @@ declare -A need=(
   [libc-bin]=/usr/bin/ldd
   [util-linux]=/bin/umount
   [ca-certificates]=/etc/ssl/certs/ca-certificates.crt
+  [openssl]=/usr/bin/openssl
   [pkg-config]=/usr/bin/pkg-config
   [gcc]=/usr/bin/cc
   [libc6-dev]=/usr/lib/x86_64-linux-gnu/libc.a

@@ -135,6 +135,10 @@ pub struct StreamingConfig {
     pub address: String,
     /// TCP port; 0 picks a free one.
     pub port: u16,
+    /// PEM certificate chain for HTTPS; empty (with `tls_key_file`) serves plain HTTP.
+    pub tls_cert_file: PathBuf,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: PathBuf,
 }
 
 impl Default for Config {
@@ -189,7 +193,7 @@ impl Default for ImageConfig {
 
 impl Default for StreamingConfig {
     fn default() -> Self {
-        StreamingConfig { address: "127.0.0.1".into(), port: 0 }
+        StreamingConfig { address: "127.0.0.1".into(), port: 0, tls_cert_file: PathBuf::new(), tls_key_file: PathBuf::new() }
     }
 }
 
@@ -299,6 +303,12 @@ impl Config {
                 message: format!("{:?} must be an absolute cgroupfs path such as \"/berth\"", self.cgroup_parent),
             });
         }
+        if self.streaming.tls_cert_file.as_os_str().is_empty() != self.streaming.tls_key_file.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "streaming.tls_cert_file/tls_key_file".into(),
+                message: "set both (HTTPS) or neither (plain HTTP)".into(),
+            });
+        }
         for (host, r) in &self.image.registries {
             for m in &r.mirrors {
                 if !(m.starts_with("http://") || m.starts_with("https://")) {
@@ -378,6 +388,8 @@ fn comment_for(key: &str) -> Option<&'static str> {
         "streaming" => "exec/attach/port-forward HTTP server",
         "streaming.address" => "address to bind",
         "streaming.port" => "TCP port; 0 picks a free one",
+        "streaming.tls_cert_file" => "PEM certificate chain for HTTPS; empty = plain HTTP",
+        "streaming.tls_key_file" => "PEM private key of tls_cert_file",
         _ => {
             return generic.or(match base {
                 "path" if key.starts_with("runtime.handlers.") => Some("runtime binary, looked up on PATH when not absolute"),
@@ -520,6 +532,16 @@ mod tests {
         std::fs::write(d.path().join("berth.toml"), "[image.registries.\"registry.k8s.io\"]\nmirrors = [\"127.0.0.1:5000\"]\n").unwrap();
         let e = Config::load(&opts(d.path(), vec![])).unwrap_err().to_string();
         assert!(e.contains("mirrors") && e.contains("http://"), "{e}");
+    }
+
+    #[test]
+    fn streaming_tls_needs_both_files() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("berth.toml"), "[streaming]\ntls_cert_file = \"/etc/berth/cert.pem\"\n").unwrap();
+        let e = Config::load(&opts(d.path(), vec![])).unwrap_err().to_string();
+        assert!(e.contains("tls_key_file"), "{e}");
+        std::fs::write(d.path().join("berth.toml"), "[streaming]\ntls_cert_file = \"/c.pem\"\ntls_key_file = \"/k.pem\"\n").unwrap();
+        assert!(Config::load(&opts(d.path(), vec![])).is_ok());
     }
 
     #[test]

@@ -77,6 +77,8 @@ impl StreamRequest {
 /// call [`StreamingServer::shutdown`].
 pub struct StreamingServer {
     addr: SocketAddr,
+    /// `http`, or `https` when `[streaming] tls_cert_file` is set.
+    scheme: &'static str,
     inner: Arc<Inner>,
     accept_loop: Mutex<Option<JoinHandle<()>>>,
 }
@@ -100,6 +102,8 @@ impl StreamingServer {
         let addr = listener
             .local_addr()
             .map_err(|e| StreamError::Internal(format!("streaming server: local address: {e}")))?;
+        let tls = tls_acceptor(cfg)?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let inner = Arc::new(Inner { tokens: TokenCache::new(), backend });
         let loop_inner = inner.clone();
         let accept_loop = tokio::spawn(async move {
@@ -114,17 +118,28 @@ impl StreamingServer {
                 };
                 let _ = tcp.set_nodelay(true);
                 let inner = loop_inner.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| handle(inner.clone(), req));
-                    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).with_upgrades();
-                    if let Err(e) = conn.await {
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let served = match tls {
+                        None => http.serve_connection(TokioIo::new(tcp), svc).with_upgrades().await,
+                        Some(acceptor) => match acceptor.accept(tcp).await {
+                            Ok(stream) => http.serve_connection(TokioIo::new(stream), svc).with_upgrades().await,
+                            Err(e) => {
+                                tracing::debug!(%peer, error = %e, "streaming server: TLS handshake failed");
+                                return;
+                            }
+                        },
+                    };
+                    if let Err(e) = served {
                         tracing::debug!(%peer, error = %e, "streaming server: connection ended with an error");
                     }
                 });
             }
         });
         tracing::info!(%addr, "streaming server listening");
-        Ok(Arc::new(StreamingServer { addr, inner, accept_loop: Mutex::new(Some(accept_loop)) }))
+        Ok(Arc::new(StreamingServer { addr, scheme, inner, accept_loop: Mutex::new(Some(accept_loop)) }))
     }
 
     /// The bound address (with the real port when 0 was asked).
@@ -142,7 +157,7 @@ impl StreamingServer {
         if addr.ip().is_unspecified() {
             addr.set_ip(if addr.is_ipv4() { std::net::Ipv4Addr::LOCALHOST.into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
         }
-        Ok(format!("http://{addr}/{route}/{token}"))
+        Ok(format!("{}://{addr}/{route}/{token}", self.scheme))
     }
 
     /// Stops accepting connections (sessions in progress continue).
@@ -151,6 +166,34 @@ impl StreamingServer {
             h.abort();
         }
     }
+}
+
+/// The TLS acceptor for `[streaming] tls_cert_file` / `tls_key_file` (PEM), or `None` for plain
+/// HTTP. rustls with the aws-lc-rs provider, TLS 1.2 and 1.3, ALPN `http/1.1`.
+/// Errors: `InvalidArgument` naming the file that cannot be read or holds no usable key/cert.
+fn tls_acceptor(cfg: &crate::config::StreamingConfig) -> Result<Option<tokio_rustls::TlsAcceptor>, StreamError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    if cfg.tls_cert_file.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    let bad = |key: &str, path: &std::path::Path, e: &dyn std::fmt::Display| {
+        StreamError::InvalidArgument(format!("streaming.{key} {}: {e}", path.display()))
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cfg.tls_cert_file)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| bad("tls_cert_file", &cfg.tls_cert_file, &e))?;
+    if certs.is_empty() {
+        return Err(bad("tls_cert_file", &cfg.tls_cert_file, &"no PEM certificate in it"));
+    }
+    let key = PrivateKeyDer::from_pem_file(&cfg.tls_key_file).map_err(|e| bad("tls_key_file", &cfg.tls_key_file, &e))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+        .map_err(|e| bad("tls_key_file", &cfg.tls_key_file, &e))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
 }
 
 type Resp = Response<Full<Bytes>>;

@@ -118,7 +118,7 @@ impl Drop for Env {
 pub(super) async fn env() -> Env {
     let (echo_port, echo) = echo_server().await;
     let dropped = Arc::new(AtomicBool::new(false));
-    let cfg = StreamingConfig { address: "127.0.0.1".into(), port: 0 };
+    let cfg = StreamingConfig { address: "127.0.0.1".into(), ..Default::default() };
     let srv = StreamingServer::start(&cfg, Arc::new(Fake { echo_port, dropped: dropped.clone() })).await.unwrap();
     Env { srv, dropped, echo }
 }
@@ -393,4 +393,56 @@ async fn port_forward_moves_megabytes_both_ways() {
     }
     assert!(got == payload, "WebSocket port-forward: {} bytes back", got.len());
     let _ = writer.await.unwrap().close().await;
+}
+
+/// `[streaming] tls_cert_file`/`tls_key_file`: the server speaks HTTPS, URLs say https, and a
+/// client that trusts the certificate gets the server's answers over TLS (a 404 for an unknown
+/// token here). A key file that is no key is refused at start, naming the key.
+#[tokio::test]
+async fn tls_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-addext", "basicConstraints=critical,CA:FALSE", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !made.is_ok_and(|s| s.success()) {
+        eprintln!("skipping tls_when_configured: no openssl to make a certificate");
+        return;
+    }
+    let (echo_port, echo) = echo_server().await;
+    let cfg = StreamingConfig { address: "127.0.0.1".into(), port: 0, tls_cert_file: cert.clone(), tls_key_file: key.clone() };
+    let srv = StreamingServer::start(&cfg, Arc::new(Fake { echo_port, dropped: Arc::new(AtomicBool::new(false)) })).await.unwrap();
+    let url = srv.url_for(exec("true", false, false)).unwrap();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(&cert).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(srv.local_addr()).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(client)).connect(name, tcp).await.expect("TLS handshake");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tls.write_all(b"GET /exec/no-such-token HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut reply = String::new();
+    let _ = tls.read_to_string(&mut reply).await;
+    assert!(reply.starts_with("HTTP/1.1 404"), "{reply}");
+    srv.shutdown();
+    echo.abort();
+
+    let bad = StreamingConfig { tls_key_file: cert.clone(), ..cfg };
+    let e = StreamingServer::start(&bad, Arc::new(Fake { echo_port, dropped: Arc::new(AtomicBool::new(false)) })).await.err().expect("a certificate is no key");
+    assert!(e.to_string().contains("tls_key_file"), "{e}");
 }
