@@ -62,6 +62,10 @@ pub struct Config {
     pub cgroup_parent: String,
     /// Seconds a StopPodSandbox gives each container before SIGKILL.
     pub pod_stop_timeout: u64,
+    /// Largest size in bytes of one container's CRI log file; 0 = unlimited. When the next
+    /// record would take the file past it, the monitor replaces the file with an empty one and
+    /// goes on writing (conmon's `--log-size-max`). When non-zero, at least 8192 (as CRI-O).
+    pub log_size_max: u64,
     /// OCI runtimes.
     pub runtime: RuntimeConfig,
     /// CNI.
@@ -152,6 +156,7 @@ impl Default for Config {
             monitor_path: PathBuf::new(),
             cgroup_parent: "/berth".into(),
             pod_stop_timeout: 10,
+            log_size_max: 0,
             runtime: RuntimeConfig::default(),
             network: NetworkConfig::default(),
             image: ImageConfig::default(),
@@ -303,6 +308,12 @@ impl Config {
                 message: format!("{:?} must be an absolute cgroupfs path such as \"/berth\"", self.cgroup_parent),
             });
         }
+        if self.log_size_max != 0 && self.log_size_max < LOG_SIZE_MAX_MIN {
+            return Err(ConfigError::Invalid {
+                key: "log_size_max".into(),
+                message: format!("{} bytes is too small: 0 (unlimited) or at least {LOG_SIZE_MAX_MIN}", self.log_size_max),
+            });
+        }
         if self.streaming.tls_cert_file.as_os_str().is_empty() != self.streaming.tls_key_file.as_os_str().is_empty() {
             return Err(ConfigError::Invalid {
                 key: "streaming.tls_cert_file/tls_key_file".into(),
@@ -355,6 +366,9 @@ impl Config {
     }
 }
 
+/// Smallest non-zero `log_size_max` in bytes (CRI-O's floor, conmon's read buffer).
+pub const LOG_SIZE_MAX_MIN: u64 = 8192;
+
 /// `BERTH_*` variables that configure something other than the daemon (tests, tools).
 const ENV_NOT_CONFIG: &[&str] = &["ENDPOINT", "BIN", "TEST_KEEP", "LOG"];
 
@@ -376,6 +390,7 @@ fn comment_for(key: &str) -> Option<&'static str> {
         "monitor_path" => "berth-monitor binary; empty = next to the berth binary",
         "cgroup_parent" => "cgroupfs parent for pods that give none",
         "pod_stop_timeout" => "seconds StopPodSandbox waits for each container before SIGKILL",
+        "log_size_max" => "bytes per container log file; at the limit it starts over empty (0 = unlimited)",
         "runtime" => "OCI runtimes",
         "runtime.default_handler" => "handler used when a request names none",
         "network" => "CNI",
@@ -532,6 +547,16 @@ mod tests {
         std::fs::write(d.path().join("berth.toml"), "[image.registries.\"registry.k8s.io\"]\nmirrors = [\"127.0.0.1:5000\"]\n").unwrap();
         let e = Config::load(&opts(d.path(), vec![])).unwrap_err().to_string();
         assert!(e.contains("mirrors") && e.contains("http://"), "{e}");
+    }
+
+    #[test]
+    fn log_size_max_is_zero_or_at_least_the_floor() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("berth.toml"), "log_size_max = 100\n").unwrap();
+        let e = Config::load(&opts(d.path(), vec![])).unwrap_err().to_string();
+        assert!(e.contains("log_size_max") && e.contains("8192"), "{e}");
+        let c = Config::load(&opts(d.path(), vec![("BERTH_LOG_SIZE_MAX", "65536")])).unwrap();
+        assert_eq!(c.log_size_max, 65536);
     }
 
     #[test]

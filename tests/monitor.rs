@@ -50,6 +50,7 @@ impl Case {
             terminal,
             stdin: false,
             stdin_once: false,
+            log_size_max: 0,
         }
     }
 
@@ -492,6 +493,7 @@ fn exec_spec(c: &Case, args: &[&str], tty: bool, stdin: bool) -> (MonitorSpec, E
         terminal: tty,
         stdin,
         stdin_once: true,
+        log_size_max: 0,
     };
     assert!(spec.attach_socket.as_os_str().len() > 108);
     (spec, ExecProcess { process_json: pj })

@@ -88,6 +88,7 @@ fn spec(c: &Case) -> MonitorSpec {
         terminal: false,
         stdin: false,
         stdin_once: false,
+        log_size_max: 0,
     }
 }
 

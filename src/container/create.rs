@@ -144,6 +144,7 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
             terminal: config.tty,
             stdin: config.stdin,
             stdin_once: config.stdin_once,
+            log_size_max: d.config.log_size_max,
         };
         if let Some(log) = mspec.log_path.clone() {
             // The monitor creates the log file before the runtime runs; a failed create must not

@@ -146,6 +146,7 @@ impl StreamBackend {
             terminal: spec.tty,
             stdin,
             stdin_once: true,
+            log_size_max: 0,
         };
         Ok((mspec, ExecProcess { process_json }, guard))
     }

@@ -8,7 +8,6 @@
 //! log and to every attached client.
 
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -19,6 +18,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 
 use super::attach_socket::{AttachSocket, Token};
 use super::logline::{LineBuffer, Stream};
+use super::logsize::LogLimit;
 use super::oom::OomWatch;
 use super::process::{diag, set_nonblocking};
 use super::{ExitInfo, MonitorSpec};
@@ -70,7 +70,7 @@ const REOPEN_DEFER_MAX: Duration = Duration::from_secs(1);
 pub fn run(
     spec: &MonitorSpec,
     container: Container,
-    mut log: Option<File>,
+    log: Option<File>,
     sigfd: SignalFd,
     exec_mode: bool,
     listener: Option<std::os::fd::OwnedFd>,
@@ -89,6 +89,7 @@ pub fn run(
     };
     let mut out = Vec::with_capacity(READ_CHUNK);
     let mut buf = vec![0u8; READ_CHUNK];
+    let mut log = Log { limit: LogLimit::new(spec.log_size_max, log.as_ref()), file: log, spec };
     let mut exit = reap(pid, &spec.bundle);
     // When a reopen request was first deferred (a line was half written).
     let mut reopen_since: Option<Instant> = None;
@@ -123,7 +124,7 @@ pub fn run(
         for (k, &i) in open.iter().enumerate() {
             if ready[k + 1] {
                 read_once(&mut sources[i], &mut buf, &mut out, &mut attach);
-                write_log(&mut log, &mut out);
+                log.write(&mut out);
             }
         }
         let base = 1 + open.len();
@@ -136,7 +137,8 @@ pub fn run(
             let since = *reopen_since.get_or_insert_with(Instant::now);
             if sources.iter().all(|s| !s.lines.mid_line()) || since.elapsed() >= REOPEN_DEFER_MAX {
                 reopen_since = None;
-                let result = reopen_log(spec, &mut log);
+                let result = reopen_log(spec, &mut log.file);
+                log.limit = LogLimit::new(spec.log_size_max, log.file.as_ref());
                 if let Err(e) = &result {
                     diag(&spec.bundle, &format!("reopen log: {e}"));
                 }
@@ -154,7 +156,7 @@ pub fn run(
     for s in sources.iter_mut().filter(|s| s.open) {
         let _ = set_nonblocking(&s.fd);
         while s.open && read_once(s, &mut buf, &mut out, &mut attach) {}
-        write_log(&mut log, &mut out);
+        log.write(&mut out);
     }
     if exec_mode {
         attach.finish(EXEC_CONNECT_WAIT, EXEC_FLUSH_IDLE);
@@ -165,8 +167,8 @@ pub fn run(
     for s in sources.iter_mut() {
         s.lines.flush(now, &mut out);
     }
-    write_log(&mut log, &mut out);
-    if let Some(f) = log.as_mut() {
+    log.write(&mut out);
+    if let Some(f) = log.file.as_mut() {
         let _ = f.sync_data();
     }
 
@@ -210,15 +212,24 @@ fn read_once(s: &mut Source, buf: &mut [u8], out: &mut Vec<u8>, attach: &mut Att
     }
 }
 
-/// Appends the encoded records to the log (or drops them when there is no log) and clears `out`.
-/// A failed write (disk full) loses those records but never stops the monitor.
-fn write_log(log: &mut Option<File>, out: &mut Vec<u8>) {
-    if let Some(f) = log.as_mut() {
-        if !out.is_empty() {
-            let _ = f.write_all(out);
+/// The CRI log as the event loop writes it: the open file and its size limit.
+struct Log<'a> {
+    file: Option<File>,
+    limit: LogLimit,
+    spec: &'a MonitorSpec,
+}
+
+impl Log<'_> {
+    /// Appends the encoded records to the log (or drops them when there is no log) and clears
+    /// `out`; at `log_size_max` the file starts over empty ([`super::logsize`]). A failed write
+    /// (disk full) loses those records but never stops the monitor.
+    fn write(&mut self, out: &mut Vec<u8>) {
+        if let (Some(f), false) = (self.file.as_mut(), out.is_empty()) {
+            let bundle = &self.spec.bundle;
+            self.limit.write(f, self.spec.log_path.as_deref(), out, &mut |e| diag(bundle, &e));
         }
+        out.clear();
     }
-    out.clear();
 }
 
 /// Reopens the CRI log file at `spec.log_path` (CRI ReopenContainerLog: kubelet renamed the old

@@ -13,7 +13,7 @@
 //! instead of `runtime create`, holds that process's stdio, serves the attach socket, writes the
 //! exit file and exits; no CRI log.
 //!
-//! Modules: [`logline`] (pure CRI log encoder), [`client`] (daemon side, tokio), [`process`]
+//! Modules: [`logline`] (pure CRI log encoder), [`logsize`] (the log size limit), [`client`] (daemon side, tokio), [`process`]
 //! (the monitor process up to the sync reply: fork, runtime create / exec), [`eventloop`] (log
 //! copying, reaping, exit file), [`oom`] (OOM-kill detection), [`attach_socket`] (the attach
 //! socket inside the monitor), [`attach`] (its daemon-side client and packet protocol).
@@ -23,6 +23,7 @@ pub mod attach_socket;
 pub mod client;
 pub mod eventloop;
 pub mod logline;
+pub mod logsize;
 pub mod oom;
 pub mod process;
 
@@ -61,6 +62,11 @@ pub struct MonitorSpec {
     pub stdin: bool,
     /// CRI `stdin_once`: close the container's stdin when the first attach session ends.
     pub stdin_once: bool,
+    /// Largest size in bytes of the CRI log file (config `log_size_max`); 0 = unlimited. At the
+    /// limit the monitor replaces the file with an empty one and writes on ([`logsize`]).
+    /// Absent in monitor.json written before this field existed: 0.
+    #[serde(default)]
+    pub log_size_max: u64,
 }
 
 /// Exec mode: the process to run in the (running) container `MonitorSpec.id`.

@@ -169,6 +169,7 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
             terminal: false,
             stdin: false,
             stdin_once: false,
+            log_size_max: 0,
         };
         let started = std::time::Instant::now();
         let spawned = crate::monitor::spawn(&d.monitor_bin, &mspec).await?;
