@@ -56,6 +56,9 @@ pub struct Config {
     pub netns_dir: PathBuf,
     /// `tracing` filter for the daemon's log, e.g. `info` or `berth=debug`.
     pub log_level: String,
+    /// Format of the daemon's log lines on stderr: `text` (human-readable) or `json` (one JSON
+    /// object per line, tracing-subscriber's JSON formatter).
+    pub log_format: String,
     /// Path of the `berth-monitor` binary; empty means "next to the running `berth` binary".
     pub monitor_path: PathBuf,
     /// cgroup parent (cgroupfs path) for pods whose config gives none.
@@ -74,6 +77,8 @@ pub struct Config {
     pub image: ImageConfig,
     /// The streaming (exec/attach/port-forward) server.
     pub streaming: StreamingConfig,
+    /// The opt-in Prometheus endpoint.
+    pub metrics: MetricsConfig,
 }
 
 /// `[runtime]`: the OCI runtime handlers (CRI `runtime_handler` / RuntimeClass).
@@ -145,6 +150,27 @@ pub struct StreamingConfig {
     pub tls_key_file: PathBuf,
 }
 
+/// `[metrics]`: berth's own Prometheus metrics (text format 0.0.4 on `GET /metrics`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve the endpoint (off by default, as CRI-O's `enable_metrics`).
+    pub enabled: bool,
+    /// IP address to bind.
+    pub address: String,
+    /// TCP port; 0 picks a free one (logged at start).
+    pub port: u16,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { enabled: false, address: "127.0.0.1".into(), port: 9090 }
+    }
+}
+
+/// The values `log_format` accepts.
+pub const LOG_FORMATS: &[&str] = &["text", "json"];
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -153,6 +179,7 @@ impl Default for Config {
             run_root: "/run/berth".into(),
             netns_dir: "/var/run/netns".into(),
             log_level: "info".into(),
+            log_format: "text".into(),
             monitor_path: PathBuf::new(),
             cgroup_parent: "/berth".into(),
             pod_stop_timeout: 10,
@@ -161,6 +188,7 @@ impl Default for Config {
             network: NetworkConfig::default(),
             image: ImageConfig::default(),
             streaming: StreamingConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -320,6 +348,18 @@ impl Config {
                 message: "set both (HTTPS) or neither (plain HTTP)".into(),
             });
         }
+        if !LOG_FORMATS.contains(&self.log_format.as_str()) {
+            return Err(ConfigError::Invalid {
+                key: "log_format".into(),
+                message: format!("{:?} is not one of {}", self.log_format, LOG_FORMATS.join(", ")),
+            });
+        }
+        if self.metrics.address.parse::<std::net::IpAddr>().is_err() {
+            return Err(ConfigError::Invalid {
+                key: "metrics.address".into(),
+                message: format!("{:?} is not an IP address (such as 127.0.0.1 or ::1)", self.metrics.address),
+            });
+        }
         for (host, r) in &self.image.registries {
             for m in &r.mirrors {
                 if !(m.starts_with("http://") || m.starts_with("https://")) {
@@ -387,6 +427,7 @@ fn comment_for(key: &str) -> Option<&'static str> {
         "run_root" => "volatile state: bundles, monitor sockets, exit files, mounts",
         "netns_dir" => "where pinned pod network namespaces are bind-mounted",
         "log_level" => "tracing filter for the daemon log",
+        "log_format" => "daemon log format on stderr: text or json",
         "monitor_path" => "berth-monitor binary; empty = next to the berth binary",
         "cgroup_parent" => "cgroupfs parent for pods that give none",
         "pod_stop_timeout" => "seconds StopPodSandbox waits for each container before SIGKILL",
@@ -405,6 +446,10 @@ fn comment_for(key: &str) -> Option<&'static str> {
         "streaming.port" => "TCP port; 0 picks a free one",
         "streaming.tls_cert_file" => "PEM certificate chain for HTTPS; empty = plain HTTP",
         "streaming.tls_key_file" => "PEM private key of tls_cert_file",
+        "metrics" => "Prometheus endpoint (GET /metrics, text format 0.0.4)",
+        "metrics.enabled" => "serve the endpoint",
+        "metrics.address" => "IP address to bind",
+        "metrics.port" => "TCP port; 0 picks a free one",
         _ => {
             return generic.or(match base {
                 "path" if key.starts_with("runtime.handlers.") => Some("runtime binary, looked up on PATH when not absolute"),
@@ -567,6 +612,19 @@ mod tests {
         assert!(e.contains("tls_key_file"), "{e}");
         std::fs::write(d.path().join("berth.toml"), "[streaming]\ntls_cert_file = \"/c.pem\"\ntls_key_file = \"/k.pem\"\n").unwrap();
         assert!(Config::load(&opts(d.path(), vec![])).is_ok());
+    }
+
+    #[test]
+    fn log_format_and_metrics_address_are_checked() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("berth.toml"), "log_format = \"xml\"\n").unwrap();
+        let e = Config::load(&opts(d.path(), vec![])).unwrap_err().to_string();
+        assert!(e.contains("log_format") && e.contains("json"), "{e}");
+        std::fs::write(d.path().join("berth.toml"), "[metrics]\nenabled = true\naddress = \"localhost\"\n").unwrap();
+        let e = Config::load(&opts(d.path(), vec![])).unwrap_err().to_string();
+        assert!(e.contains("metrics.address"), "{e}");
+        let c = Config::load(&opts(d.path(), vec![("BERTH_METRICS__ADDRESS", "::1"), ("BERTH_LOG_FORMAT", "json")])).unwrap();
+        assert_eq!((c.metrics.address.as_str(), c.metrics.port, c.log_format.as_str()), ("::1", 9090, "json"));
     }
 
     #[test]

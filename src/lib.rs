@@ -11,6 +11,7 @@ pub mod config;
 pub mod container;
 pub mod daemon;
 pub mod events;
+pub mod metrics;
 pub mod image;
 pub mod monitor;
 pub mod network;

@@ -104,11 +104,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log_level))
         .with_context(|| format!("log_level {:?}", config.log_level))?;
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log_format.as_str() {
+        // One JSON object per line: timestamp, level, fields, target, and the rpc span.
+        "json" => fmt.json().with_current_span(true).with_span_list(false).init(),
+        _ => fmt.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
@@ -128,6 +129,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .context("starting the streaming server ([streaming] address/port)")?;
         tracing::info!(address = %streaming.local_addr(), "streaming server (exec/attach/port-forward) listening");
+        if let Some(addr) = berth::metrics::http::start(daemon.clone(), &daemon.config.metrics)
+            .await
+            .context("starting the metrics endpoint ([metrics] address/port)")?
+        {
+            tracing::info!(address = %addr, "metrics endpoint listening (GET /metrics)");
+        }
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             tokio::select! {

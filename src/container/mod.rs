@@ -205,6 +205,9 @@ pub fn apply_exit(mut r: ContainerRecord, exit: &ExitInfo) -> ContainerRecord {
     r.state = ContainerState::Exited;
     r.finished_at = exit.exited_at.max(r.started_at);
     r.exit_code = exit.exit_code;
+    if exit.oom_killed {
+        crate::metrics::container_oom_killed();
+    }
     r.reason = if exit.oom_killed {
         "OOMKilled"
     } else if exit.exit_code == 0 {

@@ -215,6 +215,7 @@ impl ImageStore {
             match self.pull_from(&r, &src, &session).await {
                 Ok(image) => {
                     tracing::debug!(image = %r, source = %src.host, elapsed_ms = started.elapsed().as_millis() as u64, "pulled");
+                    crate::metrics::global().observe_pull(started.elapsed().as_secs_f64());
                     return Ok(image);
                 }
                 Err(e) => {
@@ -323,6 +324,7 @@ impl ImageStore {
             return Err(ImageError::io(&final_dir, e));
         }
         self.store.put(LAYERS, chain_id, &record)?;
+        crate::metrics::global().image_pull_bytes.add(desc.size.max(0) as u64);
         Ok(())
     }
 

@@ -48,6 +48,8 @@ pub async fn serve(
     tracing::info!(socket = %listen.display(), "serving CRI");
     tonic::transport::Server::builder()
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
+        // Per-RPC counts by gRPC code and latency for the /metrics endpoint (metrics::grpc).
+        .layer(crate::metrics::grpc::GrpcMetricsLayer)
         .add_service(runtime)
         .add_service(images)
         .serve_with_incoming_shutdown(incoming, shutdown)

@@ -344,11 +344,12 @@ impl RuntimeService for RuntimeServer {
     }
 
     async fn list_metric_descriptors(&self, _req: Request<cri::ListMetricDescriptorsRequest>) -> R<cri::ListMetricDescriptorsResponse> {
-        Err(not_built("ListMetricDescriptors", "metrics come with issue #4"))
+        Ok(Response::new(cri::ListMetricDescriptorsResponse { descriptors: crate::metrics::cri::descriptors() }))
     }
 
     async fn list_pod_sandbox_metrics(&self, _req: Request<cri::ListPodSandboxMetricsRequest>) -> R<cri::ListPodSandboxMetricsResponse> {
-        Err(not_built("ListPodSandboxMetrics", "metrics come with issue #4"))
+        let pod_metrics = blocking(&self.d, crate::metrics::cri::list_pod_sandbox_metrics).await?;
+        Ok(Response::new(cri::ListPodSandboxMetricsResponse { pod_metrics }))
     }
 
     async fn runtime_config(&self, _req: Request<cri::RuntimeConfigRequest>) -> R<cri::RuntimeConfigResponse> {
