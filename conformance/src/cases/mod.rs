@@ -12,6 +12,7 @@ mod exec;
 mod image;
 mod leaks;
 mod monitor;
+mod oom;
 mod pod;
 mod podnet;
 mod restart;
@@ -78,6 +79,7 @@ pub fn all() -> Vec<Case> {
         case!("start_exited_container", errors::start_exited_container),
         case!("memory_limit_applied", cstatus::memory_limit_applied),
         case!("log_paths_refused", errors::log_paths_refused),
+        case!("oom_killed", oom::oom_killed),
         case!("stats_cpu_moves", stats::cpu_moves),
         case!("stats_memory_grows", stats::memory_grows),
         case!("stats_list_filters", stats::list_filters),
