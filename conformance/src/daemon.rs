@@ -44,8 +44,14 @@ pub fn berth_binary() -> PathBuf {
     target.join("debug").join("berth")
 }
 
+/// A TCP port on 127.0.0.1 that was free a moment ago (for berth's metrics endpoint, which
+/// the metrics cases scrape; they read the port back from `<tmp>/berth.toml`).
+fn free_loopback_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
 /// Writes berth's config (`<tmp>/berth.toml`) and returns its path.
-/// Keys follow src/config.rs: listen, root, run_root, log_level, network.*, image.*.
+/// Keys follow src/config.rs: listen, root, run_root, log_level, network.*, image.*, metrics.*.
 pub fn write_berth_config(tmp: &Path, cni_dir: &Path, registry: &str) -> Result<PathBuf> {
     let p = |x: &str| tmp.join(x).display().to_string();
     let text = format!(
@@ -65,12 +71,18 @@ insecure_registries = ["{registry}"]
 [image.registries."registry.k8s.io"]
 mirrors = ["http://{registry}"]
 mirrors_only = true
+
+[metrics]
+enabled = true
+address = "127.0.0.1"
+port = {metrics_port}
 "#,
         sock = p("berth.sock"),
         root = p("root"),
         run = p("run"),
         cni = cni_dir.display(),
         cache = p("cni-cache"),
+        metrics_port = free_loopback_port()?,
     );
     let path = tmp.join("berth.toml");
     std::fs::write(&path, text)?;

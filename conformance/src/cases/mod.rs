@@ -11,6 +11,7 @@ mod events;
 mod exec;
 mod image;
 mod leaks;
+mod metrics;
 mod monitor;
 mod oom;
 mod pod;
@@ -94,6 +95,8 @@ pub fn all() -> Vec<Case> {
         case!("stream_hostile_input", stream_hostile::hostile_input),
         case!("events_pod_lifecycle_in_order", events::pod_lifecycle_in_order),
         case!("reopen_log_while_writing", events::reopen_log_while_writing),
+        case!("metrics_endpoint_counts", metrics::endpoint_counts),
+        case!("metrics_pod_sandbox_cpu_grows", metrics::pod_sandbox_metrics_cpu_grows),
         case!("monitor_killed", monitor::monitor_killed),
         case!("daemon_restart_keeps_containers", restart::keeps_containers),
         case!("no_leftovers_after_suite", leaks::no_leftovers),

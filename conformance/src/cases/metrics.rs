@@ -1,0 +1,165 @@
+//! Metrics: berth's Prometheus endpoint (counters move after RPCs) and CRI
+//! ListMetricDescriptors / ListPodSandboxMetrics (a burning container's CPU counter grows).
+//!
+//! The endpoint is berth's own (`[metrics]`, written by the harness into `<tmp>/berth.toml`):
+//! skipped on other targets. The CRI metrics RPCs are skipped where they answer Unimplemented
+//! (containerd 1.6).
+
+use super::util::check;
+use crate::ctx::{skip, Ctx};
+use crate::daemon::TargetKind;
+use anyhow::{bail, Context, Result};
+use k8s_cri::v1 as cri;
+use std::time::Duration;
+
+/// `127.0.0.1:<port>` of the metrics endpoint the harness configured for berth.
+fn metrics_addr(ctx: &Ctx) -> Result<String> {
+    let opts = berth::config::LoadOptions {
+        config_file: Some(ctx.tmp.join("berth.toml")),
+        env: Some(Vec::new()),
+        ..Default::default()
+    };
+    let cfg = berth::config::Config::load(&opts).context("reading the harness's berth.toml")?;
+    if !cfg.metrics.enabled {
+        bail!("the harness's berth.toml does not enable [metrics]");
+    }
+    Ok(format!("{}:{}", cfg.metrics.address, cfg.metrics.port))
+}
+
+/// The value of the sample whose line starts with `series` (`name{labels}` exactly as the
+/// endpoint writes it) followed by a space; `None` when absent.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+async fn scrape(addr: &str) -> Result<String> {
+    let addr = addr.to_string();
+    let r = tokio::task::spawn_blocking(move || crate::http::request(&addr, "GET", "/metrics", None, b"")).await??;
+    check(r.status == 200, || format!("GET /metrics: status {}", r.status))?;
+    let ct = r.header("content-type").unwrap_or("");
+    check(ct.starts_with("text/plain") && ct.contains("version=0.0.4"), || format!("GET /metrics: Content-Type {ct:?}"))?;
+    String::from_utf8(r.body).context("GET /metrics: body is not UTF-8")
+}
+
+/// After Version x3, ContainerStatus of a missing ID and an image pull, the endpoint's
+/// `berth_grpc_requests_total{method,code}` and latency counts moved by at least that much,
+/// the pull duration count grew, `berth_containers{state}` lists every state, every family has
+/// HELP and TYPE, and other paths are 404.
+pub async fn endpoint_counts(ctx: &Ctx) -> Result<()> {
+    if ctx.kind != TargetKind::Berth {
+        return skip("the /metrics endpoint is berth's own");
+    }
+    let addr = metrics_addr(ctx)?;
+    let version_ok = r#"berth_grpc_requests_total{method="Version",code="OK"}"#;
+    let status_nf = r#"berth_grpc_requests_total{method="ContainerStatus",code="NotFound"}"#;
+    let version_lat = r#"berth_grpc_request_duration_seconds_count{method="Version"}"#;
+    let pulls = "berth_image_pull_duration_seconds_count";
+    let before = scrape(&addr).await?;
+    for _ in 0..3 {
+        ctx.rt().version(cri::VersionRequest { version: "v1".into() }).await.context("Version")?;
+    }
+    let missing = "0".repeat(64);
+    let e = ctx.rt().container_status(cri::ContainerStatusRequest { container_id: missing, verbose: false }).await;
+    check(matches!(&e, Err(s) if s.code() == tonic::Code::NotFound), || format!("ContainerStatus of a missing ID: {e:?}"))?;
+    ctx.pull(&ctx.images.busybox).await?;
+    let after = scrape(&addr).await?;
+    let delta = |s: &str| sample(&after, s).unwrap_or(0.0) - sample(&before, s).unwrap_or(0.0);
+    eprintln!(
+        "note metrics_endpoint_counts: Version OK +{}, ContainerStatus NotFound +{}, pulls +{}, pull bytes {:?}",
+        delta(version_ok),
+        delta(status_nf),
+        delta(pulls),
+        sample(&after, "berth_image_pull_bytes_total")
+    );
+    check(delta(version_ok) >= 3.0, || format!("{version_ok} moved by {}, expected >= 3", delta(version_ok)))?;
+    check(delta(status_nf) >= 1.0, || format!("{status_nf} moved by {}, expected >= 1", delta(status_nf)))?;
+    check(delta(version_lat) >= 3.0, || format!("{version_lat} moved by {}, expected >= 3", delta(version_lat)))?;
+    let inf = r#"berth_grpc_request_duration_seconds_bucket{method="Version",le="+Inf"}"#;
+    check(sample(&after, inf) == sample(&after, version_lat), || format!("{inf} differs from the _count"))?;
+    check(delta(pulls) >= 1.0, || format!("{pulls} moved by {}, expected >= 1 after PullImage", delta(pulls)))?;
+    for state in ["created", "running", "exited", "unknown"] {
+        let s = format!("berth_containers{{state=\"{state}\"}}");
+        check(sample(&after, &s).is_some(), || format!("{s} missing from the scrape"))?;
+    }
+    for fam in [
+        "berth_grpc_requests_total",
+        "berth_grpc_request_duration_seconds",
+        "berth_image_pull_bytes_total",
+        "berth_image_pull_duration_seconds",
+        "berth_containers",
+        "berth_container_oom_kills_total",
+    ] {
+        check(after.contains(&format!("\n# TYPE {fam} ")) || after.starts_with(&format!("# HELP {fam} ")), || format!("family {fam} has no TYPE line"))?;
+    }
+    let a = addr.clone();
+    let r = tokio::task::spawn_blocking(move || crate::http::request(&a, "GET", "/nope", None, b"")).await??;
+    check(r.status == 404, || format!("GET /nope: status {}", r.status))
+}
+
+fn metric_value(m: &cri::Metric) -> u64 {
+    m.value.as_ref().map_or(0, |v| v.value)
+}
+
+/// ListMetricDescriptors names the cAdvisor metrics kubelet reads; ListPodSandboxMetrics has
+/// the pod with its burning container, whose `container_cpu_usage_seconds_total` grows over
+/// 2.5 s, whose working set is non-zero, and whose label values match the descriptor keys.
+pub async fn pod_sandbox_metrics_cpu_grows(ctx: &Ctx) -> Result<()> {
+    let descs = match ctx.rt().list_metric_descriptors(cri::ListMetricDescriptorsRequest {}).await {
+        Ok(r) => r.into_inner().descriptors,
+        Err(s) if s.code() == tonic::Code::Unimplemented => return skip("ListMetricDescriptors is not served"),
+        Err(s) => bail!("ListMetricDescriptors: {s}"),
+    };
+    for name in [
+        "container_cpu_usage_seconds_total",
+        "container_memory_working_set_bytes",
+        "container_memory_usage_bytes",
+        "container_memory_rss",
+        "container_spec_memory_limit_bytes",
+        "container_network_receive_bytes_total",
+        "container_network_transmit_bytes_total",
+        "container_processes",
+    ] {
+        check(descs.iter().any(|d| d.name == name), || format!("ListMetricDescriptors lacks {name}"))?;
+    }
+    let pod = ctx.run_pod("metricscpu").await?;
+    let res = async {
+        let id = ctx.start_container(&pod, "burn", &ctx.images.busybox, &["sh", "-c", "while :; do :; done"]).await?;
+        ctx.wait_container_state(&id, cri::ContainerState::ContainerRunning, Duration::from_secs(30)).await?;
+        let cpu_of = |all: &[cri::PodSandboxMetrics]| -> Result<(u64, Vec<cri::Metric>)> {
+            let p = all.iter().find(|p| p.pod_sandbox_id == pod.id).with_context(|| format!("pod {} not in ListPodSandboxMetrics", pod.id))?;
+            let c = p.container_metrics.iter().find(|c| c.container_id == id).with_context(|| format!("container {id} not in its pod's metrics"))?;
+            let cpu = c.metrics.iter().find(|m| m.name == "container_cpu_usage_seconds_total").context("no container_cpu_usage_seconds_total")?;
+            check(cpu.metric_type == cri::MetricType::Counter as i32, || format!("cpu metric_type {}", cpu.metric_type))?;
+            let mut all_metrics = c.metrics.clone();
+            all_metrics.extend(p.metrics.iter().cloned());
+            Ok((metric_value(cpu), all_metrics))
+        };
+        let list = |ctx: &Ctx| {
+            let mut rt = ctx.rt();
+            async move {
+                match rt.list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {}).await {
+                    Ok(r) => Ok(Some(r.into_inner().pod_metrics)),
+                    Err(s) if s.code() == tonic::Code::Unimplemented => Ok(None),
+                    Err(s) => Err(anyhow::anyhow!("ListPodSandboxMetrics: {s}")),
+                }
+            }
+        };
+        let Some(first) = list(ctx).await? else { return skip("ListPodSandboxMetrics is not served") };
+        let (a, _) = cpu_of(&first)?;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let second = list(ctx).await?.context("ListPodSandboxMetrics stopped being served")?;
+        let (b, metrics) = cpu_of(&second)?;
+        eprintln!("note metrics_pod_sandbox_cpu_grows: cpu {a} -> {b} s, {} metrics", metrics.len());
+        check(b > a, || format!("container_cpu_usage_seconds_total {a} -> {b} s after 2.5 s of spinning"))?;
+        let ws = metrics.iter().find(|m| m.name == "container_memory_working_set_bytes").context("no container_memory_working_set_bytes")?;
+        check(metric_value(ws) > 0, || "container_memory_working_set_bytes is 0".to_string())?;
+        for m in &metrics {
+            let Some(d) = descs.iter().find(|d| d.name == m.name) else { bail!("metric {} has no descriptor", m.name) };
+            check(m.label_values.len() == d.label_keys.len(), || format!("{}: label values {:?} for keys {:?}", m.name, m.label_values, d.label_keys))?;
+        }
+        Ok(())
+    }
+    .await;
+    ctx.remove_pod(&pod.id).await?;
+    res
+}
