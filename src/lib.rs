@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod events;
 pub mod metrics;
 pub mod image;
+pub mod inspect;
 pub mod monitor;
 pub mod network;
 pub mod oci;

@@ -3,7 +3,10 @@
 //! - `berth serve [--config FILE] [flags]`: serve CRI on the configured unix socket.
 //! - `berth config [--config FILE]`: print the effective configuration as commented TOML.
 //! - `berth version`: print the version.
-//! - `berth status [--endpoint PATH]`: ask a running daemon for its CRI Status.
+//! - `berth status [--config FILE] [--endpoint PATH]`: ask a running daemon for its CRI Status.
+//! - `berth status [--config FILE] [--inspect-socket PATH] [container|pod] ID`: print the
+//!   daemon's view of a container or pod sandbox (JSON from the inspect socket, see
+//!   `berth::inspect`); without `container`/`pod`, a container is looked for first, then a pod.
 
 use anyhow::Context;
 use berth::config::{Config, LoadOptions};
@@ -26,11 +29,20 @@ enum Command {
     Config(ConfigArgs),
     /// Print the version of berth and of the CRI it serves.
     Version,
-    /// Ask a running berth for its CRI Status (RuntimeReady, NetworkReady).
+    /// Ask a running berth for its CRI Status (RuntimeReady, NetworkReady), or with an ID for
+    /// its view of a container or pod sandbox (config, state, pids, bundle, log, cgroup, netns).
     Status {
+        #[command(flatten)]
+        config: ConfigArgs,
         /// The CRI socket (default: the configured `listen`).
         #[arg(long)]
         endpoint: Option<PathBuf>,
+        /// The inspect socket (default: `<run_root>/inspect.sock` of the configuration).
+        #[arg(long)]
+        inspect_socket: Option<PathBuf>,
+        /// `[container|pod] ID`: an ID or unique ID prefix, optionally preceded by its kind.
+        #[arg(num_args = 0..=2, value_name = "[container|pod] ID")]
+        object: Vec<String>,
     },
 }
 
@@ -75,10 +87,17 @@ fn main() -> anyhow::Result<()> {
             println!("berth {}\nCRI {}", env!("CARGO_PKG_VERSION"), berth::server::runtime::RUNTIME_API_VERSION);
             Ok(())
         }
-        Command::Status { endpoint } => {
+        Command::Status { config, endpoint: _, inspect_socket, object } if !object.is_empty() => {
+            let socket = match inspect_socket {
+                Some(p) => p,
+                None => berth::inspect::socket_path(&load(&config)?.run_root),
+            };
+            inspect(&socket, &object)
+        }
+        Command::Status { config, endpoint, .. } => {
             let socket = match endpoint {
                 Some(p) => p,
-                None => load(&ConfigArgs { config: None })?.listen,
+                None => load(&config)?.listen,
             };
             tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(status(socket))
         }
@@ -129,6 +148,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .context("starting the streaming server ([streaming] address/port)")?;
         tracing::info!(address = %streaming.local_addr(), "streaming server (exec/attach/port-forward) listening");
+        let inspect_socket = berth::inspect::socket_path(&daemon.config.run_root);
+        berth::inspect::serve(daemon.clone(), &inspect_socket).await.context("starting the inspect endpoint")?;
         if let Some(addr) = berth::metrics::http::start(daemon.clone(), &daemon.config.metrics)
             .await
             .context("starting the metrics endpoint ([metrics] address/port)")?
@@ -145,6 +166,30 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         };
         berth::server::serve(daemon, streaming, &listen, shutdown).await
     })
+}
+
+/// `berth status [container|pod] ID`: GET /containers/ID (then /pods/ID when no kind is given
+/// and no container matches) on the inspect socket; prints the JSON body.
+fn inspect(socket: &std::path::Path, object: &[String]) -> anyhow::Result<()> {
+    let (kinds, id): (&[&str], &str) = match object {
+        [kind, id] if kind == "container" => (&["containers"], id),
+        [kind, id] if kind == "pod" => (&["pods"], id),
+        [kind, _] => anyhow::bail!("berth status {kind:?}: expected `container` or `pod` before the ID"),
+        [id] => (&["containers", "pods"], id),
+        _ => anyhow::bail!("berth status: expected [container|pod] ID"),
+    };
+    let mut last = (0, String::new());
+    for kind in kinds {
+        last = berth::inspect::query(socket, &format!("/{kind}/{id}"))?;
+        if last.0 == 200 {
+            print!("{}", last.1);
+            return Ok(());
+        }
+        if last.0 != 404 {
+            break;
+        }
+    }
+    anyhow::bail!("berth status {id}: HTTP {}: {}", last.0, last.1.trim())
 }
 
 async fn status(socket: PathBuf) -> anyhow::Result<()> {

@@ -1,0 +1,78 @@
+//! berth's inspect endpoint through its CLI: `berth status [container|pod] ID` (berth only).
+
+use super::util::check;
+use crate::ctx::{skip, Ctx};
+use crate::daemon::{berth_binary, TargetKind};
+use anyhow::{Context, Result};
+use std::path::Path;
+
+/// Runs `berth status --config <tmp>/berth.toml ARGS`; returns (exit success, stdout, stderr).
+fn berth_status(ctx: &Ctx, args: &[&str]) -> Result<(bool, String, String)> {
+    let bin = berth_binary();
+    let out = std::process::Command::new(&bin)
+        .arg("status")
+        .arg("--config")
+        .arg(ctx.tmp.join("berth.toml"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("running {} status {args:?}", bin.display()))?;
+    Ok((out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned()))
+}
+
+fn json(ctx: &Ctx, args: &[&str]) -> Result<serde_json::Value> {
+    let (ok, out, err) = berth_status(ctx, args)?;
+    check(ok, || format!("berth status {args:?} failed: {err}"))?;
+    serde_json::from_str(&out).with_context(|| format!("berth status {args:?}: not JSON: {out:.200}"))
+}
+
+/// A running `sleep` container: `berth status container <id prefix>` gives its init pid (a live
+/// `sleep` process), a live `berth-monitor` pid, the bundle (holding config.json), the log path
+/// and cgroups path; `berth status pod <id>` lists the container and the pinned netns; an unknown
+/// ID fails with a message naming it.
+pub async fn status_shows_container_and_pod(ctx: &Ctx) -> Result<()> {
+    if ctx.kind != TargetKind::Berth {
+        return skip("the inspect endpoint and `berth status` are berth's");
+    }
+    let pod = ctx.run_pod("inspect").await?;
+    let res = async {
+        let id = ctx.start_container(&pod, "inspect", &ctx.images.busybox, &["sleep", "1000"]).await?;
+        ctx.wait_container_state(&id, k8s_cri::v1::ContainerState::ContainerRunning, std::time::Duration::from_secs(30)).await?;
+        let v = json(ctx, &["container", &id[..12]])?;
+        check(v["record"]["id"] == id.as_str(), || format!("record.id {}, expected {id}", v["record"]["id"]))?;
+        let pid = v["pids"]["init"].as_i64().unwrap_or(0);
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        check(pid > 0 && cmdline.starts_with(b"sleep\0"), || format!("pids.init {pid}: /proc cmdline {:?}, expected sleep", String::from_utf8_lossy(&cmdline)))?;
+        let mon = v["pids"]["monitor"].as_i64().unwrap_or(0);
+        let comm = std::fs::read_to_string(format!("/proc/{mon}/comm")).unwrap_or_default();
+        check(mon > 0 && comm.trim() == "berth-monitor" && v["pids"]["monitor_alive"] == true, || {
+            format!("pids.monitor {mon}: comm {comm:?}, monitor_alive {}", v["pids"]["monitor_alive"])
+        })?;
+        let bundle = v["bundle"].as_str().unwrap_or("");
+        check(Path::new(bundle).join("config.json").is_file(), || format!("bundle {bundle:?} holds no config.json"))?;
+        check(bundle.contains(&id), || format!("bundle {bundle:?} does not name the container"))?;
+        let log = v["log_path"].as_str().unwrap_or("");
+        check(log.starts_with(&pod.config.log_directory) && Path::new(log).exists(), || format!("log_path {log:?}"))?;
+        let cg = v["cgroups_path"].as_str().unwrap_or("");
+        let rel = cg.trim_start_matches('/');
+        let is_cgroup = Path::new("/sys/fs/cgroup/memory").join(rel).is_dir() || Path::new("/sys/fs/cgroup").join(rel).is_dir();
+        check(cg.ends_with(&id) && is_cgroup, || format!("cgroups_path {cg:?} is not a cgroup"))?;
+
+        let p = json(ctx, &["pod", &pod.id])?;
+        let listed = p["containers"].as_array().is_some_and(|a| a.iter().any(|c| c == id.as_str()));
+        check(listed, || format!("pod view containers {}, expected {id} among them", p["containers"]))?;
+        let netns = p["netns_path"].as_str().unwrap_or("");
+        check(Path::new(netns).exists(), || format!("pod netns_path {netns:?} does not exist"))?;
+        let infra = p["pids"]["init"].as_i64().unwrap_or(0);
+        check(infra > 0 && Path::new(&format!("/proc/{infra}")).exists(), || format!("pod pids.init {infra} is not a live process"))?;
+        // Without a kind, the ID is looked for among containers, then pods.
+        let v2 = json(ctx, &[&pod.id])?;
+        check(v2["record"]["id"] == pod.id.as_str(), || format!("`berth status <pod id>` answered {}", v2["record"]["id"]))?;
+
+        let (ok, _, err) = berth_status(ctx, &["container", "0000deadbeef"])?;
+        check(!ok && err.contains("0000deadbeef") && err.contains("404"), || format!("unknown id: success {ok}, stderr {err:?}"))
+    }
+    .await;
+    ctx.remove_pod(&pod.id).await?;
+    res
+}
