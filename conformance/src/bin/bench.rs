@@ -13,6 +13,9 @@
 //! 4. StopContainer(timeout 0)+RemoveContainer of that container, `--runs` times each.
 //! 5. Streaming (see `bench/stream.rs`): exec round trip of `echo hi` over SPDY v4, `--execs`
 //!    times (default 100); port-forward of 64 MiB through one connection, down and up.
+//! 7. Scale (see `bench/scale.rs`): with `--scale-pods` x `--scale-per-pod` running containers
+//!    (default 10 x 10), ListContainers and ListContainerStats latency and idle CPU over
+//!    `--idle-secs` (default 30). `--only scale` runs this phase alone.
 //! 6. With `--pods` pods (default 10) each running one `sleep` container: the daemon's VmRSS
 //!    (/proc/PID/status), one per-container monitor's / shim's PSS and the total PSS of all
 //!    monitors (berth-monitor) or shims (containerd-shim-runc-v2) (/proc/PID/smaps_rollup).
@@ -39,13 +42,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+#[path = "bench/scale.rs"]
+mod scale;
 #[path = "bench/stream.rs"]
 mod stream;
 
 /// Label on every pod and container the bench creates.
 const BENCH_LABEL: &str = "berth-bench";
 /// Upper bound for all phases of one target (cleanup runs after it either way).
-const TARGET_LIMIT: Duration = Duration::from_secs(200);
+const TARGET_LIMIT: Duration = Duration::from_secs(600);
 
 /// Ids of every pod and container the bench created (leak checks look for them).
 static CREATED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
@@ -67,10 +72,13 @@ struct Opts {
     execs: usize,
     pods: usize,
     targets: Vec<TargetKind>,
+    scale: scale::ScaleOpts,
+    /// `--only scale`: run the scale phase alone.
+    only_scale: bool,
 }
 
 fn parse_opts() -> Result<Opts> {
-    let mut o = Opts { pulls: 10, runs: 20, execs: 100, pods: 10, targets: vec![TargetKind::Berth, TargetKind::Containerd] };
+    let mut o = Opts { pulls: 10, runs: 20, execs: 100, pods: 10, targets: vec![TargetKind::Berth, TargetKind::Containerd], scale: scale::ScaleOpts { pods: 10, per_pod: 10, runs: 20, idle_secs: 30 }, only_scale: false };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
@@ -79,6 +87,13 @@ fn parse_opts() -> Result<Opts> {
             "--runs" => o.runs = val("--runs")?.parse().context("--runs: expected a count")?,
             "--execs" => o.execs = val("--execs")?.parse().context("--execs: expected a count")?,
             "--pods" => o.pods = val("--pods")?.parse().context("--pods: expected a count")?,
+            "--scale-pods" => o.scale.pods = val("--scale-pods")?.parse().context("--scale-pods: expected a count")?,
+            "--scale-per-pod" => o.scale.per_pod = val("--scale-per-pod")?.parse().context("--scale-per-pod: expected a count")?,
+            "--idle-secs" => o.scale.idle_secs = val("--idle-secs")?.parse().context("--idle-secs: expected seconds")?,
+            "--only" => match val("--only")?.as_str() {
+                "scale" => o.only_scale = true,
+                other => bail!("--only: unknown phase {other:?}, expected scale"),
+            },
             "--targets" => {
                 o.targets = val("--targets")?
                     .split(',')
@@ -90,13 +105,14 @@ fn parse_opts() -> Result<Opts> {
                     .collect::<Result<_>>()?
             }
             "-h" | "--help" => {
-                println!("usage: bench [--pulls N] [--runs N] [--execs N] [--pods N] [--targets berth,containerd]");
+                println!("usage: bench [--pulls N] [--runs N] [--execs N] [--pods N] [--scale-pods N] [--scale-per-pod N] [--idle-secs N] [--only scale] [--targets berth,containerd]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (see --help)"),
         }
     }
-    if o.pulls == 0 || o.runs == 0 || o.execs == 0 || o.pods == 0 {
+    o.scale.runs = o.runs;
+    if o.pulls == 0 || o.runs == 0 || o.execs == 0 || o.pods == 0 || o.scale.pods == 0 || o.scale.per_pod == 0 {
         bail!("--pulls, --runs, --execs and --pods must be at least 1");
     }
     Ok(o)
@@ -137,6 +153,7 @@ struct Results {
     create_start: Samples,
     stop_remove: Samples,
     streaming: stream::StreamResults,
+    scale: scale::ScaleResults,
     image_size: Option<u64>,
     daemon_rss_idle_kib: Option<u64>,
     daemon_rss_kib: Option<u64>,
@@ -430,6 +447,10 @@ async fn phase_memory(kind: TargetKind, dir: &Path, c: &mut Clients, daemon_pid:
 
 async fn phases(kind: TargetKind, dir: &Path, c: &mut Clients, daemon_pid: i32, imgs: &TestImages, o: &Opts, r: &mut Results) -> Result<()> {
     r.daemon_rss_idle_kib = vm_rss_kib(daemon_pid);
+    if o.only_scale {
+        eprintln!("bench[{}]: scale: {} pods x {} containers", kind_name(kind), o.scale.pods, o.scale.per_pod);
+        return scale::phase_scale(kind, dir, c, daemon_pid, &imgs.busybox, &o.scale, &mut r.scale).await;
+    }
     // The floor every other figure includes: one trivial RPC over the same client and socket.
     for _ in 0..o.runs {
         let t = Instant::now();
@@ -445,7 +466,9 @@ async fn phases(kind: TargetKind, dir: &Path, c: &mut Clients, daemon_pid: i32, 
     eprintln!("bench[{}]: exec round trip x{}, port-forward 64 MiB x{} each way", kind_name(kind), o.execs, stream::PF_RUNS);
     stream::phase_streaming(dir, c, &imgs.busybox, o.execs, &mut r.streaming).await?;
     eprintln!("bench[{}]: memory with {} pods", kind_name(kind), o.pods);
-    phase_memory(kind, dir, c, daemon_pid, &imgs.busybox, o.pods, r).await
+    phase_memory(kind, dir, c, daemon_pid, &imgs.busybox, o.pods, r).await?;
+    eprintln!("bench[{}]: scale: {} pods x {} containers", kind_name(kind), o.scale.pods, o.scale.per_pod);
+    scale::phase_scale(kind, dir, c, daemon_pid, &imgs.busybox, &o.scale, &mut r.scale).await
 }
 
 /// Starts `kind` on fresh roots under `base/<kind>`, runs every phase, removes everything it
@@ -667,10 +690,15 @@ fn print_report(o: &Opts, facts: &[(String, String)], cols: &[(TargetKind, Resul
     row("monitor/shim RSS (one)", &|r| kib(r.one_monitor_rss_kib));
     row("monitors/shims PSS (all)", &|r| mib(r.all_monitors_pss_kib));
     row("monitors/shims (count)", &|r| if r.monitor_count > 0 { r.monitor_count.to_string() } else { "n/a".into() });
+    let n = o.scale.pods * o.scale.per_pod;
+    row(&format!("ListContainers, {n} running (med)"), &|r| ms(r.scale.list_containers.median()));
+    row(&format!("ListContainerStats, {n} run. (med)"), &|r| ms(r.scale.list_stats.median()));
+    row(&format!("daemon CPU idle {} s, {n} ctrs", o.scale.idle_secs), &|r| scale::percent(r.scale.daemon_idle_cpu));
+    row(&format!("monitors/shims CPU idle, {n} ctrs"), &|r| scale::percent(r.scale.monitors_idle_cpu));
     println!();
     println!("min / median / max:");
     for (k, r) in cols {
-        for (name, s) in [("Version", &r.version), ("pull", &r.pull), ("RunPodSandbox", &r.run_pod), ("Create+Start", &r.create_start), ("Stop+Remove", &r.stop_remove), ("exec echo hi", &r.streaming.exec)] {
+        for (name, s) in [("ListContainers", &r.scale.list_containers), ("ListCtrStats", &r.scale.list_stats), ("Version", &r.version), ("pull", &r.pull), ("RunPodSandbox", &r.run_pod), ("Create+Start", &r.create_start), ("Stop+Remove", &r.stop_remove), ("exec echo hi", &r.streaming.exec)] {
             println!("  {:<11} {:<14} {} / {} / {}  (n={})", kind_name(*k), name, ms(s.min()), ms(s.median()), ms(s.max()), s.0.len());
         }
         println!("  {:<11} {:<14} down {}, up {}  (n={})", kind_name(*k), "port-forward", stream::range_rate(&r.streaming.pf_down), stream::range_rate(&r.streaming.pf_up), r.streaming.pf_down.len());
@@ -682,6 +710,8 @@ fn print_report(o: &Opts, facts: &[(String, String)], cols: &[(TargetKind, Resul
     println!("notes:");
     println!("  - one monitor/shim = the parent of one `sleep 3600` container; berth runs one berth-monitor per");
     println!("    container plus one per pod infra, containerd one containerd-shim-runc-v2 per pod.");
+    println!("  - idle CPU: utime+stime from /proc/PID/stat over the idle window, % of one core; the scale rows'");
+    println!("    monitors/shims: berth-monitor per container and pod infra, containerd-shim-runc-v2 per pod.");
     println!("  - PSS from /proc/PID/smaps_rollup (shared pages divided among sharers), RSS from /proc/PID/status.");
     println!("  - each pull follows RemoveImage; what RemoveImage left on disk (a runtime that keeps content");
     println!("    pulls faster) is counted below. Version RPC = the client+socket floor in every timing.");
