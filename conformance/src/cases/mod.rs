@@ -82,6 +82,7 @@ pub fn all() -> Vec<Case> {
         case!("memory_limit_applied", cstatus::memory_limit_applied),
         case!("log_paths_refused", errors::log_paths_refused),
         case!("oom_killed", oom::oom_killed),
+        case!("log_size_limit", oom::log_size_limit),
         case!("inspect_status_container_and_pod", inspect::status_shows_container_and_pod),
         case!("stats_cpu_moves", stats::cpu_moves),
         case!("stats_memory_grows", stats::memory_grows),

@@ -74,6 +74,9 @@ pub async fn phase_scale(kind: TargetKind, dir: &Path, c: &mut Clients, daemon_p
 #[allow(clippy::too_many_arguments)]
 async fn measure(kind: TargetKind, dir: &Path, c: &mut Clients, daemon_pid: i32, image: &str, o: &ScaleOpts, r: &mut ScaleResults, pods: &mut Vec<String>) -> Result<()> {
     let want = o.pods * o.per_pod;
+    // Untimed; needed when the pull phase did not run (`--only scale`).
+    let spec = cri::ImageSpec { image: image.into(), ..Default::default() };
+    c.img.pull_image(cri::PullImageRequest { image: Some(spec), auth: None, sandbox_config: None }).await.with_context(|| format!("PullImage {image}"))?;
     let t = Instant::now();
     for p in 0..o.pods {
         let cfg = pod_config(dir, &format!("scale-{p}"));
