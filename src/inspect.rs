@@ -150,9 +150,9 @@ pub fn route(d: &Daemon, method: &Method, path: &str) -> (StatusCode, serde_json
         return error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} {path}: only GET is served"));
     }
     let value = if kind == "containers" {
-        container_view(d, id).map(|v| serde_json::to_value(v))
+        container_view(d, id).map(serde_json::to_value)
     } else {
-        pod_view(d, id).map(|v| serde_json::to_value(v))
+        pod_view(d, id).map(serde_json::to_value)
     };
     match value {
         Ok(Ok(v)) => (StatusCode::OK, v),
