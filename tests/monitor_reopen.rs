@@ -6,91 +6,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use berth::monitor::{self, MonitorSpec};
-use berth::oci::Runtime;
+use berth::monitor;
 
-const MONITOR: &str = env!("CARGO_BIN_EXE_berth-monitor");
+mod common;
+use common::{can_run, case_with, MONITOR};
 
-struct Case {
-    id: String,
-    dir: tempfile::TempDir,
-    runtime: Runtime,
-}
-
-impl Drop for Case {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new(&self.runtime.path)
-            .arg("--root")
-            .arg(&self.runtime.root)
-            .args(["delete", "--force", &self.id])
-            .output();
-        for ctrl in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
-            let _ = std::fs::remove_dir(ctrl.path().join("berth-test").join(&self.id));
-            let _ = std::fs::remove_dir(ctrl.path().join("berth-test"));
-        }
-    }
-}
-
-fn can_run() -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping: needs root");
-        return false;
-    }
-    if berth::oci::resolve_binary(Path::new("runc")).is_none() || !Path::new("/bin/busybox").exists() {
-        eprintln!("skipping: needs runc and /bin/busybox");
-        return false;
-    }
-    true
-}
-
-fn case(name: &str, args: &[&str]) -> Case {
-    let id = format!("berth-test-{name}-{}", std::process::id());
-    let dir = tempfile::Builder::new().prefix("bmr").tempdir().unwrap();
-    let bundle = dir.path().join("bundle");
-    let rootfs = bundle.join("rootfs");
-    for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
-        std::fs::create_dir_all(rootfs.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).unwrap();
-    let ldd = std::process::Command::new("ldd").arg("/bin/busybox").output().unwrap();
-    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
-        if let Some(lib) = line.split_whitespace().find(|w| w.starts_with('/')) {
-            let dest = rootfs.join(lib.trim_start_matches('/'));
-            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-            std::fs::copy(lib, &dest).unwrap();
-        }
-    }
-    let out = std::process::Command::new("runc").arg("spec").arg("--bundle").arg(&bundle).output().unwrap();
-    assert!(out.status.success(), "runc spec: {}", String::from_utf8_lossy(&out.stderr));
-    let path = bundle.join("config.json");
-    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    cfg["process"]["args"] = serde_json::json!(args);
-    cfg["process"]["terminal"] = serde_json::json!(false);
-    cfg["root"]["path"] = serde_json::json!("rootfs");
-    cfg["linux"]["cgroupsPath"] = serde_json::json!(format!("/berth-test/{id}"));
-    std::fs::write(&path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
-    let runtime = Runtime::new("runc", "runc".into(), dir.path().join("runc-root")).unwrap();
-    Case { id, dir, runtime }
-}
-
-fn spec(c: &Case) -> MonitorSpec {
-    let bundle = c.dir.path().join("bundle");
-    MonitorSpec {
-        id: c.id.clone(),
-        bundle: bundle.clone(),
-        runtime: c.runtime.path.clone(),
-        runtime_root: c.runtime.root.clone(),
-        log_path: Some(c.dir.path().join("logs/0.log")),
-        exit_file: c.dir.path().join("exit"),
-        pid_file: bundle.join("pidfile"),
-        attach_socket: bundle.join("attach"),
-        terminal: false,
-        stdin: false,
-        stdin_once: false,
-        log_size_max: 0,
-    }
-}
 
 /// Reopens the log four times while the container writes numbered lines (some longer than one
 /// read, so split across reads): every line appears exactly once across the rotated files, each
@@ -104,11 +24,11 @@ async fn reopen_while_writing_loses_and_splits_nothing() {
     // more than one 32 KiB read of the monitor, so it is logged as P records then F.
     let script = "i=0; big=$(head -c 40000 /dev/zero | tr '\\0' b); while [ ! -e /tmp/stop ]; do \
          if [ $((i % 1000)) -eq 0 ]; then echo \"line $i $big\"; else echo \"line $i payload\"; fi; i=$((i+1)); done";
-    let c = case("reopen", &["sh", "-c", script]);
+    let c = case_with("reopen", &["sh", "-c", script]);
     for a in ["head", "tr"] {
         std::os::unix::fs::symlink("busybox", c.dir.path().join("bundle/rootfs/bin").join(a)).unwrap();
     }
-    let spec = spec(&c);
+    let spec = c.spec(false);
     let log = spec.log_path.clone().unwrap();
     let spawned = monitor::spawn(Path::new(MONITOR), &spec).await.unwrap();
     c.runtime.start(&c.id).await.unwrap();
