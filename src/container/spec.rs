@@ -26,6 +26,8 @@ pub mod mounts;
 #[cfg(test)]
 mod runc_tests;
 #[cfg(test)]
+mod security_tests;
+#[cfg(test)]
 mod tests;
 
 /// Annotation naming the kind of object a spec is for (`sandbox` or `container`), as containerd
@@ -108,6 +110,16 @@ pub enum SpecError {
     /// An oci-spec builder refused a value (should not happen: every field is set).
     #[error("building {field}: {message}")]
     Build { field: &'static str, message: String },
+    /// The seccomp profile could not be chosen, read or converted.
+    #[error("container {container}: {source}")]
+    Seccomp {
+        container: String,
+        #[source]
+        source: super::seccomp::SeccompError,
+    },
+    /// `run_as_group` without `run_as_user` or `run_as_username` (CRI: the runtime MUST error).
+    #[error("container {container}: run_as_group is set without run_as_user or run_as_username: expected a user too")]
+    GroupWithoutUser { container: String },
     /// A requested feature berth (or runc 1.1) does not provide.
     #[error("container {container}: {field} = {value}: not supported")]
     Unsupported {
@@ -316,7 +328,9 @@ pub fn container_spec_with(sb: &SandboxContext, c: &ContainerContext, host: &Hos
     process.set_env(Some(merge_env(sb.hostname, &c.image.env, &c.config.envs)));
     process.set_cwd(resolve_cwd(&c.config.working_dir, &c.image.working_dir));
     process.set_user(resolve_container_user(id, &sc, c.image, c.rootfs)?);
-    process.set_capabilities(Some(container_capabilities(id, &sc, host)?));
+    let caps = container_capabilities(id, &sc, host)?;
+    let effective: Vec<Capability> = caps.effective().clone().unwrap_or_default().into_iter().collect();
+    process.set_capabilities(Some(caps));
     process.set_rlimits(Some(vec![nofile_rlimit(host.nofile_hard)?]));
     process.set_no_new_privileges(Some(sc.no_new_privs && !privileged));
     process.set_apparmor_profile(None);
@@ -338,7 +352,14 @@ pub fn container_spec_with(sb: &SandboxContext, c: &ContainerContext, host: &Hos
     });
     let m = mounts::container_mounts(sb, c, &sc)?;
     spec.set_mounts(Some(m.mounts));
-    spec.set_linux(Some(linux::container_linux(sb, c, &sc, host, m.rootfs_propagation)?));
+    let mut l = linux::container_linux(sb, c, &sc, host, m.rootfs_propagation)?;
+    l.set_seccomp(
+        super::seccomp::container_seccomp(&sc, &effective).map_err(|source| SpecError::Seccomp {
+            container: id.to_string(),
+            source,
+        })?,
+    );
+    spec.set_linux(Some(l));
     spec.set_annotations(Some(container_annotations(sb, c)));
     spec.set_hooks(None);
     Ok(spec)
@@ -397,6 +418,28 @@ pub fn infra_spec_with(sb: &SandboxContext, rootfs: &Path, infra_id: &str, own_o
     spec.set_annotations(Some(ann));
     spec.set_hooks(None);
     Ok(spec)
+}
+
+/// The effective user a spec runs its process as, for CRI `ContainerStatus.user`:
+/// `process.user` {uid, gid, additionalGids} as spec generation resolved them (image
+/// `/etc/passwd`, `/etc/group` membership, `run_as_*`, `supplemental_groups` and the
+/// SupplementalGroupsPolicy). `None` when the spec has no process. The supplemental list holds
+/// the primary gid first, as kubelet expects from `id -G`.
+pub fn effective_user(spec: &Spec) -> Option<cri::ContainerUser> {
+    let u = spec.process().as_ref()?.user();
+    let mut groups = vec![u.gid() as i64];
+    for g in u.additional_gids().clone().unwrap_or_default() {
+        if !groups.contains(&(g as i64)) {
+            groups.push(g as i64);
+        }
+    }
+    Some(cri::ContainerUser {
+        linux: Some(cri::LinuxContainerUser {
+            uid: u.uid() as i64,
+            gid: u.gid() as i64,
+            supplemental_groups: groups,
+        }),
+    })
 }
 
 /// The process of an exec session (`runc exec --process <file>`): the container's user, env,
@@ -504,6 +547,11 @@ fn resolve_container_user(
         container: id.to_string(),
         source,
     };
+    if sc.run_as_group.is_some() && sc.run_as_user.is_none() && sc.run_as_username.is_empty() {
+        return Err(SpecError::GroupWithoutUser {
+            container: id.to_string(),
+        });
+    }
     let mut req = UserRequest::parse_image_user(&image.user).map_err(uerr)?;
     if let Some(v) = &sc.run_as_user {
         req = UserRequest {

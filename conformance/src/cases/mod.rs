@@ -19,6 +19,7 @@ mod pod;
 mod podnet;
 mod restart;
 mod runtime_info;
+mod security;
 mod stats;
 mod stream_hostile;
 mod streaming;
@@ -78,6 +79,18 @@ pub fn all() -> Vec<Case> {
         case!("tty_container_logs", cstatus::tty_container_logs),
         case!("bad_input_codes", errors::bad_input_codes),
         case!("exec_in_exited_container", errors::exec_in_exited_container),
+        case!("security_seccomp_runtime_default", security::seccomp_runtime_default),
+        case!("security_seccomp_unconfined", security::seccomp_unconfined),
+        case!("security_seccomp_localhost_denies_mkdir", security::seccomp_localhost_denies_mkdir),
+        case!("security_seccomp_localhost_missing", security::seccomp_localhost_missing),
+        case!("security_no_new_privs", security::no_new_privs),
+        case!("security_caps_drop_all_add_net_bind", security::caps_drop_all_add_one),
+        case!("security_privileged", security::privileged),
+        case!("security_readonly_rootfs", security::readonly_rootfs),
+        case!("security_masked_path", security::masked_path),
+        case!("security_run_as_ids", security::run_as_ids),
+        case!("security_run_as_group_alone", security::run_as_group_alone),
+        case!("security_status_user", security::status_user),
         case!("start_exited_container", errors::start_exited_container),
         case!("memory_limit_applied", cstatus::memory_limit_applied),
         case!("log_paths_refused", errors::log_paths_refused),

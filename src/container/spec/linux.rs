@@ -233,6 +233,53 @@ pub fn device(container: &str, d: &cri::Device) -> Result<(LinuxDevice, LinuxDev
     Ok((dev, rule))
 }
 
+/// Directories under `/dev` that hold no host devices a container should get (runc's
+/// `HostDevices` skips the same): per-mount pseudo filesystems and container-runtime leftovers.
+const SKIPPED_DEV_DIRS: [&str; 7] = ["pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"];
+
+/// Every character and block device under `dir` (recursively, symlinks not followed, the
+/// [`SKIPPED_DEV_DIRS`] and `/dev/console` skipped), with the host's path, major/minor, mode and
+/// owner: the device list of a privileged container. Unreadable entries are skipped.
+pub fn host_devices(dir: &Path) -> Vec<LinuxDevice> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    let mut entries: Vec<_> = entries.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            let name = e.file_name();
+            if !SKIPPED_DEV_DIRS.iter().any(|s| name == *s) {
+                out.extend(host_devices(&path));
+            }
+            continue;
+        }
+        let typ = if ft.is_char_device() {
+            LinuxDeviceType::C
+        } else if ft.is_block_device() {
+            LinuxDeviceType::B
+        } else {
+            continue;
+        };
+        if path == Path::new("/dev/console") {
+            continue;
+        }
+        let rdev = meta.rdev();
+        let mut dev = LinuxDevice::default();
+        dev.set_path(path)
+            .set_typ(typ)
+            .set_major(nix::sys::stat::major(rdev) as i64)
+            .set_minor(nix::sys::stat::minor(rdev) as i64)
+            .set_file_mode(Some(meta.mode() & 0o7777))
+            .set_uid(Some(meta.uid()))
+            .set_gid(Some(meta.gid()));
+        out.push(dev);
+    }
+    out
+}
+
 fn pod_sysctls(sb: &SandboxContext) -> Option<HashMap<String, String>> {
     let s = &sb.config.linux.as_ref()?.sysctls;
     if s.is_empty() {
@@ -259,6 +306,14 @@ pub fn container_linux(
         if let Some(rules) = res.devices_mut() {
             rules.push(rule);
         }
+    }
+    if sc.privileged {
+        // All host devices, and the cgroup allows every device (containerd's
+        // WithDevices(HostDevices) + WithAllDevicesAllowed; runc skips its defaults these repeat).
+        devices.extend(host_devices(Path::new("/dev")));
+        let mut all = LinuxDeviceCgroup::default();
+        all.set_allow(true).set_access(Some("rwm".into()));
+        res.set_devices(Some(vec![all]));
     }
     let (masked, readonly) = if sc.privileged {
         (Vec::new(), Vec::new())

@@ -4,15 +4,15 @@ use super::*;
 use crate::image::ImageRuntimeConfig;
 use oci_spec::runtime::LinuxNamespaceType;
 
-struct Fixture {
-    dir: tempfile::TempDir,
+pub(super) struct Fixture {
+    pub(super) dir: tempfile::TempDir,
     pod: cri::PodSandboxConfig,
     netns: Option<PathBuf>,
     shm: Option<PathBuf>,
 }
 
 impl Fixture {
-    fn new() -> Fixture {
+    pub(super) fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let rootfs = dir.path().join("rootfs");
         std::fs::create_dir_all(rootfs.join("etc")).unwrap();
@@ -63,7 +63,7 @@ impl Fixture {
     }
 }
 
-fn host() -> HostFacts {
+pub(super) fn host() -> HostFacts {
     HostFacts {
         capabilities: capabilities_from_mask(0x1fffeffffff), // all but CAP_SYS_RESOURCE
         nofile_hard: 20000,
@@ -72,7 +72,7 @@ fn host() -> HostFacts {
     }
 }
 
-fn image() -> ImageRuntimeConfig {
+pub(super) fn image() -> ImageRuntimeConfig {
     ImageRuntimeConfig {
         entrypoint: vec!["/entry".into()],
         cmd: vec!["serve".into(), "--port=80".into()],
@@ -82,7 +82,7 @@ fn image() -> ImageRuntimeConfig {
     }
 }
 
-fn config() -> cri::ContainerConfig {
+pub(super) fn config() -> cri::ContainerConfig {
     cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
             name: "app".into(),
@@ -97,7 +97,7 @@ fn config() -> cri::ContainerConfig {
     }
 }
 
-fn build(f: &Fixture, cfg: &cri::ContainerConfig, img: &ImageRuntimeConfig) -> Result<Spec, SpecError> {
+pub(super) fn build(f: &Fixture, cfg: &cri::ContainerConfig, img: &ImageRuntimeConfig) -> Result<Spec, SpecError> {
     let rootfs = f.rootfs();
     let c = ContainerContext {
         container_id: "c1",
@@ -109,7 +109,7 @@ fn build(f: &Fixture, cfg: &cri::ContainerConfig, img: &ImageRuntimeConfig) -> R
     container_spec_with(&f.sb(), &c, &host())
 }
 
-fn sec(cfg: &mut cri::ContainerConfig) -> &mut cri::LinuxContainerSecurityContext {
+pub(super) fn sec(cfg: &mut cri::ContainerConfig) -> &mut cri::LinuxContainerSecurityContext {
     cfg.linux
         .get_or_insert_with(Default::default)
         .security_context

@@ -1,0 +1,196 @@
+//! Security contexts (issue #5, part A): seccomp RuntimeDefault/Unconfined/Localhost, a missing
+//! Localhost profile, no_new_privs, capabilities, privileged, readonly_rootfs, masked_paths,
+//! run_as_user/run_as_group/supplemental_groups, run_as_group without a user, and
+//! ContainerStatus.user. Each checks the effect inside the container (`/proc/self/status`, `id`,
+//! a failing write) from the busybox image.
+
+use super::util::{check, read_log};
+use crate::ctx::{skip, Ctx, Pod};
+use crate::daemon::TargetKind;
+use anyhow::{bail, Context, Result};
+use k8s_cri::v1 as cri;
+use std::time::Duration;
+
+type Sc = cri::LinuxContainerSecurityContext;
+
+/// Runs `script` (sh -c) in a fresh pod with security context `sc`; returns the pod, the exited
+/// status and the stdout lines. The pod is removed when anything fails.
+async fn run_sc(ctx: &Ctx, name: &str, pod_privileged: bool, sc: Sc, script: &str) -> Result<(Pod, cri::ContainerStatus, Vec<String>)> {
+    let mut pc = ctx.pod_config(name, &[]);
+    if pod_privileged {
+        pc.linux.get_or_insert_with(Default::default).security_context.get_or_insert_with(Default::default).privileged = true;
+    }
+    let pod = ctx.run_pod_with(pc).await?;
+    let r = async {
+        let mut cfg = ctx.container_config(name, &ctx.images.busybox, &["sh", "-c", script]);
+        cfg.linux.get_or_insert_with(Default::default).security_context = Some(sc);
+        let id = ctx.create_with(&pod, cfg).await?;
+        ctx.rt().start_container(cri::StartContainerRequest { container_id: id.clone() }).await.with_context(|| format!("StartContainer {name}"))?;
+        let st = ctx.wait_container_state(&id, cri::ContainerState::ContainerExited, Duration::from_secs(60)).await?;
+        let lines = read_log(&pod, &st, 0).await?;
+        let out: Vec<String> = lines.into_iter().filter(|l| l.stream == "stdout").map(|l| l.text).collect();
+        Ok::<_, anyhow::Error>((st, out))
+    }
+    .await;
+    match r {
+        Ok((st, out)) => Ok((pod, st, out)),
+        Err(e) => {
+            let _ = ctx.remove_pod(&pod.id).await;
+            Err(e)
+        }
+    }
+}
+
+/// Runs `script`, checks stdout equals `want`, removes the pod.
+async fn expect_output(ctx: &Ctx, name: &str, pod_privileged: bool, sc: Sc, script: &str, want: &[&str]) -> Result<cri::ContainerStatus> {
+    let (pod, st, out) = run_sc(ctx, name, pod_privileged, sc, script).await?;
+    ctx.remove_pod(&pod.id).await?;
+    check(out == want, || format!("{script:?} printed {out:?}, expected {want:?}"))?;
+    Ok(st)
+}
+
+const STATUS_FIELD: &str = "sed -n 's/^FIELD:[[:space:]]*//p' /proc/self/status";
+
+fn status_field(f: &str) -> String {
+    STATUS_FIELD.replace("FIELD", f)
+}
+
+fn profile(t: cri::security_profile::ProfileType, r: &str) -> Option<cri::SecurityProfile> {
+    Some(cri::SecurityProfile { profile_type: t as i32, localhost_ref: r.into() })
+}
+
+/// seccomp RuntimeDefault: the process runs in seccomp filter mode (`Seccomp: 2`).
+pub async fn seccomp_runtime_default(ctx: &Ctx) -> Result<()> {
+    let sc = Sc { seccomp: profile(cri::security_profile::ProfileType::RuntimeDefault, ""), ..Default::default() };
+    expect_output(ctx, "seccomp-default", false, sc, &status_field("Seccomp"), &["2"]).await.map(|_| ())
+}
+
+/// seccomp Unconfined: no filter (`Seccomp: 0`).
+pub async fn seccomp_unconfined(ctx: &Ctx) -> Result<()> {
+    let sc = Sc { seccomp: profile(cri::security_profile::ProfileType::Unconfined, ""), ..Default::default() };
+    expect_output(ctx, "seccomp-unconfined", false, sc, &status_field("Seccomp"), &["0"]).await.map(|_| ())
+}
+
+/// seccomp Localhost: a Docker-format profile denying mkdir/mkdirat with EPERM makes
+/// `mkdir` fail while `touch` works.
+pub async fn seccomp_localhost_denies_mkdir(ctx: &Ctx) -> Result<()> {
+    let path = ctx.tmp.join(format!("deny-mkdir-{}.json", ctx.unique()));
+    let p = serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "archMap": [{"architecture": "SCMP_ARCH_X86_64", "subArchitectures": ["SCMP_ARCH_X86", "SCMP_ARCH_X32"]}],
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+    });
+    std::fs::write(&path, p.to_string()).with_context(|| format!("write {}", path.display()))?;
+    let sc = Sc { seccomp: profile(cri::security_profile::ProfileType::Localhost, &path.display().to_string()), ..Default::default() };
+    let script = "mkdir /tmp/x 2>/dev/null; echo mkdir=$?; touch /tmp/y; echo touch=$?";
+    let r = expect_output(ctx, "seccomp-localhost", false, sc, script, &["mkdir=1", "touch=0"]).await;
+    let _ = std::fs::remove_file(&path);
+    r.map(|_| ())
+}
+
+/// A Localhost profile that does not exist: CreateContainer fails (berth: InvalidArgument naming
+/// the path) and leaves no container in the pod.
+pub async fn seccomp_localhost_missing(ctx: &Ctx) -> Result<()> {
+    let missing = format!("/nonexistent/berth-{}/profile.json", ctx.unique());
+    let sc = Sc { seccomp: profile(cri::security_profile::ProfileType::Localhost, &missing), ..Default::default() };
+    refused(ctx, "seccomp-missing", sc, &missing).await
+}
+
+/// run_as_group without run_as_user/run_as_username: refused (berth: InvalidArgument naming
+/// run_as_group), nothing left.
+pub async fn run_as_group_alone(ctx: &Ctx) -> Result<()> {
+    let sc = Sc { run_as_group: Some(cri::Int64Value { value: 3000 }), ..Default::default() };
+    refused(ctx, "group-alone", sc, "run_as_group").await
+}
+
+async fn refused(ctx: &Ctx, name: &str, sc: Sc, named: &str) -> Result<()> {
+    let pod = ctx.run_pod(name).await?;
+    let mut cfg = ctx.container_config(name, &ctx.images.busybox, &["true"]);
+    cfg.linux.get_or_insert_with(Default::default).security_context = Some(sc);
+    ctx.ensure_image(&ctx.images.busybox).await?;
+    let r = ctx
+        .rt()
+        .create_container(cri::CreateContainerRequest { pod_sandbox_id: pod.id.clone(), config: Some(cfg), sandbox_config: Some(pod.config.clone()) })
+        .await;
+    let listed = ctx
+        .rt()
+        .list_containers(cri::ListContainersRequest { filter: Some(cri::ContainerFilter { pod_sandbox_id: pod.id.clone(), ..Default::default() }) })
+        .await
+        .context("ListContainers")?
+        .into_inner()
+        .containers;
+    ctx.remove_pod(&pod.id).await?;
+    match r {
+        Ok(resp) => bail!("CreateContainer succeeded ({}), expected a refusal naming {named}", resp.into_inner().container_id),
+        Err(s) => {
+            eprintln!("note security_{name}: code {:?}: {}", s.code(), s.message());
+            if ctx.kind == TargetKind::Berth {
+                check(s.code() == tonic::Code::InvalidArgument, || format!("code {:?} ({}), expected InvalidArgument", s.code(), s.message()))?;
+                check(s.message().contains(named), || format!("message {:?} does not name {named}", s.message()))?;
+            }
+        }
+    }
+    check(listed.is_empty(), || format!("refused CreateContainer left containers {listed:?}"))
+}
+
+/// no_new_privs: `NoNewPrivs: 1`.
+pub async fn no_new_privs(ctx: &Ctx) -> Result<()> {
+    let sc = Sc { no_new_privs: true, ..Default::default() };
+    expect_output(ctx, "nnp", false, sc, &status_field("NoNewPrivs"), &["1"]).await.map(|_| ())
+}
+
+/// capabilities drop ALL + add NET_BIND_SERVICE: `CapEff` is exactly bit 10.
+pub async fn caps_drop_all_add_one(ctx: &Ctx) -> Result<()> {
+    let caps = cri::Capability { add_capabilities: vec!["NET_BIND_SERVICE".into()], drop_capabilities: vec!["ALL".into()], ..Default::default() };
+    let sc = Sc { capabilities: Some(caps), ..Default::default() };
+    expect_output(ctx, "caps", false, sc, &status_field("CapEff"), &["0000000000000400"]).await.map(|_| ())
+}
+
+/// privileged (in a privileged pod): host devices are there (/dev/kmsg) and CapEff is the
+/// daemon's own.
+pub async fn privileged(ctx: &Ctx) -> Result<()> {
+    let Some(pid) = ctx.daemon_pid().await else { return skip("the daemon's pid is unknown (external endpoint)") };
+    let own = std::fs::read_to_string(format!("/proc/{pid}/status"))?
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:").map(|v| v.trim().to_string()))
+        .context("daemon CapEff")?;
+    let sc = Sc { privileged: true, ..Default::default() };
+    let script = format!("test -c /dev/kmsg && echo kmsg; {}", status_field("CapEff"));
+    expect_output(ctx, "privileged", true, sc, &script, &["kmsg", own.as_str()]).await.map(|_| ())
+}
+
+/// readonly_rootfs: `touch /x` fails.
+pub async fn readonly_rootfs(ctx: &Ctx) -> Result<()> {
+    let sc = Sc { readonly_rootfs: true, ..Default::default() };
+    expect_output(ctx, "rorootfs", false, sc, "touch /x 2>/dev/null; echo touch=$?", &["touch=1"]).await.map(|_| ())
+}
+
+/// masked_paths from the request: /proc/version reads empty.
+pub async fn masked_path(ctx: &Ctx) -> Result<()> {
+    let sc = Sc { masked_paths: vec!["/proc/version".into()], ..Default::default() };
+    expect_output(ctx, "masked", false, sc, "wc -c < /proc/version", &["0"]).await.map(|_| ())
+}
+
+fn ids_sc() -> Sc {
+    Sc {
+        run_as_user: Some(cri::Int64Value { value: 1000 }),
+        run_as_group: Some(cri::Int64Value { value: 3000 }),
+        supplemental_groups: vec![4000],
+        ..Default::default()
+    }
+}
+
+/// run_as_user 1000, run_as_group 3000, supplemental_groups [4000]: `id` prints them.
+pub async fn run_as_ids(ctx: &Ctx) -> Result<()> {
+    expect_output(ctx, "ids", false, ids_sc(), "id -u; id -g; id -G", &["1000", "3000", "3000 4000"]).await.map(|_| ())
+}
+
+/// ContainerStatus.user reports the effective uid, gid and supplemental groups (skipped when
+/// the runtime does not fill the field: containerd 1.6 predates it).
+pub async fn status_user(ctx: &Ctx) -> Result<()> {
+    let (pod, st, _) = run_sc(ctx, "status-user", false, ids_sc(), "true").await?;
+    ctx.remove_pod(&pod.id).await?;
+    let Some(u) = st.user.and_then(|u| u.linux) else { return skip("ContainerStatus.user is not reported by this runtime") };
+    check(u.uid == 1000 && u.gid == 3000, || format!("user uid {} gid {}, expected 1000/3000", u.uid, u.gid))?;
+    check(u.supplemental_groups.contains(&4000) && u.supplemental_groups.contains(&3000), || format!("supplemental_groups {:?}, expected 3000 and 4000", u.supplemental_groups))
+}
