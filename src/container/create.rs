@@ -74,6 +74,7 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
         log_path: log_path.clone(),
         stop_signal: image.config.stop_signal.clone(),
         name_key: name_key.clone(),
+        user: None,
     };
 
     let mut undo = Cleanup::new();
@@ -123,6 +124,7 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
             own_oom_score_adj: d.own_oom_score_adj,
         };
         let oci = spec::container_spec_with(&sctx, &cctx, &d.host_facts)?;
+        record.user = spec::effective_user(&oci);
         let config_json = paths.bundle.join("config.json");
         let bytes = serde_json::to_vec_pretty(&oci).map_err(|e| Error::io("encoding config.json")(e.into()))?;
         crate::util::write_atomic(&config_json, &bytes).map_err(Error::io(format!("writing {}", config_json.display())))?;

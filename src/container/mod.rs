@@ -83,6 +83,10 @@ pub struct ContainerRecord {
     pub log_path: String,
     /// The image's StopSignal (empty = SIGTERM).
     pub stop_signal: String,
+    /// The effective user the spec gave its process (uid, gid, supplemental groups), for
+    /// ContainerStatus.user; resolved once at create.
+    #[serde(default)]
+    pub user: Option<k8s_cri::v1::ContainerUser>,
     /// The name reservation key ([`ContainerRecord::name_key`]), kept so it can be released
     /// even after the pod sandbox record is gone.
     pub name_key: String,

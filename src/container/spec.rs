@@ -442,14 +442,6 @@ pub fn effective_user(spec: &Spec) -> Option<cri::ContainerUser> {
     })
 }
 
-/// [`effective_user`] of the `config.json` in `bundle` (what ContainerStatus reports); `None`
-/// when the file is missing or not a spec (e.g. before CreateContainer wrote it).
-pub fn read_effective_user(bundle: &Path) -> Option<cri::ContainerUser> {
-    let bytes = std::fs::read(bundle.join("config.json")).ok()?;
-    let spec: Spec = serde_json::from_slice(&bytes).ok()?;
-    effective_user(&spec)
-}
-
 /// The process of an exec session (`runc exec --process <file>`): the container's user, env,
 /// cwd, capabilities, no_new_privileges, rlimits and oom_score_adj, with `cmd` as args and a
 /// terminal when `tty`. Errors: [`SpecError::EmptyExecCommand`], [`SpecError::MissingProcess`].

@@ -109,7 +109,7 @@ pub fn container_status(r: &ContainerRecord) -> cri::ContainerStatus {
             ..Default::default()
         }),
         image_id: r.image_id.clone(),
-        user: None,
+        user: r.user.clone(),
     }
 }
 

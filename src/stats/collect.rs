@@ -309,6 +309,7 @@ mod tests {
             log_path: String::new(),
             stop_signal: String::new(),
             name_key: String::new(),
+            user: None,
         };
         let f = |id: &str, pod: &str, l: &[(&str, &str)]| cri::ContainerStatsFilter {
             id: id.into(),
