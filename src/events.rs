@@ -109,7 +109,8 @@ impl EventBus {
     }
 
     /// Publishes `kind` for object `id` unless it would repeat or reverse that object's order;
-    /// `snapshot` builds the pod state (called only when the event is published). When `fill`
+    /// `snapshot` builds the pod state (called only when the event is published and someone
+    /// subscribes). When `fill`
     /// names an earlier kind not yet published (STARTED before a STOPPED), that one goes first.
     /// Returns the kinds published.
     pub fn publish_with(
@@ -125,16 +126,20 @@ impl EventBus {
             if p.last.get(id).is_some_and(|last| *last >= k) {
                 continue;
             }
-            let (sandbox, containers) = snapshot();
-            let ev = ContainerEvent {
-                kind: k,
-                container_id: id.to_string(),
-                created_at: crate::util::now_nanos(),
-                sandbox,
-                containers,
-            };
-            // Err only when nobody subscribes: the event is then simply not needed.
-            let _ = self.tx.send(Arc::new(ev));
+            // The pod snapshot reads the store: build it only when someone listens (every
+            // lifecycle RPC passes here). The order bookkeeping below happens either way.
+            if self.tx.receiver_count() > 0 {
+                let (sandbox, containers) = snapshot();
+                let ev = ContainerEvent {
+                    kind: k,
+                    container_id: id.to_string(),
+                    created_at: crate::util::now_nanos(),
+                    sandbox,
+                    containers,
+                };
+                // Err only when the last subscriber left meanwhile: the event is then not needed.
+                let _ = self.tx.send(Arc::new(ev));
+            }
             p.last.insert(id.to_string(), k);
             sent.push(k);
             if k == ContainerEventKind::Deleted {
