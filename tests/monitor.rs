@@ -13,16 +13,6 @@ use berth::monitor::{self, MonitorError, MonitorSpec};
 mod common;
 use common::*;
 
-/// The monitor exits right after writing the exit file; it is not our child, so poll.
-async fn assert_gone(pid: i32) {
-    assert!(pid > 0, "monitor pid unknown");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() {
-        assert!(Instant::now() < deadline, "monitor {pid} still alive");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// `(stream, tag, text)` of every CRI log record, checking the timestamp's shape.
 fn records(log: &str) -> Vec<(String, String, String)> {
     log.lines()

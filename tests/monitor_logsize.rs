@@ -3,13 +3,13 @@
 //! tests/monitor.rs; everything is removed at the end.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use berth::monitor::{self, MonitorSpec};
 
 
 mod common;
-use common::{can_run, case_with, MONITOR};
+use common::{assert_gone, can_run, case_with, wait_exit_within, MONITOR};
 
 /// A container writes 3000 numbered lines (about 120 KB of records) with `log_size_max` 8192:
 /// the log file ends no larger than the limit, holds only whole records, and holds the last lines
@@ -24,20 +24,9 @@ async fn log_starts_over_at_the_size_limit() {
     let log = spec.log_path.clone().unwrap();
     let spawned = monitor::spawn(Path::new(MONITOR), &spec).await.unwrap();
     c.runtime.start(&c.id).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let info = loop {
-        if let Some(i) = monitor::read_exit_file(&spec.exit_file).unwrap() {
-            break i;
-        }
-        assert!(Instant::now() < deadline, "container did not finish");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let info = wait_exit_within(&spec.exit_file, Duration::from_secs(60)).await;
     assert_eq!(info.exit_code, 0);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while nix::sys::signal::kill(nix::unistd::Pid::from_raw(spawned.monitor_pid), None).is_ok() {
-        assert!(Instant::now() < deadline, "monitor still alive");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert_gone(spawned.monitor_pid).await;
 
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.len() <= 8192, "log is {} bytes, over the 8192 limit", text.len());

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use berth::monitor;
 
 mod common;
-use common::{can_run, case_with, MONITOR};
+use common::{assert_gone, can_run, case_with, wait_exit_within, MONITOR};
 
 
 /// Reopens the log four times while the container writes numbered lines (some longer than one
@@ -60,20 +60,9 @@ async fn reopen_while_writing_loses_and_splits_nothing() {
     }
     std::fs::write(c.dir.path().join("bundle/rootfs/tmp/stop"), b"").unwrap();
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let info = loop {
-        if let Some(i) = monitor::read_exit_file(&spec.exit_file).unwrap() {
-            break i;
-        }
-        assert!(Instant::now() < deadline, "container did not finish");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let info = wait_exit_within(&spec.exit_file, Duration::from_secs(60)).await;
     assert_eq!(info.exit_code, 0);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while nix::sys::signal::kill(nix::unistd::Pid::from_raw(spawned.monitor_pid), None).is_ok() {
-        assert!(Instant::now() < deadline, "monitor still alive");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert_gone(spawned.monitor_pid).await;
 
     let big = "b".repeat(40000);
     let mut seen: BTreeMap<usize, usize> = BTreeMap::new();

@@ -110,12 +110,17 @@ pub fn case(name: &str, args: &[&str], terminal: bool, pause: bool) -> Case {
 }
 
 pub async fn wait_exit(path: &Path) -> ExitInfo {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    wait_exit_within(path, Duration::from_secs(20)).await
+}
+
+/// [`wait_exit`] with a limit of the caller's (long-writing containers need more than 20 s).
+pub async fn wait_exit_within(path: &Path, limit: Duration) -> ExitInfo {
+    let deadline = Instant::now() + limit;
     loop {
         if let Some(info) = monitor::read_exit_file(path).unwrap() {
             return info;
         }
-        assert!(Instant::now() < deadline, "no exit file {path:?} after 20 s");
+        assert!(Instant::now() < deadline, "no exit file {path:?} after {limit:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -124,4 +129,14 @@ pub async fn wait_exit(path: &Path) -> ExitInfo {
 /// [`case`] for a busybox container without a terminal.
 pub fn case_with(name: &str, args: &[&str]) -> Case {
     case(name, args, false, false)
+}
+
+/// The monitor exits right after writing the exit file; it is not our child, so poll.
+pub async fn assert_gone(pid: i32) {
+    assert!(pid > 0, "monitor pid unknown");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() {
+        assert!(Instant::now() < deadline, "monitor {pid} still alive");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
