@@ -294,6 +294,19 @@ pub fn capabilities_from_mask(mask: u64) -> Vec<Capability> {
         .collect()
 }
 
+/// The part every spec of a pod shares: `process`, `root` at `rootfs` (read-only or not), and the
+/// pod's hostname, set only when the pod has its own network (and so UTS) namespace.
+fn pod_spec(sb: &SandboxContext, process: Process, rootfs: &Path, readonly: bool) -> Spec {
+    let mut root = Root::default();
+    root.set_path(rootfs.to_path_buf());
+    root.set_readonly(Some(readonly));
+    let mut spec = Spec::default();
+    spec.set_process(Some(process));
+    spec.set_root(Some(root));
+    spec.set_hostname(sb.netns_path.is_some().then(|| sb.hostname.to_string()));
+    spec
+}
+
 /// The runtime's cgroupfs path for a container: `<parent>/berth-<id>` (a trailing `/` on
 /// `parent` is dropped; an empty parent gives `/berth-<id>`).
 pub fn cgroups_path(parent: &str, id: &str) -> String {
@@ -338,18 +351,7 @@ pub fn container_spec_with(sb: &SandboxContext, c: &ContainerContext, host: &Hos
     let requested = lc.resources.as_ref().map(|r| r.oom_score_adj).unwrap_or(0);
     process.set_oom_score_adj(Some(clamp_oom_score_adj(requested, c.own_oom_score_adj)));
 
-    let mut root = Root::default();
-    root.set_path(c.rootfs.to_path_buf());
-    root.set_readonly(Some(sc.readonly_rootfs));
-
-    let mut spec = Spec::default();
-    spec.set_process(Some(process));
-    spec.set_root(Some(root));
-    spec.set_hostname(if sb.netns_path.is_some() {
-        Some(sb.hostname.to_string())
-    } else {
-        None
-    });
+    let mut spec = pod_spec(sb, process, c.rootfs, sc.readonly_rootfs);
     let m = mounts::container_mounts(sb, c, &sc)?;
     spec.set_mounts(Some(m.mounts));
     let mut l = linux::container_linux(sb, c, &sc, host, m.rootfs_propagation)?;
@@ -397,18 +399,7 @@ pub fn infra_spec_with(sb: &SandboxContext, rootfs: &Path, infra_id: &str, own_o
     process.set_no_new_privileges(Some(true));
     process.set_oom_score_adj(Some(clamp_oom_score_adj(INFRA_OOM_SCORE_ADJ as i64, own_oom)));
 
-    let mut root = Root::default();
-    root.set_path(rootfs.to_path_buf());
-    root.set_readonly(Some(true));
-
-    let mut spec = Spec::default();
-    spec.set_process(Some(process));
-    spec.set_root(Some(root));
-    spec.set_hostname(if sb.netns_path.is_some() {
-        Some(sb.hostname.to_string())
-    } else {
-        None
-    });
+    let mut spec = pod_spec(sb, process, rootfs, true);
     spec.set_mounts(Some(mounts::infra_mounts()));
     spec.set_linux(Some(linux::infra_linux(sb, infra_id)));
     let mut ann: HashMap<String, String> = sb.config.annotations.clone().into_iter().collect();

@@ -36,14 +36,8 @@ pub fn mount(destination: &str, typ: &str, source: impl Into<PathBuf>, options: 
 /// `privileged`.
 pub fn default_mounts(privileged: bool) -> Vec<Mount> {
     let ro = if privileged { "rw" } else { "ro" };
-    vec![
-        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
-        mount(
-            "/dev",
-            "tmpfs",
-            "tmpfs",
-            &["nosuid", "strictatime", "mode=755", "size=65536k"],
-        ),
+    let mut v = infra_mounts();
+    v.extend([
         mount(
             "/dev/pts",
             "devpts",
@@ -58,10 +52,12 @@ pub fn default_mounts(privileged: bool) -> Vec<Mount> {
             "cgroup",
             &["nosuid", "noexec", "nodev", "relatime", ro],
         ),
-    ]
+    ]);
+    v
 }
 
-/// The infra process's mounts: `/proc` and a small `/dev` tmpfs.
+/// The infra process's mounts, and the first two of every container: `/proc` and a small `/dev`
+/// tmpfs.
 pub fn infra_mounts() -> Vec<Mount> {
     vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
