@@ -189,29 +189,59 @@ pub async fn port_forward(url: &str, t: Transport, port: u16, payload: &[u8]) ->
             let (mut ws, _) = up::websocket(url, &[proto]).await?;
             let b64 = proto.contains("base64");
             ws.send(berth::streaming::websocket::encode(b64, 0, payload)).await?;
-            let (mut got, mut err, mut seen) = (Vec::new(), Vec::new(), [false; 2]);
+            let mut pf = WsPortForward::new(port, b64);
             loop {
                 let msg = match tokio::time::timeout(LIMIT, ws.next()).await.context("websocket port-forward: nothing within 30 s")? {
                     None | Some(Ok(Message::Close(_))) | Some(Err(_)) => break,
                     Some(Ok(m)) => m,
                 };
-                if let Some(berth::streaming::websocket::Frame::Data { channel, data }) = berth::streaming::websocket::decode(b64, false, &msg)? {
-                    let c = usize::from(channel);
-                    if c > 1 {
-                        continue;
-                    }
-                    if !seen[c] {
-                        seen[c] = true;
-                        if data.as_ref() != port.to_le_bytes() {
-                            bail!("channel {c}: first message {:?} is not port {port} little-endian", data.as_ref());
-                        }
-                        continue;
-                    }
-                    if c == 0 { got.extend_from_slice(&data) } else { err.extend_from_slice(&data) }
-                }
+                pf.absorb(&msg)?;
             }
-            Ok((got, String::from_utf8_lossy(&err).into_owned()))
+            let f = pf.finish();
+            Ok((f.received, f.error))
         }
+    }
+}
+
+/// The receiving side of one port over WebSocket `v4.channel.k8s.io` port-forward framing:
+/// channel 0 data, channel 1 error, and the first message on each is the port as 2 bytes
+/// little-endian (checked, not kept).
+struct WsPortForward {
+    port: u16,
+    b64: bool,
+    seen: [bool; 2],
+    got: Vec<u8>,
+    err: Vec<u8>,
+}
+
+impl WsPortForward {
+    fn new(port: u16, b64: bool) -> Self {
+        WsPortForward { port, b64, seen: [false; 2], got: Vec::new(), err: Vec::new() }
+    }
+
+    /// Takes one message; fails when a channel's first message is not the port.
+    fn absorb(&mut self, msg: &Message) -> Result<()> {
+        let Some(berth::streaming::websocket::Frame::Data { channel, data }) = berth::streaming::websocket::decode(self.b64, false, msg)? else {
+            return Ok(());
+        };
+        let c = usize::from(channel);
+        if c > 1 {
+            return Ok(());
+        }
+        if !self.seen[c] {
+            self.seen[c] = true;
+            let port = self.port;
+            if data.as_ref() != port.to_le_bytes() {
+                bail!("channel {c}: first message {:?} is not port {port} little-endian", data.as_ref());
+            }
+            return Ok(());
+        }
+        if c == 0 { self.got.extend_from_slice(&data) } else { self.err.extend_from_slice(&data) }
+        Ok(())
+    }
+
+    fn finish(self) -> Forwarded {
+        Forwarded { received: self.got, error: String::from_utf8_lossy(&self.err).into_owned() }
     }
 }
 
@@ -335,32 +365,19 @@ pub async fn port_forward_duplex(url: &str, t: Transport, port: u16, payload: Ve
                 Ok::<_, anyhow::Error>(sink)
             });
             let read = async {
-                let (mut got, mut err, mut seen) = (Vec::new(), Vec::new(), [false; 2]);
+                let mut pf = WsPortForward::new(port, b64);
                 while let Some(msg) = source.next().await {
                     let msg = match msg {
                         Ok(Message::Close(_)) | Err(_) => break,
                         Ok(m) => m,
                     };
-                    if let Some(berth::streaming::websocket::Frame::Data { channel, data }) = berth::streaming::websocket::decode(b64, false, &msg)? {
-                        let c = usize::from(channel);
-                        if c > 1 {
-                            continue;
-                        }
-                        if !seen[c] {
-                            seen[c] = true;
-                            if data.as_ref() != port.to_le_bytes() {
-                                bail!("channel {c}: first message {:?} is not port {port} little-endian", data.as_ref());
-                            }
-                            continue;
-                        }
-                        if c == 0 { got.extend_from_slice(&data) } else { err.extend_from_slice(&data) }
-                    }
+                    pf.absorb(&msg)?;
                 }
-                Ok((got, err))
+                Ok::<_, anyhow::Error>(pf.finish())
             };
-            let (got, err) = tokio::time::timeout(limit, read).await.with_context(|| format!("websocket port-forward: no close within {limit:?}"))??;
+            let forwarded = tokio::time::timeout(limit, read).await.with_context(|| format!("websocket port-forward: no close within {limit:?}"))??;
             writer.abort();
-            Ok(Forwarded { received: got, error: String::from_utf8_lossy(&err).into_owned() })
+            Ok(forwarded)
         }
     }
 }
