@@ -41,6 +41,21 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
     if sandbox.state != SandboxState::Ready {
         return Err(Error::FailedPrecondition(format!("pod sandbox {} is not ready", sandbox.id)));
     }
+    let sc = config.linux.as_ref().and_then(|l| l.security_context.clone()).unwrap_or_default();
+    let pod_privileged = sandbox.config.linux.as_ref().and_then(|l| l.security_context.as_ref()).is_some_and(|s| s.privileged);
+    if sc.privileged && !pod_privileged {
+        // containerd and CRI-O refuse this too; kubelet marks the pod privileged whenever one of
+        // its containers is.
+        return Err(Error::invalid(
+            "config.linux.security_context.privileged",
+            format!(
+                "pod sandbox {} is not privileged (PodSandboxConfig.linux.security_context.privileged): \
+                 a privileged container needs a privileged pod",
+                sandbox.id
+            ),
+        ));
+    }
+    let pid_target = pid_target(d, &sandbox.id, &sc)?;
     let image = d.images.resolve(&image_name)?.ok_or_else(|| Error::NotFound { kind: "image", id: image_name.clone() })?;
 
     let id = crate::util::new_id();
@@ -122,6 +137,7 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
             image: &image.config,
             rootfs: &paths.rootfs,
             own_oom_score_adj: d.own_oom_score_adj,
+            pid_target,
         };
         let oci = spec::container_spec_with(&sctx, &cctx, &d.host_facts)?;
         record.user = spec::effective_user(&oci);
@@ -183,4 +199,32 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
             Err(e)
         }
     }
+}
+
+/// For PID namespace mode TARGET: the host PID of the container `namespace_options.target_id`,
+/// which must be a running container of the same pod (kubelet uses it for ephemeral debug
+/// containers). `None` for every other mode.
+///
+/// Errors: InvalidArgument (empty target_id, or a container of another pod), NotFound (no such
+/// container), FailedPrecondition (the target is not running).
+fn pid_target(d: &Daemon, sandbox_id: &str, sc: &k8s_cri::v1::LinuxContainerSecurityContext) -> Result<Option<i32>> {
+    let Some(ns) = sc.namespace_options.as_ref() else { return Ok(None) };
+    if ns.pid != k8s_cri::v1::NamespaceMode::Target as i32 {
+        return Ok(None);
+    }
+    let field = "config.linux.security_context.namespace_options.target_id";
+    if ns.target_id.is_empty() {
+        return Err(Error::invalid(field, "must name a container when pid mode is TARGET"));
+    }
+    let target = super::refresh(d, super::get(d, &ns.target_id)?)?;
+    if target.sandbox_id != sandbox_id {
+        return Err(Error::invalid(field, format!("container {} belongs to pod sandbox {}, not {sandbox_id}", target.id, target.sandbox_id)));
+    }
+    if target.state != ContainerState::Running || target.pid <= 0 {
+        return Err(Error::FailedPrecondition(format!(
+            "{field}: container {} is {:?}, not running: pid mode TARGET joins a running container's PID namespace",
+            target.id, target.state
+        )));
+    }
+    Ok(Some(target.pid))
 }

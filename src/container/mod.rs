@@ -11,6 +11,7 @@ mod create;
 mod exec;
 mod lifecycle;
 pub mod logs;
+pub mod mac;
 pub mod seccomp;
 pub mod liveness;
 pub mod spec;

@@ -167,6 +167,9 @@ pub struct ContainerContext<'a> {
     /// The daemon's own `/proc/self/oom_score_adj`; the container's is never set below it
     /// (without CAP_SYS_RESOURCE runc cannot lower it).
     pub own_oom_score_adj: i32,
+    /// For PID namespace mode TARGET (`namespace_options.pid`): the host PID of the running
+    /// container named by `namespace_options.target_id`, whose PID namespace this one joins.
+    pub pid_target: Option<i32>,
 }
 
 /// Facts about the host and the daemon that bound what a spec may ask runc for.
@@ -346,8 +349,9 @@ pub fn container_spec_with(sb: &SandboxContext, c: &ContainerContext, host: &Hos
     process.set_capabilities(Some(caps));
     process.set_rlimits(Some(vec![nofile_rlimit(host.nofile_hard)?]));
     process.set_no_new_privileges(Some(sc.no_new_privs && !privileged));
-    process.set_apparmor_profile(None);
-    process.set_selinux_label(None);
+    let (apparmor, selinux) = super::mac::process_labels(id, &sc)?;
+    process.set_apparmor_profile(apparmor);
+    process.set_selinux_label(selinux);
     let requested = lc.resources.as_ref().map(|r| r.oom_score_adj).unwrap_or(0);
     process.set_oom_score_adj(Some(clamp_oom_score_adj(requested, c.own_oom_score_adj)));
 

@@ -10,6 +10,8 @@
 //! `create` is not here: the monitor (`crate::monitor`) runs it, because the runtime's stdio must be
 //! the container's stdio, owned by the monitor.
 
+pub mod features;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 

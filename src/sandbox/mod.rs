@@ -8,6 +8,7 @@
 pub mod files;
 mod run;
 mod stop;
+pub mod sysctl;
 
 pub use run::run;
 pub use stop::{remove, stop};

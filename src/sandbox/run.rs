@@ -38,6 +38,7 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
             format!("{:?} must be an absolute path (container logs go under it)", config.log_directory),
         ));
     }
+    super::sysctl::validate(&config)?;
     let runtime = d.runtime(runtime_handler)?;
     let ns = namespace_options(&config);
     let host_network = ns.network == NamespaceMode::Node as i32;

@@ -4,6 +4,16 @@
 use crate::ctx::Ctx;
 use futures_util::future::BoxFuture;
 
+/// One case: its name and its function.
+pub type Case = (&'static str, for<'a> fn(&'a Ctx) -> BoxFuture<'a, anyhow::Result<()>>);
+
+macro_rules! case {
+    ($name:literal, $f:path) => {
+        ($name, |c| Box::pin($f(c)) as BoxFuture<'_, anyhow::Result<()>>)
+    };
+}
+
+
 mod container;
 mod cstatus;
 mod errors;
@@ -11,7 +21,9 @@ mod events;
 mod exec;
 mod image;
 mod inspect;
+mod isolation;
 mod leaks;
+mod mac_sysctl;
 mod metrics;
 mod monitor;
 mod oom;
@@ -23,20 +35,13 @@ mod security;
 mod stats;
 mod stream_hostile;
 mod streaming;
+mod userns;
 pub(crate) mod util;
 
-/// One case: its name and its function.
-pub type Case = (&'static str, for<'a> fn(&'a Ctx) -> BoxFuture<'a, anyhow::Result<()>>);
-
-macro_rules! case {
-    ($name:literal, $f:path) => {
-        ($name, |c| Box::pin($f(c)) as BoxFuture<'_, anyhow::Result<()>>)
-    };
-}
 
 /// Every case in run order: runtime info, images, pods, containers, exec, restart, leak checks.
 pub fn all() -> Vec<Case> {
-    vec![
+    let mut v: Vec<Case> = vec![
         case!("version", image::version),
         case!("status_ready", image::status_ready),
         case!("pull_by_tag", image::pull_by_tag),
@@ -114,7 +119,12 @@ pub fn all() -> Vec<Case> {
         case!("metrics_endpoint_counts", metrics::endpoint_counts),
         case!("metrics_pod_sandbox_cpu_grows", metrics::pod_sandbox_metrics_cpu_grows),
         case!("monitor_killed", monitor::monitor_killed),
-        case!("daemon_restart_keeps_containers", restart::keeps_containers),
-        case!("no_leftovers_after_suite", leaks::no_leftovers),
-    ]
+    ];
+    // Issue #5 part B: mounts and namespaces, MAC and sysctls, user namespaces.
+    v.extend(isolation::cases());
+    v.extend(mac_sysctl::cases());
+    v.extend(userns::cases());
+    v.push(case!("daemon_restart_keeps_containers", restart::keeps_containers));
+    v.push(case!("no_leftovers_after_suite", leaks::no_leftovers));
+    v
 }

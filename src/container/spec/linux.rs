@@ -62,13 +62,14 @@ pub fn ipc_mode(sb: &SandboxContext, sc: &cri::LinuxContainerSecurityContext) ->
 }
 
 /// The container's namespaces. PID: POD joins the infra's, CONTAINER gets a new one, NODE stays
-/// on the host, TARGET is not supported. IPC: NODE stays on the host, else joins the infra's.
+/// on the host, TARGET joins `/proc/<pid_target>/ns/pid` (the caller resolves the target). IPC: NODE stays on the host, else joins the infra's.
 /// UTS joins the infra's unless the pod uses the host network (then the host's). Network: the
 /// pinned netns, or the host's. Mount: always new.
 pub fn container_namespaces(
     sb: &SandboxContext,
     container: &str,
     sc: &cri::LinuxContainerSecurityContext,
+    pid_target: Option<i32>,
 ) -> Result<Vec<LinuxNamespace>, SpecError> {
     let opts = sc.namespace_options.clone().or_else(|| pod_namespace_options(sb));
     let infra_ns = |name: &str| Some(PathBuf::from(format!("/proc/{}/ns/{name}", sb.infra_pid)));
@@ -77,13 +78,16 @@ pub fn container_namespaces(
         cri::NamespaceMode::Pod => ns.push(namespace(LinuxNamespaceType::Pid, infra_ns("pid"))),
         cri::NamespaceMode::Container => ns.push(namespace(LinuxNamespaceType::Pid, None)),
         cri::NamespaceMode::Node => {}
-        cri::NamespaceMode::Target => {
-            return Err(SpecError::Unsupported {
-                container: container.to_string(),
-                field: "namespace_options.pid",
-                value: format!("TARGET ({})", opts.map(|o| o.target_id).unwrap_or_default()),
-            })
-        }
+        cri::NamespaceMode::Target => match pid_target {
+            Some(pid) => ns.push(namespace(LinuxNamespaceType::Pid, Some(PathBuf::from(format!("/proc/{pid}/ns/pid"))))),
+            None => {
+                return Err(SpecError::Unsupported {
+                    container: container.to_string(),
+                    field: "namespace_options.pid",
+                    value: format!("TARGET ({:?}) without a running target container", opts.map(|o| o.target_id).unwrap_or_default()),
+                })
+            }
+        },
     }
     if ipc_mode(sb, sc) != cri::NamespaceMode::Node {
         ns.push(namespace(LinuxNamespaceType::Ipc, infra_ns("ipc")));
@@ -332,7 +336,7 @@ pub fn container_linux(
         )
     };
     let mut l = Linux::default();
-    l.set_namespaces(Some(container_namespaces(sb, c.container_id, sc)?))
+    l.set_namespaces(Some(container_namespaces(sb, c.container_id, sc, c.pid_target)?))
         .set_cgroups_path(Some(PathBuf::from(cgroups_path(sb.cgroup_parent, c.container_id))))
         .set_resources(Some(res))
         .set_devices(if devices.is_empty() { None } else { Some(devices) })

@@ -196,6 +196,7 @@ fn infra_and_container_specs_run_under_runc_root() {
         image: &img,
         rootfs: &rootfs,
         own_oom_score_adj: own_oom_score_adj(),
+        pid_target: None,
     };
     let spec = container_spec(&sb, &c).unwrap();
     write_bundle(&d.path().join("c"), &spec);

@@ -105,6 +105,7 @@ pub(super) fn build(f: &Fixture, cfg: &cri::ContainerConfig, img: &ImageRuntimeC
         image: img,
         rootfs: &rootfs,
         own_oom_score_adj: 0,
+        pid_target: None,
     };
     container_spec_with(&f.sb(), &c, &host())
 }
