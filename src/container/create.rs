@@ -138,6 +138,7 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
             rootfs: &paths.rootfs,
             own_oom_score_adj: d.own_oom_score_adj,
             pid_target,
+            features: &runtime.features,
         };
         let oci = spec::container_spec_with(&sctx, &cctx, &d.host_facts)?;
         record.user = spec::effective_user(&oci);

@@ -170,6 +170,8 @@ pub struct ContainerContext<'a> {
     /// For PID namespace mode TARGET (`namespace_options.pid`): the host PID of the running
     /// container named by `namespace_options.target_id`, whose PID namespace this one joins.
     pub pid_target: Option<i32>,
+    /// What the pod's OCI runtime supports (`runtime features`).
+    pub features: &'a crate::oci::features::RuntimeFeatures,
 }
 
 /// Facts about the host and the daemon that bound what a spec may ask runc for.

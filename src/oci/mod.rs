@@ -69,6 +69,8 @@ pub struct Runtime {
     pub path: PathBuf,
     /// The runtime's `--root` state directory.
     pub root: PathBuf,
+    /// What `<path> features` reported when the runtime was set up.
+    pub features: features::RuntimeFeatures,
 }
 
 impl Runtime {
@@ -77,7 +79,8 @@ impl Runtime {
     pub fn new(handler: &str, path: PathBuf, root: PathBuf) -> Result<Runtime, OciError> {
         let resolved = resolve_binary(&path)
             .ok_or_else(|| OciError::NotFound { handler: handler.to_string(), path: path.clone() })?;
-        Ok(Runtime { handler: handler.to_string(), path: resolved, root })
+        let features = features::probe(&resolved);
+        Ok(Runtime { handler: handler.to_string(), path: resolved, root, features })
     }
 
     /// `runtime start <id>`: runs the user process of a created container (OCI "start").

@@ -278,10 +278,13 @@ impl RuntimeService for RuntimeServer {
         let mut handlers: Vec<cri::RuntimeHandler> = self
             .d
             .runtimes
-            .keys()
-            .map(|name| cri::RuntimeHandler {
+            .iter()
+            .map(|(name, rt)| cri::RuntimeHandler {
                 name: name.clone(),
-                features: Some(cri::RuntimeHandlerFeatures { recursive_read_only_mounts: false, user_namespaces: false }),
+                features: Some(cri::RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: rt.features.recursive_read_only(),
+                    user_namespaces: false,
+                }),
             })
             .collect();
         handlers.sort_by(|a, b| a.name.cmp(&b.name));

@@ -197,6 +197,7 @@ fn infra_and_container_specs_run_under_runc_root() {
         rootfs: &rootfs,
         own_oom_score_adj: own_oom_score_adj(),
         pid_target: None,
+        features: &Default::default(),
     };
     let spec = container_spec(&sb, &c).unwrap();
     write_bundle(&d.path().join("c"), &spec);

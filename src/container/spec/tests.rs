@@ -106,6 +106,7 @@ pub(super) fn build(f: &Fixture, cfg: &cri::ContainerConfig, img: &ImageRuntimeC
         rootfs: &rootfs,
         own_oom_score_adj: 0,
         pid_target: None,
+        features: &Default::default(),
     };
     container_spec_with(&f.sb(), &c, &host())
 }
