@@ -12,6 +12,7 @@ use oci_spec::runtime::Mount;
 use std::path::{Component, Path, PathBuf};
 
 use super::{ContainerContext, SandboxContext, SpecError};
+use crate::oci::features::RuntimeFeatures;
 
 /// The mounts of a container and the rootfs propagation its CRI mounts need.
 #[derive(Debug, Clone)]
@@ -123,10 +124,20 @@ pub fn prepare_host_path(host_path: &str) -> std::io::Result<PathBuf> {
 
 use std::os::unix::fs::DirBuilderExt;
 
-/// The bind mount for one CRI mount: `rbind`, the propagation, and `ro` or `rw`. Errors on a
-/// relative container path and on features runc 1.1 lacks (recursive read-only, id-mapped
-/// mounts, image volumes) — the CRI asks runtimes to refuse what they cannot honour.
-pub fn cri_mount(container: &str, m: &cri::Mount) -> Result<Mount, SpecError> {
+/// The bind mount for one CRI mount: `rbind`, the propagation, and `ro` or `rw` (plus `rro`
+/// when `recursive_read_only`). `features` are the pod runtime's `features` (for `rro`).
+///
+/// Errors (the CRI asks runtimes to refuse what they cannot honour):
+/// - [`SpecError::InvalidMount`]: a relative container path, an empty host path,
+///   `recursive_read_only` without `readonly` or with a propagation other than PRIVATE
+///   (CRI `Mount.recursive_read_only`: "readonly must be true, propagation must be private"),
+///   a BIDIRECTIONAL mount whose host mount is not shared, a HOST_TO_CONTAINER one whose host
+///   mount is neither shared nor slave (containerd's `ensureShared`/`ensureSharedOrSlave`);
+/// - [`SpecError::Unsupported`]: `recursive_read_only` on a runtime whose features lack `rro`,
+///   id-mapped mounts, image volumes;
+/// - [`SpecError::MountSource`]: the host path cannot be created or resolved (e.g. a dangling
+///   symlink).
+pub fn cri_mount(container: &str, m: &cri::Mount, features: &RuntimeFeatures) -> Result<Mount, SpecError> {
     let invalid = |reason: String| SpecError::InvalidMount {
         container: container.to_string(),
         container_path: m.container_path.clone(),
@@ -145,12 +156,26 @@ pub fn cri_mount(container: &str, m: &cri::Mount) -> Result<Mount, SpecError> {
         }
         return Err(invalid("host_path is empty".into()));
     }
+    let propagation = cri::MountPropagation::try_from(m.propagation).unwrap_or(cri::MountPropagation::PropagationPrivate);
     if m.recursive_read_only {
-        return Err(SpecError::Unsupported {
-            container: container.to_string(),
-            field: "mounts.recursive_read_only",
-            value: format!("true for {:?} (runc 1.1 has no rro)", m.container_path),
-        });
+        if !m.readonly {
+            return Err(invalid(
+                "mounts[].recursive_read_only is true but readonly is false: a recursive read-only mount must also set readonly".into(),
+            ));
+        }
+        if propagation != cri::MountPropagation::PropagationPrivate {
+            return Err(invalid(format!(
+                "mounts[].recursive_read_only is true with propagation {}: a recursive read-only mount must use PROPAGATION_PRIVATE",
+                propagation.as_str_name()
+            )));
+        }
+        if !features.recursive_read_only() {
+            return Err(SpecError::Unsupported {
+                container: container.to_string(),
+                field: "mounts.recursive_read_only",
+                value: format!("true for {:?} (the runtime's features list no `rro` mount option)", m.container_path),
+            });
+        }
     }
     if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
         return Err(SpecError::Unsupported {
@@ -165,12 +190,88 @@ pub fn cri_mount(container: &str, m: &cri::Mount) -> Result<Mount, SpecError> {
         host_path: m.host_path.clone(),
         source,
     })?;
-    let opts = [
-        "rbind",
-        propagation_option(m.propagation),
-        if m.readonly { "ro" } else { "rw" },
-    ];
+    if propagation != cri::MountPropagation::PropagationPrivate {
+        let info = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| invalid(format!("reading /proc/self/mountinfo to check the propagation of {}: {e}", source.display())))?;
+        check_source_propagation(&source, propagation, &info).map_err(invalid)?;
+    }
+    let mut opts = vec!["rbind", propagation_option(m.propagation), if m.readonly { "ro" } else { "rw" }];
+    if m.recursive_read_only {
+        // runc >= 1.1: `rro` = mount_setattr(MOUNT_ATTR_RDONLY, AT_RECURSIVE) on the bind mount,
+        // so submounts of the host path are read-only too; `ro` stays for the top mount.
+        opts.push("rro");
+    }
     Ok(mount(&dest, "bind", source, &opts))
+}
+
+/// One line of `/proc/self/mountinfo` (proc(5)): the mount point (octal escapes decoded) and
+/// its propagation from the optional fields (`shared:N`, `master:N`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountInfo {
+    pub mount_point: PathBuf,
+    /// `shared:N`: the mount is in a peer group.
+    pub shared: bool,
+    /// `master:N`: the mount is a slave of a peer group.
+    pub slave: bool,
+}
+
+/// Parses mountinfo text (proc(5): `id parent maj:min root mount_point options [optional...] -
+/// fstype source super_options`); malformed lines are skipped.
+pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let mp = f.get(4)?;
+            let sep = f.iter().skip(6).position(|x| *x == "-")? + 6;
+            let optional = &f[6..sep];
+            Some(MountInfo {
+                mount_point: PathBuf::from(crate::storage::unescape_mountinfo(mp)),
+                shared: optional.iter().any(|o| o.starts_with("shared:")),
+                slave: optional.iter().any(|o| o.starts_with("master:")),
+            })
+        })
+        .collect()
+}
+
+/// The mount that holds `path`: the longest mount point that is a prefix of it (by path
+/// components); among equal mount points the last listed (the top of a stack).
+pub fn mount_of<'a>(mounts: &'a [MountInfo], path: &Path) -> Option<&'a MountInfo> {
+    let mut best: Option<&MountInfo> = None;
+    for m in mounts {
+        if path.starts_with(&m.mount_point)
+            && best.is_none_or(|b| m.mount_point.components().count() >= b.mount_point.components().count())
+        {
+            best = Some(m);
+        }
+    }
+    best
+}
+
+/// Checks the host side of a CRI mount propagation (as containerd's CRI plugin and CRI-O do):
+/// BIDIRECTIONAL needs the mount holding `source` (canonical) to be shared, HOST_TO_CONTAINER
+/// needs it shared or slave; PRIVATE needs nothing. `mountinfo` is `/proc/self/mountinfo`.
+/// Errors: a reason naming the path, its mount point and the command that fixes it.
+pub fn check_source_propagation(source: &Path, propagation: cri::MountPropagation, mountinfo: &str) -> Result<(), String> {
+    let (need, ok): (&str, fn(&MountInfo) -> bool) = match propagation {
+        cri::MountPropagation::PropagationBidirectional => ("shared", |m| m.shared),
+        cri::MountPropagation::PropagationHostToContainer => ("shared or slave", |m| m.shared || m.slave),
+        cri::MountPropagation::PropagationPrivate => return Ok(()),
+    };
+    let mounts = parse_mountinfo(mountinfo);
+    let Some(m) = mount_of(&mounts, source) else {
+        return Err(format!("host path {} is on no mount listed in /proc/self/mountinfo", source.display()));
+    };
+    if ok(m) {
+        return Ok(());
+    }
+    Err(format!(
+        "propagation {} needs host path {} to be on a {need} mount, but its mount point {} is private: \
+         run `mount --make-rshared {}` on the host (or bind-mount the path onto itself and make that shared)",
+        propagation.as_str_name(),
+        source.display(),
+        m.mount_point.display(),
+        m.mount_point.display(),
+    ))
 }
 
 /// All mounts of a container (see the module docs for the order and overrides). IPC mode NODE
@@ -184,7 +285,7 @@ pub fn container_mounts(
         .config
         .mounts
         .iter()
-        .map(|m| cri_mount(c.container_id, m))
+        .map(|m| cri_mount(c.container_id, m, c.features))
         .collect::<Result<Vec<Mount>, _>>()?;
     // Parents before children (containerd's orderedMounts): stable sort by path depth.
     cri_mounts.sort_by_key(|m| m.destination().components().count());
@@ -238,3 +339,7 @@ pub fn container_mounts(
         rootfs_propagation,
     })
 }
+
+#[cfg(test)]
+#[path = "mounts_tests.rs"]
+mod tests;

@@ -1,0 +1,155 @@
+//! Unit tests of `mounts.rs`: CRI mount options (recursive read-only and its refusals), the
+//! mountinfo parser and the host-side propagation check. Pure except for temp dirs.
+
+use super::*;
+use k8s_cri::v1 as cri;
+use std::path::Path;
+
+const PRIVATE: i32 = cri::MountPropagation::PropagationPrivate as i32;
+const H2C: i32 = cri::MountPropagation::PropagationHostToContainer as i32;
+const BIDI: i32 = cri::MountPropagation::PropagationBidirectional as i32;
+
+fn rro_features() -> RuntimeFeatures {
+    RuntimeFeatures { mount_options: vec!["rro".into(), "rbind".into()], ..Default::default() }
+}
+
+fn rro_mount(host: &Path, readonly: bool, propagation: i32) -> cri::Mount {
+    cri::Mount {
+        container_path: "/data".into(),
+        host_path: host.display().to_string(),
+        readonly,
+        recursive_read_only: true,
+        propagation,
+        ..Default::default()
+    }
+}
+
+fn opts(m: &Mount) -> Vec<String> {
+    m.options().clone().unwrap_or_default()
+}
+
+#[test]
+fn recursive_read_only_emits_rro() {
+    let d = tempfile::tempdir().unwrap();
+    let m = cri_mount("c1", &rro_mount(d.path(), true, PRIVATE), &rro_features()).unwrap();
+    assert_eq!(opts(&m), ["rbind", "rprivate", "ro", "rro"]);
+    assert_eq!(m.source().as_deref(), Some(d.path().canonicalize().unwrap().as_path()));
+    // Without recursive_read_only: plain `ro`, no `rro`.
+    let mut plain = rro_mount(d.path(), true, PRIVATE);
+    plain.recursive_read_only = false;
+    assert_eq!(opts(&cri_mount("c1", &plain, &rro_features()).unwrap()), ["rbind", "rprivate", "ro"]);
+}
+
+#[test]
+fn recursive_read_only_refusals() {
+    let d = tempfile::tempdir().unwrap();
+    let e = cri_mount("c1", &rro_mount(d.path(), false, PRIVATE), &rro_features()).unwrap_err();
+    assert!(matches!(e, SpecError::InvalidMount { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains("recursive_read_only") && msg.contains("readonly"), "{msg}");
+
+    for p in [H2C, BIDI] {
+        let e = cri_mount("c1", &rro_mount(d.path(), true, p), &rro_features()).unwrap_err();
+        assert!(matches!(e, SpecError::InvalidMount { .. }), "{e}");
+        assert!(e.to_string().contains("PROPAGATION_PRIVATE"), "{e}");
+    }
+
+    let e = cri_mount("c1", &rro_mount(d.path(), true, PRIVATE), &RuntimeFeatures::default()).unwrap_err();
+    assert!(matches!(e, SpecError::Unsupported { field: "mounts.recursive_read_only", .. }), "{e}");
+}
+
+#[test]
+fn dangling_symlink_is_refused_naming_the_path() {
+    let d = tempfile::tempdir().unwrap();
+    let link = d.path().join("dangling");
+    std::os::unix::fs::symlink(d.path().join("nowhere"), &link).unwrap();
+    let m = cri::Mount { container_path: "/x".into(), host_path: link.display().to_string(), ..Default::default() };
+    let e = cri_mount("c1", &m, &RuntimeFeatures::default()).unwrap_err();
+    assert!(matches!(e, SpecError::MountSource { .. }), "{e}");
+    assert!(e.to_string().contains(&link.display().to_string()), "{e}");
+    // The dangling target was not created.
+    assert!(!d.path().join("nowhere").exists());
+}
+
+#[test]
+fn symlinks_resolve_to_their_target() {
+    let d = tempfile::tempdir().unwrap();
+    let target = d.path().join("t");
+    std::fs::create_dir(&target).unwrap();
+    let link = d.path().join("l");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let m = cri::Mount { container_path: "/x".into(), host_path: link.display().to_string(), ..Default::default() };
+    let got = cri_mount("c1", &m, &RuntimeFeatures::default()).unwrap();
+    assert_eq!(got.source().as_deref(), Some(target.canonicalize().unwrap().as_path()));
+}
+
+const MOUNTINFO: &str = "\
+22 27 0:21 / /proc rw,relatime - proc proc rw
+27 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+40 27 0:40 / /srv rw,relatime shared:7 - tmpfs tmpfs rw
+41 40 0:41 / /srv/slave rw,relatime master:7 - tmpfs tmpfs rw
+42 40 0:42 / /srv/priv\\040dir rw,relatime - tmpfs tmpfs rw
+43 40 0:43 / /srv/both rw shared:9 master:7 propagate_from:3 - tmpfs tmpfs rw
+44 27 0:44 / /srv rw,relatime - tmpfs tmpfs rw
+malformed line
+";
+
+#[test]
+fn parses_mountinfo_propagation_and_escapes() {
+    let m = parse_mountinfo(MOUNTINFO);
+    assert_eq!(m.len(), 7);
+    assert_eq!(m[1], MountInfo { mount_point: "/".into(), shared: false, slave: false });
+    assert_eq!(m[2], MountInfo { mount_point: "/srv".into(), shared: true, slave: false });
+    assert_eq!(m[3], MountInfo { mount_point: "/srv/slave".into(), shared: false, slave: true });
+    assert_eq!(m[4].mount_point, Path::new("/srv/priv dir"));
+    assert!(m[5].shared && m[5].slave);
+}
+
+#[test]
+fn mount_of_longest_prefix_by_component() {
+    let m = parse_mountinfo(MOUNTINFO);
+    let at = |p: &str| mount_of(&m, Path::new(p)).map(|x| x.mount_point.display().to_string());
+    assert_eq!(at("/srv/slave/a/b").as_deref(), Some("/srv/slave"));
+    // `/srv/slavery` is not under `/srv/slave`.
+    assert_eq!(at("/srv/slavery").as_deref(), Some("/srv"));
+    assert_eq!(at("/etc/x").as_deref(), Some("/"));
+    // Two mounts at /srv: the last listed (44, private) is on top.
+    assert!(!mount_of(&m, Path::new("/srv/x")).unwrap().shared);
+}
+
+#[test]
+fn propagation_host_side_check() {
+    use cri::MountPropagation::*;
+    let info = "\
+27 1 254:0 / / rw - ext4 /dev/vda rw
+40 27 0:40 / /shared rw shared:7 - tmpfs tmpfs rw
+41 27 0:41 / /slave rw master:7 - tmpfs tmpfs rw
+";
+    let ok = |p: &str, prop| check_source_propagation(Path::new(p), prop, info);
+    assert!(ok("/shared/d", PropagationBidirectional).is_ok());
+    assert!(ok("/shared/d", PropagationHostToContainer).is_ok());
+    assert!(ok("/slave/d", PropagationHostToContainer).is_ok());
+    assert!(ok("/var/d", PropagationPrivate).is_ok());
+    let e = ok("/slave/d", PropagationBidirectional).unwrap_err();
+    assert!(e.contains("/slave/d") && e.contains("mount --make-rshared /slave"), "{e}");
+    let e = ok("/var/d", PropagationHostToContainer).unwrap_err();
+    assert!(e.contains("shared or slave") && e.contains("mount point / "), "{e}");
+    assert!(check_source_propagation(Path::new("/x"), PropagationBidirectional, "").is_err());
+}
+
+#[test]
+fn private_source_refused_for_bidirectional() {
+    // A temp dir under a private mount (the root here is private; skip when it is shared).
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().canonicalize().unwrap();
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mounts = parse_mountinfo(&info);
+    if mount_of(&mounts, &src).is_some_and(|m| m.shared) {
+        eprintln!("skipped: {} is on a shared mount", src.display());
+        return;
+    }
+    let m = cri::Mount { container_path: "/x".into(), host_path: src.display().to_string(), propagation: BIDI, ..Default::default() };
+    let e = cri_mount("c1", &m, &RuntimeFeatures::default()).unwrap_err();
+    assert!(matches!(e, SpecError::InvalidMount { .. }), "{e}");
+    assert!(e.to_string().contains("--make-rshared"), "{e}");
+}
