@@ -71,7 +71,7 @@ impl Error {
     }
 
     /// Shorthand for [`Error::InvalidArgument`].
-    pub fn invalid(field: &str, message: impl Into<String>) -> Error {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Error {
         Error::InvalidArgument { field: field.into(), message: message.into() }
     }
 }

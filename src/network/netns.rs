@@ -34,17 +34,7 @@ fn io_err<'a>(path: &'a Path, syscall: &'static str) -> impl FnOnce(std::io::Err
 /// Errors: [`NetworkError::Netns`] naming the path and the failing syscall (`mkdir`, `open`
 /// (EEXIST when the name is taken), `unshare`, `mount`, `mount(MS_SHARED)`).
 pub fn create(dir: &Path, name: &str) -> Result<PathBuf, NetworkError> {
-    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-        return Err(NetworkError::Netns {
-            path: dir.join(name),
-            syscall: "open",
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "namespace name must be a non-empty file name"),
-        });
-    }
-    std::fs::create_dir_all(dir).map_err(io_err(dir, "mkdir"))?;
-    make_shared_mount_point(dir)?;
-    let path = dir.join(name);
-    std::fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(io_err(&path, "open"))?;
+    let path = pin_file(dir, name)?;
     let target = path.clone();
     let pinned = std::thread::Builder::new()
         .name("berth-netns".into())
@@ -64,6 +54,38 @@ pub fn create(dir: &Path, name: &str) -> Result<PathBuf, NetworkError> {
         let _ = std::fs::remove_file(&path);
         return Err(e);
     }
+    Ok(path)
+}
+
+/// Pins the network namespace of process `pid` (`/proc/<pid>/ns/net`) at `dir/name` and returns
+/// that path: the same file and shared dir as [`create`], for a namespace someone else made (the
+/// OCI runtime, for a pod with its own user namespace: the netns must be owned by the pod's user
+/// namespace, so runc creates it inside that namespace and berth pins it for CNI and teardown).
+/// Errors: [`NetworkError::Netns`] naming the path and `mkdir`, `open` or `mount(MS_BIND)`
+/// (ENOENT when the process is gone); on failure nothing is left behind.
+pub fn pin(dir: &Path, name: &str, pid: i32) -> Result<PathBuf, NetworkError> {
+    let path = pin_file(dir, name)?;
+    let source = format!("/proc/{pid}/ns/net");
+    if let Err(e) = mount(Some(source.as_str()), &path, None::<&str>, MsFlags::MS_BIND, None::<&str>) {
+        let _ = std::fs::remove_file(&path);
+        return Err(sys_err(&path, "mount(MS_BIND)")(e));
+    }
+    Ok(path)
+}
+
+/// Checks `name`, prepares `dir` (created, shared mount point) and creates the empty pin file.
+fn pin_file(dir: &Path, name: &str) -> Result<PathBuf, NetworkError> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(NetworkError::Netns {
+            path: dir.join(name),
+            syscall: "open",
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "namespace name must be a non-empty file name"),
+        });
+    }
+    std::fs::create_dir_all(dir).map_err(io_err(dir, "mkdir"))?;
+    make_shared_mount_point(dir)?;
+    let path = dir.join(name);
+    std::fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(io_err(&path, "open"))?;
     Ok(path)
 }
 

@@ -9,6 +9,7 @@ pub mod files;
 mod run;
 mod stop;
 pub mod sysctl;
+pub mod userns;
 
 pub use run::run;
 pub use stop::{remove, stop};

@@ -4,6 +4,7 @@
 //! Layers themselves are unpacked by `image/` into one diff directory each; this module only
 //! stacks them (overlayfs: lower layers read-only, one writable upper per container).
 
+pub mod idmap;
 mod mounts;
 mod usage;
 
