@@ -1,13 +1,242 @@
-//! Validation of a pod's sysctls (CRI `LinuxPodSandboxConfig.sysctls`).
+//! Validation of a pod's sysctls (CRI `LinuxPodSandboxConfig.sysctls`), before anything of the
+//! pod is created.
 //!
-//! Placeholder: no checks yet (issue #5). The filled module accepts only namespaced sysctls whose
-//! namespace the pod owns and refuses the rest with InvalidArgument naming the key.
+//! A sysctl is accepted only when the kernel namespaces it and the pod owns that namespace, so
+//! that writing it cannot touch the host (runc's `validateSysctl` and kubelet's
+//! `component-helpers/node/util/sysctl` namespace table):
+//! - IPC namespace: `kernel.msgmax`, `kernel.msgmnb`, `kernel.msgmni`, `kernel.sem`,
+//!   `kernel.shmall`, `kernel.shmmax`, `kernel.shmmni`, `kernel.shm_rmid_forced` and `fs.mqueue.*`
+//!   (runc's exact list: kubelet's `kernel.shm*`/`kernel.msg*` prefixes also match
+//!   `kernel.shm_next_id` and friends, which runc refuses); refused when the pod's IPC mode is NODE;
+//! - network namespace: `net.*`; refused when the pod's network mode is NODE;
+//! - UTS namespace: `kernel.domainname`; refused under host network (the pod keeps the host's UTS
+//!   namespace then). `kernel.hostname` is refused: the pod's hostname is `config.hostname`
+//!   (runc refuses the sysctl too, since it conflicts with the OCI `hostname` field);
+//! - everything else (`kernel.panic`, `vm.*`, `fs.file-max`, ...) is refused.
+//!
+//! Whether a sysctl is "safe" or "unsafe" is kubelet's admission decision
+//! (`--allowed-unsafe-sysctls`), not the runtime's. Keys may use `/` as the separator; they are
+//! read as kubelet's `ConvertSysctlVariableToDotsSeparator` does ([`dotted_key`]). Values must be
+//! non-empty and hold no newline, carriage return or NUL.
 
-use k8s_cri::v1::PodSandboxConfig;
+use k8s_cri::v1::{NamespaceMode, NamespaceOption, PodSandboxConfig};
 
-use crate::daemon::Result;
+use crate::daemon::{Error, Result};
+
+/// The kernel namespace a sysctl belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SysctlNamespace {
+    /// IPC namespace (`kernel.shm*`, `kernel.msg*`, `kernel.sem`, `fs.mqueue.*`).
+    Ipc,
+    /// Network namespace (`net.*`).
+    Net,
+    /// UTS namespace (`kernel.domainname`).
+    Uts,
+}
+
+/// IPC sysctls runc accepts by exact name (besides the `fs.mqueue.` prefix).
+const IPC_SYSCTLS: &[&str] = &[
+    "kernel.msgmax",
+    "kernel.msgmnb",
+    "kernel.msgmni",
+    "kernel.sem",
+    "kernel.shmall",
+    "kernel.shmmax",
+    "kernel.shmmni",
+    "kernel.shm_rmid_forced",
+];
 
 /// Checks every sysctl of `config` before anything of the pod is created.
-pub fn validate(_config: &PodSandboxConfig) -> Result<()> {
+///
+/// Errors: InvalidArgument naming `config.linux.sysctls["<key>"]` and why (not namespaced, the
+/// pod shares that namespace with the host, malformed key or value). Keys are checked in sorted
+/// order, so the first error is stable.
+pub fn validate(config: &PodSandboxConfig) -> Result<()> {
+    let Some(linux) = config.linux.as_ref() else { return Ok(()) };
+    let ns = super::namespace_options(config);
+    let mut keys: Vec<&String> = linux.sysctls.keys().collect();
+    keys.sort();
+    for key in keys {
+        let value = &linux.sysctls[key];
+        check(key, value, &ns).map_err(|why| Error::invalid(&format!("config.linux.sysctls[{key:?}]"), why))?;
+    }
     Ok(())
+}
+
+/// A sysctl key in dot form, as kubelet's `ConvertSysctlVariableToDotsSeparator`: when the first
+/// separator is `/`, every `/` becomes `.` and every `.` becomes `/` (so
+/// `net/ipv4/conf/eth0.100/rp_filter` -> `net.ipv4.conf.eth0/100.rp_filter`); otherwise the key
+/// is returned as is.
+pub fn dotted_key(key: &str) -> String {
+    match key.find(['.', '/']) {
+        Some(i) if key.as_bytes()[i] == b'/' => key
+            .chars()
+            .map(|c| match c {
+                '.' => '/',
+                '/' => '.',
+                c => c,
+            })
+            .collect(),
+        _ => key.to_string(),
+    }
+}
+
+/// The namespace of a sysctl key in dot form, `None` when the kernel does not namespace it (or
+/// runc would refuse it).
+pub fn namespace_of(dotted: &str) -> Option<SysctlNamespace> {
+    if IPC_SYSCTLS.contains(&dotted) || dotted.starts_with("fs.mqueue.") {
+        Some(SysctlNamespace::Ipc)
+    } else if dotted.starts_with("net.") {
+        Some(SysctlNamespace::Net)
+    } else if dotted == "kernel.domainname" {
+        Some(SysctlNamespace::Uts)
+    } else {
+        None
+    }
+}
+
+/// Checks one sysctl against the pod's namespace options; the error is the reason.
+pub fn check(key: &str, value: &str, ns: &NamespaceOption) -> std::result::Result<SysctlNamespace, String> {
+    let parts_ok = key.split(['.', '/']).all(|p| {
+        !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':' | '@' | '+'))
+    });
+    if !parts_ok {
+        return Err("malformed key: expected names such as net.ipv4.ip_forward (or net/ipv4/ip_forward) of letters, digits, '_' and '-', with no empty part".into());
+    }
+    if value.is_empty() {
+        return Err("the value must not be empty".into());
+    }
+    if value.contains(['\n', '\r', '\0']) {
+        return Err(format!("value {value:?} must not contain a newline, carriage return or NUL"));
+    }
+    let dotted = dotted_key(key);
+    if dotted == "kernel.hostname" {
+        return Err("kernel.hostname cannot be set as a sysctl: the pod's hostname is config.hostname".into());
+    }
+    let Some(sns) = namespace_of(&dotted) else {
+        return Err(format!(
+            "{dotted} is not a namespaced sysctl (allowed: net.*, fs.mqueue.*, kernel.shm{{all,max,mni,_rmid_forced}}, kernel.msg{{max,mnb,mni}}, kernel.sem, kernel.domainname): setting it would change the host"
+        ));
+    };
+    let node = NamespaceMode::Node as i32;
+    match sns {
+        SysctlNamespace::Ipc if ns.ipc == node => {
+            Err(format!("{dotted} is in the IPC namespace, and the pod uses the host's (namespace_options.ipc = NODE): setting it would change the host"))
+        }
+        SysctlNamespace::Net if ns.network == node => Err(format!(
+            "{dotted} is in the network namespace, and the pod uses the host network (namespace_options.network = NODE): setting it would change the host"
+        )),
+        SysctlNamespace::Uts if ns.network == node => Err(format!(
+            "{dotted} is in the UTS namespace, and a host-network pod keeps the host's (namespace_options.network = NODE): setting it would change the host"
+        )),
+        s => Ok(s),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_cri::v1::{LinuxPodSandboxConfig, LinuxSandboxSecurityContext};
+
+    fn ns(network: NamespaceMode, ipc: NamespaceMode) -> NamespaceOption {
+        NamespaceOption { network: network as i32, ipc: ipc as i32, ..Default::default() }
+    }
+
+    fn pod_ns() -> NamespaceOption {
+        ns(NamespaceMode::Pod, NamespaceMode::Pod)
+    }
+
+    #[test]
+    fn namespaced_table() {
+        use SysctlNamespace::*;
+        for (k, want) in [
+            ("kernel.shm_rmid_forced", Some(Ipc)),
+            ("kernel.shmmax", Some(Ipc)),
+            ("kernel.shmall", Some(Ipc)),
+            ("kernel.shmmni", Some(Ipc)),
+            ("kernel.msgmax", Some(Ipc)),
+            ("kernel.msgmnb", Some(Ipc)),
+            ("kernel.msgmni", Some(Ipc)),
+            ("kernel.sem", Some(Ipc)),
+            ("fs.mqueue.msg_max", Some(Ipc)),
+            ("net.ipv4.ip_unprivileged_port_start", Some(Net)),
+            ("net.ipv4.ip_local_port_range", Some(Net)),
+            ("net.core.somaxconn", Some(Net)),
+            ("kernel.domainname", Some(Uts)),
+            ("kernel.hostname", None),
+            ("kernel.shm_next_id", None),
+            ("kernel.semaphores", None),
+            ("kernel.panic", None),
+            ("vm.overcommit_memory", None),
+            ("fs.file-max", None),
+            ("fs.mqueue", None),
+            ("netfoo.x", None),
+        ] {
+            assert_eq!(namespace_of(k), want, "{k}");
+        }
+    }
+
+    #[test]
+    fn slash_keys_convert_like_kubelet() {
+        assert_eq!(dotted_key("net/ipv4/ip_forward"), "net.ipv4.ip_forward");
+        assert_eq!(dotted_key("net/ipv4/conf/eth0.100/rp_filter"), "net.ipv4.conf.eth0/100.rp_filter");
+        assert_eq!(dotted_key("net.ipv4.conf.eth0/100.rp_filter"), "net.ipv4.conf.eth0/100.rp_filter");
+        assert_eq!(dotted_key("kernel"), "kernel");
+        assert_eq!(check("kernel/shm_rmid_forced", "1", &pod_ns()), Ok(SysctlNamespace::Ipc));
+        assert_eq!(check("net/ipv4/conf/eth0.100/rp_filter", "1", &pod_ns()), Ok(SysctlNamespace::Net));
+    }
+
+    #[test]
+    fn host_namespaces_refuse_their_sysctls() {
+        let host_net = ns(NamespaceMode::Node, NamespaceMode::Pod);
+        let host_ipc = ns(NamespaceMode::Pod, NamespaceMode::Node);
+        assert!(check("net.ipv4.ip_unprivileged_port_start", "0", &host_net).unwrap_err().contains("host network"));
+        assert!(check("kernel.domainname", "x", &host_net).unwrap_err().contains("UTS"));
+        assert_eq!(check("kernel.shm_rmid_forced", "1", &host_net), Ok(SysctlNamespace::Ipc));
+        assert!(check("kernel.shm_rmid_forced", "1", &host_ipc).unwrap_err().contains("IPC"));
+        assert!(check("fs.mqueue.msg_max", "20", &host_ipc).unwrap_err().contains("IPC"));
+        assert_eq!(check("net.core.somaxconn", "1024", &host_ipc), Ok(SysctlNamespace::Net));
+        assert_eq!(check("kernel.domainname", "example", &pod_ns()), Ok(SysctlNamespace::Uts));
+    }
+
+    #[test]
+    fn non_namespaced_and_malformed_refused() {
+        let n = pod_ns();
+        assert!(check("kernel.panic", "1", &n).unwrap_err().contains("not a namespaced sysctl"));
+        assert!(check("kernel.hostname", "x", &n).unwrap_err().contains("config.hostname"));
+        for bad in ["", "net..ipv4", ".net.ipv4", "net/../../etc/x", "net.ipv4.x y", "net.ipv4.*", "net.ipv4."] {
+            assert!(check(bad, "1", &n).unwrap_err().contains("malformed key"), "{bad:?}");
+        }
+        assert!(check("net.ipv4.ip_forward", "1\n0", &n).unwrap_err().contains("newline"));
+        assert!(check("net.ipv4.ip_forward", "", &n).unwrap_err().contains("empty"));
+        assert_eq!(check("net.ipv4.ip_local_port_range", "1024 65000", &n), Ok(SysctlNamespace::Net));
+    }
+
+    fn config(sysctls: &[(&str, &str)], ns: NamespaceOption) -> PodSandboxConfig {
+        PodSandboxConfig {
+            linux: Some(LinuxPodSandboxConfig {
+                sysctls: sysctls.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                security_context: Some(LinuxSandboxSecurityContext { namespace_options: Some(ns), ..Default::default() }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn validate_names_the_key() {
+        assert!(validate(&PodSandboxConfig::default()).is_ok());
+        let ok = config(&[("net.ipv4.ip_unprivileged_port_start", "0"), ("kernel.shm_rmid_forced", "1")], pod_ns());
+        assert!(validate(&ok).is_ok());
+        let bad = config(&[("net.ipv4.ip_unprivileged_port_start", "0"), ("kernel.panic", "1")], pod_ns());
+        match validate(&bad) {
+            Err(Error::InvalidArgument { field, message }) => {
+                assert_eq!(field, "config.linux.sysctls[\"kernel.panic\"]");
+                assert!(message.contains("not a namespaced sysctl"), "{message}");
+            }
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+        let host = config(&[("net.ipv4.ip_unprivileged_port_start", "0")], ns(NamespaceMode::Node, NamespaceMode::Pod));
+        assert!(matches!(validate(&host), Err(Error::InvalidArgument { field, .. }) if field.contains("net.ipv4.ip_unprivileged_port_start")));
+    }
 }
