@@ -114,6 +114,9 @@ pub struct Daemon {
     /// What this host lets containers have (capabilities, nofile limit, cgroup layout), probed
     /// once at start rather than on every CreateContainer.
     pub host_facts: crate::container::spec::HostFacts,
+    /// Whether this kernel makes idmapped mounts (`mount_setattr`, Linux 5.12+), which pod user
+    /// namespaces need; probed once at start.
+    pub idmap_mounts: bool,
     /// Container and pod sandbox lifecycle events (CRI GetContainerEvents).
     pub events: crate::events::EventBus,
 }
@@ -167,6 +170,7 @@ impl Daemon {
             names: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
             own_oom_score_adj,
+            idmap_mounts: crate::storage::idmap::kernel_supports_idmap(),
             host_facts: crate::container::spec::HostFacts::probe(),
             events: crate::events::EventBus::default(),
         })

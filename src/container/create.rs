@@ -56,6 +56,8 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
         ));
     }
     let pid_target = pid_target(d, &sandbox.id, &sc)?;
+    let userns = crate::sandbox::userns::for_pod(&sandbox.config)?;
+    crate::sandbox::userns::check_container(userns.as_ref(), sc.namespace_options.as_ref(), sc.privileged)?;
     let image = d.images.resolve(&image_name)?.ok_or_else(|| Error::NotFound { kind: "image", id: image_name.clone() })?;
 
     let id = crate::util::new_id();
@@ -110,7 +112,23 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
         undo.push("release layers", async {
             let _ = d.images.release_layers(&id).await;
         });
-        crate::storage::mount_overlay(&layers, &upper, &work, &paths.rootfs)?;
+        // Scratch mount points of idmapped layers and volumes (pod user namespace only); they
+        // are detached before anything under the state directory is removed.
+        let scratch = paths.state.join("idmap");
+        let scratch2 = scratch.clone();
+        undo.push("detach idmapped mounts", async move {
+            let _ = crate::storage::idmap::detach_under(&scratch2);
+        });
+        let infra_userns = PathBuf::from(format!("/proc/{}/ns/user", sandbox.infra_pid));
+        match userns.as_ref() {
+            None => crate::storage::mount_overlay(&layers, &upper, &work, &paths.rootfs)?,
+            Some(u) => {
+                // The empty upper becomes the root directory: the pod's root owns it.
+                std::os::unix::fs::chown(&upper, Some(u.uid.host_id), Some(u.gid.host_id))
+                    .map_err(Error::io(format!("chown {}", upper.display())))?;
+                crate::storage::idmap::mount_overlay_idmapped(&layers, &upper, &work, &paths.rootfs, &scratch, &infra_userns)?
+            }
+        }
         undo.push("unmount rootfs", async {
             let _ = crate::storage::unmount(&paths.rootfs);
         });
@@ -130,6 +148,7 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
             hostname_file: &hostname_file,
             shm_path: sandbox.shm_mounted.then_some(sb_paths.shm.as_path()),
             cgroup_parent: &sandbox.cgroup_parent,
+            userns: userns.as_ref(),
         };
         let cctx = ContainerContext {
             container_id: &id,
@@ -140,7 +159,10 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
             pid_target,
             features: &runtime.features,
         };
-        let oci = spec::container_spec_with(&sctx, &cctx, &d.host_facts)?;
+        let mut oci = spec::container_spec_with(&sctx, &cctx, &d.host_facts)?;
+        if userns.is_some() {
+            idmap_bind_mounts(&mut oci, &scratch, &infra_userns)?;
+        }
         record.user = spec::effective_user(&oci);
         let config_json = paths.bundle.join("config.json");
         let bytes = serde_json::to_vec_pretty(&oci).map_err(|e| Error::io("encoding config.json")(e.into()))?;
@@ -177,6 +199,9 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
         let started = std::time::Instant::now();
         let spawned = crate::monitor::spawn(&d.monitor_bin, &mspec).await?;
         tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, pid = spawned.container_pid, "runtime create done");
+        // The runtime has bound the idmapped volumes into the container's own mount namespace;
+        // the host-side copies are no longer needed.
+        crate::storage::idmap::detach_under(&scratch)?;
         record.pid = spawned.container_pid;
         record.monitor_pid = spawned.monitor_pid;
         d.store.put(CONTAINERS, &id, &record)?;
@@ -228,4 +253,23 @@ fn pid_target(d: &Daemon, sandbox_id: &str, sc: &k8s_cri::v1::LinuxContainerSecu
         )));
     }
     Ok(Some(target.pid))
+}
+
+/// Replaces the source of every bind mount of `spec` (CRI volumes, the pod's `/etc/hosts`,
+/// `/etc/resolv.conf`, `/etc/hostname` and `/dev/shm`) with an idmapped copy under `scratch`
+/// made through the pod's user namespace `userns`, so the pod's ids own what host ids own
+/// (runc 1.1 would ignore OCI mount `uidMappings`). Errors: Storage naming the source, e.g. a
+/// filesystem without idmapped-mount support.
+fn idmap_bind_mounts(spec: &mut oci_spec::runtime::Spec, scratch: &Path, userns: &Path) -> Result<()> {
+    let Some(mounts) = spec.mounts_mut().as_mut() else { return Ok(()) };
+    for (i, m) in mounts.iter_mut().enumerate() {
+        if m.typ().as_deref() != Some("bind") {
+            continue;
+        }
+        let Some(src) = m.source().clone() else { continue };
+        let at = scratch.join(format!("v{i}"));
+        crate::storage::idmap::idmapped_bind(&src, &at, userns)?;
+        m.set_source(Some(at));
+    }
+    Ok(())
 }

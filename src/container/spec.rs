@@ -151,6 +151,9 @@ pub struct SandboxContext<'a> {
     pub shm_path: Option<&'a Path>,
     /// cgroupfs parent, e.g. `/kubepods/besteffort/pod<uid>` or `/berth`.
     pub cgroup_parent: &'a str,
+    /// The pod's own user namespace (CRI `userns_options` mode POD); `None` = the host's. The
+    /// infra creates it (with a new network namespace owned by it); containers join it.
+    pub userns: Option<&'a crate::sandbox::userns::PodUserns>,
 }
 
 /// One container to create in a pod.

@@ -39,7 +39,11 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
         ));
     }
     super::sysctl::validate(&config)?;
+    let userns = super::userns::for_pod(&config)?;
     let runtime = d.runtime(runtime_handler)?;
+    if userns.is_some() {
+        super::userns::check_support(runtime)?;
+    }
     let ns = namespace_options(&config);
     let host_network = ns.network == NamespaceMode::Node as i32;
     let hostname = if !config.hostname.is_empty() {
@@ -102,7 +106,9 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
             let _ = crate::util::remove_dir_all_idempotent(&paths.state);
         });
 
-        if let Some(netns) = record.netns_path.clone() {
+        // With a pod user namespace the runtime makes the netns (it must belong to that user
+        // namespace); it is pinned and wired after `create`, below.
+        if let (Some(netns), None) = (record.netns_path.clone(), userns.as_ref()) {
             crate::network::netns::create(&d.config.netns_dir, &netns_name(&id))?;
             let n2 = netns.clone();
             undo.push("remove netns", async move {
@@ -121,9 +127,10 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
             });
             record.network_attached = true;
             record.ips = attached.ips.iter().map(|ip| ip.to_string()).collect();
+            write_pod_files(&paths, &record, host_network)?;
+        } else if userns.is_none() {
+            write_pod_files(&paths, &record, host_network)?;
         }
-
-        write_pod_files(&paths, &record, host_network)?;
 
         let host_ipc = namespace_options(&config).ipc == NamespaceMode::Node as i32;
         if !host_ipc {
@@ -152,6 +159,7 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
             hostname_file: &hostname_file,
             shm_path: record.shm_mounted.then_some(paths.shm.as_path()),
             cgroup_parent: &cgroup_parent,
+            userns: userns.as_ref(),
         };
         let infra = spec::infra_spec_with(&ctx, &paths.rootfs, &id, d.own_oom_score_adj)?;
         let config_json = paths.bundle.join("config.json");
@@ -187,6 +195,26 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
                 tracing::warn!(error = %e, "undo: deleting infra container");
             }
         });
+        if let (Some(netns), Some(_)) = (record.netns_path.clone(), userns.as_ref()) {
+            crate::network::netns::pin(&d.config.netns_dir, &netns_name(&id), spawned.container_pid)?;
+            let n2 = netns.clone();
+            undo.push("remove netns", async move {
+                if let Err(e) = crate::network::netns::remove(&n2) {
+                    tracing::warn!(error = %e, "undo: removing netns");
+                }
+            });
+            let req = attach_request(&record, &netns);
+            let attached = d.cni.setup(&req).await?;
+            undo.push("CNI DEL", async move {
+                if let Err(e) = d.cni.teardown(&req).await {
+                    tracing::warn!(error = %e, "undo: CNI DEL");
+                }
+            });
+            record.network_attached = true;
+            record.ips = attached.ips.iter().map(|ip| ip.to_string()).collect();
+            d.store.put(SANDBOXES, &id, &record)?;
+            write_pod_files(&paths, &record, host_network)?;
+        }
         runtime.start(&id).await?;
         tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, pid = spawned.container_pid, "infra container started");
         record.infra_pid = spawned.container_pid;

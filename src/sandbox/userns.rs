@@ -138,6 +138,27 @@ pub fn for_pod(config: &PodSandboxConfig) -> Result<Option<PodUserns>> {
     Ok(Some(u))
 }
 
+/// Checks that `runtime` and this kernel can run a pod with its own user namespace: the
+/// runtime's `features` list the `user` namespace, and the kernel has `mount_setattr` for the
+/// idmapped mounts berth makes. Errors: FailedPrecondition naming the handler and what is
+/// missing.
+pub fn check_support(runtime: &crate::oci::Runtime) -> Result<()> {
+    if !runtime.features.user_namespaces() {
+        return Err(Error::FailedPrecondition(format!(
+            "runtime handler {:?} ({}) does not report user namespace support in `features`: \
+             userns_options mode POD needs it (runc >= 1.1)",
+            runtime.handler,
+            runtime.path.display()
+        )));
+    }
+    if !crate::storage::idmap::kernel_supports_idmap() {
+        return Err(Error::FailedPrecondition(
+            "this kernel has no mount_setattr (Linux < 5.12): pod user namespaces need idmapped mounts".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a container's own `userns_options` and privileged flag against its pod's user
 /// namespace `pod`. A container may repeat its pod's options (kubelet sends them on both) or
 /// send none. Errors: InvalidArgument naming the field.

@@ -283,7 +283,7 @@ impl RuntimeService for RuntimeServer {
                 name: name.clone(),
                 features: Some(cri::RuntimeHandlerFeatures {
                     recursive_read_only_mounts: rt.features.recursive_read_only(),
-                    user_namespaces: false,
+                    user_namespaces: rt.features.user_namespaces() && self.d.idmap_mounts,
                 }),
             })
             .collect();

@@ -151,6 +151,67 @@ pub fn idmapped_bind(src: &Path, target: &Path, userns: &Path) -> Result<(), Sto
     attach(tree, target)
 }
 
+/// Mounts an overlay at `target` whose lower layers (`lowers`, base layer FIRST, as
+/// [`super::mount_overlay`] takes them) are idmapped through the user namespace file `userns`:
+/// each layer is attached, idmapped, under `scratch/l<i>`, the overlay is stacked on those, and
+/// the scratch mounts are detached again (overlayfs keeps its own private clone of each layer).
+/// `upper` and `work` stay as they are: files the pod's root creates land in `upper` owned by
+/// its host ids, so the caller gives `upper` itself to the pod's root. Errors: those of
+/// [`idmapped_clone`], [`attach`] and [`super::mount_overlay`]; nothing stays mounted under
+/// `scratch` either way.
+pub fn mount_overlay_idmapped(
+    lowers: &[std::path::PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+    scratch: &Path,
+    userns: &Path,
+) -> Result<(), StorageError> {
+    let ns = File::open(userns).map_err(|source| StorageError::Io {
+        what: "opening user namespace",
+        path: userns.to_path_buf(),
+        source,
+    })?;
+    let result = (|| {
+        let mut mapped = Vec::with_capacity(lowers.len());
+        for (i, lower) in lowers.iter().enumerate() {
+            let at = scratch.join(format!("l{i}"));
+            std::fs::create_dir_all(&at)
+                .map_err(|source| StorageError::Io { what: "creating mount point", path: at.clone(), source })?;
+            attach(idmapped_clone(lower, &ns)?, &at)?;
+            mapped.push(at);
+        }
+        super::mount_overlay(&mapped, upper, work, target)
+    })();
+    let detached = detach_under(scratch);
+    result.and(detached)
+}
+
+/// Detaches (`umount2(MNT_DETACH)`) every mount at or below `dir`, deepest first, as listed in
+/// `/proc/self/mountinfo`: the scratch mounts of a container must never be under its state
+/// directory when that is removed (removing a directory tree would follow an idmapped volume
+/// into the host's files). A missing `dir` or no mounts is Ok. Errors: the first `umount2` that
+/// fails with anything but EINVAL/ENOENT (already gone).
+pub fn detach_under(dir: &Path) -> Result<(), StorageError> {
+    let Ok(base) = std::fs::canonicalize(dir) else { return Ok(()) };
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<std::path::PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|mp| std::path::PathBuf::from(super::unescape_mountinfo(mp)))
+        .filter(|mp| mp.starts_with(&base))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    for p in points {
+        match nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+            Err(source) => return Err(StorageError::Syscall { op: "umount2(MNT_DETACH)", target: p, source }),
+        }
+    }
+    Ok(())
+}
+
 /// Whether this kernel can make idmapped mounts: `mount_setattr` exists (Linux 5.12+). Probed
 /// with a call that the kernel rejects before doing anything (`EBADF` on fd -1 when the syscall
 /// exists, `ENOSYS` when not).

@@ -9,7 +9,7 @@ pub type Case = (&'static str, for<'a> fn(&'a Ctx) -> BoxFuture<'a, anyhow::Resu
 
 macro_rules! case {
     ($name:literal, $f:path) => {
-        ($name, |c| Box::pin($f(c)) as BoxFuture<'_, anyhow::Result<()>>)
+        ($name, |c| Box::pin($f(c)) as futures_util::future::BoxFuture<'_, anyhow::Result<()>>)
     };
 }
 

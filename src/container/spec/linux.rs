@@ -96,12 +96,17 @@ pub fn container_namespaces(
         ns.push(namespace(LinuxNamespaceType::Uts, infra_ns("uts")));
         ns.push(namespace(LinuxNamespaceType::Network, Some(netns.to_path_buf())));
     }
+    if sb.userns.is_some() {
+        ns.push(namespace(LinuxNamespaceType::User, infra_ns("user")));
+    }
     ns.push(namespace(LinuxNamespaceType::Mount, None));
     Ok(ns)
 }
 
 /// The infra process's namespaces: new PID (host when the pod's PID mode is NODE), new IPC (host
-/// when NODE), new UTS and the pinned netns (both host for host network), new mount.
+/// when NODE), new UTS and the pinned netns (both host for host network), new mount. With a pod
+/// user namespace: a new user namespace and a NEW network namespace (owned by it; berth pins it
+/// after `create`, see `sandbox::userns`).
 pub fn infra_namespaces(sb: &SandboxContext) -> Vec<LinuxNamespace> {
     let opts = pod_namespace_options(sb);
     let mut ns = Vec::new();
@@ -113,10 +118,23 @@ pub fn infra_namespaces(sb: &SandboxContext) -> Vec<LinuxNamespace> {
     }
     if let Some(netns) = sb.netns_path {
         ns.push(namespace(LinuxNamespaceType::Uts, None));
-        ns.push(namespace(LinuxNamespaceType::Network, Some(netns.to_path_buf())));
+        let path = sb.userns.is_none().then(|| netns.to_path_buf());
+        ns.push(namespace(LinuxNamespaceType::Network, path));
+    }
+    if sb.userns.is_some() {
+        ns.push(namespace(LinuxNamespaceType::User, None));
     }
     ns.push(namespace(LinuxNamespaceType::Mount, None));
     ns
+}
+
+/// The `uidMappings`/`gidMappings` of every spec of a pod with its own user namespace (runc 1.1
+/// wants them even when joining the namespace by path); `(None, None)` otherwise.
+fn id_mappings(sb: &SandboxContext) -> (Option<Vec<oci_spec::runtime::LinuxIdMapping>>, Option<Vec<oci_spec::runtime::LinuxIdMapping>>) {
+    match sb.userns {
+        Some(u) => (Some(vec![u.uid.to_oci()]), Some(vec![u.gid.to_oci()])),
+        None => (None, None),
+    }
 }
 
 /// cgroup resources from CRI `LinuxContainerResources` (zero/empty fields are left unset):
@@ -344,8 +362,8 @@ pub fn container_linux(
         .set_readonly_paths(Some(readonly))
         .set_sysctl(pod_sysctls(sb))
         .set_rootfs_propagation(rootfs_propagation)
-        .set_uid_mappings(None)
-        .set_gid_mappings(None)
+        .set_uid_mappings(id_mappings(sb).0)
+        .set_gid_mappings(id_mappings(sb).1)
         .set_seccomp(None);
     Ok(l)
 }
@@ -366,8 +384,8 @@ pub fn infra_linux(sb: &SandboxContext, infra_id: &str) -> Linux {
         .set_masked_paths(Some(DEFAULT_MASKED_PATHS.iter().map(|s| s.to_string()).collect()))
         .set_readonly_paths(Some(DEFAULT_READONLY_PATHS.iter().map(|s| s.to_string()).collect()))
         .set_sysctl(pod_sysctls(sb))
-        .set_uid_mappings(None)
-        .set_gid_mappings(None)
+        .set_uid_mappings(id_mappings(sb).0)
+        .set_gid_mappings(id_mappings(sb).1)
         .set_seccomp(None);
     l
 }

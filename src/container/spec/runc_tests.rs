@@ -133,6 +133,7 @@ fn infra_and_container_specs_run_under_runc_root() {
         hostname_file: &hostname_file,
         shm_path: Some(&shm),
         cgroup_parent: &cleanup.cgroup_parent.clone(),
+        userns: None,
     };
 
     // The infra process.

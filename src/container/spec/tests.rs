@@ -55,6 +55,7 @@ impl Fixture {
             hostname_file: Path::new("/run/berth/sb1/hostname"),
             shm_path: self.shm.as_deref(),
             cgroup_parent: "/kubepods/pod-uid-1",
+            userns: None,
         }
     }
 
