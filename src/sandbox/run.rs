@@ -145,6 +145,12 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
 
         // The infra container.
         link_or_copy(&d.pause_bin, &paths.rootfs.join("berth-pause"))?;
+        // The mount points runc would otherwise make: in a pod user namespace its root cannot
+        // create them in a rootfs the host's root owns.
+        for dir in ["proc", "dev"] {
+            let p = paths.rootfs.join(dir);
+            std::fs::create_dir_all(&p).map_err(Error::io(format!("creating {}", p.display())))?;
+        }
         let hostname_file = paths.hostname_file();
         let hosts_file = paths.hosts_file();
         let resolv_conf = paths.resolv_conf();
