@@ -6,7 +6,6 @@ use super::util::{check, read_log};
 use super::Case;
 use crate::ctx::{skip, Ctx, Pod};
 use crate::daemon::TargetKind;
-use futures_util::future::BoxFuture;
 use anyhow::{bail, Context, Result};
 use k8s_cri::v1 as cri;
 use std::collections::HashMap;
@@ -148,6 +147,9 @@ pub async fn sysctl_namespaced_applied(ctx: &Ctx) -> Result<()> {
 pub async fn sysctl_host_network_net_refused(ctx: &Ctx) -> Result<()> {
     let before = host_sysctl("net/ipv4/ip_unprivileged_port_start")?;
     let mut pc = ctx.pod_config("sysctl-hostnet", &[]);
+    // Like kubelet, no hostname for a host-network pod (containerd 1.6 fails one that has it,
+    // for a reason that is not the sysctl).
+    pc.hostname = String::new();
     let l = pc.linux.get_or_insert_with(Default::default);
     l.sysctls.insert("net.ipv4.ip_unprivileged_port_start".into(), if before == "0" { "80" } else { "0" }.into());
     l.security_context.get_or_insert_with(Default::default).namespace_options =
@@ -211,7 +213,7 @@ pub async fn pod_pid1_reaps_zombies(ctx: &Ctx) -> Result<()> {
 /// naming `config.linux.security_context.privileged`); nothing is left.
 pub async fn privileged_in_unprivileged_pod(ctx: &Ctx) -> Result<()> {
     let sc = Sc { privileged: true, ..Default::default() };
-    container_refused(ctx, "privileged_container_in_unprivileged_pod_refused", false, sc, &["privileged"]).await
+    container_refused(ctx, "privileged_container_in_unprivileged_pod_refused", false, sc, &["config.linux.security_context.privileged"]).await
 }
 
 fn apparmor_sc(t: ProfileType, localhost: &str) -> Sc {
@@ -238,12 +240,21 @@ pub async fn apparmor_localhost_missing_refused(ctx: &Ctx) -> Result<()> {
 }
 
 /// RuntimeDefault and Unconfined AppArmor requests run (on a host without AppArmor: no profile).
+///
+/// containerd 1.6 refuses RuntimeDefault on a host without AppArmor ("apparmor is not
+/// supported"; 1.7 and CRI-O run it unconfined): on targets other than berth that refusal is
+/// noted, not failed.
 pub async fn apparmor_runtime_default_and_unconfined_run(ctx: &Ctx) -> Result<()> {
     let pc = ctx.pod_config("apparmor-ok", &[]);
     with_pod(ctx, pc, async |pod: &Pod| {
         for (n, t) in [("aa-default", ProfileType::RuntimeDefault), ("aa-unconfined", ProfileType::Unconfined)] {
-            let (code, out) = run_in(ctx, pod, n, apparmor_sc(t, ""), "echo ran").await?;
-            check(code == 0 && out == ["ran"], || format!("{t:?}: exit {code}, printed {out:?}"))?;
+            match run_in(ctx, pod, n, apparmor_sc(t, ""), "echo ran").await {
+                Ok((code, out)) => check(code == 0 && out == ["ran"], || format!("{t:?}: exit {code}, printed {out:?}"))?,
+                Err(e) if ctx.kind != TargetKind::Berth && t == ProfileType::RuntimeDefault && format!("{e:#}").contains("apparmor is not supported") => {
+                    eprintln!("note apparmor_runtime_default_and_unconfined_run: {t:?} refused by this runtime: {e:#}");
+                }
+                Err(e) => return Err(e.context(format!("AppArmor {t:?}"))),
+            }
         }
         Ok(())
     })
