@@ -9,6 +9,7 @@ pub(super) struct Fixture {
     pod: cri::PodSandboxConfig,
     netns: Option<PathBuf>,
     shm: Option<PathBuf>,
+    userns: Option<crate::sandbox::userns::PodUserns>,
 }
 
 impl Fixture {
@@ -39,6 +40,7 @@ impl Fixture {
             pod,
             netns: Some(PathBuf::from("/var/run/netns/pod1")),
             shm: Some(dir.path().join("shm")),
+            userns: None,
             dir,
         }
     }
@@ -55,7 +57,7 @@ impl Fixture {
             hostname_file: Path::new("/run/berth/sb1/hostname"),
             shm_path: self.shm.as_deref(),
             cgroup_parent: "/kubepods/pod-uid-1",
-            userns: None,
+            userns: self.userns.as_ref(),
         }
     }
 
@@ -709,4 +711,49 @@ fn host_fact_parsers() {
         vec![Capability::Chown, Capability::DacReadSearch]
     );
     assert_eq!(parse_capability("cap_net_raw"), Some(Capability::NetRaw));
+}
+
+#[test]
+fn user_namespace_infra_creates_containers_join() {
+    use crate::sandbox::userns::{IdMap, PodUserns};
+    use LinuxNamespaceType::*;
+    let p = |s: &str| Some(PathBuf::from(s));
+    let mut f = Fixture::new();
+    let map = IdMap { host_id: 100_000, container_id: 0, length: 65_536 };
+    f.userns = Some(PodUserns { uid: map, gid: IdMap { host_id: 200_000, ..map } });
+    let infra = infra_spec_with(&f.sb(), Path::new("/pause"), "sb1", 0).unwrap();
+    // The netns is new (owned by the new user namespace), not the pinned path.
+    assert_eq!(ns_of(&infra), vec![(Pid, None), (Ipc, None), (Uts, None), (Network, None), (User, None), (Mount, None)]);
+    let l = infra.linux().as_ref().unwrap();
+    let uid = l.uid_mappings().as_ref().unwrap();
+    assert_eq!((uid[0].host_id(), uid[0].container_id(), uid[0].size()), (100_000, 0, 65_536));
+    assert_eq!(l.gid_mappings().as_ref().unwrap()[0].host_id(), 200_000);
+    let spec = build(&f, &config(), &image()).unwrap();
+    assert_eq!(ns_of(&spec)[4], (User, p("/proc/4242/ns/user")));
+    assert_eq!(ns_of(&spec)[3], (Network, p("/var/run/netns/pod1")));
+    assert_eq!(spec.linux().as_ref().unwrap().uid_mappings().as_ref().unwrap()[0].host_id(), 100_000);
+}
+
+#[test]
+fn pid_target_joins_the_target_process() {
+    let f = Fixture::new();
+    let mut cfg = config();
+    sec(&mut cfg).namespace_options = Some(cri::NamespaceOption {
+        pid: cri::NamespaceMode::Target as i32,
+        target_id: "c0".into(),
+        ..Default::default()
+    });
+    let rootfs = f.rootfs();
+    let img = image();
+    let c = ContainerContext {
+        container_id: "c1",
+        config: &cfg,
+        image: &img,
+        rootfs: &rootfs,
+        own_oom_score_adj: 0,
+        pid_target: Some(777),
+        features: &Default::default(),
+    };
+    let spec = container_spec_with(&f.sb(), &c, &host()).unwrap();
+    assert_eq!(ns_of(&spec)[0], (LinuxNamespaceType::Pid, Some(PathBuf::from("/proc/777/ns/pid"))));
 }
