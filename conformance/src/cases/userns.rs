@@ -101,6 +101,16 @@ pub async fn pod_ids_and_idmapped_volume(ctx: &Ctx) -> Result<()> {
         let want = ["0", "0", "0:0", "0:0", "0:0", "wrote-vol", "wrote-rootfs", "has-eth0"];
         check(rest == want, || format!("inside the pod: {rest:?}, expected {want:?} (ids, owners of the image's and the volume's files, writes, eth0)"))?;
         check(st.exit_code == 0, || format!("exit code {}", st.exit_code))?;
+        // exec joins the same user namespace.
+        let mut cfg = ctx.container_config("userns-exec", &ctx.images.busybox, &["sleep", "60"]);
+        cfg.linux.get_or_insert_with(Default::default).security_context.get_or_insert_with(Default::default).namespace_options =
+            Some(cri::NamespaceOption { userns_options: Some(pod_ns()), ..Default::default() });
+        let long = ctx.create_with(&pod, cfg).await?;
+        ctx.rt().start_container(cri::StartContainerRequest { container_id: long.clone() }).await.context("StartContainer userns-exec")?;
+        let e = ctx.exec(&long, &["sh", "-c", "cat /proc/self/uid_map; id -u; stat -c %u /etc/passwd"], 20).await?;
+        let got: Vec<String> = String::from_utf8_lossy(&e.stdout).lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
+        let want = [format!("0 {HOST_BASE} {RANGE}"), "0".into(), "0".into()];
+        check(got == want, || format!("ExecSync in the pod printed {got:?}, expected {want:?}"))?;
         let meta = std::fs::metadata(vol.join("pod-file")).context("the file the pod wrote into the volume")?;
         check((meta.uid(), meta.gid()) == (0, 0), || format!("the pod's root wrote a file owned by {}:{} on the host disk, expected 0:0 (idmapped volume)", meta.uid(), meta.gid()))?;
         Ok::<_, anyhow::Error>(())
