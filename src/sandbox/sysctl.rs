@@ -58,7 +58,7 @@ pub fn validate(config: &PodSandboxConfig) -> Result<()> {
     keys.sort();
     for key in keys {
         let value = &linux.sysctls[key];
-        check(key, value, &ns).map_err(|why| Error::invalid(&format!("config.linux.sysctls[{key:?}]"), why))?;
+        check(key, value, &ns).map_err(|why| Error::invalid(format!("config.linux.sysctls[{key:?}]"), why))?;
     }
     Ok(())
 }
