@@ -25,6 +25,7 @@ pub fn cases() -> Vec<Case> {
         case!("apparmor_localhost_missing_refused", apparmor_localhost_missing_refused),
         case!("apparmor_runtime_default_and_unconfined_run", apparmor_runtime_default_and_unconfined_run),
         case!("selinux_options_without_selinux", selinux_options_without_selinux),
+        case!("status_reports_mac_support", status_reports_mac_support),
     ]
 }
 
@@ -272,4 +273,21 @@ pub async fn selinux_options_without_selinux(ctx: &Ctx) -> Result<()> {
     let pc = ctx.pod_config("selinux", &[]);
     let (code, out) = with_pod(ctx, pc, async |pod: &Pod| run_in(ctx, pod, "selinux", sc, "echo ran").await).await?;
     check(code == 0 && out == ["ran"], || format!("exit {code}, printed {out:?}"))
+}
+
+/// Status(verbose) reports what the host supports: berth puts `{"apparmor": bool, "selinux":
+/// bool}` in `info["features"]`, matching `/sys` (AppArmor: `parameters/enabled` is `Y`;
+/// SELinux: selinuxfs with `enforce`). Other runtimes: skipped (containerd reports no such key).
+pub async fn status_reports_mac_support(ctx: &Ctx) -> Result<()> {
+    if ctx.kind != TargetKind::Berth {
+        return skip("only berth reports info[\"features\"]");
+    }
+    let r = ctx.rt().status(cri::StatusRequest { verbose: true }).await.context("Status")?.into_inner();
+    let text = r.info.get("features").context("Status(verbose).info has no \"features\" key (expected {\"apparmor\": bool, \"selinux\": bool})")?;
+    let v: serde_json::Value = serde_json::from_str(text).with_context(|| format!("info[\"features\"] is not JSON: {text:?}"))?;
+    let apparmor = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled").map(|s| s.trim() == "Y").unwrap_or(false);
+    let selinux = std::path::Path::new("/sys/fs/selinux/enforce").exists();
+    check(v["apparmor"] == apparmor && v["selinux"] == selinux, || {
+        format!("info[\"features\"] = {text}, expected apparmor {apparmor} and selinux {selinux}")
+    })
 }
