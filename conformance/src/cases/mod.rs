@@ -26,6 +26,7 @@ mod leaks;
 mod mac_sysctl;
 mod metrics;
 mod monitor;
+mod namespaces;
 mod oom;
 mod pod;
 mod podnet;
@@ -121,6 +122,7 @@ pub fn all() -> Vec<Case> {
         case!("monitor_killed", monitor::monitor_killed),
     ];
     // Issue #5 part B: mounts and namespaces, MAC and sysctls, user namespaces.
+    v.extend(namespaces::cases());
     v.extend(isolation::cases());
     v.extend(mac_sysctl::cases());
     v.extend(userns::cases());
