@@ -30,7 +30,8 @@ async fn links(ctx: &Ctx, pod: &Pod, name: &str, opts: Option<cri::NamespaceOpti
 
 /// PID POD: two containers share one namespace, not the host's; PID CONTAINER: a namespace of
 /// its own; PID NODE: the host's. IPC POD: shared by the pod, not the host's; IPC NODE: the
-/// host's.
+/// host's. NODE is asked at pod level (and repeated on the container), as kubelet does for
+/// hostPID/hostIPC.
 pub async fn pid_ipc_modes(ctx: &Ctx) -> Result<()> {
     let host = |ns: &str| std::fs::read_link(format!("/proc/self/ns/{ns}")).map(|p| p.display().to_string());
     let (host_pid, host_ipc) = (host("pid")?, host("ipc")?);
@@ -43,7 +44,16 @@ pub async fn pid_ipc_modes(ctx: &Ctx) -> Result<()> {
         let a = links(ctx, &pod, "pod-a", None).await?;
         let b = links(ctx, &pod, "pod-b", mode(P, P)).await?;
         let own = links(ctx, &pod, "own-pid", mode(Container, P)).await?;
-        let node = links(ctx, &pod, "node-pid-ipc", mode(Node, Node)).await?;
+        // Host PID and IPC are pod-level in Kubernetes (hostPID, hostIPC); kubelet repeats
+        // the pod's options on each container.
+        let mut pc = ctx.pod_config("nsnode", &[]);
+        pc.linux.get_or_insert_with(Default::default).security_context.get_or_insert_with(Default::default).namespace_options =
+            mode(Node, Node);
+        let node_pod = ctx.run_pod_with(pc).await?;
+        let node = links(ctx, &node_pod, "node-pid-ipc", mode(Node, Node)).await;
+        let removed = ctx.remove_pod(&node_pod.id).await;
+        let node = node?;
+        removed?;
         check(a == b, || format!("two POD-mode containers are in different namespaces: {a:?} vs {b:?}"))?;
         check(a.0 != host_pid && a.1 != host_ipc, || format!("POD-mode namespaces {a:?} are the host's ({host_pid}, {host_ipc})"))?;
         check(own.0 != a.0 && own.0 != host_pid, || format!("PID CONTAINER gave {} (pod {}, host {host_pid}): expected its own", own.0, a.0))?;
