@@ -231,13 +231,20 @@ const PAUSE_SRC: &str = r#"
 extern "C" {
     fn signal(sig: i32, handler: extern "C" fn(i32)) -> usize;
     fn pause() -> i32;
+    fn waitpid(pid: i32, status: *mut i32, options: i32) -> i32;
     fn _exit(code: i32) -> !;
 }
 extern "C" fn on_term(_sig: i32) { unsafe { _exit(0) } }
+// Reaps every exited child, as the Kubernetes pause does (it is PID 1 of the pod).
+extern "C" fn on_chld(_sig: i32) {
+    let mut st = 0;
+    unsafe { while waitpid(-1, &mut st, 1 /* WNOHANG */) > 0 {} }
+}
 fn main() {
     unsafe {
         signal(15, on_term);
         signal(2, on_term);
+        signal(17, on_chld);
         loop { pause(); }
     }
 }

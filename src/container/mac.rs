@@ -142,7 +142,7 @@ pub fn parse_apparmor_profiles(text: &str) -> BTreeSet<String> {
 
 /// The AppArmor profile and SELinux label for a container's `process` (OCI runtime-spec
 /// config.md "process": `apparmorProfile`, `selinuxLabel`) on this host; `None` leaves the field
-/// unset. Errors: [`SpecError::Unsupported`] (gRPC InvalidArgument) naming the field, the profile
+/// unset. Errors: [`SpecError::Mac`] (gRPC InvalidArgument) naming the field, the profile
 /// and the reason (see [`process_labels_with`]).
 pub fn process_labels(
     container: &str,
@@ -157,11 +157,7 @@ pub fn process_labels_with(
     sc: &cri::LinuxContainerSecurityContext,
     host: &MacHost,
 ) -> Result<(Option<String>, Option<String>), SpecError> {
-    let to_spec = |e: MacError| SpecError::Unsupported {
-        container: container.to_string(),
-        field: e.field,
-        value: format!("{}: {}", e.value, e.reason),
-    };
+    let to_spec = |source: MacError| SpecError::Mac { container: container.to_string(), source };
     let apparmor = apparmor_profile(sc, host).map_err(to_spec)?;
     let selinux = selinux_label(sc, host).map_err(to_spec)?;
     Ok((apparmor, selinux))

@@ -165,7 +165,7 @@ fn process_labels_maps_to_invalid_argument_error() {
     let e = process_labels_with("c1", &aa(ProfileType::Localhost, "nope"), &no_mac()).unwrap_err();
     let msg = e.to_string();
     assert!(msg.contains("c1") && msg.contains("config.linux.security_context.apparmor") && msg.contains("nope"), "{msg}");
-    assert!(matches!(e, SpecError::Unsupported { .. }));
+    assert!(matches!(e, SpecError::Mac { .. }));
     let h = MacHost { apparmor: true, selinux: true, apparmor_profiles: ["berth-default".to_string()].into() };
     assert_eq!(
         process_labels_with("c1", &Sc::default(), &h).unwrap(),

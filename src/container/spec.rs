@@ -120,6 +120,21 @@ pub enum SpecError {
     /// `run_as_group` without `run_as_user` or `run_as_username` (CRI: the runtime MUST error).
     #[error("container {container}: run_as_group is set without run_as_user or run_as_username: expected a user too")]
     GroupWithoutUser { container: String },
+    /// An AppArmor profile or SELinux label berth refuses (see `container::mac`).
+    #[error("container {container}: {source}")]
+    Mac {
+        container: String,
+        #[source]
+        source: super::mac::MacError,
+    },
+    /// The pod's OCI runtime lacks what the request needs (its `features` do not list it):
+    /// FailedPrecondition, since another runtime handler could do it.
+    #[error("container {container}: {field}: the runtime handler's `features` do not list {feature}; use a runtime that supports it")]
+    RuntimeLacks {
+        container: String,
+        field: &'static str,
+        feature: &'static str,
+    },
     /// A requested feature berth (or runc 1.1) does not provide.
     #[error("container {container}: {field} = {value}: not supported")]
     Unsupported {

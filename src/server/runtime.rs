@@ -294,7 +294,18 @@ impl RuntimeService for RuntimeServer {
                 "network": network.as_ref().ok(),
                 "podCIDR": *self.pod_cidr.lock().unwrap_or_else(|p| p.into_inner()),
             });
-            std::collections::HashMap::from([("config".to_string(), cfg.to_string())])
+            // What the host offers for security contexts (AppArmor, SELinux) and whether this
+            // kernel makes the idmapped mounts pod user namespaces need.
+            let mac = crate::container::mac::host_support();
+            let features = serde_json::json!({
+                "apparmor": mac.apparmor,
+                "selinux": mac.selinux,
+                "idmappedMounts": self.d.idmap_mounts,
+            });
+            std::collections::HashMap::from([
+                ("config".to_string(), cfg.to_string()),
+                ("features".to_string(), features.to_string()),
+            ])
         } else {
             Default::default()
         };

@@ -13,6 +13,7 @@ impl From<Error> for Status {
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             // A spec that cannot be generated comes from what the request asked for
             // (no command, an unknown user, a missing mount source).
+            Error::Spec(crate::container::spec::SpecError::RuntimeLacks { .. }) => Code::FailedPrecondition,
             Error::Spec(_) => Code::InvalidArgument,
             Error::Image(_) => Code::Internal,
             Error::Network(_)

@@ -307,7 +307,8 @@ fn pod_sysctls(sb: &SandboxContext) -> Option<HashMap<String, String>> {
     if s.is_empty() {
         None
     } else {
-        Some(s.clone().into_iter().collect())
+        // runc 1.1 takes dotted keys only; crictl users may send kubelet's slash form.
+        Some(s.iter().map(|(k, v)| (crate::sandbox::sysctl::dotted_key(k), v.clone())).collect())
     }
 }
 

@@ -133,7 +133,7 @@ use std::os::unix::fs::DirBuilderExt;
 ///   (CRI `Mount.recursive_read_only`: "readonly must be true, propagation must be private"),
 ///   a BIDIRECTIONAL mount whose host mount is not shared, a HOST_TO_CONTAINER one whose host
 ///   mount is neither shared nor slave (containerd's `ensureShared`/`ensureSharedOrSlave`);
-/// - [`SpecError::Unsupported`]: `recursive_read_only` on a runtime whose features lack `rro`,
+/// - [`SpecError::RuntimeLacks`]: `recursive_read_only` on a runtime whose features lack `rro`,
 ///   id-mapped mounts, image volumes;
 /// - [`SpecError::MountSource`]: the host path cannot be created or resolved (e.g. a dangling
 ///   symlink).
@@ -170,10 +170,10 @@ pub fn cri_mount(container: &str, m: &cri::Mount, features: &RuntimeFeatures) ->
             )));
         }
         if !features.recursive_read_only() {
-            return Err(SpecError::Unsupported {
+            return Err(SpecError::RuntimeLacks {
                 container: container.to_string(),
-                field: "mounts.recursive_read_only",
-                value: format!("true for {:?} (the runtime's features list no `rro` mount option)", m.container_path),
+                field: "mounts[].recursive_read_only",
+                feature: "the `rro` mount option (recursive read-only mounts)",
             });
         }
     }

@@ -55,7 +55,7 @@ fn recursive_read_only_refusals() {
     }
 
     let e = cri_mount("c1", &rro_mount(d.path(), true, PRIVATE), &RuntimeFeatures::default()).unwrap_err();
-    assert!(matches!(e, SpecError::Unsupported { field: "mounts.recursive_read_only", .. }), "{e}");
+    assert!(matches!(e, SpecError::RuntimeLacks { field: "mounts[].recursive_read_only", .. }), "{e}");
 }
 
 #[test]

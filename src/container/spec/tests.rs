@@ -366,6 +366,9 @@ fn opts(m: &oci_spec::runtime::Mount) -> Vec<String> {
 #[test]
 fn mounts_order_flags_propagation_overrides() {
     let f = Fixture::new();
+    // HOST_TO_CONTAINER and BIDIRECTIONAL need the source on a shared mount (checked on the
+    // host): make the fixture dir one for the length of the test.
+    let _shared = SharedMount::new(f.dir.path());
     let host_a = f.dir.path().join("vol-a");
     let host_b = f.dir.path().join("missing/vol-b"); // created on demand
     std::fs::create_dir_all(&host_a).unwrap();
@@ -456,7 +459,26 @@ fn mounts_order_flags_propagation_overrides() {
         readonly: true,
         ..Default::default()
     }];
-    assert!(matches!(build(&f, &cfg, &image()), Err(SpecError::Unsupported { .. })));
+    assert!(matches!(build(&f, &cfg, &image()), Err(SpecError::RuntimeLacks { .. })));
+}
+
+/// `dir` bind-mounted onto itself and made shared; unmounted on drop.
+struct SharedMount(PathBuf);
+
+impl SharedMount {
+    fn new(dir: &Path) -> SharedMount {
+        use nix::mount::{mount, MsFlags};
+        mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>).expect("bind the fixture dir (needs root)");
+        let guard = SharedMount(dir.to_path_buf());
+        mount(None::<&str>, dir, None::<&str>, MsFlags::MS_SHARED, None::<&str>).expect("make the fixture dir shared");
+        guard
+    }
+}
+
+impl Drop for SharedMount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
 }
 
 #[test]
