@@ -1,7 +1,8 @@
 //! User namespaces (issue #5): `userns_options` mode POD with one uid and one gid mapping
 //! (Kubernetes `hostUsers: false`). The pod's root is a host id from the mapping, yet the image's
 //! files and a hostPath volume appear owned by the pod's own ids (idmapped mounts), what it writes
-//! into the volume lands on disk under the unmapped id, and the pod keeps working networking.
+//! into the volume lands on disk under the unmapped id, and the pod keeps working networking and
+//! its net sysctls.
 //! Malformed mappings and containers that ask for another namespace are refused with the field
 //! named, leaving nothing behind.
 //!
@@ -75,7 +76,10 @@ pub async fn pod_ids_and_idmapped_volume(ctx: &Ctx) -> Result<()> {
     let vol = ctx.tmp.join(format!("userns-vol-{}", ctx.unique()));
     std::fs::create_dir_all(&vol)?;
     std::fs::write(vol.join("host-file"), b"from the host\n")?;
-    let pod = ctx.run_pod_with(with_userns(ctx.pod_config("userns", &[]), pod_ns())).await?;
+    let mut pc = with_userns(ctx.pod_config("userns", &[]), pod_ns());
+    // A net sysctl: applied inside the netns the pod's user namespace owns.
+    pc.linux.get_or_insert_with(Default::default).sysctls.insert("net.ipv4.ip_unprivileged_port_start".into(), "0".into());
+    let pod = ctx.run_pod_with(pc).await?;
     let r = async {
         let st = ctx.rt().pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.id.clone(), verbose: false }).await?.into_inner();
         let ip = st.status.and_then(|s| s.network).map(|n| n.ip).unwrap_or_default();
@@ -84,7 +88,8 @@ pub async fn pod_ids_and_idmapped_volume(ctx: &Ctx) -> Result<()> {
                       stat -c %u:%g /etc/passwd /bin/busybox /vol/host-file; \
                       echo pod > /vol/pod-file && echo wrote-vol; \
                       touch /etc/rootfs-file && echo wrote-rootfs; \
-                      ip -4 -o addr show eth0 >/dev/null 2>&1 && echo has-eth0";
+                      ip -4 -o addr show eth0 >/dev/null 2>&1 && echo has-eth0; \
+                      cat /proc/sys/net/ipv4/ip_unprivileged_port_start";
         let mut cfg = ctx.container_config("userns", &ctx.images.busybox, &["sh", "-c", script]);
         cfg.mounts.push(cri::Mount { container_path: "/vol".into(), host_path: vol.display().to_string(), ..Default::default() });
         let lc = cfg.linux.get_or_insert_with(Default::default);
@@ -98,8 +103,8 @@ pub async fn pod_ids_and_idmapped_volume(ctx: &Ctx) -> Result<()> {
         let want_map = format!("0 {HOST_BASE} {RANGE}");
         check(map == [want_map.clone(), want_map], || format!("uid_map/gid_map inside: {map:?}, expected \"0 {HOST_BASE} {RANGE}\" twice; output {out:?}"))?;
         let rest: Vec<&str> = out.iter().skip(2).map(String::as_str).collect();
-        let want = ["0", "0", "0:0", "0:0", "0:0", "wrote-vol", "wrote-rootfs", "has-eth0"];
-        check(rest == want, || format!("inside the pod: {rest:?}, expected {want:?} (ids, owners of the image's and the volume's files, writes, eth0)"))?;
+        let want = ["0", "0", "0:0", "0:0", "0:0", "wrote-vol", "wrote-rootfs", "has-eth0", "0"];
+        check(rest == want, || format!("inside the pod: {rest:?}, expected {want:?} (ids, owners of the image's and the volume's files, writes, eth0, the pod's sysctl)"))?;
         check(st.exit_code == 0, || format!("exit code {}", st.exit_code))?;
         // exec joins the same user namespace.
         let mut cfg = ctx.container_config("userns-exec", &ctx.images.busybox, &["sleep", "60"]);
