@@ -8,6 +8,8 @@ export DEBIAN_FRONTEND=noninteractive
 # package -> a file that proves it is installed
 declare -A need=(
   [runc]=/usr/sbin/runc
+  # a second runtime handler: the self-test must report it when it cannot run here
+  [crun]=/usr/bin/crun
   [containernetworking-plugins]=/usr/lib/cni/bridge
   [protobuf-compiler]=/usr/bin/protoc
   [docker-registry]=/usr/bin/docker-registry

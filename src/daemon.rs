@@ -101,6 +101,11 @@ pub struct Daemon {
     pub cni: Cni,
     /// OCI runtimes by handler name.
     pub runtimes: HashMap<String, Runtime>,
+    /// Configured runtime handlers that cannot run here, with the reason (reported in Status
+    /// verbose info and in the error of a request naming them, never silently dropped).
+    pub unavailable_runtimes: HashMap<String, String>,
+    /// What each handler's start-up self-test found (`sandbox::selftest`), by handler name.
+    pub handler_health: HashMap<String, crate::sandbox::selftest::Health>,
     /// The `berth-monitor` binary.
     pub monitor_bin: PathBuf,
     /// The static `berth-pause` binary, installed under the run root.
@@ -131,6 +136,7 @@ impl Daemon {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let mut runtimes = HashMap::new();
+        let mut unavailable_runtimes = HashMap::new();
         for name in config.runtime.handlers.keys() {
             let h = &config.runtime.handlers[name];
             let root = config.handler_root(name).unwrap_or_else(|| config.run_root.join("runtime").join(name));
@@ -140,6 +146,7 @@ impl Daemon {
                 }
                 Err(e) if *name != config.runtime.default_handler => {
                     tracing::warn!(handler = %name, error = %e, "runtime handler unavailable; requests naming it will fail");
+                    unavailable_runtimes.insert(name.clone(), e.to_string());
                 }
                 Err(e) => return Err(e).with_context(|| format!("runtime.handlers.{name} (the default handler)")),
             }
@@ -154,6 +161,7 @@ impl Daemon {
         }
         let pause_bin = crate::pause::install(&config.run_root)
             .with_context(|| format!("installing berth-pause under {}", config.run_root.display()))?;
+        let handler_health = self_test_handlers(&config, &pause_bin, &mut runtimes, &mut unavailable_runtimes);
         let own_oom_score_adj = std::fs::read_to_string("/proc/self/oom_score_adj")
             .ok()
             .and_then(|s| s.trim().parse().ok())
@@ -165,6 +173,8 @@ impl Daemon {
             images,
             cni,
             runtimes,
+            unavailable_runtimes,
+            handler_health,
             monitor_bin,
             pause_bin,
             names: Mutex::new(HashMap::new()),
@@ -176,11 +186,28 @@ impl Daemon {
         })
     }
 
+    /// Whether pods of `handler` may have their own user namespace: the runtime lists the `user`
+    /// namespace, its self-test made one, and the kernel makes idmapped mounts.
+    pub fn user_namespaces(&self, handler: &str) -> std::result::Result<(), String> {
+        let rt = self.runtime(handler).map_err(|e| e.to_string())?;
+        if !self.idmap_mounts {
+            return Err("this kernel has no mount_setattr (Linux < 5.12): pod user namespaces need idmapped mounts".into());
+        }
+        match self.handler_health.get(&rt.handler) {
+            Some(h) => h.user_namespaces.clone(),
+            None => Err("the handler was not self-tested".into()),
+        }
+    }
+
     /// The runtime for a CRI `runtime_handler` (empty = the default handler).
     ///
-    /// Errors with InvalidArgument naming the handler and the configured ones.
+    /// Errors: FailedPrecondition for a configured handler that cannot run here (with why);
+    /// InvalidArgument naming an unknown handler and the configured ones.
     pub fn runtime(&self, handler: &str) -> Result<&Runtime> {
         let name = if handler.is_empty() { self.config.runtime.default_handler.as_str() } else { handler };
+        if let Some(why) = self.unavailable_runtimes.get(name) {
+            return Err(Error::FailedPrecondition(format!("runtime handler {name:?} is configured but cannot run on this host: {why}")));
+        }
         self.runtimes.get(name).ok_or_else(|| {
             let mut known: Vec<&str> = self.runtimes.keys().map(String::as_str).collect();
             known.sort();
@@ -242,4 +269,51 @@ pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().unwrap_or(Path::new("/"));
     Ok(dir.join(name))
+}
+
+/// Self-tests every runtime handler in parallel (`sandbox::selftest`, ~0.1 s each) and returns
+/// the results. A handler other than the default that cannot create a container is moved from
+/// `runtimes` to `unavailable` with the runtime's message; a failing default handler stays (the
+/// daemon must still recover and clean up what it already runs) and Status reports the runtime
+/// not ready.
+fn self_test_handlers(
+    config: &Config,
+    pause_bin: &Path,
+    runtimes: &mut HashMap<String, Runtime>,
+    unavailable: &mut HashMap<String, String>,
+) -> HashMap<String, crate::sandbox::selftest::Health> {
+    let base = config.run_root.join("selftest");
+    let results: Vec<(String, crate::sandbox::selftest::Health)> = std::thread::scope(|s| {
+        let handles: Vec<_> = runtimes
+            .iter()
+            .map(|(name, rt)| {
+                let dir = base.join(name);
+                let parent = config.cgroup_parent.as_str();
+                (name.clone(), s.spawn(move || crate::sandbox::selftest::check(rt, pause_bin, &dir, parent)))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|(name, h)| {
+                let health = h.join().unwrap_or_else(|_| crate::sandbox::selftest::Health {
+                    runs: Err("the self-test panicked".into()),
+                    user_namespaces: Err("the self-test panicked".into()),
+                });
+                (name, health)
+            })
+            .collect()
+    });
+    let _ = crate::util::remove_dir_all_idempotent(&base);
+    for (name, h) in &results {
+        match &h.runs {
+            Ok(()) => tracing::info!(handler = %name, user_namespaces = h.user_namespaces.is_ok(), "runtime handler self-test passed"),
+            Err(why) if *name != config.runtime.default_handler => {
+                tracing::warn!(handler = %name, error = %why, "runtime handler cannot run here; requests naming it will fail");
+                runtimes.remove(name);
+                unavailable.insert(name.clone(), format!("self-test: {why}"));
+            }
+            Err(why) => tracing::error!(handler = %name, error = %why, "the default runtime handler failed its self-test"),
+        }
+    }
+    results.into_iter().collect()
 }

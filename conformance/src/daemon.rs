@@ -50,10 +50,28 @@ fn free_loopback_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// The error message of the `broken` runtime handler in berth's test config.
+pub const BROKEN_RUNTIME_MESSAGE: &str = "this runtime cannot create containers on any host";
+/// crun, configured as handler `crun` when installed.
+pub const CRUN: &str = "/usr/bin/crun";
+
 /// Writes berth's config (`<tmp>/berth.toml`) and returns its path.
 /// Keys follow src/config.rs: listen, root, run_root, log_level, network.*, image.*, metrics.*.
 pub fn write_berth_config(tmp: &Path, cni_dir: &Path, registry: &str) -> Result<PathBuf> {
     let p = |x: &str| tmp.join(x).display().to_string();
+    // Runtime handlers: runc (the default), a runtime that cannot create anything (the
+    // self-test must report it), and crun when installed (works or is reported, depending on
+    // the host's cgroups).
+    let broken = tmp.join("broken-runtime");
+    std::fs::write(&broken, format!("#!/bin/sh\necho 'level=error msg=\"{BROKEN_RUNTIME_MESSAGE}\"' >&2\nexit 1\n"))?;
+    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let mut handlers = format!(
+        "[runtime]\ndefault_handler = \"runc\"\n\n[runtime.handlers.runc]\npath = \"runc\"\n\n[runtime.handlers.broken]\npath = \"{}\"\n",
+        broken.display()
+    );
+    if Path::new(CRUN).exists() {
+        handlers.push_str(&format!("\n[runtime.handlers.crun]\npath = \"{CRUN}\"\n"));
+    }
     let text = format!(
         r#"listen = "{sock}"
 root = "{root}"
@@ -76,7 +94,8 @@ mirrors_only = true
 enabled = true
 address = "127.0.0.1"
 port = {metrics_port}
-"#,
+
+{handlers}"#,
         sock = p("berth.sock"),
         root = p("root"),
         run = p("run"),

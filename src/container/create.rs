@@ -160,8 +160,13 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
             features: &runtime.features,
         };
         let mut oci = spec::container_spec_with(&sctx, &cctx, &d.host_facts)?;
-        if userns.is_some() {
-            idmap_bind_mounts(&mut oci, &scratch, &infra_userns)?;
+        match userns.as_ref() {
+            // The runtime idmaps mounts itself when its features say so; else berth does.
+            Some(u) if runtime.features.idmap_mounts => {
+                crate::sandbox::userns::set_mount_idmaps(&mut oci, u);
+            }
+            Some(_) => idmap_bind_mounts(&mut oci, &scratch, &infra_userns)?,
+            None => {}
         }
         record.user = spec::effective_user(&oci);
         let config_json = paths.bundle.join("config.json");

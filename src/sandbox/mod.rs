@@ -9,6 +9,7 @@ pub mod files;
 mod run;
 mod stop;
 pub mod sysctl;
+pub mod selftest;
 pub mod userns;
 
 pub use run::run;

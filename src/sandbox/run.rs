@@ -42,7 +42,7 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
     let userns = super::userns::for_pod(&config)?;
     let runtime = d.runtime(runtime_handler)?;
     if userns.is_some() {
-        super::userns::check_support(runtime)?;
+        super::userns::check_support(d, runtime_handler)?;
     }
     let ns = namespace_options(&config);
     let host_network = ns.network == NamespaceMode::Node as i32;

@@ -138,25 +138,15 @@ pub fn for_pod(config: &PodSandboxConfig) -> Result<Option<PodUserns>> {
     Ok(Some(u))
 }
 
-/// Checks that `runtime` and this kernel can run a pod with its own user namespace: the
-/// runtime's `features` list the `user` namespace, and the kernel has `mount_setattr` for the
-/// idmapped mounts berth makes. Errors: FailedPrecondition naming the handler and what is
-/// missing.
-pub fn check_support(runtime: &crate::oci::Runtime) -> Result<()> {
-    if !runtime.features.user_namespaces() {
-        return Err(Error::FailedPrecondition(format!(
-            "runtime handler {:?} ({}) does not report user namespace support in `features`: \
-             userns_options mode POD needs it (runc >= 1.1)",
-            runtime.handler,
-            runtime.path.display()
-        )));
-    }
-    if !crate::storage::idmap::kernel_supports_idmap() {
-        return Err(Error::FailedPrecondition(
-            "this kernel has no mount_setattr (Linux < 5.12): pod user namespaces need idmapped mounts".into(),
-        ));
-    }
-    Ok(())
+/// Checks that handler `handler` can run a pod with its own user namespace
+/// ([`crate::daemon::Daemon::user_namespaces`]: runtime features, its self-test, the kernel).
+/// Errors: FailedPrecondition naming the handler and what is missing.
+pub fn check_support(d: &crate::daemon::Daemon, handler: &str) -> Result<()> {
+    d.user_namespaces(handler).map_err(|why| {
+        Error::FailedPrecondition(format!(
+            "runtime handler {handler:?} cannot run a pod with its own user namespace (userns_options mode POD): {why}"
+        ))
+    })
 }
 
 /// Checks a container's own `userns_options` and privileged flag against its pod's user
@@ -181,6 +171,26 @@ pub fn check_container(pod: Option<&PodUserns>, ns: Option<&NamespaceOption>, pr
         ));
     }
     Ok(())
+}
+
+/// For a runtime whose `features` report idmapped mounts (`linux.mountExtensions.idmap`, e.g.
+/// runc >= 1.2, crun >= 1.9): gives every bind mount of `spec` the pod's mappings as OCI
+/// `uidMappings`/`gidMappings` plus the `idmap` option (OCI runtime-spec config.md "POSIX-platform
+/// Mounts"), so the runtime makes the idmapped mounts itself. Returns how many mounts it marked.
+pub fn set_mount_idmaps(spec: &mut oci_spec::runtime::Spec, u: &PodUserns) -> usize {
+    let Some(mounts) = spec.mounts_mut().as_mut() else { return 0 };
+    let mut n = 0;
+    for m in mounts.iter_mut().filter(|m| m.typ().as_deref() == Some("bind")) {
+        m.set_uid_mappings(Some(vec![u.uid.to_oci()]));
+        m.set_gid_mappings(Some(vec![u.gid.to_oci()]));
+        let mut opts = m.options().clone().unwrap_or_default();
+        if !opts.iter().any(|o| o == "idmap" || o == "ridmap") {
+            opts.push("idmap".into());
+        }
+        m.set_options(Some(opts));
+        n += 1;
+    }
+    n
 }
 
 fn describe(u: Option<&PodUserns>) -> String {
@@ -262,6 +272,26 @@ mod tests {
         assert!(e.contains("mode NODE"), "{e}");
         let e = err(for_pod(&pod(NamespaceMode::Pod, ok(), ok(), NamespaceMode::Node)));
         assert!(e.contains("namespace_options.network"), "{e}");
+    }
+
+    #[test]
+    fn runtime_idmaps_mark_bind_mounts_only() {
+        use oci_spec::runtime::{Mount, Spec};
+        let mk = |typ: &str, opts: &[&str]| {
+            let mut m = Mount::default();
+            m.set_typ(Some(typ.into())).set_options(Some(opts.iter().map(|s| s.to_string()).collect()));
+            m
+        };
+        let mut spec = Spec::default();
+        spec.set_mounts(Some(vec![mk("proc", &[]), mk("bind", &["rbind", "ro"]), mk("bind", &["rbind", "ridmap"])]));
+        let map = IdMap { host_id: 70_000, container_id: 0, length: 65_536 };
+        assert_eq!(set_mount_idmaps(&mut spec, &PodUserns { uid: map, gid: map }), 2);
+        let m = spec.mounts().as_ref().unwrap();
+        assert!(m[0].uid_mappings().is_none());
+        assert_eq!(m[1].options().as_ref().unwrap(), &["rbind", "ro", "idmap"]);
+        assert_eq!(m[2].options().as_ref().unwrap(), &["rbind", "ridmap"]);
+        assert_eq!(m[1].uid_mappings().as_ref().unwrap()[0].host_id(), 70_000);
+        assert_eq!(m[1].gid_mappings().as_ref().unwrap()[0].size(), 65_536);
     }
 
     #[test]

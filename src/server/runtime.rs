@@ -257,16 +257,20 @@ impl RuntimeService for RuntimeServer {
         let verbose = req.into_inner().verbose;
         let default = &self.d.config.runtime.default_handler;
         // The binary is checked on every Status, so a runtime removed after start is reported.
-        let runtime_ready = self.d.runtimes.get(default).is_some_and(|rt| rt.path.exists());
+        let self_test = self.d.handler_health.get(default).map(|h| h.runs.clone()).unwrap_or(Ok(()));
+        let (runtime_ready, reason, message) = match (self.d.runtimes.get(default), self_test) {
+            (Some(rt), _) if !rt.path.exists() => {
+                (false, "RuntimeHandlerUnavailable", format!("the default runtime handler {default:?}: binary {} is missing", rt.path.display()))
+            }
+            (None, _) => (false, "RuntimeHandlerUnavailable", format!("the default runtime handler {default:?} is not configured")),
+            (Some(_), Err(why)) => (false, "RuntimeHandlerSelfTestFailed", format!("the default runtime handler {default:?} cannot create a container here: {why}")),
+            (Some(_), Ok(())) => (true, "", String::new()),
+        };
         let runtime_cond = cri::RuntimeCondition {
             r#type: "RuntimeReady".into(),
             status: runtime_ready,
-            reason: if runtime_ready { String::new() } else { "RuntimeHandlerUnavailable".into() },
-            message: if runtime_ready {
-                String::new()
-            } else {
-                format!("the default runtime handler {default:?} is not configured or its binary is missing")
-            },
+            reason: reason.into(),
+            message,
         };
         let network = self.d.cni.status();
         let network_cond = cri::RuntimeCondition {
@@ -283,7 +287,7 @@ impl RuntimeService for RuntimeServer {
                 name: name.clone(),
                 features: Some(cri::RuntimeHandlerFeatures {
                     recursive_read_only_mounts: rt.features.recursive_read_only(),
-                    user_namespaces: rt.features.user_namespaces() && self.d.idmap_mounts,
+                    user_namespaces: self.d.user_namespaces(name).is_ok(),
                 }),
             })
             .collect();
@@ -302,9 +306,33 @@ impl RuntimeService for RuntimeServer {
                 "selinux": mac.selinux,
                 "idmappedMounts": self.d.idmap_mounts,
             });
+            // Every configured handler, the unusable ones with the reason (runtime_handlers
+            // lists only those that can run).
+            let mut handlers = serde_json::Map::new();
+            for (name, rt) in &self.d.runtimes {
+                let health = self.d.handler_health.get(name);
+                let verdict = |r: Option<&Result<(), String>>| match r {
+                    Some(Ok(())) => "ok".to_string(),
+                    Some(Err(e)) => e.clone(),
+                    None => "not tested".to_string(),
+                };
+                handlers.insert(name.clone(), serde_json::json!({
+                    "available": true,
+                    "path": rt.path,
+                    "mountOptions": rt.features.mount_options,
+                    "namespaces": rt.features.namespaces,
+                    "idmapMounts": rt.features.idmap_mounts,
+                    "selfTest": verdict(health.map(|h| &h.runs)),
+                    "userNamespaces": verdict(health.map(|h| &h.user_namespaces)),
+                }));
+            }
+            for (name, why) in &self.d.unavailable_runtimes {
+                handlers.insert(name.clone(), serde_json::json!({ "available": false, "reason": why }));
+            }
             std::collections::HashMap::from([
                 ("config".to_string(), cfg.to_string()),
                 ("features".to_string(), features.to_string()),
+                ("runtimeHandlers".to_string(), serde_json::Value::Object(handlers).to_string()),
             ])
         } else {
             Default::default()
@@ -313,7 +341,8 @@ impl RuntimeService for RuntimeServer {
             status: Some(cri::RuntimeStatus { conditions: vec![runtime_cond, network_cond] }),
             info,
             runtime_handlers: handlers,
-            features: Some(cri::RuntimeFeatures { supplemental_groups_policy: false }),
+            // SupplementalGroupsPolicy Merge/Strict and ContainerStatus.user are served.
+            features: Some(cri::RuntimeFeatures { supplemental_groups_policy: true }),
         }))
     }
 

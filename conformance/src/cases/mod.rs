@@ -19,6 +19,7 @@ mod cstatus;
 mod errors;
 mod events;
 mod exec;
+mod handlers;
 mod image;
 mod inspect;
 mod isolation;
@@ -122,6 +123,7 @@ pub fn all() -> Vec<Case> {
         case!("monitor_killed", monitor::monitor_killed),
     ];
     // Issue #5 part B: mounts and namespaces, MAC and sysctls, user namespaces.
+    v.extend(handlers::cases());
     v.extend(namespaces::cases());
     v.extend(isolation::cases());
     v.extend(mac_sysctl::cases());

@@ -1,0 +1,167 @@
+//! A runtime handler's self-test, run once when the daemon starts: can this OCI runtime create
+//! a pod's infra container on this host, and one in a user namespace?
+//!
+//! A runtime's `features` say what it knows, not whether it works here: crun 1.8 (Debian 12)
+//! lists every namespace yet refuses to create anything on a host whose cgroup v2 tree holds a
+//! controller ("cgroups in hybrid mode not supported"). So berth creates, and at once deletes,
+//! the same infra container every pod gets ([`crate::container::spec::infra_spec_with`]:
+//! `berth-pause` in a read-only rootfs holding only that binary, new PID/IPC/mount namespaces,
+//! a cgroup under the configured parent), once plain and once with a user namespace when the
+//! runtime lists one. The container is never started. Everything lives under
+//! `<run_root>/selftest/<handler>` (bundle, the runtime's `--root`) and is removed afterwards.
+//!
+//! A handler that fails is reported, not hidden: Status verbose info lists it with the
+//! runtime's own message, and a request naming it fails with that message.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use k8s_cri::v1::PodSandboxConfig;
+
+use crate::container::spec::{self, SandboxContext};
+use crate::oci::Runtime;
+use crate::sandbox::userns::{IdMap, PodUserns};
+
+/// What the self-test found for one handler. `Err` holds the runtime's message (or why the
+/// test could not run).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// Creating the infra container worked.
+    pub runs: Result<(), String>,
+    /// Creating it inside a new user namespace worked (`Err` also when the runtime's features
+    /// list no `user` namespace or the plain test already failed).
+    pub user_namespaces: Result<(), String>,
+}
+
+/// The id range the user-namespace test maps (never used: the container does not start).
+const TEST_MAP: IdMap = IdMap { host_id: 1_000_000_000, container_id: 0, length: 65_536 };
+
+/// Tests `runtime` under `dir` (created and removed here) with `pause_bin` as the process and
+/// cgroups under `cgroup_parent`. Blocking: a few runtime invocations, ~50 ms each for runc.
+pub fn check(runtime: &Runtime, pause_bin: &Path, dir: &Path, cgroup_parent: &str) -> Health {
+    let runs = create_and_delete(runtime, pause_bin, &dir.join("plain"), cgroup_parent, None);
+    let user_namespaces = match (&runs, runtime.features.user_namespaces()) {
+        (Err(_), _) => Err("the runtime cannot create containers here".to_string()),
+        (Ok(()), false) => Err("the runtime's `features` list no user namespace".to_string()),
+        (Ok(()), true) => {
+            let u = PodUserns { uid: TEST_MAP, gid: TEST_MAP };
+            create_and_delete(runtime, pause_bin, &dir.join("userns"), cgroup_parent, Some(&u))
+        }
+    };
+    let _ = crate::util::remove_dir_all_idempotent(dir);
+    Health { runs, user_namespaces }
+}
+
+/// One `create` + `delete --force` of the infra container in `dir`.
+fn create_and_delete(runtime: &Runtime, pause_bin: &Path, dir: &Path, cgroup_parent: &str, userns: Option<&PodUserns>) -> Result<(), String> {
+    let bundle = dir.join("bundle");
+    let rootfs = bundle.join("rootfs");
+    let state = dir.join("state");
+    for d in [&rootfs.join("proc"), &rootfs.join("dev"), &state] {
+        std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+    }
+    let pause = rootfs.join("berth-pause");
+    if std::fs::hard_link(pause_bin, &pause).is_err() {
+        std::fs::copy(pause_bin, &pause).map_err(|e| format!("copying {}: {e}", pause_bin.display()))?;
+    }
+    let id = format!("berth-selftest-{}", runtime.handler);
+    let config = PodSandboxConfig::default();
+    let none = Path::new("/dev/null");
+    let ctx = SandboxContext {
+        sandbox_id: &id,
+        config: &config,
+        netns_path: None,
+        infra_pid: 0,
+        hostname: "selftest",
+        hosts_file: none,
+        resolv_conf: none,
+        hostname_file: none,
+        shm_path: None,
+        cgroup_parent,
+        userns,
+    };
+    let oci = spec::infra_spec_with(&ctx, &rootfs, &id, spec::own_oom_score_adj()).map_err(|e| e.to_string())?;
+    let json = serde_json::to_vec(&oci).map_err(|e| e.to_string())?;
+    std::fs::write(bundle.join("config.json"), json).map_err(|e| format!("writing config.json: {e}"))?;
+
+    // stdio: runc init inherits it and holds it until `start`, so no pipes (they would never
+    // reach EOF); the runtime's stderr goes to a file read afterwards.
+    let err_path = dir.join("stderr");
+    let err_file = std::fs::File::create(&err_path).map_err(|e| format!("creating {}: {e}", err_path.display()))?;
+    let created = runtime_cmd(runtime, &state)
+        .args(["create", "--bundle"])
+        .arg(&bundle)
+        .arg(&id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err_file)
+        .status();
+    let result = match created {
+        Ok(st) if st.success() => Ok(()),
+        Ok(st) => {
+            let text = std::fs::read_to_string(&err_path).unwrap_or_default();
+            Err(format!("`{} create` failed ({st}): {}", runtime.path.display(), crate::oci::runtime_error_message(&text)))
+        }
+        Err(e) => Err(format!("running {}: {e}", runtime.path.display())),
+    };
+    // Deleted whether create worked or half-worked; a container that does not exist is fine.
+    let _ = runtime_cmd(runtime, &state)
+        .args(["delete", "--force", &id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    result
+}
+
+fn runtime_cmd(runtime: &Runtime, root: &PathBuf) -> Command {
+    let mut c = Command::new(&runtime.path);
+    c.arg("--root").arg(root);
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn runtime(handler: &str, path: &Path) -> Runtime {
+        Runtime::new(handler, path.to_path_buf(), PathBuf::from("/nonexistent")).unwrap()
+    }
+
+    #[test]
+    fn a_runtime_that_fails_create_is_reported_with_its_message() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fake = tmp.path().join("broken-runtime");
+        std::fs::write(&fake, "#!/bin/sh\necho 'level=error msg=\"cannot create containers on this host\"' >&2\nexit 1\n").unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let pause = tmp.path().join("pause");
+        std::fs::write(&pause, b"").unwrap();
+        let dir = tmp.path().join("selftest");
+        let h = check(&runtime("broken", &fake), &pause, &dir, "/berth-selftest-unit");
+        let err = h.runs.unwrap_err();
+        assert!(err.contains("cannot create containers on this host") && err.contains("create"), "{err}");
+        assert!(h.user_namespaces.is_err());
+        assert!(!dir.exists(), "the self-test left {}", dir.display());
+    }
+
+    #[test]
+    fn runc_creates_the_infra_container_plain_and_in_a_user_namespace() {
+        if !nix::unistd::geteuid().is_root() || !Path::new("/usr/sbin/runc").exists() {
+            eprintln!("skipped: needs root and runc");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let pause = crate::pause::install(tmp.path()).unwrap();
+        let dir = tmp.path().join("selftest");
+        let h = check(&runtime("runc", Path::new("/usr/sbin/runc")), &pause, &dir, "/berth-selftest-unit");
+        assert_eq!(h.runs, Ok(()));
+        assert_eq!(h.user_namespaces, Ok(()));
+        assert!(!dir.exists());
+        assert!(!Path::new("/sys/fs/cgroup/memory/berth-selftest-unit/berth-selftest-runc").exists());
+        // runc leaves the parent it created; this test's parent is its own.
+        for c in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            let _ = std::fs::remove_dir(c.path().join("berth-selftest-unit"));
+        }
+    }
+}
