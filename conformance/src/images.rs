@@ -307,7 +307,8 @@ pub fn build_and_push(reg: &Registry, work: &Path, with_pause: bool) -> Result<T
         0o644,
         b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\napp:x:1234:1234::/home/app:/bin/sh\n",
     )?;
-    u.file("etc/group", 0o644, b"root:x:0:\nnobody:x:65534:\napp:x:1234:\n")?;
+    // `app` is also a member of `extra` (5000): SupplementalGroupsPolicy Merge adds it, Strict not.
+    u.file("etc/group", 0o644, b"root:x:0:\nnobody:x:65534:\napp:x:1234:\nextra:x:5000:app\n")?;
     u.dir("home", 0o755, 0)?;
     u.dir("home/app", 0o755, 1234)?;
     let ul = compress(u.finish()?, Compression::Gzip, false)?;

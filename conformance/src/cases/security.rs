@@ -194,3 +194,84 @@ pub async fn status_user(ctx: &Ctx) -> Result<()> {
     check(u.uid == 1000 && u.gid == 3000, || format!("user uid {} gid {}, expected 1000/3000", u.uid, u.gid))?;
     check(u.supplemental_groups.contains(&4000) && u.supplemental_groups.contains(&3000), || format!("supplemental_groups {:?}, expected 3000 and 4000", u.supplemental_groups))
 }
+
+/// readonly_paths from the request replace the defaults: `/etc` listed is read-only; without
+/// the field, the defaults apply (`/proc/sys` read-only).
+pub async fn readonly_paths(ctx: &Ctx) -> Result<()> {
+    let sc = Sc { readonly_paths: vec!["/etc".into()], ..Default::default() };
+    expect_output(ctx, "ropaths", false, sc, "touch /etc/x 2>/dev/null; echo touch=$?", &["touch=1"]).await?;
+    let mount_opts = "awk '$5==\"/proc/sys\"{split($6,o,\",\"); print o[1]}' /proc/self/mountinfo";
+    expect_output(ctx, "ropaths-default", false, Sc::default(), mount_opts, &["ro"]).await.map(|_| ())
+}
+
+/// Defaults when unprivileged (`/proc/keys` masked, `/sys` read-only); none when privileged
+/// (`/proc/keys` not masked, `/sys` read-write).
+pub async fn default_masks_and_privileged_none(ctx: &Ctx) -> Result<()> {
+    let script = "awk '$5==\"/proc/keys\"{m=1} $5==\"/sys\"{split($6,o,\",\"); s=o[1]} END{print (m?\"keys-masked\":\"keys-open\"); print \"sys-\" s}' /proc/self/mountinfo";
+    expect_output(ctx, "masks-default", false, Sc::default(), script, &["keys-masked", "sys-ro"]).await?;
+    let sc = Sc { privileged: true, ..Default::default() };
+    expect_output(ctx, "masks-privileged", true, sc, script, &["keys-open", "sys-rw"]).await.map(|_| ())
+}
+
+/// run_as_username is looked up in the image's /etc/passwd: `nobody` in the `user` image is
+/// 65534; an unknown name is InvalidArgument naming it.
+pub async fn run_as_username(ctx: &Ctx) -> Result<()> {
+    let pod = ctx.run_pod("username").await?;
+    let r = async {
+        let mk = |name: &str, user: &str| {
+            let mut cfg = ctx.container_config(name, &ctx.images.user, &["sh", "-c", "id -u; id -g"]);
+            cfg.linux.get_or_insert_with(Default::default).security_context = Some(Sc { run_as_username: user.into(), ..Default::default() });
+            cfg
+        };
+        let id = ctx.create_with(&pod, mk("nobody", "nobody")).await?;
+        ctx.rt().start_container(cri::StartContainerRequest { container_id: id.clone() }).await.context("StartContainer")?;
+        let st = ctx.wait_container_state(&id, cri::ContainerState::ContainerExited, Duration::from_secs(60)).await?;
+        let out: Vec<String> = read_log(&pod, &st, 2).await?.into_iter().map(|l| l.text).collect();
+        check(out == ["65534", "65534"], || format!("run_as_username nobody: `id -u; id -g` printed {out:?}, expected 65534 twice"))?;
+        match ctx.create_with(&pod, mk("ghost", "no-such-user")).await {
+            Ok(id) => bail!("run_as_username no-such-user: CreateContainer succeeded ({id})"),
+            Err(e) => {
+                let s = e.downcast_ref::<tonic::Status>().map(|s| (s.code(), s.message().to_string()));
+                check(s.as_ref().is_some_and(|(c, m)| *c != tonic::Code::Ok && m.contains("no-such-user")), || format!("unknown user: {s:?}, expected an error naming the user"))?;
+                if ctx.kind == TargetKind::Berth {
+                    check(s.as_ref().is_some_and(|(c, _)| *c == tonic::Code::InvalidArgument), || format!("unknown user on berth: {s:?}, expected InvalidArgument"))?;
+                }
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    let removed = ctx.remove_pod(&pod.id).await;
+    r?;
+    removed
+}
+
+/// SupplementalGroupsPolicy: Merge (default) adds the image's /etc/group membership of the
+/// user (`extra`, 5000) to `supplemental_groups`; Strict uses `supplemental_groups` only.
+pub async fn supplemental_groups_policy(ctx: &Ctx) -> Result<()> {
+    let pod = ctx.run_pod("sgpolicy").await?;
+    let r = async {
+        let mut got = Vec::new();
+        for (name, policy) in [("merge", cri::SupplementalGroupsPolicy::Merge), ("strict", cri::SupplementalGroupsPolicy::Strict)] {
+            let mut cfg = ctx.container_config(name, &ctx.images.user, &["id", "-G"]);
+            cfg.linux.get_or_insert_with(Default::default).security_context =
+                Some(Sc { supplemental_groups: vec![4000], supplemental_groups_policy: policy as i32, ..Default::default() });
+            let id = ctx.create_with(&pod, cfg).await?;
+            ctx.rt().start_container(cri::StartContainerRequest { container_id: id.clone() }).await.context("StartContainer")?;
+            let st = ctx.wait_container_state(&id, cri::ContainerState::ContainerExited, Duration::from_secs(60)).await?;
+            let out: Vec<String> = read_log(&pod, &st, 1).await?.into_iter().map(|l| l.text).collect();
+            let mut groups: Vec<String> = out.join(" ").split_whitespace().map(String::from).collect();
+            groups.sort();
+            got.push(groups);
+        }
+        check(got[0] == ["1234", "4000", "5000"], || format!("Merge: `id -G` gave {:?}, expected 1234 4000 5000", got[0]))?;
+        if got[1] == got[0] && ctx.kind != TargetKind::Berth {
+            return skip("the runtime ignores SupplementalGroupsPolicy Strict (containerd 1.6 predates it)");
+        }
+        check(got[1] == ["1234", "4000"], || format!("Strict: `id -G` gave {:?}, expected 1234 4000", got[1]))
+    }
+    .await;
+    let removed = ctx.remove_pod(&pod.id).await;
+    r?;
+    removed
+}
