@@ -104,8 +104,12 @@ pub struct Daemon {
     /// Configured runtime handlers that cannot run here, with the reason (reported in Status
     /// verbose info and in the error of a request naming them, never silently dropped).
     pub unavailable_runtimes: HashMap<String, String>,
-    /// What each handler's start-up self-test found (`sandbox::selftest`), by handler name.
-    pub handler_health: HashMap<String, crate::sandbox::selftest::Health>,
+    /// What each handler's self-test found (`sandbox::selftest`), by handler name: run at
+    /// start, and again (at most once a minute) for a handler that failed, so a transient
+    /// failure does not stick.
+    handler_health: Mutex<HashMap<String, crate::sandbox::selftest::Health>>,
+    /// Set while a re-test runs, so Status calls do not pile them up.
+    retesting: std::sync::atomic::AtomicBool,
     /// The `berth-monitor` binary.
     pub monitor_bin: PathBuf,
     /// The static `berth-pause` binary, installed under the run root.
@@ -134,6 +138,11 @@ impl Daemon {
         use anyhow::Context;
         for dir in [&config.root, &config.run_root] {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            // 0711: other host users may not list or read berth's trees. Through a pod's idmapped
+            // mounts, host-root files show as owned by the pod's host ids, which may belong to
+            // someone on the host (e.g. subordinate ids); they must not reach them from here.
+            std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))
+                .with_context(|| format!("chmod 0711 {}", dir.display()))?;
         }
         let mut runtimes = HashMap::new();
         let mut unavailable_runtimes = HashMap::new();
@@ -161,7 +170,7 @@ impl Daemon {
         }
         let pause_bin = crate::pause::install(&config.run_root)
             .with_context(|| format!("installing berth-pause under {}", config.run_root.display()))?;
-        let handler_health = self_test_handlers(&config, &pause_bin, &mut runtimes, &mut unavailable_runtimes);
+        let handler_health = self_test_handlers(&config, &pause_bin, &runtimes);
         let own_oom_score_adj = std::fs::read_to_string("/proc/self/oom_score_adj")
             .ok()
             .and_then(|s| s.trim().parse().ok())
@@ -174,7 +183,8 @@ impl Daemon {
             cni,
             runtimes,
             unavailable_runtimes,
-            handler_health,
+            handler_health: Mutex::new(handler_health),
+            retesting: std::sync::atomic::AtomicBool::new(false),
             monitor_bin,
             pause_bin,
             names: Mutex::new(HashMap::new()),
@@ -187,16 +197,64 @@ impl Daemon {
     }
 
     /// Whether pods of `handler` may have their own user namespace: the runtime lists the `user`
-    /// namespace, its self-test made one, and the kernel makes idmapped mounts.
+    /// namespace, its self-test made one and idmapped the layer store, and the kernel makes
+    /// idmapped mounts.
     pub fn user_namespaces(&self, handler: &str) -> std::result::Result<(), String> {
         let rt = self.runtime(handler).map_err(|e| e.to_string())?;
         if !self.idmap_mounts {
             return Err("this kernel has no mount_setattr (Linux < 5.12): pod user namespaces need idmapped mounts".into());
         }
-        match self.handler_health.get(&rt.handler) {
-            Some(h) => h.user_namespaces.clone(),
+        match self.health(&rt.handler) {
+            Some(h) => h.user_namespaces,
             None => Err("the handler was not self-tested".into()),
         }
+    }
+
+    /// The last self-test result of `handler` (`None` for a handler that is not configured or
+    /// whose binary is missing).
+    pub fn health(&self, handler: &str) -> Option<crate::sandbox::selftest::Health> {
+        self.handler_health.lock().unwrap_or_else(|p| p.into_inner()).get(handler).cloned()
+    }
+
+    /// The runtime for a NEW pod sandbox of `handler`: [`Daemon::runtime`], and the handler's
+    /// self-test must have passed. Existing pods and containers keep using [`Daemon::runtime`]
+    /// (state, kill, delete) whatever the self-test says, so they can always be stopped.
+    /// Errors: FailedPrecondition with the runtime's own message.
+    pub fn runtime_for_new_pod(&self, handler: &str) -> Result<&Runtime> {
+        let rt = self.runtime(handler)?;
+        if let Some(Err(why)) = self.health(&rt.handler).map(|h| h.runs) {
+            return Err(Error::FailedPrecondition(format!(
+                "runtime handler {:?} cannot run on this host: self-test: {why}",
+                rt.handler
+            )));
+        }
+        Ok(rt)
+    }
+
+    /// Re-runs the self-test of every handler whose last one failed more than
+    /// [`RETEST_AFTER`] ago, and records the new results. Blocking; one at a time (a call while
+    /// another runs returns at once).
+    pub fn retest_failed_handlers(&self) {
+        use std::sync::atomic::Ordering;
+        if self.retesting.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let due: Vec<String> = self
+            .handler_health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, h)| (h.runs.is_err() || h.user_namespaces.is_err()) && h.tested.elapsed() >= RETEST_AFTER)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            let Some(rt) = self.runtimes.get(&name) else { continue };
+            let dir = self.config.run_root.join("selftest").join(&name);
+            let h = crate::sandbox::selftest::check(rt, &self.pause_bin, &dir, &self.config.cgroup_parent, &self.config.root);
+            tracing::info!(handler = %name, runs = ?h.runs, user_namespaces = ?h.user_namespaces, "runtime handler re-tested");
+            self.handler_health.lock().unwrap_or_else(|p| p.into_inner()).insert(name, h);
+        }
+        self.retesting.store(false, Ordering::SeqCst);
     }
 
     /// The runtime for a CRI `runtime_handler` (empty = the default handler).
@@ -271,16 +329,18 @@ pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(dir.join(name))
 }
 
+/// How long a failed self-test result stands before [`Daemon::retest_failed_handlers`] runs it
+/// again.
+pub const RETEST_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Self-tests every runtime handler in parallel (`sandbox::selftest`, ~0.1 s each) and returns
-/// the results. A handler other than the default that cannot create a container is moved from
-/// `runtimes` to `unavailable` with the runtime's message; a failing default handler stays (the
-/// daemon must still recover and clean up what it already runs) and Status reports the runtime
-/// not ready.
+/// the results. A handler that fails stays configured (what already runs under it must still be
+/// stopped and removed) but takes no new pods, and Status reports it; a failing default handler
+/// also makes RuntimeReady false.
 fn self_test_handlers(
     config: &Config,
     pause_bin: &Path,
-    runtimes: &mut HashMap<String, Runtime>,
-    unavailable: &mut HashMap<String, String>,
+    runtimes: &HashMap<String, Runtime>,
 ) -> HashMap<String, crate::sandbox::selftest::Health> {
     let base = config.run_root.join("selftest");
     let results: Vec<(String, crate::sandbox::selftest::Health)> = std::thread::scope(|s| {
@@ -289,7 +349,8 @@ fn self_test_handlers(
             .map(|(name, rt)| {
                 let dir = base.join(name);
                 let parent = config.cgroup_parent.as_str();
-                (name.clone(), s.spawn(move || crate::sandbox::selftest::check(rt, pause_bin, &dir, parent)))
+                let root = config.root.as_path();
+                (name.clone(), s.spawn(move || crate::sandbox::selftest::check(rt, pause_bin, &dir, parent, root)))
             })
             .collect();
         handles
@@ -298,6 +359,7 @@ fn self_test_handlers(
                 let health = h.join().unwrap_or_else(|_| crate::sandbox::selftest::Health {
                     runs: Err("the self-test panicked".into()),
                     user_namespaces: Err("the self-test panicked".into()),
+                    tested: std::time::Instant::now(),
                 });
                 (name, health)
             })
@@ -306,13 +368,8 @@ fn self_test_handlers(
     let _ = crate::util::remove_dir_all_idempotent(&base);
     for (name, h) in &results {
         match &h.runs {
-            Ok(()) => tracing::info!(handler = %name, user_namespaces = h.user_namespaces.is_ok(), "runtime handler self-test passed"),
-            Err(why) if *name != config.runtime.default_handler => {
-                tracing::warn!(handler = %name, error = %why, "runtime handler cannot run here; requests naming it will fail");
-                runtimes.remove(name);
-                unavailable.insert(name.clone(), format!("self-test: {why}"));
-            }
-            Err(why) => tracing::error!(handler = %name, error = %why, "the default runtime handler failed its self-test"),
+            Ok(()) => tracing::info!(handler = %name, user_namespaces = ?h.user_namespaces, "runtime handler self-test passed"),
+            Err(why) => tracing::warn!(handler = %name, error = %why, "runtime handler cannot run here; new pods naming it will be refused"),
         }
     }
     results.into_iter().collect()

@@ -76,11 +76,40 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
 }
 
 /// Removes a directory tree, treating "already gone" as success (undo steps must be idempotent).
+///
+/// Refuses (error, nothing removed) when anything at or below `path` is still a mount point, as
+/// listed in `/proc/self/mountinfo`: a removal must never walk into a bind-mounted volume or a
+/// pod's tmpfs (bind mounts of the same filesystem share `st_dev`, so only the mount table
+/// tells). An unreadable mount table is an error too.
 pub fn remove_dir_all_idempotent(path: &Path) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(path) {
+    let canon = match std::fs::canonicalize(path) {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let table = std::fs::read_to_string("/proc/self/mountinfo")?;
+    if let Some(mp) = mount_points_under(&table, &canon).into_iter().next() {
+        return Err(std::io::Error::other(format!(
+            "{} is still a mount point: not removing {}",
+            mp.display(),
+            path.display()
+        )));
+    }
+    match std::fs::remove_dir_all(&canon) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
+}
+
+/// Mount points (field 5 of each `/proc/self/mountinfo` line, octal escapes decoded) at or
+/// below `dir`.
+pub fn mount_points_under(mountinfo: &str, dir: &Path) -> Vec<std::path::PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|mp| std::path::PathBuf::from(crate::storage::unescape_mountinfo(mp)))
+        .filter(|mp| mp.starts_with(dir))
+        .collect()
 }
 
 #[cfg(test)]

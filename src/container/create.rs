@@ -103,8 +103,12 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
             std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
         }
         undo.push("remove dirs", async {
-            let _ = crate::util::remove_dir_all_idempotent(&paths.bundle);
-            let _ = crate::util::remove_dir_all_idempotent(&paths.state);
+            // Refused (and logged) while anything below is still mounted: never into a volume.
+            for dir in [&paths.bundle, &paths.state] {
+                if let Err(e) = crate::util::remove_dir_all_idempotent(dir) {
+                    tracing::warn!(error = %e, "undo: keeping {}", dir.display());
+                }
+            }
         });
         // The lease keeps the layers while this container stacks them, even if its image is
         // removed meanwhile.
@@ -120,18 +124,23 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
             let _ = crate::storage::idmap::detach_under(&scratch2);
         });
         let infra_userns = PathBuf::from(format!("/proc/{}/ns/user", sandbox.infra_pid));
+        // Pushed before mounting (unmount is idempotent): a mount that worked while a later
+        // part of the same step failed is undone too.
+        undo.push("unmount rootfs", async {
+            let _ = crate::storage::unmount(&paths.rootfs);
+        });
         match userns.as_ref() {
             None => crate::storage::mount_overlay(&layers, &upper, &work, &paths.rootfs)?,
             Some(u) => {
                 // The empty upper becomes the root directory: the pod's root owns it.
                 std::os::unix::fs::chown(&upper, Some(u.uid.host_id), Some(u.gid.host_id))
                     .map_err(Error::io(format!("chown {}", upper.display())))?;
-                crate::storage::idmap::mount_overlay_idmapped(&layers, &upper, &work, &paths.rootfs, &scratch, &infra_userns)?
+                crate::storage::idmap::mount_overlay_idmapped(&layers, &upper, &work, &paths.rootfs, &scratch, &infra_userns)
+                    .map_err(|e| Error::FailedPrecondition(format!(
+                        "the image's layers cannot be idmapped for the pod's user namespace (berth's root must be on a filesystem with idmapped-mount support): {e}"
+                    )))?
             }
         }
-        undo.push("unmount rootfs", async {
-            let _ = crate::storage::unmount(&paths.rootfs);
-        });
 
         let sb_paths = SandboxPaths::new(d, &sandbox.id);
         let hostname_file = sb_paths.hostname_file();
@@ -174,7 +183,8 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
         crate::util::write_atomic(&config_json, &bytes).map_err(Error::io(format!("writing {}", config_json.display())))?;
 
         // The record goes in before the runtime knows the container, so a crash from here on
-        // leaves a record that Remove can clean up.
+        // leaves a record that Remove can clean up; a crash before it leaves only directories,
+        // mounts and a lease without a record, which `recover` sweeps at the next start.
         d.store.put(CONTAINERS, &id, &record)?;
         undo.push("drop record", async { let _ = d.store.delete(CONTAINERS, &id); });
 
@@ -263,8 +273,8 @@ fn pid_target(d: &Daemon, sandbox_id: &str, sc: &k8s_cri::v1::LinuxContainerSecu
 /// Replaces the source of every bind mount of `spec` (CRI volumes, the pod's `/etc/hosts`,
 /// `/etc/resolv.conf`, `/etc/hostname` and `/dev/shm`) with an idmapped copy under `scratch`
 /// made through the pod's user namespace `userns`, so the pod's ids own what host ids own
-/// (runc 1.1 would ignore OCI mount `uidMappings`). Errors: Storage naming the source, e.g. a
-/// filesystem without idmapped-mount support.
+/// (runc 1.1 would ignore OCI mount `uidMappings`). Errors: FailedPrecondition naming the mount
+/// and its source, e.g. a filesystem without idmapped-mount support.
 fn idmap_bind_mounts(spec: &mut oci_spec::runtime::Spec, scratch: &Path, userns: &Path) -> Result<()> {
     let Some(mounts) = spec.mounts_mut().as_mut() else { return Ok(()) };
     for (i, m) in mounts.iter_mut().enumerate() {
@@ -273,7 +283,13 @@ fn idmap_bind_mounts(spec: &mut oci_spec::runtime::Spec, scratch: &Path, userns:
         }
         let Some(src) = m.source().clone() else { continue };
         let at = scratch.join(format!("v{i}"));
-        crate::storage::idmap::idmapped_bind(&src, &at, userns)?;
+        crate::storage::idmap::idmapped_bind(&src, &at, userns).map_err(|e| {
+            Error::FailedPrecondition(format!(
+                "mount {}: host path {} cannot be idmapped for the pod's user namespace (its filesystem, or one mounted below it, lacks idmapped-mount support): {e}",
+                m.destination().display(),
+                src.display()
+            ))
+        })?;
         m.set_source(Some(at));
     }
     Ok(())

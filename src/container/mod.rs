@@ -18,6 +18,8 @@ pub mod spec;
 pub mod streaming;
 mod update;
 pub mod user;
+#[cfg(test)]
+mod recover_tests;
 
 pub use create::create;
 pub use exec::{exec_sync, validate_stream, ExecOutput};
@@ -229,11 +231,20 @@ pub fn apply_exit(mut r: ContainerRecord, exit: &ExitInfo) -> ContainerRecord {
 /// process is gone without an exit file (its monitor died too, or the node rebooted) becomes
 /// Exited with code 255 and reason `Unknown`... unless an exit file tells better.
 pub async fn recover(d: &Daemon) -> Result<()> {
-    for (_, r) in d.store.list::<ContainerRecord>(CONTAINERS)? {
+    let records = d.store.list::<ContainerRecord>(CONTAINERS)?;
+    let known: std::collections::HashSet<String> = records.iter().map(|(id, _)| id.clone()).collect();
+    sweep_orphans(d, &known).await;
+    for (_, r) in records {
         d.reserve_name("container", &r.name_key, &r.id)?;
         let mut r = refresh(d, r)?;
         if matches!(r.state, ContainerState::Created | ContainerState::Running) {
-            let st = d.runtime(&r.runtime_handler)?.state(&r.id).await?;
+            let st = match d.runtime(&r.runtime_handler) {
+                Ok(rt) => rt.state(&r.id).await?,
+                Err(e) => {
+                    tracing::error!(container = %r.id, error = %e, "recovery: cannot ask the container's runtime handler");
+                    continue;
+                }
+            };
             let alive = matches!(&st, Some(s) if s.status == "running" || s.status == "created" || s.status == "paused");
             if !alive {
                 tracing::warn!(container = %r.id, "container process is gone and left no exit file");
@@ -247,4 +258,46 @@ pub async fn recover(d: &Daemon) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Cleans up what a CreateContainer cut short by a crash left without a record (the record is
+/// stored only just before the runtime is asked to create): for every container ID that has a
+/// bundle or state directory or a layer lease but no record, unmounts its rootfs, detaches its
+/// idmapped scratch mounts, removes its directories (never across a mount: the removal refuses
+/// and the directory stays, logged) and drops its lease. Errors are logged, not returned: one
+/// stuck leftover must not stop the daemon.
+async fn sweep_orphans(d: &Daemon, known: &std::collections::HashSet<String>) {
+    let mut orphans = std::collections::BTreeSet::new();
+    for parent in [d.config.run_root.join("containers"), d.config.root.join("containers")] {
+        if let Ok(entries) = std::fs::read_dir(&parent) {
+            for e in entries.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                if !known.contains(&id) {
+                    orphans.insert(id);
+                }
+            }
+        }
+    }
+    match d.images.lease_holders() {
+        Ok(holders) => orphans.extend(holders.into_iter().filter(|h| !known.contains(h))),
+        Err(e) => tracing::warn!(error = %e, "recovery: listing layer leases"),
+    }
+    for id in orphans {
+        tracing::warn!(container = %id, "recovery: removing what an interrupted CreateContainer left");
+        let paths = ContainerPaths::new(d, &id);
+        if let Err(e) = crate::storage::unmount(&paths.rootfs) {
+            tracing::warn!(container = %id, error = %e, "recovery: unmounting an orphan rootfs");
+        }
+        if let Err(e) = crate::storage::idmap::detach_under(&paths.state.join("idmap")) {
+            tracing::warn!(container = %id, error = %e, "recovery: detaching orphan idmapped mounts");
+        }
+        for dir in [&paths.bundle, &paths.state] {
+            if let Err(e) = crate::util::remove_dir_all_idempotent(dir) {
+                tracing::warn!(container = %id, error = %e, "recovery: keeping {}", dir.display());
+            }
+        }
+        if let Err(e) = d.images.release_layers(&id).await {
+            tracing::warn!(container = %id, error = %e, "recovery: releasing an orphan lease");
+        }
+    }
 }

@@ -452,6 +452,11 @@ impl ImageStore {
         Ok(dirs)
     }
 
+    /// The holders (container IDs) of every lease.
+    pub fn lease_holders(&self) -> Result<Vec<String>, ImageError> {
+        Ok(self.store.list::<Vec<String>>(LEASES)?.into_iter().map(|(h, _)| h).collect())
+    }
+
     /// Drops the lease of `holder` and deletes the layers nothing uses any more. A holder with no
     /// lease is fine (idempotent: undo steps and retried removals call it again).
     pub async fn release_layers(&self, holder: &str) -> Result<(), ImageError> {

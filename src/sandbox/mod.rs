@@ -182,7 +182,16 @@ pub async fn recover(d: &Daemon) -> Result<()> {
         d.reserve_name("pod sandbox", &SandboxRecord::name_key(&r.config), &r.id)?;
         let mut r = refresh(d, r)?;
         if r.state == SandboxState::Ready {
-            let alive = matches!(d.runtime(&r.runtime_handler)?.state(&r.id).await?, Some(s) if s.status == "running");
+            // A pod whose handler is gone from this host (binary removed, config changed) is
+            // logged and left as it is: one such pod must not keep the daemon from starting.
+            let state = match d.runtime(&r.runtime_handler) {
+                Ok(rt) => rt.state(&r.id).await,
+                Err(e) => {
+                    tracing::error!(sandbox = %r.id, error = %e, "recovery: cannot ask the pod's runtime handler");
+                    continue;
+                }
+            };
+            let alive = matches!(state?, Some(s) if s.status == "running");
             if !alive {
                 tracing::warn!(sandbox = %r.id, "infra container is gone; marking pod sandbox NotReady");
                 r.state = SandboxState::NotReady;

@@ -40,7 +40,7 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
     }
     super::sysctl::validate(&config)?;
     let userns = super::userns::for_pod(&config)?;
-    let runtime = d.runtime(runtime_handler)?;
+    let runtime = d.runtime_for_new_pod(runtime_handler)?;
     if userns.is_some() {
         super::userns::check_support(d, runtime_handler)?;
     }
@@ -117,6 +117,10 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
                 }
             });
             let req = attach_request(&record, &netns);
+            // Recorded before ADD: a crash during or after it still gets its DEL at Stop (DEL of
+            // what was never added is fine for CNI).
+            record.network_attached = true;
+            d.store.put(SANDBOXES, &id, &record)?;
             let started = std::time::Instant::now();
             let attached = d.cni.setup(&req).await?;
             tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, ips = ?attached.ips, "CNI ADD done");
@@ -125,7 +129,6 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
                     tracing::warn!(error = %e, "undo: CNI DEL");
                 }
             });
-            record.network_attached = true;
             record.ips = attached.ips.iter().map(|ip| ip.to_string()).collect();
             write_pod_files(&paths, &record, host_network)?;
         } else if userns.is_none() {
@@ -210,13 +213,14 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
                 }
             });
             let req = attach_request(&record, &netns);
+            record.network_attached = true;
+            d.store.put(SANDBOXES, &id, &record)?;
             let attached = d.cni.setup(&req).await?;
             undo.push("CNI DEL", async move {
                 if let Err(e) = d.cni.teardown(&req).await {
                     tracing::warn!(error = %e, "undo: CNI DEL");
                 }
             });
-            record.network_attached = true;
             record.ips = attached.ips.iter().map(|ip| ip.to_string()).collect();
             d.store.put(SANDBOXES, &id, &record)?;
             write_pod_files(&paths, &record, host_network)?;

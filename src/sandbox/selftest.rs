@@ -15,6 +15,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use k8s_cri::v1::PodSandboxConfig;
 
@@ -28,35 +29,58 @@ use crate::sandbox::userns::{IdMap, PodUserns};
 pub struct Health {
     /// Creating the infra container worked.
     pub runs: Result<(), String>,
-    /// Creating it inside a new user namespace worked (`Err` also when the runtime's features
-    /// list no `user` namespace or the plain test already failed).
+    /// Creating it inside a new user namespace worked and berth's root (the layer store) could
+    /// be idmapped through that namespace (`Err` also when the runtime's features list no `user`
+    /// namespace or the plain test already failed).
     pub user_namespaces: Result<(), String>,
+    /// When the test ran.
+    pub tested: std::time::Instant,
 }
+
+/// How long one runtime invocation of the test may take before it is killed.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The id range the user-namespace test maps (never used: the container does not start).
 const TEST_MAP: IdMap = IdMap { host_id: 1_000_000_000, container_id: 0, length: 65_536 };
 
-/// Tests `runtime` under `dir` (created and removed here) with `pause_bin` as the process and
-/// cgroups under `cgroup_parent`. Blocking: a few runtime invocations, ~50 ms each for runc.
-pub fn check(runtime: &Runtime, pause_bin: &Path, dir: &Path, cgroup_parent: &str) -> Health {
-    let runs = create_and_delete(runtime, pause_bin, &dir.join("plain"), cgroup_parent, None);
+/// Tests `runtime` under `dir` (wiped first, removed after) with `pause_bin` as the process and
+/// cgroups under `cgroup_parent`; the user-namespace test also idmaps `layer_store` (berth's
+/// root) through the test container's user namespace, since pods need that filesystem to
+/// support idmapped mounts. Blocking: a few runtime invocations, ~50 ms each for runc, each
+/// killed after [`STEP_TIMEOUT`].
+pub fn check(runtime: &Runtime, pause_bin: &Path, dir: &Path, cgroup_parent: &str, layer_store: &Path) -> Health {
+    let runs = create_and_delete(runtime, pause_bin, &dir.join("plain"), cgroup_parent, None, layer_store);
     let user_namespaces = match (&runs, runtime.features.user_namespaces()) {
         (Err(_), _) => Err("the runtime cannot create containers here".to_string()),
         (Ok(()), false) => Err("the runtime's `features` list no user namespace".to_string()),
         (Ok(()), true) => {
             let u = PodUserns { uid: TEST_MAP, gid: TEST_MAP };
-            create_and_delete(runtime, pause_bin, &dir.join("userns"), cgroup_parent, Some(&u))
+            create_and_delete(runtime, pause_bin, &dir.join("userns"), cgroup_parent, Some(&u), layer_store)
         }
     };
     let _ = crate::util::remove_dir_all_idempotent(dir);
-    Health { runs, user_namespaces }
+    Health { runs, user_namespaces, tested: std::time::Instant::now() }
 }
 
-/// One `create` + `delete --force` of the infra container in `dir`.
-fn create_and_delete(runtime: &Runtime, pause_bin: &Path, dir: &Path, cgroup_parent: &str, userns: Option<&PodUserns>) -> Result<(), String> {
+/// One `create` + `delete --force` of the infra container in `dir`; with `userns`, also an
+/// idmapped clone of `layer_store` through the container's user namespace.
+fn create_and_delete(
+    runtime: &Runtime,
+    pause_bin: &Path,
+    dir: &Path,
+    cgroup_parent: &str,
+    userns: Option<&PodUserns>,
+    layer_store: &Path,
+) -> Result<(), String> {
+    let id = format!("berth-selftest-{}", runtime.handler);
+    let state = dir.join("state");
+    // A test killed halfway (daemon crash) leaves its container and files: clear them first.
+    if state.exists() {
+        let _ = run_step(runtime_cmd(runtime, &state).args(["delete", "--force", &id]), None);
+    }
+    let _ = crate::util::remove_dir_all_idempotent(dir);
     let bundle = dir.join("bundle");
     let rootfs = bundle.join("rootfs");
-    let state = dir.join("state");
     for d in [&rootfs.join("proc"), &rootfs.join("dev"), &state] {
         std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
     }
@@ -64,7 +88,6 @@ fn create_and_delete(runtime: &Runtime, pause_bin: &Path, dir: &Path, cgroup_par
     if std::fs::hard_link(pause_bin, &pause).is_err() {
         std::fs::copy(pause_bin, &pause).map_err(|e| format!("copying {}: {e}", pause_bin.display()))?;
     }
-    let id = format!("berth-selftest-{}", runtime.handler);
     let config = PodSandboxConfig::default();
     let none = Path::new("/dev/null");
     let ctx = SandboxContext {
@@ -88,30 +111,60 @@ fn create_and_delete(runtime: &Runtime, pause_bin: &Path, dir: &Path, cgroup_par
     // reach EOF); the runtime's stderr goes to a file read afterwards.
     let err_path = dir.join("stderr");
     let err_file = std::fs::File::create(&err_path).map_err(|e| format!("creating {}: {e}", err_path.display()))?;
-    let created = runtime_cmd(runtime, &state)
-        .args(["create", "--bundle"])
-        .arg(&bundle)
-        .arg(&id)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(err_file)
-        .status();
-    let result = match created {
-        Ok(st) if st.success() => Ok(()),
-        Ok(st) => {
+    let pid_file = dir.join("pid");
+    let mut create = runtime_cmd(runtime, &state);
+    create.args(["create", "--bundle"]).arg(&bundle).arg("--pid-file").arg(&pid_file).arg(&id);
+    let result = match run_step(&mut create, Some(err_file)) {
+        Ok(()) => match userns {
+            Some(_) => idmap_probe(&pid_file, layer_store),
+            None => Ok(()),
+        },
+        Err(why) => {
             let text = std::fs::read_to_string(&err_path).unwrap_or_default();
-            Err(format!("`{} create` failed ({st}): {}", runtime.path.display(), crate::oci::runtime_error_message(&text)))
+            let msg = crate::oci::runtime_error_message(&text);
+            Err(format!("`{} create` {why}: {msg}", runtime.path.display()))
         }
-        Err(e) => Err(format!("running {}: {e}", runtime.path.display())),
     };
     // Deleted whether create worked or half-worked; a container that does not exist is fine.
-    let _ = runtime_cmd(runtime, &state)
-        .args(["delete", "--force", &id])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+    let _ = run_step(runtime_cmd(runtime, &state).args(["delete", "--force", &id]), None);
     result
+}
+
+/// Whether `layer_store` can be idmapped through the user namespace of the process in
+/// `pid_file` (the clone is dropped at once, never attached).
+fn idmap_probe(pid_file: &Path, layer_store: &Path) -> Result<(), String> {
+    let pid = std::fs::read_to_string(pid_file).map_err(|e| format!("reading {}: {e}", pid_file.display()))?;
+    let ns_path = format!("/proc/{}/ns/user", pid.trim());
+    let ns = std::fs::File::open(&ns_path).map_err(|e| format!("opening {ns_path}: {e}"))?;
+    crate::storage::idmap::idmapped_clone(layer_store, &ns, false)
+        .map(drop)
+        .map_err(|e| format!("berth's root {} cannot be idmapped (its filesystem must support idmapped mounts): {e}", layer_store.display()))
+}
+
+/// Runs one runtime command with null stdio (stderr to `stderr` when given: runc init inherits
+/// stdio and holds it until `start`, so pipes would never reach EOF), killing it after
+/// [`STEP_TIMEOUT`]. The error says how it ended.
+fn run_step(cmd: &mut Command, stderr: Option<std::fs::File>) -> Result<(), String> {
+    cmd.stdin(Stdio::null()).stdout(Stdio::null());
+    match stderr {
+        Some(f) => cmd.stderr(f),
+        None => cmd.stderr(Stdio::null()),
+    };
+    let mut child = cmd.spawn().map_err(|e| format!("could not run: {e}"))?;
+    let deadline = std::time::Instant::now() + STEP_TIMEOUT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) if st.success() => return Ok(()),
+            Ok(Some(st)) => return Err(format!("failed ({st})")),
+            Ok(None) if std::time::Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("did not finish within {} s and was killed", STEP_TIMEOUT.as_secs()));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => return Err(format!("wait failed: {e}")),
+        }
+    }
 }
 
 fn runtime_cmd(runtime: &Runtime, root: &PathBuf) -> Command {
@@ -138,7 +191,7 @@ mod tests {
         let pause = tmp.path().join("pause");
         std::fs::write(&pause, b"").unwrap();
         let dir = tmp.path().join("selftest");
-        let h = check(&runtime("broken", &fake), &pause, &dir, "/berth-selftest-unit");
+        let h = check(&runtime("broken", &fake), &pause, &dir, "/berth-selftest-unit", tmp.path());
         let err = h.runs.unwrap_err();
         assert!(err.contains("cannot create containers on this host") && err.contains("create"), "{err}");
         assert!(h.user_namespaces.is_err());
@@ -154,7 +207,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let pause = crate::pause::install(tmp.path()).unwrap();
         let dir = tmp.path().join("selftest");
-        let h = check(&runtime("runc", Path::new("/usr/sbin/runc")), &pause, &dir, "/berth-selftest-unit");
+        let h = check(&runtime("runc", Path::new("/usr/sbin/runc")), &pause, &dir, "/berth-selftest-unit", tmp.path());
         assert_eq!(h.runs, Ok(()));
         assert_eq!(h.user_namespaces, Ok(()));
         assert!(!dir.exists());

@@ -55,10 +55,10 @@ async fn stop_locked(d: &Daemon, mut r: SandboxRecord) -> Result<()> {
     if let Some(netns) = &r.netns_path {
         crate::network::netns::remove(netns)?;
     }
-    if r.shm_mounted {
-        crate::storage::unmount(&paths.shm)?;
-        r.shm_mounted = false;
-    }
+    // Always (unmount is idempotent): a crash during RunPodSandbox may have mounted it before
+    // the record said so.
+    crate::storage::unmount(&paths.shm)?;
+    r.shm_mounted = false;
     r.state = SandboxState::NotReady;
     d.store.put(SANDBOXES, &r.id, &r)?;
     crate::events::sandbox_event(d, crate::events::ContainerEventKind::Stopped, &r);

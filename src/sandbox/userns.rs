@@ -14,8 +14,8 @@
 //! not 0, whose length is 0 or that overflows 32 bits; host id 0 (the pod's root would be the
 //! host's root); mappings with mode NODE; the pod's network, PID or IPC namespace on the host
 //! together with its own user namespace; a container asking for a different user namespace than
-//! its pod's; a privileged container in such a pod. A runtime handler or kernel that cannot do it
-//! is FailedPrecondition.
+//! its pod's, or the host's network, PID or IPC namespace; a privileged container in such a pod.
+//! A runtime handler or kernel that cannot do it is FailedPrecondition.
 
 use k8s_cri::v1::{IdMapping, NamespaceMode, NamespaceOption, PodSandboxConfig, UserNamespace};
 use oci_spec::runtime::{LinuxIdMapping, LinuxIdMappingBuilder};
@@ -164,6 +164,16 @@ pub fn check_container(pod: Option<&PodUserns>, ns: Option<&NamespaceOption>, pr
             ));
         }
     }
+    if let (Some(_), Some(ns)) = (pod, ns) {
+        for (name, mode) in [("network", ns.network), ("pid", ns.pid), ("ipc", ns.ipc)] {
+            if mode == NamespaceMode::Node as i32 {
+                return Err(Error::invalid(
+                    format!("config.linux.security_context.namespace_options.{name}"),
+                    "is NODE in a pod with its own user namespace: its containers cannot share the host's namespaces",
+                ));
+            }
+        }
+    }
     if pod.is_some() && privileged {
         return Err(Error::invalid(
             "config.linux.security_context.privileged",
@@ -310,5 +320,8 @@ mod tests {
         assert!(e.contains("host's user namespace"), "{e}");
         let e = check_container(Some(&p), None, true).unwrap_err().to_string();
         assert!(e.contains("privileged"), "{e}");
+        let host_ipc = NamespaceOption { ipc: NamespaceMode::Node as i32, ..same.clone() };
+        let e = check_container(Some(&p), Some(&host_ipc), false).unwrap_err().to_string();
+        assert!(e.contains("namespace_options.ipc"), "{e}");
     }
 }

@@ -257,7 +257,11 @@ impl RuntimeService for RuntimeServer {
         let verbose = req.into_inner().verbose;
         let default = &self.d.config.runtime.default_handler;
         // The binary is checked on every Status, so a runtime removed after start is reported.
-        let self_test = self.d.handler_health.get(default).map(|h| h.runs.clone()).unwrap_or(Ok(()));
+        // A handler whose self-test failed is tested again (at most once a minute, in the
+        // background): a transient failure must not keep the node NotReady.
+        let d = self.d.clone();
+        tokio::task::spawn_blocking(move || d.retest_failed_handlers());
+        let self_test = self.d.health(default).map(|h| h.runs).unwrap_or(Ok(()));
         let (runtime_ready, reason, message) = match (self.d.runtimes.get(default), self_test) {
             (Some(rt), _) if !rt.path.exists() => {
                 (false, "RuntimeHandlerUnavailable", format!("the default runtime handler {default:?}: binary {} is missing", rt.path.display()))
@@ -283,6 +287,7 @@ impl RuntimeService for RuntimeServer {
             .d
             .runtimes
             .iter()
+            .filter(|(name, _)| !self.d.health(name).is_some_and(|h| h.runs.is_err()))
             .map(|(name, rt)| cri::RuntimeHandler {
                 name: name.clone(),
                 features: Some(cri::RuntimeHandlerFeatures {
@@ -310,20 +315,22 @@ impl RuntimeService for RuntimeServer {
             // lists only those that can run).
             let mut handlers = serde_json::Map::new();
             for (name, rt) in &self.d.runtimes {
-                let health = self.d.handler_health.get(name);
+                let health = self.d.health(name);
                 let verdict = |r: Option<&Result<(), String>>| match r {
                     Some(Ok(())) => "ok".to_string(),
                     Some(Err(e)) => e.clone(),
                     None => "not tested".to_string(),
                 };
+                let reason = health.as_ref().and_then(|h| h.runs.as_ref().err()).map(|e| format!("self-test: {e}"));
                 handlers.insert(name.clone(), serde_json::json!({
-                    "available": true,
+                    "available": reason.is_none(),
+                    "reason": reason,
                     "path": rt.path,
                     "mountOptions": rt.features.mount_options,
                     "namespaces": rt.features.namespaces,
                     "idmapMounts": rt.features.idmap_mounts,
-                    "selfTest": verdict(health.map(|h| &h.runs)),
-                    "userNamespaces": verdict(health.map(|h| &h.user_namespaces)),
+                    "selfTest": verdict(health.as_ref().map(|h| &h.runs)),
+                    "userNamespaces": verdict(health.as_ref().map(|h| &h.user_namespaces)),
                 }));
             }
             for (name, why) in &self.d.unavailable_runtimes {

@@ -59,15 +59,17 @@ fn sys_err(op: &'static str, target: &Path) -> impl FnOnce(std::io::Error) -> St
     }
 }
 
-/// A detached clone of the mount at `src` (not its submounts), idmapped through the user
-/// namespace `userns` (an open `/proc/<pid>/ns/user`).
+/// A detached clone of the mount at `src`, with its submounts when `recursive` (as `rbind`),
+/// idmapped through the user namespace `userns` (an open `/proc/<pid>/ns/user`).
 ///
 /// Errors: `open_tree` (ENOENT: no `src`; ENOSYS: kernel older than 5.2) or `mount_setattr`
-/// (EINVAL: the filesystem does not support idmapped mounts, or the mount is already idmapped;
-/// ENOSYS: kernel older than 5.12), naming `src`.
-pub fn idmapped_clone(src: &Path, userns: &File) -> Result<OwnedFd, StorageError> {
+/// (EINVAL: the filesystem, or with `recursive` one of the submounts' filesystems, does not
+/// support idmapped mounts, or a mount is already idmapped; ENOSYS: kernel older than 5.12),
+/// naming `src`.
+pub fn idmapped_clone(src: &Path, userns: &File, recursive: bool) -> Result<OwnedFd, StorageError> {
     let c = cpath(src)?;
-    let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
+    let rec = if recursive { libc::AT_RECURSIVE as libc::c_uint } else { 0 };
+    let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | rec;
     // SAFETY: `c` is a valid NUL-terminated path that outlives the call; open_tree takes no
     // other pointers and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) };
@@ -91,7 +93,7 @@ pub fn idmapped_clone(src: &Path, userns: &File) -> Result<OwnedFd, StorageError
             libc::SYS_mount_setattr,
             tree.as_raw_fd(),
             empty.as_ptr(),
-            libc::AT_EMPTY_PATH as libc::c_uint,
+            libc::AT_EMPTY_PATH as libc::c_uint | rec,
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )
@@ -125,17 +127,18 @@ pub fn attach(tree: OwnedFd, target: &Path) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// Makes an idmapped bind mount of `src` at `target` through the user namespace file `userns`
-/// (e.g. `/proc/<infra pid>/ns/user`). `target` is created when missing: a directory when `src`
-/// is one, else an empty file. Errors: opening `userns`, creating `target`, or the syscalls of
-/// [`idmapped_clone`] and [`attach`]; on error nothing stays mounted (`target` may remain).
+/// Makes a recursive idmapped bind mount of `src` (and its submounts, as `rbind`) at `target`
+/// through the user namespace file `userns` (e.g. `/proc/<infra pid>/ns/user`). `target` is
+/// created when missing: a directory when `src` is one, else an empty file. Errors: opening
+/// `userns`, creating `target`, or the syscalls of [`idmapped_clone`] and [`attach`]; on error
+/// nothing stays mounted (`target` may remain).
 pub fn idmapped_bind(src: &Path, target: &Path, userns: &Path) -> Result<(), StorageError> {
     let ns = File::open(userns).map_err(|source| StorageError::Io {
         what: "opening user namespace",
         path: userns.to_path_buf(),
         source,
     })?;
-    let tree = idmapped_clone(src, &ns)?;
+    let tree = idmapped_clone(src, &ns, true)?;
     let is_dir = std::fs::metadata(src)
         .map_err(|source| StorageError::Io { what: "inspecting", path: src.to_path_buf(), source })?
         .is_dir();
@@ -178,7 +181,7 @@ pub fn mount_overlay_idmapped(
             let at = scratch.join(format!("l{i}"));
             std::fs::create_dir_all(&at)
                 .map_err(|source| StorageError::Io { what: "creating mount point", path: at.clone(), source })?;
-            attach(idmapped_clone(lower, &ns)?, &at)?;
+            attach(idmapped_clone(lower, &ns, false)?, &at)?;
             mapped.push(at);
         }
         super::mount_overlay(&mapped, upper, work, target)
@@ -188,38 +191,50 @@ pub fn mount_overlay_idmapped(
 }
 
 /// Detaches (`umount2(MNT_DETACH)`) every mount at or below `dir`, deepest first, as listed in
-/// `/proc/self/mountinfo`: the scratch mounts of a container must never be under its state
-/// directory when that is removed (removing a directory tree would follow an idmapped volume
-/// into the host's files). A missing `dir` or no mounts is Ok. Errors: the first `umount2` that
-/// fails with anything but EINVAL/ENOENT (already gone).
+/// `/proc/self/mountinfo`, repeating until none is left (mounts stacked on one path come off
+/// one per round): the scratch mounts of a container must never be under its state directory
+/// when that is removed (removing a directory tree would follow an idmapped volume into the
+/// host's files). A missing `dir` is Ok. Fails closed: an unreadable mount table, an `umount2`
+/// error other than EINVAL/ENOENT (already gone), or mounts still there after
+/// [`DETACH_ROUNDS`] rounds are errors, and the caller must then keep the directory.
 pub fn detach_under(dir: &Path) -> Result<(), StorageError> {
-    let Ok(base) = std::fs::canonicalize(dir) else { return Ok(()) };
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut points: Vec<std::path::PathBuf> = text
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|mp| std::path::PathBuf::from(super::unescape_mountinfo(mp)))
-        .filter(|mp| mp.starts_with(&base))
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    points.dedup();
-    for p in points {
-        match nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH) {
-            Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
-            Err(source) => return Err(StorageError::Syscall { op: "umount2(MNT_DETACH)", target: p, source }),
+    let base = match std::fs::canonicalize(dir) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => return Err(StorageError::Io { what: "resolving", path: dir.to_path_buf(), source }),
+    };
+    for _ in 0..DETACH_ROUNDS {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| StorageError::Io {
+            what: "reading the mount table for",
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let mut points = crate::util::mount_points_under(&text, &base);
+        if points.is_empty() {
+            return Ok(());
+        }
+        points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for p in points {
+            match nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH) {
+                Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+                Err(source) => return Err(StorageError::Syscall { op: "umount2(MNT_DETACH)", target: p, source }),
+            }
         }
     }
-    Ok(())
+    Err(StorageError::Invalid { target: dir.to_path_buf(), reason: format!("mounts remain after {DETACH_ROUNDS} rounds of detaching") })
 }
 
+/// How many rounds [`detach_under`] tries.
+pub const DETACH_ROUNDS: usize = 16;
+
 /// Whether this kernel can make idmapped mounts: `mount_setattr` exists (Linux 5.12+). Probed
-/// with a call that the kernel rejects before doing anything (`EBADF` on fd -1 when the syscall
-/// exists, `ENOSYS` when not).
+/// with an all-zero `mount_attr` on fd -1, which changes nothing: a kernel with the syscall
+/// returns 0 (a no-op request) or EBADF, one without it ENOSYS.
 pub fn kernel_supports_idmap() -> bool {
     let attr = MountAttr { attr_set: 0, attr_clr: 0, propagation: 0, userns_fd: 0 };
     let empty = c"";
-    // SAFETY: fd -1 makes the kernel fail with EBADF before touching any mount; the pointers are
-    // valid for the call.
+    // SAFETY: fd -1 names no mount and the attribute set is empty, so nothing can change; the
+    // pointers are valid for the call.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,

@@ -1,0 +1,68 @@
+//! Restart recovery against a real daemon on temp roots: what a CreateContainer cut short by a
+//! crash leaves without a record is swept, and never by walking into a volume.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use crate::config::Config;
+use crate::daemon::Daemon;
+use crate::state::{Store, LEASES};
+
+fn daemon(tmp: &Path) -> Daemon {
+    let mut config = Config::default();
+    config.root = tmp.join("root");
+    config.run_root = tmp.join("run");
+    config.monitor_path = "/bin/true".into();
+    config.cgroup_parent = "/berth-recover-test".into();
+    let store = Arc::new(Store::open(&config.root).unwrap());
+    let images = Arc::new(crate::image::ImageStore::open(config.root.join("images"), store.clone(), config.image.clone()).unwrap());
+    Daemon::open(config, images, store).unwrap()
+}
+
+fn mounted_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    crate::util::mount_points_under(&text, &std::fs::canonicalize(dir).unwrap())
+}
+
+#[tokio::test]
+async fn recover_sweeps_an_interrupted_create_and_spares_the_volume() {
+    if !nix::unistd::geteuid().is_root() || !Path::new("/usr/sbin/runc").exists() {
+        eprintln!("skipped: needs root and runc");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let d = daemon(tmp.path());
+    // What an interrupted CreateContainer of a pod with a user namespace leaves: a mounted
+    // rootfs, a volume's scratch bind under the state dir, and a layer lease; no record.
+    let id = "0rphan0000000000000000000000000000000000000000000000000000000000";
+    let paths = super::ContainerPaths::new(&d, id);
+    let volume = tmp.path().join("volume");
+    std::fs::create_dir_all(&volume).unwrap();
+    std::fs::write(volume.join("precious"), b"keep me").unwrap();
+    let scratch = paths.state.join("idmap").join("v0");
+    for dir in [&paths.rootfs, &scratch] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    mount(Some("tmpfs"), &paths.rootfs, Some("tmpfs"), MsFlags::empty(), None::<&str>).unwrap();
+    mount(Some(&volume), &scratch, None::<&str>, MsFlags::MS_BIND, None::<&str>).unwrap();
+    d.store.put(LEASES, id, &Vec::<String>::new()).unwrap();
+
+    // A removal that would walk into the volume is refused while the bind is there.
+    assert!(crate::util::remove_dir_all_idempotent(&paths.state).is_err());
+    assert!(volume.join("precious").exists());
+
+    super::recover(&d).await.unwrap();
+    let left = mounted_under(tmp.path());
+    for m in &left {
+        let _ = umount2(m, MntFlags::MNT_DETACH);
+    }
+    assert!(left.is_empty(), "mounts left: {left:?}");
+    assert!(!paths.bundle.exists() && !paths.state.exists());
+    assert_eq!(std::fs::read(volume.join("precious")).unwrap(), b"keep me");
+    assert!(d.images.lease_holders().unwrap().is_empty());
+    for c in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let _ = std::fs::remove_dir(c.path().join("berth-recover-test"));
+    }
+}
