@@ -24,6 +24,7 @@ pub fn cases() -> Vec<Case> {
         case!("userns_pod_ids_and_idmapped_volume", pod_ids_and_idmapped_volume),
         case!("userns_bad_mappings_refused", bad_mappings_refused),
         case!("userns_container_mismatch_refused", container_mismatch_refused),
+        case!("userns_survives_daemon_restart", survives_daemon_restart),
     ]
 }
 
@@ -214,6 +215,47 @@ pub async fn container_mismatch_refused(ctx: &Ctx) -> Result<()> {
             .into_inner()
             .containers;
         check(left.is_empty(), || format!("refused creates left containers: {left:?}"))
+    }
+    .await;
+    let removed = ctx.remove_pod(&pod.id).await;
+    r?;
+    removed
+}
+
+/// A pod with its own user namespace across a daemon restart: its container keeps running in
+/// the namespace (ExecSync sees the mapping), a new container joins it, and Stop/Remove clean
+/// up (the leak check at the end of the suite looks for mounts and netns pins).
+pub async fn survives_daemon_restart(ctx: &Ctx) -> Result<()> {
+    require_support(ctx).await?;
+    if !ctx.can_restart() {
+        return skip("the harness does not own the daemon (BERTH_ENDPOINT)");
+    }
+    let pod = ctx.run_pod_with(with_userns(ctx.pod_config("userns-restart", &[]), pod_ns())).await?;
+    let r = async {
+        let mk = |name: &str| {
+            let mut cfg = ctx.container_config(name, &ctx.images.busybox, &["sleep", "600"]);
+            cfg.linux.get_or_insert_with(Default::default).security_context.get_or_insert_with(Default::default).namespace_options =
+                Some(cri::NamespaceOption { userns_options: Some(pod_ns()), ..Default::default() });
+            cfg
+        };
+        let before = ctx.create_with(&pod, mk("before")).await?;
+        ctx.rt().start_container(cri::StartContainerRequest { container_id: before.clone() }).await.context("StartContainer before")?;
+        ctx.restart_daemon().await.context("restarting the daemon")?;
+        let after = ctx.create_with(&pod, mk("after")).await.context("CreateContainer in the userns pod after the restart")?;
+        ctx.rt().start_container(cri::StartContainerRequest { container_id: after.clone() }).await.context("StartContainer after")?;
+        let want = format!("0 {HOST_BASE} {RANGE}");
+        for id in [&before, &after] {
+            let e = ctx.exec(id, &["sh", "-c", "cat /proc/self/uid_map; readlink /proc/self/ns/user"], 20).await?;
+            let out = String::from_utf8_lossy(&e.stdout).to_string();
+            let lines: Vec<String> = out.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
+            check(lines.first() == Some(&want), || format!("container {id} after the restart: uid_map {lines:?}, expected {want:?}"))?;
+        }
+        let ns = |id: String| async move {
+            let e = ctx.exec(&id, &["readlink", "/proc/self/ns/user"], 20).await?;
+            Ok::<_, anyhow::Error>(String::from_utf8_lossy(&e.stdout).trim().to_string())
+        };
+        let (a, b) = (ns(before.clone()).await?, ns(after.clone()).await?);
+        check(a == b, || format!("the containers before and after the restart are in different user namespaces: {a} vs {b}"))
     }
     .await;
     let removed = ctx.remove_pod(&pod.id).await;
