@@ -8,7 +8,7 @@ use crate::monitor::MonitorSpec;
 use crate::network::{AttachRequest, PortMapping};
 use crate::state::SANDBOXES;
 use k8s_cri::v1::{NamespaceMode, PodSandboxConfig, Protocol};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tracing::Instrument;
 
 /// Creates and starts a pod sandbox; returns its ID.
@@ -109,29 +109,9 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
         // With a pod user namespace the runtime makes the netns (it must belong to that user
         // namespace); it is pinned and wired after `create`, below.
         if let (Some(netns), None) = (record.netns_path.clone(), userns.as_ref()) {
-            crate::network::netns::create(&d.config.netns_dir, &netns_name(&id))?;
-            let n2 = netns.clone();
-            undo.push("remove netns", async move {
-                if let Err(e) = crate::network::netns::remove(&n2) {
-                    tracing::warn!(error = %e, "undo: removing netns");
-                }
-            });
-            let req = attach_request(&record, &netns);
-            // Recorded before ADD: a crash during or after it still gets its DEL at Stop (DEL of
-            // what was never added is fine for CNI).
-            record.network_attached = true;
-            d.store.put(SANDBOXES, &id, &record)?;
-            let started = std::time::Instant::now();
-            let attached = d.cni.setup(&req).await?;
-            tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, ips = ?attached.ips, "CNI ADD done");
-            undo.push("CNI DEL", async move {
-                if let Err(e) = d.cni.teardown(&req).await {
-                    tracing::warn!(error = %e, "undo: CNI DEL");
-                }
-            });
-            record.ips = attached.ips.iter().map(|ip| ip.to_string()).collect();
-            write_pod_files(&paths, &record, host_network)?;
-        } else if userns.is_none() {
+            wire_network(d, &mut undo, &mut record, netns, None).await?;
+        }
+        if userns.is_none() {
             write_pod_files(&paths, &record, host_network)?;
         }
 
@@ -204,25 +184,10 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
                 tracing::warn!(error = %e, "undo: deleting infra container");
             }
         });
-        if let (Some(netns), Some(_)) = (record.netns_path.clone(), userns.as_ref()) {
-            crate::network::netns::pin(&d.config.netns_dir, &netns_name(&id), spawned.container_pid)?;
-            let n2 = netns.clone();
-            undo.push("remove netns", async move {
-                if let Err(e) = crate::network::netns::remove(&n2) {
-                    tracing::warn!(error = %e, "undo: removing netns");
-                }
-            });
-            let req = attach_request(&record, &netns);
-            record.network_attached = true;
-            d.store.put(SANDBOXES, &id, &record)?;
-            let attached = d.cni.setup(&req).await?;
-            undo.push("CNI DEL", async move {
-                if let Err(e) = d.cni.teardown(&req).await {
-                    tracing::warn!(error = %e, "undo: CNI DEL");
-                }
-            });
-            record.ips = attached.ips.iter().map(|ip| ip.to_string()).collect();
-            d.store.put(SANDBOXES, &id, &record)?;
+        if userns.is_some() {
+            if let Some(netns) = record.netns_path.clone() {
+                wire_network(d, &mut undo, &mut record, netns, Some(spawned.container_pid)).await?;
+            }
             write_pod_files(&paths, &record, host_network)?;
         }
         runtime.start(&id).await?;
@@ -253,6 +218,44 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
             Err(e)
         }
     }
+}
+
+/// Gives the pod its network: pins a new netns at `netns` (or, with `owner`, the netns of that
+/// process, made by the runtime inside the pod's user namespace), then CNI ADD, pushing the undo
+/// of each step. `network_attached` is stored before ADD, so a crash during or after it still
+/// gets its DEL at Stop (a DEL of what was never added is fine for CNI); the IPs after.
+async fn wire_network<'a>(
+    d: &'a Daemon,
+    undo: &mut Cleanup<'a>,
+    record: &mut SandboxRecord,
+    netns: PathBuf,
+    owner: Option<i32>,
+) -> Result<()> {
+    let name = netns_name(&record.id);
+    match owner {
+        None => crate::network::netns::create(&d.config.netns_dir, &name)?,
+        Some(pid) => crate::network::netns::pin(&d.config.netns_dir, &name, pid)?,
+    };
+    let pinned = netns.clone();
+    undo.push("remove netns", async move {
+        if let Err(e) = crate::network::netns::remove(&pinned) {
+            tracing::warn!(error = %e, "undo: removing netns");
+        }
+    });
+    let req = attach_request(record, &netns);
+    record.network_attached = true;
+    d.store.put(SANDBOXES, &record.id, &*record)?;
+    let started = std::time::Instant::now();
+    let attached = d.cni.setup(&req).await?;
+    tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, ips = ?attached.ips, "CNI ADD done");
+    undo.push("CNI DEL", async move {
+        if let Err(e) = d.cni.teardown(&req).await {
+            tracing::warn!(error = %e, "undo: CNI DEL");
+        }
+    });
+    record.ips = attached.ips.iter().map(|ip| ip.to_string()).collect();
+    d.store.put(SANDBOXES, &record.id, &*record)?;
+    Ok(())
 }
 
 /// Name of the pinned netns file: `berth-<first 16 hex of the sandbox id>`.
