@@ -24,6 +24,7 @@ pub fn cases() -> Vec<Case> {
         case!("userns_pod_ids_and_idmapped_volume", pod_ids_and_idmapped_volume),
         case!("userns_bad_mappings_refused", bad_mappings_refused),
         case!("userns_container_mismatch_refused", container_mismatch_refused),
+        case!("userns_unmasked_procmount", unmasked_procmount),
         case!("userns_survives_daemon_restart", survives_daemon_restart),
     ]
 }
@@ -256,6 +257,40 @@ pub async fn survives_daemon_restart(ctx: &Ctx) -> Result<()> {
         };
         let (a, b) = (ns(before.clone()).await?, ns(after.clone()).await?);
         check(a == b, || format!("the containers before and after the restart are in different user namespaces: {a} vs {b}"))
+    }
+    .await;
+    let removed = ctx.remove_pod(&pod.id).await;
+    r?;
+    removed
+}
+
+/// procMount: Unmasked, as kubelet asks for it (empty masked_paths and readonly_paths, allowed
+/// only with a pod user namespace): /proc/keys is not masked and /proc/sys is not read-only;
+/// with the default lists sent explicitly (procMount: Default) both are.
+pub async fn unmasked_procmount(ctx: &Ctx) -> Result<()> {
+    require_support(ctx).await?;
+    let pod = ctx.run_pod_with(with_userns(ctx.pod_config("userns-procmount", &[]), pod_ns())).await?;
+    let r = async {
+        let script = "awk '$5==\"/proc/keys\"{m=1} $5==\"/proc/sys\"{split($6,o,\",\"); s=o[1]} END{print (m?\"keys-masked\":\"keys-open\"); print \"sys-\" (s?s:\"unmounted\")}' /proc/self/mountinfo";
+        let mut outs = Vec::new();
+        for (name, masked, readonly) in [
+            ("unmasked", vec![], vec![]),
+            ("default", vec!["/proc/keys".to_string()], vec!["/proc/sys".to_string()]),
+        ] {
+            let mut cfg = ctx.container_config(name, &ctx.images.busybox, &["sh", "-c", script]);
+            cfg.linux.get_or_insert_with(Default::default).security_context = Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(cri::NamespaceOption { userns_options: Some(pod_ns()), ..Default::default() }),
+                masked_paths: masked,
+                readonly_paths: readonly,
+                ..Default::default()
+            });
+            let id = ctx.create_with(&pod, cfg).await?;
+            ctx.rt().start_container(cri::StartContainerRequest { container_id: id.clone() }).await.context("StartContainer")?;
+            let st = ctx.wait_container_state(&id, cri::ContainerState::ContainerExited, Duration::from_secs(60)).await?;
+            outs.push(read_log(&pod, &st, 2).await?.into_iter().map(|l| l.text).collect::<Vec<_>>());
+        }
+        check(outs[0] == ["keys-open", "sys-unmounted"], || format!("Unmasked: {:?}, expected /proc/keys open and /proc/sys not remounted", outs[0]))?;
+        check(outs[1] == ["keys-masked", "sys-ro"], || format!("Default lists: {:?}, expected /proc/keys masked and /proc/sys read-only", outs[1]))
     }
     .await;
     let removed = ctx.remove_pod(&pod.id).await;

@@ -338,7 +338,11 @@ pub fn container_linux(
         all.set_allow(true).set_access(Some("rwm".into()));
         res.set_devices(Some(vec![all]));
     }
-    let (masked, readonly) = if sc.privileged {
+    // Empty lists: the defaults in the host's user namespace (a client other than kubelet that
+    // sends none still gets a masked /proc); nothing in a pod with its own user namespace, which
+    // is how kubelet asks for procMount: Unmasked (it sends empty lists, and allows Unmasked
+    // only with hostUsers: false). Kubelet sends the default lists explicitly otherwise.
+    let (masked, readonly) = if sc.privileged || sb.userns.is_some() && sc.masked_paths.is_empty() && sc.readonly_paths.is_empty() {
         (Vec::new(), Vec::new())
     } else {
         (

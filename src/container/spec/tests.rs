@@ -752,6 +752,14 @@ fn user_namespace_infra_creates_containers_join() {
     assert_eq!(l.gid_mappings().as_ref().unwrap()[0].host_id(), 200_000);
     let spec = build(&f, &config(), &image()).unwrap();
     assert_eq!(ns_of(&spec)[4], (User, p("/proc/4242/ns/user")));
+    // procMount: Unmasked (kubelet sends empty lists, only with a pod user namespace).
+    let l = spec.linux().as_ref().unwrap();
+    assert_eq!(l.masked_paths().as_deref(), Some(&[][..]));
+    assert_eq!(l.readonly_paths().as_deref(), Some(&[][..]));
+    let mut cfg = config();
+    sec(&mut cfg).masked_paths = vec!["/proc/keys".into()];
+    let spec = build(&f, &cfg, &image()).unwrap();
+    assert_eq!(spec.linux().as_ref().unwrap().masked_paths().as_deref(), Some(&["/proc/keys".to_string()][..]));
     assert_eq!(ns_of(&spec)[3], (Network, p("/var/run/netns/pod1")));
     assert_eq!(spec.linux().as_ref().unwrap().uid_mappings().as_ref().unwrap()[0].host_id(), 100_000);
 }
