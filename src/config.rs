@@ -117,7 +117,7 @@ pub struct NetworkConfig {
 }
 
 /// `[image]`: registries and the image store.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ImageConfig {
     /// Registries (`host[:port]`) that may be reached over plain HTTP.
@@ -215,12 +215,6 @@ impl Default for NetworkConfig {
             cache_dir: "/var/lib/cni".into(),
             default_network: String::new(),
         }
-    }
-}
-
-impl Default for ImageConfig {
-    fn default() -> Self {
-        ImageConfig { insecure_registries: Vec::new(), registries: BTreeMap::new() }
     }
 }
 

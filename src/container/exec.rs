@@ -120,20 +120,6 @@ fn runtime_errors_readable(stderr: Vec<u8>) -> Vec<u8> {
     out.into_bytes()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn runtime_lines_become_messages() {
-        let raw = b"partial output\ntime=\"2026-11-29T08:00:00Z\" level=error msg=\"exec failed: unable to start container process: exec: \\\"nope\\\": executable file not found in $PATH\"\n".to_vec();
-        let got = String::from_utf8(runtime_errors_readable(raw)).unwrap();
-        assert_eq!(got, "partial output\nexec failed: unable to start container process: exec: \"nope\": executable file not found in $PATH\n");
-        let plain = b"just the program's own stderr\n".to_vec();
-        assert_eq!(runtime_errors_readable(plain.clone()), plain);
-    }
-}
-
 async fn read_capped<R: tokio::io::AsyncRead + Unpin>(r: Option<R>) -> Vec<u8> {
     let Some(mut r) = r else { return Vec::new() };
     let mut kept = Vec::new();
@@ -170,4 +156,18 @@ pub fn validate_stream(d: &Daemon, id: &str, tty: bool, stdin: bool, stdout: boo
         )));
     }
     Ok(r.id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_lines_become_messages() {
+        let raw = b"partial output\ntime=\"2026-11-29T08:00:00Z\" level=error msg=\"exec failed: unable to start container process: exec: \\\"nope\\\": executable file not found in $PATH\"\n".to_vec();
+        let got = String::from_utf8(runtime_errors_readable(raw)).unwrap();
+        assert_eq!(got, "partial output\nexec failed: unable to start container process: exec: \"nope\": executable file not found in $PATH\n");
+        let plain = b"just the program's own stderr\n".to_vec();
+        assert_eq!(runtime_errors_readable(plain.clone()), plain);
+    }
 }

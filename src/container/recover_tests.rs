@@ -11,11 +11,13 @@ use crate::daemon::Daemon;
 use crate::state::{Store, LEASES};
 
 fn daemon(tmp: &Path) -> Daemon {
-    let mut config = Config::default();
-    config.root = tmp.join("root");
-    config.run_root = tmp.join("run");
-    config.monitor_path = "/bin/true".into();
-    config.cgroup_parent = "/berth-recover-test".into();
+    let config = Config {
+        root: tmp.join("root"),
+        run_root: tmp.join("run"),
+        monitor_path: "/bin/true".into(),
+        cgroup_parent: "/berth-recover-test".into(),
+        ..Default::default()
+    };
     let store = Arc::new(Store::open(&config.root).unwrap());
     let images = Arc::new(crate::image::ImageStore::open(config.root.join("images"), store.clone(), config.image.clone()).unwrap());
     Daemon::open(config, images, store).unwrap()

@@ -54,7 +54,7 @@ pub fn merge_resources(old: &cri::LinuxContainerResources, new: &cri::LinuxConta
 
 /// Rejects values no cgroup accepts, naming the container and the field.
 fn validate(id: &str, r: &cri::LinuxContainerResources) -> Result<()> {
-    let bad = |field: &str, msg: String| Err(Error::invalid(&format!("linux.{field}"), format!("container {id}: {msg}")));
+    let bad = |field: &str, msg: String| Err(Error::invalid(format!("linux.{field}"), format!("container {id}: {msg}")));
     if r.memory_limit_in_bytes < 0 {
         return bad("memory_limit_in_bytes", format!("{} is negative (expected bytes, 0 = unchanged)", r.memory_limit_in_bytes));
     }

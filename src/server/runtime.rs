@@ -287,7 +287,7 @@ impl RuntimeService for RuntimeServer {
             .d
             .runtimes
             .iter()
-            .filter(|(name, _)| !self.d.health(name).is_some_and(|h| h.runs.is_err()))
+            .filter(|(name, _)| self.d.health(name).is_none_or(|h| h.runs.is_ok()))
             .map(|(name, rt)| cri::RuntimeHandler {
                 name: name.clone(),
                 features: Some(cri::RuntimeHandlerFeatures {

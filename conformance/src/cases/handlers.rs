@@ -76,7 +76,7 @@ pub async fn handlers_reported(ctx: &Ctx) -> Result<()> {
     let (st, info) = status(ctx).await?;
     let listed: Vec<&str> = st.runtime_handlers.iter().map(|h| h.name.as_str()).collect();
     let runc = st.runtime_handlers.iter().find(|h| h.name == "runc").context("Status.runtime_handlers has no runc")?;
-    let f = runc.features.clone().unwrap_or_default();
+    let f = runc.features.unwrap_or_default();
     check(f.recursive_read_only_mounts && f.user_namespaces, || format!("runc's features {f:?}: expected rro and user namespaces on this host"))?;
     check(!listed.contains(&"broken"), || format!("the broken handler is listed as usable: {listed:?}"))?;
     let broken = &info["broken"];

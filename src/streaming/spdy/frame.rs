@@ -468,7 +468,7 @@ mod tests {
                 x ^= x << 17;
                 buf.push(x as u8);
             }
-            if buf.len() > 1 && x % 2 == 0 {
+            if buf.len() > 1 && x.is_multiple_of(2) {
                 buf[0] = 0x80;
                 buf[1] = 3;
             }
