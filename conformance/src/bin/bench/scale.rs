@@ -10,7 +10,9 @@
 //!   berth-monitor / containerd-shim-runc-v2 of the target (which differ in count: berth has one
 //!   per container and pod infra, containerd one per pod). Reported as % of one core.
 
-use super::{create_start, pod_config, pids_of, run_pod, sleep_config, Samples};
+use crate::procfs::pids_of;
+use crate::rpc::{create_start, pod_config, remove_pod, run_pod, sleep_config};
+use crate::Samples;
 use anyhow::{bail, Context, Result};
 use berth_conformance::client::Clients;
 use berth_conformance::daemon::TargetKind;
@@ -64,7 +66,7 @@ pub async fn phase_scale(kind: TargetKind, dir: &Path, c: &mut Clients, daemon_p
     let res = measure(kind, dir, c, daemon_pid, image, o, r, &mut pods).await;
     let mut rm = Ok(());
     for p in pods {
-        if let Err(e) = super::remove_pod(c, &p).await {
+        if let Err(e) = remove_pod(c, &p).await {
             rm = Err(e);
         }
     }

@@ -10,7 +10,8 @@
 //! - port-forward: `PortForward` + SPDY `portforward.k8s.io` upgrade + one connection moving
 //!   64 MiB; MiB/s from the whole span, [`PF_RUNS`] times each way (the median is reported).
 
-use super::{create_start, pod_config, run_pod, Samples};
+use crate::rpc::{create_start, pod_config, remove_pod, run_pod, sleep_config};
+use crate::Samples;
 use anyhow::{bail, Context, Result};
 use berth_conformance::client::Clients;
 use berth_conformance::stream_client::{self as sc, Session, Transport};
@@ -61,7 +62,7 @@ pub async fn phase_streaming(dir: &Path, c: &mut Clients, image: &str, execs: us
     let cfg = pod_config(dir, "streaming");
     let pod = run_pod(c, &cfg).await?;
     let res = measure(c, &pod, &cfg, image, execs, r).await;
-    let rm = super::remove_pod(c, &pod).await;
+    let rm = remove_pod(c, &pod).await;
     res.and(rm)
 }
 
@@ -72,7 +73,7 @@ async fn measure(c: &mut Clients, pod: &str, cfg: &cri::PodSandboxConfig, image:
          printf '#!/bin/sh\\ndd bs=65536 count={blocks} iflag=fullblock of=/dev/null 2>/dev/null; echo done\\n' > /tmp/up.sh && \
          chmod +x /tmp/down.sh /tmp/up.sh && (nc -ll -p 8081 -e /tmp/down.sh &) && exec nc -ll -p 8082 -e /tmp/up.sh"
     );
-    let mut ccfg = super::sleep_config("nc", image);
+    let mut ccfg = sleep_config("nc", image);
     ccfg.command = vec!["sh".into(), "-c".into(), script];
     let id = create_start(c, pod, cfg, ccfg).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;

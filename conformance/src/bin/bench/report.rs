@@ -1,0 +1,92 @@
+//! The side-by-side table printed at the end: one column per target, medians first, then
+//! min / median / max of every latency row, notes, and the machine facts.
+
+use crate::facts::loadavg;
+use crate::{kind_name, scale, stream, Opts, Results};
+use berth_conformance::daemon::TargetKind;
+use std::time::Duration;
+
+/// Milliseconds with one decimal, "n/a" for None.
+fn ms(d: Option<Duration>) -> String {
+    d.map(|d| format!("{:.1} ms", d.as_secs_f64() * 1000.0)).unwrap_or_else(|| "n/a".into())
+}
+
+/// KiB as an integer, "n/a" for None.
+fn kib(k: Option<u64>) -> String {
+    k.map(|k| format!("{k} KiB")).unwrap_or_else(|| "n/a".into())
+}
+
+/// KiB shown as MiB with one decimal, "n/a" for None.
+fn mib(k: Option<u64>) -> String {
+    k.map(|k| format!("{:.1} MiB", k as f64 / 1024.0)).unwrap_or_else(|| "n/a".into())
+}
+
+/// Prints the table, min/median/max lines, notes and machine facts to stdout.
+pub fn print_report(o: &Opts, facts: &[(String, String)], cols: &[(TargetKind, Results)]) {
+    let row = |name: &str, f: &dyn Fn(&Results) -> String| {
+        let mut line = format!("{name:<34}");
+        for (_, r) in cols {
+            line.push_str(&format!(" {:>14}", f(r)));
+        }
+        println!("{line}");
+    };
+    println!();
+    let mut head = format!("{:<34}", "metric");
+    for (k, _) in cols {
+        head.push_str(&format!(" {:>14}", kind_name(*k)));
+    }
+    println!("{head}");
+    row(&format!("Version RPC (median of {})", o.runs), &|r| ms(r.version.median()));
+    row(&format!("pull+unpack busybox (median of {})", o.pulls), &|r| ms(r.pull.median()));
+    row(&format!("RunPodSandbox (median of {})", o.runs), &|r| ms(r.run_pod.median()));
+    row(&format!("Create+Start (median of {})", o.runs), &|r| ms(r.create_start.median()));
+    row(&format!("Stop+Remove (median of {})", o.runs), &|r| ms(r.stop_remove.median()));
+    row(&format!("exec echo hi, SPDY (median of {})", o.execs), &|r| ms(r.streaming.exec.median()));
+    row("port-forward 64 MiB down (median)", &|r| stream::median_rate(&r.streaming.pf_down));
+    row("port-forward 64 MiB up (median)", &|r| stream::median_rate(&r.streaming.pf_up));
+    row("daemon RSS, idle", &|r| mib(r.daemon_rss_idle_kib));
+    row(&format!("daemon RSS, {} pods", o.pods), &|r| mib(r.daemon_rss_kib));
+    row("monitor/shim PSS (one)", &|r| kib(r.one_monitor_pss_kib));
+    row("monitor/shim RSS (one)", &|r| kib(r.one_monitor_rss_kib));
+    row("monitors/shims PSS (all)", &|r| mib(r.all_monitors_pss_kib));
+    row("monitors/shims (count)", &|r| if r.monitor_count > 0 { r.monitor_count.to_string() } else { "n/a".into() });
+    let n = o.scale.pods * o.scale.per_pod;
+    row(&format!("ListContainers, {n} running (med)"), &|r| ms(r.scale.list_containers.median()));
+    row(&format!("ListContainerStats, {n} run. (med)"), &|r| ms(r.scale.list_stats.median()));
+    row(&format!("daemon CPU idle {} s, {n} ctrs", o.scale.idle_secs), &|r| scale::percent(r.scale.daemon_idle_cpu));
+    row(&format!("monitors/shims CPU idle, {n} ctrs"), &|r| scale::percent(r.scale.monitors_idle_cpu));
+    println!();
+    println!("min / median / max:");
+    for (k, r) in cols {
+        for (name, s) in [("ListContainers", &r.scale.list_containers), ("ListCtrStats", &r.scale.list_stats), ("Version", &r.version), ("pull", &r.pull), ("RunPodSandbox", &r.run_pod), ("Create+Start", &r.create_start), ("Stop+Remove", &r.stop_remove), ("exec echo hi", &r.streaming.exec)] {
+            println!("  {:<11} {:<14} {} / {} / {}  (n={})", kind_name(*k), name, ms(s.min()), ms(s.median()), ms(s.max()), s.0.len());
+        }
+        println!("  {:<11} {:<14} down {}, up {}  (n={})", kind_name(*k), "port-forward", stream::range_rate(&r.streaming.pf_down), stream::range_rate(&r.streaming.pf_up), r.streaming.pf_down.len());
+        if let Some(sz) = r.image_size {
+            println!("  {:<11} busybox ImageStatus.size = {} bytes", kind_name(*k), sz);
+        }
+    }
+    println!();
+    println!("notes:");
+    println!("  - one monitor/shim = the parent of one `sleep 3600` container; berth runs one berth-monitor per");
+    println!("    container plus one per pod infra, containerd one containerd-shim-runc-v2 per pod.");
+    println!("  - idle CPU: utime+stime from /proc/PID/stat over the idle window, % of one core; the scale rows'");
+    println!("    monitors/shims: berth-monitor per container and pod infra, containerd-shim-runc-v2 per pod.");
+    println!("  - PSS from /proc/PID/smaps_rollup (shared pages divided among sharers), RSS from /proc/PID/status.");
+    println!("  - each pull follows RemoveImage; what RemoveImage left on disk (a runtime that keeps content");
+    println!("    pulls faster) is counted below. Version RPC = the client+socket floor in every timing.");
+    for (k, r) in cols {
+        for n in &r.notes {
+            println!("  - {}: {n}", kind_name(*k));
+        }
+        if let Some(e) = &r.error {
+            println!("  - {}: ERROR: {e}", kind_name(*k));
+        }
+    }
+    println!();
+    println!("machine:");
+    for (k, v) in facts {
+        println!("  {k:<17} {v}");
+    }
+    println!("  {:<17} {}", "loadavg at end", loadavg());
+}
