@@ -11,6 +11,10 @@
 //! 2. RunPodSandbox, `--runs` times (default 20); each pod stopped+removed outside the timing.
 //! 3. CreateContainer+StartContainer of a `sleep 3600` busybox container in one ready pod, and
 //! 4. StopContainer(timeout 0)+RemoveContainer of that container, `--runs` times each.
+//! 8. Run right after 4, berth only (see `bench/userns.rs`): RunPodSandbox, and Create+Start of a
+//!    `sleep` container, for pods with their own user namespace (`userns_options` mode POD, one
+//!    65536-id range per pod), `--runs` times each; "n/a" on containerd and when Status reports
+//!    no handler with `user_namespaces`.
 //! 5. Streaming (see `bench/stream.rs`): exec round trip of `echo hi` over SPDY v4, `--execs`
 //!    times (default 100); port-forward of 64 MiB through one connection, down and up.
 //! 7. Scale (see `bench/scale.rs`): with `--scale-pods` x `--scale-per-pod` running containers
@@ -30,7 +34,7 @@
 //! `BERTH_BIN` names the berth binary (default `<target>/release/berth`, else debug).
 //!
 //! Layout: this file holds options, results, one target's lifecycle and `main`; `bench/rpc.rs`
-//! the CRI request shapes and RPC sequences, `bench/phases.rs` phases 0-4 and 6,
+//! the CRI request shapes and RPC sequences, `bench/phases.rs` phases 0-4 and 6, `bench/userns.rs` 8,
 //! `bench/stream.rs` 5, `bench/scale.rs` 7, `bench/procfs.rs` the /proc readers,
 //! `bench/facts.rs` machine facts and leak checks, `bench/report.rs` the table.
 
@@ -63,6 +67,8 @@ mod rpc;
 mod scale;
 #[path = "bench/stream.rs"]
 mod stream;
+#[path = "bench/userns.rs"]
+mod userns;
 
 /// Upper bound for all phases of one target (cleanup runs after it either way).
 const TARGET_LIMIT: Duration = Duration::from_secs(600);
@@ -154,6 +160,7 @@ struct Results {
     run_pod: Samples,
     create_start: Samples,
     stop_remove: Samples,
+    userns: userns::UsernsResults,
     streaming: stream::StreamResults,
     scale: scale::ScaleResults,
     image_size: Option<u64>,

@@ -1,10 +1,10 @@
 //! The measured phases of one target (numbered as in the crate docs): Version floor, pull,
-//! RunPodSandbox, Create+Start / Stop+Remove, streaming, memory with `--pods` pods, scale.
+//! RunPodSandbox, Create+Start / Stop+Remove, the userns rows (`userns.rs`), streaming, memory with `--pods` pods, scale.
 //! `phases` runs them in order on one client.
 
 use crate::procfs::{entries, pids_of, pids_with_argv, ppid, pss_kib, vm_rss_kib};
 use crate::rpc::{create_start, created, image_spec, pod_config, remove_image, remove_pod, run_pod, sleep_config, stop_remove};
-use crate::{kind_name, scale, stream, Opts, Results};
+use crate::{kind_name, scale, stream, userns, Opts, Results};
 use anyhow::{Context, Result};
 use berth_conformance::client::Clients;
 use berth_conformance::daemon::TargetKind;
@@ -139,6 +139,12 @@ pub async fn phases(kind: TargetKind, dir: &Path, c: &mut Clients, daemon_pid: i
     phase_run_pod(dir, c, o.runs, r).await?;
     eprintln!("bench[{}]: Create+Start / Stop+Remove x{}", kind_name(kind), o.runs);
     phase_containers(dir, c, &imgs.busybox, o.runs, r).await?;
+    eprintln!("bench[{}]: userns pod: RunPodSandbox, Create+Start x{}", kind_name(kind), o.runs);
+    match userns::phase_userns(kind, dir, c, &imgs.busybox, o.runs, &mut r.userns).await {
+        Ok(None) => {}
+        Ok(Some(skipped)) => r.notes.push(skipped),
+        Err(e) => r.notes.push(format!("userns rows: ERROR: {e:#}")),
+    }
     eprintln!("bench[{}]: exec round trip x{}, port-forward 64 MiB x{} each way", kind_name(kind), o.execs, stream::PF_RUNS);
     stream::phase_streaming(dir, c, &imgs.busybox, o.execs, &mut r.streaming).await?;
     eprintln!("bench[{}]: memory with {} pods", kind_name(kind), o.pods);

@@ -41,6 +41,8 @@ pub fn print_report(o: &Opts, facts: &[(String, String)], cols: &[(TargetKind, R
     row(&format!("RunPodSandbox (median of {})", o.runs), &|r| ms(r.run_pod.median()));
     row(&format!("Create+Start (median of {})", o.runs), &|r| ms(r.create_start.median()));
     row(&format!("Stop+Remove (median of {})", o.runs), &|r| ms(r.stop_remove.median()));
+    row(&format!("RunPodSandbox, userns (med of {})", o.runs), &|r| ms(r.userns.run_pod.median()));
+    row(&format!("Create+Start, userns (med of {})", o.runs), &|r| ms(r.userns.create_start.median()));
     row(&format!("exec echo hi, SPDY (median of {})", o.execs), &|r| ms(r.streaming.exec.median()));
     row("port-forward 64 MiB down (median)", &|r| stream::median_rate(&r.streaming.pf_down));
     row("port-forward 64 MiB up (median)", &|r| stream::median_rate(&r.streaming.pf_up));
@@ -58,7 +60,7 @@ pub fn print_report(o: &Opts, facts: &[(String, String)], cols: &[(TargetKind, R
     println!();
     println!("min / median / max:");
     for (k, r) in cols {
-        for (name, s) in [("ListContainers", &r.scale.list_containers), ("ListCtrStats", &r.scale.list_stats), ("Version", &r.version), ("pull", &r.pull), ("RunPodSandbox", &r.run_pod), ("Create+Start", &r.create_start), ("Stop+Remove", &r.stop_remove), ("exec echo hi", &r.streaming.exec)] {
+        for (name, s) in [("ListContainers", &r.scale.list_containers), ("ListCtrStats", &r.scale.list_stats), ("Version", &r.version), ("pull", &r.pull), ("RunPodSandbox", &r.run_pod), ("Create+Start", &r.create_start), ("Stop+Remove", &r.stop_remove), ("RunPod userns", &r.userns.run_pod), ("Create userns", &r.userns.create_start), ("exec echo hi", &r.streaming.exec)] {
             println!("  {:<11} {:<14} {} / {} / {}  (n={})", kind_name(*k), name, ms(s.min()), ms(s.median()), ms(s.max()), s.0.len());
         }
         println!("  {:<11} {:<14} down {}, up {}  (n={})", kind_name(*k), "port-forward", stream::range_rate(&r.streaming.pf_down), stream::range_rate(&r.streaming.pf_up), r.streaming.pf_down.len());
