@@ -169,6 +169,9 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
             features: &runtime.features,
         };
         let mut oci = spec::container_spec_with(&sctx, &cctx, &d.host_facts)?;
+        if let (Some(u), Some(process)) = (userns.as_ref(), oci.process().as_ref()) {
+            crate::sandbox::userns::check_ids(u, process.user())?;
+        }
         match userns.as_ref() {
             // The runtime idmaps mounts itself when its features say so; else berth does.
             Some(u) if runtime.features.idmap_mounts => {

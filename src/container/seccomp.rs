@@ -14,7 +14,7 @@ use k8s_cri::v1 as cri;
 use oci_spec::runtime::{Capability, LinuxSeccomp};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// berth's RuntimeDefault profile, in the Docker JSON format.
 pub const DEFAULT_PROFILE_JSON: &str = include_str!("seccomp_default.json");
@@ -101,7 +101,7 @@ pub fn container_seccomp(
         Choice::Unconfined => Ok(None),
         Choice::RuntimeDefault => convert(DEFAULT_PROFILE_JSON, "RuntimeDefault", caps, &host).map(Some),
         Choice::Localhost { path, field } => {
-            let text = std::fs::read_to_string(&path).map_err(|e| SeccompError::Localhost {
+            let text = read_profile(&path).map_err(|e| SeccompError::Localhost {
                 field,
                 path: path.clone(),
                 reason: e.to_string(),
@@ -109,6 +109,32 @@ pub fn container_seccomp(
             convert(&text, &path.display().to_string(), caps, &host).map(Some)
         }
     }
+}
+
+/// The largest Localhost profile berth reads (Docker's default profile is ~20 KiB).
+pub const MAX_PROFILE_BYTES: u64 = 1 << 20;
+
+/// Reads a Localhost profile: a regular file of at most [`MAX_PROFILE_BYTES`]. Opened with
+/// `O_NONBLOCK` and checked with `fstat` before any read, so a FIFO, a device such as
+/// `/dev/zero` or a directory named as a profile is refused at once instead of blocking the
+/// daemon or filling its memory.
+pub fn read_profile(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    if meta.len() > MAX_PROFILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} bytes: larger than the {MAX_PROFILE_BYTES}-byte limit", meta.len()),
+        ));
+    }
+    let mut text = String::new();
+    f.take(MAX_PROFILE_BYTES + 1).read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// Host facts a profile's `includes`/`excludes` are judged against.
@@ -301,6 +327,23 @@ pub fn convert(text: &str, source_name: &str, caps: &[Capability], host: &Host) 
 #[allow(deprecated)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn profiles_that_are_not_small_regular_files_are_refused_without_blocking() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fifo = tmp.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // Nobody writes the FIFO: a blocking open would hang this test.
+        assert!(read_profile(&fifo).unwrap_err().to_string().contains("not a regular file"));
+        assert!(read_profile(Path::new("/dev/zero")).unwrap_err().to_string().contains("not a regular file"));
+        assert!(read_profile(tmp.path()).is_err());
+        let big = tmp.path().join("big.json");
+        std::fs::write(&big, vec![b' '; (MAX_PROFILE_BYTES + 1) as usize]).unwrap();
+        assert!(read_profile(&big).unwrap_err().to_string().contains("limit"));
+        let ok = tmp.path().join("ok.json");
+        std::fs::write(&ok, b"{}").unwrap();
+        assert_eq!(read_profile(&ok).unwrap(), "{}");
+    }
 
     fn host() -> Host {
         Host {

@@ -135,6 +135,13 @@ pub enum SpecError {
         field: &'static str,
         feature: &'static str,
     },
+    /// A field holds a value the CRI does not allow there.
+    #[error("container {container}: {field}: {reason}")]
+    InvalidField {
+        container: String,
+        field: &'static str,
+        reason: String,
+    },
     /// A requested feature berth (or runc 1.1) does not provide.
     #[error("container {container}: {field} = {value}: not supported")]
     Unsupported {

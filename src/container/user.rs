@@ -26,8 +26,9 @@ pub enum UserError {
     /// A group name is not in the image's `/etc/group`.
     #[error("group {name:?} not found in the image's /etc/group")]
     UnknownGroup { name: String },
-    /// A numeric id is out of range (negative, or above 2^32-1).
-    #[error("{what} {value} is out of range: expected 0..=4294967295")]
+    /// A numeric id is out of range: negative, or above 2^31-1 (Kubernetes' API limit, and
+    /// runc's, which keeps ids in a Go int32).
+    #[error("{what} {value} is out of range: expected 0..=2147483647")]
     OutOfRange { what: &'static str, value: i64 },
     /// The user string has an empty part, e.g. `":100"` or `"1000:"`.
     #[error("user string {value:?} is malformed: expected name, uid, name:group or uid:gid")]
@@ -147,9 +148,13 @@ impl UserRequest {
     }
 }
 
-/// Converts a CRI `Int64Value` id to a uid/gid, naming `what` (`"run_as_user"`) on error.
+/// Converts a CRI `Int64Value` id to a uid/gid (0..=2147483647), naming `what`
+/// (`"run_as_user"`) on error.
 pub fn id_from_i64(what: &'static str, value: i64) -> Result<u32, UserError> {
-    u32::try_from(value).map_err(|_| UserError::OutOfRange { what, value })
+    match u32::try_from(value) {
+        Ok(id) if id <= i32::MAX as u32 => Ok(id),
+        _ => Err(UserError::OutOfRange { what, value }),
+    }
 }
 
 /// The resolved identity: OCI runtime-spec `process.user`.
@@ -352,6 +357,9 @@ mod tests {
         assert!(matches!(resolve("alice:"), Err(UserError::Malformed { .. })));
         assert!(id_from_i64("run_as_user", -1).is_err());
         assert_eq!(id_from_i64("run_as_user", 7), Ok(7));
+        assert_eq!(id_from_i64("run_as_user", 2_147_483_647), Ok(2_147_483_647));
+        assert!(id_from_i64("run_as_user", 2_147_483_648).is_err());
+        assert!(id_from_i64("run_as_user", 4_294_967_294).is_err());
     }
 
     #[test]

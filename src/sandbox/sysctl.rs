@@ -14,6 +14,11 @@
 //!   (runc refuses the sysctl too, since it conflicts with the OCI `hostname` field);
 //! - everything else (`kernel.panic`, `vm.*`, `fs.file-max`, ...) is refused.
 //!
+//! Then every accepted sysctl is written, as runc will write it, into a network, IPC and UTS
+//! namespace of a short-lived thread that vanish with it: a key the kernel does not have or does
+//! not let a non-initial namespace write (`net.core.rmem_max`), or a value it refuses, is
+//! InvalidArgument naming the key before anything of the pod exists.
+//!
 //! Whether a sysctl is "safe" or "unsafe" is kubelet's admission decision
 //! (`--allowed-unsafe-sysctls`), not the runtime's. Keys may use `/` as the separator; they are
 //! read as kubelet's `ConvertSysctlVariableToDotsSeparator` does ([`dotted_key`]). Values must be
@@ -49,18 +54,51 @@ const IPC_SYSCTLS: &[&str] = &[
 /// Checks every sysctl of `config` before anything of the pod is created.
 ///
 /// Errors: InvalidArgument naming `config.linux.sysctls["<key>"]` and why (not namespaced, the
-/// pod shares that namespace with the host, malformed key or value). Keys are checked in sorted
+/// pod shares that namespace with the host, malformed key or value, or the kernel refuses it in
+/// a pod's own namespaces). Keys are checked in sorted
 /// order, so the first error is stable.
 pub fn validate(config: &PodSandboxConfig) -> Result<()> {
     let Some(linux) = config.linux.as_ref() else { return Ok(()) };
     let ns = super::namespace_options(config);
     let mut keys: Vec<&String> = linux.sysctls.keys().collect();
     keys.sort();
-    for key in keys {
-        let value = &linux.sysctls[key];
+    for key in &keys {
+        let value = &linux.sysctls[*key];
         check(key, value, &ns).map_err(|why| Error::invalid(format!("config.linux.sysctls[{key:?}]"), why))?;
     }
+    let writes: Vec<(String, String)> = keys.iter().map(|k| (k.to_string(), linux.sysctls[*k].clone())).collect();
+    if let Err((key, why)) = try_in_scratch_namespaces(&writes) {
+        return Err(Error::invalid(format!("config.linux.sysctls[{key:?}]"), why));
+    }
     Ok(())
+}
+
+/// Writes every `(key, value)` the way runc will (`/proc/sys/` + the dotted key with `.` as
+/// `/`), but in a network, IPC and UTS namespace of its own, made by a short-lived thread and
+/// gone with it: the kernel's own answer (no such key, not writable from a non-initial
+/// namespace such as `net.core.rmem_max`, an invalid value) comes back before anything of the
+/// pod exists, instead of as a failed `runc create`. Errors: the first refused key and why.
+fn try_in_scratch_namespaces(writes: &[(String, String)]) -> std::result::Result<(), (String, String)> {
+    if writes.is_empty() {
+        return Ok(());
+    }
+    let owned: Vec<(String, String)> = writes.to_vec();
+    let joined = std::thread::Builder::new().name("berth-sysctl-probe".into()).spawn(move || {
+        use nix::sched::{unshare, CloneFlags};
+        // Only this thread changes namespace, and it ends right after.
+        unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS)
+            .map_err(|e| (String::new(), format!("cannot make scratch namespaces to check sysctls: {e}")))?;
+        for (key, value) in &owned {
+            let path = format!("/proc/sys/{}", dotted_key(key).replace('.', "/"));
+            std::fs::write(&path, value.as_bytes())
+                .map_err(|e| (key.clone(), format!("the kernel refuses {value:?} for it in a pod's own namespaces ({path}: {e})")))?;
+        }
+        Ok(())
+    });
+    match joined {
+        Ok(h) => h.join().unwrap_or_else(|_| Err((String::new(), "the sysctl check panicked".into()))),
+        Err(e) => Err((String::new(), format!("cannot start the sysctl check: {e}"))),
+    }
 }
 
 /// A sysctl key in dot form, as kubelet's `ConvertSysctlVariableToDotsSeparator`: when the first
@@ -174,6 +212,26 @@ mod tests {
         ] {
             assert_eq!(namespace_of(k), want, "{k}");
         }
+    }
+
+    #[test]
+    fn the_kernel_is_asked_in_scratch_namespaces() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let host_before = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").unwrap();
+        let w = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        assert!(try_in_scratch_namespaces(&w("net.ipv4.ip_unprivileged_port_start", "0")).is_ok());
+        assert!(try_in_scratch_namespaces(&w("kernel.shm_rmid_forced", "1")).is_ok());
+        assert!(try_in_scratch_namespaces(&w("kernel.domainname", "example")).is_ok());
+        for (k, v) in [("net.ipv4.nope", "1"), ("net.core.rmem_max", "1000000"), ("net.ipv4.ip_forward", "abc"), ("net/ipv4/conf/eth0.100/rp_filter", "1")] {
+            let (key, why) = try_in_scratch_namespaces(&w(k, v)).unwrap_err();
+            assert_eq!(key, k);
+            assert!(why.contains("/proc/sys/"), "{k}: {why}");
+        }
+        // The host's own value never changed.
+        assert_eq!(std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").unwrap(), host_before);
     }
 
     #[test]

@@ -59,6 +59,9 @@ pub struct PodUserns {
     pub gid: IdMap,
 }
 
+/// The shortest id range a pod user namespace may have.
+pub const MIN_LENGTH: u32 = 65_536;
+
 fn ns_field(level: &str) -> String {
     format!("{level}.security_context.namespace_options.userns_options")
 }
@@ -76,8 +79,11 @@ fn one_mapping(field: &str, which: &str, v: &[IdMapping]) -> Result<IdMap> {
             format!("is {}: expected 0 (the pod's root must be mapped)", m.container_id),
         ));
     }
-    if m.length == 0 {
-        return Err(Error::invalid(format!("{field}.{which}[0].length"), "is 0: expected a range of at least one id"));
+    if m.length < MIN_LENGTH {
+        return Err(Error::invalid(
+            format!("{field}.{which}[0].length"),
+            format!("is {}: expected at least {MIN_LENGTH} (container ids 0-65535, which images and the runtime use, e.g. gid 5 for /dev/pts; kubelet allocates 65536)", m.length),
+        ));
     }
     if m.host_id == 0 {
         return Err(Error::invalid(
@@ -85,10 +91,12 @@ fn one_mapping(field: &str, which: &str, v: &[IdMapping]) -> Result<IdMap> {
             "is 0: that maps the pod's root to the host's root; expected a range of unused host ids (kubelet allocates from 65536 up)",
         ));
     }
-    if (m.host_id as u64) + (m.length as u64) > u32::MAX as u64 + 1 {
+    // The last id is host_id + length - 1, which must be a valid id: below 2^32 - 1, the
+    // kernel's invalid id ((uid_t)-1).
+    if (m.host_id as u64) + (m.length as u64) > u32::MAX as u64 {
         return Err(Error::invalid(
             format!("{field}.{which}[0]"),
-            format!("host ids {}+{} overflow 32 bits", m.host_id, m.length),
+            format!("host ids {}..{} overflow: the range must end below 4294967295", m.host_id, m.host_id as u64 + m.length as u64),
         ));
     }
     Ok(IdMap { host_id: m.host_id, container_id: m.container_id, length: m.length })
@@ -203,6 +211,33 @@ pub fn set_mount_idmaps(spec: &mut oci_spec::runtime::Spec, u: &PodUserns) -> us
     n
 }
 
+/// Checks that the ids a container of a pod with user namespace `u` runs as (its resolved OCI
+/// `process.user`: uid, gid, additional gids) are mapped in it; an unmapped id would only fail
+/// later inside `runc create`. Errors: InvalidArgument naming the field the id came from.
+pub fn check_ids(u: &PodUserns, user: &oci_spec::runtime::User) -> Result<()> {
+    let field = |f: &str| format!("config.linux.security_context.{f}");
+    let range = |m: IdMap| format!("{}..={}", m.container_id, m.container_id as u64 + m.length as u64 - 1);
+    if u.uid.to_host(user.uid()).is_none() {
+        return Err(Error::invalid(
+            field("run_as_user"),
+            format!("uid {} (from the request or the image) is not mapped in the pod's user namespace: expected {}", user.uid(), range(u.uid)),
+        ));
+    }
+    if u.gid.to_host(user.gid()).is_none() {
+        return Err(Error::invalid(
+            field("run_as_group"),
+            format!("gid {} (from the request or the image) is not mapped in the pod's user namespace: expected {}", user.gid(), range(u.gid)),
+        ));
+    }
+    if let Some(g) = user.additional_gids().iter().flatten().find(|g| u.gid.to_host(**g).is_none()) {
+        return Err(Error::invalid(
+            field("supplemental_groups"),
+            format!("gid {g} is not mapped in the pod's user namespace: expected {}", range(u.gid)),
+        ));
+    }
+    Ok(())
+}
+
 fn describe(u: Option<&PodUserns>) -> String {
     match u {
         None => "the host's user namespace (NODE)".into(),
@@ -274,8 +309,14 @@ mod tests {
         assert!(e.contains("uids[0].length"), "{e}");
         let e = err(for_pod(&pod(NamespaceMode::Pod, vec![m(0, 0, 65536)], ok(), NamespaceMode::Pod)));
         assert!(e.contains("uids[0].host_id"), "{e}");
-        let e = err(for_pod(&pod(NamespaceMode::Pod, vec![m(u32::MAX, 0, 2)], ok(), NamespaceMode::Pod)));
-        assert!(e.contains("overflow"), "{e}");
+        for (host, len) in [(u32::MAX, 65_536), (u32::MAX - 65_535, 65_536), (1, u32::MAX)] {
+            let e = err(for_pod(&pod(NamespaceMode::Pod, vec![m(host, 0, len)], ok(), NamespaceMode::Pod)));
+            assert!(e.contains("overflow"), "{host}+{len}: {e}");
+        }
+        // The highest range that still ends below 2^32 - 1.
+        assert!(for_pod(&pod(NamespaceMode::Pod, vec![m(u32::MAX - 65_536, 0, 65_536)], ok(), NamespaceMode::Pod)).is_ok());
+        let e = err(for_pod(&pod(NamespaceMode::Pod, vec![m(100_000, 0, 1)], ok(), NamespaceMode::Pod)));
+        assert!(e.contains("uids[0].length") && e.contains("65536"), "{e}");
         let e = err(for_pod(&pod(NamespaceMode::Container, ok(), ok(), NamespaceMode::Pod)));
         assert!(e.contains("userns_options.mode"), "{e}");
         let e = err(for_pod(&pod(NamespaceMode::Node, ok(), ok(), NamespaceMode::Pod)));
@@ -302,6 +343,22 @@ mod tests {
         assert_eq!(m[2].options().as_ref().unwrap(), &["rbind", "ridmap"]);
         assert_eq!(m[1].uid_mappings().as_ref().unwrap()[0].host_id(), 70_000);
         assert_eq!(m[1].gid_mappings().as_ref().unwrap()[0].size(), 65_536);
+    }
+
+    #[test]
+    fn container_ids_must_be_mapped() {
+        use oci_spec::runtime::User;
+        let map = IdMap { host_id: 100_000, container_id: 0, length: 65_536 };
+        let u = PodUserns { uid: map, gid: map };
+        let mut user = User::default();
+        user.set_uid(65_535).set_gid(5).set_additional_gids(Some(vec![5, 100]));
+        check_ids(&u, &user).unwrap();
+        user.set_uid(65_536);
+        assert!(check_ids(&u, &user).unwrap_err().to_string().contains("run_as_user"));
+        user.set_uid(0).set_gid(70_000);
+        assert!(check_ids(&u, &user).unwrap_err().to_string().contains("run_as_group"));
+        user.set_gid(0).set_additional_gids(Some(vec![1, 65_536]));
+        assert!(check_ids(&u, &user).unwrap_err().to_string().contains("supplemental_groups"));
     }
 
     #[test]

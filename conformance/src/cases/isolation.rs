@@ -28,6 +28,7 @@ pub fn cases() -> Vec<Case> {
         case!("mount_propagation_private_source_refused", mount_propagation_private_source_refused),
         case!("hostpath_symlinks", hostpath_symlinks),
         case!("hostpath_dangling_symlink_refused", hostpath_dangling_symlink_refused),
+        case!("hostpath_relative_refused", hostpath_relative_refused),
         case!("device_rwm_writable", device_rwm_writable),
         case!("device_read_permission_only", device_read_permission_only),
         case!("device_not_a_device_refused", device_not_a_device_refused),
@@ -447,6 +448,36 @@ pub async fn hostpath_dangling_symlink_refused(ctx: &Ctx) -> Result<()> {
     let want = Refusal { codes: INVALID, named: &named };
     refused_in_new_pod(ctx, "dangling", false, config(ctx, "dangling", &["true"], &x), &want).await?;
     check(!target.exists(), || format!("the dangling symlink's target {} was created", target.display()))
+}
+
+/// A relative host_path is refused (berth: InvalidArgument naming it) and nothing is created
+/// relative to the daemon's working directory.
+pub async fn hostpath_relative_refused(ctx: &Ctx) -> Result<()> {
+    let rel = format!("berth-relative-{}/dir", ctx.unique());
+    let x = Extra {
+        mounts: vec![cri::Mount { container_path: "/mnt/rel".into(), host_path: rel.clone(), ..Default::default() }],
+        ..Default::default()
+    };
+    let want = Refusal { codes: INVALID, named: &rel };
+    let refusal = refused_in_new_pod(ctx, "relative", false, config(ctx, "relative", &["true"], &x), &want).await;
+    let top = rel.split('/').next().unwrap_or_default().to_string();
+    let mut made = Vec::new();
+    if let Some(pid) = ctx.daemon_pid().await {
+        if let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) {
+            if cwd.join(&top).exists() {
+                made.push(cwd.join(&top));
+            }
+        }
+    }
+    for p in &made {
+        let _ = std::fs::remove_dir_all(p);
+    }
+    if let (Err(e), false) = (&refusal, ctx.kind == TargetKind::Berth) {
+        eprintln!("note hostpath_relative_refused: {e:#}; created {made:?}");
+        return skip("the runtime accepts a relative host_path (containerd 1.6 creates it under its working directory)");
+    }
+    refusal?;
+    check(made.is_empty(), || format!("the refused mount created {made:?}"))
 }
 
 // ---- devices -----------------------------------------------------------------------------

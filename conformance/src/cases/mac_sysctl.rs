@@ -20,6 +20,7 @@ pub fn cases() -> Vec<Case> {
         case!("sysctl_namespaced_applied", sysctl_namespaced_applied),
         case!("sysctl_host_network_net_refused", sysctl_host_network_net_refused),
         case!("sysctl_not_namespaced_refused", sysctl_not_namespaced_refused),
+        case!("sysctl_kernel_refused", sysctl_kernel_refused),
         case!("pod_pid1_reaps_zombies", pod_pid1_reaps_zombies),
         case!("privileged_container_in_unprivileged_pod_refused", privileged_in_unprivileged_pod),
         case!("apparmor_localhost_missing_refused", apparmor_localhost_missing_refused),
@@ -170,6 +171,18 @@ pub async fn sysctl_not_namespaced_refused(ctx: &Ctx) -> Result<()> {
     pod_refused(ctx, "sysctl_not_namespaced_refused", pc, "kernel.panic").await?;
     let after = host_sysctl("kernel/panic")?;
     check(after == before, || format!("host kernel.panic changed: {before} -> {after}"))
+}
+
+/// Namespaced-looking sysctls the kernel refuses in a pod's namespaces: a key it lacks, one a
+/// non-initial network namespace may not write, and a bad value. Refused (berth: InvalidArgument
+/// naming the key, before the pod exists), nothing left.
+pub async fn sysctl_kernel_refused(ctx: &Ctx) -> Result<()> {
+    for (key, value) in [("net.ipv4.berth_no_such_key", "1"), ("net.core.rmem_max", "1000000"), ("net.ipv4.ip_forward", "abc")] {
+        let mut pc = ctx.pod_config("sysctl-kernel", &[]);
+        pc.linux.get_or_insert_with(Default::default).sysctls.insert(key.into(), value.into());
+        pod_refused(ctx, "sysctl_kernel_refused", pc, key).await.with_context(|| format!("{key} = {value}"))?;
+    }
+    Ok(())
 }
 
 /// Processes in state Z, as `pid comm` lines, from an exec in `id`.

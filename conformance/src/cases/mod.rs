@@ -90,6 +90,7 @@ pub fn all() -> Vec<Case> {
         case!("security_seccomp_unconfined", security::seccomp_unconfined),
         case!("security_seccomp_localhost_denies_mkdir", security::seccomp_localhost_denies_mkdir),
         case!("security_seccomp_localhost_missing", security::seccomp_localhost_missing),
+        case!("security_seccomp_localhost_not_a_file", security::seccomp_localhost_not_a_file),
         case!("security_no_new_privs", security::no_new_privs),
         case!("security_caps_drop_all_add_net_bind", security::caps_drop_all_add_one),
         case!("security_privileged", security::privileged),

@@ -96,6 +96,27 @@ pub async fn seccomp_localhost_missing(ctx: &Ctx) -> Result<()> {
     refused(ctx, "seccomp-missing", sc, &missing).await
 }
 
+/// seccomp Localhost naming a FIFO or a device: refused at once as not a regular file, and the
+/// daemon keeps answering (reading a FIFO nobody writes would block). berth only: other
+/// runtimes may block on it, which would stall the rest of the suite.
+pub async fn seccomp_localhost_not_a_file(ctx: &Ctx) -> Result<()> {
+    if ctx.kind != TargetKind::Berth {
+        return skip("a FIFO profile may block the runtime under test (containerd reads it whole)");
+    }
+    let fifo = ctx.tmp.join(format!("profile-fifo-{}", ctx.unique()));
+    let st = std::process::Command::new("mkfifo").arg(&fifo).status().context("mkfifo")?;
+    check(st.success(), || "mkfifo failed".into())?;
+    for path in [fifo.display().to_string(), "/dev/zero".to_string()] {
+        let sc = Sc { seccomp: profile(cri::security_profile::ProfileType::Localhost, &path), ..Default::default() };
+        tokio::time::timeout(Duration::from_secs(30), refused(ctx, "seccomp-not-a-file", sc, "not a regular file"))
+            .await
+            .with_context(|| format!("CreateContainer with the profile {path} did not answer within 30 s"))??;
+    }
+    let _ = std::fs::remove_file(&fifo);
+    ctx.rt().version(cri::VersionRequest { version: String::new() }).await.context("Version after the refusals")?;
+    Ok(())
+}
+
 /// run_as_group without run_as_user/run_as_username: refused (berth: InvalidArgument naming
 /// run_as_group), nothing left.
 pub async fn run_as_group_alone(ctx: &Ctx) -> Result<()> {

@@ -139,6 +139,8 @@ pub async fn bad_mappings_refused(ctx: &Ctx) -> Result<()> {
         ("container id 1", userns(ok(), vec![mapping(HOST_BASE, 1, RANGE)]), "container_id"),
         ("no gid mapping", userns(ok(), vec![]), "gids"),
         ("mode CONTAINER", cri::UserNamespace { mode: cri::NamespaceMode::Container as i32, uids: ok(), gids: ok() }, "mode"),
+        ("length 1", userns(vec![mapping(HOST_BASE, 0, 1)], ok()), "length"),
+        ("range ending at 2^32", userns(vec![mapping(u32::MAX - RANGE + 1, 0, RANGE)], ok()), "overflow"),
     ];
     for (what, u, field) in cases {
         let pc = with_userns(ctx.pod_config("userns-bad", &[]), u);
@@ -167,7 +169,7 @@ pub async fn container_mismatch_refused(ctx: &Ctx) -> Result<()> {
     pc.linux.get_or_insert_with(Default::default).security_context.get_or_insert_with(Default::default).privileged = true;
     let pod: Pod = ctx.run_pod_with(pc).await?;
     let r = async {
-        let attempts: [(&str, cri::LinuxContainerSecurityContext, &str); 3] = [
+        let attempts: [(&str, cri::LinuxContainerSecurityContext, &str); 4] = [
             (
                 "NODE user namespace",
                 cri::LinuxContainerSecurityContext {
@@ -191,6 +193,11 @@ pub async fn container_mismatch_refused(ctx: &Ctx) -> Result<()> {
                 "userns_options",
             ),
             ("privileged", cri::LinuxContainerSecurityContext { privileged: true, ..Default::default() }, "privileged"),
+            (
+                "run_as_user outside the mapping",
+                cri::LinuxContainerSecurityContext { run_as_user: Some(cri::Int64Value { value: RANGE as i64 }), ..Default::default() },
+                "run_as_user",
+            ),
         ];
         for (what, sc, field) in attempts {
             let mut cfg = ctx.container_config("mismatch", &ctx.images.busybox, &["true"]);

@@ -62,7 +62,9 @@ pub fn ipc_mode(sb: &SandboxContext, sc: &cri::LinuxContainerSecurityContext) ->
 }
 
 /// The container's namespaces. PID: POD joins the infra's, CONTAINER gets a new one, NODE stays
-/// on the host, TARGET joins `/proc/<pid_target>/ns/pid` (the caller resolves the target). IPC: NODE stays on the host, else joins the infra's.
+/// on the host, TARGET joins `/proc/<pid_target>/ns/pid` (the caller resolves the target). IPC: NODE
+/// stays on the host, CONTAINER gets a new one, POD joins the infra's, TARGET is refused; a
+/// container-level network mode CONTAINER or TARGET is refused.
 /// UTS joins the infra's unless the pod uses the host network (then the host's). Network: the
 /// pinned netns, or the host's. Mount: always new.
 pub fn container_namespaces(
@@ -89,8 +91,25 @@ pub fn container_namespaces(
             }
         },
     }
-    if ipc_mode(sb, sc) != cri::NamespaceMode::Node {
-        ns.push(namespace(LinuxNamespaceType::Ipc, infra_ns("ipc")));
+    match ipc_mode(sb, sc) {
+        cri::NamespaceMode::Node => {}
+        cri::NamespaceMode::Pod => ns.push(namespace(LinuxNamespaceType::Ipc, infra_ns("ipc"))),
+        cri::NamespaceMode::Container => ns.push(namespace(LinuxNamespaceType::Ipc, None)),
+        cri::NamespaceMode::Target => {
+            return Err(SpecError::InvalidField {
+                container: container.to_string(),
+                field: "namespace_options.ipc",
+                reason: "TARGET is only for pid (the CRI allows POD, CONTAINER or NODE here)".into(),
+            })
+        }
+    }
+    let net = sc.namespace_options.as_ref().map(|o| o.network).unwrap_or(cri::NamespaceMode::Pod as i32);
+    if net == cri::NamespaceMode::Container as i32 || net == cri::NamespaceMode::Target as i32 {
+        return Err(SpecError::InvalidField {
+            container: container.to_string(),
+            field: "namespace_options.network",
+            reason: "a container shares its pod's network (the CRI allows POD or NODE here, as the pod has it)".into(),
+        });
     }
     if let Some(netns) = sb.netns_path {
         ns.push(namespace(LinuxNamespaceType::Uts, infra_ns("uts")));
@@ -227,9 +246,8 @@ pub fn device(container: &str, d: &cri::Device) -> Result<(LinuxDevice, LinuxDev
     } else {
         &d.container_path
     };
-    if !Path::new(dest).is_absolute() {
-        return Err(err(format!("container_path {dest:?} must be absolute")));
-    }
+    // Cleaned lexically (`/dev/../etc/passwd` is `/etc/passwd`), as mount destinations are.
+    let dest = super::mounts::clean_container_path(dest).ok_or_else(|| err(format!("container_path {dest:?} must be absolute")))?;
     let mut dev = LinuxDevice::default();
     dev.set_path(PathBuf::from(dest))
         .set_typ(typ)
@@ -358,6 +376,15 @@ pub fn container_linux(
             },
         )
     };
+    for (field, paths) in [("masked_paths", &masked), ("readonly_paths", &readonly)] {
+        if let Some(p) = paths.iter().find(|p| !Path::new(p).is_absolute()) {
+            return Err(SpecError::InvalidField {
+                container: c.container_id.to_string(),
+                field,
+                reason: format!("{p:?} must be an absolute path"),
+            });
+        }
+    }
     let mut l = Linux::default();
     l.set_namespaces(Some(container_namespaces(sb, c.container_id, sc, c.pid_target)?))
         .set_cgroups_path(Some(PathBuf::from(cgroups_path(sb.cgroup_parent, c.container_id))))

@@ -156,6 +156,10 @@ pub fn cri_mount(container: &str, m: &cri::Mount, features: &RuntimeFeatures) ->
         }
         return Err(invalid("host_path is empty".into()));
     }
+    if !Path::new(&m.host_path).is_absolute() {
+        // Checked before anything is created: a relative path would land in the daemon's cwd.
+        return Err(invalid(format!("host_path {:?} must be absolute", m.host_path)));
+    }
     let propagation = cri::MountPropagation::try_from(m.propagation).unwrap_or(cri::MountPropagation::PropagationPrivate);
     if m.recursive_read_only {
         if !m.readonly {
@@ -275,7 +279,8 @@ pub fn check_source_propagation(source: &Path, propagation: cri::MountPropagatio
 }
 
 /// All mounts of a container (see the module docs for the order and overrides). IPC mode NODE
-/// binds the host's `/dev/shm`; else the pod's `shm_path`, else a private tmpfs.
+/// binds the host's `/dev/shm`; CONTAINER (its own IPC namespace) gets a private tmpfs; POD the
+/// pod's `shm_path`, or a private tmpfs when the pod has none.
 pub fn container_mounts(
     sb: &SandboxContext,
     c: &ContainerContext,
@@ -290,12 +295,13 @@ pub fn container_mounts(
     // Parents before children (containerd's orderedMounts): stable sort by path depth.
     cri_mounts.sort_by_key(|m| m.destination().components().count());
 
-    let ipc_node = super::linux::ipc_mode(sb, sc) == cri::NamespaceMode::Node;
+    let ipc = super::linux::ipc_mode(sb, sc);
+    let ipc_node = ipc == cri::NamespaceMode::Node;
     let mut mounts = default_mounts(sc.privileged);
     let shm_opts = ["rbind", "rprivate", "nosuid", "noexec", "nodev"];
     if ipc_node {
         mounts.push(mount("/dev/shm", "bind", "/dev/shm", &shm_opts));
-    } else if let Some(shm) = sb.shm_path {
+    } else if let (Some(shm), false) = (sb.shm_path, ipc == cri::NamespaceMode::Container) {
         mounts.push(mount("/dev/shm", "bind", shm, &shm_opts));
     } else {
         mounts.push(mount(

@@ -153,3 +153,11 @@ fn private_source_refused_for_bidirectional() {
     assert!(matches!(e, SpecError::InvalidMount { .. }), "{e}");
     assert!(e.to_string().contains("--make-rshared"), "{e}");
 }
+
+#[test]
+fn relative_host_path_is_refused_before_anything_is_created() {
+    let m = cri::Mount { container_path: "/v".into(), host_path: "berth-relative-test/dir".into(), ..Default::default() };
+    let e = cri_mount("c1", &m, &RuntimeFeatures::default()).unwrap_err();
+    assert!(matches!(e, SpecError::InvalidMount { .. }) && e.to_string().contains("must be absolute"), "{e}");
+    assert!(!Path::new("berth-relative-test").exists());
+}

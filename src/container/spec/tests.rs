@@ -663,6 +663,10 @@ fn device_from_host_char_device() {
         ..Default::default()
     };
     assert!(linux::device("c1", &bad).is_err());
+    let climbing = cri::Device { container_path: "/dev/../etc/passwd".into(), ..d.clone() };
+    assert_eq!(linux::device("c1", &climbing).unwrap().0.path(), Path::new("/etc/passwd"));
+    let relative = cri::Device { container_path: "dev/x".into(), ..d };
+    assert!(linux::device("c1", &relative).is_err());
 }
 
 #[test]
@@ -786,4 +790,25 @@ fn pid_target_joins_the_target_process() {
     };
     let spec = container_spec_with(&f.sb(), &c, &host()).unwrap();
     assert_eq!(ns_of(&spec)[0], (LinuxNamespaceType::Pid, Some(PathBuf::from("/proc/777/ns/pid"))));
+}
+
+#[test]
+fn namespace_modes_the_cri_does_not_allow_and_relative_paths_are_refused() {
+    let f = Fixture::new();
+    let mut cfg = config();
+    sec(&mut cfg).namespace_options = Some(cri::NamespaceOption { ipc: cri::NamespaceMode::Target as i32, ..Default::default() });
+    let e = build(&f, &cfg, &image()).unwrap_err().to_string();
+    assert!(e.contains("namespace_options.ipc"), "{e}");
+    sec(&mut cfg).namespace_options = Some(cri::NamespaceOption { network: cri::NamespaceMode::Container as i32, ..Default::default() });
+    let e = build(&f, &cfg, &image()).unwrap_err().to_string();
+    assert!(e.contains("namespace_options.network"), "{e}");
+    // IPC CONTAINER: a namespace and a /dev/shm of its own.
+    sec(&mut cfg).namespace_options = Some(cri::NamespaceOption { ipc: cri::NamespaceMode::Container as i32, ..Default::default() });
+    let spec = build(&f, &cfg, &image()).unwrap();
+    assert!(ns_of(&spec).contains(&(LinuxNamespaceType::Ipc, None)));
+    assert_eq!(find(&spec, "/dev/shm").typ().as_deref(), Some("tmpfs"));
+    let mut cfg = config();
+    sec(&mut cfg).masked_paths = vec!["relative".into()];
+    let e = build(&f, &cfg, &image()).unwrap_err().to_string();
+    assert!(e.contains("masked_paths") && e.contains("absolute"), "{e}");
 }
