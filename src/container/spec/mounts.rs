@@ -188,17 +188,20 @@ pub fn cri_mount(container: &str, m: &cri::Mount, features: &RuntimeFeatures) ->
             value: format!("id-mapped mount at {:?}", m.container_path),
         });
     }
+    if propagation != cri::MountPropagation::PropagationPrivate {
+        // Checked before a missing host path is created, on the deepest part of it that exists
+        // (a new directory lands on that mount), so a refusal leaves nothing behind.
+        let existing = nearest_existing(Path::new(&m.host_path));
+        let info = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| invalid(format!("reading /proc/self/mountinfo to check the propagation of {}: {e}", existing.display())))?;
+        check_source_propagation(&existing, propagation, &info).map_err(invalid)?;
+    }
     let source = prepare_host_path(&m.host_path).map_err(|source| SpecError::MountSource {
         container: container.to_string(),
         container_path: m.container_path.clone(),
         host_path: m.host_path.clone(),
         source,
     })?;
-    if propagation != cri::MountPropagation::PropagationPrivate {
-        let info = std::fs::read_to_string("/proc/self/mountinfo")
-            .map_err(|e| invalid(format!("reading /proc/self/mountinfo to check the propagation of {}: {e}", source.display())))?;
-        check_source_propagation(&source, propagation, &info).map_err(invalid)?;
-    }
     let mut opts = vec!["rbind", propagation_option(m.propagation), if m.readonly { "ro" } else { "rw" }];
     if m.recursive_read_only {
         // runc >= 1.1: `rro` = mount_setattr(MOUNT_ATTR_RDONLY, AT_RECURSIVE) on the bind mount,
@@ -206,6 +209,25 @@ pub fn cri_mount(container: &str, m: &cri::Mount, features: &RuntimeFeatures) ->
         opts.push("rro");
     }
     Ok(mount(&dest, "bind", source, &opts))
+}
+
+/// The canonical form of `path` when it exists, else of its deepest existing ancestor with the
+/// rest appended (`/` at worst).
+fn nearest_existing(path: &Path) -> PathBuf {
+    let mut rest = Vec::new();
+    let mut cur = path;
+    loop {
+        if let Ok(c) = std::fs::canonicalize(cur) {
+            return rest.iter().rev().fold(c, |acc: PathBuf, part| acc.join(part));
+        }
+        match (cur.parent(), cur.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                cur = parent;
+            }
+            _ => return PathBuf::from("/"),
+        }
+    }
 }
 
 /// One line of `/proc/self/mountinfo` (proc(5)): the mount point (octal escapes decoded) and

@@ -161,3 +161,18 @@ fn relative_host_path_is_refused_before_anything_is_created() {
     assert!(matches!(e, SpecError::InvalidMount { .. }) && e.to_string().contains("must be absolute"), "{e}");
     assert!(!Path::new("berth-relative-test").exists());
 }
+
+#[test]
+fn refused_propagation_creates_no_host_directory() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().canonicalize().unwrap();
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    if mount_of(&parse_mountinfo(&info), &src).is_some_and(|m| m.shared || m.slave) {
+        eprintln!("skipped: {} is on a shared or slave mount", src.display());
+        return;
+    }
+    let missing = src.join("a/b");
+    let m = cri::Mount { container_path: "/x".into(), host_path: missing.display().to_string(), propagation: BIDI, ..Default::default() };
+    assert!(cri_mount("c1", &m, &RuntimeFeatures::default()).is_err());
+    assert!(!src.join("a").exists(), "the refused mount created its host path");
+}
