@@ -112,6 +112,12 @@ async fn killed_container_exits_128_plus_signal() {
     let spawned = monitor::spawn(Path::new(MONITOR), &spec).await.unwrap();
     c.runtime.start(&c.id).await.unwrap();
     assert_eq!(c.runtime.state(&c.id).await.unwrap().unwrap().status, "running");
+    // Kill only once the shell has written its line: a kill right after start may land before
+    // `echo ready` ran (seen on a loaded machine), and the log would then be rightly empty.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while records(&c.log()).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     c.runtime.kill(&c.id, libc::SIGKILL, false).await.unwrap();
     let info = wait_exit(&spec.exit_file).await;
     assert_eq!(info.exit_code, 128 + libc::SIGKILL);
