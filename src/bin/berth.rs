@@ -164,7 +164,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
             tracing::info!("shutting down; containers keep running under their monitors");
         };
-        berth::server::serve(daemon, streaming, &listen, shutdown).await
+        let served = berth::server::serve(daemon, streaming, &listen, shutdown).await;
+        // The CRI socket goes with the server; the inspect socket is ours to remove too.
+        if let Err(e) = std::fs::remove_file(&inspect_socket) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(error = %e, socket = %inspect_socket.display(), "removing the inspect socket");
+            }
+        }
+        served
     })
 }
 
