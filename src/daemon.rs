@@ -97,6 +97,9 @@ pub struct Daemon {
     pub store: Arc<Store>,
     /// Image store (`<root>/images`).
     pub images: Arc<ImageStore>,
+    /// The container records (`containers` table) with their in-memory copy; every container
+    /// record goes through it.
+    pub containers: crate::container::table::ContainerTable,
     /// CNI client for the pod network.
     pub cni: Cni,
     /// OCI runtimes by handler name.
@@ -176,8 +179,10 @@ impl Daemon {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0);
         let cni = Cni::new(config.network.clone());
+        let containers = crate::container::table::ContainerTable::open(store.clone()).context("loading the container records")?;
         Ok(Daemon {
             config,
+            containers,
             store,
             images,
             cni,

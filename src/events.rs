@@ -23,7 +23,7 @@
 use crate::container::ContainerRecord;
 use crate::daemon::Daemon;
 use crate::sandbox::SandboxRecord;
-use crate::state::{CONTAINERS, SANDBOXES};
+use crate::state::SANDBOXES;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
@@ -179,11 +179,7 @@ impl Subscription {
 /// give an empty part: an event is still worth sending.
 fn snapshot(d: &Daemon, sandbox_id: &str, current: Option<&ContainerRecord>) -> (Option<SandboxRecord>, Vec<ContainerRecord>) {
     let sandbox = d.store.get::<SandboxRecord>(SANDBOXES, sandbox_id).ok().flatten();
-    let mut containers: Vec<ContainerRecord> = d
-        .store
-        .list::<ContainerRecord>(CONTAINERS)
-        .map(|v| v.into_iter().map(|(_, r)| r).filter(|r| r.sandbox_id == sandbox_id).collect())
-        .unwrap_or_default();
+    let mut containers: Vec<ContainerRecord> = d.containers.list().into_iter().filter(|r| r.sandbox_id == sandbox_id).collect();
     if let Some(cur) = current {
         if let Some(slot) = containers.iter_mut().find(|r| r.id == cur.id) {
             *slot = cur.clone();
@@ -247,15 +243,9 @@ pub fn start_exit_watcher(d: &Arc<Daemon>) {
 /// an operation holds its lock (that operation observes the exit itself). Returns how many
 /// exits were folded in.
 pub fn observe_exits(d: &Daemon) -> usize {
-    let running = match d.store.list::<ContainerRecord>(CONTAINERS) {
-        Ok(v) => v,
-        Err(e) => {
-            tracing::warn!(error = %e, "exit watcher: listing containers");
-            return 0;
-        }
-    };
+    let running = d.containers.list();
     let mut folded = 0;
-    for (_, r) in running {
+    for r in running {
         if r.state != crate::container::ContainerState::Running {
             continue;
         }
@@ -265,17 +255,16 @@ pub fn observe_exits(d: &Daemon) -> usize {
         }
         let lock = d.lock_for(&r.id);
         let Ok(guard) = lock.try_lock() else { continue };
-        match d.store.get::<ContainerRecord>(CONTAINERS, &r.id) {
-            Ok(Some(fresh)) => match crate::container::refresh(d, fresh) {
+        match d.containers.get(&r.id) {
+            Some(fresh) => match crate::container::refresh(d, fresh) {
                 Ok(_) => folded += 1,
                 Err(e) => tracing::warn!(container = %r.id, error = %e, "exit watcher: refreshing container"),
             },
             // Removed meanwhile: its lock entry was made again by lock_for above.
-            Ok(None) => {
+            None => {
                 drop(guard);
                 d.drop_lock(&r.id);
             }
-            Err(e) => tracing::warn!(container = %r.id, error = %e, "exit watcher: reading container"),
         }
     }
     folded

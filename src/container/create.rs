@@ -7,7 +7,6 @@ use crate::container::spec::{self, ContainerContext, SandboxContext};
 use crate::daemon::{Daemon, Error, Result};
 use crate::monitor::MonitorSpec;
 use crate::sandbox::{SandboxPaths, SandboxState};
-use crate::state::CONTAINERS;
 use k8s_cri::v1::{ContainerConfig, PodSandboxConfig};
 use std::path::{Component, Path, PathBuf};
 use tracing::Instrument;
@@ -188,8 +187,8 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
         // The record goes in before the runtime knows the container, so a crash from here on
         // leaves a record that Remove can clean up; a crash before it leaves only directories,
         // mounts and a lease without a record, which `recover` sweeps at the next start.
-        d.store.put(CONTAINERS, &id, &record)?;
-        undo.push("drop record", async { let _ = d.store.delete(CONTAINERS, &id); });
+        d.containers.put(&record)?;
+        undo.push("drop record", async { let _ = d.containers.delete(&id); });
 
         let mspec = MonitorSpec {
             id: id.clone(),
@@ -222,7 +221,7 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
         crate::storage::idmap::detach_under(&scratch)?;
         record.pid = spawned.container_pid;
         record.monitor_pid = spawned.monitor_pid;
-        d.store.put(CONTAINERS, &id, &record)?;
+        d.containers.put(&record)?;
         Ok::<(), Error>(())
     }
     .instrument(span.clone())

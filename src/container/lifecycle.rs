@@ -2,7 +2,6 @@
 
 use super::{watched, ContainerPaths, ContainerRecord, ContainerState};
 use crate::daemon::{ok_if_missing, Daemon, Error, Result};
-use crate::state::CONTAINERS;
 use std::time::Duration;
 use tracing::Instrument;
 
@@ -30,7 +29,7 @@ pub async fn start(d: &Daemon, id: &str) -> Result<()> {
         d.runtime(&r.runtime_handler)?.start(&r.id).await?;
         r.started_at = started_at;
         r.state = ContainerState::Running;
-        d.store.put(CONTAINERS, &r.id, &r)?;
+        d.containers.put(&r)?;
         crate::events::container_event(d, crate::events::ContainerEventKind::Started, &r);
         // It may already have exited: fold the exit file in now (that publishes STOPPED).
         super::refresh(d, r)?;
@@ -84,7 +83,7 @@ async fn stop_locked(d: &Daemon, r: ContainerRecord, timeout: i64) -> Result<Con
 
 fn finish(d: &Daemon, r: ContainerRecord, ended: &super::liveness::Ended) -> Result<ContainerRecord> {
     let r = super::apply_end(r, ended);
-    d.store.put(CONTAINERS, &r.id, &r)?;
+    d.containers.put(&r)?;
     crate::events::container_event(d, crate::events::ContainerEventKind::Stopped, &r);
     tracing::info!(exit_code = r.exit_code, "container stopped");
     Ok(r)
@@ -100,7 +99,7 @@ pub async fn remove(d: &Daemon, id: &str) -> Result<()> {
     let guard = lock.lock().await;
     let span = tracing::info_span!("remove_container", container = %r.id, sandbox = %r.sandbox_id);
     async {
-        let r = match d.store.get::<ContainerRecord>(CONTAINERS, &r.id)? {
+        let r = match d.containers.get(&r.id) {
             Some(r) => super::refresh(d, r)?,
             None => return Ok::<(), Error>(()),
         };
@@ -115,7 +114,7 @@ pub async fn remove(d: &Daemon, id: &str) -> Result<()> {
             crate::util::remove_dir_all_idempotent(dir).map_err(Error::io(format!("removing {}", dir.display())))?;
         }
         d.images.release_layers(&r.id).await?;
-        d.store.delete(CONTAINERS, &r.id)?;
+        d.containers.delete(&r.id)?;
         d.release_name(&r.name_key, &r.id);
         // A container removed before anyone saw it stop still gets its STOPPED first.
         if r.state == ContainerState::Exited {

@@ -16,6 +16,7 @@ pub mod seccomp;
 pub mod liveness;
 pub mod spec;
 pub mod streaming;
+pub mod table;
 mod update;
 pub mod user;
 #[cfg(test)]
@@ -30,7 +31,6 @@ pub use logs::reopen_log;
 use crate::daemon::{Daemon, Error, Result};
 use crate::monitor::ExitInfo;
 use liveness::{Ended, Watched};
-use crate::state::CONTAINERS;
 use k8s_cri::v1::ContainerConfig;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -137,16 +137,10 @@ pub fn get(d: &Daemon, id: &str) -> Result<ContainerRecord> {
     if id.is_empty() {
         return Err(Error::invalid("container_id", "must not be empty"));
     }
-    let r = match d.store.get::<ContainerRecord>(CONTAINERS, id)? {
+    let r = match d.containers.get(id) {
         Some(r) => r,
         None => {
-            let mut m: Vec<ContainerRecord> = d
-                .store
-                .list::<ContainerRecord>(CONTAINERS)?
-                .into_iter()
-                .map(|(_, r)| r)
-                .filter(|r| r.id.starts_with(id))
-                .collect();
+            let mut m = d.containers.with_prefix(id);
             match m.len() {
                 0 => return Err(Error::NotFound { kind: "container", id: id.to_string() }),
                 1 => m.remove(0),
@@ -159,7 +153,7 @@ pub fn get(d: &Daemon, id: &str) -> Result<ContainerRecord> {
 
 /// Every container, refreshed.
 pub fn list(d: &Daemon) -> Result<Vec<ContainerRecord>> {
-    d.store.list::<ContainerRecord>(CONTAINERS)?.into_iter().map(|(_, r)| refresh(d, r)).collect()
+    d.containers.list().into_iter().map(|r| refresh(d, r)).collect()
 }
 
 /// The containers of one pod sandbox, refreshed.
@@ -178,7 +172,7 @@ pub fn refresh(d: &Daemon, r: ContainerRecord) -> Result<ContainerRecord> {
     match watched(&paths, &r).observe() {
         Some(ended) => {
             let r = apply_end(r, &ended);
-            d.store.put(CONTAINERS, &r.id, &r)?;
+            d.containers.put(&r)?;
             crate::events::container_event(d, crate::events::ContainerEventKind::Stopped, &r);
             Ok(r)
         }
@@ -231,10 +225,10 @@ pub fn apply_exit(mut r: ContainerRecord, exit: &ExitInfo) -> ContainerRecord {
 /// process is gone without an exit file (its monitor died too, or the node rebooted) becomes
 /// Exited with code 255 and reason `Unknown`... unless an exit file tells better.
 pub async fn recover(d: &Daemon) -> Result<()> {
-    let records = d.store.list::<ContainerRecord>(CONTAINERS)?;
-    let known: std::collections::HashSet<String> = records.iter().map(|(id, _)| id.clone()).collect();
+    let records = d.containers.list();
+    let known: std::collections::HashSet<String> = records.iter().map(|r| r.id.clone()).collect();
     sweep_orphans(d, &known).await;
-    for (_, r) in records {
+    for r in records {
         d.reserve_name("container", &r.name_key, &r.id)?;
         let mut r = refresh(d, r)?;
         if matches!(r.state, ContainerState::Created | ContainerState::Running) {
@@ -253,7 +247,7 @@ pub async fn recover(d: &Daemon) -> Result<()> {
                 r.exit_code = 255;
                 r.reason = "Unknown".into();
                 r.message = "the container's monitor exited without recording an exit code".into();
-                d.store.put(CONTAINERS, &r.id, &r)?;
+                d.containers.put(&r)?;
             }
         }
     }

@@ -11,7 +11,6 @@
 
 use super::{ContainerPaths, ContainerRecord, ContainerState};
 use crate::daemon::{Daemon, Error, Result};
-use crate::state::CONTAINERS;
 use k8s_cri::v1 as cri;
 use tracing::Instrument;
 
@@ -98,7 +97,7 @@ pub async fn update_resources(d: &Daemon, id: &str, linux: Option<cri::LinuxCont
         }
         update_bundle_spec(&paths, &oci);
         r.config.linux.get_or_insert_with(Default::default).resources = Some(merged);
-        d.store.put(CONTAINERS, &r.id, &r)?;
+        d.containers.put(&r)?;
         tracing::info!("container resources updated");
         Ok(())
     }

@@ -1,0 +1,106 @@
+//! The container records: redb's `containers` table with a write-through, in-memory copy of
+//! every record, so listing (kubelet's relist calls ListContainers every second) and lookups do
+//! not decode every record's JSON from the store each time.
+//!
+//! The store stays the truth: every change is written to redb first and reaches the copy only
+//! once that transaction committed, under the copy's write lock, so readers never see a record
+//! the store does not hold. The copy is loaded once when the daemon opens. Nothing else may
+//! write the `containers` table.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use super::ContainerRecord;
+use crate::state::{StateError, Store, CONTAINERS};
+
+/// The `containers` table and its in-memory copy.
+pub struct ContainerTable {
+    store: Arc<Store>,
+    records: RwLock<HashMap<String, ContainerRecord>>,
+}
+
+impl ContainerTable {
+    /// Loads every record of `store`'s `containers` table. Errors: the store's, e.g. a record
+    /// that does not decode.
+    pub fn open(store: Arc<Store>) -> Result<ContainerTable, StateError> {
+        let records = store.list::<ContainerRecord>(CONTAINERS)?.into_iter().collect();
+        Ok(ContainerTable { store, records: RwLock::new(records) })
+    }
+
+    /// The record with exactly this ID.
+    pub fn get(&self, id: &str) -> Option<ContainerRecord> {
+        self.records.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    }
+
+    /// Every record (in no particular order).
+    pub fn list(&self) -> Vec<ContainerRecord> {
+        self.records.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
+    /// The records whose ID starts with `prefix`.
+    pub fn with_prefix(&self, prefix: &str) -> Vec<ContainerRecord> {
+        self.records.read().unwrap_or_else(|p| p.into_inner()).values().filter(|r| r.id.starts_with(prefix)).cloned().collect()
+    }
+
+    /// Writes `r` to the store, then to the copy. Errors: the store's (the copy is unchanged).
+    pub fn put(&self, r: &ContainerRecord) -> Result<(), StateError> {
+        let mut records = self.records.write().unwrap_or_else(|p| p.into_inner());
+        self.store.put(CONTAINERS, &r.id, r)?;
+        records.insert(r.id.clone(), r.clone());
+        Ok(())
+    }
+
+    /// Deletes the record `id` from the store, then from the copy; `true` when it existed.
+    /// Errors: the store's (the copy is unchanged).
+    pub fn delete(&self, id: &str) -> Result<bool, StateError> {
+        let mut records = self.records.write().unwrap_or_else(|p| p.into_inner());
+        let existed = self.store.delete(CONTAINERS, id)?;
+        records.remove(id);
+        Ok(existed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str) -> ContainerRecord {
+        ContainerRecord {
+            id: id.into(),
+            sandbox_id: "s".into(),
+            config: Default::default(),
+            image_id: "i".into(),
+            image_ref: "r".into(),
+            runtime_handler: String::new(),
+            state: super::super::ContainerState::Created,
+            created_at: 1,
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            pid: 0,
+            monitor_pid: 0,
+            log_path: String::new(),
+            stop_signal: String::new(),
+            name_key: id.into(),
+            user: None,
+        }
+    }
+
+    #[test]
+    fn writes_reach_the_store_and_the_copy_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let t = ContainerTable::open(store.clone()).unwrap();
+        t.put(&record("abc1")).unwrap();
+        t.put(&record("abd2")).unwrap();
+        assert_eq!(t.get("abc1").unwrap().id, "abc1");
+        assert_eq!(t.with_prefix("ab").len(), 2);
+        assert!(t.delete("abd2").unwrap());
+        assert!(!t.delete("abd2").unwrap());
+        let again = ContainerTable::open(store.clone()).unwrap();
+        assert_eq!(again.list().iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["abc1"]);
+        assert_eq!(store.get::<ContainerRecord>(CONTAINERS, "abc1").unwrap().unwrap().id, "abc1");
+    }
+}
