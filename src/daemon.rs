@@ -173,7 +173,6 @@ impl Daemon {
         }
         let pause_bin = crate::pause::install(&config.run_root)
             .with_context(|| format!("installing berth-pause under {}", config.run_root.display()))?;
-        let handler_health = self_test_handlers(&config, &pause_bin, &runtimes);
         let own_oom_score_adj = std::fs::read_to_string("/proc/self/oom_score_adj")
             .ok()
             .and_then(|s| s.trim().parse().ok())
@@ -188,7 +187,7 @@ impl Daemon {
             cni,
             runtimes,
             unavailable_runtimes,
-            handler_health: Mutex::new(handler_health),
+            handler_health: Mutex::new(HashMap::new()),
             retesting: std::sync::atomic::AtomicBool::new(false),
             monitor_bin,
             pause_bin,
@@ -234,6 +233,30 @@ impl Daemon {
             )));
         }
         Ok(rt)
+    }
+
+    /// Runs every handler's self-test on a thread of its own and records the results as they
+    /// come; returns at once. Until a handler's result is in, it is taken as usable and without
+    /// user namespaces (a runtime that hangs must not keep the daemon from serving, and the
+    /// thread is not waited for at shutdown).
+    pub fn start_self_tests(self: &Arc<Self>) {
+        let d = self.clone();
+        let spawned = std::thread::Builder::new().name("berth-selftest".into()).spawn(move || {
+            let results = self_test_handlers(&d.config, &d.pause_bin, &d.runtimes);
+            d.handler_health.lock().unwrap_or_else(|p| p.into_inner()).extend(results);
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the runtime handler self-test");
+        }
+    }
+
+    /// Whether a failed self-test is due to run again ([`Daemon::retest_failed_handlers`]).
+    pub fn retest_due(&self) -> bool {
+        self.handler_health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .any(|h| (h.runs.is_err() || h.user_namespaces.is_err()) && h.tested.elapsed() >= RETEST_AFTER)
     }
 
     /// Re-runs the self-test of every handler whose last one failed more than
@@ -370,7 +393,6 @@ fn self_test_handlers(
             })
             .collect()
     });
-    let _ = crate::util::remove_dir_all_idempotent(&base);
     for (name, h) in &results {
         match &h.runs {
             Ok(()) => tracing::info!(handler = %name, user_namespaces = ?h.user_namespaces, "runtime handler self-test passed"),

@@ -75,6 +75,22 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `s` cut to at most `max` bytes (at a char boundary) with `... (N bytes cut)` appended when
+/// cut, for messages that echo what a client or a runtime sent.
+pub fn truncate_message(mut s: String, max: usize) -> String {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = s.len() - end;
+    s.truncate(end);
+    s.push_str(&format!("... ({cut} bytes cut)"));
+    s
+}
+
 /// Removes a directory tree, treating "already gone" as success (undo steps must be idempotent).
 ///
 /// Refuses (error, nothing removed) when anything at or below `path` is still a mount point, as

@@ -139,6 +139,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         let listen = config.listen.clone();
         let daemon = Arc::new(berth::daemon::Daemon::open(config, images, store)?);
+        daemon.start_self_tests();
         berth::sandbox::recover(&daemon).await.context("recovering pod sandboxes")?;
         berth::container::recover(&daemon).await.context("recovering containers")?;
         // Folds exits into STOPPED events while anyone subscribes to GetContainerEvents.

@@ -195,12 +195,16 @@ impl Runtime {
 /// (runc: `container does not exist`; crun: `... status: No such file or directory`).
 pub fn is_not_exist(e: &OciError) -> bool {
     match e {
-        OciError::CommandFailed { stderr, .. } => {
-            let s = stderr.to_ascii_lowercase();
-            s.contains("does not exist") || s.contains("no such file or directory")
-        }
+        OciError::CommandFailed { stderr, .. } => says_not_exist(stderr),
         _ => false,
     }
+}
+
+/// True when a runtime's error message says the container does not exist (see
+/// [`is_not_exist`]).
+pub fn says_not_exist(message: &str) -> bool {
+    let s = message.to_ascii_lowercase();
+    s.contains("does not exist") || s.contains("no such file or directory")
 }
 
 /// True when the error is the runtime refusing because the container is not running
@@ -216,15 +220,17 @@ pub fn is_not_running(e: &OciError) -> bool {
 }
 
 /// The error message of a runtime's stderr: the `msg="..."` values of logrus text lines
-/// (`time="..." level=error msg="..."`), joined with "; "; or the trimmed text when there are none.
+/// (`time="..." level=error msg="..."`), joined with "; "; or the trimmed text when there are none;
+/// cut to [`MAX_RUNTIME_MESSAGE`] bytes.
 pub fn runtime_error_message(stderr: &str) -> String {
     let msgs: Vec<String> = stderr.lines().filter_map(logrus_msg).collect();
-    if msgs.is_empty() {
-        stderr.trim().to_string()
-    } else {
-        msgs.join("; ")
-    }
+    let msg = if msgs.is_empty() { stderr.trim().to_string() } else { msgs.join("; ") };
+    crate::util::truncate_message(msg, MAX_RUNTIME_MESSAGE)
 }
+
+/// The most of a runtime's error message berth keeps (it reaches gRPC status messages and
+/// Status info, which clients cap at a few KiB to MiB): the start says what failed.
+pub const MAX_RUNTIME_MESSAGE: usize = 4096;
 
 /// The `msg` value of one logrus text-format line, unquoted (`\"` and `\\` unescaped).
 fn logrus_msg(line: &str) -> Option<String> {

@@ -38,7 +38,7 @@ pub struct Health {
 }
 
 /// How long one runtime invocation of the test may take before it is killed.
-pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The id range the user-namespace test maps (never used: the container does not start).
 const TEST_MAP: IdMap = IdMap { host_id: 1_000_000_000, container_id: 0, length: 65_536 };
@@ -49,21 +49,26 @@ const TEST_MAP: IdMap = IdMap { host_id: 1_000_000_000, container_id: 0, length:
 /// support idmapped mounts. Blocking: a few runtime invocations, ~50 ms each for runc, each
 /// killed after [`STEP_TIMEOUT`].
 pub fn check(runtime: &Runtime, pause_bin: &Path, dir: &Path, cgroup_parent: &str, layer_store: &Path) -> Health {
-    let runs = create_and_delete(runtime, pause_bin, &dir.join("plain"), cgroup_parent, None, layer_store);
-    let user_namespaces = match (&runs, runtime.features.user_namespaces()) {
-        (Err(_), _) => Err("the runtime cannot create containers here".to_string()),
-        (Ok(()), false) => Err("the runtime's `features` list no user namespace".to_string()),
+    let (runs, plain_deleted) = create_and_delete(runtime, pause_bin, &dir.join("plain"), cgroup_parent, None, layer_store);
+    let (user_namespaces, userns_deleted) = match (&runs, runtime.features.user_namespaces()) {
+        (Err(_), _) => (Err("the runtime cannot create containers here".to_string()), true),
+        (Ok(()), false) => (Err("the runtime's `features` list no user namespace".to_string()), true),
         (Ok(()), true) => {
             let u = PodUserns { uid: TEST_MAP, gid: TEST_MAP };
             create_and_delete(runtime, pause_bin, &dir.join("userns"), cgroup_parent, Some(&u), layer_store)
         }
     };
-    let _ = crate::util::remove_dir_all_idempotent(dir);
+    // Kept when a delete failed: the next test's `delete --force` needs the runtime's state.
+    if plain_deleted && userns_deleted {
+        let _ = crate::util::remove_dir_all_idempotent(dir);
+    }
     Health { runs, user_namespaces, tested: std::time::Instant::now() }
 }
 
 /// One `create` + `delete --force` of the infra container in `dir`; with `userns`, also an
-/// idmapped clone of `layer_store` through the container's user namespace.
+/// idmapped clone of `layer_store` through the container's user namespace. Returns the verdict
+/// (a failed delete fails it: the runtime would leak every pod's infra) and whether the test
+/// container is gone (else `dir`, holding the runtime's state, must stay for the next try).
 fn create_and_delete(
     runtime: &Runtime,
     pause_bin: &Path,
@@ -71,12 +76,29 @@ fn create_and_delete(
     cgroup_parent: &str,
     userns: Option<&PodUserns>,
     layer_store: &Path,
-) -> Result<(), String> {
+) -> (Result<(), String>, bool) {
+    match try_create_and_delete(runtime, pause_bin, dir, cgroup_parent, userns, layer_store) {
+        Ok((verdict, deleted)) => (verdict, deleted),
+        Err(why) => (Err(why), false),
+    }
+}
+
+/// [`create_and_delete`]'s body; `Err` when even the set-up or the leftover's delete failed
+/// (nothing of this try was created then, but a leftover may remain).
+fn try_create_and_delete(
+    runtime: &Runtime,
+    pause_bin: &Path,
+    dir: &Path,
+    cgroup_parent: &str,
+    userns: Option<&PodUserns>,
+    layer_store: &Path,
+) -> Result<(Result<(), String>, bool), String> {
     let id = format!("berth-selftest-{}", runtime.handler);
     let state = dir.join("state");
-    // A test killed halfway (daemon crash) leaves its container and files: clear them first.
+    // A test killed halfway (daemon crash), or one whose delete failed, leaves its container
+    // and files: delete it first; its state stays until the runtime says it is gone.
     if state.exists() {
-        let _ = run_step(runtime_cmd(runtime, &state).args(["delete", "--force", &id]), None);
+        delete_test_container(runtime, &state, &id).map_err(|why| format!("deleting a leftover test container: {why}"))?;
     }
     let _ = crate::util::remove_dir_all_idempotent(dir);
     let bundle = dir.join("bundle");
@@ -125,9 +147,11 @@ fn create_and_delete(
             Err(format!("`{} create` {why}: {msg}", runtime.path.display()))
         }
     };
-    // Deleted whether create worked or half-worked; a container that does not exist is fine.
-    let _ = run_step(runtime_cmd(runtime, &state).args(["delete", "--force", &id]), None);
-    result
+    // Deleted whether create worked or half-worked; a container that does not exist is fine,
+    // a delete that fails is a failed test (the runtime would leak every pod's infra).
+    let deleted = delete_test_container(runtime, &state, &id);
+    let gone = deleted.is_ok();
+    Ok((result.and(deleted), gone))
 }
 
 /// Whether `layer_store` can be idmapped through the user namespace of the process in
@@ -150,6 +174,8 @@ fn run_step(cmd: &mut Command, stderr: Option<std::fs::File>) -> Result<(), Stri
         Some(f) => cmd.stderr(f),
         None => cmd.stderr(Stdio::null()),
     };
+    // Its own process group, so a timeout ends the runtime and everything it started.
+    std::os::unix::process::CommandExt::process_group(cmd, 0);
     let mut child = cmd.spawn().map_err(|e| format!("could not run: {e}"))?;
     let deadline = std::time::Instant::now() + STEP_TIMEOUT;
     loop {
@@ -157,13 +183,29 @@ fn run_step(cmd: &mut Command, stderr: Option<std::fs::File>) -> Result<(), Stri
             Ok(Some(st)) if st.success() => return Ok(()),
             Ok(Some(st)) => return Err(format!("failed ({st})")),
             Ok(None) if std::time::Instant::now() >= deadline => {
-                let _ = child.kill();
+                let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+                let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
                 let _ = child.wait();
                 return Err(format!("did not finish within {} s and was killed", STEP_TIMEOUT.as_secs()));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
             Err(e) => return Err(format!("wait failed: {e}")),
         }
+    }
+}
+
+/// `delete --force` of the test container under the runtime root `state`; a container the
+/// runtime does not know is gone already (Ok). Errors: how it failed, with the runtime's message.
+fn delete_test_container(runtime: &Runtime, state: &Path, id: &str) -> Result<(), String> {
+    let err_path = state.with_extension("delete-stderr");
+    let err_file = std::fs::File::create(&err_path).map_err(|e| format!("creating {}: {e}", err_path.display()))?;
+    let outcome = run_step(runtime_cmd(runtime, &state.to_path_buf()).args(["delete", "--force", id]), Some(err_file));
+    let msg = crate::oci::runtime_error_message(&std::fs::read_to_string(&err_path).unwrap_or_default());
+    let _ = std::fs::remove_file(&err_path);
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(_) if crate::oci::says_not_exist(&msg) => Ok(()),
+        Err(why) => Err(format!("`{} delete --force` {why}: {msg}", runtime.path.display())),
     }
 }
 

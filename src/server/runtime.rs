@@ -259,8 +259,11 @@ impl RuntimeService for RuntimeServer {
         // The binary is checked on every Status, so a runtime removed after start is reported.
         // A handler whose self-test failed is tested again (at most once a minute, in the
         // background): a transient failure must not keep the node NotReady.
-        let d = self.d.clone();
-        tokio::task::spawn_blocking(move || d.retest_failed_handlers());
+        if self.d.retest_due() {
+            // A detached thread: a runtime that hangs must not hold up Status or shutdown.
+            let d = self.d.clone();
+            let _ = std::thread::Builder::new().name("berth-retest".into()).spawn(move || d.retest_failed_handlers());
+        }
         let self_test = self.d.health(default).map(|h| h.runs).unwrap_or(Ok(()));
         let (runtime_ready, reason, message) = match (self.d.runtimes.get(default), self_test) {
             (Some(rt), _) if !rt.path.exists() => {
