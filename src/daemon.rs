@@ -70,6 +70,18 @@ impl Error {
         move |source| Error::Io { context, source }
     }
 
+    /// Removes an object's directory ([`crate::util::remove_dir_all_idempotent`]): a mount left
+    /// below it is FailedPrecondition saying which and what to do, anything else Io.
+    pub fn remove_dir(dir: &Path) -> Result<()> {
+        crate::util::remove_dir_all_idempotent(dir).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::ResourceBusy {
+                Error::FailedPrecondition(format!("{e}: unmount it and retry the removal"))
+            } else {
+                Error::io(format!("removing {}", dir.display()))(e)
+            }
+        })
+    }
+
     /// Shorthand for [`Error::InvalidArgument`].
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Error {
         Error::InvalidArgument { field: field.into(), message: message.into() }

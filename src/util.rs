@@ -93,7 +93,7 @@ pub fn truncate_message(mut s: String, max: usize) -> String {
 
 /// Removes a directory tree, treating "already gone" as success (undo steps must be idempotent).
 ///
-/// Refuses (error, nothing removed) when anything at or below `path` is still a mount point, as
+/// Refuses (`ResourceBusy`, nothing removed) when anything at or below `path` is still a mount point, as
 /// listed in `/proc/self/mountinfo`: a removal must never walk into a bind-mounted volume or a
 /// pod's tmpfs (bind mounts of the same filesystem share `st_dev`, so only the mount table
 /// tells). An unreadable mount table is an error too.
@@ -105,11 +105,10 @@ pub fn remove_dir_all_idempotent(path: &Path) -> std::io::Result<()> {
     };
     let table = std::fs::read_to_string("/proc/self/mountinfo")?;
     if let Some(mp) = mount_points_under(&table, &canon).into_iter().next() {
-        return Err(std::io::Error::other(format!(
-            "{} is still a mount point: not removing {}",
-            mp.display(),
-            path.display()
-        )));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::ResourceBusy,
+            format!("{} is still a mount point: not removing {}", mp.display(), path.display()),
+        ));
     }
     match std::fs::remove_dir_all(&canon) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),

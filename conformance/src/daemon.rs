@@ -63,7 +63,13 @@ pub fn write_berth_config(tmp: &Path, cni_dir: &Path, registry: &str) -> Result<
     // self-test must report it), and crun when installed (works or is reported, depending on
     // the host's cgroups).
     let broken = tmp.join("broken-runtime");
-    std::fs::write(&broken, format!("#!/bin/sh\necho 'level=error msg=\"{BROKEN_RUNTIME_MESSAGE}\"' >&2\nexit 1\n"))?;
+    // `--root R <command> ...`: every command fails; delete says there is nothing, as runc does.
+    std::fs::write(
+        &broken,
+        format!(
+            "#!/bin/sh\ncase \"$3\" in delete) echo 'level=error msg=\"container does not exist\"' >&2;; *) echo 'level=error msg=\"{BROKEN_RUNTIME_MESSAGE}\"' >&2;; esac\nexit 1\n"
+        ),
+    )?;
     std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     let mut handlers = format!(
         "[runtime]\ndefault_handler = \"runc\"\n\n[runtime.handlers.runc]\npath = \"runc\"\n\n[runtime.handlers.broken]\npath = \"{}\"\n",

@@ -111,7 +111,7 @@ pub async fn remove(d: &Daemon, id: &str) -> Result<()> {
         // removing the tree must never walk into a volume.
         crate::storage::idmap::detach_under(&paths.state.join("idmap"))?;
         for dir in [&paths.bundle, &paths.state] {
-            crate::util::remove_dir_all_idempotent(dir).map_err(Error::io(format!("removing {}", dir.display())))?;
+            Error::remove_dir(dir)?;
         }
         d.images.release_layers(&r.id).await?;
         d.containers.delete(&r.id)?;

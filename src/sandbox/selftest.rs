@@ -228,7 +228,12 @@ mod tests {
     fn a_runtime_that_fails_create_is_reported_with_its_message() {
         let tmp = tempfile::tempdir().unwrap();
         let fake = tmp.path().join("broken-runtime");
-        std::fs::write(&fake, "#!/bin/sh\necho 'level=error msg=\"cannot create containers on this host\"' >&2\nexit 1\n").unwrap();
+        // `--root R <command> ...`: create fails; delete finds nothing, as a real runtime says.
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\ncase \"$3\" in delete) echo 'level=error msg=\"container does not exist\"' >&2;; *) echo 'level=error msg=\"cannot create containers on this host\"' >&2;; esac\nexit 1\n",
+        )
+        .unwrap();
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
         let pause = tmp.path().join("pause");
         std::fs::write(&pause, b"").unwrap();

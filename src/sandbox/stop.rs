@@ -84,7 +84,7 @@ pub async fn remove(d: &Daemon, id: &str) -> Result<()> {
         }
         let paths = SandboxPaths::new(d, &id);
         for dir in [&paths.bundle, &paths.state] {
-            crate::util::remove_dir_all_idempotent(dir).map_err(Error::io(format!("removing {}", dir.display())))?;
+            Error::remove_dir(dir)?;
         }
         d.store.delete(SANDBOXES, &id)?;
         d.release_name(&name_key, &id);

@@ -66,11 +66,47 @@ pub fn validate(config: &PodSandboxConfig) -> Result<()> {
         let value = &linux.sysctls[*key];
         check(key, value, &ns).map_err(|why| Error::invalid(format!("config.linux.sysctls[{key:?}]"), why))?;
     }
-    let writes: Vec<(String, String)> = keys.iter().map(|k| (k.to_string(), linux.sysctls[*k].clone())).collect();
+    if let Ok(Some(u)) = super::userns::for_pod(config) {
+        for key in &keys {
+            if dotted_key(key) == "net.ipv4.ping_group_range" {
+                ping_range_mapped(&linux.sysctls[*key], &u).map_err(|why| Error::invalid(format!("config.linux.sysctls[{key:?}]"), why))?;
+            }
+        }
+    }
+    // Keys naming an interface other than lo/all/default cannot be tried: the scratch netns has
+    // only lo (the pod's eth0 comes from CNI); runc's own write reports those.
+    let writes: Vec<(String, String)> = keys
+        .iter()
+        .filter(|k| !names_an_interface(&dotted_key(k)))
+        .map(|k| (k.to_string(), linux.sysctls[*k].clone()))
+        .collect();
     if let Err((key, why)) = try_in_scratch_namespaces(&writes) {
         return Err(Error::invalid(format!("config.linux.sysctls[{key:?}]"), why));
     }
     Ok(())
+}
+
+/// Whether a dotted key is per interface (`net.ipv4.conf.eth0.rp_filter`,
+/// `net.ipv6.neigh.eth0.*`) for an interface other than `lo`, `all` or `default`.
+fn names_an_interface(dotted: &str) -> bool {
+    let parts: Vec<&str> = dotted.split('.').collect();
+    matches!(parts.as_slice(), ["net", "ipv4" | "ipv6", "conf" | "neigh", iface, ..] if !matches!(*iface, "lo" | "all" | "default"))
+}
+
+/// `net.ipv4.ping_group_range` ("<first> <last>" gids) in a pod with its own user namespace: the
+/// kernel reads the gids through the writer's mapping, so both must be container gids the pod
+/// maps. Errors: the reason, naming the mapped range.
+fn ping_range_mapped(value: &str, u: &super::userns::PodUserns) -> std::result::Result<(), String> {
+    let last_mapped = u.gid.container_id as u64 + u.gid.length as u64 - 1;
+    let ids: Vec<u64> = value.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    match ids.as_slice() {
+        [a, b] if (u.gid.container_id as u64..=last_mapped).contains(a) && (u.gid.container_id as u64..=last_mapped).contains(b) => Ok(()),
+        _ => Err(format!(
+            "{:?} must be two gids the pod's user namespace maps ({}..={last_mapped}), e.g. \"0 {last_mapped}\"",
+            crate::util::truncate_message(value.to_string(), 64),
+            u.gid.container_id
+        )),
+    }
 }
 
 /// Writes every `(key, value)` the way runc will (`/proc/sys/` + the dotted key with `.` as
@@ -91,7 +127,10 @@ fn try_in_scratch_namespaces(writes: &[(String, String)]) -> std::result::Result
         for (key, value) in &owned {
             let path = format!("/proc/sys/{}", dotted_key(key).replace('.', "/"));
             std::fs::write(&path, value.as_bytes())
-                .map_err(|e| (key.clone(), format!("the kernel refuses {value:?} for it in a pod's own namespaces ({path}: {e})")))?;
+                .map_err(|e| {
+                    let shown = crate::util::truncate_message(value.clone(), 64);
+                    (key.clone(), format!("the kernel refuses {shown:?} for it in a pod's own namespaces ({path}: {e})"))
+                })?;
         }
         Ok(())
     });
@@ -145,7 +184,10 @@ pub fn check(key: &str, value: &str, ns: &NamespaceOption) -> std::result::Resul
         return Err("the value must not be empty".into());
     }
     if value.contains(['\n', '\r', '\0']) {
-        return Err(format!("value {value:?} must not contain a newline, carriage return or NUL"));
+        return Err(format!(
+            "value {:?} must not contain a newline, carriage return or NUL",
+            crate::util::truncate_message(value.to_string(), 64)
+        ));
     }
     let dotted = dotted_key(key);
     if dotted == "kernel.hostname" {
@@ -232,6 +274,24 @@ mod tests {
         }
         // The host's own value never changed.
         assert_eq!(std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").unwrap(), host_before);
+    }
+
+    #[test]
+    fn interface_keys_and_ping_range_in_a_user_namespace() {
+        assert!(names_an_interface("net.ipv4.conf.eth0.rp_filter"));
+        assert!(names_an_interface("net.ipv6.neigh.eth0/100.retrans_time_ms"));
+        assert!(!names_an_interface("net.ipv4.conf.all.rp_filter"));
+        assert!(!names_an_interface("net.ipv4.conf.default.rp_filter"));
+        assert!(!names_an_interface("net.ipv4.ip_forward"));
+        use super::super::userns::{IdMap, PodUserns};
+        let m = IdMap { host_id: 200_000, container_id: 0, length: 65_536 };
+        let u = PodUserns { uid: m, gid: m };
+        assert!(ping_range_mapped("0 65535", &u).is_ok());
+        let e = ping_range_mapped("0 2147483647", &u).unwrap_err();
+        assert!(e.contains("0..=65535"), "{e}");
+        assert!(ping_range_mapped("x", &u).is_err());
+        let long = "9".repeat(1_000_000);
+        assert!(ping_range_mapped(&long, &u).unwrap_err().len() < 400);
     }
 
     #[test]
