@@ -18,11 +18,20 @@ pub fn cases() -> Vec<Case> {
     vec![case!("runtime_handlers_reported", handlers_reported)]
 }
 
+/// Status(verbose) once every handler's self-test result is in (it runs in the background after
+/// the daemon starts; up to 30 s), with its parsed `info["runtimeHandlers"]`.
 async fn status(ctx: &Ctx) -> Result<(cri::StatusResponse, serde_json::Value)> {
-    let st = ctx.rt().status(cri::StatusRequest { verbose: true }).await.context("Status")?.into_inner();
-    let info = st.info.get("runtimeHandlers").context("Status(verbose).info has no \"runtimeHandlers\"")?;
-    let v: serde_json::Value = serde_json::from_str(info).with_context(|| format!("info[\"runtimeHandlers\"] is not JSON: {info}"))?;
-    Ok((st, v))
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = ctx.rt().status(cri::StatusRequest { verbose: true }).await.context("Status")?.into_inner();
+        let info = st.info.get("runtimeHandlers").context("Status(verbose).info has no \"runtimeHandlers\"")?;
+        let v: serde_json::Value = serde_json::from_str(info).with_context(|| format!("info[\"runtimeHandlers\"] is not JSON: {info}"))?;
+        let pending = v.as_object().is_some_and(|m| m.values().any(|h| h["selfTest"] == "not tested"));
+        if !pending || std::time::Instant::now() > deadline {
+            return Ok((st, v));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Runs a pod with `handler` and a container printing `ok`; removes it.

@@ -53,11 +53,16 @@ fn with_userns(mut pc: cri::PodSandboxConfig, u: cri::UserNamespace) -> cri::Pod
 
 /// Skips unless the default runtime handler reports user namespace support; on berth it must.
 async fn require_support(ctx: &Ctx) -> Result<()> {
-    let st = ctx.rt().status(cri::StatusRequest { verbose: false }).await.context("Status")?.into_inner();
-    let supported = st
-        .runtime_handlers
-        .iter()
-        .any(|h| h.features.as_ref().is_some_and(|f| f.user_namespaces));
+    // berth self-tests its handlers in the background after it starts: give it a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(if ctx.kind == TargetKind::Berth { 30 } else { 0 });
+    let (st, supported) = loop {
+        let st = ctx.rt().status(cri::StatusRequest { verbose: false }).await.context("Status")?.into_inner();
+        let supported = st.runtime_handlers.iter().any(|h| h.features.as_ref().is_some_and(|f| f.user_namespaces));
+        if supported || std::time::Instant::now() >= deadline {
+            break (st, supported);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     match (supported, ctx.kind) {
         (true, _) => Ok(()),
         (false, TargetKind::Berth) => bail!("Status.runtime_handlers reports no handler with user_namespaces on berth: {:?}", st.runtime_handlers),
