@@ -105,6 +105,34 @@ impl ContainerRecord {
     }
 }
 
+#[cfg(test)]
+impl ContainerRecord {
+    /// A Created record of container `id` in pod `sandbox_id` with an empty config, for tests.
+    pub(crate) fn for_test(id: &str, sandbox_id: &str) -> ContainerRecord {
+        ContainerRecord {
+            id: id.into(),
+            sandbox_id: sandbox_id.into(),
+            config: Default::default(),
+            image_id: String::new(),
+            image_ref: String::new(),
+            runtime_handler: String::new(),
+            state: ContainerState::Created,
+            created_at: 0,
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            pid: 0,
+            monitor_pid: 0,
+            log_path: String::new(),
+            stop_signal: String::new(),
+            name_key: id.into(),
+            user: None,
+        }
+    }
+}
+
 /// Files of a container.
 pub struct ContainerPaths {
     /// `<run_root>/containers/<id>`: the OCI bundle (config.json, monitor files).

@@ -65,27 +65,7 @@ mod tests {
     use super::*;
 
     fn record(id: &str) -> ContainerRecord {
-        ContainerRecord {
-            id: id.into(),
-            sandbox_id: "s".into(),
-            config: Default::default(),
-            image_id: "i".into(),
-            image_ref: "r".into(),
-            runtime_handler: String::new(),
-            state: super::super::ContainerState::Created,
-            created_at: 1,
-            started_at: 0,
-            finished_at: 0,
-            exit_code: 0,
-            reason: String::new(),
-            message: String::new(),
-            pid: 0,
-            monitor_pid: 0,
-            log_path: String::new(),
-            stop_signal: String::new(),
-            name_key: id.into(),
-            user: None,
-        }
+        ContainerRecord::for_test(id, "s")
     }
 
     #[test]

@@ -43,19 +43,23 @@ pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The id range the user-namespace test maps (never used: the container does not start).
 const TEST_MAP: IdMap = IdMap { host_id: 1_000_000_000, container_id: 0, length: 65_536 };
 
-/// Tests `runtime` under `dir` (wiped first, removed after) with `pause_bin` as the process and
+/// Tests `runtime` under `dir` (removed after, unless a delete failed: then it keeps the
+/// runtime state the next test needs to delete the leftover) with `pause_bin` as the process and
 /// cgroups under `cgroup_parent`; the user-namespace test also idmaps `layer_store` (berth's
 /// root) through the test container's user namespace, since pods need that filesystem to
 /// support idmapped mounts. Blocking: a few runtime invocations, ~50 ms each for runc, each
 /// killed after [`STEP_TIMEOUT`].
 pub fn check(runtime: &Runtime, pause_bin: &Path, dir: &Path, cgroup_parent: &str, layer_store: &Path) -> Health {
-    let (runs, plain_deleted) = create_and_delete(runtime, pause_bin, &dir.join("plain"), cgroup_parent, None, layer_store);
+    let attempt = |sub: &str, userns: Option<&PodUserns>| {
+        create_and_delete(runtime, pause_bin, &dir.join(sub), cgroup_parent, userns, layer_store).unwrap_or_else(|why| (Err(why), false))
+    };
+    let (runs, plain_deleted) = attempt("plain", None);
     let (user_namespaces, userns_deleted) = match (&runs, runtime.features.user_namespaces()) {
         (Err(_), _) => (Err("the runtime cannot create containers here".to_string()), true),
         (Ok(()), false) => (Err("the runtime's `features` list no user namespace".to_string()), true),
         (Ok(()), true) => {
             let u = PodUserns { uid: TEST_MAP, gid: TEST_MAP };
-            create_and_delete(runtime, pause_bin, &dir.join("userns"), cgroup_parent, Some(&u), layer_store)
+            attempt("userns", Some(&u))
         }
     };
     // Kept when a delete failed: the next test's `delete --force` needs the runtime's state.
@@ -69,23 +73,9 @@ pub fn check(runtime: &Runtime, pause_bin: &Path, dir: &Path, cgroup_parent: &st
 /// idmapped clone of `layer_store` through the container's user namespace. Returns the verdict
 /// (a failed delete fails it: the runtime would leak every pod's infra) and whether the test
 /// container is gone (else `dir`, holding the runtime's state, must stay for the next try).
+/// `Err` when even the set-up or the delete of a leftover failed (nothing of this try exists
+/// then, but the leftover may).
 fn create_and_delete(
-    runtime: &Runtime,
-    pause_bin: &Path,
-    dir: &Path,
-    cgroup_parent: &str,
-    userns: Option<&PodUserns>,
-    layer_store: &Path,
-) -> (Result<(), String>, bool) {
-    match try_create_and_delete(runtime, pause_bin, dir, cgroup_parent, userns, layer_store) {
-        Ok((verdict, deleted)) => (verdict, deleted),
-        Err(why) => (Err(why), false),
-    }
-}
-
-/// [`create_and_delete`]'s body; `Err` when even the set-up or the leftover's delete failed
-/// (nothing of this try was created then, but a leftover may remain).
-fn try_create_and_delete(
     runtime: &Runtime,
     pause_bin: &Path,
     dir: &Path,

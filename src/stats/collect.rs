@@ -291,25 +291,9 @@ mod tests {
     #[test]
     fn stats_filters_match_prefixes_and_labels() {
         let r = ContainerRecord {
-            id: "abcdef".into(),
-            sandbox_id: "123456".into(),
             config: cri::ContainerConfig { labels: [("app".to_string(), "web".to_string())].into(), ..Default::default() },
-            image_id: String::new(),
-            image_ref: String::new(),
-            runtime_handler: String::new(),
             state: ContainerState::Running,
-            created_at: 0,
-            started_at: 0,
-            finished_at: 0,
-            exit_code: 0,
-            reason: String::new(),
-            message: String::new(),
-            pid: 0,
-            monitor_pid: 0,
-            log_path: String::new(),
-            stop_signal: String::new(),
-            name_key: String::new(),
-            user: None,
+            ..ContainerRecord::for_test("abcdef", "123456")
         };
         let f = |id: &str, pod: &str, l: &[(&str, &str)]| cri::ContainerStatsFilter {
             id: id.into(),
