@@ -1,6 +1,7 @@
 //! gRPC adapters only: CRI RuntimeService ([`runtime`]) and ImageService ([`image`]), the
 //! mapping of domain errors to gRPC status codes ([`status`]), and the unix-socket server.
 
+pub mod authority;
 pub mod convert;
 pub mod image;
 pub mod runtime;
@@ -38,7 +39,11 @@ pub async fn serve(
     let listener = tokio::net::UnixListener::bind(listen).with_context(|| format!("binding {}", listen.display()))?;
     std::fs::set_permissions(listen, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("chmod 0660 {}", listen.display()))?;
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    // Every connection goes through the :authority fix, so any gRPC client's unix-socket
+    // convention (kubelet 1.26 sends the socket path) is served, as containerd and CRI-O do.
+    let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::UnixListenerStream::new(listener), |conn| {
+        conn.map(authority::NormalizeAuthority::new)
+    });
     let runtime = RuntimeServiceServer::new(runtime::RuntimeServer::new(d.clone(), streaming))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
