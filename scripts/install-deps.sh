@@ -24,6 +24,8 @@ declare -A need=(
   [pkg-config]=/usr/bin/pkg-config
   [gcc]=/usr/bin/cc
   [libc6-dev]=/usr/lib/x86_64-linux-gnu/libc.a
+  # a venv for Python grpcio, the real non-Go gRPC client the conformance suite drives
+  [python3-venv]=/usr/share/doc/python3-venv
 )
 
 missing=()

@@ -14,6 +14,15 @@ fi
 
 bash scripts/install-deps.sh </dev/null
 
+# Python grpcio (from PyPI, not Debian's 1.51: gRPC core changed its unix-socket :authority in
+# 1.57) for the conformance case that drives a real non-Go gRPC client with default options.
+venv=/var/cache/berth-test/venv
+if ! "$venv/bin/python" -c 'import grpc' >/dev/null 2>&1; then
+  echo "== installing grpcio into $venv"
+  /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check grpcio </dev/null
+fi
+
 echo "== cargo build --workspace --bins"
 cargo build --workspace --bins </dev/null
 

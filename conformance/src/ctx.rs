@@ -112,6 +112,11 @@ impl Ctx {
         Ok(())
     }
 
+    /// The CRI unix socket under test.
+    pub async fn socket(&self) -> PathBuf {
+        self.daemon.lock().await.socket.clone()
+    }
+
     /// PID of the daemon the harness started.
     pub async fn daemon_pid(&self) -> Option<u32> {
         self.daemon.lock().await.pid()
@@ -127,7 +132,9 @@ impl Ctx {
         self.created.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
-    fn record(&self, id: &str) {
+    /// Notes a pod or container the suite made some other way than through these helpers, so
+    /// the leak check knows it.
+    pub(crate) fn record(&self, id: &str) {
         if let Ok(mut v) = self.created.lock() {
             v.push(id.to_string());
         }

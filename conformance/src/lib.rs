@@ -8,6 +8,7 @@
 pub mod http;
 pub mod images;
 pub mod proc;
+pub mod rawh2;
 pub mod registry;
 pub mod cases;
 pub mod client;

@@ -76,3 +76,32 @@ pub async fn status_shows_container_and_pod(ctx: &Ctx) -> Result<()> {
     ctx.remove_pod(&pod.id).await?;
     res
 }
+
+/// The inspect socket (HTTP/1.1) answers whatever `Host` a client sends on a unix socket: the
+/// socket path, an empty one, none (HTTP/1.0), `localhost` (issue #16: as on the CRI socket).
+pub async fn any_host_header(ctx: &Ctx) -> Result<()> {
+    if ctx.kind != TargetKind::Berth {
+        return skip("the inspect endpoint is berth's");
+    }
+    use std::io::{Read, Write};
+    let socket = ctx.tmp.join("run").join("inspect.sock");
+    let shown = socket.display().to_string();
+    let requests = [
+        format!("GET /pods/no-such-pod HTTP/1.1\r\nHost: {shown}\r\nConnection: close\r\n\r\n"),
+        "GET /pods/no-such-pod HTTP/1.1\r\nHost: \r\nConnection: close\r\n\r\n".to_string(),
+        "GET /pods/no-such-pod HTTP/1.0\r\n\r\n".to_string(),
+        "GET /pods/no-such-pod HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".to_string(),
+    ];
+    for req in requests {
+        let mut s = std::os::unix::net::UnixStream::connect(&socket).with_context(|| format!("connect {shown}"))?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+        s.write_all(req.as_bytes())?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw)?;
+        let answer = berth::inspect::parse_response(&raw);
+        check(matches!(&answer, Some((404, body)) if body.contains("no-such-pod")), || {
+            format!("{req:?}: expected 404 naming the pod, got {:?}", String::from_utf8_lossy(&raw[..raw.len().min(300)]))
+        })?;
+    }
+    Ok(())
+}

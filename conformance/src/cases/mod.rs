@@ -14,6 +14,7 @@ macro_rules! case {
 }
 
 
+mod authority;
 mod container;
 mod cstatus;
 mod errors;
@@ -46,6 +47,9 @@ pub fn all() -> Vec<Case> {
     let mut v: Vec<Case> = vec![
         case!("version", image::version),
         case!("status_ready", image::status_ready),
+        case!("authority_any_form_version", authority::version_any_authority),
+        case!("authority_socket_path_pod_and_exec", authority::pod_and_exec_with_socket_path),
+        case!("authority_grpcio_default_channel", authority::grpcio_default_channel),
         case!("pull_by_tag", image::pull_by_tag),
         case!("pull_by_digest", image::pull_by_digest),
         case!("pull_docker_schema2", image::pull_docker_schema2),
@@ -109,6 +113,7 @@ pub fn all() -> Vec<Case> {
         case!("oom_killed", oom::oom_killed),
         case!("log_size_limit", oom::log_size_limit),
         case!("inspect_status_container_and_pod", inspect::status_shows_container_and_pod),
+        case!("inspect_any_host_header", inspect::any_host_header),
         case!("stats_cpu_moves", stats::cpu_moves),
         case!("stats_memory_grows", stats::memory_grows),
         case!("stats_list_filters", stats::list_filters),
