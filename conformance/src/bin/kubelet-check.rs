@@ -1,0 +1,246 @@
+//! `kubelet-check`: a real kubelet runs static pods on berth, end to end (issue #16).
+//!
+//! crictl and critest passing prove little about kubelet (a kubelet once failed at its first RPC
+//! while both were green), so this drives the client berth exists for. No kubelet is packaged
+//! for Debian 12: build one yourself (docs/operations.md says how) and pass its path.
+//!
+//! Set-up, all under a temp dir `/tmp/berth-kubelet-check-*`: the conformance registry with its
+//! test images, the test CNI network (bridge `brt0`), berth on its own roots, then kubelet in
+//! standalone mode (no API server) with `staticPodPath` = `<tmp>/manifests`, the cgroupfs driver
+//! and its read-only API on a loopback port, where `/pods` shows the static pods' status.
+//!
+//! Checks, in order:
+//! 1. a pod sandbox made over CRI before kubelet starts (not kubelet's) is stopped by kubelet's
+//!    housekeeping without an error;
+//! 2. a static pod with two containers (`ticker` prints a line a second, `web` is busybox httpd
+//!    with an HTTP readiness probe) is Running and ready; the web server answers on the pod IP;
+//!    the ticker's CRI log file fills;
+//! 3. killing the ticker's process makes kubelet restart it: restartCount 1, attempt 1 over CRI;
+//! 4. removing the manifest stops the pod (no ready sandbox, no running container); putting it
+//!    back runs it again in a new sandbox;
+//! 5. neither kubelet's log nor berth's has an error line (kubelet: klog `E` lines; berth:
+//!    `ERROR`/`WARN`), except kubelet lines this host causes that have nothing to do with the
+//!    runtime, which are printed as notes with the reason they are allowed.
+//!
+//! Teardown removes everything it made (pods over CRI, kubelet's cgroups and /var/log/pods
+//! entries, mounts, the bridge) and prints what it could not.
+//!
+//! Usage (as root): `kubelet-check --kubelet PATH [--keep]` (or `KUBELET=PATH`). `BERTH_BIN`
+//! names the berth binary (default `<target>/debug/berth`). Closing line: `N passed, N failed`.
+
+use anyhow::{bail, Context, Result};
+use berth_conformance::client::Clients;
+use berth_conformance::daemon::{self, Daemon, TargetKind};
+use berth_conformance::harness::{self, BRIDGE, LOCK_FILE};
+use berth_conformance::images;
+use berth_conformance::proc;
+use berth_conformance::registry::{free_port, Registry};
+use k8s_cri::v1 as cri;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[path = "kubelet-check/kubelet.rs"]
+mod kubelet;
+#[path = "kubelet-check/steps.rs"]
+mod steps;
+
+/// Namespace of the static pod (kubelet names the pod `<name>-<node name>`).
+pub const NAMESPACE: &str = "berth-check";
+/// Node name given to kubelet.
+pub const NODE: &str = "berth-node";
+
+/// What the steps share.
+pub struct Env {
+    pub tmp: PathBuf,
+    pub cri: Clients,
+    pub busybox: String,
+    pub kubelet: kubelet::Kubelet,
+    pub berth_log: PathBuf,
+    pub inspect_socket: PathBuf,
+    /// A pod sandbox made over CRI before kubelet started (kubelet did not create it).
+    pub foreign_pod: String,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let keep = args.iter().any(|a| a == "--keep");
+    let kubelet_bin = args
+        .windows(2)
+        .find(|w| w[0] == "--kubelet")
+        .map(|w| PathBuf::from(&w[1]))
+        .or_else(|| std::env::var_os("KUBELET").map(PathBuf::from));
+    let Some(kubelet_bin) = kubelet_bin else {
+        eprintln!("usage: kubelet-check --kubelet PATH [--keep]   (or KUBELET=PATH); see docs/operations.md");
+        std::process::exit(2);
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kubelet-check: tokio runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    std::process::exit(rt.block_on(run(kubelet_bin, keep)));
+}
+
+struct Owned {
+    tmp: PathBuf,
+    keep: bool,
+    registry: Option<Registry>,
+    berth: Option<Daemon>,
+    kubelet: Option<Child>,
+    bridge_existed: bool,
+    cgroups_before: Vec<PathBuf>,
+}
+
+async fn run(kubelet_bin: PathBuf, keep: bool) -> i32 {
+    let _lock = match std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(LOCK_FILE) {
+        Ok(f) => {
+            if f.try_lock().is_err() {
+                eprintln!("kubelet-check: waiting for another run to release {LOCK_FILE}");
+                let _ = f.lock();
+            }
+            Some(f)
+        }
+        Err(_) => None,
+    };
+    let tmp = match tempfile::Builder::new().prefix("berth-kubelet-check-").tempdir_in("/tmp") {
+        Ok(t) => t.keep(),
+        Err(e) => {
+            println!("FAILED setup: temp dir: {e}");
+            println!("0 passed, 1 failed");
+            return 1;
+        }
+    };
+    eprintln!("kubelet-check: temp dir {}", tmp.display());
+    let mut owned = Owned {
+        tmp: tmp.clone(),
+        keep,
+        registry: None,
+        berth: None,
+        kubelet: None,
+        bridge_existed: Path::new("/sys/class/net").join(BRIDGE).exists(),
+        cgroups_before: kubelet::kubepods_cgroups(),
+    };
+    let (passed, failed) = match set_up(&mut owned, &kubelet_bin).await {
+        Ok(mut env) => {
+            let r = steps::run_all(&mut env).await;
+            if let Some(child) = owned.kubelet.as_mut() {
+                proc::terminate_child(child, Duration::from_secs(10));
+            }
+            owned.kubelet = None;
+            let errs = remove_all_pods(&mut env.cri).await;
+            for e in errs {
+                eprintln!("teardown: {e}");
+            }
+            r
+        }
+        Err(e) => {
+            println!("FAILED setup: {e:#}");
+            (0, 1)
+        }
+    };
+    teardown(&mut owned);
+    println!("{passed} passed, {failed} failed");
+    i32::from(failed > 0)
+}
+
+async fn set_up(o: &mut Owned, kubelet_bin: &Path) -> Result<Env> {
+    if !kubelet_bin.exists() {
+        bail!("no kubelet at {}", kubelet_bin.display());
+    }
+    let reg = Registry::start(&o.tmp.join("registry"))?;
+    let work = o.tmp.join("build");
+    std::fs::create_dir_all(&work)?;
+    let imgs = images::build_and_push(&reg, &work, false).context("build and push test images")?;
+    o.registry = Some(reg);
+    let cni = harness::write_cni_config(&o.tmp)?;
+    let cfg = daemon::write_berth_config(&o.tmp, &cni, &imgs.registry)?;
+    let socket = o.tmp.join("berth.sock");
+    let berth_log = o.tmp.join("berth.log");
+    let mut d = Daemon::owned(TargetKind::Berth, daemon::berth_binary(), vec!["serve".into(), "--config".into(), cfg.display().to_string()], socket.clone(), berth_log.clone());
+    let mut cri = d.start().await.context("starting berth")?;
+    o.berth = Some(d);
+    let foreign_pod = steps::run_foreign_pod(&mut cri, &o.tmp).await?;
+    let (kubelet, child) = kubelet::start(kubelet_bin, &o.tmp, &socket, free_port()?).context("starting kubelet")?;
+    o.kubelet = Some(child);
+    Ok(Env { tmp: o.tmp.clone(), cri, busybox: imgs.busybox, kubelet, berth_log, inspect_socket: o.tmp.join("run").join("inspect.sock"), foreign_pod })
+}
+
+/// Stops and removes every pod sandbox on the endpoint (kubelet's and ours).
+async fn remove_all_pods(c: &mut Clients) -> Vec<String> {
+    let mut errs = Vec::new();
+    let pods = match c.rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await {
+        Ok(r) => r.into_inner().items,
+        Err(e) => return vec![format!("ListPodSandbox: {e}")],
+    };
+    for p in pods {
+        if let Err(e) = c.rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: p.id.clone() }).await {
+            errs.push(format!("StopPodSandbox {}: {e}", p.id));
+        }
+        if let Err(e) = c.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: p.id.clone() }).await {
+            errs.push(format!("RemovePodSandbox {}: {e}", p.id));
+        }
+    }
+    errs
+}
+
+fn teardown(o: &mut Owned) {
+    if let Some(child) = o.kubelet.as_mut() {
+        proc::terminate_child(child, Duration::from_secs(10));
+    }
+    if let Some(mut d) = o.berth.take() {
+        d.stop();
+    }
+    if let Some(mut r) = o.registry.take() {
+        r.stop();
+    }
+    for (pid, cmd) in proc::pids_mentioning(&o.tmp.display().to_string()) {
+        if pid as u32 != std::process::id() {
+            eprintln!("teardown: ending leftover process {pid}: {cmd}");
+            proc::signal_pid(pid, libc::SIGKILL);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for m in harness::mounts_under(&o.tmp) {
+        let _ = Command::new("umount").arg("-l").arg(&m).status();
+    }
+    kubelet::remove_created_cgroups(&o.cgroups_before);
+    kubelet::remove_pod_logs();
+    if !o.bridge_existed && Path::new("/sys/class/net").join(BRIDGE).exists() {
+        let _ = Command::new("ip").args(["link", "del", BRIDGE]).stdout(Stdio::null()).status();
+    }
+    if o.keep {
+        eprintln!("--keep: keeping {}", o.tmp.display());
+    } else if let Err(e) = std::fs::remove_dir_all(&o.tmp) {
+        eprintln!("teardown: cannot remove {}: {e}", o.tmp.display());
+    }
+}
+
+/// Polls `f` every 500 ms until it gives `Some`, for at most `limit`.
+pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let start = Instant::now();
+    let mut last_err = None;
+    loop {
+        match f().await {
+            Ok(Some(v)) => {
+                eprintln!("  {what}: after {:.1} s", start.elapsed().as_secs_f64());
+                return Ok(v);
+            }
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if start.elapsed() > limit {
+            match last_err {
+                Some(e) => bail!("{what}: not within {limit:?} (last error: {e:#})"),
+                None => bail!("{what}: not within {limit:?}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
