@@ -196,12 +196,21 @@ pub fn refresh(d: &Daemon, r: ContainerRecord) -> Result<ContainerRecord> {
     if !matches!(r.state, ContainerState::Created | ContainerState::Running) {
         return Ok(r);
     }
+    // CreateContainer stores the record before the runtime runs and has no monitor to watch
+    // until it returns: a Created record without a monitor PID is a create in progress, not a
+    // lost process (one a crash cut short is settled by `recover`).
+    if r.state == ContainerState::Created && r.monitor_pid == 0 {
+        return Ok(r);
+    }
     let paths = ContainerPaths::new(d, &r.id);
     match watched(&paths, &r).observe() {
+        // Removed while we looked (its exit file went with its bundle): nothing to fold in.
+        Some(_) if d.containers.get(&r.id).is_none() => Ok(r),
         Some(ended) => {
             let r = apply_end(r, &ended);
-            d.containers.put(&r)?;
-            crate::events::container_event(d, crate::events::ContainerEventKind::Stopped, &r);
+            if d.containers.update(&r)? {
+                crate::events::container_event(d, crate::events::ContainerEventKind::Stopped, &r);
+            }
             Ok(r)
         }
         None => Ok(r),
@@ -258,7 +267,20 @@ pub async fn recover(d: &Daemon) -> Result<()> {
     sweep_orphans(d, &known).await;
     for r in records {
         d.reserve_name("container", &r.name_key, &r.id)?;
-        let mut r = refresh(d, r)?;
+        let mut r = if r.state == ContainerState::Created && r.monitor_pid == 0 {
+            // A CreateContainer the stop of berth cut short after storing the record.
+            let mut r = r;
+            r.state = ContainerState::Exited;
+            r.finished_at = crate::util::now_nanos();
+            r.exit_code = 255;
+            r.reason = "Unknown".into();
+            r.message = "berth stopped while creating this container; it never ran".into();
+            tracing::warn!(container = %r.id, "recovery: container creation was interrupted");
+            d.containers.put(&r)?;
+            r
+        } else {
+            refresh(d, r)?
+        };
         if matches!(r.state, ContainerState::Created | ContainerState::Running) {
             let st = match d.runtime(&r.runtime_handler) {
                 Ok(rt) => rt.state(&r.id).await?,

@@ -68,3 +68,32 @@ async fn recover_sweeps_an_interrupted_create_and_spares_the_volume() {
         let _ = std::fs::remove_dir(c.path().join("berth-recover-test"));
     }
 }
+
+/// A record CreateContainer stored before the runtime ran (Created, no monitor yet) is a
+/// create in progress: a concurrent ListContainers must not call it lost (it did, and kubelet
+/// saw the container EXITED 255 while creating it); a removed record is never written back.
+#[tokio::test]
+async fn refresh_leaves_a_create_in_progress_and_never_resurrects() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = daemon(tmp.path());
+    let r = super::ContainerRecord::for_test("creating0000000000000000000000000000000000000000000000000000000", "s");
+    d.containers.put(&r).unwrap();
+    let seen = super::refresh(&d, r.clone()).unwrap();
+    assert_eq!(seen.state, super::ContainerState::Created);
+    assert_eq!(d.containers.get(&r.id).unwrap().state, super::ContainerState::Created);
+
+    // Once the monitor is known and gone without an exit file, it is lost, unless the record
+    // was removed meanwhile: then nothing is written back.
+    let mut running = r.clone();
+    running.state = super::ContainerState::Running;
+    running.monitor_pid = i32::MAX;
+    running.pid = i32::MAX;
+    d.containers.put(&running).unwrap();
+    d.containers.delete(&running.id).unwrap();
+    super::refresh(&d, running.clone()).unwrap();
+    assert!(d.containers.get(&running.id).is_none(), "refresh brought back a removed container");
+    d.containers.put(&running).unwrap();
+    let lost = super::refresh(&d, running.clone()).unwrap();
+    assert_eq!((lost.state, lost.exit_code), (super::ContainerState::Exited, 255));
+}
+

@@ -50,6 +50,20 @@ impl ContainerTable {
         Ok(())
     }
 
+    /// Writes `r` as [`ContainerTable::put`] does, but only while a record with its ID is still
+    /// there: a reader folding an exit into a record it listed earlier must not bring back a
+    /// container that RemoveContainer deleted meanwhile. `Ok(false)` when it was gone (nothing
+    /// written). Errors: the store's (the copy is unchanged).
+    pub fn update(&self, r: &ContainerRecord) -> Result<bool, StateError> {
+        let mut records = self.records.write().unwrap_or_else(|p| p.into_inner());
+        if !records.contains_key(&r.id) {
+            return Ok(false);
+        }
+        self.store.put(CONTAINERS, &r.id, r)?;
+        records.insert(r.id.clone(), r.clone());
+        Ok(true)
+    }
+
     /// Deletes the record `id` from the store, then from the copy; `true` when it existed.
     /// Errors: the store's (the copy is unchanged).
     pub fn delete(&self, id: &str) -> Result<bool, StateError> {
@@ -82,5 +96,21 @@ mod tests {
         let again = ContainerTable::open(store.clone()).unwrap();
         assert_eq!(again.list().iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["abc1"]);
         assert_eq!(store.get::<ContainerRecord>(CONTAINERS, "abc1").unwrap().unwrap().id, "abc1");
+    }
+
+    #[test]
+    fn update_never_brings_back_a_deleted_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let t = ContainerTable::open(store.clone()).unwrap();
+        let mut r = record("gone");
+        t.put(&r).unwrap();
+        r.exit_code = 7;
+        assert!(t.update(&r).unwrap());
+        assert_eq!(t.get("gone").unwrap().exit_code, 7);
+        assert!(t.delete("gone").unwrap());
+        assert!(!t.update(&r).unwrap(), "update of a deleted record must write nothing");
+        assert!(t.get("gone").is_none());
+        assert!(store.get::<ContainerRecord>(CONTAINERS, "gone").unwrap().is_none());
     }
 }
