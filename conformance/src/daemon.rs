@@ -58,6 +58,21 @@ pub const CRUN: &str = "/usr/bin/crun";
 /// Writes berth's config (`<tmp>/berth.toml`) and returns its path.
 /// Keys follow src/config.rs: listen, root, run_root, log_level, network.*, image.*, metrics.*.
 pub fn write_berth_config(tmp: &Path, cni_dir: &Path, registry: &str) -> Result<PathBuf> {
+    write_berth_config_with(tmp, cni_dir, registry, Handlers::Test)
+}
+
+/// Which runtime handlers a berth test config names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handlers {
+    /// runc (the default), a `broken` runtime, and crun when installed: what the suite checks
+    /// the handler self-test with (berth logs a warning for each one that cannot run).
+    Test,
+    /// runc alone, as a node would run (kubelet-check: no warnings to explain).
+    RuncOnly,
+}
+
+/// [`write_berth_config`] with the runtime handlers chosen.
+pub fn write_berth_config_with(tmp: &Path, cni_dir: &Path, registry: &str, which: Handlers) -> Result<PathBuf> {
     let p = |x: &str| tmp.join(x).display().to_string();
     // Runtime handlers: runc (the default), a runtime that cannot create anything (the
     // self-test must report it), and crun when installed (works or is reported, depending on
@@ -71,11 +86,11 @@ pub fn write_berth_config(tmp: &Path, cni_dir: &Path, registry: &str) -> Result<
         ),
     )?;
     std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let mut handlers = format!(
-        "[runtime]\ndefault_handler = \"runc\"\n\n[runtime.handlers.runc]\npath = \"runc\"\n\n[runtime.handlers.broken]\npath = \"{}\"\n",
-        broken.display()
-    );
-    if Path::new(CRUN).exists() {
+    let mut handlers = "[runtime]\ndefault_handler = \"runc\"\n\n[runtime.handlers.runc]\npath = \"runc\"\n".to_string();
+    if which == Handlers::Test {
+        handlers.push_str(&format!("\n[runtime.handlers.broken]\npath = \"{}\"\n", broken.display()));
+    }
+    if which == Handlers::Test && Path::new(CRUN).exists() {
         handlers.push_str(&format!("\n[runtime.handlers.crun]\npath = \"{CRUN}\"\n"));
     }
     let text = format!(

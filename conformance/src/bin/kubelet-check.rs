@@ -10,27 +10,30 @@
 //! and its read-only API on a loopback port, where `/pods` shows the static pods' status.
 //!
 //! Checks, in order:
-//! 1. a pod sandbox made over CRI before kubelet starts (not kubelet's) is stopped by kubelet's
-//!    housekeeping without an error;
-//! 2. a static pod with two containers (`ticker` prints a line a second, `web` is busybox httpd
+//! 1. a static pod with two containers (`ticker` prints a line a second, `web` is busybox httpd
 //!    with an HTTP readiness probe) is Running and ready; the web server answers on the pod IP;
 //!    the ticker's CRI log file fills;
-//! 3. killing the ticker's process makes kubelet restart it: restartCount 1, attempt 1 over CRI;
-//! 4. removing the manifest stops the pod (no ready sandbox, no running container); putting it
-//!    back runs it again in a new sandbox;
-//! 5. neither kubelet's log nor berth's has an error line (kubelet: klog `E` lines; berth:
-//!    `ERROR`/`WARN`), except kubelet lines this host causes that have nothing to do with the
-//!    runtime, which are printed as notes with the reason they are allowed.
+//! 2. killing the ticker's process (its pid from verbose ContainerStatus) makes kubelet restart
+//!    it: restartCount one up, the next attempt running and the killed one exited over CRI;
+//! 3. a pod sandbox made over CRI before kubelet started (not kubelet's) is stopped by kubelet's
+//!    housekeeping without an error;
+//! 4. removing the manifest stops the pod (no ready sandbox, no running container), then
+//!    kubelet's garbage collection removes its sandbox and containers; putting the manifest back
+//!    runs it again in a new sandbox;
+//! 5. neither kubelet's log nor the runtime's has an error or warning line, except kubelet lines
+//!    this host causes whatever the runtime (printed as notes with the reason).
 //!
 //! Teardown removes everything it made (pods over CRI, kubelet's cgroups and /var/log/pods
 //! entries, mounts, the bridge) and prints what it could not.
 //!
-//! Usage (as root): `kubelet-check --kubelet PATH [--keep]` (or `KUBELET=PATH`). `BERTH_BIN`
-//! names the berth binary (default `<target>/debug/berth`). Closing line: `N passed, N failed`.
+//! Usage (as root): `kubelet-check --kubelet PATH [--target containerd] [--keep]` (or
+//! `KUBELET=PATH`). `BERTH_BIN` names the berth binary (default `<target>/debug/berth`).
+//! `--target containerd` runs the same checks on containerd (Debian's, with its CRI plugin) to
+//! prove the checks themselves. Closing line: `N passed, N failed`.
 
 use anyhow::{bail, Context, Result};
 use berth_conformance::client::Clients;
-use berth_conformance::daemon::{self, Daemon, TargetKind};
+use berth_conformance::daemon::{self, Daemon, Handlers, TargetKind};
 use berth_conformance::harness::{self, BRIDGE, LOCK_FILE};
 use berth_conformance::images;
 use berth_conformance::proc;
@@ -56,8 +59,10 @@ pub struct Env {
     pub cri: Clients,
     pub busybox: String,
     pub kubelet: kubelet::Kubelet,
-    pub berth_log: PathBuf,
-    pub inspect_socket: PathBuf,
+    /// The runtime's log (berth's or containerd's).
+    pub runtime_log: PathBuf,
+    /// What runs behind the CRI socket.
+    pub kind: TargetKind,
     /// A pod sandbox made over CRI before kubelet started (kubelet did not create it).
     pub foreign_pod: String,
 }
@@ -65,13 +70,21 @@ pub struct Env {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let keep = args.iter().any(|a| a == "--keep");
+    let kind = match args.windows(2).find(|w| w[0] == "--target").map(|w| w[1].as_str()) {
+        None | Some("berth") => TargetKind::Berth,
+        Some("containerd") => TargetKind::Containerd,
+        Some(other) => {
+            eprintln!("kubelet-check: --target {other}: expected berth or containerd");
+            std::process::exit(2);
+        }
+    };
     let kubelet_bin = args
         .windows(2)
         .find(|w| w[0] == "--kubelet")
         .map(|w| PathBuf::from(&w[1]))
         .or_else(|| std::env::var_os("KUBELET").map(PathBuf::from));
     let Some(kubelet_bin) = kubelet_bin else {
-        eprintln!("usage: kubelet-check --kubelet PATH [--keep]   (or KUBELET=PATH); see docs/operations.md");
+        eprintln!("usage: kubelet-check --kubelet PATH [--target containerd] [--keep]   (or KUBELET=PATH); see docs/operations.md");
         std::process::exit(2);
     };
     let rt = match tokio::runtime::Runtime::new() {
@@ -81,7 +94,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    std::process::exit(rt.block_on(run(kubelet_bin, keep)));
+    std::process::exit(rt.block_on(run(kubelet_bin, kind, keep)));
 }
 
 struct Owned {
@@ -94,7 +107,7 @@ struct Owned {
     cgroups_before: Vec<PathBuf>,
 }
 
-async fn run(kubelet_bin: PathBuf, keep: bool) -> i32 {
+async fn run(kubelet_bin: PathBuf, kind: TargetKind, keep: bool) -> i32 {
     let _lock = match std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(LOCK_FILE) {
         Ok(f) => {
             if f.try_lock().is_err() {
@@ -123,7 +136,7 @@ async fn run(kubelet_bin: PathBuf, keep: bool) -> i32 {
         bridge_existed: Path::new("/sys/class/net").join(BRIDGE).exists(),
         cgroups_before: kubelet::kubepods_cgroups(),
     };
-    let (passed, failed) = match set_up(&mut owned, &kubelet_bin).await {
+    let (passed, failed) = match set_up(&mut owned, &kubelet_bin, kind).await {
         Ok(mut env) => {
             let r = steps::run_all(&mut env).await;
             if let Some(child) = owned.kubelet.as_mut() {
@@ -146,26 +159,35 @@ async fn run(kubelet_bin: PathBuf, keep: bool) -> i32 {
     i32::from(failed > 0)
 }
 
-async fn set_up(o: &mut Owned, kubelet_bin: &Path) -> Result<Env> {
+async fn set_up(o: &mut Owned, kubelet_bin: &Path, kind: TargetKind) -> Result<Env> {
     if !kubelet_bin.exists() {
         bail!("no kubelet at {}", kubelet_bin.display());
     }
     let reg = Registry::start(&o.tmp.join("registry"))?;
     let work = o.tmp.join("build");
     std::fs::create_dir_all(&work)?;
-    let imgs = images::build_and_push(&reg, &work, false).context("build and push test images")?;
+    let imgs = images::build_and_push(&reg, &work, kind == TargetKind::Containerd).context("build and push test images")?;
     o.registry = Some(reg);
     let cni = harness::write_cni_config(&o.tmp)?;
-    let cfg = daemon::write_berth_config(&o.tmp, &cni, &imgs.registry)?;
-    let socket = o.tmp.join("berth.sock");
-    let berth_log = o.tmp.join("berth.log");
-    let mut d = Daemon::owned(TargetKind::Berth, daemon::berth_binary(), vec!["serve".into(), "--config".into(), cfg.display().to_string()], socket.clone(), berth_log.clone());
-    let mut cri = d.start().await.context("starting berth")?;
+    let (mut d, runtime_log) = match kind {
+        TargetKind::Containerd => {
+            let cfg = daemon::write_containerd_config(&o.tmp, &cni, &imgs.registry, imgs.pause.as_deref().unwrap_or_default())?;
+            let log = o.tmp.join("containerd.log");
+            (Daemon::owned(kind, "containerd".into(), vec!["--config".into(), cfg.display().to_string()], o.tmp.join("containerd.sock"), log.clone()), log)
+        }
+        _ => {
+            let cfg = daemon::write_berth_config_with(&o.tmp, &cni, &imgs.registry, Handlers::RuncOnly)?;
+            let log = o.tmp.join("berth.log");
+            (Daemon::owned(TargetKind::Berth, daemon::berth_binary(), vec!["serve".into(), "--config".into(), cfg.display().to_string()], o.tmp.join("berth.sock"), log.clone()), log)
+        }
+    };
+    let socket = d.socket.clone();
+    let mut cri = d.start().await.context("starting the runtime")?;
     o.berth = Some(d);
     let foreign_pod = steps::run_foreign_pod(&mut cri, &o.tmp).await?;
     let (kubelet, child) = kubelet::start(kubelet_bin, &o.tmp, &socket, free_port()?).context("starting kubelet")?;
     o.kubelet = Some(child);
-    Ok(Env { tmp: o.tmp.clone(), cri, busybox: imgs.busybox, kubelet, berth_log, inspect_socket: o.tmp.join("run").join("inspect.sock"), foreign_pod })
+    Ok(Env { tmp: o.tmp.clone(), cri, busybox: imgs.busybox, kubelet, runtime_log, kind, foreign_pod })
 }
 
 /// Stops and removes every pod sandbox on the endpoint (kubelet's and ours).
