@@ -1,6 +1,7 @@
 //! Build script of berth.
 //!
-//! Compiles `src/bin/berth-pause.rs` a second time, standalone and statically linked, into
+//! Generates the CRI v1 bindings (messages, gRPC server and client) from the vendored
+//! `proto/runtime/v1/api.proto` into `$OUT_DIR/runtime.v1.rs` (see proto/README.md), and compiles `src/bin/berth-pause.rs` a second time, standalone and statically linked, into
 //! `$OUT_DIR/berth-pause`; `src/pause.rs` embeds that file with `include_bytes!`. The infra
 //! container's rootfs is this one file, so it must not need a dynamic loader or libc on disk.
 
@@ -8,7 +9,24 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
+    build_cri();
     build_pause();
+}
+
+/// Parses the CRI proto with `protox` and generates Rust with `tonic-prost-build`. Every message
+/// derives serde with `#[serde(default)]` (records stored by an older berth, which lack newer
+/// fields, still load); `KeyValue.value`, bytes since cri-api v0.36.2, keeps the string form
+/// older records hold (`cri::serde_kv_value`).
+fn build_cri() {
+    const PROTO: &str = "proto/runtime/v1/api.proto";
+    println!("cargo:rerun-if-changed={PROTO}");
+    let fds = protox::compile(["runtime/v1/api.proto"], ["proto"]).unwrap_or_else(|e| panic!("parsing {PROTO}: {e}"));
+    tonic_prost_build::configure()
+        .type_attribute(".runtime.v1", "#[derive(serde::Serialize, serde::Deserialize)]")
+        .message_attribute(".runtime.v1", "#[serde(default)]")
+        .field_attribute(".runtime.v1.KeyValue.value", "#[serde(with = \"crate::cri::serde_kv_value\")]")
+        .compile_fds(fds)
+        .unwrap_or_else(|e| panic!("generating the CRI bindings from {PROTO}: {e}"));
 }
 
 /// `$RUSTC --edition 2021 -C opt-level=s -C panic=abort -C target-feature=+crt-static

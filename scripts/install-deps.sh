@@ -11,7 +11,6 @@ declare -A need=(
   # a second runtime handler: the self-test must report it when it cannot run here
   [crun]=/usr/bin/crun
   [containernetworking-plugins]=/usr/lib/cni/bridge
-  [protobuf-compiler]=/usr/bin/protoc
   [docker-registry]=/usr/bin/docker-registry
   [busybox]=/bin/busybox
   [containerd]=/usr/bin/containerd

@@ -9,6 +9,7 @@ pub mod base64;
 pub mod cleanup;
 pub mod config;
 pub mod container;
+pub mod cri;
 pub mod daemon;
 pub mod events;
 pub mod metrics;

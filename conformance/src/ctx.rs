@@ -5,7 +5,7 @@ use crate::client::Clients;
 use crate::daemon::{Daemon, TargetKind};
 use crate::images::TestImages;
 use anyhow::{bail, Context, Result};
-use k8s_cri::v1 as cri;
+use berth::cri::v1 as cri;
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -237,7 +237,7 @@ impl Daemon {
             }
             if self.socket.exists() {
                 match client::connect(&self.socket).await {
-                    Ok(mut c) => match c.rt.version(k8s_cri::v1::VersionRequest { version: "v1".into() }).await {
+                    Ok(mut c) => match c.rt.version(berth::cri::v1::VersionRequest { version: "v1".into() }).await {
                         Ok(_) => return Ok(c),
                         Err(e) => last = e.to_string(),
                     },

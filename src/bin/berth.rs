@@ -210,10 +210,10 @@ async fn status(socket: PathBuf) -> anyhow::Result<()> {
         }))
         .await
         .with_context(|| format!("connecting to {}", socket.display()))?;
-    let mut client = k8s_cri::v1::runtime_service_client::RuntimeServiceClient::new(channel);
-    let v = client.version(k8s_cri::v1::VersionRequest::default()).await?.into_inner();
+    let mut client = berth::cri::v1::runtime_service_client::RuntimeServiceClient::new(channel);
+    let v = client.version(berth::cri::v1::VersionRequest::default()).await?.into_inner();
     println!("{} {} (CRI {})", v.runtime_name, v.runtime_version, v.runtime_api_version);
-    let s = client.status(k8s_cri::v1::StatusRequest { verbose: false }).await?.into_inner();
+    let s = client.status(berth::cri::v1::StatusRequest { verbose: false }).await?.into_inner();
     for c in s.status.map(|s| s.conditions).unwrap_or_default() {
         println!("{}: {}{}", c.r#type, c.status, if c.message.is_empty() { String::new() } else { format!(" ({}: {})", c.reason, c.message) });
     }

@@ -7,7 +7,7 @@ use crate::container::spec::{self, ContainerContext, SandboxContext};
 use crate::daemon::{Daemon, Error, Result};
 use crate::monitor::MonitorSpec;
 use crate::sandbox::{SandboxPaths, SandboxState};
-use k8s_cri::v1::{ContainerConfig, PodSandboxConfig};
+use crate::cri::v1::{ContainerConfig, PodSandboxConfig};
 use std::path::{Component, Path, PathBuf};
 use tracing::Instrument;
 
@@ -58,6 +58,7 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
     let userns = crate::sandbox::userns::for_pod(&sandbox.config)?;
     crate::sandbox::userns::check_container(userns.as_ref(), sc.namespace_options.as_ref(), sc.privileged)?;
     let image = d.images.resolve(&image_name)?.ok_or_else(|| Error::NotFound { kind: "image", id: image_name.clone() })?;
+    let stop_signal = super::signal::for_new_container(&config, &image.config.stop_signal)?;
 
     let id = crate::util::new_id();
     let name_key = ContainerRecord::name_key(&config, &sandbox);
@@ -88,7 +89,7 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
         pid: 0,
         monitor_pid: 0,
         log_path: log_path.clone(),
-        stop_signal: image.config.stop_signal.clone(),
+        stop_signal,
         name_key: name_key.clone(),
         user: None,
     };
@@ -250,9 +251,9 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
 ///
 /// Errors: InvalidArgument (empty target_id, or a container of another pod), NotFound (no such
 /// container), FailedPrecondition (the target is not running).
-fn pid_target(d: &Daemon, sandbox_id: &str, sc: &k8s_cri::v1::LinuxContainerSecurityContext) -> Result<Option<i32>> {
+fn pid_target(d: &Daemon, sandbox_id: &str, sc: &crate::cri::v1::LinuxContainerSecurityContext) -> Result<Option<i32>> {
     let Some(ns) = sc.namespace_options.as_ref() else { return Ok(None) };
-    if ns.pid != k8s_cri::v1::NamespaceMode::Target as i32 {
+    if ns.pid != crate::cri::v1::NamespaceMode::Target as i32 {
         return Ok(None);
     }
     let field = "config.linux.security_context.namespace_options.target_id";

@@ -63,7 +63,7 @@ async fn stop_locked(d: &Daemon, r: ContainerRecord, timeout: i64) -> Result<Con
     let runtime = d.runtime(&r.runtime_handler)?;
     let paths = ContainerPaths::new(d, &r.id);
     if timeout > 0 {
-        let signal = parse_signal(&r.stop_signal).unwrap_or(libc::SIGTERM);
+        let signal = super::signal::parse_signal(&r.stop_signal).unwrap_or(libc::SIGTERM);
         runtime.kill(&r.id, signal, false).await?;
         if let Some(ended) = watched(&paths, &r).wait(Duration::from_secs(timeout as u64)).await {
             return finish(d, r, &ended);
@@ -131,20 +131,6 @@ pub async fn remove(d: &Daemon, id: &str) -> Result<()> {
     Ok(())
 }
 
-/// A signal by name (`SIGTERM`, `TERM`) or number (`15`), as image-spec `StopSignal` allows.
-pub fn parse_signal(s: &str) -> Option<i32> {
-    let s = s.trim();
-    if s.is_empty() {
-        return None;
-    }
-    if let Ok(n) = s.parse::<i32>() {
-        return (1..=64).contains(&n).then_some(n);
-    }
-    let name = s.to_ascii_uppercase();
-    let name = name.strip_prefix("SIG").unwrap_or(&name);
-    nix::sys::signal::Signal::iterator().find(|sig| sig.as_str().strip_prefix("SIG") == Some(name)).map(|sig| sig as i32)
-}
-
 /// The CRI spelling of a state, for messages.
 pub fn state_name(s: ContainerState) -> &'static str {
     match s {
@@ -155,17 +141,3 @@ pub fn state_name(s: ContainerState) -> &'static str {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn signals_parse_by_name_and_number() {
-        assert_eq!(parse_signal("SIGQUIT"), Some(libc::SIGQUIT));
-        assert_eq!(parse_signal("term"), Some(libc::SIGTERM));
-        assert_eq!(parse_signal("9"), Some(9));
-        assert_eq!(parse_signal(""), None);
-        assert_eq!(parse_signal("SIGNOPE"), None);
-        assert_eq!(parse_signal("99"), None);
-    }
-}

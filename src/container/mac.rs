@@ -31,7 +31,7 @@
 //!   containers get no label (as containerd). A part with characters outside the SELinux context
 //!   syntax is refused.
 
-use k8s_cri::v1 as cri;
+use crate::cri::v1 as cri;
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::path::Path;

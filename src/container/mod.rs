@@ -13,6 +13,7 @@ mod lifecycle;
 pub mod logs;
 pub mod mac;
 pub mod seccomp;
+pub mod signal;
 pub mod liveness;
 pub mod spec;
 pub mod streaming;
@@ -31,7 +32,7 @@ pub use logs::reopen_log;
 use crate::daemon::{Daemon, Error, Result};
 use crate::monitor::ExitInfo;
 use liveness::{Ended, Watched};
-use k8s_cri::v1::ContainerConfig;
+use crate::cri::v1::ContainerConfig;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -84,12 +85,13 @@ pub struct ContainerRecord {
     pub monitor_pid: i32,
     /// Absolute CRI log path (log_directory/log_path), empty when none.
     pub log_path: String,
-    /// The image's StopSignal (empty = SIGTERM).
+    /// The stop signal: CRI `stop_signal` when the config set one, else the image's StopSignal
+    /// (empty = SIGTERM); see [`signal`].
     pub stop_signal: String,
     /// The effective user the spec gave its process (uid, gid, supplemental groups), for
     /// ContainerStatus.user; resolved once at create.
     #[serde(default)]
-    pub user: Option<k8s_cri::v1::ContainerUser>,
+    pub user: Option<crate::cri::v1::ContainerUser>,
     /// The name reservation key ([`ContainerRecord::name_key`]), kept so it can be released
     /// even after the pod sandbox record is gone.
     pub name_key: String,

@@ -10,7 +10,7 @@
 //! berth's own profile (`seccomp_default.json`, documented in docs/security.md), converted by the
 //! same code. Privileged containers, `Unconfined` and an empty request run unconfined.
 
-use k8s_cri::v1 as cri;
+use crate::cri::v1 as cri;
 use oci_spec::runtime::{Capability, LinuxSeccomp};
 use serde::Deserialize;
 use serde_json::{json, Value};

@@ -11,7 +11,7 @@
 //! Layout: this file holds the entry points and `process`; [`mounts`] the mount list;
 //! [`linux`] namespaces, resources, devices and masked paths.
 
-use k8s_cri::v1 as cri;
+use crate::cri::v1 as cri;
 use oci_spec::runtime::{
     Capabilities, Capability, LinuxCapabilities, PosixRlimit, PosixRlimitBuilder, PosixRlimitType, Process, Root, Spec,
     User,
@@ -515,7 +515,9 @@ pub fn merge_env(hostname: &str, image_env: &[String], cri_env: &[cri::KeyValue]
         put(e.clone());
     }
     for kv in cri_env {
-        put(format!("{}={}", kv.key, kv.value));
+        // KeyValue.value is bytes (cri-api v0.36.2); the OCI spec's env is JSON strings, so
+        // bytes that are not UTF-8 become U+FFFD, as containerd's JSON encoding makes them.
+        put(format!("{}={}", kv.key, String::from_utf8_lossy(&kv.value)));
     }
     out
 }

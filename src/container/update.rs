@@ -11,7 +11,7 @@
 
 use super::{ContainerPaths, ContainerRecord, ContainerState};
 use crate::daemon::{Daemon, Error, Result};
-use k8s_cri::v1 as cri;
+use crate::cri::v1 as cri;
 use tracing::Instrument;
 
 /// `new` merged over `old`: every non-zero / non-empty field of `new` replaces the old value

@@ -17,7 +17,7 @@ use crate::daemon::{Daemon, Result};
 use crate::sandbox::{SandboxRecord, SandboxState};
 use crate::stats::parse::InterfaceCounters;
 use crate::stats::{cgroup, host_layout, CgroupStats, StatsError};
-use k8s_cri::v1 as cri;
+use crate::cri::v1 as cri;
 
 /// The label keys of every container metric.
 pub const BASE_LABEL_KEYS: &[&str] = &["id", "name", "image"];

@@ -1,7 +1,7 @@
 //! The per-pod files every container bind-mounts: `/etc/hostname`, `/etc/hosts`,
 //! `/etc/resolv.conf`. Pure text builders plus one writer.
 
-use k8s_cri::v1::DnsConfig;
+use crate::cri::v1::DnsConfig;
 
 /// `/etc/hosts` for a pod with its own network namespace: loopback entries and the pod's IPs
 /// bound to its hostname (what containerd and CRI-O write; kubelet may replace it with its own

@@ -17,7 +17,7 @@ pub use stop::{remove, stop};
 
 use crate::daemon::{Daemon, Error, Result};
 use crate::state::SANDBOXES;
-use k8s_cri::v1::{NamespaceMode, NamespaceOption, PodSandboxConfig};
+use crate::cri::v1::{NamespaceMode, NamespaceOption, PodSandboxConfig};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 

@@ -7,7 +7,7 @@ use crate::daemon::{Daemon, Error, Result};
 use crate::monitor::MonitorSpec;
 use crate::network::{AttachRequest, PortMapping};
 use crate::state::SANDBOXES;
-use k8s_cri::v1::{NamespaceMode, PodSandboxConfig, Protocol};
+use crate::cri::v1::{NamespaceMode, PodSandboxConfig, Protocol};
 use std::path::{Path, PathBuf};
 use tracing::Instrument;
 

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use k8s_cri::v1::PodSandboxConfig;
+use crate::cri::v1::PodSandboxConfig;
 
 use crate::container::spec::{self, SandboxContext};
 use crate::oci::Runtime;

@@ -24,7 +24,7 @@
 //! read as kubelet's `ConvertSysctlVariableToDotsSeparator` does ([`dotted_key`]). Values must be
 //! non-empty and hold no newline, carriage return or NUL.
 
-use k8s_cri::v1::{NamespaceMode, NamespaceOption, PodSandboxConfig};
+use crate::cri::v1::{NamespaceMode, NamespaceOption, PodSandboxConfig};
 
 use crate::daemon::{Error, Result};
 
@@ -216,7 +216,7 @@ pub fn check(key: &str, value: &str, ns: &NamespaceOption) -> std::result::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_cri::v1::{LinuxPodSandboxConfig, LinuxSandboxSecurityContext};
+    use crate::cri::v1::{LinuxPodSandboxConfig, LinuxSandboxSecurityContext};
 
     fn ns(network: NamespaceMode, ipc: NamespaceMode) -> NamespaceOption {
         NamespaceOption { network: network as i32, ipc: ipc as i32, ..Default::default() }

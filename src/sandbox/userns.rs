@@ -17,7 +17,7 @@
 //! its pod's, or the host's network, PID or IPC namespace; a privileged container in such a pod.
 //! A runtime handler or kernel that cannot do it is FailedPrecondition.
 
-use k8s_cri::v1::{IdMapping, NamespaceMode, NamespaceOption, PodSandboxConfig, UserNamespace};
+use crate::cri::v1::{IdMapping, NamespaceMode, NamespaceOption, PodSandboxConfig, UserNamespace};
 use oci_spec::runtime::{LinuxIdMapping, LinuxIdMappingBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -251,7 +251,7 @@ fn describe(u: Option<&PodUserns>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_cri::v1::{LinuxPodSandboxConfig, LinuxSandboxSecurityContext};
+    use crate::cri::v1::{LinuxPodSandboxConfig, LinuxSandboxSecurityContext};
 
     fn m(host_id: u32, container_id: u32, length: u32) -> IdMapping {
         IdMapping { host_id, container_id, length }

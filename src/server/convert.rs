@@ -2,7 +2,7 @@
 
 use crate::container::{ContainerRecord, ContainerState};
 use crate::sandbox::{SandboxRecord, SandboxState};
-use k8s_cri::v1 as cri;
+use crate::cri::v1 as cri;
 use std::collections::HashMap;
 
 /// CRI `PodSandboxState` of a record.
@@ -110,6 +110,7 @@ pub fn container_status(r: &ContainerRecord) -> cri::ContainerStatus {
         }),
         image_id: r.image_id.clone(),
         user: r.user.clone(),
+        stop_signal: crate::container::signal::to_cri(&r.stop_signal) as i32,
     }
 }
 

@@ -12,13 +12,13 @@
 //! Errors map to gRPC codes in [`status_from_image_error`].
 
 use crate::image::{Image, ImageError, ImageStore, RegistryAuth};
-use k8s_cri::v1 as cri;
+use crate::cri::v1 as cri;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 /// The ImageService adapter. Serve it with
-/// `k8s_cri::v1::image_service_server::ImageServiceServer::new(ImageServer::new(images))`.
+/// `crate::cri::v1::image_service_server::ImageServiceServer::new(ImageServer::new(images))`.
 pub struct ImageServer {
     images: Arc<ImageStore>,
 }
@@ -96,10 +96,10 @@ fn auth_of(a: cri::AuthConfig) -> RegistryAuth {
     }
 }
 
-#[tonic::async_trait]
-impl cri::image_service_server::ImageService for ImageServer {
-    async fn list_images(&self, req: Request<cri::ListImagesRequest>) -> Result<Response<cri::ListImagesResponse>, Status> {
-        let filter = req.into_inner().filter.and_then(|f| f.image).map(|s| s.image).filter(|s| !s.is_empty());
+impl ImageServer {
+    /// ListImages' items (also StreamImages'): every image, or those `filter.image` names.
+    fn images_matching(&self, filter: Option<cri::ImageFilter>) -> Result<Vec<cri::Image>, Status> {
+        let filter = filter.and_then(|f| f.image).map(|s| s.image).filter(|s| !s.is_empty());
         let images = match filter {
             Some(name) => match self.images.resolve(&name) {
                 Ok(found) => found.into_iter().collect(),
@@ -109,7 +109,21 @@ impl cri::image_service_server::ImageService for ImageServer {
             },
             None => self.images.list().map_err(|e| status_from_image_error("ListImages", "", e))?,
         };
-        Ok(Response::new(cri::ListImagesResponse { images: images.iter().map(to_cri_image).collect() }))
+        Ok(images.iter().map(to_cri_image).collect())
+    }
+}
+
+#[tonic::async_trait]
+impl cri::image_service_server::ImageService for ImageServer {
+    async fn list_images(&self, req: Request<cri::ListImagesRequest>) -> Result<Response<cri::ListImagesResponse>, Status> {
+        Ok(Response::new(cri::ListImagesResponse { images: self.images_matching(req.into_inner().filter)? }))
+    }
+
+    type StreamImagesStream = super::liststream::ListStream<cri::StreamImagesResponse>;
+
+    async fn stream_images(&self, req: Request<cri::StreamImagesRequest>) -> Result<Response<Self::StreamImagesStream>, Status> {
+        let images = self.images_matching(req.into_inner().filter)?;
+        Ok(Response::new(super::liststream::batched(images, |images| cri::StreamImagesResponse { images })))
     }
 
     async fn image_status(&self, req: Request<cri::ImageStatusRequest>) -> Result<Response<cri::ImageStatusResponse>, Status> {

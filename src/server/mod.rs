@@ -4,12 +4,13 @@
 pub mod authority;
 pub mod convert;
 pub mod image;
+pub mod liststream;
 pub mod runtime;
 pub mod status;
 
 use crate::daemon::Daemon;
-use k8s_cri::v1::image_service_server::ImageServiceServer;
-use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+use crate::cri::v1::image_service_server::ImageServiceServer;
+use crate::cri::v1::runtime_service_server::RuntimeServiceServer;
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

@@ -18,7 +18,7 @@ use crate::container::spec::cgroups_path;
 use crate::container::{ContainerPaths, ContainerRecord, ContainerState};
 use crate::daemon::{Daemon, Error, Result};
 use crate::sandbox::{SandboxRecord, SandboxState};
-use k8s_cri::v1 as cri;
+use crate::cri::v1 as cri;
 use std::collections::HashMap;
 
 fn u64v(value: u64) -> Option<cri::UInt64Value> {
@@ -40,6 +40,8 @@ fn cpu_memory(s: &CgroupStats, rate_key: &str, now: i64) -> (Option<cri::CpuUsag
         timestamp: now,
         usage_core_nano_seconds: u64v(ns),
         usage_nano_cores: caches().0.nano_cores(rate_key, now, ns).map(|value| cri::UInt64Value { value }),
+        // Pressure stall information: cgroup v2 only (issue #10); none on v1.
+        psi: None,
     });
     let memory = s.memory.map(|m| cri::MemoryUsage {
         timestamp: now,
@@ -49,6 +51,7 @@ fn cpu_memory(s: &CgroupStats, rate_key: &str, now: i64) -> (Option<cri::CpuUsag
         rss_bytes: u64v(m.rss),
         page_faults: u64v(m.page_faults),
         major_page_faults: u64v(m.major_page_faults),
+        psi: None,
     });
     (cpu, memory)
 }
@@ -112,6 +115,8 @@ fn one_container(d: &Daemon, r: &ContainerRecord, parent: &str) -> Result<(cri::
         memory,
         writable_layer,
         swap: None,
+        // IoUsage carries only PSI (cgroup v2, issue #10).
+        io: None,
     };
     Ok((stats, raw))
 }
@@ -234,6 +239,7 @@ fn one_sandbox(d: &Daemon, sb: &SandboxRecord, containers: &[ContainerRecord]) -
             network: network(sb, now),
             process: pod.pids.map(|n| cri::ProcessUsage { timestamp: now, process_count: u64v(n) }),
             containers: stats,
+            io: None,
         }),
         windows: None,
     })

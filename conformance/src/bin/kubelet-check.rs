@@ -38,7 +38,7 @@ use berth_conformance::harness::{self, BRIDGE, LOCK_FILE};
 use berth_conformance::images;
 use berth_conformance::proc;
 use berth_conformance::registry::{free_port, Registry};
-use k8s_cri::v1 as cri;
+use berth::cri::v1 as cri;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -10,7 +10,7 @@ use crate::ctx::{skip, Ctx, Pod};
 use crate::rawh2::{call, RawGrpc};
 use crate::stream_client::{self as sc, Session, Transport};
 use anyhow::{anyhow, Context, Result};
-use k8s_cri::v1 as cri;
+use berth::cri::v1 as cri;
 use prost::Message;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

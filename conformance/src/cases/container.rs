@@ -4,7 +4,7 @@
 use super::util::{check, read_log, run_to_exit};
 use crate::ctx::{state_name, Ctx};
 use anyhow::{Context, Result};
-use k8s_cri::v1 as cri;
+use berth::cri::v1 as cri;
 use std::collections::HashMap;
 use std::time::Duration;
 

@@ -5,7 +5,7 @@ use super::util::{check, read_log};
 use crate::ctx::{Ctx, Pod};
 use crate::daemon::TargetKind;
 use anyhow::{Context, Result};
-use k8s_cri::v1 as cri;
+use berth::cri::v1 as cri;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 use super::util::{check, log_file, parse_log_line};
 use crate::ctx::{skip, state_name, Ctx};
 use anyhow::{bail, Context, Result};
-use k8s_cri::v1 as cri;
+use berth::cri::v1 as cri;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;

@@ -3,7 +3,7 @@
 use super::util::check;
 use crate::ctx::{state_name, Ctx};
 use anyhow::{Context, Result};
-use k8s_cri::v1 as cri;
+use berth::cri::v1 as cri;
 use std::time::{Duration, Instant};
 
 async fn stop(ctx: &Ctx, id: &str, timeout: i64) -> Result<()> {

@@ -10,7 +10,7 @@ use super::Case;
 use crate::ctx::{skip, Ctx};
 use crate::daemon::{TargetKind, BROKEN_RUNTIME_MESSAGE, CRUN};
 use anyhow::{bail, Context, Result};
-use k8s_cri::v1 as cri;
+use berth::cri::v1 as cri;
 use std::time::Duration;
 
 /// The cases of this module, in run order.
@@ -87,6 +87,8 @@ pub async fn handlers_reported(ctx: &Ctx) -> Result<()> {
     let runc = st.runtime_handlers.iter().find(|h| h.name == "runc").context("Status.runtime_handlers has no runc")?;
     let f = runc.features.unwrap_or_default();
     check(f.recursive_read_only_mounts && f.user_namespaces, || format!("runc's features {f:?}: expected rro and user namespaces on this host"))?;
+    let default = st.runtime_handlers.iter().find(|h| h.name.is_empty()).context("Status.runtime_handlers has no \"\" (the CRI's name for the default handler)")?;
+    check(default.features == runc.features, || format!("the default handler \"\" has features {:?}, runc (the default) {:?}", default.features, runc.features))?;
     check(!listed.contains(&"broken"), || format!("the broken handler is listed as usable: {listed:?}"))?;
     let broken = &info["broken"];
     check(broken["available"] == false && broken["reason"].as_str().is_some_and(|r| r.contains(BROKEN_RUNTIME_MESSAGE)), || {

@@ -3,7 +3,7 @@
 use super::util::check;
 use crate::ctx::{skip, spec, Ctx};
 use anyhow::{Context, Result};
-use k8s_cri::v1 as cri;
+use berth::cri::v1 as cri;
 
 /// Version: runtime_api_version "v1", a non-empty runtime_name.
 pub async fn version(ctx: &Ctx) -> Result<()> {

@@ -37,7 +37,7 @@ pub async fn status_shows_container_and_pod(ctx: &Ctx) -> Result<()> {
     let pod = ctx.run_pod("inspect").await?;
     let res = async {
         let id = ctx.start_container(&pod, "inspect", &ctx.images.busybox, &["sleep", "1000"]).await?;
-        ctx.wait_container_state(&id, k8s_cri::v1::ContainerState::ContainerRunning, std::time::Duration::from_secs(30)).await?;
+        ctx.wait_container_state(&id, berth::cri::v1::ContainerState::ContainerRunning, std::time::Duration::from_secs(30)).await?;
         let v = json(ctx, &["container", &id[..12]])?;
         check(v["record"]["id"] == id.as_str(), || format!("record.id {}, expected {id}", v["record"]["id"]))?;
         let pid = v["pids"]["init"].as_i64().unwrap_or(0);

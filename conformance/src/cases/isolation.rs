@@ -12,7 +12,7 @@ use super::Case;
 use crate::ctx::{skip, Ctx, Pod};
 use crate::daemon::TargetKind;
 use anyhow::{bail, Context, Result};
-use k8s_cri::v1 as cri;
+use berth::cri::v1 as cri;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -9,7 +9,7 @@ use super::util::check;
 use crate::ctx::{skip, Ctx};
 use crate::daemon::TargetKind;
 use anyhow::{bail, Context, Result};
-use k8s_cri::v1 as cri;
+use berth::cri::v1 as cri;
 use std::time::Duration;
 
 /// `127.0.0.1:<port>` of the metrics endpoint the harness configured for berth.

@@ -6,7 +6,7 @@ use super::util::check;
 use crate::ctx::{skip, state_name, Ctx};
 use crate::daemon::TargetKind;
 use anyhow::{bail, Context, Result};
-use k8s_cri::v1 as cri;
+use berth::cri::v1 as cri;
 use std::time::{Duration, Instant};
 
 /// The parent PID and command name of `pid`, from /proc/<pid>/stat.

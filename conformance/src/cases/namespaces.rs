@@ -7,7 +7,7 @@ use super::util::{check, read_log};
 use super::Case;
 use crate::ctx::{Ctx, Pod};
 use anyhow::{Context, Result};
-use k8s_cri::v1 as cri;
+use berth::cri::v1 as cri;
 use std::time::Duration;
 
 /// The cases of this module, in run order.

@@ -5,7 +5,7 @@ use super::util::{check, log_file, parse_log_line};
 use crate::ctx::{skip, Ctx};
 use crate::daemon::TargetKind;
 use anyhow::{Context, Result};
-use k8s_cri::v1 as cri;
+use berth::cri::v1 as cri;
 use std::time::Duration;
 
 /// memory_limit_in_bytes = 32 MiB, and the container's shell collects 200 MB of output in a

@@ -5,7 +5,7 @@ use crate::ctx::Ctx;
 use crate::daemon::TargetKind;
 use crate::harness::SUBNET_PREFIX;
 use anyhow::{Context, Result};
-use k8s_cri::v1 as cri;
+use berth::cri::v1 as cri;
 use std::collections::HashMap;
 use std::time::Duration;
 

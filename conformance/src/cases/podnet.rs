@@ -3,7 +3,7 @@
 use super::util::check;
 use crate::ctx::{Ctx, Pod};
 use anyhow::{Context, Result};
-use k8s_cri::v1 as cri;
+use berth::cri::v1 as cri;
 use std::collections::BTreeSet;
 use std::time::Duration;
 

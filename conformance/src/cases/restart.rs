@@ -3,7 +3,7 @@
 use super::util::check;
 use crate::ctx::{skip, state_name, Ctx};
 use anyhow::{Context, Result};
-use k8s_cri::v1 as cri;
+use berth::cri::v1 as cri;
 use std::time::Duration;
 
 /// A running container stays RUNNING across a daemon restart; one that exits while the daemon is

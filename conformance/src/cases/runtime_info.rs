@@ -3,7 +3,7 @@
 use super::util::check;
 use crate::ctx::{skip, Ctx};
 use anyhow::{Context, Result};
-use k8s_cri::v1 as cri;
+use berth::cri::v1 as cri;
 use std::time::{Duration, Instant};
 
 /// RuntimeConfig: `linux.cgroup_driver` is CGROUPFS (the cgroup v1 hosts this suite runs on use

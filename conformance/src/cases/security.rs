@@ -8,7 +8,7 @@ use super::util::{check, read_log};
 use crate::ctx::{skip, Ctx, Pod};
 use crate::daemon::TargetKind;
 use anyhow::{bail, Context, Result};
-use k8s_cri::v1 as cri;
+use berth::cri::v1 as cri;
 use std::time::Duration;
 
 type Sc = cri::LinuxContainerSecurityContext;

@@ -6,7 +6,7 @@ use super::util::check;
 use crate::ctx::{skip, Ctx, Pod};
 use crate::daemon::TargetKind;
 use anyhow::{Context, Result};
-use k8s_cri::v1 as cri;
+use berth::cri::v1 as cri;
 use std::time::Duration;
 
 fn val(v: &Option<cri::UInt64Value>) -> Option<u64> {

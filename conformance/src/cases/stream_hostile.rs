@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use berth::streaming::client as up;
 use berth::streaming::spdy::frame::{self, Frame};
 use berth::streaming::spdy::header::HeaderCompressor;
-use k8s_cri::v1 as cri;
+use berth::cri::v1 as cri;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -7,7 +7,7 @@ use crate::ctx::{skip, Ctx, Pod};
 use crate::daemon::TargetKind;
 use crate::stream_client::{self as sc, Session, Transport};
 use anyhow::{Context, Result};
-use k8s_cri::v1 as cri;
+use berth::cri::v1 as cri;
 use std::time::Duration;
 
 const REMOTECOMMAND: [Transport; 4] = [

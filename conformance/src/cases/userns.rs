@@ -14,7 +14,7 @@ use super::Case;
 use crate::ctx::{skip, Ctx, Pod};
 use crate::daemon::TargetKind;
 use anyhow::{bail, Context, Result};
-use k8s_cri::v1 as cri;
+use berth::cri::v1 as cri;
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 

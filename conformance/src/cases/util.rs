@@ -2,7 +2,7 @@
 
 use crate::ctx::{Ctx, Pod};
 use anyhow::{bail, Result};
-use k8s_cri::v1 as cri;
+use berth::cri::v1 as cri;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

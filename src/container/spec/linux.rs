@@ -1,7 +1,7 @@
 //! The `linux` object of a spec (OCI runtime-spec config-linux.md): namespaces, cgroups path and
 //! resources, devices, masked and read-only paths, sysctls.
 
-use k8s_cri::v1 as cri;
+use crate::cri::v1 as cri;
 use oci_spec::runtime::{
     Linux, LinuxCpu, LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType, LinuxHugepageLimit, LinuxMemory, LinuxNamespace,
     LinuxNamespaceType, LinuxResources,

@@ -7,7 +7,7 @@
 //! A CRI mount replaces any earlier mount at the same container path; a CRI mount at `/dev`
 //! also replaces the default mounts below `/dev`.
 
-use k8s_cri::v1 as cri;
+use crate::cri::v1 as cri;
 use oci_spec::runtime::Mount;
 use std::path::{Component, Path, PathBuf};
 

@@ -2,7 +2,7 @@
 //! mountinfo parser and the host-side propagation check. Pure except for temp dirs.
 
 use super::*;
-use k8s_cri::v1 as cri;
+use crate::cri::v1 as cri;
 use std::path::Path;
 
 const PRIVATE: i32 = cri::MountPropagation::PropagationPrivate as i32;

@@ -10,7 +10,7 @@ use berth_conformance::client::Clients;
 use berth_conformance::daemon::TargetKind;
 use berth_conformance::harness;
 use berth_conformance::images::TestImages;
-use k8s_cri::v1 as cri;
+use berth::cri::v1 as cri;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -5,7 +5,7 @@
 
 use anyhow::{bail, Context, Result};
 use berth_conformance::client::Clients;
-use k8s_cri::v1 as cri;
+use berth::cri::v1 as cri;
 use std::collections::HashMap;
 use std::path::Path;
 

@@ -15,7 +15,7 @@ use crate::Samples;
 use anyhow::{bail, Context, Result};
 use berth_conformance::client::Clients;
 use berth_conformance::stream_client::{self as sc, Session, Transport};
-use k8s_cri::v1 as cri;
+use berth::cri::v1 as cri;
 use std::path::Path;
 use std::time::{Duration, Instant};
 

@@ -23,7 +23,7 @@ use crate::Samples;
 use anyhow::{Context, Result};
 use berth_conformance::client::Clients;
 use berth_conformance::daemon::TargetKind;
-use k8s_cri::v1 as cri;
+use berth::cri::v1 as cri;
 use std::path::Path;
 use std::time::Instant;
 

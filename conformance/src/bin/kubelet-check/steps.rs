@@ -5,7 +5,7 @@ use berth_conformance::daemon::TargetKind;
 use anyhow::{bail, Context, Result};
 use berth_conformance::client::Clients;
 use berth_conformance::proc;
-use k8s_cri::v1 as cri;
+use berth::cri::v1 as cri;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::Path;
