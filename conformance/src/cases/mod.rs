@@ -16,6 +16,7 @@ macro_rules! case {
 
 mod authority;
 mod container;
+mod cri036;
 mod cstatus;
 mod errors;
 mod events;
@@ -138,6 +139,8 @@ pub fn all() -> Vec<Case> {
     v.extend(isolation::cases());
     v.extend(mac_sysctl::cases());
     v.extend(userns::cases());
+    // Issue #9: what cri-api v0.36 added.
+    v.extend(cri036::cases());
     v.push(case!("daemon_restart_keeps_containers", restart::keeps_containers));
     v.push(case!("no_leftovers_after_suite", leaks::no_leftovers));
     v
