@@ -117,6 +117,18 @@ impl Ctx {
         self.daemon.lock().await.socket.clone()
     }
 
+    /// Starts the daemon again after [`Ctx::stop_daemon`] with another binary (same config and
+    /// roots) and reconnects; returns the binary it replaced.
+    pub async fn start_daemon_with(&self, program: PathBuf) -> Result<PathBuf> {
+        let mut d = self.daemon.lock().await;
+        let previous = d.set_program(program);
+        let c = d.start().await?;
+        if let Ok(mut g) = self.clients.lock() {
+            *g = c;
+        }
+        Ok(previous)
+    }
+
     /// PID of the daemon the harness started.
     pub async fn daemon_pid(&self) -> Option<u32> {
         self.daemon.lock().await.pid()

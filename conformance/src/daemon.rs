@@ -202,6 +202,11 @@ impl Daemon {
         self.kind != TargetKind::External
     }
 
+    /// Runs `program` from the next start on (same arguments); returns the one it replaces.
+    pub fn set_program(&mut self, program: PathBuf) -> PathBuf {
+        std::mem::replace(&mut self.program, program)
+    }
+
     /// PID of the running daemon we started.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())

@@ -40,3 +40,41 @@ pub async fn keeps_containers(ctx: &Ctx) -> Result<()> {
     }
     ctx.remove_pod(&pod.id).await
 }
+
+/// Upgrade: an older berth (`CRI_UPGRADE_FROM=<its binary>`) makes a pod and a running
+/// container with env and labels and stops; this berth starts on the same roots and serves them
+/// (statuses, the env inside, ExecSync, stop, remove). Its records were written by the older
+/// bindings (cri-api v0.32 before issue #9), so this is what "old records still load" means.
+pub async fn upgrade_keeps_records(ctx: &Ctx) -> Result<()> {
+    let Some(old) = std::env::var_os("CRI_UPGRADE_FROM") else {
+        return skip("set CRI_UPGRADE_FROM to an older berth binary to test an upgrade (not BERTH_*: berth reads every BERTH_* variable as config)");
+    };
+    if ctx.kind != crate::daemon::TargetKind::Berth {
+        return skip("an upgrade of berth");
+    }
+    ctx.stop_daemon().await?;
+    let current = ctx.start_daemon_with(old.into()).await.context("starting the older berth")?;
+    let made = async {
+        let pod = ctx.run_pod("upgrade").await?;
+        let mut config = ctx.container_config("long", &ctx.images.busybox, &["sleep", "1000"]);
+        config.envs.push(cri::KeyValue { key: "UPGRADE".into(), value: b"from old".to_vec() });
+        config.labels.insert("upgrade".into(), "yes".into());
+        let id = ctx.create_with(&pod, config).await?;
+        ctx.rt().start_container(cri::StartContainerRequest { container_id: id.clone() }).await?;
+        ctx.wait_container_state(&id, cri::ContainerState::ContainerRunning, Duration::from_secs(30)).await?;
+        Ok::<_, anyhow::Error>((pod, id))
+    }
+    .await;
+    ctx.stop_daemon().await?;
+    ctx.start_daemon_with(current).await.context("starting this berth on the older one's state")?;
+    let (pod, id) = made?;
+    let st = ctx.container_status(&id).await?;
+    check(st.state == cri::ContainerState::ContainerRunning as i32 && st.labels.get("upgrade").map(String::as_str) == Some("yes"), || {
+        format!("after the upgrade: {} labels {:?}", state_name(st.state), st.labels)
+    })?;
+    let r = ctx.exec(&id, &["sh", "-c", "echo $UPGRADE"], 10).await?;
+    check(r.stdout == b"from old\n", || format!("env after the upgrade: {:?}", String::from_utf8_lossy(&r.stdout)))?;
+    let ps = ctx.rt().pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.id.clone(), verbose: false }).await?.into_inner();
+    check(ps.status.is_some_and(|s| s.state == cri::PodSandboxState::SandboxReady as i32), || "the pod is not READY after the upgrade".into())?;
+    ctx.remove_pod(&pod.id).await
+}
