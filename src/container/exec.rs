@@ -2,8 +2,9 @@
 //!
 //! The process is started with `runtime exec --process <json> --pid-file <file>`; its
 //! `process` object is the container's own (user, env, cwd, capabilities) with the new args,
-//! as CRI-O and containerd build it. On timeout the exec'd process itself is SIGKILLed by its
-//! host PID (killing the runtime's client alone would leave it running).
+//! as CRI-O and containerd build it. On timeout the exec'd process and its descendants are
+//! SIGKILLed by host PID (killing the runtime's client alone would leave them running), and the
+//! runtime is left to reap it, so nothing of it, not even a zombie, is there at the reply.
 
 use super::{ContainerPaths, ContainerState};
 use crate::daemon::{Daemon, Error, Result};
@@ -79,11 +80,19 @@ async fn run(
         match tokio::time::timeout(Duration::from_secs(timeout_secs as u64), child.wait()).await {
             Ok(s) => s,
             Err(_) => {
-                if let Some(pid) = std::fs::read_to_string(pid_file).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                let pid = std::fs::read_to_string(pid_file).ok().and_then(|s| s.trim().parse::<i32>().ok()).filter(|p| *p > 1);
+                if let Some(pid) = pid {
+                    kill_tree(pid);
                 }
-                let _ = child.start_kill();
-                let _ = child.wait().await;
+                // `runc exec` reaps the process it runs and then exits by itself: kill it first
+                // and the process is left a zombie of the container's init, which may never reap
+                // it (critest's `top` does not). So wait for the runtime, and kill it only if it
+                // hangs.
+                let reaped = pid.is_some() && tokio::time::timeout(REAP_GRACE, child.wait()).await.is_ok();
+                if !reaped {
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                }
                 stdout_task.abort();
                 stderr_task.abort();
                 return Err(Error::DeadlineExceeded(format!(
@@ -101,6 +110,38 @@ async fn run(
     let exit_code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
     let stderr = if exit_code == 255 { runtime_errors_readable(stderr) } else { stderr };
     Ok(ExecOutput { stdout, stderr, exit_code })
+}
+
+/// How long the runtime gets to reap a timed-out exec process before it is killed too.
+const REAP_GRACE: Duration = Duration::from_secs(5);
+
+/// SIGKILLs `pid` and every process descended from it (found through `/proc/<pid>/stat`'s
+/// ppid before any is killed, since a killed parent's children move to the container's init).
+fn kill_tree(pid: i32) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let mut family = vec![pid];
+    let parents: Vec<(i32, i32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            // proc(5): `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+            let ppid = stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()?;
+            Some((p, ppid))
+        })
+        .collect();
+    let mut i = 0;
+    while i < family.len() {
+        let parent = family[i];
+        family.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        i += 1;
+    }
+    for p in family {
+        let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+    }
 }
 
 /// When the runtime itself failed (runc exits 255 and appends logrus lines such as

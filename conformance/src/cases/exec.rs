@@ -76,9 +76,13 @@ pub async fn exec_sync_output(ctx: &Ctx) -> Result<()> {
 /// ExecSync with timeout 1 on `sleep 10` returns in well under 10 s with an error or a non-zero
 /// exit code; what the runtime does is printed as a note.
 pub async fn exec_sync_timeout(ctx: &Ctx) -> Result<()> {
-    let (pod, id) = sleeper(ctx, "exectimeout").await?;
+    // The container's init never reaps (as critest's `top`): a killed exec process that its
+    // runtime did not reap stays a zombie there, visible to ps.
+    let pod = ctx.run_pod("exectimeout").await?;
+    let id = ctx.start_container(&pod, "exectimeout", &ctx.images.busybox, &["tail", "-f", "/dev/null"]).await?;
+    ctx.wait_container_state(&id, cri::ContainerState::ContainerRunning, Duration::from_secs(30)).await?;
     let t0 = Instant::now();
-    let r = ctx.rt().exec_sync(cri::ExecSyncRequest { container_id: id.clone(), cmd: vec!["sleep".into(), "10".into()], timeout: 1 }).await;
+    let r = ctx.rt().exec_sync(cri::ExecSyncRequest { container_id: id.clone(), cmd: vec!["sleep".into(), "4321".into()], timeout: 1 }).await;
     let took = t0.elapsed();
     let outcome = match &r {
         Ok(x) => format!("Ok exit_code {} stderr {:?}", x.get_ref().exit_code, String::from_utf8_lossy(&x.get_ref().stderr)),
@@ -89,8 +93,11 @@ pub async fn exec_sync_timeout(ctx: &Ctx) -> Result<()> {
     if let Ok(x) = &r {
         check(x.get_ref().exit_code != 0, || format!("ExecSync timed out but reports success: {outcome}"))?;
     }
-    // The container is still usable afterwards.
-    let after = ctx.exec(&id, &["true"], 10).await?;
-    check(after.exit_code == 0, || format!("ExecSync `true` after a timeout exited {}", after.exit_code))?;
+    // The timed-out process is gone, not even a zombie, by the time the reply came (critest
+    // checks this with `pgrep sleep` right after), and the container is still usable.
+    let after = ctx.exec(&id, &["sh", "-c", "ps -o pid,stat,comm | grep sleep || true"], 10).await?;
+    check(after.exit_code == 0 && after.stdout.trim_ascii().is_empty(), || {
+        format!("after the timeout, ps in the container shows: {:?}", String::from_utf8_lossy(&after.stdout))
+    })?;
     ctx.remove_pod(&pod.id).await
 }
