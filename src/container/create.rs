@@ -59,6 +59,7 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
     crate::sandbox::userns::check_container(userns.as_ref(), sc.namespace_options.as_ref(), sc.privileged)?;
     let image = d.images.resolve(&image_name)?.ok_or_else(|| Error::NotFound { kind: "image", id: image_name.clone() })?;
     let stop_signal = super::signal::for_new_container(&config, &image.config.stop_signal)?;
+    let volumes = super::imagevol::resolve(d, &config)?;
 
     let id = crate::util::new_id();
     let name_key = ContainerRecord::name_key(&config, &sandbox);
@@ -75,7 +76,7 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
     let mut record = ContainerRecord {
         id: id.clone(),
         sandbox_id: sandbox.id.clone(),
-        config: config.clone(),
+        config: super::imagevol::with_image_refs(config.clone(), &volumes),
         image_id: image.id.clone(),
         image_ref: image.repo_digests.first().cloned().unwrap_or_else(|| image.id.clone()),
         runtime_handler: sandbox.runtime_handler.clone(),
@@ -110,9 +111,13 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
                 }
             }
         });
-        // The lease keeps the layers while this container stacks them, even if its image is
-        // removed meanwhile.
-        let layers = d.images.lease_layers(&id, &image).await?;
+        // The lease keeps the layers while this container stacks them (its image's and its
+        // image volumes'), even if an image is removed meanwhile.
+        let mut leased: Vec<&crate::image::Image> = vec![&image];
+        leased.extend(volumes.iter().map(|(_, i)| i));
+        let mut dirs = d.images.lease_images(&id, &leased).await?.into_iter();
+        let layers = dirs.next().unwrap_or_default();
+        let volume_layers: Vec<Vec<PathBuf>> = dirs.collect();
         undo.push("release layers", async {
             let _ = d.images.release_layers(&id).await;
         });
@@ -142,6 +147,15 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
             }
         }
 
+        undo.push("unmount image volumes", async {
+            let _ = super::imagevol::unmount_all(&paths);
+        });
+        let mut sources = Vec::new();
+        for ((n, _), layers) in volumes.iter().zip(&volume_layers) {
+            sources.push((*n, super::imagevol::mount(&paths, *n, layers, &config.mounts[*n].image_sub_path)?));
+        }
+        let spec_config = super::imagevol::spec_config(&config, &sources);
+
         let sb_paths = SandboxPaths::new(d, &sandbox.id);
         let hostname_file = sb_paths.hostname_file();
         let hosts_file = sb_paths.hosts_file();
@@ -161,7 +175,7 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
         };
         let cctx = ContainerContext {
             container_id: &id,
-            config: &config,
+            config: &spec_config,
             image: &image.config,
             rootfs: &paths.rootfs,
             own_oom_score_adj: d.own_oom_score_adj,

@@ -107,6 +107,7 @@ pub async fn remove(d: &Daemon, id: &str) -> Result<()> {
         d.runtime(&r.runtime_handler)?.delete(&r.id, true).await?;
         let paths = ContainerPaths::new(d, &r.id);
         crate::storage::unmount(&paths.rootfs)?;
+        super::imagevol::unmount_all(&paths)?;
         // A crash between making idmapped volume copies and detaching them leaves them here;
         // removing the tree must never walk into a volume.
         crate::storage::idmap::detach_under(&paths.state.join("idmap"))?;

@@ -9,6 +9,7 @@
 
 mod create;
 mod exec;
+pub mod imagevol;
 mod lifecycle;
 pub mod logs;
 pub mod mac;
@@ -333,6 +334,9 @@ async fn sweep_orphans(d: &Daemon, known: &std::collections::HashSet<String>) {
         let paths = ContainerPaths::new(d, &id);
         if let Err(e) = crate::storage::unmount(&paths.rootfs) {
             tracing::warn!(container = %id, error = %e, "recovery: unmounting an orphan rootfs");
+        }
+        if let Err(e) = imagevol::unmount_all(&paths) {
+            tracing::warn!(container = %id, error = %e, "recovery: unmounting an orphan's image volumes");
         }
         if let Err(e) = crate::storage::idmap::detach_under(&paths.state.join("idmap")) {
             tracing::warn!(container = %id, error = %e, "recovery: detaching orphan idmapped mounts");

@@ -446,9 +446,22 @@ impl ImageStore {
     /// Taken under the GC lock, so a concurrent RemoveImage cannot delete the layers between the
     /// lookup and the lease. Errors as `layer_dirs`, or with the store's error.
     pub async fn lease_layers(&self, holder: &str, image: &Image) -> Result<Vec<PathBuf>, ImageError> {
+        Ok(self.lease_images(holder, &[image]).await?.pop().unwrap_or_default())
+    }
+
+    /// [`ImageStore::lease_layers`] for several images under one lease (a container's rootfs
+    /// image and the images its image volumes mount): their diff dirs, base first, one list per
+    /// image in the order given. One lease per holder, so releasing it frees them all.
+    pub async fn lease_images(&self, holder: &str, images: &[&Image]) -> Result<Vec<Vec<PathBuf>>, ImageError> {
         let _gc = self.gc.write().await;
-        let dirs = self.layer_dirs(image)?;
-        self.store.put(LEASES, holder, &image.chain_ids)?;
+        let dirs = images.iter().map(|i| self.layer_dirs(i)).collect::<Result<Vec<_>, _>>()?;
+        let mut chain_ids: Vec<String> = Vec::new();
+        for c in images.iter().flat_map(|i| i.chain_ids.iter()) {
+            if !chain_ids.contains(c) {
+                chain_ids.push(c.clone());
+            }
+        }
+        self.store.put(LEASES, holder, &chain_ids)?;
         Ok(dirs)
     }
 

@@ -8,7 +8,10 @@ pub mod idmap;
 mod mounts;
 mod usage;
 
-pub use mounts::{is_mounted, mount_overlay, mount_tmpfs, overlay_options, unescape_mountinfo, unmount, MAX_MOUNT_DATA};
+pub use mounts::{
+    is_mounted, mount_layers_readonly, mount_overlay, mount_tmpfs, overlay_options, readonly_overlay_options, unescape_mountinfo, unmount,
+    MAX_MOUNT_DATA,
+};
 pub use usage::dir_usage;
 
 use std::path::PathBuf;

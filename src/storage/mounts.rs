@@ -91,6 +91,56 @@ pub fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Pat
     .map_err(sys_err("mount overlay on", target))
 }
 
+/// The mount data of a read-only overlay of `lowers` (base layer FIRST) without an upper layer:
+/// `lowerdir=<top>:...:<base>`. Errors as [`overlay_options`]; overlayfs needs two lowers or
+/// more without an upper, so a single layer is an error here (see [`mount_layers_readonly`]).
+pub fn readonly_overlay_options(lowers: &[PathBuf], target: &Path) -> Result<String, StorageError> {
+    let invalid = |reason: String| StorageError::Invalid { target: target.to_path_buf(), reason };
+    if lowers.len() < 2 {
+        return Err(invalid(format!("a read-only overlay needs two lower layers or more, got {}", lowers.len())));
+    }
+    for p in lowers {
+        let s = p.to_string_lossy();
+        if s.contains([':', ',', '\\']) {
+            return Err(invalid(format!("path {s:?} contains ':', ',' or '\\', which overlay options cannot hold")));
+        }
+    }
+    let lowerdir: Vec<String> = lowers.iter().rev().map(|p| p.to_string_lossy().into_owned()).collect();
+    let data = format!("lowerdir={}", lowerdir.join(":"));
+    if data.len() > MAX_MOUNT_DATA {
+        return Err(invalid(format!("overlay mount data is {} bytes for {} layers, more than one page ({MAX_MOUNT_DATA})", data.len(), lowers.len())));
+    }
+    Ok(data)
+}
+
+/// Mounts the image layers `lowers` (base FIRST) read-only at `target` (created when missing):
+/// a read-only overlay of them, or a read-only bind mount of the only one. What an image volume
+/// (CRI `Mount.image`, KEP-4639) shows. Errors name the target; nothing stays mounted after one.
+pub fn mount_layers_readonly(lowers: &[PathBuf], target: &Path) -> Result<(), StorageError> {
+    for l in lowers {
+        if !l.is_dir() {
+            return Err(StorageError::Invalid { target: target.to_path_buf(), reason: format!("layer {} is not a directory", l.display()) });
+        }
+    }
+    std::fs::create_dir_all(target).map_err(io_err("create mount point", target))?;
+    match lowers {
+        [] => Err(StorageError::Invalid { target: target.to_path_buf(), reason: "an image without layers has nothing to mount".into() }),
+        [only] => {
+            mount(Some(only.as_path()), target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(sys_err("bind mount on", target))?;
+            let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+            if let Err(e) = mount(None::<&str>, target, None::<&str>, ro, None::<&str>) {
+                let _ = unmount(target);
+                return Err(sys_err("remount read-only", target)(e));
+            }
+            Ok(())
+        }
+        _ => {
+            let data = readonly_overlay_options(lowers, target)?;
+            mount(Some("overlay"), target, Some("overlay"), MsFlags::MS_RDONLY, Some(data.as_str())).map_err(sys_err("mount overlay on", target))
+        }
+    }
+}
+
 /// Mounts a tmpfs at `target` (created when missing). `options` is a mount(8)-style list: flag
 /// words (`ro`, `nosuid`, `nodev`, `noexec`, `suid`, `dev`, `exec`, `relatime`, `strictatime`,
 /// `noatime`) become mount flags, the rest (`mode=1777`, `size=65536k`) is tmpfs data. Unless

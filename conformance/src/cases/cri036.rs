@@ -1,4 +1,4 @@
-//! What cri-api v0.36 added (issue #9): the six `Stream*` list RPCs, `ContainerConfig.stop_signal`
+//! What cri-api v0.36 added (issue #9): image volumes (`Mount.image`, `image_sub_path`), the six `Stream*` list RPCs, `ContainerConfig.stop_signal`
 //! and `ContainerStatus.stop_signal`, `KeyValue.value` as bytes, `UpdatePodSandboxResources`, and
 //! `RuntimeFeatures.user_namespaces_host_network`. containerd 1.6 predates all of them: there the
 //! RPCs answer Unimplemented and the fields are ignored, and the cases skip or note it.
@@ -20,6 +20,8 @@ pub fn cases() -> Vec<Case> {
         case!("env_value_not_utf8", env_value_not_utf8),
         case!("update_pod_sandbox_resources_answered", update_pod_sandbox_resources_answered),
         case!("runtime_features_user_namespaces_host_network", user_namespaces_host_network),
+        case!("image_volume_read_only_with_sub_path", image_volume),
+        case!("image_volume_bad_sub_path_refused", image_volume_bad_sub_path),
     ]
 }
 
@@ -212,4 +214,84 @@ pub async fn user_namespaces_host_network(ctx: &Ctx) -> Result<()> {
         }
         Err(s) => bail!("expected InvalidArgument, got {s}"),
     }
+}
+
+/// An image volume as kubelet asks for it (`Mount.image.image` = PullImage's `image_ref`).
+fn image_mount(path: &str, image_ref: &str, sub_path: &str) -> cri::Mount {
+    cri::Mount {
+        container_path: path.into(),
+        image: Some(cri::ImageSpec { image: image_ref.into(), ..Default::default() }),
+        image_sub_path: sub_path.into(),
+        readonly: true,
+        ..Default::default()
+    }
+}
+
+/// Two image volumes (KEP-4639): the multi-layer `layers` image whole (its whiteouts applied) and
+/// busybox's `etc` (image_sub_path); both read-only; ContainerStatus reports each volume's image
+/// digest; RemoveImage of a volume's image while the container runs keeps what it mounts; and
+/// removing the pod leaves no mount (checked again by the suite's leak case).
+pub async fn image_volume(ctx: &Ctx) -> Result<()> {
+    let layers_ref = ctx.pull(&ctx.images.layers).await?;
+    let busybox_ref = ctx.pull(&ctx.images.busybox).await?;
+    let pod = ctx.run_pod("imagevol").await?;
+    let script = "cat /vol/layer3.txt >/dev/null && echo layer3 ok; ls /vol/data; test -e /etc2/passwd && echo passwd ok; \
+                  touch /vol/new 2>/dev/null && echo vol writable; touch /etc2/new 2>/dev/null && echo etc2 writable; sleep 1000";
+    let mut config = ctx.container_config("imagevol", &ctx.images.busybox, &["sh", "-c", script]);
+    config.mounts = vec![image_mount("/vol", &layers_ref, ""), image_mount("/etc2", &busybox_ref, "etc")];
+    let result = async {
+        let id = match ctx.create_with(&pod, config).await {
+            Ok(id) => id,
+            Err(e) if ctx.kind != TargetKind::Berth => {
+                eprintln!("note image_volume_read_only_with_sub_path: CreateContainer: {e:#}");
+                return skip("image volumes (KEP-4639) are newer than this runtime");
+            }
+            Err(e) => return Err(e),
+        };
+        ctx.rt().start_container(cri::StartContainerRequest { container_id: id.clone() }).await?;
+        let st = ctx.wait_container_state(&id, cri::ContainerState::ContainerRunning, Duration::from_secs(30)).await?;
+        let lines = super::util::read_log(&pod, &st, 3).await?;
+        let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+        check(texts.contains(&"layer3 ok") && texts.contains(&"b") && !texts.contains(&"a") && texts.contains(&"passwd ok"), || {
+            format!("the volumes show {texts:?}: expected layer3.txt, /vol/data with b and not a (whiteout), /etc2/passwd")
+        })?;
+        check(!texts.iter().any(|t| t.ends_with("writable")), || format!("an image volume is writable: {texts:?}"))?;
+        let refs: Vec<String> = st.mounts.iter().filter_map(|m| m.image.as_ref()).map(|i| i.image_ref.clone()).collect();
+        check(refs.len() == 2 && refs.iter().all(|r| r.contains("sha256:")), || format!("ContainerStatus.mounts image refs {refs:?}, expected two digests"))?;
+        // The volume's image removed: the container keeps its layers.
+        ctx.img().remove_image(cri::RemoveImageRequest { image: Some(crate::ctx::spec(&ctx.images.layers)) }).await?;
+        let r = ctx.exec(&id, &["cat", "/vol/layer3.txt"], 10).await?;
+        check(r.exit_code == 0, || format!("after RemoveImage the volume reads: exit {} {:?}", r.exit_code, String::from_utf8_lossy(&r.stderr)))?;
+        Ok(())
+    }
+    .await;
+    ctx.remove_pod(&pod.id).await?;
+    ctx.pull(&ctx.images.layers).await?;
+    result
+}
+
+/// An image_sub_path that climbs out, is absolute, or does not exist in the image is
+/// InvalidArgument naming the field, and leaves nothing.
+pub async fn image_volume_bad_sub_path(ctx: &Ctx) -> Result<()> {
+    if ctx.kind != TargetKind::Berth {
+        return skip("image volumes (KEP-4639) are newer than containerd 1.6");
+    }
+    let busybox_ref = ctx.pull(&ctx.images.busybox).await?;
+    let pod = ctx.run_pod("imagevol-bad").await?;
+    let result = async {
+        for sub in ["../..", "/etc", "no/such/dir"] {
+            let mut config = ctx.container_config("bad", &ctx.images.busybox, &["true"]);
+            config.mounts = vec![image_mount("/vol", &busybox_ref, sub)];
+            let r = ctx.rt().create_container(cri::CreateContainerRequest { pod_sandbox_id: pod.id.clone(), config: Some(config), sandbox_config: Some(pod.config.clone()) }).await;
+            match r {
+                Err(s) if s.code() == tonic::Code::InvalidArgument && s.message().contains("image_sub_path") => {}
+                other => bail!("image_sub_path {sub:?}: expected InvalidArgument naming image_sub_path, got {other:?}"),
+            }
+        }
+        let left = ctx.rt().list_containers(cri::ListContainersRequest { filter: Some(cri::ContainerFilter { pod_sandbox_id: pod.id.clone(), ..Default::default() }) }).await?.into_inner().containers;
+        check(left.is_empty(), || format!("refused creates left containers: {left:?}"))
+    }
+    .await;
+    ctx.remove_pod(&pod.id).await?;
+    result
 }
