@@ -26,6 +26,7 @@ pub fn cases() -> Vec<Case> {
         case!("userns_container_mismatch_refused", container_mismatch_refused),
         case!("userns_unmasked_procmount", unmasked_procmount),
         case!("userns_survives_daemon_restart", survives_daemon_restart),
+        case!("userns_image_volume_idmapped", image_volume_idmapped),
     ]
 }
 
@@ -303,6 +304,36 @@ pub async fn unmasked_procmount(ctx: &Ctx) -> Result<()> {
         }
         check(outs[0] == ["keys-open", "sys-unmounted"], || format!("Unmasked: {:?}, expected /proc/keys open and /proc/sys not remounted", outs[0]))?;
         check(outs[1] == ["keys-masked", "sys-ro"], || format!("Default lists: {:?}, expected /proc/keys masked and /proc/sys read-only", outs[1]))
+    }
+    .await;
+    let removed = ctx.remove_pod(&pod.id).await;
+    r?;
+    removed
+}
+
+/// An image volume (KEP-4639) in a pod with its own user namespace: the image's files show as
+/// owned by the pod's root (0:0, idmapped), are readable, and stay read-only.
+pub async fn image_volume_idmapped(ctx: &Ctx) -> Result<()> {
+    require_support(ctx).await?;
+    let image_ref = ctx.pull(&ctx.images.busybox).await?;
+    let pod = ctx.run_pod_with(with_userns(ctx.pod_config("userns-imagevol", &[]), pod_ns())).await?;
+    let r = async {
+        let script = "stat -c %u:%g /etc2/passwd; head -c 5 /etc2/passwd >/dev/null && echo readable; touch /etc2/x 2>/dev/null && echo writable; true";
+        let mut cfg = ctx.container_config("imagevol", &ctx.images.busybox, &["sh", "-c", script]);
+        cfg.mounts.push(cri::Mount {
+            container_path: "/etc2".into(),
+            image: Some(cri::ImageSpec { image: image_ref.clone(), ..Default::default() }),
+            image_sub_path: "etc".into(),
+            readonly: true,
+            ..Default::default()
+        });
+        cfg.linux.get_or_insert_with(Default::default).security_context.get_or_insert_with(Default::default).namespace_options =
+            Some(cri::NamespaceOption { userns_options: Some(pod_ns()), ..Default::default() });
+        let id = ctx.create_with(&pod, cfg).await?;
+        ctx.rt().start_container(cri::StartContainerRequest { container_id: id.clone() }).await.context("StartContainer")?;
+        let st = ctx.wait_container_state(&id, cri::ContainerState::ContainerExited, Duration::from_secs(60)).await?;
+        let out: Vec<String> = read_log(&pod, &st, 0).await?.into_iter().map(|l| l.text).collect();
+        check(out == ["0:0", "readable"], || format!("inside the pod the image volume shows {out:?}, expected [\"0:0\", \"readable\"]"))
     }
     .await;
     let removed = ctx.remove_pod(&pod.id).await;
