@@ -154,6 +154,33 @@ pub fn get(d: &Daemon, id: &str) -> Result<SandboxRecord> {
     }
 }
 
+/// UpdatePodSandboxResources (cri-api v0.36; kubelet's in-place pod resize): records the pod's
+/// new `overhead` and `resources` in its config, as CRI-O and containerd do. kubelet has already
+/// written the pod-level cgroup when it calls this (the CRI says so), so no cgroup is touched
+/// here; the record is what NRI plugins (issue #14) and PodSandboxStatus verbose info read.
+///
+/// Errors: NotFound for an unknown pod; FailedPrecondition for a pod that is not READY.
+pub async fn update_resources(
+    d: &Daemon,
+    id: &str,
+    overhead: Option<crate::cri::v1::LinuxContainerResources>,
+    resources: Option<crate::cri::v1::LinuxContainerResources>,
+) -> Result<()> {
+    let r = get(d, id)?;
+    let lock = d.lock_for(&r.id);
+    let _guard = lock.lock().await;
+    let mut r = refresh(d, get(d, &r.id)?)?;
+    if r.state != SandboxState::Ready {
+        return Err(Error::FailedPrecondition(format!("pod sandbox {} is not ready: its resources cannot change", r.id)));
+    }
+    let linux = r.config.linux.get_or_insert_with(Default::default);
+    linux.overhead = overhead;
+    linux.resources = resources;
+    d.store.put(SANDBOXES, &r.id, &r)?;
+    tracing::info!(sandbox = %r.id, "pod sandbox resources updated");
+    Ok(())
+}
+
 /// Every sandbox, with the infra's liveness refreshed (a Ready sandbox whose infra exited is
 /// reported NotReady).
 pub fn list(d: &Daemon) -> Result<Vec<SandboxRecord>> {

@@ -450,13 +450,13 @@ impl RuntimeService for RuntimeServer {
         Ok(Response::new(batched(metrics, |pod_sandbox_metrics| cri::StreamPodSandboxMetricsResponse { pod_sandbox_metrics })))
     }
 
-    /// Not built yet (issue #9): kubelet treats it as best effort and has already written the
-    /// pod-level cgroups itself when it calls this.
     async fn update_pod_sandbox_resources(
         &self,
-        _req: Request<cri::UpdatePodSandboxResourcesRequest>,
+        req: Request<cri::UpdatePodSandboxResourcesRequest>,
     ) -> R<cri::UpdatePodSandboxResourcesResponse> {
-        Err(not_built("UpdatePodSandboxResources", "the pod-level resources are not recorded or applied by the runtime yet"))
+        let req = req.into_inner();
+        crate::sandbox::update_resources(&self.d, &req.pod_sandbox_id, req.overhead, req.resources).await?;
+        Ok(Response::new(cri::UpdatePodSandboxResourcesResponse {}))
     }
 
     async fn runtime_config(&self, _req: Request<cri::RuntimeConfigRequest>) -> R<cri::RuntimeConfigResponse> {
