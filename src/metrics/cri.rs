@@ -32,9 +32,66 @@ const METRICS: &[(&str, &str, bool)] = &[
     ("container_memory_rss", "Size of RSS in bytes.", false),
     ("container_spec_memory_limit_bytes", "Memory limit for the container.", false),
     ("container_processes", "Number of processes running inside the container.", false),
+    ("container_cpu_user_seconds_total", "Cumulative user cpu time consumed in seconds.", false),
+    ("container_cpu_system_seconds_total", "Cumulative system cpu time consumed in seconds.", false),
+    ("container_threads", "Number of threads running inside the container.", false),
+    ("container_file_descriptors", "Number of open file descriptors for the container.", false),
+    ("container_sockets", "Number of open sockets for the container.", false),
+    ("container_start_time_seconds", "Start time of the container since unix epoch in seconds.", false),
+    ("container_last_seen", "Last time a container was seen by the exporter.", false),
+    ("container_spec_cpu_shares", "CPU share of the container.", false),
+    ("container_spec_cpu_quota", "CPU quota of the container.", false),
+    ("container_spec_cpu_period", "CPU period of the container.", false),
     ("container_network_receive_bytes_total", "Cumulative count of bytes received.", true),
     ("container_network_transmit_bytes_total", "Cumulative count of bytes transmitted.", true),
+    ("container_network_receive_errors_total", "Cumulative count of errors encountered while receiving.", true),
+    ("container_network_transmit_errors_total", "Cumulative count of errors encountered while transmitting.", true),
 ];
+
+/// What the container's processes hold, from `/proc/<pid>` of every PID in its cgroup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcessFigures {
+    /// Sum of `Threads:` in `/proc/<pid>/status`.
+    pub threads: u64,
+    /// Entries of `/proc/<pid>/fd`.
+    pub file_descriptors: u64,
+    /// Of those, the ones that are sockets (`socket:[inode]` links).
+    pub sockets: u64,
+}
+
+/// [`ProcessFigures`] of `pids` (processes that vanish meanwhile are skipped).
+pub fn process_figures(pids: &[i32]) -> ProcessFigures {
+    let mut f = ProcessFigures::default();
+    for pid in pids {
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            f.threads += status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0);
+        }
+        if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+            for fd in fds.flatten() {
+                f.file_descriptors += 1;
+                if std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:")) {
+                    f.sockets += 1;
+                }
+            }
+        }
+    }
+    f
+}
+
+/// What a container's metrics are made of beyond its cgroup's main figures.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerFacts {
+    /// CPU (user, system) nanoseconds.
+    pub cpu_user_system_ns: Option<(u64, u64)>,
+    /// Its processes' threads, descriptors and sockets.
+    pub processes: ProcessFigures,
+    /// When it started, nanoseconds since the epoch (0: not started).
+    pub started_at_ns: i64,
+    /// Now, seconds since the epoch.
+    pub now_s: u64,
+    /// CRI `LinuxContainerResources` (cpu_shares, cpu_quota, cpu_period) as configured; 0 = unset.
+    pub cpu_spec: (i64, i64, i64),
+}
 
 /// CRI ListMetricDescriptors: one descriptor per metric berth sends, with its label keys.
 pub fn descriptors() -> Vec<cri::MetricDescriptor> {
@@ -58,9 +115,10 @@ fn metric(name: &str, kind: cri::MetricType, labels: &[&str], value: u64) -> cri
     }
 }
 
-/// The container metrics of one cgroup's figures, labelled (`id`, `name`, `image`).
-/// `container_spec_memory_limit_bytes` is 0 when unlimited (as cAdvisor reports it).
-pub fn container_metrics(id: &str, name: &str, image: &str, s: &CgroupStats) -> Vec<cri::Metric> {
+/// The container metrics of one cgroup's figures and its [`ContainerFacts`], labelled (`id`,
+/// `name`, `image`). `container_spec_memory_limit_bytes` is 0 when unlimited (as cAdvisor
+/// reports it); the CPU spec metrics are left out when not configured.
+pub fn container_metrics(id: &str, name: &str, image: &str, s: &CgroupStats, facts: &ContainerFacts) -> Vec<cri::Metric> {
     use cri::MetricType::{Counter, Gauge};
     let l = [id, name, image];
     let mut v = Vec::new();
@@ -76,6 +134,24 @@ pub fn container_metrics(id: &str, name: &str, image: &str, s: &CgroupStats) -> 
     if let Some(n) = s.pids {
         v.push(metric("container_processes", Gauge, &l, n));
     }
+    if let Some((user, system)) = facts.cpu_user_system_ns {
+        v.push(metric("container_cpu_user_seconds_total", Counter, &l, user / 1_000_000_000));
+        v.push(metric("container_cpu_system_seconds_total", Counter, &l, system / 1_000_000_000));
+    }
+    let p = facts.processes;
+    v.push(metric("container_threads", Gauge, &l, p.threads));
+    v.push(metric("container_file_descriptors", Gauge, &l, p.file_descriptors));
+    v.push(metric("container_sockets", Gauge, &l, p.sockets));
+    if facts.started_at_ns > 0 {
+        v.push(metric("container_start_time_seconds", Gauge, &l, (facts.started_at_ns / 1_000_000_000) as u64));
+    }
+    v.push(metric("container_last_seen", Gauge, &l, facts.now_s));
+    let (shares, quota, period) = facts.cpu_spec;
+    for (name, value) in [("container_spec_cpu_shares", shares), ("container_spec_cpu_quota", quota), ("container_spec_cpu_period", period)] {
+        if value > 0 {
+            v.push(metric(name, Gauge, &l, value as u64));
+        }
+    }
     v
 }
 
@@ -87,6 +163,8 @@ pub fn network_metrics(sandbox_id: &str, interfaces: &[InterfaceCounters]) -> Ve
         let l = [sandbox_id, "POD", "", i.name.as_str()];
         v.push(metric("container_network_receive_bytes_total", cri::MetricType::Counter, &l, i.rx_bytes));
         v.push(metric("container_network_transmit_bytes_total", cri::MetricType::Counter, &l, i.tx_bytes));
+        v.push(metric("container_network_receive_errors_total", cri::MetricType::Counter, &l, i.rx_errors));
+        v.push(metric("container_network_transmit_errors_total", cri::MetricType::Counter, &l, i.tx_errors));
     }
     v
 }
@@ -111,7 +189,8 @@ fn pod_interfaces(sb: &SandboxRecord) -> Vec<InterfaceCounters> {
 pub fn pod_sandbox_metrics(sb: &SandboxRecord, containers: &[ContainerRecord]) -> Result<cri::PodSandboxMetrics> {
     let mut container_metrics_list = Vec::new();
     for r in containers.iter().filter(|r| r.sandbox_id == sb.id && r.state == ContainerState::Running) {
-        let s = match cgroup::read(host_layout(), &cgroups_path(&sb.cgroup_parent, &r.id)) {
+        let path = cgroups_path(&sb.cgroup_parent, &r.id);
+        let s = match cgroup::read(host_layout(), &path) {
             Ok(s) => s,
             Err(StatsError::NoCgroup { .. }) => continue,
             Err(StatsError::Io { path, source }) => {
@@ -120,9 +199,17 @@ pub fn pod_sandbox_metrics(sb: &SandboxRecord, containers: &[ContainerRecord]) -
         };
         let name = r.config.metadata.as_ref().map(|m| m.name.as_str()).unwrap_or("");
         let image = r.config.image.as_ref().map(|i| i.image.as_str()).unwrap_or("");
+        let res = r.config.linux.as_ref().and_then(|l| l.resources.as_ref());
+        let facts = ContainerFacts {
+            cpu_user_system_ns: cgroup::cpu_user_system(host_layout(), &path),
+            processes: process_figures(&cgroup::procs(host_layout(), &path)),
+            started_at_ns: r.started_at,
+            now_s: (crate::util::now_nanos() / 1_000_000_000) as u64,
+            cpu_spec: res.map(|x| (x.cpu_shares, x.cpu_quota, x.cpu_period)).unwrap_or_default(),
+        };
         container_metrics_list.push(cri::ContainerMetrics {
             container_id: r.id.clone(),
-            metrics: container_metrics(&r.id, name, image, &s),
+            metrics: container_metrics(&r.id, name, image, &s, &facts),
         });
     }
     Ok(cri::PodSandboxMetrics {
@@ -182,7 +269,14 @@ mod tests {
             memory: Some(MemoryStats { usage: 10, working_set: 8, rss: 5, page_faults: 1, major_page_faults: 0, limit: None }),
             pids: Some(3),
         };
-        let mut all = container_metrics("c1", "web", "busybox", &s);
+        let facts = ContainerFacts {
+            cpu_user_system_ns: Some((1_500_000_000, 3_000_000_000)),
+            processes: ProcessFigures { threads: 4, file_descriptors: 9, sockets: 2 },
+            started_at_ns: 1_700_000_000_000_000_000,
+            now_s: 1_700_000_100,
+            cpu_spec: (512, 50_000, 100_000),
+        };
+        let mut all = container_metrics("c1", "web", "busybox", &s, &facts);
         let ifs = vec![
             InterfaceCounters { name: "lo".into(), rx_bytes: 1, rx_errors: 0, tx_bytes: 1, tx_errors: 0 },
             InterfaceCounters { name: "eth0".into(), rx_bytes: 100, rx_errors: 0, tx_bytes: 200, tx_errors: 0 },
@@ -200,6 +294,17 @@ mod tests {
         assert_eq!(get("container_spec_memory_limit_bytes").value.as_ref().unwrap().value, 0, "unlimited = 0");
         assert_eq!(get("container_memory_working_set_bytes").metric_type, cri::MetricType::Gauge as i32);
         assert_eq!(get("container_network_transmit_bytes_total").label_values, ["p1", "POD", "", "eth0"]);
-        assert!(container_metrics("c", "n", "i", &CgroupStats::default()).is_empty(), "no controller, no metric");
+        assert_eq!(get("container_cpu_system_seconds_total").value.as_ref().unwrap().value, 3);
+        assert_eq!(get("container_start_time_seconds").value.as_ref().unwrap().value, 1_700_000_000);
+        assert_eq!(get("container_sockets").value.as_ref().unwrap().value, 2);
+        let bare = container_metrics("c", "n", "i", &CgroupStats::default(), &ContainerFacts::default());
+        let names: Vec<&str> = bare.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["container_threads", "container_file_descriptors", "container_sockets", "container_last_seen"], "no controller, no cgroup metric");
+    }
+
+    #[test]
+    fn own_process_figures() {
+        let f = process_figures(&[std::process::id() as i32, i32::MAX]);
+        assert!(f.threads >= 1 && f.file_descriptors >= 3, "{f:?}");
     }
 }

@@ -121,6 +121,34 @@ pub fn cpu_v2(stat: &str) -> Option<u64> {
     parse::flat_keyed(stat).get("usage_usec").map(|us| us * 1000)
 }
 
+/// The PIDs in the cgroupfs path `cgroup` (`cgroup.procs`: v2, or the first of the v1
+/// `pids`, `memory`, `cpuacct` hierarchies mounted). Empty when the cgroup is gone or unreadable.
+pub fn procs(layout: &Layout, cgroup: &str) -> Vec<i32> {
+    let dir = match layout {
+        Layout::V2 { root } => Some(under(root, cgroup)),
+        Layout::V1 { mounts } => ["pids", "memory", "cpuacct"].iter().find_map(|c| mounts.get(*c)).map(|m| under(m, cgroup)),
+    };
+    let text = dir.and_then(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok()).unwrap_or_default();
+    text.lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+/// CPU time split into user and system nanoseconds: v2 `cpu.stat` (`user_usec`, `system_usec`)
+/// or v1 `cpuacct.stat` (`user`, `system` in USER_HZ ticks, 100 a second on Linux).
+pub fn cpu_user_system(layout: &Layout, cgroup: &str) -> Option<(u64, u64)> {
+    match layout {
+        Layout::V2 { root } => {
+            let text = std::fs::read_to_string(under(root, cgroup).join("cpu.stat")).ok()?;
+            let s = parse::flat_keyed(&text);
+            Some((s.get("user_usec")? * 1000, s.get("system_usec")? * 1000))
+        }
+        Layout::V1 { mounts } => {
+            let text = std::fs::read_to_string(under(mounts.get("cpuacct")?, cgroup).join("cpuacct.stat")).ok()?;
+            let s = parse::flat_keyed(&text);
+            Some((s.get("user")? * 10_000_000, s.get("system")? * 10_000_000))
+        }
+    }
+}
+
 /// Reads a file; `Ok(None)` when it does not exist (controller not enabled, cgroup gone).
 fn read_opt(path: &Path) -> Result<Option<String>, StatsError> {
     match std::fs::read_to_string(path) {

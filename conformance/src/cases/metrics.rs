@@ -157,6 +157,17 @@ pub async fn pod_sandbox_metrics_cpu_grows(ctx: &Ctx) -> Result<()> {
             let Some(d) = descs.iter().find(|d| d.name == m.name) else { bail!("metric {} has no descriptor", m.name) };
             check(m.label_values.len() == d.label_keys.len(), || format!("{}: label values {:?} for keys {:?}", m.name, m.label_values, d.label_keys))?;
         }
+        // The process metrics (berth; cAdvisor names), from /proc of the container's processes:
+        // the spinning shell has a thread and its three standard descriptors.
+        if ctx.kind == crate::daemon::TargetKind::Berth {
+            let get = |n: &str| metrics.iter().find(|m| m.name == n).map(metric_value);
+            check(get("container_threads").is_some_and(|t| t >= 1), || format!("container_threads {:?}", get("container_threads")))?;
+            check(get("container_file_descriptors").is_some_and(|f| f >= 3), || format!("container_file_descriptors {:?}", get("container_file_descriptors")))?;
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+            check(get("container_start_time_seconds").is_some_and(|t| t <= now && t + 600 > now), || format!("container_start_time_seconds {:?}, now {now}", get("container_start_time_seconds")))?;
+            let user = get("container_cpu_user_seconds_total").unwrap_or(0) + get("container_cpu_system_seconds_total").unwrap_or(0);
+            check(user >= 1, || "container_cpu_user_seconds_total + container_cpu_system_seconds_total is 0 after 2.5 s of spinning".to_string())?;
+        }
         Ok(())
     }
     .await;
