@@ -298,6 +298,10 @@ const HOST_KUBELET_ERRORS: &[(&str, &str)] = &[
     ("Failed to set rlimit on max file handles", "this sandbox has no CAP_SYS_RESOURCE"),
     ("failed to find pid namespace of init process", "PID 1 of this VM is not an ordinary init"),
     ("PLEG is not healthy: pleg has yet to be successful", "kubelet logs it at every start, before its first relist"),
+    (
+        "RecentStats: unable to find data in memory cache",
+        "cAdvisor asked for a new cgroup before its first housekeeping (google/cadvisor#2912, seen with containerd); timing, now and then",
+    ),
 ];
 
 /// Neither log has an error line (berth: no warning either), except kubelet's
