@@ -197,7 +197,8 @@ pub fn refresh(d: &Daemon, mut r: SandboxRecord) -> Result<SandboxRecord> {
         let paths = SandboxPaths::new(d, &r.id);
         if r.infra_watched(&paths).observe().is_some() {
             r.state = SandboxState::NotReady;
-            d.store.put(SANDBOXES, &r.id, &r)?;
+            // Never brings back a sandbox that RemovePodSandbox deleted since it was read.
+            d.store.update(SANDBOXES, &r.id, &r)?;
         }
     }
     Ok(r)
