@@ -5,7 +5,8 @@
 //! bind-mounts that, or its `image_sub_path`, read-only at the container path; in a pod with its
 //! own user namespace the bind is idmapped like every other. The layers are held by the
 //! container's lease, so RemoveImage of the volume's image keeps them while it is used. The
-//! mounts go with the container (RemoveContainer, a failed create, the crash sweep).
+//! mounts go at StopContainer (a stopped container never runs again), RemoveContainer, a failed
+//! create's undo, and the crash sweep.
 
 use super::ContainerPaths;
 use crate::cri::v1 as cri;

@@ -50,7 +50,10 @@ pub async fn stop(d: &Daemon, id: &str, timeout: i64) -> Result<()> {
     let span = tracing::info_span!("stop_container", container = %r.id, sandbox = %r.sandbox_id);
     async {
         let r = super::get(d, &r.id)?;
-        stop_locked(d, r, timeout).await.map(|_| ())
+        let r = stop_locked(d, r, timeout).await?;
+        // A stopped container never runs again (the CRI has no restart), so its image volumes
+        // go now; its rootfs stays until RemoveContainer.
+        super::imagevol::unmount_all(&ContainerPaths::new(d, &r.id))
     }
     .instrument(span)
     .await

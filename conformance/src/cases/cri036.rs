@@ -273,6 +273,21 @@ pub async fn image_volume(ctx: &Ctx) -> Result<()> {
         ctx.img().remove_image(cri::RemoveImageRequest { image: Some(crate::ctx::spec(&ctx.images.layers)) }).await?;
         let r = ctx.exec(&id, &["cat", "/vol/layer3.txt"], 10).await?;
         check(r.exit_code == 0, || format!("after RemoveImage the volume reads: exit {} {:?}", r.exit_code, String::from_utf8_lossy(&r.stderr)))?;
+        // StopContainer takes the volume mounts away (berth mounts them under the container's
+        // state directory, one per volume).
+        let volume_mounts = || -> Result<Vec<String>> {
+            let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+            Ok(text.lines().filter(|l| l.contains(id.as_str()) && l.contains("imagevol")).map(str::to_string).collect())
+        };
+        if ctx.kind == TargetKind::Berth {
+            let before = volume_mounts()?;
+            check(before.len() == 2, || format!("expected the two image volume mounts on the host, found {before:?}"))?;
+        }
+        ctx.rt().stop_container(cri::StopContainerRequest { container_id: id.clone(), timeout: 0 }).await?;
+        if ctx.kind == TargetKind::Berth {
+            let left = volume_mounts()?;
+            check(left.is_empty(), || format!("image volume mounts left after StopContainer: {left:?}"))?;
+        }
         Ok(())
     }
     .await;
