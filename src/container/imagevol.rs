@@ -17,8 +17,10 @@ use std::path::{Component, Path, PathBuf};
 /// The image volumes of `config`: (index in `config.mounts`, resolved image), in order.
 ///
 /// Errors: InvalidArgument naming `mounts[n]` for an image mount that also names a host path,
-/// or whose `image_sub_path` is absolute or climbs (`..`); NotFound for an image not pulled
-/// (kubelet pulls it before CreateContainer).
+/// `mounts[n].readonly` when it is false (the CRI: "all image mounts are per feature definition
+/// readonly"; kubelet sends true since 1.32, and critest expects the refusal), and
+/// `mounts[n].image_sub_path` when it is absolute or climbs (`..`); NotFound for an image not
+/// pulled (kubelet pulls it before CreateContainer).
 pub fn resolve(d: &Daemon, config: &cri::ContainerConfig) -> Result<Vec<(usize, Image)>> {
     let mut out = Vec::new();
     for (n, m) in config.mounts.iter().enumerate() {
@@ -30,6 +32,12 @@ pub fn resolve(d: &Daemon, config: &cri::ContainerConfig) -> Result<Vec<(usize, 
         };
         if !m.host_path.is_empty() {
             return Err(Error::invalid(format!("mounts[{n}]"), format!("names both host_path {:?} and image {reference:?}", m.host_path)));
+        }
+        if !m.readonly {
+            return Err(Error::invalid(
+                format!("mounts[{n}].readonly"),
+                format!("is false for the image volume of {reference:?}: image volumes are read-only (KEP-4639); set readonly to true"),
+            ));
         }
         check_sub_path(n, &m.image_sub_path)?;
         let image = d.images.resolve(reference)?.ok_or_else(|| Error::NotFound { kind: "image (of an image volume)", id: reference.to_string() })?;
@@ -102,12 +110,15 @@ pub fn spec_config(config: &cri::ContainerConfig, sources: &[(usize, PathBuf)]) 
     c
 }
 
-/// The config as stored and reported: each image volume's `image.image_ref` set to the digest of
-/// the image mounted (CRI: "similar to the pod's status.containerStatuses[i].imageID").
+/// The config as stored and reported: each image volume's `image.image_ref` (KEP-5365) set to
+/// the ID of the image mounted (`sha256:<config digest>`), the value PullImage returned for it.
+/// That is what critest checks and containerd reports (containerd/containerd#14173); CRI-O's
+/// proposal reports a repo digest instead (cri-o/cri-o#10358). Either pins the content mounted
+/// even when the tag later moves.
 pub fn with_image_refs(mut config: cri::ContainerConfig, volumes: &[(usize, Image)]) -> cri::ContainerConfig {
     for (n, image) in volumes {
         if let Some(spec) = config.mounts.get_mut(*n).and_then(|m| m.image.as_mut()) {
-            spec.image_ref = image.repo_digests.first().cloned().unwrap_or_else(|| image.id.clone());
+            spec.image_ref = image.id.clone();
         }
     }
     config

@@ -22,6 +22,7 @@ pub fn cases() -> Vec<Case> {
         case!("runtime_features_user_namespaces_host_network", user_namespaces_host_network),
         case!("image_volume_read_only_with_sub_path", image_volume),
         case!("image_volume_bad_sub_path_refused", image_volume_bad_sub_path),
+        case!("image_volume_writable_refused", image_volume_writable_refused),
     ]
 }
 
@@ -240,7 +241,7 @@ fn image_mount(path: &str, image_ref: &str, sub_path: &str) -> cri::Mount {
 
 /// Two image volumes (KEP-4639): the multi-layer `layers` image whole (its whiteouts applied) and
 /// busybox's `etc` (image_sub_path); both read-only; ContainerStatus reports each volume's image
-/// digest; RemoveImage of a volume's image while the container runs keeps what it mounts; and
+/// as `image_ref` (KEP-5365), the image ID PullImage returned, as critest checks it; RemoveImage of a volume's image while the container runs keeps what it mounts; and
 /// removing the pod leaves no mount (checked again by the suite's leak case).
 pub async fn image_volume(ctx: &Ctx) -> Result<()> {
     let layers_ref = ctx.pull(&ctx.images.layers).await?;
@@ -268,7 +269,9 @@ pub async fn image_volume(ctx: &Ctx) -> Result<()> {
         })?;
         check(!texts.iter().any(|t| t.ends_with("writable")), || format!("an image volume is writable: {texts:?}"))?;
         let refs: Vec<String> = st.mounts.iter().filter_map(|m| m.image.as_ref()).map(|i| i.image_ref.clone()).collect();
-        check(refs.len() == 2 && refs.iter().all(|r| r.contains("sha256:")), || format!("ContainerStatus.mounts image refs {refs:?}, expected two digests"))?;
+        check(refs == [layers_ref.clone(), busybox_ref.clone()], || {
+            format!("ContainerStatus.mounts image refs {refs:?}, expected the IDs PullImage returned: [{layers_ref}, {busybox_ref}]")
+        })?;
         // The volume's image removed: the container keeps its layers.
         ctx.img().remove_image(cri::RemoveImageRequest { image: Some(crate::ctx::spec(&ctx.images.layers)) }).await?;
         let r = ctx.exec(&id, &["cat", "/vol/layer3.txt"], 10).await?;
@@ -316,6 +319,33 @@ pub async fn image_volume_bad_sub_path(ctx: &Ctx) -> Result<()> {
         }
         let left = ctx.rt().list_containers(cri::ListContainersRequest { filter: Some(cri::ContainerFilter { pod_sandbox_id: pod.id.clone(), ..Default::default() }) }).await?.into_inner().containers;
         check(left.is_empty(), || format!("refused creates left containers: {left:?}"))
+    }
+    .await;
+    ctx.remove_pod(&pod.id).await?;
+    result
+}
+
+/// An image volume with `readonly: false` is InvalidArgument naming `mounts[0].readonly` (the CRI:
+/// image mounts are read-only by definition; critest's "should reject Image Volume with Readonly
+/// set to false"), and leaves nothing.
+pub async fn image_volume_writable_refused(ctx: &Ctx) -> Result<()> {
+    if ctx.kind != TargetKind::Berth {
+        return skip("image volumes (KEP-4639) are newer than containerd 1.6");
+    }
+    let busybox_ref = ctx.pull(&ctx.images.busybox).await?;
+    let pod = ctx.run_pod("imagevol-rw").await?;
+    let result = async {
+        let mut config = ctx.container_config("rw", &ctx.images.busybox, &["true"]);
+        let mut m = image_mount("/vol", &busybox_ref, "");
+        m.readonly = false;
+        config.mounts = vec![m];
+        let r = ctx.rt().create_container(cri::CreateContainerRequest { pod_sandbox_id: pod.id.clone(), config: Some(config), sandbox_config: Some(pod.config.clone()) }).await;
+        match r {
+            Err(s) if s.code() == tonic::Code::InvalidArgument && s.message().contains("mounts[0].readonly") => {}
+            other => bail!("readonly=false image volume: expected InvalidArgument naming mounts[0].readonly, got {other:?}"),
+        }
+        let left = ctx.rt().list_containers(cri::ListContainersRequest { filter: Some(cri::ContainerFilter { pod_sandbox_id: pod.id.clone(), ..Default::default() }) }).await?.into_inner().containers;
+        check(left.is_empty(), || format!("the refused create left containers: {left:?}"))
     }
     .await;
     ctx.remove_pod(&pod.id).await?;
