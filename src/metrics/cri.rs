@@ -15,37 +15,74 @@ use crate::container::spec::cgroups_path;
 use crate::container::{ContainerRecord, ContainerState};
 use crate::daemon::{Daemon, Result};
 use crate::sandbox::{SandboxRecord, SandboxState};
+use crate::cri::v1 as cri;
+use crate::stats::detail::{self, DetailStats};
 use crate::stats::parse::InterfaceCounters;
 use crate::stats::{cgroup, host_layout, CgroupStats, StatsError};
-use crate::cri::v1 as cri;
+use std::collections::BTreeMap;
+use std::path::Path;
 
 /// The label keys of every container metric.
 pub const BASE_LABEL_KEYS: &[&str] = &["id", "name", "image"];
 /// The label keys of the pod network metrics.
 pub const NETWORK_LABEL_KEYS: &[&str] = &["id", "name", "image", "interface"];
+/// The label keys of the filesystem and block I/O metrics (cAdvisor's `device`).
+pub const DISK_LABEL_KEYS: &[&str] = &["id", "name", "image", "device"];
+/// The label keys of `container_blkio_device_usage_total`.
+pub const BLKIO_LABEL_KEYS: &[&str] = &["id", "name", "image", "device", "major", "minor", "operation"];
+/// The label keys of `container_memory_failures_total` (`pgfault`/`pgmajfault`,
+/// `container`/`hierarchy`).
+pub const FAILURE_LABEL_KEYS: &[&str] = &["id", "name", "image", "failure_type", "scope"];
 
-/// (name, help, network?) of every metric berth sends, in descriptor order.
-const METRICS: &[(&str, &str, bool)] = &[
-    ("container_cpu_usage_seconds_total", "Cumulative cpu time consumed in seconds.", false),
-    ("container_memory_working_set_bytes", "Current working set in bytes.", false),
-    ("container_memory_usage_bytes", "Current memory usage in bytes, including all memory regardless of when it was accessed.", false),
-    ("container_memory_rss", "Size of RSS in bytes.", false),
-    ("container_spec_memory_limit_bytes", "Memory limit for the container.", false),
-    ("container_processes", "Number of processes running inside the container.", false),
-    ("container_cpu_user_seconds_total", "Cumulative user cpu time consumed in seconds.", false),
-    ("container_cpu_system_seconds_total", "Cumulative system cpu time consumed in seconds.", false),
-    ("container_threads", "Number of threads running inside the container.", false),
-    ("container_file_descriptors", "Number of open file descriptors for the container.", false),
-    ("container_sockets", "Number of open sockets for the container.", false),
-    ("container_start_time_seconds", "Start time of the container since unix epoch in seconds.", false),
-    ("container_last_seen", "Last time a container was seen by the exporter.", false),
-    ("container_spec_cpu_shares", "CPU share of the container.", false),
-    ("container_spec_cpu_quota", "CPU quota of the container.", false),
-    ("container_spec_cpu_period", "CPU period of the container.", false),
-    ("container_network_receive_bytes_total", "Cumulative count of bytes received.", true),
-    ("container_network_transmit_bytes_total", "Cumulative count of bytes transmitted.", true),
-    ("container_network_receive_errors_total", "Cumulative count of errors encountered while receiving.", true),
-    ("container_network_transmit_errors_total", "Cumulative count of errors encountered while transmitting.", true),
+/// (name, help, label keys) of every metric berth sends, in descriptor order. Names and help
+/// follow cAdvisor's `container_*` metrics (kubelet's `/metrics/cadvisor`).
+const METRICS: &[(&str, &str, &[&str])] = &[
+    ("container_cpu_usage_seconds_total", "Cumulative cpu time consumed in seconds.", BASE_LABEL_KEYS),
+    ("container_cpu_user_seconds_total", "Cumulative user cpu time consumed in seconds.", BASE_LABEL_KEYS),
+    ("container_cpu_system_seconds_total", "Cumulative system cpu time consumed in seconds.", BASE_LABEL_KEYS),
+    ("container_cpu_cfs_periods_total", "Number of elapsed enforcement period intervals.", BASE_LABEL_KEYS),
+    ("container_cpu_cfs_throttled_periods_total", "Number of throttled period intervals.", BASE_LABEL_KEYS),
+    ("container_cpu_cfs_throttled_seconds_total", "Total time duration the container has been throttled.", BASE_LABEL_KEYS),
+    ("container_memory_working_set_bytes", "Current working set in bytes.", BASE_LABEL_KEYS),
+    ("container_memory_usage_bytes", "Current memory usage in bytes, including all memory regardless of when it was accessed.", BASE_LABEL_KEYS),
+    ("container_memory_rss", "Size of RSS in bytes.", BASE_LABEL_KEYS),
+    ("container_memory_cache", "Number of bytes of page cache memory.", BASE_LABEL_KEYS),
+    ("container_memory_mapped_file", "Size of memory mapped files in bytes.", BASE_LABEL_KEYS),
+    ("container_memory_swap", "Container swap usage in bytes.", BASE_LABEL_KEYS),
+    ("container_memory_kernel_usage", "Size of kernel memory allocated in bytes.", BASE_LABEL_KEYS),
+    ("container_memory_max_usage_bytes", "Maximum memory usage recorded in bytes.", BASE_LABEL_KEYS),
+    ("container_memory_failcnt", "Number of memory usage hits limits.", BASE_LABEL_KEYS),
+    ("container_memory_failures_total", "Cumulative count of memory allocation failures.", FAILURE_LABEL_KEYS),
+    ("container_oom_events_total", "Count of out of memory events observed for the container.", BASE_LABEL_KEYS),
+    ("container_spec_memory_limit_bytes", "Memory limit for the container.", BASE_LABEL_KEYS),
+    ("container_spec_memory_swap_limit_bytes", "Memory swap limit for the container.", BASE_LABEL_KEYS),
+    ("container_processes", "Number of processes running inside the container.", BASE_LABEL_KEYS),
+    ("container_threads", "Number of threads running inside the container.", BASE_LABEL_KEYS),
+    ("container_threads_max", "Maximum number of threads allowed inside the container, infinity if value is zero.", BASE_LABEL_KEYS),
+    ("container_file_descriptors", "Number of open file descriptors for the container.", BASE_LABEL_KEYS),
+    ("container_sockets", "Number of open sockets for the container.", BASE_LABEL_KEYS),
+    ("container_start_time_seconds", "Start time of the container since unix epoch in seconds.", BASE_LABEL_KEYS),
+    ("container_last_seen", "Last time a container was seen by the exporter.", BASE_LABEL_KEYS),
+    ("container_spec_cpu_shares", "CPU share of the container.", BASE_LABEL_KEYS),
+    ("container_spec_cpu_quota", "CPU quota of the container.", BASE_LABEL_KEYS),
+    ("container_spec_cpu_period", "CPU period of the container.", BASE_LABEL_KEYS),
+    ("container_fs_inodes_free", "Number of available Inodes.", DISK_LABEL_KEYS),
+    ("container_fs_inodes_total", "Number of Inodes.", DISK_LABEL_KEYS),
+    ("container_fs_limit_bytes", "Number of bytes that can be consumed by the container on this filesystem.", DISK_LABEL_KEYS),
+    ("container_fs_usage_bytes", "Number of bytes that are consumed by the container on this filesystem.", DISK_LABEL_KEYS),
+    ("container_fs_reads_bytes_total", "Cumulative count of bytes read.", DISK_LABEL_KEYS),
+    ("container_fs_reads_total", "Cumulative count of reads completed.", DISK_LABEL_KEYS),
+    ("container_fs_writes_bytes_total", "Cumulative count of bytes written.", DISK_LABEL_KEYS),
+    ("container_fs_writes_total", "Cumulative count of writes completed.", DISK_LABEL_KEYS),
+    ("container_blkio_device_usage_total", "Blkio Device bytes usage.", BLKIO_LABEL_KEYS),
+    ("container_network_receive_bytes_total", "Cumulative count of bytes received.", NETWORK_LABEL_KEYS),
+    ("container_network_receive_packets_total", "Cumulative count of packets received.", NETWORK_LABEL_KEYS),
+    ("container_network_receive_packets_dropped_total", "Cumulative count of packets dropped while receiving.", NETWORK_LABEL_KEYS),
+    ("container_network_receive_errors_total", "Cumulative count of errors encountered while receiving.", NETWORK_LABEL_KEYS),
+    ("container_network_transmit_bytes_total", "Cumulative count of bytes transmitted.", NETWORK_LABEL_KEYS),
+    ("container_network_transmit_packets_total", "Cumulative count of packets transmitted.", NETWORK_LABEL_KEYS),
+    ("container_network_transmit_packets_dropped_total", "Cumulative count of packets dropped while transmitting.", NETWORK_LABEL_KEYS),
+    ("container_network_transmit_errors_total", "Cumulative count of errors encountered while transmitting.", NETWORK_LABEL_KEYS),
 ];
 
 /// What the container's processes hold, from `/proc/<pid>` of every PID in its cgroup.
@@ -91,16 +128,39 @@ pub struct ContainerFacts {
     pub now_s: u64,
     /// CRI `LinuxContainerResources` (cpu_shares, cpu_quota, cpu_period) as configured; 0 = unset.
     pub cpu_spec: (i64, i64, i64),
+    /// CFS, memory detail, pids limit and block I/O of its cgroup.
+    pub detail: DetailStats,
+    /// Names of the block devices in `detail.io` (`/dev/vda`); a device not named here is
+    /// labelled `major:minor`.
+    pub device_names: BTreeMap<(u32, u32), String>,
+    /// Its writable layer's filesystem.
+    pub fs: Option<FsFigures>,
+}
+
+/// The filesystem holding a container's writable layer (cAdvisor's `container_fs_*`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FsFigures {
+    /// The filesystem's source device as mounted (`/dev/vda1`), the `device` label.
+    pub device: String,
+    /// Free inodes of the filesystem (`statvfs` `f_ffree`).
+    pub inodes_free: u64,
+    /// Inodes of the filesystem (`f_files`).
+    pub inodes_total: u64,
+    /// Bytes the container could fill: the filesystem's size (`f_blocks * f_frsize`); berth sets
+    /// no per-container quota.
+    pub limit_bytes: u64,
+    /// Bytes the writable layer holds.
+    pub usage_bytes: u64,
 }
 
 /// CRI ListMetricDescriptors: one descriptor per metric berth sends, with its label keys.
 pub fn descriptors() -> Vec<cri::MetricDescriptor> {
     METRICS
         .iter()
-        .map(|(name, help, net)| cri::MetricDescriptor {
+        .map(|(name, help, keys)| cri::MetricDescriptor {
             name: name.to_string(),
             help: help.to_string(),
-            label_keys: (if *net { NETWORK_LABEL_KEYS } else { BASE_LABEL_KEYS }).iter().map(|k| k.to_string()).collect(),
+            label_keys: keys.iter().map(|k| k.to_string()).collect(),
         })
         .collect()
 }
@@ -116,40 +176,83 @@ fn metric(name: &str, kind: cri::MetricType, labels: &[&str], value: u64) -> cri
 }
 
 /// The container metrics of one cgroup's figures and its [`ContainerFacts`], labelled (`id`,
-/// `name`, `image`). `container_spec_memory_limit_bytes` is 0 when unlimited (as cAdvisor
-/// reports it); the CPU spec metrics are left out when not configured.
+/// `name`, `image`, then the metric's own keys). `container_spec_memory_limit_bytes` and
+/// `container_spec_memory_swap_limit_bytes` are 0 when unlimited (as cAdvisor reports them);
+/// the CPU spec metrics are left out when not configured; a figure not read is left out.
+/// Seconds are whole seconds (the CRI carries `UInt64Value`).
 pub fn container_metrics(id: &str, name: &str, image: &str, s: &CgroupStats, facts: &ContainerFacts) -> Vec<cri::Metric> {
     use cri::MetricType::{Counter, Gauge};
     let l = [id, name, image];
     let mut v = Vec::new();
-    if let Some(ns) = s.cpu_usage_ns {
-        v.push(metric("container_cpu_usage_seconds_total", Counter, &l, ns / 1_000_000_000));
+    let mut push = |metric_name: &str, kind: cri::MetricType, value: Option<u64>| {
+        if let Some(value) = value {
+            v.push(metric(metric_name, kind, &l, value));
+        }
+    };
+    push("container_cpu_usage_seconds_total", Counter, s.cpu_usage_ns.map(|ns| ns / 1_000_000_000));
+    if let Some((user, system)) = facts.cpu_user_system_ns {
+        push("container_cpu_user_seconds_total", Counter, Some(user / 1_000_000_000));
+        push("container_cpu_system_seconds_total", Counter, Some(system / 1_000_000_000));
+    }
+    if let Some(c) = facts.detail.cfs {
+        push("container_cpu_cfs_periods_total", Counter, Some(c.periods));
+        push("container_cpu_cfs_throttled_periods_total", Counter, Some(c.throttled_periods));
+        push("container_cpu_cfs_throttled_seconds_total", Counter, Some(c.throttled_ns / 1_000_000_000));
     }
     if let Some(m) = s.memory {
-        v.push(metric("container_memory_working_set_bytes", Gauge, &l, m.working_set));
-        v.push(metric("container_memory_usage_bytes", Gauge, &l, m.usage));
-        v.push(metric("container_memory_rss", Gauge, &l, m.rss));
-        v.push(metric("container_spec_memory_limit_bytes", Gauge, &l, m.limit.unwrap_or(0)));
+        push("container_memory_working_set_bytes", Gauge, Some(m.working_set));
+        push("container_memory_usage_bytes", Gauge, Some(m.usage));
+        push("container_memory_rss", Gauge, Some(m.rss));
+        push("container_spec_memory_limit_bytes", Gauge, Some(m.limit.unwrap_or(0)));
     }
-    if let Some(n) = s.pids {
-        v.push(metric("container_processes", Gauge, &l, n));
-    }
-    if let Some((user, system)) = facts.cpu_user_system_ns {
-        v.push(metric("container_cpu_user_seconds_total", Counter, &l, user / 1_000_000_000));
-        v.push(metric("container_cpu_system_seconds_total", Counter, &l, system / 1_000_000_000));
-    }
+    let md = facts.detail.memory.unwrap_or_default();
+    push("container_memory_cache", Gauge, md.cache);
+    push("container_memory_mapped_file", Gauge, md.mapped_file);
+    push("container_memory_swap", Gauge, md.swap);
+    push("container_memory_kernel_usage", Gauge, md.kernel);
+    push("container_memory_max_usage_bytes", Gauge, md.max_usage);
+    push("container_memory_failcnt", Counter, md.failcnt);
+    push("container_oom_events_total", Counter, md.oom_kills);
+    push("container_spec_memory_swap_limit_bytes", Gauge, md.swap_limit.map(|l| l.unwrap_or(0)));
+    push("container_processes", Gauge, s.pids);
     let p = facts.processes;
-    v.push(metric("container_threads", Gauge, &l, p.threads));
-    v.push(metric("container_file_descriptors", Gauge, &l, p.file_descriptors));
-    v.push(metric("container_sockets", Gauge, &l, p.sockets));
-    if facts.started_at_ns > 0 {
-        v.push(metric("container_start_time_seconds", Gauge, &l, (facts.started_at_ns / 1_000_000_000) as u64));
-    }
-    v.push(metric("container_last_seen", Gauge, &l, facts.now_s));
+    push("container_threads", Gauge, Some(p.threads));
+    push("container_threads_max", Gauge, facts.detail.pids_max);
+    push("container_file_descriptors", Gauge, Some(p.file_descriptors));
+    push("container_sockets", Gauge, Some(p.sockets));
+    push("container_start_time_seconds", Gauge, (facts.started_at_ns > 0).then_some((facts.started_at_ns / 1_000_000_000) as u64));
+    push("container_last_seen", Gauge, Some(facts.now_s));
     let (shares, quota, period) = facts.cpu_spec;
-    for (name, value) in [("container_spec_cpu_shares", shares), ("container_spec_cpu_quota", quota), ("container_spec_cpu_period", period)] {
-        if value > 0 {
-            v.push(metric(name, Gauge, &l, value as u64));
+    for (metric_name, value) in [("container_spec_cpu_shares", shares), ("container_spec_cpu_quota", quota), ("container_spec_cpu_period", period)] {
+        push(metric_name, Gauge, (value > 0).then_some(value as u64));
+    }
+    for (failure_type, scope, value) in [
+        ("pgfault", "container", md.pgfault),
+        ("pgmajfault", "container", md.pgmajfault),
+        ("pgfault", "hierarchy", md.pgfault_hierarchy),
+        ("pgmajfault", "hierarchy", md.pgmajfault_hierarchy),
+    ] {
+        if let Some(value) = value {
+            v.push(metric("container_memory_failures_total", Counter, &[id, name, image, failure_type, scope], value));
+        }
+    }
+    if let Some(fs) = &facts.fs {
+        let dl = [id, name, image, fs.device.as_str()];
+        v.push(metric("container_fs_inodes_free", Gauge, &dl, fs.inodes_free));
+        v.push(metric("container_fs_inodes_total", Gauge, &dl, fs.inodes_total));
+        v.push(metric("container_fs_limit_bytes", Gauge, &dl, fs.limit_bytes));
+        v.push(metric("container_fs_usage_bytes", Gauge, &dl, fs.usage_bytes));
+    }
+    for (&(major, minor), io) in &facts.detail.io {
+        let device = facts.device_names.get(&(major, minor)).cloned().unwrap_or_else(|| format!("{major}:{minor}"));
+        let dl = [id, name, image, device.as_str()];
+        v.push(metric("container_fs_reads_bytes_total", Counter, &dl, io.read_bytes));
+        v.push(metric("container_fs_reads_total", Counter, &dl, io.reads));
+        v.push(metric("container_fs_writes_bytes_total", Counter, &dl, io.write_bytes));
+        v.push(metric("container_fs_writes_total", Counter, &dl, io.writes));
+        let (maj, min) = (major.to_string(), minor.to_string());
+        for (op, value) in [("Read", io.read_bytes), ("Write", io.write_bytes)] {
+            v.push(metric("container_blkio_device_usage_total", Counter, &[id, name, image, device.as_str(), maj.as_str(), min.as_str(), op], value));
         }
     }
     v
@@ -161,10 +264,18 @@ pub fn network_metrics(sandbox_id: &str, interfaces: &[InterfaceCounters]) -> Ve
     let mut v = Vec::new();
     for i in interfaces.iter().filter(|i| i.name != "lo") {
         let l = [sandbox_id, "POD", "", i.name.as_str()];
-        v.push(metric("container_network_receive_bytes_total", cri::MetricType::Counter, &l, i.rx_bytes));
-        v.push(metric("container_network_transmit_bytes_total", cri::MetricType::Counter, &l, i.tx_bytes));
-        v.push(metric("container_network_receive_errors_total", cri::MetricType::Counter, &l, i.rx_errors));
-        v.push(metric("container_network_transmit_errors_total", cri::MetricType::Counter, &l, i.tx_errors));
+        for (name, value) in [
+            ("container_network_receive_bytes_total", i.rx_bytes),
+            ("container_network_receive_packets_total", i.rx_packets),
+            ("container_network_receive_packets_dropped_total", i.rx_dropped),
+            ("container_network_receive_errors_total", i.rx_errors),
+            ("container_network_transmit_bytes_total", i.tx_bytes),
+            ("container_network_transmit_packets_total", i.tx_packets),
+            ("container_network_transmit_packets_dropped_total", i.tx_dropped),
+            ("container_network_transmit_errors_total", i.tx_errors),
+        ] {
+            v.push(metric(name, cri::MetricType::Counter, &l, value));
+        }
     }
     v
 }
@@ -184,19 +295,59 @@ fn pod_interfaces(sb: &SandboxRecord) -> Vec<InterfaceCounters> {
     }
 }
 
+/// The filesystem holding path `p`: (source device, free inodes, inodes, bytes), from
+/// `statvfs(3)` and the longest mount point in `/proc/self/mountinfo` that contains `p`.
+/// `None` when `p` cannot be stat'ed.
+fn filesystem_of(p: &Path) -> Option<(String, u64, u64, u64)> {
+    let st = nix::sys::statvfs::statvfs(p).map_err(|e| tracing::debug!(path = %p.display(), error = %e, "no filesystem metrics")).ok()?;
+    let p = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let device = mount_source(&mountinfo, &p).unwrap_or_default();
+    let bytes = (st.blocks() as u64).saturating_mul(st.fragment_size() as u64);
+    Some((device, st.files_free() as u64, st.files() as u64, bytes))
+}
+
+/// The source (field after the file system type) of the mount in `mountinfo` whose mount point
+/// is the longest ancestor of `p` (proc(5)); the last such mount wins a tie (it is on top).
+fn mount_source(mountinfo: &str, p: &Path) -> Option<String> {
+    let mut best: Option<(usize, String)> = None;
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let (Some(mount_point), Some(source)) = (left.split(' ').nth(4), right.split(' ').nth(1)) else { continue };
+        let mount_point = crate::storage::unescape_mountinfo(mount_point);
+        if p.starts_with(&mount_point) && best.as_ref().is_none_or(|(len, _)| mount_point.len() >= *len) {
+            best = Some((mount_point.len(), crate::storage::unescape_mountinfo(source)));
+        }
+    }
+    best.map(|(_, s)| s)
+}
+
 /// The metrics of one ready pod sandbox and its running containers. A container whose cgroup
-/// is gone (it just exited) is left out. Errors: unreadable cgroup files.
-pub fn pod_sandbox_metrics(sb: &SandboxRecord, containers: &[ContainerRecord]) -> Result<cri::PodSandboxMetrics> {
+/// is gone (it just exited) is left out. `fs` is the filesystem of the containers' writable
+/// layers ([`filesystem_of`]). Errors: unreadable cgroup files.
+fn pod_sandbox_metrics(d: &Daemon, sb: &SandboxRecord, containers: &[ContainerRecord], fs: Option<&(String, u64, u64, u64)>) -> Result<cri::PodSandboxMetrics> {
+    let io_error = |id: &str, e: StatsError| match e {
+        StatsError::Io { path, source } => crate::daemon::Error::Io { context: format!("container {id}: reading {}", path.display()), source },
+        StatsError::NoCgroup { cgroup } => crate::daemon::Error::Io { context: format!("container {id}: cgroup {cgroup}"), source: std::io::ErrorKind::NotFound.into() },
+    };
     let mut container_metrics_list = Vec::new();
     for r in containers.iter().filter(|r| r.sandbox_id == sb.id && r.state == ContainerState::Running) {
         let path = cgroups_path(&sb.cgroup_parent, &r.id);
         let s = match cgroup::read(host_layout(), &path) {
             Ok(s) => s,
             Err(StatsError::NoCgroup { .. }) => continue,
-            Err(StatsError::Io { path, source }) => {
-                return Err(crate::daemon::Error::Io { context: format!("container {}: reading {}", r.id, path.display()), source })
-            }
+            Err(e) => return Err(io_error(&r.id, e)),
         };
+        let detail = detail::read(host_layout(), &path).map_err(|e| io_error(&r.id, e))?;
+        let device_names = detail.io.keys().map(|&(major, minor)| ((major, minor), detail::device_name(major, minor))).collect();
+        let upper = crate::container::ContainerPaths::new(d, &r.id).state.join("upper");
+        let fs = fs.and_then(|(device, inodes_free, inodes_total, limit_bytes)| match crate::stats::caches().1.usage(&upper) {
+            Ok((usage_bytes, _)) => Some(FsFigures { device: device.clone(), inodes_free: *inodes_free, inodes_total: *inodes_total, limit_bytes: *limit_bytes, usage_bytes }),
+            Err(e) => {
+                tracing::debug!(container = %r.id, error = %e, "writable layer usage unavailable");
+                None
+            }
+        });
         let name = r.config.metadata.as_ref().map(|m| m.name.as_str()).unwrap_or("");
         let image = r.config.image.as_ref().map(|i| i.image.as_str()).unwrap_or("");
         let res = r.config.linux.as_ref().and_then(|l| l.resources.as_ref());
@@ -206,6 +357,9 @@ pub fn pod_sandbox_metrics(sb: &SandboxRecord, containers: &[ContainerRecord]) -
             started_at_ns: r.started_at,
             now_s: (crate::util::now_nanos() / 1_000_000_000) as u64,
             cpu_spec: res.map(|x| (x.cpu_shares, x.cpu_quota, x.cpu_period)).unwrap_or_default(),
+            detail,
+            device_names,
+            fs,
         };
         container_metrics_list.push(cri::ContainerMetrics {
             container_id: r.id.clone(),
@@ -220,14 +374,16 @@ pub fn pod_sandbox_metrics(sb: &SandboxRecord, containers: &[ContainerRecord]) -
 }
 
 /// CRI ListPodSandboxMetrics: the metrics of every ready pod sandbox. Blocking (cgroupfs,
-/// procfs): call from `spawn_blocking`. Errors: the store's; unreadable cgroup files.
+/// procfs, a walk of each writable layer, cached when slow): call from `spawn_blocking`.
+/// Errors: the store's; unreadable cgroup files.
 pub fn list_pod_sandbox_metrics(d: &Daemon) -> Result<Vec<cri::PodSandboxMetrics>> {
     let containers = crate::container::list(d)?;
+    let fs = filesystem_of(&crate::stats::collect::container_fs_root(d));
     let mut out = Vec::new();
     for sb in crate::sandbox::list(d)? {
         let sb = crate::sandbox::refresh(d, sb)?;
         if sb.state == SandboxState::Ready {
-            out.push(pod_sandbox_metrics(&sb, &containers)?);
+            out.push(pod_sandbox_metrics(d, &sb, &containers, fs.as_ref())?);
         }
     }
     Ok(out)
@@ -262,44 +418,96 @@ mod tests {
         assert_eq!(names.len(), d.len(), "names are unique");
     }
 
+    /// Every descriptor is sent (given every figure) with as many label values as it has keys,
+    /// each metric has a descriptor, and the values carry the right units.
     #[test]
     fn every_metric_matches_its_descriptor() {
+        use crate::stats::detail::{CfsStats, DeviceIo, MemoryDetail};
         let s = CgroupStats {
             cpu_usage_ns: Some(2_600_000_000),
             memory: Some(MemoryStats { usage: 10, working_set: 8, rss: 5, page_faults: 1, major_page_faults: 0, limit: None }),
             pids: Some(3),
         };
+        let some = Some(1);
         let facts = ContainerFacts {
             cpu_user_system_ns: Some((1_500_000_000, 3_000_000_000)),
             processes: ProcessFigures { threads: 4, file_descriptors: 9, sockets: 2 },
             started_at_ns: 1_700_000_000_000_000_000,
             now_s: 1_700_000_100,
             cpu_spec: (512, 50_000, 100_000),
+            detail: DetailStats {
+                cfs: Some(CfsStats { periods: 10, throttled_periods: 2, throttled_ns: 3_500_000_000 }),
+                memory: Some(MemoryDetail {
+                    cache: some,
+                    mapped_file: some,
+                    swap: some,
+                    pgfault: Some(7),
+                    pgmajfault: some,
+                    pgfault_hierarchy: Some(9),
+                    pgmajfault_hierarchy: some,
+                    failcnt: some,
+                    kernel: some,
+                    max_usage: some,
+                    oom_kills: some,
+                    swap_limit: Some(None),
+                }),
+                pids_max: Some(0),
+                io: [((8, 0), DeviceIo { read_bytes: 4096, write_bytes: 1, reads: 1, writes: 1 })].into(),
+            },
+            device_names: [((8, 0), "/dev/sda".to_string())].into(),
+            fs: Some(FsFigures { device: "/dev/vda1".into(), inodes_free: 5, inodes_total: 10, limit_bytes: 100, usage_bytes: 20 }),
         };
         let mut all = container_metrics("c1", "web", "busybox", &s, &facts);
-        let ifs = vec![
-            InterfaceCounters { name: "lo".into(), rx_bytes: 1, rx_errors: 0, tx_bytes: 1, tx_errors: 0 },
-            InterfaceCounters { name: "eth0".into(), rx_bytes: 100, rx_errors: 0, tx_bytes: 200, tx_errors: 0 },
-        ];
-        all.extend(network_metrics("p1", &ifs));
+        let counters = |name: &str, n: u64| InterfaceCounters { name: name.into(), rx_bytes: n, rx_packets: n, rx_dropped: 0, rx_errors: 0, tx_bytes: n, tx_packets: n, tx_dropped: 0, tx_errors: 0 };
+        all.extend(network_metrics("p1", &[counters("lo", 1), counters("eth0", 200)]));
         let d = descriptors();
-        assert_eq!(all.len(), d.len(), "one sample of each, loopback left out");
+        for desc in &d {
+            check_descriptor(desc, &all);
+        }
         for m in &all {
-            let desc = d.iter().find(|x| x.name == m.name).unwrap();
-            assert_eq!(m.label_values.len(), desc.label_keys.len(), "{}", m.name);
+            assert!(d.iter().any(|x| x.name == m.name), "{} has no descriptor", m.name);
         }
         let get = |n: &str| all.iter().find(|m| m.name == n).unwrap();
-        assert_eq!(get("container_cpu_usage_seconds_total").value.as_ref().unwrap().value, 2, "whole seconds");
+        let value = |n: &str| get(n).value.as_ref().unwrap().value;
+        assert_eq!(value("container_cpu_usage_seconds_total"), 2, "whole seconds");
         assert_eq!(get("container_cpu_usage_seconds_total").metric_type, cri::MetricType::Counter as i32);
-        assert_eq!(get("container_spec_memory_limit_bytes").value.as_ref().unwrap().value, 0, "unlimited = 0");
+        assert_eq!(value("container_spec_memory_limit_bytes"), 0, "unlimited = 0");
+        assert_eq!(value("container_spec_memory_swap_limit_bytes"), 0, "unlimited = 0");
         assert_eq!(get("container_memory_working_set_bytes").metric_type, cri::MetricType::Gauge as i32);
         assert_eq!(get("container_network_transmit_bytes_total").label_values, ["p1", "POD", "", "eth0"]);
-        assert_eq!(get("container_cpu_system_seconds_total").value.as_ref().unwrap().value, 3);
-        assert_eq!(get("container_start_time_seconds").value.as_ref().unwrap().value, 1_700_000_000);
-        assert_eq!(get("container_sockets").value.as_ref().unwrap().value, 2);
+        assert_eq!(value("container_cpu_system_seconds_total"), 3);
+        assert_eq!(value("container_cpu_cfs_throttled_seconds_total"), 3);
+        assert_eq!(value("container_start_time_seconds"), 1_700_000_000);
+        assert_eq!(value("container_sockets"), 2);
+        assert_eq!(get("container_fs_usage_bytes").label_values, ["c1", "web", "busybox", "/dev/vda1"]);
+        let blkio: Vec<_> = all.iter().filter(|m| m.name == "container_blkio_device_usage_total").collect();
+        assert_eq!(blkio[0].label_values, ["c1", "web", "busybox", "/dev/sda", "8", "0", "Read"]);
+        assert_eq!(blkio[0].value.as_ref().unwrap().value, 4096);
+        let failures: Vec<_> = all.iter().filter(|m| m.name == "container_memory_failures_total").map(|m| (m.label_values[3..].to_vec(), m.value.as_ref().unwrap().value)).collect();
+        assert_eq!(failures[0], (vec!["pgfault".to_string(), "container".to_string()], 7));
+        assert_eq!(failures[2], (vec!["pgfault".to_string(), "hierarchy".to_string()], 9));
         let bare = container_metrics("c", "n", "i", &CgroupStats::default(), &ContainerFacts::default());
         let names: Vec<&str> = bare.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["container_threads", "container_file_descriptors", "container_sockets", "container_last_seen"], "no controller, no cgroup metric");
+    }
+
+    fn check_descriptor(desc: &cri::MetricDescriptor, all: &[cri::Metric]) {
+        assert!(!desc.help.is_empty() && !desc.label_keys.is_empty(), "{}", desc.name);
+        let sent: Vec<_> = all.iter().filter(|m| m.name == desc.name).collect();
+        assert!(!sent.is_empty(), "{} is described but never sent", desc.name);
+        for m in sent {
+            assert_eq!(m.label_values.len(), desc.label_keys.len(), "{}", m.name);
+        }
+    }
+
+    #[test]
+    fn mount_source_is_the_longest_ancestor() {
+        let mi = "22 1 254:1 / / rw - ext4 /dev/vda1 rw\n\
+                  30 22 0:26 / /var/lib rw - xfs /dev/vdb rw\n\
+                  31 22 0:27 / /var/lib/with\\040space rw - tmpfs tmpfs rw\n";
+        assert_eq!(mount_source(mi, Path::new("/var/lib/berth/containers")).as_deref(), Some("/dev/vdb"));
+        assert_eq!(mount_source(mi, Path::new("/var/libx")).as_deref(), Some("/dev/vda1"), "components, not string prefixes");
+        assert_eq!(mount_source(mi, Path::new("/var/lib/with space/x")).as_deref(), Some("tmpfs"));
     }
 
     #[test]

@@ -150,7 +150,7 @@ pub fn cpu_user_system(layout: &Layout, cgroup: &str) -> Option<(u64, u64)> {
 }
 
 /// Reads a file; `Ok(None)` when it does not exist (controller not enabled, cgroup gone).
-fn read_opt(path: &Path) -> Result<Option<String>, StatsError> {
+pub(crate) fn read_opt(path: &Path) -> Result<Option<String>, StatsError> {
     match std::fs::read_to_string(path) {
         Ok(s) => Ok(Some(s)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -159,7 +159,7 @@ fn read_opt(path: &Path) -> Result<Option<String>, StatsError> {
 }
 
 /// `<mount>/<cgroup path>` (the cgroupfs path is absolute from the hierarchy's root).
-fn under(mount: &Path, cgroup: &str) -> PathBuf {
+pub(crate) fn under(mount: &Path, cgroup: &str) -> PathBuf {
     mount.join(cgroup.trim_start_matches('/'))
 }
 

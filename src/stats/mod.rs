@@ -1,7 +1,8 @@
 //! Container and pod statistics from cgroups (v1 and v2) and procfs, for CRI ContainerStats,
 //! ListContainerStats, PodSandboxStats and ListPodSandboxStats.
 //!
-//! Layout: [`parse`] holds the pure file parsers, [`cgroup`] reads one cgroup's figures,
+//! Layout: [`parse`] holds the pure file parsers, [`cgroup`] reads one cgroup's figures
+//! ([`detail`] the further ones only the CRI metrics need),
 //! [`collect`] builds the CRI messages from container and sandbox records. The host's cgroup
 //! layout is detected once ([`host_layout`]). `usage_nano_cores` needs two samples: the previous
 //! sample of every container and pod is kept in memory by [`RateCache`] (as containerd keeps
@@ -9,6 +10,7 @@
 
 pub mod cgroup;
 pub mod collect;
+pub mod detail;
 pub mod parse;
 
 pub use cgroup::{CgroupStats, MemoryStats};

@@ -96,16 +96,24 @@ pub struct InterfaceCounters {
     pub name: String,
     /// Received bytes.
     pub rx_bytes: u64,
+    /// Received packets.
+    pub rx_packets: u64,
     /// Receive errors.
     pub rx_errors: u64,
+    /// Received packets dropped.
+    pub rx_dropped: u64,
     /// Transmitted bytes.
     pub tx_bytes: u64,
+    /// Transmitted packets.
+    pub tx_packets: u64,
     /// Transmit errors.
     pub tx_errors: u64,
+    /// Transmitted packets dropped.
+    pub tx_dropped: u64,
 }
 
 /// Parses `/proc/<pid>/net/dev` (two header lines, then `name: rx_bytes rx_packets rx_errs
-/// rx_drop rx_fifo rx_frame rx_compressed rx_multicast tx_bytes tx_packets tx_errs ...`), in file
+/// rx_drop rx_fifo rx_frame rx_compressed rx_multicast tx_bytes tx_packets tx_errs tx_drop ...`), in file
 /// order. The loopback `lo` is left out, as kubelet's summary does. Malformed lines are skipped.
 pub fn net_dev(text: &str) -> Vec<InterfaceCounters> {
     text.lines()
@@ -116,10 +124,20 @@ pub fn net_dev(text: &str) -> Vec<InterfaceCounters> {
                 return None;
             }
             let v: Vec<u64> = rest.split_whitespace().map(str::parse).collect::<Result<_, _>>().ok()?;
-            if v.len() < 11 {
+            if v.len() < 12 {
                 return None;
             }
-            Some(InterfaceCounters { name: name.to_string(), rx_bytes: v[0], rx_errors: v[2], tx_bytes: v[8], tx_errors: v[10] })
+            Some(InterfaceCounters {
+                name: name.to_string(),
+                rx_bytes: v[0],
+                rx_packets: v[1],
+                rx_errors: v[2],
+                rx_dropped: v[3],
+                tx_bytes: v[8],
+                tx_packets: v[9],
+                tx_errors: v[10],
+                tx_dropped: v[11],
+            })
         })
         .collect()
 }
@@ -240,7 +258,7 @@ nr_periods 0\nnr_throttled 0\nthrottled_usec 0\nnr_bursts 0\nburst_usec 0\n";
 Inter-|   Receive                                                |  Transmit
  face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
     lo:     140       2    0    0    0     0          0         0      140       2    0    0    0     0       0          0
-  eth0:    1866      21    1    0    0     0          0         0      782       9    2    0    0     0       0          0
+  eth0:    1866      21    1    3    0     0          0         0      782       9    2    4    0     0       0          0
 ";
 
     #[test]
@@ -248,7 +266,17 @@ Inter-|   Receive                                                |  Transmit
         let v = net_dev(NET_DEV);
         assert_eq!(
             v,
-            vec![InterfaceCounters { name: "eth0".into(), rx_bytes: 1866, rx_errors: 1, tx_bytes: 782, tx_errors: 2 }]
+            vec![InterfaceCounters {
+                name: "eth0".into(),
+                rx_bytes: 1866,
+                rx_packets: 21,
+                rx_errors: 1,
+                rx_dropped: 3,
+                tx_bytes: 782,
+                tx_packets: 9,
+                tx_errors: 2,
+                tx_dropped: 4,
+            }]
         );
         assert!(net_dev("eth0: 1 2 3\n").is_empty());
     }

@@ -174,3 +174,128 @@ pub async fn pod_sandbox_metrics_cpu_grows(ctx: &Ctx) -> Result<()> {
     ctx.remove_pod(&pod.id).await?;
     res
 }
+
+/// The cAdvisor metric names critest (cri-tools after v1.36.0) requires of ListMetricDescriptors
+/// and, for a running container, of ListPodSandboxMetrics (its list minus the ones it marks
+/// unimplemented by every runtime: hugetlb, PSI, reservation, ulimits). The block I/O ones are
+/// described but their values are optional (no I/O may have reached a block device).
+const CADVISOR_SET: &[&str] = &[
+    "container_cpu_cfs_periods_total",
+    "container_cpu_cfs_throttled_periods_total",
+    "container_cpu_cfs_throttled_seconds_total",
+    "container_cpu_system_seconds_total",
+    "container_cpu_usage_seconds_total",
+    "container_cpu_user_seconds_total",
+    "container_file_descriptors",
+    "container_fs_inodes_free",
+    "container_fs_inodes_total",
+    "container_fs_limit_bytes",
+    "container_fs_usage_bytes",
+    "container_last_seen",
+    "container_memory_cache",
+    "container_memory_failcnt",
+    "container_memory_failures_total",
+    "container_memory_kernel_usage",
+    "container_memory_mapped_file",
+    "container_memory_max_usage_bytes",
+    "container_memory_rss",
+    "container_memory_swap",
+    "container_memory_usage_bytes",
+    "container_memory_working_set_bytes",
+    "container_network_receive_bytes_total",
+    "container_network_receive_errors_total",
+    "container_network_receive_packets_dropped_total",
+    "container_network_receive_packets_total",
+    "container_network_transmit_bytes_total",
+    "container_network_transmit_errors_total",
+    "container_network_transmit_packets_dropped_total",
+    "container_network_transmit_packets_total",
+    "container_oom_events_total",
+    "container_processes",
+    "container_sockets",
+    "container_spec_cpu_period",
+    "container_spec_cpu_shares",
+    "container_spec_memory_limit_bytes",
+    "container_spec_memory_swap_limit_bytes",
+    "container_start_time_seconds",
+    "container_threads",
+    "container_threads_max",
+];
+const OPTIONAL_VALUES: &[&str] =
+    &["container_blkio_device_usage_total", "container_fs_reads_bytes_total", "container_fs_reads_total", "container_fs_writes_bytes_total", "container_fs_writes_total"];
+
+/// The whole cAdvisor set critest checks, with real values: a container limited to 20% of a CPU
+/// and 64 MiB (swap limit 64 MiB) spins and writes ten files; every required name is described
+/// (help, label keys) and sent with as many label values as keys; the CFS counters show the
+/// throttling, the spec metrics show the limits, the writable layer's usage covers the files.
+pub async fn cadvisor_set_with_values(ctx: &Ctx) -> Result<()> {
+    let descs = match ctx.rt().list_metric_descriptors(cri::ListMetricDescriptorsRequest {}).await {
+        Ok(r) => r.into_inner().descriptors,
+        Err(s) if s.code() == tonic::Code::Unimplemented => return skip("ListMetricDescriptors is not served"),
+        Err(s) => bail!("ListMetricDescriptors: {s}"),
+    };
+    for d in &descs {
+        check(!d.help.is_empty() && !d.label_keys.is_empty(), || format!("descriptor {} has no help or no label keys", d.name))?;
+    }
+    let missing: Vec<&str> = CADVISOR_SET.iter().chain(OPTIONAL_VALUES).copied().filter(|n| !descs.iter().any(|d| d.name == *n)).collect();
+    if ctx.kind != crate::daemon::TargetKind::Berth && !missing.is_empty() {
+        eprintln!("note metrics_cadvisor_set_with_values: not described: {missing:?}");
+        return skip("this runtime predates the cAdvisor metric set critest checks");
+    }
+    check(missing.is_empty(), || format!("ListMetricDescriptors lacks {missing:?}"))?;
+    let pod = ctx.run_pod("metricsset").await?;
+    let res = async {
+        let script = "mkdir -p /var/lib/mydisktest && for i in $(seq 1 10); do echo hi >> /var/lib/mydisktest/f$i; done; \
+                      dd if=/dev/zero of=/var/lib/mydisktest/big bs=4096 count=64 2>/dev/null; sync; while :; do :; done";
+        let mut config = ctx.container_config("spin", &ctx.images.busybox, &["sh", "-c", script]);
+        config.linux = Some(cri::LinuxContainerConfig {
+            resources: Some(cri::LinuxContainerResources {
+                cpu_period: 100_000,
+                cpu_quota: 20_000,
+                cpu_shares: 1024,
+                memory_limit_in_bytes: 64 << 20,
+                memory_swap_limit_in_bytes: 64 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let id = ctx.create_with(&pod, config).await?;
+        ctx.rt().start_container(cri::StartContainerRequest { container_id: id.clone() }).await?;
+        ctx.wait_container_state(&id, cri::ContainerState::ContainerRunning, Duration::from_secs(30)).await?;
+        // A few CFS periods of 100 ms at 20% of a CPU: throttled in most of them.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let all = ctx.rt().list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {}).await?.into_inner().pod_metrics;
+        let p = all.iter().find(|p| p.pod_sandbox_id == pod.id).with_context(|| format!("pod {} not in ListPodSandboxMetrics", pod.id))?;
+        let c = p.container_metrics.iter().find(|c| c.container_id == id).with_context(|| format!("container {id} not in its pod's metrics"))?;
+        let metrics: Vec<&cri::Metric> = c.metrics.iter().chain(p.metrics.iter()).collect();
+        let not_sent: Vec<&str> = CADVISOR_SET.iter().copied().filter(|n| !metrics.iter().any(|m| m.name == *n)).collect();
+        check(not_sent.is_empty(), || format!("not sent for a running container: {not_sent:?}"))?;
+        for m in &metrics {
+            let Some(d) = descs.iter().find(|d| d.name == m.name) else { bail!("metric {} has no descriptor", m.name) };
+            check(m.label_values.len() == d.label_keys.len(), || format!("{}: label values {:?} for keys {:?}", m.name, m.label_values, d.label_keys))?;
+        }
+        let get = |n: &str| metrics.iter().find(|m| m.name == n).map(|m| metric_value(m)).unwrap_or(0);
+        let figures = |names: &[&str]| names.iter().map(|n| format!("{n}={}", get(n))).collect::<Vec<_>>().join(" ");
+        eprintln!(
+            "note metrics_cadvisor_set_with_values: {}",
+            figures(&["container_cpu_cfs_periods_total", "container_cpu_cfs_throttled_periods_total", "container_spec_memory_swap_limit_bytes", "container_fs_usage_bytes", "container_threads_max"])
+        );
+        check(get("container_cpu_cfs_periods_total") >= 3 && get("container_cpu_cfs_throttled_periods_total") >= 1, || {
+            format!("a spinning container at 20% of a CPU for 1.5 s shows {}", figures(&["container_cpu_cfs_periods_total", "container_cpu_cfs_throttled_periods_total"]))
+        })?;
+        check(get("container_spec_memory_limit_bytes") == 64 << 20 && get("container_spec_cpu_period") == 100_000, || {
+            figures(&["container_spec_memory_limit_bytes", "container_spec_cpu_period"])
+        })?;
+        let swap_limit = get("container_spec_memory_swap_limit_bytes");
+        check(swap_limit == 0 || swap_limit == 64 << 20, || format!("container_spec_memory_swap_limit_bytes {swap_limit}, expected 64 MiB (or 0 where the host cannot limit swap)"))?;
+        check(get("container_fs_usage_bytes") >= 256 << 10 && get("container_fs_inodes_total") > get("container_fs_inodes_free"), || {
+            format!("after writing 256 KiB: {}", figures(&["container_fs_usage_bytes", "container_fs_inodes_total", "container_fs_inodes_free", "container_fs_limit_bytes"]))
+        })?;
+        let failures: Vec<&Vec<String>> = metrics.iter().filter(|m| m.name == "container_memory_failures_total").map(|m| &m.label_values).collect();
+        check(failures.len() == 4, || format!("container_memory_failures_total series {failures:?}, expected pgfault/pgmajfault x container/hierarchy"))?;
+        check(get("container_memory_max_usage_bytes") >= get("container_memory_usage_bytes"), || figures(&["container_memory_max_usage_bytes", "container_memory_usage_bytes"]))
+    }
+    .await;
+    ctx.remove_pod(&pod.id).await?;
+    res
+}

@@ -131,6 +131,7 @@ pub fn all() -> Vec<Case> {
         case!("reopen_log_while_writing", events::reopen_log_while_writing),
         case!("metrics_endpoint_counts", metrics::endpoint_counts),
         case!("metrics_pod_sandbox_cpu_grows", metrics::pod_sandbox_metrics_cpu_grows),
+        case!("metrics_cadvisor_set_with_values", metrics::cadvisor_set_with_values),
         case!("monitor_killed", monitor::monitor_killed),
     ];
     // Issue #5 part B: mounts and namespaces, MAC and sysctls, user namespaces.
