@@ -261,3 +261,23 @@ async fn save_daemon_log(ctx: &Ctx) {
 fn one_line(s: &str) -> String {
     s.lines().collect::<Vec<_>>().join(" | ")
 }
+
+/// Stops and removes every pod sandbox on the runtime behind `c` (for tools whose runtime
+/// holds only their own pods: critest-prep, kubelet-check); returns what failed, one line each.
+pub async fn remove_all_pods(c: &mut crate::client::Clients) -> Vec<String> {
+    use berth::cri::v1 as cri;
+    let mut errs = Vec::new();
+    let pods = match c.rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await {
+        Ok(r) => r.into_inner().items,
+        Err(e) => return vec![format!("ListPodSandbox: {e}")],
+    };
+    for p in pods {
+        if let Err(e) = c.rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: p.id.clone() }).await {
+            errs.push(format!("StopPodSandbox {}: {e}", p.id));
+        }
+        if let Err(e) = c.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: p.id.clone() }).await {
+            errs.push(format!("RemovePodSandbox {}: {e}", p.id));
+        }
+    }
+    errs
+}

@@ -11,23 +11,12 @@
 //! - `pause`: one static program that waits for SIGTERM/SIGINT and exits 0 (containerd's
 //!   `sandbox_image`).
 
-use crate::registry::{sha256_digest, Registry};
-use anyhow::{bail, Context, Result};
-use std::collections::BTreeSet;
-use std::io::Write;
+use crate::imagekit::{compile_static, compress, ldd_paths, Compression, Layer, TarBuilder, PAUSE_SRC};
+use crate::imagekit::{DOCKER_CONFIG, DOCKER_MANIFEST, OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, PATH_ENV};
+use crate::registry::Registry;
+use anyhow::{Context, Result};
 use std::path::Path;
 use std::process::Command;
-
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
-const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
-const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
-const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
-const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// References (all `127.0.0.1:PORT/...`) and digests of the pushed test images.
 #[derive(Debug, Clone)]
@@ -50,117 +39,6 @@ pub struct TestImages {
     pub pause: Option<String>,
     /// A reference that does not exist in the registry.
     pub missing: String,
-}
-
-/// One layer blob ready to push.
-struct Layer {
-    media_type: &'static str,
-    blob: Vec<u8>,
-    diff_id: String,
-}
-
-enum Compression {
-    Gzip,
-    Zstd,
-    None,
-}
-
-fn compress(tar: Vec<u8>, c: Compression, docker: bool) -> Result<Layer> {
-    let diff_id = sha256_digest(&tar);
-    let (media_type, blob) = match c {
-        Compression::Gzip => {
-            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-            e.write_all(&tar)?;
-            (if docker { DOCKER_LAYER_GZIP } else { OCI_LAYER_GZIP }, e.finish()?)
-        }
-        Compression::Zstd => (OCI_LAYER_ZSTD, zstd::encode_all(&tar[..], 3)?),
-        Compression::None => (OCI_LAYER_TAR, tar),
-    };
-    Ok(Layer { media_type, blob, diff_id })
-}
-
-/// A small tar writer with deterministic headers (mtime fixed, uid/gid given).
-struct TarBuilder {
-    b: tar::Builder<Vec<u8>>,
-    dirs: BTreeSet<String>,
-}
-
-impl TarBuilder {
-    fn new() -> Self {
-        TarBuilder { b: tar::Builder::new(Vec::new()), dirs: BTreeSet::new() }
-    }
-
-    fn header(kind: tar::EntryType, mode: u32, size: u64, uid: u64) -> tar::Header {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_size(size);
-        h.set_uid(uid);
-        h.set_gid(uid);
-        h.set_mtime(1_700_000_000);
-        h
-    }
-
-    /// Adds `path` and its missing parents as directories (mode 0755, or `mode` for `path`).
-    fn dir(&mut self, path: &str, mode: u32, uid: u64) -> Result<()> {
-        let path = path.trim_matches('/');
-        if path.is_empty() || self.dirs.contains(path) {
-            return Ok(());
-        }
-        if let Some((parent, _)) = path.rsplit_once('/') {
-            self.dir(parent, 0o755, 0)?;
-        }
-        let mut h = Self::header(tar::EntryType::Directory, mode, 0, uid);
-        self.b.append_data(&mut h, format!("{path}/"), std::io::empty())?;
-        self.dirs.insert(path.to_string());
-        Ok(())
-    }
-
-    fn parent(&mut self, path: &str) -> Result<()> {
-        if let Some((parent, _)) = path.trim_matches('/').rsplit_once('/') {
-            self.dir(parent, 0o755, 0)?;
-        }
-        Ok(())
-    }
-
-    fn file(&mut self, path: &str, mode: u32, data: &[u8]) -> Result<()> {
-        self.parent(path)?;
-        let mut h = Self::header(tar::EntryType::Regular, mode, data.len() as u64, 0);
-        self.b.append_data(&mut h, path.trim_matches('/'), data)?;
-        Ok(())
-    }
-
-    fn hardlink(&mut self, path: &str, target: &str) -> Result<()> {
-        self.parent(path)?;
-        let mut h = Self::header(tar::EntryType::Link, 0o755, 0, 0);
-        self.b.append_link(&mut h, path.trim_matches('/'), target.trim_matches('/'))?;
-        Ok(())
-    }
-
-    fn finish(self) -> Result<Vec<u8>> {
-        Ok(self.b.into_inner()?)
-    }
-}
-
-/// Paths of the shared objects `ldd <bin>` lists (libraries and the ELF interpreter).
-fn ldd_paths(bin: &str) -> Result<Vec<String>> {
-    let out = Command::new("ldd").arg(bin).output().context("run ldd")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut v = Vec::new();
-    for line in text.lines() {
-        let line = line.trim();
-        let path = match line.split_once("=>") {
-            Some((_, rest)) => rest.split_whitespace().next().unwrap_or(""),
-            None => line.split_whitespace().next().unwrap_or(""),
-        };
-        if path.starts_with('/') {
-            v.push(path.to_string());
-        }
-    }
-    if v.is_empty() {
-        bail!("ldd {bin} listed no libraries; is /bin/busybox Debian's dynamic busybox?");
-    }
-    Ok(v)
 }
 
 fn busybox_tar() -> Result<Vec<u8>> {
@@ -227,43 +105,8 @@ fn push_image(reg: &Registry, name: &str, tag: &str, config: &[u8], layers: &[&L
     Ok((digest, manifest.len()))
 }
 
-const PAUSE_SRC: &str = r#"
-extern "C" {
-    fn signal(sig: i32, handler: extern "C" fn(i32)) -> usize;
-    fn pause() -> i32;
-    fn waitpid(pid: i32, status: *mut i32, options: i32) -> i32;
-    fn _exit(code: i32) -> !;
-}
-extern "C" fn on_term(_sig: i32) { unsafe { _exit(0) } }
-// Reaps every exited child, as the Kubernetes pause does (it is PID 1 of the pod).
-extern "C" fn on_chld(_sig: i32) {
-    let mut st = 0;
-    unsafe { while waitpid(-1, &mut st, 1 /* WNOHANG */) > 0 {} }
-}
-fn main() {
-    unsafe {
-        signal(15, on_term);
-        signal(2, on_term);
-        signal(17, on_chld);
-        loop { pause(); }
-    }
-}
-"#;
-
 fn pause_tar(work: &Path) -> Result<Vec<u8>> {
-    let src = work.join("pause.rs");
-    let bin = work.join("pause");
-    std::fs::write(&src, PAUSE_SRC)?;
-    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let st = Command::new(rustc)
-        .args(["-O", "-C", "target-feature=+crt-static", "--edition", "2021", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .status()
-        .context("run rustc to build the pause program")?;
-    if !st.success() {
-        bail!("rustc failed to build the static pause program ({st})");
-    }
+    let bin = compile_static(work, "pause", PAUSE_SRC)?;
     let mut t = TarBuilder::new();
     t.file("pause", 0o755, &std::fs::read(&bin)?)?;
     t.finish()

@@ -6,6 +6,7 @@
 #![deny(unsafe_code)]
 
 pub mod http;
+pub mod imagekit;
 pub mod images;
 pub mod proc;
 pub mod rawh2;

@@ -28,7 +28,6 @@
 //! shared memory segments critest's HostIpc specs made (`ipcmk`) removed, the temp dir removed.
 
 use anyhow::{bail, Context, Result};
-use berth::cri::v1 as cri;
 use berth_conformance::client::Clients;
 use berth_conformance::daemon::{self, Daemon, Handlers, TargetKind};
 use berth_conformance::harness::{self, BRIDGE, LOCK_FILE};
@@ -173,7 +172,7 @@ async fn run(opts: Opts) -> i32 {
                     0
                 }
             };
-            for e in remove_all_pods(&mut clients).await {
+            for e in harness::remove_all_pods(&mut clients).await {
                 eprintln!("teardown: {e}");
             }
             code
@@ -375,27 +374,6 @@ async fn run_critest(o: &mut Owned, bin: &Path, opts: &Opts, socket: &Path) -> i
     }
     println!("critest exited with {status}; output in {}", out.display());
     status
-}
-
-/// Stops and removes every pod sandbox on our berth (all of them are this run's).
-async fn remove_all_pods(c: &mut Clients) -> Vec<String> {
-    let mut errs = Vec::new();
-    let pods = match c.rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await {
-        Ok(r) => r.into_inner().items,
-        Err(e) => return vec![format!("ListPodSandbox: {e}")],
-    };
-    if !pods.is_empty() {
-        eprintln!("teardown: removing {} leftover pod(s)", pods.len());
-    }
-    for p in pods {
-        if let Err(e) = c.rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: p.id.clone() }).await {
-            errs.push(format!("StopPodSandbox {}: {e}", p.id));
-        }
-        if let Err(e) = c.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: p.id.clone() }).await {
-            errs.push(format!("RemovePodSandbox {}: {e}", p.id));
-        }
-    }
-    errs
 }
 
 fn teardown(o: &mut Owned) {

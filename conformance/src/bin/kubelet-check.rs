@@ -38,7 +38,6 @@ use berth_conformance::harness::{self, BRIDGE, LOCK_FILE};
 use berth_conformance::images;
 use berth_conformance::proc;
 use berth_conformance::registry::{free_port, Registry};
-use berth::cri::v1 as cri;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -143,7 +142,7 @@ async fn run(kubelet_bin: PathBuf, kind: TargetKind, keep: bool) -> i32 {
                 proc::terminate_child(child, Duration::from_secs(10));
             }
             owned.kubelet = None;
-            let errs = remove_all_pods(&mut env.cri).await;
+            let errs = harness::remove_all_pods(&mut env.cri).await;
             for e in errs {
                 eprintln!("teardown: {e}");
             }
@@ -188,24 +187,6 @@ async fn set_up(o: &mut Owned, kubelet_bin: &Path, kind: TargetKind) -> Result<E
     let (kubelet, child) = kubelet::start(kubelet_bin, &o.tmp, &socket, free_port()?).context("starting kubelet")?;
     o.kubelet = Some(child);
     Ok(Env { tmp: o.tmp.clone(), cri, busybox: imgs.busybox, kubelet, runtime_log, kind, foreign_pod })
-}
-
-/// Stops and removes every pod sandbox on the endpoint (kubelet's and ours).
-async fn remove_all_pods(c: &mut Clients) -> Vec<String> {
-    let mut errs = Vec::new();
-    let pods = match c.rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await {
-        Ok(r) => r.into_inner().items,
-        Err(e) => return vec![format!("ListPodSandbox: {e}")],
-    };
-    for p in pods {
-        if let Err(e) = c.rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: p.id.clone() }).await {
-            errs.push(format!("StopPodSandbox {}: {e}", p.id));
-        }
-        if let Err(e) = c.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: p.id.clone() }).await {
-            errs.push(format!("RemovePodSandbox {}: {e}", p.id));
-        }
-    }
-    errs
 }
 
 fn teardown(o: &mut Owned) {

@@ -19,18 +19,13 @@
 //! bogus linux/arm64 one; `hostnet-nginx-amd64` is a single Docker schema2 manifest.
 
 use super::programs;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use berth_conformance::imagekit::{compile_static, compress, ldd_paths, Compression, Layer, TarBuilder, PAUSE_SRC};
+use berth_conformance::imagekit::{DOCKER_CONFIG, DOCKER_LIST, DOCKER_MANIFEST, PATH_ENV};
 use berth_conformance::registry::{sha256_digest, Registry};
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::Path;
 use std::process::Command;
-
-const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
-const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
-const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Repository prefix (in the local registry) of `registry.k8s.io/e2e-test-images/`.
 const E2E: &str = "e2e-test-images";
@@ -76,104 +71,8 @@ users:x:100:
 nogroup:x:65534:
 ";
 
-/// One layer blob ready to push.
-pub struct Layer {
-    blob: Vec<u8>,
-    diff_id: String,
-}
-
-fn gzip_layer(tar: Vec<u8>) -> Result<Layer> {
-    let diff_id = sha256_digest(&tar);
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    e.write_all(&tar)?;
-    Ok(Layer { blob: e.finish()?, diff_id })
-}
-
-/// A tar writer with deterministic headers (fixed mtime; owner given per entry).
-struct TarBuilder {
-    b: tar::Builder<Vec<u8>>,
-    dirs: BTreeSet<String>,
-}
-
-impl TarBuilder {
-    fn new() -> Self {
-        TarBuilder { b: tar::Builder::new(Vec::new()), dirs: BTreeSet::new() }
-    }
-
-    fn header(kind: tar::EntryType, mode: u32, size: u64, uid: u64, gid: u64) -> tar::Header {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_size(size);
-        h.set_uid(uid);
-        h.set_gid(gid);
-        h.set_mtime(1_700_000_000);
-        h
-    }
-
-    fn dir_owned(&mut self, path: &str, mode: u32, uid: u64, gid: u64) -> Result<()> {
-        let path = path.trim_matches('/');
-        if path.is_empty() || self.dirs.contains(path) {
-            return Ok(());
-        }
-        if let Some((parent, _)) = path.rsplit_once('/') {
-            self.dir_owned(parent, 0o755, 0, 0)?;
-        }
-        let mut h = Self::header(tar::EntryType::Directory, mode, 0, uid, gid);
-        self.b.append_data(&mut h, format!("{path}/"), std::io::empty())?;
-        self.dirs.insert(path.to_string());
-        Ok(())
-    }
-
-    fn dir(&mut self, path: &str, mode: u32) -> Result<()> {
-        self.dir_owned(path, mode, 0, 0)
-    }
-
-    fn parent(&mut self, path: &str) -> Result<()> {
-        if let Some((parent, _)) = path.trim_matches('/').rsplit_once('/') {
-            self.dir(parent, 0o755)?;
-        }
-        Ok(())
-    }
-
-    fn file(&mut self, path: &str, mode: u32, data: &[u8]) -> Result<()> {
-        self.parent(path)?;
-        let mut h = Self::header(tar::EntryType::Regular, mode, data.len() as u64, 0, 0);
-        self.b.append_data(&mut h, path.trim_matches('/'), data)?;
-        Ok(())
-    }
-
-    fn hardlink(&mut self, path: &str, target: &str) -> Result<()> {
-        self.parent(path)?;
-        let mut h = Self::header(tar::EntryType::Link, 0o755, 0, 0, 0);
-        self.b.append_link(&mut h, path.trim_matches('/'), target.trim_matches('/'))?;
-        Ok(())
-    }
-
-    fn finish(self) -> Result<Vec<u8>> {
-        Ok(self.b.into_inner()?)
-    }
-}
-
-/// Paths of the shared objects `ldd <bin>` lists (libraries and the ELF interpreter).
-fn ldd_paths(bin: &str) -> Result<Vec<String>> {
-    let out = Command::new("ldd").arg(bin).output().context("run ldd")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut v = Vec::new();
-    for line in text.lines() {
-        let line = line.trim();
-        let path = match line.split_once("=>") {
-            Some((_, rest)) => rest.split_whitespace().next().unwrap_or(""),
-            None => line.split_whitespace().next().unwrap_or(""),
-        };
-        if path.starts_with('/') {
-            v.push(path.to_string());
-        }
-    }
-    if v.is_empty() {
-        bail!("ldd {bin} listed no libraries; is it a dynamic executable?");
-    }
-    Ok(v)
+fn docker_gzip(tar: Vec<u8>) -> Result<Layer> {
+    compress(tar, Compression::Gzip, true)
 }
 
 /// The base layer: busybox + applet links + Debian's ipcs and pgrep + passwd/group.
@@ -207,9 +106,9 @@ fn base_tar() -> Result<Vec<u8>> {
     }
     t.file("etc/passwd", 0o644, PASSWD.as_bytes())?;
     t.file("etc/group", 0o644, GROUP.as_bytes())?;
-    t.dir("tmp", 0o1777)?;
+    t.dir("tmp", 0o1777, 0)?;
     for d in ["root", "home", "proc", "sys", "dev", "etc", "var", "var/run", "run", "var/www"] {
-        t.dir(d, 0o755)?;
+        t.dir(d, 0o755, 0)?;
     }
     t.finish()
 }
@@ -235,7 +134,7 @@ fn push_image(reg: &Registry, name: &str, tag: Option<&str>, config: &[u8], laye
     let mut descs = Vec::new();
     for l in layers {
         let d = reg.push_blob(name, &l.blob)?;
-        descs.push(serde_json::json!({ "mediaType": DOCKER_LAYER_GZIP, "digest": d, "size": l.blob.len() }));
+        descs.push(serde_json::json!({ "mediaType": l.media_type, "digest": d, "size": l.blob.len() }));
     }
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
@@ -269,10 +168,10 @@ fn default_cfg() -> serde_json::Value {
 
 impl<'a> Builder<'a> {
     fn new(reg: &'a Registry) -> Result<Self> {
-        let base = gzip_layer(base_tar()?)?;
+        let base = docker_gzip(base_tar()?)?;
         let mut b = TarBuilder::new();
         b.file("bogus-arm64", 0o644, b"not a real arm64 image\n")?;
-        let bogus = gzip_layer(b.finish()?)?;
+        let bogus = docker_gzip(b.finish()?)?;
         Ok(Builder { reg, base, bogus, pushed: Vec::new() })
     }
 
@@ -280,8 +179,18 @@ impl<'a> Builder<'a> {
     fn push_list(&mut self, upstream: &str, name: &str, tags: &[&str], spec: &Spec) -> Result<()> {
         let mut layers: Vec<&Layer> = vec![&self.base];
         layers.extend(spec.layers.iter());
-        let cfg = config_json("amd64", &layers, spec.cfg.clone());
-        let (amd, amd_size) = push_image(self.reg, name, None, &cfg, &layers)?;
+        self.push_list_of(name, tags, &layers, spec.cfg.clone())?;
+        for tag in tags {
+            self.pushed.push(format!("{upstream}:{tag}"));
+        }
+        Ok(())
+    }
+
+    /// Pushes `layers` with config `cfg` as the linux/amd64 entry of a manifest list (with the
+    /// bogus linux/arm64 image) under `name` and each of `tags`.
+    fn push_list_of(&self, name: &str, tags: &[&str], layers: &[&Layer], cfg: serde_json::Value) -> Result<()> {
+        let cfg = config_json("amd64", layers, cfg);
+        let (amd, amd_size) = push_image(self.reg, name, None, &cfg, layers)?;
         let acfg = config_json("arm64", &[&self.bogus], default_cfg());
         let (arm, arm_size) = push_image(self.reg, name, None, &acfg, &[&self.bogus])?;
         let list = serde_json::to_vec(&serde_json::json!({
@@ -294,7 +203,6 @@ impl<'a> Builder<'a> {
         }))?;
         for tag in tags {
             self.reg.push_manifest(name, tag, DOCKER_LIST, &list)?;
-            self.pushed.push(format!("{upstream}:{tag}"));
         }
         Ok(())
     }
@@ -313,7 +221,7 @@ impl<'a> Builder<'a> {
 fn one_layer(f: impl FnOnce(&mut TarBuilder) -> Result<()>) -> Result<Layer> {
     let mut t = TarBuilder::new();
     f(&mut t)?;
-    gzip_layer(t.finish()?)
+    docker_gzip(t.finish()?)
 }
 
 /// The web server layer: the program at `bin_path`, its config, an index page.
@@ -322,16 +230,16 @@ fn webserver_layer(bin: &[u8], bin_path: &str, conf: &str, root: &str, page: &st
         t.file(bin_path, 0o755, bin)?;
         t.file("etc/test-webserver.conf", 0o644, conf.as_bytes())?;
         t.file(&format!("{root}/index.html"), 0o644, page.as_bytes())?;
-        t.dir("var/run", 0o755)?;
+        t.dir("var/run", 0o755, 0)?;
         Ok(())
     })
 }
 
 /// Builds and pushes every image; returns the upstream references pushed.
 pub fn build_and_push(reg: &Registry, work: &Path) -> Result<Vec<String>> {
-    let web = std::fs::read(programs::compile(work, "webserver", programs::WEBSERVER_SRC)?)?;
-    let nnp = std::fs::read(programs::compile(work, "nnp", programs::NNP_SRC)?)?;
-    let pause = std::fs::read(programs::compile(work, "pause", programs::PAUSE_SRC)?)?;
+    let web = std::fs::read(compile_static(work, "webserver", programs::WEBSERVER_SRC)?)?;
+    let nnp = std::fs::read(compile_static(work, "nnp", programs::NNP_SRC)?)?;
+    let pause = std::fs::read(compile_static(work, "pause", PAUSE_SRC)?)?;
     let mut b = Builder::new(reg)?;
 
     // registry.k8s.io/e2e-test-images/busybox:1.29-2
@@ -389,8 +297,8 @@ pub fn build_and_push(reg: &Registry, work: &Path) -> Result<Vec<String>> {
     let l = one_layer(|t| {
         t.file("etc/passwd", 0o644, format!("{PASSWD}default-user:x:1000:1000:Linux User,,,:/home/default-user:/bin/sh\n").as_bytes())?;
         t.file("etc/group", 0o644, format!("{GROUP}default-user:x:1000:\ngroup-defined-in-image:x:50000:default-user\n").as_bytes())?;
-        t.dir("home", 0o755)?;
-        t.dir_owned("home/default-user", 0o755, 1000, 1000)?;
+        t.dir("home", 0o755, 0)?;
+        t.dir("home/default-user", 0o755, 1000)?;
         Ok(())
     })?;
     let cfg = serde_json::json!({ "Env": [PATH_ENV], "Cmd": ["sh"], "User": "1000" });
@@ -413,19 +321,7 @@ pub fn build_and_push(reg: &Registry, work: &Path) -> Result<Vec<String>> {
     let l = one_layer(|t| t.file("pause", 0o755, &pause))?;
     let cfg = serde_json::json!({ "Env": [PATH_ENV], "Entrypoint": ["/pause"], "WorkingDir": "/" });
     // pause is FROM scratch upstream: its own list, without the busybox base.
-    let pcfg = config_json("amd64", &[&l], cfg);
-    let (amd, amd_size) = push_image(reg, "pause", None, &pcfg, &[&l])?;
-    let acfg = config_json("arm64", &[&b.bogus], default_cfg());
-    let (arm, arm_size) = push_image(reg, "pause", None, &acfg, &[&b.bogus])?;
-    let list = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": DOCKER_LIST,
-        "manifests": [
-            { "mediaType": DOCKER_MANIFEST, "digest": amd, "size": amd_size, "platform": { "architecture": "amd64", "os": "linux" } },
-            { "mediaType": DOCKER_MANIFEST, "digest": arm, "size": arm_size, "platform": { "architecture": "arm64", "os": "linux" } },
-        ],
-    }))?;
-    reg.push_manifest("pause", "3.9", DOCKER_LIST, &list)?;
+    b.push_list_of("pause", &["3.9"], &[&l], cfg)?;
     b.pushed.push("registry.k8s.io/pause:3.9".into());
     b.pushed.push("k8s.gcr.io/pause:3.9".into());
     Ok(b.pushed)

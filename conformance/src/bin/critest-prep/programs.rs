@@ -1,33 +1,6 @@
-//! Small static programs compiled with `rustc -C target-feature=+crt-static` for the critest
-//! images: the pod pause, a web server (nginx / httpd / hostnet-nginx stand-ins) and the
-//! setuid `nnp` of `nonewprivs`. They need nothing from the image around them.
-
-use anyhow::{bail, Context, Result};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-/// `registry.k8s.io/pause`: waits for SIGTERM/SIGINT and exits 0; reaps children (PID 1).
-pub const PAUSE_SRC: &str = r#"
-extern "C" {
-    fn signal(sig: i32, handler: extern "C" fn(i32)) -> usize;
-    fn pause() -> i32;
-    fn waitpid(pid: i32, status: *mut i32, options: i32) -> i32;
-    fn _exit(code: i32) -> !;
-}
-extern "C" fn on_term(_sig: i32) { unsafe { _exit(0) } }
-extern "C" fn on_chld(_sig: i32) {
-    let mut st = 0;
-    unsafe { while waitpid(-1, &mut st, 1 /* WNOHANG */) > 0 {} }
-}
-fn main() {
-    unsafe {
-        signal(15, on_term);
-        signal(2, on_term);
-        signal(17, on_chld);
-        loop { pause(); }
-    }
-}
-"#;
+//! Small static programs (compiled with `imagekit::compile_static`) for the critest images: a
+//! web server (nginx / httpd / hostnet-nginx stand-ins) and the setuid `nnp` of `nonewprivs`.
+//! They need nothing from the image around them. The pause is `imagekit::PAUSE_SRC`.
 
 /// `nonewprivs`'s `nnp`: installed setuid root; prints its effective uid.
 pub const NNP_SRC: &str = r#"
@@ -135,21 +108,3 @@ fn main() {
     }
 }
 "#;
-
-/// Compiles `src` as a static executable `work/<name>` and returns its path.
-pub fn compile(work: &Path, name: &str, src: &str) -> Result<PathBuf> {
-    let src_path = work.join(format!("{name}.rs"));
-    let bin = work.join(name);
-    std::fs::write(&src_path, src)?;
-    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let out = Command::new(&rustc)
-        .args(["-O", "-C", "target-feature=+crt-static", "--edition", "2021", "-o"])
-        .arg(&bin)
-        .arg(&src_path)
-        .output()
-        .with_context(|| format!("run {rustc} to build {name}"))?;
-    if !out.status.success() {
-        bail!("rustc failed to build {name} ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(bin)
-}
