@@ -8,8 +8,10 @@
 //! - each newline-terminated line becomes one `F` record (an empty line becomes `... F \n`);
 //! - a line longer than [`MAX_LINE`] bytes is cut into `P` records of [`MAX_LINE`] bytes, the
 //!   rest of the line is the `F` record;
-//! - an incomplete line still pending at EOF or container exit is written as a `P` record by
-//!   [`LineBuffer::flush`];
+//! - an incomplete line still pending at EOF or container exit is written as an `F` record by
+//!   [`LineBuffer::flush`]: the stream has ended, so the line is complete (containerd's logger,
+//!   Go's `bufio.ReadLine` at EOF, does the same; a trailing `P` would leave kubelet's reader
+//!   waiting for an `F` that never comes, and the last line of a crashed program half-shown);
 //! - one `\r` right before the `\n` is dropped (a tty writes `\r\n`; Go's `bufio.ReadLine`, which
 //!   containerd's CRI logger uses, strips it the same way); any other `\r` is kept.
 //! - bytes are copied as they are; no UTF-8 validation (the log is a byte stream).
@@ -95,12 +97,14 @@ impl LineBuffer {
         self.emit_full_partials(ts, out);
     }
 
-    /// Writes a held incomplete line as a `P` record (at EOF or container exit). No-op when empty.
+    /// Writes a held incomplete line as the `F` record that ends it (call at EOF or container
+    /// exit only). No-op when nothing is held; `P` pieces always leave bytes held (see
+    /// [`Self::emit_full_partials`]), so a line begun with `P` always gets its `F`.
     pub fn flush(&mut self, ts: i64, out: &mut Vec<u8>) {
         self.mid_line = false;
         if !self.pending.is_empty() {
             let text = std::mem::take(&mut self.pending);
-            encode_record(out, ts, self.stream, true, &text);
+            encode_record(out, ts, self.stream, false, &text);
         }
     }
 
@@ -191,7 +195,7 @@ mod tests {
     }
 
     #[test]
-    fn partial_lines_join_across_chunks_and_flush_as_p() {
+    fn partial_lines_join_across_chunks_and_flush_as_f() {
         let mut b = LineBuffer::new(Stream::Stdout);
         let mut out = Vec::new();
         b.push(b"hel", TS, &mut out);
@@ -200,7 +204,7 @@ mod tests {
         b.push(b"il", TS, &mut out);
         assert_eq!(records(&out), vec![r("stdout", "F", "hello")]);
         b.flush(TS, &mut out);
-        assert_eq!(records(&out), vec![r("stdout", "F", "hello"), r("stdout", "P", "tail")]);
+        assert_eq!(records(&out), vec![r("stdout", "F", "hello"), r("stdout", "F", "tail")], "the stream ended: the line is complete");
         let before = out.len();
         b.flush(TS, &mut out);
         assert_eq!(out.len(), before, "a second flush writes nothing");
@@ -235,6 +239,18 @@ mod tests {
         assert_eq!(total, (2 * MAX_LINE / 1000 + 1) * 1000);
         assert!(recs[..recs.len() - 1].iter().all(|x| x.1 == "P" && x.2.len() == MAX_LINE));
         assert_eq!(recs.last().unwrap().1, "F");
+    }
+
+    #[test]
+    fn long_line_cut_by_exit_ends_with_f() {
+        let mut b = LineBuffer::new(Stream::Stderr);
+        let mut out = Vec::new();
+        b.push(&vec![b'z'; 2 * MAX_LINE + 5], TS, &mut out);
+        b.flush(TS, &mut out);
+        let recs = records(&out);
+        let tags: Vec<&str> = recs.iter().map(|x| x.1.as_str()).collect();
+        assert_eq!(tags, ["P", "P", "F"], "every P run ends in an F");
+        assert_eq!(recs[2].2.len(), 5);
     }
 
     #[test]

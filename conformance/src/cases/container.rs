@@ -2,7 +2,7 @@
 //! ListContainers filters and create errors.
 
 use super::util::{check, read_log, run_to_exit};
-use crate::ctx::{state_name, Ctx};
+use crate::ctx::{skip, state_name, Ctx};
 use anyhow::{Context, Result};
 use berth::cri::v1 as cri;
 use std::collections::HashMap;
@@ -28,6 +28,32 @@ pub async fn exit_code_and_logs(ctx: &Ctx) -> Result<()> {
     check(has("stdout", "to-stdout"), || format!("log lacks `stdout F to-stdout`: {lines:?}"))?;
     check(has("stderr", "to-stderr"), || format!("log lacks `stderr F to-stderr`: {lines:?}"))?;
     ctx.remove_pod(&pod.id).await
+}
+
+/// Output that ends without a newline when the process exits is the complete (`F`) last line,
+/// on both streams, and nothing of it is lost (issue #11: a trailing `P` is a line never ended).
+pub async fn last_line_without_newline(ctx: &Ctx) -> Result<()> {
+    let cmd = ["sh", "-c", "echo first; printf 'err-tail' >&2; printf 'last words'"];
+    let (pod, _st, lines) = run_to_exit(ctx, "tail", &ctx.images.busybox, &cmd, 3).await?;
+    ctx.remove_pod(&pod.id).await?;
+    let got: Vec<(&str, &str, &str)> = lines.iter().map(|l| (l.stream.as_str(), l.tag.as_str(), l.text.as_str())).collect();
+    for want in [("stdout", "F", "first"), ("stdout", "F", "last words"), ("stderr", "F", "err-tail")] {
+        check(got.contains(&want), || format!("log records {got:?} lack {want:?}"))?;
+    }
+    check(!got.iter().any(|(_, tag, _)| *tag == "P"), || format!("a P record in {got:?}: every line ended with the process"))
+}
+
+/// [`last_line_without_newline`], but a runtime other than berth that writes the tail as a
+/// trailing `P` is a known bug of it (containerd/containerd#4813, conmon#252, fixed in conmon
+/// by a terminating `F`), reported as a note and skipped rather than failed.
+pub async fn last_line_without_newline_case(ctx: &Ctx) -> Result<()> {
+    match last_line_without_newline(ctx).await {
+        Err(e) if ctx.kind != crate::daemon::TargetKind::Berth && e.to_string().contains("(\"stdout\", \"P\", \"last words\")") => {
+            eprintln!("note log_last_line_without_newline_is_full: {e:#}");
+            skip("this runtime leaves the last line as P (containerd/containerd#4813)")
+        }
+        r => r,
+    }
 }
 
 /// Exit 0: reason "Completed".

@@ -71,6 +71,7 @@ pub fn all() -> Vec<Case> {
         case!("pod_remove_missing", pod::remove_missing),
         case!("pod_stop_remove_with_running_containers", pod::stop_remove_with_running),
         case!("container_exit_code_and_logs", container::exit_code_and_logs),
+        case!("log_last_line_without_newline_is_full", container::last_line_without_newline_case),
         case!("container_exit_zero_completed", container::exit_zero_completed),
         case!("container_user_image_uid", container::user_image_uid),
         case!("container_layers_whiteouts", container::layers_whiteouts),
