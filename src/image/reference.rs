@@ -5,7 +5,8 @@
 //! - `foo/bar` -> `docker.io/foo/bar:latest`
 //! - `127.0.0.1:5000/x:1` stays (the first component is a domain when it holds `.` or `:` or is
 //!   `localhost`)
-//! - `name@sha256:<64 hex>` keeps the digest and gets no tag; `name:tag@sha256:...` keeps both.
+//! - `name@sha256:<64 hex>` keeps the digest and gets no tag; `name:tag@sha256:...` keeps both
+//!   here, but the digest decides: a pull fetches it and does not tag the image (store.rs).
 //! - `index.docker.io` is spelled `docker.io`.
 
 use std::fmt;

@@ -271,7 +271,10 @@ impl ImageStore {
         if !image.repo_digests.contains(&digest_ref) {
             image.repo_digests.push(digest_ref);
         }
-        if let Some(tag) = r.tagged() {
+        // `name:tag@digest` pulls the digest and names the image by it only: the tag is not
+        // moved here (it may name other content in the registry), as containerd and docker
+        // drop the tag of a digested reference.
+        if let Some(tag) = r.tagged().filter(|_| r.digest.is_none()) {
             for (other_id, mut other) in self.store.list::<Image>(IMAGES)? {
                 if other_id != id && other.repo_tags.contains(&tag) {
                     other.repo_tags.retain(|t| t != &tag);

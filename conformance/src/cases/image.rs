@@ -64,6 +64,20 @@ pub async fn pull_by_digest(ctx: &Ctx) -> Result<()> {
     check(i.repo_digests.contains(&r), || format!("repo_digests {:?} lack {r}", i.repo_digests))
 }
 
+/// PullImage of `name:tag@digest` pulls the digest, does not give the image that tag (here a tag
+/// the registry does not even have), and ImageStatus finds the image under the same reference
+/// but not under the bare tag (issue #11; containerd and docker drop the tag of such a reference).
+pub async fn pull_tag_and_digest(ctx: &Ctx) -> Result<()> {
+    let bare_tag = format!("{}/busybox:no-such-tag", ctx.images.registry);
+    let r = format!("{bare_tag}@{}", ctx.images.busybox_digest);
+    let i = pull_and_find(ctx, &r).await?;
+    let b = pull_and_find(ctx, &ctx.images.busybox).await?;
+    check(i.id == b.id, || format!("{r} is image {}, expected busybox:latest's {}", i.id, b.id))?;
+    check(!i.repo_tags.contains(&bare_tag), || format!("repo_tags {:?} gained {bare_tag}: the tag of a digested reference must not name the image", i.repo_tags))?;
+    let by_tag = status_of(ctx, &bare_tag).await?;
+    check(by_tag.is_none(), || format!("ImageStatus {bare_tag} found {:?}; the registry has no such tag", by_tag.map(|x| x.id)))
+}
+
 /// PullImage of a Docker schema2 manifest.
 pub async fn pull_docker_schema2(ctx: &Ctx) -> Result<()> {
     pull_and_find(ctx, &ctx.images.busybox_docker).await.map(|_| ())

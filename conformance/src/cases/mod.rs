@@ -53,6 +53,7 @@ pub fn all() -> Vec<Case> {
         case!("authority_grpcio_default_channel", authority::grpcio_default_channel),
         case!("pull_by_tag", image::pull_by_tag),
         case!("pull_by_digest", image::pull_by_digest),
+        case!("pull_tag_and_digest", image::pull_tag_and_digest),
         case!("pull_docker_schema2", image::pull_docker_schema2),
         case!("pull_multiarch_index", image::pull_multiarch_index),
         case!("pull_missing_image", image::pull_missing_image),
