@@ -133,6 +133,8 @@ pub struct Daemon {
     names: Mutex<HashMap<String, String>>,
     /// Per-object operation locks, so two RPCs on one object never interleave.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// SIGKILL deadlines of graceful container stops in progress (a shorter stop preempts).
+    pub stop_deadlines: crate::container::stopdeadline::StopDeadlines,
     /// This process's own oom_score_adj: the lowest value its children may be given.
     pub own_oom_score_adj: i32,
     /// What this host lets containers have (capabilities, nofile limit, cgroup layout), probed
@@ -205,6 +207,7 @@ impl Daemon {
             pause_bin,
             names: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
+            stop_deadlines: Default::default(),
             own_oom_score_adj,
             idmap_mounts: crate::storage::idmap::kernel_supports_idmap(),
             host_facts: crate::container::spec::HostFacts::probe(),

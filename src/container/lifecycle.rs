@@ -3,6 +3,7 @@
 use super::{watched, ContainerPaths, ContainerRecord, ContainerState};
 use crate::daemon::{ok_if_missing, Daemon, Error, Result};
 use std::time::Duration;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 /// How long a SIGKILLed container may take to be reaped before Stop reports DeadlineExceeded.
@@ -43,8 +44,13 @@ pub async fn start(d: &Daemon, id: &str) -> Result<()> {
 /// Stops a container: its stop signal (the image's StopSignal, else SIGTERM), then SIGKILL after
 /// `timeout` seconds (0 = SIGKILL at once). A container that is not running, or does not exist,
 /// is Ok (CRI: StopContainer is idempotent).
+///
+/// A call made while another stop of the same container waits for it to end moves that stop's
+/// SIGKILL to this call's deadline when it is sooner (`stopdeadline`), then returns once the
+/// container has ended.
 pub async fn stop(d: &Daemon, id: &str, timeout: i64) -> Result<()> {
     let Some(r) = ok_if_missing(super::get(d, id))? else { return Ok(()) };
+    d.stop_deadlines.shorten(&r.id, Instant::now() + Duration::from_secs(timeout.max(0) as u64));
     let lock = d.lock_for(&r.id);
     let _guard = lock.lock().await;
     let span = tracing::info_span!("stop_container", container = %r.id, sandbox = %r.sandbox_id);
@@ -67,11 +73,23 @@ async fn stop_locked(d: &Daemon, r: ContainerRecord, timeout: i64) -> Result<Con
     let paths = ContainerPaths::new(d, &r.id);
     if timeout > 0 {
         let signal = super::signal::parse_signal(&r.stop_signal).unwrap_or(libc::SIGTERM);
+        let mut reg = d.stop_deadlines.begin(&r.id, Instant::now() + Duration::from_secs(timeout as u64));
         runtime.kill(&r.id, signal, false).await?;
-        if let Some(ended) = watched(&paths, &r).wait(Duration::from_secs(timeout as u64)).await {
-            return finish(d, r, &ended);
+        let w = watched(&paths, &r);
+        loop {
+            let remaining = reg.deadline.borrow_and_update().saturating_duration_since(Instant::now());
+            tokio::select! {
+                ended = w.wait(remaining) => match ended {
+                    Some(ended) => return finish(d, r, &ended),
+                    None => break,
+                },
+                // A later stop or a remove shortened the deadline: wait again with what is left.
+                // (An Err, the sender gone, disables this branch; the wait then runs out.)
+                Ok(()) = reg.deadline.changed() => {}
+            }
         }
-        tracing::info!(timeout, "container ignored its stop signal; sending SIGKILL");
+        drop(reg);
+        tracing::info!(timeout, "container did not end on its stop signal in time; sending SIGKILL");
     }
     runtime.kill(&r.id, libc::SIGKILL, false).await?;
     match watched(&paths, &r).wait(KILL_GRACE).await {
@@ -98,6 +116,8 @@ fn finish(d: &Daemon, r: ContainerRecord, ended: &super::liveness::Ended) -> Res
 pub async fn remove(d: &Daemon, id: &str) -> Result<()> {
     let Some(r) = ok_if_missing(super::get(d, id))? else { return Ok(()) };
     let full_id = r.id.clone();
+    // A graceful stop waiting on it ends now: removal kills at once.
+    d.stop_deadlines.shorten(&full_id, Instant::now());
     let lock = d.lock_for(&full_id);
     let guard = lock.lock().await;
     let span = tracing::info_span!("remove_container", container = %r.id, sandbox = %r.sandbox_id);

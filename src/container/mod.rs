@@ -11,6 +11,7 @@ mod create;
 mod exec;
 pub mod imagevol;
 mod lifecycle;
+pub mod stopdeadline;
 pub mod logs;
 pub mod mac;
 pub mod seccomp;

@@ -41,6 +41,39 @@ pub async fn stop_timeout_kills(ctx: &Ctx) -> Result<()> {
     ctx.remove_pod(&pod.id).await
 }
 
+/// A forced stop preempts a graceful one (issue #11): while `StopContainer(timeout=60)` waits on
+/// a process that ignores SIGTERM, `StopContainer(timeout=0)` (kubelet's force delete) kills it
+/// at once, and both calls return within seconds, not after the 60 s grace period.
+pub async fn stop_force_preempts_graceful(ctx: &Ctx) -> Result<()> {
+    let pod = ctx.run_pod("preempt").await?;
+    let result = async {
+        let id = ctx.start_container(&pod, "stubborn", &ctx.images.busybox, &["sh", "-c", "trap '' TERM; echo trapped; sleep 1000"]).await?;
+        ctx.wait_container_state(&id, cri::ContainerState::ContainerRunning, Duration::from_secs(30)).await?;
+        let st = ctx.container_status(&id).await?;
+        super::util::read_log(&pod, &st, 1).await.context("waiting for the trap to be set")?;
+        let t0 = Instant::now();
+        let limit = Duration::from_secs(20);
+        let graceful = async { (tokio::time::timeout(limit, stop(ctx, &id, 60)).await, t0.elapsed()) };
+        let forced = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let t1 = Instant::now();
+            (tokio::time::timeout(limit, stop(ctx, &id, 0)).await, t1.elapsed())
+        };
+        let ((g, g_took), (f, f_took)) = tokio::join!(graceful, forced);
+        eprintln!("note container_stop_force_preempts_graceful: graceful returned after {g_took:?}, forced after {f_took:?}");
+        check(matches!(f, Ok(Ok(()))), || format!("StopContainer(timeout=0) during a graceful stop: {f:?} after {f_took:?}, expected Ok at once"))?;
+        check(matches!(g, Ok(Ok(()))), || format!("the graceful StopContainer(timeout=60): {g:?} after {g_took:?}, expected Ok once the forced stop killed it"))?;
+        check(f_took < Duration::from_secs(10), || format!("the forced stop took {f_took:?}"))?;
+        let st = ctx.container_status(&id).await?;
+        check(st.state == cri::ContainerState::ContainerExited as i32 && st.exit_code == 137, || {
+            format!("after both stops: state {} exit_code {}, expected EXITED 137", state_name(st.state), st.exit_code)
+        })
+    }
+    .await;
+    ctx.remove_pod(&pod.id).await?;
+    result
+}
+
 /// StopContainer twice and RemoveContainer twice are all Ok; the container is then gone.
 pub async fn stop_remove_twice(ctx: &Ctx) -> Result<()> {
     let pod = ctx.run_pod("twice").await?;

@@ -81,6 +81,7 @@ pub fn all() -> Vec<Case> {
         case!("container_create_in_missing_pod", container::create_in_missing_pod),
         case!("container_duplicate_name", container::duplicate_name),
         case!("container_stop_timeout_kills", exec::stop_timeout_kills),
+        case!("container_stop_force_preempts_graceful", exec::stop_force_preempts_graceful),
         case!("container_stop_remove_twice", exec::stop_remove_twice),
         case!("exec_sync_output", exec::exec_sync_output),
         case!("exec_sync_timeout", exec::exec_sync_timeout),
