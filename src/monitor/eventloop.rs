@@ -151,6 +151,13 @@ pub fn run(
         }
     }
 
+    // Without a PID namespace of its own, the container's other processes outlive its main
+    // process (they are reparented to the pod's or the host's PID 1): end them, as runc's own
+    // PID namespace would, and as containerd's shim does (`shouldKillAllOnExit`).
+    if !exec_mode && kill_all_on_exit(&spec.bundle) {
+        kill_remaining(spec);
+    }
+
     // The container is gone: take what is still buffered in the pipes / pty without waiting for
     // EOF (a daemonized grandchild may keep the write ends open forever).
     for s in sources.iter_mut().filter(|s| s.open) {
@@ -178,6 +185,44 @@ pub fn run(
     // Clients see the connection end only now, with the exit file in place.
     drop(attach);
     code
+}
+
+/// Whether the OCI spec in `<bundle>/config.json` gives the container no PID namespace of its
+/// own: its `linux.namespaces` has no `pid` entry (the host's) or one with a `path` (the pod's).
+/// An unreadable spec counts as its own namespace (nothing is killed on a guess).
+fn kill_all_on_exit(bundle: &std::path::Path) -> bool {
+    match std::fs::read(bundle.join("config.json")).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()) {
+        Some(config) => shares_pid_namespace(&config),
+        None => false,
+    }
+}
+
+/// [`kill_all_on_exit`] of a parsed OCI spec.
+fn shares_pid_namespace(config: &serde_json::Value) -> bool {
+    let namespaces = config.pointer("/linux/namespaces").and_then(|n| n.as_array()).cloned().unwrap_or_default();
+    !namespaces.iter().any(|ns| ns["type"] == "pid" && ns.get("path").and_then(|p| p.as_str()).is_none_or(str::is_empty))
+}
+
+/// `runtime kill --all <id> KILL`: SIGKILL to every process left in the container's cgroup (runc
+/// signals a stopped container's cgroup too). Failures go to the monitor's diagnostics.
+fn kill_remaining(spec: &MonitorSpec) {
+    let out = std::process::Command::new(&spec.runtime)
+        .arg("--root")
+        .arg(&spec.runtime_root)
+        .args(["kill", "--all", &spec.id, "KILL"])
+        .stdin(std::process::Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => diag(&spec.bundle, &format!("kill --all after exit: {}: {}", o.status, String::from_utf8_lossy(&o.stderr).trim())),
+        Err(e) => diag(&spec.bundle, &format!("kill --all after exit: {e}")),
+    }
+    // Reap what the kill ended among our own children (the subreaper gets orphans too).
+    while let Ok(st) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+        if st == WaitStatus::StillAlive {
+            break;
+        }
+    }
 }
 
 fn source(fd: OwnedFd, stream: Stream) -> Source {
@@ -301,5 +346,24 @@ fn write_exit_file(spec: &MonitorSpec, info: &ExitInfo, create_dir: bool) -> i32
             diag(&spec.bundle, &format!("write exit file {:?}: {e}", spec.exit_file));
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn kill_all_only_without_a_pid_namespace_of_its_own() {
+        let own = json!({"linux": {"namespaces": [{"type": "mount"}, {"type": "pid"}]}});
+        let pod = json!({"linux": {"namespaces": [{"type": "pid", "path": "/proc/42/ns/pid"}]}});
+        let host = json!({"linux": {"namespaces": [{"type": "mount"}, {"type": "network"}]}});
+        let empty_path = json!({"linux": {"namespaces": [{"type": "pid", "path": ""}]}});
+        assert!(!shares_pid_namespace(&own), "its own namespace: runc ends the rest with its init");
+        assert!(shares_pid_namespace(&pod), "the pod's namespace");
+        assert!(shares_pid_namespace(&host), "the host's namespace");
+        assert!(!shares_pid_namespace(&empty_path), "an empty path is a new namespace");
+        assert!(!kill_all_on_exit(std::path::Path::new("/nonexistent")), "no spec, no guess");
     }
 }

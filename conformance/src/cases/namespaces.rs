@@ -12,7 +12,7 @@ use std::time::Duration;
 
 /// The cases of this module, in run order.
 pub fn cases() -> Vec<Case> {
-    vec![case!("namespaces_pid_ipc_modes", pid_ipc_modes)]
+    vec![case!("namespaces_pid_ipc_modes", pid_ipc_modes), case!("namespaces_pod_pid_children_die_with_main", pod_pid_children_die_with_main)]
 }
 
 /// Runs a container with `opts` in `pod` that prints its pid and ipc namespace links; returns
@@ -60,6 +60,36 @@ pub async fn pid_ipc_modes(ctx: &Ctx) -> Result<()> {
         check(own.1 == a.1, || format!("PID CONTAINER changed the IPC namespace: {} vs the pod's {}", own.1, a.1))?;
         check(node == (host_pid.clone(), host_ipc.clone()), || format!("PID and IPC NODE gave {node:?}, expected the host's ({host_pid}, {host_ipc})"))?;
         Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    let removed = ctx.remove_pod(&pod.id).await;
+    r?;
+    removed
+}
+
+/// In a pod-level PID namespace, a container's background processes die with its main process
+/// (issue #11), as they do with a PID namespace of its own: a second container of the pod sees
+/// no `sleep 1234` left once the first has exited.
+pub async fn pod_pid_children_die_with_main(ctx: &Ctx) -> Result<()> {
+    let pod = ctx.run_pod("pidkill").await?;
+    let r = async {
+        let watcher = ctx.start_container(&pod, "watcher", &ctx.images.busybox, &["sleep", "100000"]).await?;
+        ctx.wait_container_state(&watcher, cri::ContainerState::ContainerRunning, Duration::from_secs(30)).await?;
+        let main = ctx.start_container(&pod, "main", &ctx.images.busybox, &["sh", "-c", "sleep 1234 & echo started; sleep 1"]).await?;
+        ctx.wait_container_state(&main, cri::ContainerState::ContainerExited, Duration::from_secs(30)).await?;
+        let count = "ps | grep -c '[s]leep 1234'";
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let out = ctx.exec(&watcher, &["sh", "-c", count], 10).await?;
+            let left = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if left == "0" {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!("{left} `sleep 1234` still running in the pod's PID namespace 5 s after its container exited");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
     .await;
     let removed = ctx.remove_pod(&pod.id).await;
