@@ -9,9 +9,9 @@
 //! - a line longer than [`MAX_LINE`] bytes is cut into `P` records of [`MAX_LINE`] bytes, the
 //!   rest of the line is the `F` record;
 //! - an incomplete line still pending at EOF or container exit is written as an `F` record by
-//!   [`LineBuffer::flush`]: the stream has ended, so the line is complete (containerd's logger,
-//!   Go's `bufio.ReadLine` at EOF, does the same; a trailing `P` would leave kubelet's reader
-//!   waiting for an `F` that never comes, and the last line of a crashed program half-shown);
+//!   [`LineBuffer::flush`]: the stream has ended, so the line is complete. A trailing `P` is a
+//!   line never finished, which log shippers wait on (containerd 1.6 writes one,
+//!   containerd/containerd#4813; conmon ends it with an empty `F` since conmon#592);
 //! - one `\r` right before the `\n` is dropped (a tty writes `\r\n`; Go's `bufio.ReadLine`, which
 //!   containerd's CRI logger uses, strips it the same way); any other `\r` is kept.
 //! - bytes are copied as they are; no UTF-8 validation (the log is a byte stream).
