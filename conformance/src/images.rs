@@ -8,6 +8,7 @@
 //! - `user`: busybox plus `app:x:1234:1234` and config `User "app"`.
 //! - `layers`: busybox plus 3 layers (gzip, zstd, uncompressed) exercising whiteouts and an
 //!   opaque directory.
+//! - `deep`: busybox plus 120 one-file layers; `scratch`: a config without any layer.
 //! - `pause`: one static program that waits for SIGTERM/SIGINT and exits 0 (containerd's
 //!   `sandbox_image`).
 
@@ -35,6 +36,11 @@ pub struct TestImages {
     pub user: String,
     /// `<reg>/layers:latest` (whiteouts, opaque dir, gzip+zstd+plain layers).
     pub layers: String,
+    /// `<reg>/deep:latest`: busybox plus 120 one-file layers (`/deep/<n>`), more than one page of
+    /// overlay mount data with the store's full layer paths.
+    pub deep: String,
+    /// `<reg>/scratch:latest`: a config and no layer at all (`FROM scratch` with only metadata).
+    pub scratch: String,
     /// `<reg>/pause:latest`, only pushed when asked (containerd's sandbox_image).
     pub pause: Option<String>,
     /// A reference that does not exist in the registry.
@@ -174,6 +180,19 @@ pub fn build_and_push(reg: &Registry, work: &Path, with_pause: bool) -> Result<T
     let l3 = compress(l3.finish()?, Compression::None, false)?;
     let lcfg = config_json("amd64", &[&base, &l1, &l2, &l3], "", &[], &["sh"]);
     push_image(reg, "layers", "latest", &lcfg, &[&base, &l1, &l2, &l3], false)?;
+    // deep:latest: 120 tiny layers on busybox.
+    let mut deep = vec![base];
+    for i in 0..120 {
+        let mut t = TarBuilder::new();
+        t.file(&format!("deep/{i}"), 0o644, format!("layer {i}\n").as_bytes())?;
+        deep.push(compress(t.finish()?, Compression::Gzip, false)?);
+    }
+    let refs: Vec<&Layer> = deep.iter().collect();
+    let dcfg = config_json("amd64", &refs, "", &[], &["sh"]);
+    push_image(reg, "deep", "latest", &dcfg, &refs, false)?;
+    // scratch:latest: no layers.
+    let scfg = config_json("amd64", &[], "", &["/bin/busybox"], &["true"]);
+    push_image(reg, "scratch", "latest", &scfg, &[], false)?;
     // pause:latest.
     let pause = if with_pause {
         let p = compress(pause_tar(work)?, Compression::Gzip, false)?;
@@ -190,6 +209,8 @@ pub fn build_and_push(reg: &Registry, work: &Path, with_pause: bool) -> Result<T
         busybox_multiarch: format!("{addr}/busybox:multiarch"),
         user: format!("{addr}/user:latest"),
         layers: format!("{addr}/layers:latest"),
+        deep: format!("{addr}/deep:latest"),
+        scratch: format!("{addr}/scratch:latest"),
         pause,
         missing: format!("{addr}/does-not-exist:latest"),
         registry: addr,

@@ -18,54 +18,24 @@ fn sys_err(op: &'static str, target: &Path) -> impl FnOnce(nix::Error) -> Storag
     move |source| StorageError::Syscall { op, target, source }
 }
 
-/// The overlay mount data for `lowers` given base layer FIRST (as layers are stacked in an image
-/// manifest): `lowerdir=<top>:...:<base>,upperdir=<upper>,workdir=<work>` (overlayfs lists the
-/// top layer first), plus `index=off` when the kernel has the overlay index feature, as
-/// containerd does, so an upper can be reused with a re-created lower. Errors: no lower layer, a
-/// path holding `:`, `,` or `\` (they would need escaping), or data longer than
-/// [`MAX_MOUNT_DATA`] (an image with very many layers; shortening the paths with symlinks is
-/// not implemented yet).
-pub fn overlay_options(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<String, StorageError> {
-    let invalid = |reason: String| StorageError::Invalid {
-        target: target.to_path_buf(),
-        reason,
-    };
-    if lowers.is_empty() {
-        return Err(invalid("overlay needs at least one lower layer".into()));
-    }
-    for p in lowers.iter().map(PathBuf::as_path).chain([upper, work]) {
-        let s = p.to_string_lossy();
-        if s.contains([':', ',', '\\']) {
-            return Err(invalid(format!(
-                "path {s:?} contains ':', ',' or '\\', which overlay options cannot hold"
-            )));
-        }
-    }
-    let lowerdir: Vec<String> = lowers.iter().rev().map(|p| p.to_string_lossy().into_owned()).collect();
-    let mut data = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lowerdir.join(":"),
-        upper.to_string_lossy(),
-        work.to_string_lossy()
-    );
-    if Path::new("/sys/module/overlay/parameters/index").exists() {
-        data.push_str(",index=off");
-    }
-    if data.len() > MAX_MOUNT_DATA {
-        return Err(invalid(format!(
-            "overlay mount data is {} bytes for {} layers, more than one page ({MAX_MOUNT_DATA})",
-            data.len(),
-            lowers.len()
-        )));
-    }
-    Ok(data)
-}
-
 /// Mounts an overlay at `target` with `lowers` (base layer FIRST) read-only under the writable
 /// `upper` (`work` is overlayfs' scratch dir on the same filesystem as `upper`). `upper`, `work`
-/// and `target` are created when missing; every lower must exist. Errors name the target.
+/// and `target` are created when missing; every lower must exist.
+///
+/// An image without layers (scratch plus config) gets one empty lower, `<upper>/../lower-empty`
+/// (overlayfs needs a lower). Mount data over one page (an image of ~50 layers or more at
+/// berth's path lengths) is mounted with short relative lower names ([`mount_short_lowers`]),
+/// as containerd and CRI-O do. Errors name the target.
 pub fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<(), StorageError> {
-    let data = overlay_options(lowers, upper, work, target)?;
+    let empty_lower;
+    let lowers = if lowers.is_empty() {
+        empty_lower = vec![upper.with_file_name("lower-empty")];
+        std::fs::create_dir_all(&empty_lower[0]).map_err(io_err("create empty lower dir", &empty_lower[0]))?;
+        &empty_lower[..]
+    } else {
+        lowers
+    };
+    check_option_paths(lowers.iter().map(PathBuf::as_path).chain([upper, work]), target)?;
     for l in lowers {
         if !l.is_dir() {
             return Err(StorageError::Invalid {
@@ -81,36 +51,87 @@ pub fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Pat
     ] {
         std::fs::create_dir_all(d).map_err(io_err(what, d))?;
     }
+    let data = |lowerdir: &str| {
+        let mut data = format!("lowerdir={lowerdir},upperdir={},workdir={}", upper.to_string_lossy(), work.to_string_lossy());
+        if Path::new("/sys/module/overlay/parameters/index").exists() {
+            data.push_str(",index=off");
+        }
+        data
+    };
+    let full = data(&lowerdir_top_first(lowers));
+    if full.len() > MAX_MOUNT_DATA {
+        return mount_short_lowers(lowers, data, false, target, &upper.with_file_name("lower-links"));
+    }
     mount(
         Some("overlay"),
         target,
         Some("overlay"),
         MsFlags::empty(),
-        Some(data.as_str()),
+        Some(full.as_str()),
     )
     .map_err(sys_err("mount overlay on", target))
 }
 
-/// The mount data of a read-only overlay of `lowers` (base layer FIRST) without an upper layer:
-/// `lowerdir=<top>:...:<base>`. Errors as [`overlay_options`]; overlayfs needs two lowers or
-/// more without an upper, so a single layer is an error here (see [`mount_layers_readonly`]).
-pub fn readonly_overlay_options(lowers: &[PathBuf], target: &Path) -> Result<String, StorageError> {
-    let invalid = |reason: String| StorageError::Invalid { target: target.to_path_buf(), reason };
-    if lowers.len() < 2 {
-        return Err(invalid(format!("a read-only overlay needs two lower layers or more, got {}", lowers.len())));
-    }
-    for p in lowers {
+/// `<top>:...:<base>` of `lowers` given base FIRST.
+fn lowerdir_top_first(lowers: &[PathBuf]) -> String {
+    lowers.iter().rev().map(|p| p.to_string_lossy().into_owned()).collect::<Vec<_>>().join(":")
+}
+
+/// Refuses paths overlay options cannot hold (`:`, `,`, `\` would need escaping).
+fn check_option_paths<'a>(paths: impl Iterator<Item = &'a Path>, target: &Path) -> Result<(), StorageError> {
+    for p in paths {
         let s = p.to_string_lossy();
         if s.contains([':', ',', '\\']) {
-            return Err(invalid(format!("path {s:?} contains ':', ',' or '\\', which overlay options cannot hold")));
+            return Err(StorageError::Invalid {
+                target: target.to_path_buf(),
+                reason: format!("path {s:?} contains ':', ',' or '\\', which overlay options cannot hold"),
+            });
         }
     }
-    let lowerdir: Vec<String> = lowers.iter().rev().map(|p| p.to_string_lossy().into_owned()).collect();
-    let data = format!("lowerdir={}", lowerdir.join(":"));
-    if data.len() > MAX_MOUNT_DATA {
-        return Err(invalid(format!("overlay mount data is {} bytes for {} layers, more than one page ({MAX_MOUNT_DATA})", data.len(), lowers.len())));
+    Ok(())
+}
+
+/// Mounts an overlay whose lower list is too long for one page of mount data: `links` (made
+/// afresh) gets one symlink per lower named by its position (`0` is the top layer), and
+/// mount(8) runs with `links` as its working directory so that `lowerdir=0:1:...` resolves
+/// there (overlayfs resolves the lower paths once, at mount time; the links go afterwards). A
+/// separate process, because the daemon's threads share one working directory. `data` makes the
+/// whole mount data from a lowerdir value; `readonly` adds `-r`.
+///
+/// Errors: data still over one page (over ~800 layers), the links, mount(8) failing (its
+/// message is in the error).
+pub fn mount_short_lowers(lowers: &[PathBuf], data: impl Fn(&str) -> String, readonly: bool, target: &Path, links: &Path) -> Result<(), StorageError> {
+    let names: Vec<String> = (0..lowers.len()).map(|i| i.to_string()).collect();
+    let short = data(&names.join(":"));
+    if short.len() > MAX_MOUNT_DATA {
+        return Err(StorageError::Invalid {
+            target: target.to_path_buf(),
+            reason: format!("overlay mount data is {} bytes for {} layers even with short lower names, more than one page ({MAX_MOUNT_DATA})", short.len(), lowers.len()),
+        });
     }
-    Ok(data)
+    let _ = std::fs::remove_dir_all(links);
+    std::fs::create_dir_all(links).map_err(io_err("create lower links dir", links))?;
+    let result = (|| {
+        for (name, lower) in names.iter().zip(lowers.iter().rev()) {
+            let link = links.join(name);
+            std::os::unix::fs::symlink(lower, &link).map_err(io_err("link lower layer", &link))?;
+        }
+        let mut cmd = std::process::Command::new("mount");
+        cmd.args(["-t", "overlay", "overlay", "-o", &short]);
+        if readonly {
+            cmd.arg("-r");
+        }
+        let out = cmd.arg(target).current_dir(links).stdin(std::process::Stdio::null()).output().map_err(io_err("run mount(8) for", target))?;
+        if !out.status.success() {
+            return Err(StorageError::Invalid {
+                target: target.to_path_buf(),
+                reason: format!("mount(8) of an overlay of {} layers: {}: {}", lowers.len(), out.status, String::from_utf8_lossy(&out.stderr).trim()),
+            });
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(links);
+    result
 }
 
 /// Mounts the image layers `lowers` (base FIRST) read-only at `target` (created when missing):
@@ -135,7 +156,12 @@ pub fn mount_layers_readonly(lowers: &[PathBuf], target: &Path) -> Result<(), St
             Ok(())
         }
         _ => {
-            let data = readonly_overlay_options(lowers, target)?;
+            check_option_paths(lowers.iter().map(PathBuf::as_path), target)?;
+            let data = format!("lowerdir={}", lowerdir_top_first(lowers));
+            if data.len() > MAX_MOUNT_DATA {
+                let links = target.with_file_name(format!("{}.lower-links", target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()));
+                return mount_short_lowers(lowers, |l| format!("lowerdir={l}"), true, target, &links);
+            }
             mount(Some("overlay"), target, Some("overlay"), MsFlags::MS_RDONLY, Some(data.as_str())).map_err(sys_err("mount overlay on", target))
         }
     }

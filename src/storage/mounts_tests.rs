@@ -7,26 +7,65 @@ fn is_root() -> bool {
 }
 
 #[test]
-fn overlay_options_reverse_lowers_and_check_limits() {
-    let lowers = vec![
-        PathBuf::from("/l/base"),
-        PathBuf::from("/l/mid"),
-        PathBuf::from("/l/top"),
-    ];
-    let data = overlay_options(&lowers, Path::new("/u"), Path::new("/w"), Path::new("/t")).unwrap();
-    assert!(
-        data.starts_with("lowerdir=/l/top:/l/mid:/l/base,upperdir=/u,workdir=/w"),
-        "{data}"
-    );
-    let err = overlay_options(&[], Path::new("/u"), Path::new("/w"), Path::new("/t")).unwrap_err();
-    assert!(err.to_string().contains("/t"), "{err}");
-    let bad = vec![PathBuf::from("/l/a:b")];
-    assert!(overlay_options(&bad, Path::new("/u"), Path::new("/w"), Path::new("/t")).is_err());
-    let many: Vec<PathBuf> = (0..200)
-        .map(|i| PathBuf::from(format!("/var/lib/berth/layers/{i:064}")))
+fn lowers_top_first_and_paths_overlay_can_hold() {
+    let lowers = vec![PathBuf::from("/l/base"), PathBuf::from("/l/mid"), PathBuf::from("/l/top")];
+    assert_eq!(lowerdir_top_first(&lowers), "/l/top:/l/mid:/l/base");
+    assert!(check_option_paths([Path::new("/l/a")].into_iter(), Path::new("/t")).is_ok());
+    for bad in ["/l/a:b", "/l/a,b", "/l/a\\b"] {
+        let err = check_option_paths([Path::new(bad)].into_iter(), Path::new("/t")).unwrap_err();
+        assert!(err.to_string().contains("/t"), "{err}");
+    }
+}
+
+/// An image of 150 layers (mount data of ~6 KiB at real path lengths) and one of none both
+/// mount; every layer's file is visible, the top layer wins, and the lower links are gone.
+#[test]
+fn many_layers_and_no_layers_mount_root() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let long = d.path().join("layers-with-a-long-directory-name-like-a-real-root");
+    let lowers: Vec<PathBuf> = (0..150)
+        .map(|i| {
+            let l = long.join(format!("{i:064}")).join("diff");
+            std::fs::create_dir_all(&l).unwrap();
+            std::fs::write(l.join(format!("f{i}")), b"x").unwrap();
+            std::fs::write(l.join("which"), format!("{i}")).unwrap();
+            l
+        })
         .collect();
-    let err = overlay_options(&many, Path::new("/u"), Path::new("/w"), Path::new("/t")).unwrap_err();
-    assert!(err.to_string().contains("one page"), "{err}");
+    assert!(lowerdir_top_first(&lowers).len() > MAX_MOUNT_DATA, "the test must need short names");
+    let c = d.path().join("c");
+    let merged = c.join("rootfs");
+    mount_overlay(&lowers, &c.join("upper"), &c.join("work"), &merged).unwrap();
+    let seen = (0..150).filter(|i| merged.join(format!("f{i}")).exists()).count();
+    let which = std::fs::read_to_string(merged.join("which"));
+    let links_left = c.join("lower-links").exists();
+    unmount(&merged).unwrap();
+    assert_eq!(seen, 150);
+    assert_eq!(which.unwrap(), "149", "the last layer is the top");
+    assert!(!links_left, "the lower links are removed once mounted");
+
+    let ro = d.path().join("vol");
+    mount_layers_readonly(&lowers, &ro).unwrap();
+    let seen_ro = merged_count(&ro);
+    let write = std::fs::write(ro.join("new"), b"x");
+    unmount(&ro).unwrap();
+    assert_eq!(seen_ro, 150);
+    assert!(write.is_err(), "a read-only overlay");
+
+    let e = d.path().join("e");
+    mount_overlay(&[], &e.join("upper"), &e.join("work"), &e.join("rootfs")).unwrap();
+    std::fs::write(e.join("rootfs/written"), b"x").unwrap();
+    let in_upper = e.join("upper/written").exists();
+    unmount(&e.join("rootfs")).unwrap();
+    assert!(in_upper, "an image without layers still gets a writable root");
+}
+
+fn merged_count(dir: &Path) -> usize {
+    (0..150).filter(|i| dir.join(format!("f{i}")).exists()).count()
 }
 
 #[test]

@@ -4,6 +4,7 @@ use super::util::check;
 use crate::ctx::{skip, spec, Ctx};
 use anyhow::{Context, Result};
 use berth::cri::v1 as cri;
+use std::time::Duration;
 
 /// Version: runtime_api_version "v1", a non-empty runtime_name.
 pub async fn version(ctx: &Ctx) -> Result<()> {
@@ -76,6 +77,40 @@ pub async fn pull_tag_and_digest(ctx: &Ctx) -> Result<()> {
     check(!i.repo_tags.contains(&bare_tag), || format!("repo_tags {:?} gained {bare_tag}: the tag of a digested reference must not name the image", i.repo_tags))?;
     let by_tag = status_of(ctx, &bare_tag).await?;
     check(by_tag.is_none(), || format!("ImageStatus {bare_tag} found {:?}; the registry has no such tag", by_tag.map(|x| x.id)))
+}
+
+/// An image of 121 layers (busybox plus 120 one-file layers) starts and shows every layer: the
+/// overlay's lower list is longer than one page of mount data (issue #11).
+pub async fn many_layers_run(ctx: &Ctx) -> Result<()> {
+    let cmd = ["sh", "-c", "ls /deep | wc -l; cat /deep/0 /deep/119"];
+    let (pod, st, lines) = super::util::run_to_exit(ctx, "deep", &ctx.images.deep, &cmd, 3).await?;
+    ctx.remove_pod(&pod.id).await?;
+    let got: Vec<&str> = lines.iter().map(|l| l.text.trim()).collect();
+    check(st.exit_code == 0 && got == ["120", "layer 0", "layer 119"], || format!("exit {} and output {got:?}, expected 0 and [120, layer 0, layer 119]", st.exit_code))
+}
+
+/// An image with no layer at all (a config only) starts: its root is an empty writable
+/// directory, here given Debian's busybox and its libraries by read-only host mounts (issue #11).
+pub async fn no_layers_run(ctx: &Ctx) -> Result<()> {
+    let pod = ctx.run_pod("scratch").await?;
+    let r = async {
+        // The image's Entrypoint is /bin/busybox: these are its arguments.
+        let mut config = ctx.container_config("scratch", &ctx.images.scratch, &[]);
+        config.args = ["sh", "-c", "echo scratch ok; echo made > /made && echo root writable"].iter().map(|s| s.to_string()).collect();
+        for (host, inside) in [("/bin/busybox", "/bin/busybox"), ("/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu"), ("/lib64", "/lib64")] {
+            let host = std::fs::canonicalize(host)?;
+            config.mounts.push(cri::Mount { host_path: host.display().to_string(), container_path: inside.into(), readonly: true, ..Default::default() });
+        }
+        let id = ctx.create_with(&pod, config).await?;
+        ctx.rt().start_container(cri::StartContainerRequest { container_id: id.clone() }).await.context("StartContainer of a layerless image")?;
+        let st = ctx.wait_container_state(&id, cri::ContainerState::ContainerExited, Duration::from_secs(60)).await?;
+        let lines = super::util::read_log(&pod, &st, 2).await?;
+        let got: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+        check(st.exit_code == 0 && got == ["scratch ok", "root writable"], || format!("exit {} and output {got:?}", st.exit_code))
+    }
+    .await;
+    ctx.remove_pod(&pod.id).await?;
+    r
 }
 
 /// PullImage of a Docker schema2 manifest.

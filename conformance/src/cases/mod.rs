@@ -54,6 +54,8 @@ pub fn all() -> Vec<Case> {
         case!("pull_by_tag", image::pull_by_tag),
         case!("pull_by_digest", image::pull_by_digest),
         case!("pull_tag_and_digest", image::pull_tag_and_digest),
+        case!("image_many_layers_runs", image::many_layers_run),
+        case!("image_without_layers_runs", image::no_layers_run),
         case!("pull_docker_schema2", image::pull_docker_schema2),
         case!("pull_multiarch_index", image::pull_multiarch_index),
         case!("pull_missing_image", image::pull_missing_image),
