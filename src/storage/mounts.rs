@@ -23,7 +23,7 @@ fn sys_err(op: &'static str, target: &Path) -> impl FnOnce(nix::Error) -> Storag
 /// and `target` are created when missing; every lower must exist.
 ///
 /// An image without layers (scratch plus config) gets one empty lower, `<upper>/../lower-empty`
-/// (overlayfs needs a lower). Mount data over one page (an image of ~50 layers or more at
+/// (overlayfs needs a lower). Mount data over one page (an image of ~40 layers or more at
 /// berth's path lengths) is mounted with short relative lower names ([`mount_short_lowers`]),
 /// as containerd and CRI-O do. Errors name the target.
 pub fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<(), StorageError> {
