@@ -20,6 +20,7 @@ pub mod network;
 pub mod oci;
 pub mod pause;
 pub mod sandbox;
+pub mod sdnotify;
 pub mod server;
 pub mod state;
 pub mod stats;

@@ -94,6 +94,17 @@ impl Ctx {
         Ok(())
     }
 
+    /// Restarts the daemon with `env` added to its environment (empty: back to none).
+    pub async fn restart_daemon_with_env(&self, env: Vec<(String, String)>) -> Result<()> {
+        let mut d = self.daemon.lock().await;
+        d.env = env;
+        let c = d.restart().await?;
+        if let Ok(mut g) = self.clients.lock() {
+            *g = c;
+        }
+        Ok(())
+    }
+
     /// Stops the daemon (for restart cases that need downtime); [`Ctx::start_daemon`] brings it back.
     pub async fn stop_daemon(&self) -> Result<()> {
         if !self.can_restart() {

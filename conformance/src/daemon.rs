@@ -31,6 +31,8 @@ pub struct Daemon {
     pub log: Option<PathBuf>,
     program: PathBuf,
     args: Vec<String>,
+    /// Extra environment of the started daemon (from the next start on).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -188,13 +190,14 @@ impl Daemon {
             log: None,
             program: PathBuf::new(),
             args: Vec::new(),
+            env: Vec::new(),
             child: None,
         }
     }
 
     /// A daemon the harness starts: `program args...`, logging to `log`, serving `socket`.
     pub fn owned(kind: TargetKind, program: PathBuf, args: Vec<String>, socket: PathBuf, log: PathBuf) -> Daemon {
-        Daemon { kind, socket, log: Some(log), program, args, child: None }
+        Daemon { kind, socket, log: Some(log), program, args, env: Vec::new(), child: None }
     }
 
     /// True when the harness started (and so may restart) the daemon.
@@ -220,6 +223,7 @@ impl Daemon {
             let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
             let child = Command::new(&self.program)
                 .args(&self.args)
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log)

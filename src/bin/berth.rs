@@ -105,6 +105,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Before any thread or child exists: no child may inherit NOTIFY_SOCKET (see sdnotify).
+    let notifier = berth::sdnotify::Notifier::from_env();
     let mut config = load(&args.config)?;
     if let Some(v) = args.listen {
         config.listen = v;
@@ -165,7 +167,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
             tracing::info!("shutting down; containers keep running under their monitors");
         };
-        let served = berth::server::serve(daemon, streaming, &listen, shutdown).await;
+        let ready = move || match notifier.notify("READY=1\nSTATUS=serving CRI") {
+            Ok(true) => tracing::info!("told systemd READY=1"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "sd_notify READY=1 failed"),
+        };
+        let served = berth::server::serve(daemon, streaming, &listen, shutdown, ready).await;
         // The CRI socket goes with the server; the inspect socket is ours to remove too.
         if let Err(e) = std::fs::remove_file(&inspect_socket) {
             if e.kind() != std::io::ErrorKind::NotFound {

@@ -26,6 +26,7 @@ pub async fn serve(
     streaming: Arc<crate::streaming::server::StreamingServer>,
     listen: &Path,
     shutdown: impl Future<Output = ()> + Send,
+    on_listening: impl FnOnce(),
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     if let Some(dir) = listen.parent() {
@@ -52,6 +53,8 @@ pub async fn serve(
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
     tracing::info!(socket = %listen.display(), "serving CRI");
+    // Bound and listening: a client connecting now is queued and served.
+    on_listening();
     tonic::transport::Server::builder()
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
         // Per-RPC counts by gRPC code and latency for the /metrics endpoint (metrics::grpc).

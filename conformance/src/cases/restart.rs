@@ -78,3 +78,53 @@ pub async fn upgrade_keeps_records(ctx: &Ctx) -> Result<()> {
     check(ps.status.is_some_and(|s| s.state == cri::PodSandboxState::SandboxReady as i32), || "the pod is not READY after the upgrade".into())?;
     ctx.remove_pod(&pod.id).await
 }
+
+/// Started as a `Type=notify` unit would start it (`NOTIFY_SOCKET` set), berth sends `READY=1`
+/// once its CRI socket answers, and no child inherits the variable: runc would take it as the
+/// container's notify socket and make StartContainer wait for a READY from inside the container.
+/// A pod and a container run to completion under it; the container's monitor has no
+/// `NOTIFY_SOCKET` in its environment (issue #10 item 4).
+pub async fn sd_notify_ready(ctx: &Ctx) -> Result<()> {
+    if ctx.kind != crate::daemon::TargetKind::Berth {
+        return skip("sd_notify is berth's start-up protocol here (containerd's unit is Type=notify too, but the harness starts it directly)");
+    }
+    let sock_path = ctx.tmp.join("notify.sock");
+    let _ = std::fs::remove_file(&sock_path);
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path)?;
+    sock.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let env = vec![("NOTIFY_SOCKET".to_string(), sock_path.display().to_string())];
+    let res = async {
+        ctx.restart_daemon_with_env(env).await.context("restart with NOTIFY_SOCKET")?;
+        let msg = tokio::task::spawn_blocking(move || {
+            let mut buf = [0u8; 256];
+            sock.recv(&mut buf).map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+        })
+        .await?
+        .context("no datagram on NOTIFY_SOCKET within 30 s")?;
+        check(msg.lines().any(|l| l == "READY=1"), || format!("the notify datagram {msg:?} has no READY=1"))?;
+        let pod = ctx.run_pod("sdnotify").await?;
+        let r = async {
+            let id = ctx.start_container(&pod, "sleeper", &ctx.images.busybox, &["sleep", "30"]).await?;
+            ctx.wait_container_state(&id, cri::ContainerState::ContainerRunning, Duration::from_secs(30)).await?;
+            let monitors = crate::proc::pids_mentioning(&id);
+            check(!monitors.is_empty(), || format!("no process names container {id}"))?;
+            for (pid, cmd) in monitors {
+                let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+                check(!environ.split(|b| *b == 0).any(|kv| kv.starts_with(b"NOTIFY_SOCKET=")), || {
+                    format!("process {pid} ({cmd}) of container {id} inherited NOTIFY_SOCKET")
+                })?;
+            }
+            ctx.rt().stop_container(cri::StopContainerRequest { container_id: id.clone(), timeout: 0 }).await?;
+            let st = ctx.container_status(&id).await?;
+            check(st.state == cri::ContainerState::ContainerExited as i32, || format!("after StopContainer: {}", state_name(st.state)))
+        }
+        .await;
+        ctx.remove_pod(&pod.id).await?;
+        r
+    }
+    .await;
+    let back = ctx.restart_daemon_with_env(Vec::new()).await.context("restart without NOTIFY_SOCKET");
+    let _ = std::fs::remove_file(&sock_path);
+    res?;
+    back
+}
