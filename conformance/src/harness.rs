@@ -281,3 +281,20 @@ pub async fn remove_all_pods(c: &mut crate::client::Clients) -> Vec<String> {
     }
     errs
 }
+
+/// Ends what a tool's run left under its temp dir `tmp`: every process whose command line names
+/// `tmp` (container monitors of the berth it started; never this process) gets SIGKILL by PID,
+/// then every mount under `tmp` is lazily unmounted. Each is reported on stderr.
+pub fn end_leftovers_under(tmp: &Path) {
+    for (pid, cmd) in crate::proc::pids_mentioning(&tmp.display().to_string()) {
+        if pid as u32 != std::process::id() {
+            eprintln!("teardown: ending leftover process {pid}: {cmd}");
+            crate::proc::signal_pid(pid, libc::SIGKILL);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for m in mounts_under(tmp) {
+        eprintln!("teardown: unmounting leftover {m}");
+        let _ = Command::new("umount").arg("-l").arg(&m).status();
+    }
+}

@@ -387,17 +387,7 @@ fn teardown(o: &mut Owned) {
         r.stop();
     }
     // Anything still running that names our temp dir (container monitors) was started by us.
-    for (pid, cmd) in proc::pids_mentioning(&o.tmp.display().to_string()) {
-        if pid as u32 != std::process::id() {
-            eprintln!("teardown: ending leftover process {pid}: {cmd}");
-            proc::signal_pid(pid, libc::SIGKILL);
-        }
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    for m in harness::mounts_under(&o.tmp) {
-        eprintln!("teardown: unmounting leftover {m}");
-        let _ = Command::new("umount").arg("-l").arg(&m).status();
-    }
+    harness::end_leftovers_under(&o.tmp);
     if !o.bridge_existed && Path::new("/sys/class/net").join(BRIDGE).exists() {
         let _ = Command::new("ip").args(["link", "del", BRIDGE]).stdout(Stdio::null()).status();
     }

@@ -199,16 +199,8 @@ fn teardown(o: &mut Owned) {
     if let Some(mut r) = o.registry.take() {
         r.stop();
     }
-    for (pid, cmd) in proc::pids_mentioning(&o.tmp.display().to_string()) {
-        if pid as u32 != std::process::id() {
-            eprintln!("teardown: ending leftover process {pid}: {cmd}");
-            proc::signal_pid(pid, libc::SIGKILL);
-        }
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    for m in harness::mounts_under(&o.tmp) {
-        let _ = Command::new("umount").arg("-l").arg(&m).status();
-    }
+    // Anything still running that names our temp dir (container monitors) was started by us.
+    harness::end_leftovers_under(&o.tmp);
     kubelet::remove_created_cgroups(&o.cgroups_before);
     kubelet::remove_pod_logs();
     if !o.bridge_existed && Path::new("/sys/class/net").join(BRIDGE).exists() {
