@@ -18,6 +18,7 @@ use crate::sandbox::{SandboxRecord, SandboxState};
 use crate::cri::v1 as cri;
 use crate::stats::detail::{self, DetailStats};
 use crate::stats::parse::InterfaceCounters;
+use crate::stats::collect::stats_error;
 use crate::stats::{cgroup, host_layout, CgroupStats, StatsError};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -295,54 +296,48 @@ fn pod_interfaces(sb: &SandboxRecord) -> Vec<InterfaceCounters> {
     }
 }
 
-/// The filesystem holding path `p`: (source device, free inodes, inodes, bytes), from
-/// `statvfs(3)` and the longest mount point in `/proc/self/mountinfo` that contains `p`.
-/// `None` when `p` cannot be stat'ed.
-fn filesystem_of(p: &Path) -> Option<(String, u64, u64, u64)> {
+/// The filesystem holding path `p` as [`FsFigures`] without usage: `statvfs(3)` for inodes and
+/// size, the mount source of the mount holding `p` as its device. `None` when `p` cannot be
+/// stat'ed.
+fn filesystem_of(p: &Path) -> Option<FsFigures> {
     let st = nix::sys::statvfs::statvfs(p).map_err(|e| tracing::debug!(path = %p.display(), error = %e, "no filesystem metrics")).ok()?;
-    let p = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let device = mount_source(&mountinfo, &p).unwrap_or_default();
-    let bytes = (st.blocks() as u64).saturating_mul(st.fragment_size() as u64);
-    Some((device, st.files_free() as u64, st.files() as u64, bytes))
-}
-
-/// The source (field after the file system type) of the mount in `mountinfo` whose mount point
-/// is the longest ancestor of `p` (proc(5)); the last such mount wins a tie (it is on top).
-fn mount_source(mountinfo: &str, p: &Path) -> Option<String> {
-    let mut best: Option<(usize, String)> = None;
-    for line in mountinfo.lines() {
-        let Some((left, right)) = line.split_once(" - ") else { continue };
-        let (Some(mount_point), Some(source)) = (left.split(' ').nth(4), right.split(' ').nth(1)) else { continue };
-        let mount_point = crate::storage::unescape_mountinfo(mount_point);
-        if p.starts_with(&mount_point) && best.as_ref().is_none_or(|(len, _)| mount_point.len() >= *len) {
-            best = Some((mount_point.len(), crate::storage::unescape_mountinfo(source)));
-        }
-    }
-    best.map(|(_, s)| s)
+    Some(FsFigures {
+        device: crate::storage::mount_source_of(p).unwrap_or_default(),
+        inodes_free: st.files_free() as u64,
+        inodes_total: st.files() as u64,
+        limit_bytes: (st.blocks() as u64).saturating_mul(st.fragment_size() as u64),
+        usage_bytes: 0,
+    })
 }
 
 /// The metrics of one ready pod sandbox and its running containers. A container whose cgroup
 /// is gone (it just exited) is left out. `fs` is the filesystem of the containers' writable
-/// layers ([`filesystem_of`]). Errors: unreadable cgroup files.
-fn pod_sandbox_metrics(d: &Daemon, sb: &SandboxRecord, containers: &[ContainerRecord], fs: Option<&(String, u64, u64, u64)>) -> Result<cri::PodSandboxMetrics> {
-    let io_error = |id: &str, e: StatsError| match e {
-        StatsError::Io { path, source } => crate::daemon::Error::Io { context: format!("container {id}: reading {}", path.display()), source },
-        StatsError::NoCgroup { cgroup } => crate::daemon::Error::Io { context: format!("container {id}: cgroup {cgroup}"), source: std::io::ErrorKind::NotFound.into() },
-    };
+/// layers ([`filesystem_of`]); `device_names` caches block device names across the call's pods.
+/// Errors: unreadable cgroup files.
+fn pod_sandbox_metrics(
+    d: &Daemon,
+    sb: &SandboxRecord,
+    containers: &[ContainerRecord],
+    fs: Option<&FsFigures>,
+    device_names: &mut BTreeMap<(u32, u32), String>,
+) -> Result<cri::PodSandboxMetrics> {
     let mut container_metrics_list = Vec::new();
     for r in containers.iter().filter(|r| r.sandbox_id == sb.id && r.state == ContainerState::Running) {
         let path = cgroups_path(&sb.cgroup_parent, &r.id);
         let s = match cgroup::read(host_layout(), &path) {
             Ok(s) => s,
             Err(StatsError::NoCgroup { .. }) => continue,
-            Err(e) => return Err(io_error(&r.id, e)),
+            Err(e) => return Err(stats_error("container", &r.id, e)),
         };
-        let detail = detail::read(host_layout(), &path).map_err(|e| io_error(&r.id, e))?;
-        let device_names = detail.io.keys().map(|&(major, minor)| ((major, minor), detail::device_name(major, minor))).collect();
+        let detail = detail::read(host_layout(), &path).map_err(|e| stats_error("container", &r.id, e))?;
+        let names = detail
+            .io
+            .keys()
+            .map(|&(major, minor)| ((major, minor), device_names.entry((major, minor)).or_insert_with(|| detail::device_name(major, minor)).clone()))
+            .collect();
         let upper = crate::container::ContainerPaths::new(d, &r.id).state.join("upper");
-        let fs = fs.and_then(|(device, inodes_free, inodes_total, limit_bytes)| match crate::stats::caches().1.usage(&upper) {
-            Ok((usage_bytes, _)) => Some(FsFigures { device: device.clone(), inodes_free: *inodes_free, inodes_total: *inodes_total, limit_bytes: *limit_bytes, usage_bytes }),
+        let fs = fs.and_then(|fs| match crate::stats::caches().1.usage(&upper) {
+            Ok((usage_bytes, _)) => Some(FsFigures { usage_bytes, ..fs.clone() }),
             Err(e) => {
                 tracing::debug!(container = %r.id, error = %e, "writable layer usage unavailable");
                 None
@@ -358,7 +353,7 @@ fn pod_sandbox_metrics(d: &Daemon, sb: &SandboxRecord, containers: &[ContainerRe
             now_s: (crate::util::now_nanos() / 1_000_000_000) as u64,
             cpu_spec: res.map(|x| (x.cpu_shares, x.cpu_quota, x.cpu_period)).unwrap_or_default(),
             detail,
-            device_names,
+            device_names: names,
             fs,
         };
         container_metrics_list.push(cri::ContainerMetrics {
@@ -379,11 +374,12 @@ fn pod_sandbox_metrics(d: &Daemon, sb: &SandboxRecord, containers: &[ContainerRe
 pub fn list_pod_sandbox_metrics(d: &Daemon) -> Result<Vec<cri::PodSandboxMetrics>> {
     let containers = crate::container::list(d)?;
     let fs = filesystem_of(&crate::stats::collect::container_fs_root(d));
+    let mut device_names = BTreeMap::new();
     let mut out = Vec::new();
     for sb in crate::sandbox::list(d)? {
         let sb = crate::sandbox::refresh(d, sb)?;
         if sb.state == SandboxState::Ready {
-            out.push(pod_sandbox_metrics(d, &sb, &containers, fs.as_ref())?);
+            out.push(pod_sandbox_metrics(d, &sb, &containers, fs.as_ref(), &mut device_names)?);
         }
     }
     Ok(out)
@@ -498,16 +494,6 @@ mod tests {
         for m in sent {
             assert_eq!(m.label_values.len(), desc.label_keys.len(), "{}", m.name);
         }
-    }
-
-    #[test]
-    fn mount_source_is_the_longest_ancestor() {
-        let mi = "22 1 254:1 / / rw - ext4 /dev/vda1 rw\n\
-                  30 22 0:26 / /var/lib rw - xfs /dev/vdb rw\n\
-                  31 22 0:27 / /var/lib/with\\040space rw - tmpfs tmpfs rw\n";
-        assert_eq!(mount_source(mi, Path::new("/var/lib/berth/containers")).as_deref(), Some("/dev/vdb"));
-        assert_eq!(mount_source(mi, Path::new("/var/libx")).as_deref(), Some("/dev/vda1"), "components, not string prefixes");
-        assert_eq!(mount_source(mi, Path::new("/var/lib/with space/x")).as_deref(), Some("tmpfs"));
     }
 
     #[test]

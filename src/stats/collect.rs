@@ -26,7 +26,9 @@ fn u64v(value: u64) -> Option<cri::UInt64Value> {
 }
 
 /// The error for an object whose cgroup could not be read.
-fn stats_error(kind: &str, id: &str, e: StatsError) -> Error {
+/// A stats reader's error as the daemon's: no cgroup is FailedPrecondition (the object is not
+/// running), an unreadable file is Io naming it.
+pub(crate) fn stats_error(kind: &str, id: &str, e: StatsError) -> Error {
     match e {
         StatsError::NoCgroup { .. } => Error::FailedPrecondition(format!("{kind} {id}: no stats: {e}")),
         StatsError::Io { path, source } => Error::Io { context: format!("{kind} {id}: reading {}", path.display()), source },

@@ -238,6 +238,29 @@ pub fn is_mounted(target: &Path) -> bool {
         .any(|mp| unescape_mountinfo(mp) == want)
 }
 
+/// The source (the field after the file system type, e.g. `/dev/vda1`) of the mount that holds
+/// `path`: the mount in `/proc/self/mountinfo` whose mount point is the longest ancestor of the
+/// canonicalized path. `None` when the table cannot be read or nothing matches.
+pub fn mount_source_of(path: &Path) -> Option<String> {
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    mount_source(&std::fs::read_to_string("/proc/self/mountinfo").ok()?, &path)
+}
+
+/// [`mount_source_of`] over the text of a mountinfo (proc(5)); of mounts on the same point the
+/// last one (on top) wins.
+fn mount_source(mountinfo: &str, p: &Path) -> Option<String> {
+    let mut best: Option<(usize, String)> = None;
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let (Some(mount_point), Some(source)) = (left.split(' ').nth(4), right.split(' ').nth(1)) else { continue };
+        let mount_point = unescape_mountinfo(mount_point);
+        if p.starts_with(&mount_point) && best.as_ref().is_none_or(|(len, _)| mount_point.len() >= *len) {
+            best = Some((mount_point.len(), unescape_mountinfo(source)));
+        }
+    }
+    best.map(|(_, s)| s)
+}
+
 /// Decodes mountinfo's octal escapes (`\040` space, `\011` tab, `\012` newline, `\134` backslash).
 pub fn unescape_mountinfo(s: &str) -> String {
     let b = s.as_bytes();

@@ -216,3 +216,14 @@ fn busy_mount_is_detached_root() {
     assert!(!is_mounted(&t));
     drop(f);
 }
+
+#[test]
+fn mount_source_is_the_longest_ancestor() {
+    let mi = "22 1 254:1 / / rw - ext4 /dev/vda1 rw\n\
+              30 22 0:26 / /var/lib rw - xfs /dev/vdb rw\n\
+              31 22 0:27 / /var/lib/with\\040space rw - tmpfs tmpfs rw\n";
+    assert_eq!(mount_source(mi, Path::new("/var/lib/berth/containers")).as_deref(), Some("/dev/vdb"));
+    assert_eq!(mount_source(mi, Path::new("/var/libx")).as_deref(), Some("/dev/vda1"), "components, not string prefixes");
+    assert_eq!(mount_source(mi, Path::new("/var/lib/with space/x")).as_deref(), Some("tmpfs"));
+    assert!(mount_source_of(Path::new("/")).is_some(), "this machine's root has a mount source");
+}
