@@ -4,7 +4,7 @@
 //! `rustc` (the pod pause among them). Media types follow the OCI image spec
 //! (image-layout, manifest, config) and Docker's schema2.
 
-use crate::registry::sha256_digest;
+use crate::registry::{sha256_digest, Registry};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -164,6 +164,74 @@ pub fn ldd_paths(bin: &str) -> Result<Vec<String>> {
         bail!("ldd {bin} listed no libraries; is it a dynamic executable (Debian's busybox is)?");
     }
     Ok(v)
+}
+
+/// Adds Debian's dynamic `/bin/busybox` to `t` with the shared libraries `ldd` lists (at their
+/// paths), a hard link per applet from `busybox --list-full`, and each of `extra` (absolute host
+/// paths of more dynamic programs, with their own libraries; their names win over an applet of
+/// the same path). Errors: a program or library that cannot be read (its Debian package named).
+pub fn busybox_tree(t: &mut TarBuilder, extra: &[(&str, &str)]) -> Result<()> {
+    let bb = std::fs::read("/bin/busybox").context("read /bin/busybox (Debian package busybox)")?;
+    t.file("bin/busybox", 0o755, &bb)?;
+    let mut libs: BTreeSet<String> = ldd_paths("/bin/busybox")?.into_iter().collect();
+    for (bin, pkg) in extra {
+        let data = std::fs::read(bin).with_context(|| format!("read {bin} (Debian package {pkg})"))?;
+        t.file(bin, 0o755, &data)?;
+        libs.extend(ldd_paths(bin)?);
+    }
+    for lib in &libs {
+        // The real file (ldd may name a symlink) under the name the loader looks for.
+        let data = std::fs::read(lib).with_context(|| format!("read {lib}"))?;
+        t.file(lib, 0o755, &data)?;
+    }
+    let list = Command::new("/bin/busybox").arg("--list-full").output().context("busybox --list-full")?;
+    let extra_paths: Vec<&str> = extra.iter().map(|(b, _)| b.trim_start_matches('/')).collect();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let applet = applet.trim();
+        if applet.is_empty() || applet == "bin/busybox" || extra_paths.contains(&applet) {
+            continue;
+        }
+        t.hardlink(applet, "bin/busybox")?;
+    }
+    Ok(())
+}
+
+/// An image config (OCI image-spec config; Docker's has the same fields) for `arch`/linux with
+/// runtime config `cfg` (`Env`, `Cmd`, `User`, ...) and one diff ID and history entry per layer.
+pub fn image_config(arch: &str, layers: &[&Layer], cfg: serde_json::Value) -> Vec<u8> {
+    let diff_ids: Vec<&str> = layers.iter().map(|l| l.diff_id.as_str()).collect();
+    let config = serde_json::json!({
+        "created": "2024-01-01T00:00:00Z",
+        "architecture": arch,
+        "os": "linux",
+        "config": cfg,
+        "rootfs": { "type": "layers", "diff_ids": diff_ids },
+        "history": layers.iter().map(|_| serde_json::json!({"created_by": "berth-conformance"})).collect::<Vec<_>>(),
+    });
+    // A Value of strings and arrays always serializes.
+    serde_json::to_vec(&config).unwrap_or_default()
+}
+
+/// Pushes `config`, `layers` and their manifest (Docker schema2 when `docker`, else OCI) to
+/// repository `name` of `reg`, under `tag`, or only by digest when `tag` is None. Returns the
+/// manifest's (digest, size). Errors: the registry's.
+pub fn push_image(reg: &Registry, name: &str, tag: Option<&str>, config: &[u8], layers: &[&Layer], docker: bool) -> Result<(String, usize)> {
+    let cfg_digest = reg.push_blob(name, config)?;
+    let mut descs = Vec::new();
+    for l in layers {
+        let d = reg.push_blob(name, &l.blob)?;
+        descs.push(serde_json::json!({ "mediaType": l.media_type, "digest": d, "size": l.blob.len() }));
+    }
+    let (mt, cmt) = if docker { (DOCKER_MANIFEST, DOCKER_CONFIG) } else { (OCI_MANIFEST, OCI_CONFIG) };
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": mt,
+        "config": { "mediaType": cmt, "digest": cfg_digest, "size": config.len() },
+        "layers": descs,
+    }))?;
+    let digest = sha256_digest(&manifest);
+    reg.push_manifest(name, tag.unwrap_or(&digest), mt, &manifest)?;
+    Ok((digest, manifest.len()))
 }
 
 /// The pod pause: waits for SIGTERM/SIGINT and exits 0; reaps every exited child, as the

@@ -12,12 +12,11 @@
 //! - `pause`: one static program that waits for SIGTERM/SIGINT and exits 0 (containerd's
 //!   `sandbox_image`).
 
-use crate::imagekit::{compile_static, compress, ldd_paths, Compression, Layer, TarBuilder, PAUSE_SRC};
-use crate::imagekit::{DOCKER_CONFIG, DOCKER_MANIFEST, OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, PATH_ENV};
+use crate::imagekit::{busybox_tree, compile_static, compress, image_config, Compression, Layer, TarBuilder, PAUSE_SRC};
+use crate::imagekit::{OCI_INDEX, OCI_MANIFEST, PATH_ENV};
 use crate::registry::Registry;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::path::Path;
-use std::process::Command;
 
 /// References (all `127.0.0.1:PORT/...`) and digests of the pushed test images.
 #[derive(Debug, Clone)]
@@ -49,20 +48,7 @@ pub struct TestImages {
 
 fn busybox_tar() -> Result<Vec<u8>> {
     let mut t = TarBuilder::new();
-    let bb = std::fs::read("/bin/busybox").context("read /bin/busybox (Debian package busybox)")?;
-    t.file("bin/busybox", 0o755, &bb)?;
-    for lib in ldd_paths("/bin/busybox")? {
-        let data = std::fs::read(&lib).with_context(|| format!("read {lib}"))?;
-        t.file(&lib, 0o755, &data)?;
-    }
-    let list = Command::new("/bin/busybox").arg("--list-full").output().context("busybox --list-full")?;
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        let applet = applet.trim();
-        if applet.is_empty() || applet == "bin/busybox" {
-            continue;
-        }
-        t.hardlink(applet, "bin/busybox")?;
-    }
+    busybox_tree(&mut t, &[])?;
     t.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")?;
     t.file("etc/group", 0o644, b"root:x:0:\nnobody:x:65534:\n")?;
     t.dir("tmp", 0o1777, 0)?;
@@ -73,7 +59,6 @@ fn busybox_tar() -> Result<Vec<u8>> {
 }
 
 fn config_json(arch: &str, layers: &[&Layer], user: &str, entrypoint: &[&str], cmd: &[&str]) -> Vec<u8> {
-    let diff_ids: Vec<&str> = layers.iter().map(|l| l.diff_id.as_str()).collect();
     let mut cfg = serde_json::json!({ "Env": [PATH_ENV], "Cmd": cmd });
     if !user.is_empty() {
         cfg["User"] = user.into();
@@ -81,34 +66,12 @@ fn config_json(arch: &str, layers: &[&Layer], user: &str, entrypoint: &[&str], c
     if !entrypoint.is_empty() {
         cfg["Entrypoint"] = serde_json::json!(entrypoint);
     }
-    serde_json::to_vec(&serde_json::json!({
-        "created": "2024-01-01T00:00:00Z",
-        "architecture": arch,
-        "os": "linux",
-        "config": cfg,
-        "rootfs": { "type": "layers", "diff_ids": diff_ids },
-        "history": layers.iter().map(|_| serde_json::json!({"created_by": "berth-conformance"})).collect::<Vec<_>>(),
-    }))
-    .unwrap_or_default()
+    image_config(arch, layers, cfg)
 }
 
-/// Pushes config + layers + manifest; returns (manifest digest, manifest size).
+/// [`imagekit::push_image`](crate::imagekit::push_image) under `tag`.
 fn push_image(reg: &Registry, name: &str, tag: &str, config: &[u8], layers: &[&Layer], docker: bool) -> Result<(String, usize)> {
-    let cfg_digest = reg.push_blob(name, config)?;
-    let mut descs = Vec::new();
-    for l in layers {
-        let d = reg.push_blob(name, &l.blob)?;
-        descs.push(serde_json::json!({ "mediaType": l.media_type, "digest": d, "size": l.blob.len() }));
-    }
-    let (mt, cmt) = if docker { (DOCKER_MANIFEST, DOCKER_CONFIG) } else { (OCI_MANIFEST, OCI_CONFIG) };
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": mt,
-        "config": { "mediaType": cmt, "digest": cfg_digest, "size": config.len() },
-        "layers": descs,
-    }))?;
-    let digest = reg.push_manifest(name, tag, mt, &manifest)?;
-    Ok((digest, manifest.len()))
+    crate::imagekit::push_image(reg, name, Some(tag), config, layers, docker)
 }
 
 fn pause_tar(work: &Path) -> Result<Vec<u8>> {

@@ -19,13 +19,11 @@
 //! bogus linux/arm64 one; `hostnet-nginx-amd64` is a single Docker schema2 manifest.
 
 use super::programs;
-use anyhow::{Context, Result};
-use berth_conformance::imagekit::{compile_static, compress, ldd_paths, Compression, Layer, TarBuilder, PAUSE_SRC};
-use berth_conformance::imagekit::{DOCKER_CONFIG, DOCKER_LIST, DOCKER_MANIFEST, PATH_ENV};
-use berth_conformance::registry::{sha256_digest, Registry};
-use std::collections::BTreeSet;
+use anyhow::Result;
+use berth_conformance::imagekit::{busybox_tree, compile_static, compress, image_config, Compression, Layer, TarBuilder, PAUSE_SRC};
+use berth_conformance::imagekit::{DOCKER_LIST, DOCKER_MANIFEST, PATH_ENV};
+use berth_conformance::registry::Registry;
 use std::path::Path;
-use std::process::Command;
 
 /// Repository prefix (in the local registry) of `registry.k8s.io/e2e-test-images/`.
 const E2E: &str = "e2e-test-images";
@@ -78,32 +76,9 @@ fn docker_gzip(tar: Vec<u8>) -> Result<Layer> {
 /// The base layer: busybox + applet links + Debian's ipcs and pgrep + passwd/group.
 fn base_tar() -> Result<Vec<u8>> {
     let mut t = TarBuilder::new();
-    let bb = std::fs::read("/bin/busybox").context("read /bin/busybox (Debian package busybox)")?;
-    t.file("bin/busybox", 0o755, &bb)?;
-    let mut libs: BTreeSet<String> = BTreeSet::new();
-    libs.extend(ldd_paths("/bin/busybox")?);
     // Upstream busybox has these applets; Debian's does not (critest runs `ipcs -m` and
     // `sh -c "pgrep sleep || true"`, whose stderr must be empty).
-    let extra = [("/usr/bin/ipcs", "util-linux"), ("/usr/bin/pgrep", "procps")];
-    for (bin, pkg) in extra {
-        let data = std::fs::read(bin).with_context(|| format!("read {bin} (Debian package {pkg})"))?;
-        t.file(bin, 0o755, &data)?;
-        libs.extend(ldd_paths(bin)?);
-    }
-    for lib in &libs {
-        // Copy the real file (ldd may name a symlink) under the name the loader looks for.
-        let data = std::fs::read(lib).with_context(|| format!("read {lib}"))?;
-        t.file(lib, 0o755, &data)?;
-    }
-    let list = Command::new("/bin/busybox").arg("--list-full").output().context("busybox --list-full")?;
-    let extra_paths: Vec<&str> = extra.iter().map(|(b, _)| b.trim_start_matches('/')).collect();
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        let applet = applet.trim();
-        if applet.is_empty() || applet == "bin/busybox" || extra_paths.contains(&applet) {
-            continue;
-        }
-        t.hardlink(applet, "bin/busybox")?;
-    }
+    busybox_tree(&mut t, &[("/usr/bin/ipcs", "util-linux"), ("/usr/bin/pgrep", "procps")])?;
     t.file("etc/passwd", 0o644, PASSWD.as_bytes())?;
     t.file("etc/group", 0o644, GROUP.as_bytes())?;
     t.dir("tmp", 0o1777, 0)?;
@@ -113,38 +88,13 @@ fn base_tar() -> Result<Vec<u8>> {
     t.finish()
 }
 
-/// Image config JSON (Docker form).
 fn config_json(arch: &str, layers: &[&Layer], cfg: serde_json::Value) -> Vec<u8> {
-    let diff_ids: Vec<&str> = layers.iter().map(|l| l.diff_id.as_str()).collect();
-    serde_json::to_vec(&serde_json::json!({
-        "created": "2024-01-01T00:00:00Z",
-        "architecture": arch,
-        "os": "linux",
-        "config": cfg,
-        "rootfs": { "type": "layers", "diff_ids": diff_ids },
-        "history": layers.iter().map(|_| serde_json::json!({"created_by": "critest-prep"})).collect::<Vec<_>>(),
-    }))
-    .unwrap_or_default()
+    image_config(arch, layers, cfg)
 }
 
-/// Pushes config + layers + a Docker schema2 manifest under `name:tag` (or only by digest
-/// when `tag` is None); returns (manifest digest, manifest size).
+/// A Docker schema2 image under `name:tag`, or only by digest when `tag` is None.
 fn push_image(reg: &Registry, name: &str, tag: Option<&str>, config: &[u8], layers: &[&Layer]) -> Result<(String, usize)> {
-    let cfg_digest = reg.push_blob(name, config)?;
-    let mut descs = Vec::new();
-    for l in layers {
-        let d = reg.push_blob(name, &l.blob)?;
-        descs.push(serde_json::json!({ "mediaType": l.media_type, "digest": d, "size": l.blob.len() }));
-    }
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": DOCKER_MANIFEST,
-        "config": { "mediaType": DOCKER_CONFIG, "digest": cfg_digest, "size": config.len() },
-        "layers": descs,
-    }))?;
-    let digest = sha256_digest(&manifest);
-    reg.push_manifest(name, tag.unwrap_or(&digest), DOCKER_MANIFEST, &manifest)?;
-    Ok((digest, manifest.len()))
+    berth_conformance::imagekit::push_image(reg, name, tag, config, layers, true)
 }
 
 /// What every image shares: the base layer and a bogus arm64 image for manifest lists.
