@@ -3,8 +3,13 @@
 # the unit tests of src/ and the CRI conformance suite (conformance/) against a fresh berth
 # started on temporary roots. Run as root from a fresh clone; reads no stdin.
 #
+# Then the cgroup v2 lane: the conformance suite again inside a Debian 12 guest booted with
+# cgroup v2 and systemd (scripts/v2-guest.sh, docs/cgroups.md), once with the systemd cgroup
+# driver (every case) and once with cgroupfs (the cgroup cases).
+#
 # Env: CRI_TARGET=containerd or BERTH_ENDPOINT=unix:///x.sock point the suite elsewhere
-# (see conformance/README.md); BERTH_TEST_KEEP=1 keeps the suite's temp dir.
+# (see conformance/README.md; no v2 lane then); BERTH_TEST_KEEP=1 keeps the suite's temp dir;
+# BERTH_V2_LANE=0 leaves the v2 lane out (said in the output, never silently).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -36,6 +41,26 @@ set +e
 cargo test --workspace --no-fail-fast </dev/null 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+
+# The cgroup v2 lane. Its suite lines go into the same log, so the closing total counts them.
+if [ -n "${CRI_TARGET:-}${BERTH_ENDPOINT:-}" ]; then
+  echo "== cgroup v2 lane: not run (the suite targets ${CRI_TARGET:-$BERTH_ENDPOINT}, not a berth it starts)" | tee -a "$log"
+elif [ "${BERTH_V2_LANE:-1}" = 0 ]; then
+  echo "== cgroup v2 lane: NOT RUN (BERTH_V2_LANE=0): berth was tested on this host's cgroups only" | tee -a "$log"
+else
+  set +e
+  echo "== cgroup v2 lane: systemd cgroup driver, every case (scripts/v2-guest.sh)"
+  BERTH_V2_ENV="CRI_CGROUP_MANAGER=systemd" bash scripts/v2-guest.sh run </dev/null 2>&1 | tee -a "$log"
+  v2_systemd=${PIPESTATUS[0]}
+  echo "== cgroup v2 lane: cgroupfs driver, the cgroup cases"
+  bash scripts/v2-guest.sh run cgroup memory stats_ oom metrics inspect restart leak </dev/null 2>&1 | tee -a "$log"
+  v2_cgroupfs=${PIPESTATUS[0]}
+  set -e
+  if [ "$v2_systemd" != 0 ] || [ "$v2_cgroupfs" != 0 ]; then
+    echo "== cgroup v2 lane FAILED (systemd driver: exit $v2_systemd, cgroupfs: exit $v2_cgroupfs)"
+    status=1
+  fi
+fi
 
 # One closing line over every test binary: cargo's own "test result:" lines (unit and
 # integration tests) plus the conformance suite's "N passed, N failed" line.

@@ -61,7 +61,12 @@ pub struct Config {
     pub log_format: String,
     /// Path of the `berth-monitor` binary; empty means "next to the running `berth` binary".
     pub monitor_path: PathBuf,
-    /// cgroup parent (cgroupfs path) for pods whose config gives none.
+    /// The cgroup driver: `cgroupfs` or `systemd` (CRI-O's `cgroup_manager`; kubelet's
+    /// `--cgroup-driver` must match, and RuntimeConfig reports it). See [`crate::cgroups`].
+    pub cgroup_manager: String,
+    /// cgroup parent for pods whose config gives none: a cgroupfs path (`/berth`) under the
+    /// cgroupfs driver, a slice name under the systemd driver. Default `/berth`, or `berth.slice`
+    /// when `cgroup_manager = "systemd"` and no source sets this key.
     pub cgroup_parent: String,
     /// Seconds a StopPodSandbox gives each container before SIGKILL.
     pub pod_stop_timeout: u64,
@@ -181,7 +186,8 @@ impl Default for Config {
             log_level: "info".into(),
             log_format: "text".into(),
             monitor_path: PathBuf::new(),
-            cgroup_parent: "/berth".into(),
+            cgroup_manager: "cgroupfs".into(),
+            cgroup_parent: crate::cgroups::Driver::Cgroupfs.default_parent().into(),
             pod_stop_timeout: 10,
             log_size_max: 0,
             runtime: RuntimeConfig::default(),
@@ -238,6 +244,12 @@ pub struct LoadOptions {
 }
 
 impl Config {
+    /// The cgroup driver `cgroup_manager` names (cgroupfs when it names none, which
+    /// [`Config::validate`] refuses).
+    pub fn cgroup_driver(&self) -> crate::cgroups::Driver {
+        crate::cgroups::Driver::parse(&self.cgroup_manager).unwrap_or_default()
+    }
+
     /// Loads the effective configuration from the sources listed in the module docs.
     ///
     /// A missing default file or drop-in directory is not an error; a missing `--config` file is.
@@ -283,8 +295,14 @@ impl Config {
                 .map_err(|e| ConfigError::Env { var: var.clone(), message: one_line(&e.to_string()) })?;
             merge_tables(&mut merged, overlay);
         }
-        let cfg = Config::deserialize(toml::Value::Table(merged))
+        let parent_set = merged.contains_key("cgroup_parent");
+        let mut cfg = Config::deserialize(toml::Value::Table(merged))
             .map_err(|e| ConfigError::Parse { path: "<merged configuration>".into(), message: one_line(&e.to_string()) })?;
+        if !parent_set {
+            if let Some(driver) = crate::cgroups::Driver::parse(&cfg.cgroup_manager) {
+                cfg.cgroup_parent = driver.default_parent().into();
+            }
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -324,12 +342,14 @@ impl Config {
                 });
             }
         }
-        if !self.cgroup_parent.starts_with('/') {
+        let Some(driver) = crate::cgroups::Driver::parse(&self.cgroup_manager) else {
             return Err(ConfigError::Invalid {
-                key: "cgroup_parent".into(),
-                message: format!("{:?} must be an absolute cgroupfs path such as \"/berth\"", self.cgroup_parent),
+                key: "cgroup_manager".into(),
+                message: format!("{:?} is not a cgroup driver: \"cgroupfs\" or \"systemd\"", self.cgroup_manager),
             });
-        }
+        };
+        crate::cgroups::validate_parent(driver, &self.cgroup_parent)
+            .map_err(|message| ConfigError::Invalid { key: "cgroup_parent".into(), message })?;
         if self.log_size_max != 0 && self.log_size_max < LOG_SIZE_MAX_MIN {
             return Err(ConfigError::Invalid {
                 key: "log_size_max".into(),
@@ -423,7 +443,8 @@ fn comment_for(key: &str) -> Option<&'static str> {
         "log_level" => "tracing filter for the daemon log",
         "log_format" => "daemon log format on stderr: text or json",
         "monitor_path" => "berth-monitor binary; empty = next to the berth binary",
-        "cgroup_parent" => "cgroupfs parent for pods that give none",
+        "cgroup_manager" => "cgroup driver: cgroupfs or systemd (kubelet's cgroupDriver must match)",
+        "cgroup_parent" => "cgroup parent for pods that give none: a path (cgroupfs) or a slice (systemd)",
         "pod_stop_timeout" => "seconds StopPodSandbox waits for each container before SIGKILL",
         "log_size_max" => "bytes per container log file; at the limit it starts over empty (0 = unlimited)",
         "runtime" => "OCI runtimes",
@@ -541,6 +562,21 @@ mod tests {
         assert_eq!(c.network.conf_dir, PathBuf::from("/n"));
         assert_eq!(c.network.plugin_dirs.len(), 2, "untouched nested defaults survive a partial table");
         assert_eq!(c.image.insecure_registries, vec!["h:1".to_string()]);
+    }
+
+    #[test]
+    fn cgroup_manager_picks_the_default_parent_and_checks_its_form() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Config::load(&opts(d.path(), vec![("BERTH_CGROUP_MANAGER", "systemd")])).unwrap();
+        assert_eq!((c.cgroup_driver(), c.cgroup_parent.as_str()), (crate::cgroups::Driver::Systemd, "berth.slice"));
+        let e = Config::load(&opts(d.path(), vec![("BERTH_CGROUP_MANAGER", "systemd"), ("BERTH_CGROUP_PARENT", "/berth")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cgroup_parent") && e.contains("not a systemd slice"), "{e}");
+        let e = Config::load(&opts(d.path(), vec![("BERTH_CGROUP_PARENT", "pods.slice")])).unwrap_err().to_string();
+        assert!(e.contains("cgroup_parent") && e.contains("cgroupfs"), "{e}");
+        let e = Config::load(&opts(d.path(), vec![("BERTH_CGROUP_MANAGER", "systemd-ish")])).unwrap_err().to_string();
+        assert!(e.contains("cgroup_manager") && e.contains("\"cgroupfs\" or \"systemd\""), "{e}");
     }
 
     #[test]

@@ -145,6 +145,9 @@ pub struct Daemon {
     pub idmap_mounts: bool,
     /// Container and pod sandbox lifecycle events (CRI GetContainerEvents).
     pub events: crate::events::EventBus,
+    /// systemd over D-Bus, under `cgroup_manager = "systemd"` (monitor scopes); `None` under
+    /// cgroupfs. Set by the binary after [`Daemon::open`] ([`Daemon::connect_systemd`]).
+    pub systemd: Option<crate::cgroups::systemd::SystemdClient>,
 }
 
 impl Daemon {
@@ -167,7 +170,8 @@ impl Daemon {
             let h = &config.runtime.handlers[name];
             let root = config.handler_root(name).unwrap_or_else(|| config.run_root.join("runtime").join(name));
             match Runtime::new(name, h.path.clone(), root) {
-                Ok(rt) => {
+                Ok(mut rt) => {
+                    rt.systemd_cgroup = config.cgroup_driver() == crate::cgroups::Driver::Systemd;
                     runtimes.insert(name.clone(), rt);
                 }
                 Err(e) if *name != config.runtime.default_handler => {
@@ -212,7 +216,20 @@ impl Daemon {
             idmap_mounts: crate::storage::idmap::kernel_supports_idmap(),
             host_facts: crate::container::spec::HostFacts::probe(),
             events: crate::events::EventBus::default(),
+            systemd: None,
         })
+    }
+
+    /// Under `cgroup_manager = "systemd"`, connects to systemd on the system bus; a no-op under
+    /// cgroupfs. Errors: no system bus (the message says what the driver needs).
+    pub async fn connect_systemd(&mut self) -> std::result::Result<(), crate::cgroups::systemd::SystemdError> {
+        if self.config.cgroup_driver() == crate::cgroups::Driver::Systemd {
+            let client = crate::cgroups::systemd::SystemdClient::connect().await?;
+            let version = client.version().await?;
+            tracing::info!(systemd = %version, "cgroup driver systemd: connected to systemd");
+            self.systemd = Some(client);
+        }
+        Ok(())
     }
 
     /// Whether pods of `handler` may have their own user namespace: the runtime lists the `user`

@@ -6,6 +6,7 @@
 #![deny(unsafe_code)]
 
 pub mod base64;
+pub mod cgroups;
 pub mod cleanup;
 pub mod config;
 pub mod container;

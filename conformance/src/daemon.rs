@@ -100,7 +100,7 @@ pub fn write_berth_config_with(tmp: &Path, cni_dir: &Path, registry: &str, which
 root = "{root}"
 run_root = "{run}"
 log_level = "debug"
-
+{cgroups}
 [network]
 conf_dir = "{cni}"
 cache_dir = "{cache}"
@@ -125,6 +125,7 @@ port = {metrics_port}
         cni = cni_dir.display(),
         cache = p("cni-cache"),
         metrics_port = free_loopback_port()?,
+        cgroups = crate::cgroups::config_lines(),
     );
     let path = tmp.join("berth.toml");
     std::fs::write(&path, text)?;

@@ -233,6 +233,20 @@ pub async fn run(cases: &[Case], filters: &[String]) -> i32 {
         eprintln!("teardown: {e}");
     }
     ctx.daemon.lock().await.stop();
+    if ctx.kind == TargetKind::Berth {
+        // Every pod is gone: nothing of theirs may be left in the suite's cgroup parent.
+        let left = crate::cgroups::leftovers();
+        if left.is_empty() {
+            passed += 1;
+            println!("ok suite_leaves_no_cgroups");
+        } else {
+            failed += 1;
+            println!("FAILED suite_leaves_no_cgroups: left after every pod was removed: {left:?}");
+        }
+    }
+    if ctx.kind == TargetKind::Berth {
+        crate::cgroups::remove_parent();
+    }
     if failed > 0 {
         save_daemon_log(&ctx).await;
     }

@@ -12,6 +12,7 @@ pub mod proc;
 pub mod rawh2;
 pub mod registry;
 pub mod cases;
+pub mod cgroups;
 pub mod client;
 pub mod ctx;
 pub mod daemon;

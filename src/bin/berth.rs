@@ -140,7 +140,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .context("opening the image store")?,
         );
         let listen = config.listen.clone();
-        let daemon = Arc::new(berth::daemon::Daemon::open(config, images, store)?);
+        let mut daemon = berth::daemon::Daemon::open(config, images, store)?;
+        daemon.connect_systemd().await?;
+        let daemon = Arc::new(daemon);
         daemon.start_self_tests();
         berth::sandbox::recover(&daemon).await.context("recovering pod sandboxes")?;
         berth::container::recover(&daemon).await.context("recovering containers")?;

@@ -210,6 +210,7 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
             bundle: paths.bundle.clone(),
             runtime: runtime.path.clone(),
             runtime_root: runtime.root.clone(),
+            systemd_cgroup: runtime.systemd_cgroup,
             log_path: (!log_path.is_empty()).then(|| PathBuf::from(&log_path)),
             exit_file: paths.exit_file.clone(),
             pid_file: paths.bundle.join("pidfile"),
@@ -236,6 +237,9 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
         crate::storage::idmap::detach_under(&scratch)?;
         record.pid = spawned.container_pid;
         record.monitor_pid = spawned.monitor_pid;
+        if let Some(sd) = &d.systemd {
+            sd.place_monitor(&record.id, &sandbox.cgroup_parent, spawned.monitor_pid).await;
+        }
         d.containers.put(&record)?;
         Ok::<(), Error>(())
     }

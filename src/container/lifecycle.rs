@@ -128,6 +128,9 @@ pub async fn remove(d: &Daemon, id: &str) -> Result<()> {
         };
         let r = stop_locked(d, r, 0).await?;
         d.runtime(&r.runtime_handler)?.delete(&r.id, true).await?;
+        if let Some(sd) = &d.systemd {
+            sd.remove_monitor_scope(&r.id).await;
+        }
         let paths = ContainerPaths::new(d, &r.id);
         crate::storage::unmount(&paths.rootfs)?;
         super::imagevol::unmount_all(&paths)?;

@@ -337,10 +337,11 @@ fn pod_spec(sb: &SandboxContext, process: Process, rootfs: &Path, readonly: bool
     spec
 }
 
-/// The runtime's cgroupfs path for a container: `<parent>/berth-<id>` (a trailing `/` on
-/// `parent` is dropped; an empty parent gives `/berth-<id>`).
+/// The OCI `linux.cgroupsPath` of a container or infra container: `<parent>/berth-<id>` under a
+/// cgroupfs parent (a trailing `/` is dropped; an empty parent gives `/berth-<id>`),
+/// `<slice>:berth:<id>` under a systemd slice ([`crate::cgroups::runtime_path`]).
 pub fn cgroups_path(parent: &str, id: &str) -> String {
-    format!("{}/berth-{id}", parent.trim_end_matches('/'))
+    crate::cgroups::runtime_path(parent, id)
 }
 
 /// Builds the OCI spec of a container with facts probed from this host ([`HostFacts::probe`]).

@@ -139,6 +139,7 @@ impl StreamBackend {
             bundle: dir.clone(),
             runtime: runtime.path.clone(),
             runtime_root: runtime.root.clone(),
+            systemd_cgroup: runtime.systemd_cgroup,
             log_path: None,
             exit_file: dir.join("exit"),
             pid_file: dir.join("pid"),

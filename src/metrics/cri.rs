@@ -11,7 +11,7 @@
 //! Which objects: running containers of ready pod sandboxes, as for the stats RPCs; a figure
 //! whose controller is missing is left out rather than sent as 0.
 
-use crate::container::spec::cgroups_path;
+use crate::cgroups::fs_path;
 use crate::container::{ContainerRecord, ContainerState};
 use crate::daemon::{Daemon, Result};
 use crate::sandbox::{SandboxRecord, SandboxState};
@@ -323,7 +323,7 @@ fn pod_sandbox_metrics(
 ) -> Result<cri::PodSandboxMetrics> {
     let mut container_metrics_list = Vec::new();
     for r in containers.iter().filter(|r| r.sandbox_id == sb.id && r.state == ContainerState::Running) {
-        let path = cgroups_path(&sb.cgroup_parent, &r.id);
+        let path = fs_path(&sb.cgroup_parent, &r.id);
         let s = match cgroup::read(host_layout(), &path) {
             Ok(s) => s,
             Err(StatsError::NoCgroup { .. }) => continue,

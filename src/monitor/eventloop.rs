@@ -76,6 +76,7 @@ pub fn run(
     listener: Option<std::os::fd::OwnedFd>,
 ) -> i32 {
     let Container { pid, streams, stdin, oom } = container;
+    let mut oom = oom.map(super::oom::OomMonitor::new);
     let tty = match &streams {
         Streams::Tty { master } => master.try_clone().ok(),
         Streams::Pipes { .. } => None,
@@ -107,6 +108,10 @@ pub fn run(
         for (fd, ev, _) in entries {
             fds.push(PollFd::new(fd, ev));
         }
+        let oom_at = fds.len();
+        if let Some(fd) = oom.as_ref().and_then(|o| o.fd()) {
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        }
         // A deferred reopen is looked at again soon even when nothing else happens.
         let timeout = if reopen_since.is_some() { PollTimeout::from(20u16) } else { PollTimeout::NONE };
         match poll(&mut fds, timeout) {
@@ -128,7 +133,12 @@ pub fn run(
             }
         }
         let base = 1 + open.len();
-        let events: Vec<(Token, PollFlags)> = tokens.into_iter().zip(revents[base..].iter().copied()).collect();
+        if ready.get(oom_at).copied().unwrap_or(false) {
+            if let Some(o) = oom.as_mut() {
+                o.on_ready();
+            }
+        }
+        let events: Vec<(Token, PollFlags)> = tokens.into_iter().zip(revents[base..oom_at].iter().copied()).collect();
         attach.handle(&events);
         if attach.reopen_requested() {
             // Every encoded record is already written (`out` is empty here); a line still held
@@ -180,7 +190,8 @@ pub fn run(
     }
 
     let (exit_code, exited_at) = exit.unwrap_or((255, now));
-    let info = ExitInfo { exit_code, exited_at, oom_killed: oom.as_ref().is_some_and(|o| o.oom_killed()) };
+    let killed = exit_code == 128 + libc::SIGKILL;
+    let info = ExitInfo { exit_code, exited_at, oom_killed: oom.as_mut().is_some_and(|o| o.oom_killed(killed)) };
     let code = write_exit_file(spec, &info, !exec_mode);
     // Clients see the connection end only now, with the exit file in place.
     drop(attach);
@@ -206,9 +217,8 @@ fn shares_pid_namespace(config: &serde_json::Value) -> bool {
 /// `runtime kill --all <id> KILL`: SIGKILL to every process left in the container's cgroup (runc
 /// signals a stopped container's cgroup too). Failures go to the monitor's diagnostics.
 fn kill_remaining(spec: &MonitorSpec) {
-    let out = std::process::Command::new(&spec.runtime)
-        .arg("--root")
-        .arg(&spec.runtime_root)
+    let out = spec
+        .runtime_command()
         .args(["kill", "--all", &spec.id, "KILL"])
         .stdin(std::process::Stdio::null())
         .output();

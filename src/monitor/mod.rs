@@ -46,6 +46,10 @@ pub struct MonitorSpec {
     pub runtime: PathBuf,
     /// The runtime's `--root` state directory.
     pub runtime_root: PathBuf,
+    /// Run the runtime with `--systemd-cgroup` (the systemd cgroup driver: the cgroups path is
+    /// `slice:prefix:name`). Absent in monitor.json written before this field existed: false.
+    #[serde(default)]
+    pub systemd_cgroup: bool,
     /// The CRI log file (ContainerConfig.log_path joined to the sandbox log_directory);
     /// `None`: the output is drained and discarded.
     pub log_path: Option<PathBuf>,
@@ -67,6 +71,19 @@ pub struct MonitorSpec {
     /// Absent in monitor.json written before this field existed: 0.
     #[serde(default)]
     pub log_size_max: u64,
+}
+
+impl MonitorSpec {
+    /// `<runtime> --root <runtime_root> [--systemd-cgroup]`: the runtime command with its global
+    /// options, for the caller to add a subcommand to.
+    pub fn runtime_command(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(&self.runtime);
+        cmd.arg("--root").arg(&self.runtime_root);
+        if self.systemd_cgroup {
+            cmd.arg("--systemd-cgroup");
+        }
+        cmd
+    }
 }
 
 /// Exec mode: the process to run in the (running) container `MonitorSpec.id`.

@@ -2,10 +2,17 @@
 //!
 //! cgroup v1: `memory.oom_control` of the container's memory cgroup has an `oom_kill N` counter
 //! (Linux >= 4.13) and `under_oom 0|1`. cgroup v2: `memory.events` has `oom_kill N`. The monitor
-//! locates the cgroup from `/proc/<pid>/cgroup` while the container process lives (the runtime
-//! keeps the cgroup until `delete`), and reads the counter after the process exits.
+//! locates the cgroup from `/proc/<pid>/cgroup` while the container process lives, and reads the
+//! counter after the process exits: under cgroupfs the runtime keeps the cgroup until `delete`.
+//! Under the systemd driver the cgroup is a transient scope that systemd removes as soon as its
+//! last process is gone, often before the monitor has reaped its child, so on v2 the monitor also
+//! watches `memory.events` with inotify while the container runs (the kernel notifies changes to
+//! it, cgroup-v2.rst "memory.events") and remembers an OOM kill when it happens, as conmon does.
 
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
+
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
 /// Where to look for the container's OOM counter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +59,71 @@ impl OomWatch {
             OomWatch::V2(dir) => std::fs::read_to_string(dir.join("memory.events"))
                 .map(|t| counter(&t, "oom_kill") > 0)
                 .unwrap_or(false),
+        }
+    }
+}
+
+/// An [`OomWatch`] with, on cgroup v2, an inotify watch on `memory.events` so an OOM kill is
+/// seen while the cgroup still exists.
+pub struct OomMonitor {
+    watch: OomWatch,
+    inotify: Option<Inotify>,
+    /// `oom_kill` was > 0 at a read.
+    seen: bool,
+    /// `oom` (the limit was hit and the OOM killer invoked) was > 0 at a read.
+    limit_hit: bool,
+}
+
+impl OomMonitor {
+    /// Starts watching. An inotify that cannot be set up leaves only the read at exit.
+    pub fn new(watch: OomWatch) -> OomMonitor {
+        let inotify = match &watch {
+            OomWatch::V2(dir) => Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+                .ok()
+                .filter(|i| i.add_watch(&dir.join("memory.events"), AddWatchFlags::IN_MODIFY).is_ok()),
+            OomWatch::V1(_) => None,
+        };
+        OomMonitor { watch, inotify, seen: false, limit_hit: false }
+    }
+
+    /// The inotify descriptor to poll for readability, when there is one.
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.inotify.as_ref().map(|i| i.as_fd())
+    }
+
+    /// Called when [`OomMonitor::fd`] is readable: drains the events and reads the counter.
+    pub fn on_ready(&mut self) {
+        if let Some(i) = &self.inotify {
+            while let Ok(events) = i.read_events() {
+                if events.is_empty() {
+                    break;
+                }
+            }
+        }
+        if let OomWatch::V2(dir) = &self.watch {
+            if let Ok(text) = std::fs::read_to_string(dir.join("memory.events")) {
+                self.limit_hit |= counter(&text, "oom") > 0;
+                if counter(&text, "oom_kill") > 0 {
+                    self.seen = true;
+                    // Latched: no need to hear more.
+                    self.inotify = None;
+                }
+            }
+        }
+    }
+
+    /// Whether the container was OOM-killed, given how its main process ended (`killed`: by
+    /// SIGKILL): an `oom_kill` seen while watching or recorded now; or, when the cgroup is
+    /// already gone (a systemd scope, removed as it emptied) so the last count cannot be read,
+    /// a SIGKILL after the kernel's OOM killer was seen invoked for the cgroup (the `oom_kill`
+    /// notification can trail the `oom` one by the kernel's 10 ms rate limit).
+    pub fn oom_killed(&mut self, killed: bool) -> bool {
+        if self.seen {
+            return true;
+        }
+        match &self.watch {
+            OomWatch::V2(dir) if !dir.exists() => self.limit_hit && killed,
+            w => w.oom_killed(),
         }
     }
 }

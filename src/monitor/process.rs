@@ -17,7 +17,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use nix::fcntl::OFlag;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -214,10 +214,8 @@ fn create_container(spec: &MonitorSpec, exec: Option<&ExecProcess>) -> Result<Co
     let _ = std::fs::remove_file(&spec.pid_file);
     let pipe = || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("create stdio pipe: {e}"));
 
-    let mut cmd = Command::new(&spec.runtime);
-    cmd.arg("--root")
-        .arg(&spec.runtime_root)
-        .arg("--log")
+    let mut cmd = spec.runtime_command();
+    cmd.arg("--log")
         .arg(&runtime_log)
         .arg("--log-format")
         .arg("json");

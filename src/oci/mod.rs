@@ -71,6 +71,10 @@ pub struct Runtime {
     pub root: PathBuf,
     /// What `<path> features` reported when the runtime was set up.
     pub features: features::RuntimeFeatures,
+    /// Pass `--systemd-cgroup` (config `cgroup_manager = "systemd"`): the runtime takes
+    /// `slice:prefix:name` cgroups paths and makes scopes over D-Bus, as containerd's
+    /// `SystemdCgroup` and CRI-O's `cgroup_manager` make runc do.
+    pub systemd_cgroup: bool,
 }
 
 impl Runtime {
@@ -80,7 +84,17 @@ impl Runtime {
         let resolved = resolve_binary(&path)
             .ok_or_else(|| OciError::NotFound { handler: handler.to_string(), path: path.clone() })?;
         let features = features::probe(&resolved);
-        Ok(Runtime { handler: handler.to_string(), path: resolved, root, features })
+        Ok(Runtime { handler: handler.to_string(), path: resolved, root, features, systemd_cgroup: false })
+    }
+
+    /// `runtime --root R [--systemd-cgroup]`: the runtime command with its global options.
+    pub fn command(&self) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&self.path);
+        cmd.arg("--root").arg(&self.root);
+        if self.systemd_cgroup {
+            cmd.arg("--systemd-cgroup");
+        }
+        cmd
     }
 
     /// `runtime start <id>`: runs the user process of a created container (OCI "start").
@@ -150,10 +164,8 @@ impl Runtime {
     /// A prepared `runtime --root R exec --process <process_json> --pid-file <pid_file> <id>`
     /// command. The caller sets stdio (and `--detach` style behaviour through how it waits).
     pub fn exec_command(&self, id: &str, process_json: &Path, pid_file: &Path) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(&self.path);
-        cmd.arg("--root")
-            .arg(&self.root)
-            .arg("exec")
+        let mut cmd = self.command();
+        cmd.arg("exec")
             .arg("--process")
             .arg(process_json)
             .arg("--pid-file")
@@ -164,9 +176,8 @@ impl Runtime {
 
     /// Runs `runtime --root R <args>` to completion; stdout on success, `CommandFailed` otherwise.
     async fn run(&self, args: &[&str]) -> Result<Vec<u8>, OciError> {
-        let out = tokio::process::Command::new(&self.path)
-            .arg("--root")
-            .arg(&self.root)
+        let out = self
+            .command()
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

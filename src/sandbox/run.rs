@@ -60,12 +60,8 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
         Some(p) if !p.is_empty() => p.to_string(),
         _ => d.config.cgroup_parent.clone(),
     };
-    if !cgroup_parent.starts_with('/') || cgroup_parent.split('/').any(|c| c == "..") {
-        return Err(Error::invalid(
-            "config.linux.cgroup_parent",
-            format!("{cgroup_parent:?} must be an absolute cgroupfs path without \"..\" (e.g. /kubepods/besteffort/pod<uid>)"),
-        ));
-    }
+    crate::cgroups::validate_parent(d.config.cgroup_driver(), &cgroup_parent)
+        .map_err(|why| Error::invalid("config.linux.cgroup_parent", why))?;
 
     let id = crate::util::new_id();
     let name_key = SandboxRecord::name_key(&config);
@@ -160,6 +156,7 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
             bundle: paths.bundle.clone(),
             runtime: runtime.path.clone(),
             runtime_root: runtime.root.clone(),
+            systemd_cgroup: runtime.systemd_cgroup,
             log_path: None,
             exit_file: paths.exit_file.clone(),
             pid_file: paths.bundle.join("pidfile"),
@@ -171,6 +168,9 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
         };
         let started = std::time::Instant::now();
         let spawned = crate::monitor::spawn(&d.monitor_bin, &mspec).await?;
+        if let Some(sd) = &d.systemd {
+            sd.place_monitor(&id, &cgroup_parent, spawned.monitor_pid).await;
+        }
         let watched = crate::container::liveness::Watched {
             exit_file: &paths.exit_file,
             monitor_pid: spawned.monitor_pid,

@@ -128,7 +128,7 @@ fn create_and_delete(
     create.args(["create", "--bundle"]).arg(&bundle).arg("--pid-file").arg(&pid_file).arg(&id);
     let result = match run_step(&mut create, Some(err_file)) {
         Ok(()) => match userns {
-            Some(_) => idmap_probe(&pid_file, layer_store),
+            Some(_) => idmap_probe(&pid_file, layer_store, dir),
             None => Ok(()),
         },
         Err(why) => {
@@ -144,15 +144,23 @@ fn create_and_delete(
     Ok((result.and(deleted), gone))
 }
 
-/// Whether `layer_store` can be idmapped through the user namespace of the process in
-/// `pid_file` (the clone is dropped at once, never attached).
-fn idmap_probe(pid_file: &Path, layer_store: &Path) -> Result<(), String> {
+/// Whether `layer_store`, and a tmpfs like the pod's `/dev/shm`, can be idmapped through the
+/// user namespace of the process in `pid_file` (the clones are dropped at once, never attached;
+/// the tmpfs is mounted under `dir` and unmounted). tmpfs learnt idmapped mounts in Linux 6.3, so
+/// on older kernels (Debian 12's 6.1) pods cannot have a user namespace: the error says so.
+fn idmap_probe(pid_file: &Path, layer_store: &Path, dir: &Path) -> Result<(), String> {
     let pid = std::fs::read_to_string(pid_file).map_err(|e| format!("reading {}: {e}", pid_file.display()))?;
     let ns_path = format!("/proc/{}/ns/user", pid.trim());
     let ns = std::fs::File::open(&ns_path).map_err(|e| format!("opening {ns_path}: {e}"))?;
     crate::storage::idmap::idmapped_clone(layer_store, &ns, false)
         .map(drop)
-        .map_err(|e| format!("berth's root {} cannot be idmapped (its filesystem must support idmapped mounts): {e}", layer_store.display()))
+        .map_err(|e| format!("berth's root {} cannot be idmapped (its filesystem must support idmapped mounts): {e}", layer_store.display()))?;
+    let shm = dir.join("shm-probe");
+    std::fs::create_dir_all(&shm).map_err(|e| format!("creating {}: {e}", shm.display()))?;
+    crate::storage::mount_tmpfs(&shm, "size=64k").map_err(|e| e.to_string())?;
+    let idmapped = crate::storage::idmap::idmapped_clone(&shm, &ns, false).map(drop);
+    let _ = crate::storage::unmount(&shm);
+    idmapped.map_err(|e| format!("this kernel cannot idmap a tmpfs (the pod's /dev/shm; Linux 6.3 and later can): {e}"))
 }
 
 /// Runs one runtime command with null stdio (stderr to `stderr` when given: runc init inherits
@@ -202,6 +210,9 @@ fn delete_test_container(runtime: &Runtime, state: &Path, id: &str) -> Result<()
 fn runtime_cmd(runtime: &Runtime, root: &PathBuf) -> Command {
     let mut c = Command::new(&runtime.path);
     c.arg("--root").arg(root);
+    if runtime.systemd_cgroup {
+        c.arg("--systemd-cgroup");
+    }
     c
 }
 

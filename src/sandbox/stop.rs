@@ -82,6 +82,9 @@ pub async fn remove(d: &Daemon, id: &str) -> Result<()> {
         for c in crate::container::list_in_sandbox(d, &id)? {
             crate::container::remove(d, &c.id).await?;
         }
+        if let Some(sd) = &d.systemd {
+            sd.remove_monitor_scope(&id).await;
+        }
         let paths = SandboxPaths::new(d, &id);
         for dir in [&paths.bundle, &paths.state] {
             Error::remove_dir(dir)?;

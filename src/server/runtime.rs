@@ -461,7 +461,12 @@ impl RuntimeService for RuntimeServer {
 
     async fn runtime_config(&self, _req: Request<cri::RuntimeConfigRequest>) -> R<cri::RuntimeConfigResponse> {
         Ok(Response::new(cri::RuntimeConfigResponse {
-            linux: Some(cri::LinuxRuntimeConfiguration { cgroup_driver: cri::CgroupDriver::Cgroupfs as i32 }),
+            linux: Some(cri::LinuxRuntimeConfiguration {
+                cgroup_driver: match self.d.config.cgroup_driver() {
+                    crate::cgroups::Driver::Cgroupfs => cri::CgroupDriver::Cgroupfs,
+                    crate::cgroups::Driver::Systemd => cri::CgroupDriver::Systemd,
+                } as i32,
+            }),
         }))
     }
 }

@@ -14,7 +14,7 @@
 
 use super::cgroup::{self, CgroupStats};
 use super::{caches, host_layout, parse, StatsError};
-use crate::container::spec::cgroups_path;
+use crate::cgroups::fs_path;
 use crate::container::{ContainerPaths, ContainerRecord, ContainerState};
 use crate::daemon::{Daemon, Error, Result};
 use crate::sandbox::{SandboxRecord, SandboxState};
@@ -91,7 +91,7 @@ pub fn writable_layers_usage(containers_dir: &std::path::Path) -> std::io::Resul
 /// cgroup figures (for pod sums).
 fn one_container(d: &Daemon, r: &ContainerRecord, parent: &str) -> Result<(cri::ContainerStats, CgroupStats)> {
     let now = crate::util::now_nanos();
-    let raw = cgroup::read(host_layout(), &cgroups_path(parent, &r.id)).map_err(|e| stats_error("container", &r.id, e))?;
+    let raw = cgroup::read(host_layout(), &fs_path(parent, &r.id)).map_err(|e| stats_error("container", &r.id, e))?;
     let (cpu, memory) = cpu_memory(&raw, &r.id, now);
     let upper = ContainerPaths::new(d, &r.id).state.join("upper");
     let writable_layer = match caches().1.usage(&upper) {
@@ -199,7 +199,7 @@ fn network(sb: &SandboxRecord, now: i64) -> Option<cri::NetworkUsage> {
 /// Stats of one ready pod sandbox and its running containers.
 fn one_sandbox(d: &Daemon, sb: &SandboxRecord, containers: &[ContainerRecord]) -> Result<cri::PodSandboxStats> {
     let mut stats = Vec::new();
-    let mut sum = match cgroup::read(host_layout(), &cgroups_path(&sb.cgroup_parent, &sb.id)) {
+    let mut sum = match cgroup::read(host_layout(), &fs_path(&sb.cgroup_parent, &sb.id)) {
         Ok(s) => s,
         Err(StatsError::NoCgroup { .. }) => CgroupStats::default(),
         Err(e) => return Err(stats_error("pod sandbox infra container", &sb.id, e)),

@@ -54,9 +54,9 @@ pub async fn status_shows_container_and_pod(ctx: &Ctx) -> Result<()> {
         let log = v["log_path"].as_str().unwrap_or("");
         check(log.starts_with(&pod.config.log_directory) && Path::new(log).exists(), || format!("log_path {log:?}"))?;
         let cg = v["cgroups_path"].as_str().unwrap_or("");
-        let rel = cg.trim_start_matches('/');
-        let is_cgroup = Path::new("/sys/fs/cgroup/memory").join(rel).is_dir() || Path::new("/sys/fs/cgroup").join(rel).is_dir();
-        check(cg.ends_with(&id) && is_cgroup, || format!("cgroups_path {cg:?} is not a cgroup"))?;
+        let rel = crate::cgroups::dir_of(cg);
+        let is_cgroup = Path::new("/sys/fs/cgroup/memory").join(&rel).is_dir() || Path::new("/sys/fs/cgroup").join(&rel).is_dir();
+        check(cg.ends_with(&id) && is_cgroup, || format!("cgroups_path {cg:?} is not a cgroup (looked for {rel})"))?;
 
         let p = json(ctx, &["pod", &pod.id])?;
         let listed = p["containers"].as_array().is_some_and(|a| a.iter().any(|c| c == id.as_str()));

@@ -196,8 +196,9 @@ async fn zombies(ctx: &Ctx, id: &str) -> Result<Vec<String>> {
 pub async fn pod_pid1_reaps_zombies(ctx: &Ctx) -> Result<()> {
     let pc = ctx.pod_config("reaper", &[]);
     with_pod(ctx, pc, async |pod: &Pod| {
-        // Three orphans: each `( ... &)` subshell exits at once, leaving its sleep to PID 1.
-        let script = "(sleep 1.5 &); (sleep 1.5 &); (sleep 1.5 &); exec sleep 60";
+        // Three orphans: each `( ... &)` subshell exits at once, leaving its sleep to PID 1. They
+        // sleep long enough to be seen on a slow (emulated) machine; their end is polled for.
+        let script = "(sleep 4 &); (sleep 4 &); (sleep 4 &); exec sleep 60";
         let id = ctx.start_container(pod, "reaper", &ctx.images.busybox, &["sh", "-c", script]).await?;
         ctx.wait_container_state(&id, cri::ContainerState::ContainerRunning, Duration::from_secs(30)).await?;
         let r = ctx.exec(&id, &["cat", "/proc/1/cmdline"], 10).await?;
@@ -213,12 +214,21 @@ pub async fn pod_pid1_reaps_zombies(ctx: &Ctx) -> Result<()> {
         let r = ctx.exec(&id, &["sh", "-c", "for f in /proc/[0-9]*/stat; do read -r l < $f; set -- $l; [ \"$2\" = '(sleep)' ] && [ \"$4\" = 1 ] && echo orphan; done; true"], 10).await?;
         let orphans = String::from_utf8_lossy(&r.stdout).lines().count();
         check(orphans == 3, || format!("{orphans} sleep processes have PID 1 as parent, expected the 3 orphans"))?;
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        let z = zombies(ctx, &id).await?;
-        check(z.is_empty(), || format!("zombies remain after the orphans exited: {z:?}"))?;
-        let r = ctx.exec(&id, &["sh", "-c", "for f in /proc/[0-9]*/stat; do read -r l < $f; set -- $l; [ \"$2\" = '(sleep)' ] && [ \"$4\" = 1 ] && echo orphan; done; true"], 10).await?;
-        let left = String::from_utf8_lossy(&r.stdout).lines().count();
-        check(left == 0, || format!("{left} orphans still listed under PID 1 after they exited"))
+        // Once they have exited (4 s after they started), nothing of them is left: no zombie,
+        // no process listed under PID 1.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let z = zombies(ctx, &id).await?;
+            let r = ctx.exec(&id, &["sh", "-c", "for f in /proc/[0-9]*/stat; do read -r l < $f; set -- $l; [ \"$2\" = '(sleep)' ] && [ \"$4\" = 1 ] && echo orphan; done; true"], 10).await?;
+            let left = String::from_utf8_lossy(&r.stdout).lines().count();
+            if z.is_empty() && left == 0 {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("30 s on: zombies {z:?}, {left} orphans still listed under PID 1");
+            }
+        }
     })
     .await
 }

@@ -262,11 +262,23 @@ pub async fn cadvisor_set_with_values(ctx: &Ctx) -> Result<()> {
         let id = ctx.create_with(&pod, config).await?;
         ctx.rt().start_container(cri::StartContainerRequest { container_id: id.clone() }).await?;
         ctx.wait_container_state(&id, cri::ContainerState::ContainerRunning, Duration::from_secs(30)).await?;
-        // A few CFS periods of 100 ms at 20% of a CPU: throttled in most of them.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let all = ctx.rt().list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {}).await?.into_inner().pod_metrics;
-        let p = all.iter().find(|p| p.pod_sandbox_id == pod.id).with_context(|| format!("pod {} not in ListPodSandboxMetrics", pod.id))?;
-        let c = p.container_metrics.iter().find(|c| c.container_id == id).with_context(|| format!("container {id} not in its pod's metrics"))?;
+        // A few CFS periods of 100 ms at 20% of a CPU (throttled in most of them), and the script's
+        // writes done: at 20% of a CPU that takes a while on a slow (emulated) machine, so poll.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut waited = Duration::ZERO;
+        let (p, c) = loop {
+            let step = Duration::from_millis(500);
+            tokio::time::sleep(step).await;
+            waited += step;
+            let all = ctx.rt().list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {}).await?.into_inner().pod_metrics;
+            let p = all.into_iter().find(|p| p.pod_sandbox_id == pod.id).with_context(|| format!("pod {} not in ListPodSandboxMetrics", pod.id))?;
+            let c = p.container_metrics.iter().find(|c| c.container_id == id).cloned().with_context(|| format!("container {id} not in its pod's metrics"))?;
+            let value = |n: &str| c.metrics.iter().find(|m| m.name == n).map(|m| metric_value(m)).unwrap_or(0);
+            let written = value("container_fs_usage_bytes") >= 256 << 10;
+            if (written && waited >= Duration::from_millis(1500)) || tokio::time::Instant::now() >= deadline {
+                break (p, c);
+            }
+        };
         let metrics: Vec<&cri::Metric> = c.metrics.iter().chain(p.metrics.iter()).collect();
         let not_sent: Vec<&str> = CADVISOR_SET.iter().copied().filter(|n| !metrics.iter().any(|m| m.name == *n)).collect();
         check(not_sent.is_empty(), || format!("not sent for a running container: {not_sent:?}"))?;

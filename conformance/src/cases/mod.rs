@@ -16,6 +16,7 @@ macro_rules! case {
 
 mod authority;
 mod container;
+mod cgroupdriver;
 mod cri036;
 mod cstatus;
 mod errors;
@@ -87,7 +88,9 @@ pub fn all() -> Vec<Case> {
         case!("container_stop_remove_twice", exec::stop_remove_twice),
         case!("exec_sync_output", exec::exec_sync_output),
         case!("exec_sync_timeout", exec::exec_sync_timeout),
-        case!("runtime_config_cgroupfs", runtime_info::runtime_config_cgroupfs),
+        case!("runtime_config_cgroup_driver", runtime_info::runtime_config_cgroup_driver),
+        case!("cgroup_parent_of_other_driver_refused", cgroupdriver::other_driver_parent_refused),
+        case!("cgroup_systemd_scopes", cgroupdriver::systemd_scopes),
         case!("update_runtime_config", runtime_info::update_runtime_config),
         case!("image_fs_info", runtime_info::image_fs_info),
         case!("host_network_pod", podnet::host_network_pod),

@@ -6,22 +6,27 @@ use anyhow::{Context, Result};
 use berth::cri::v1 as cri;
 use std::time::{Duration, Instant};
 
-/// RuntimeConfig: `linux.cgroup_driver` is CGROUPFS (the cgroup v1 hosts this suite runs on use
-/// cgroupfs paths). containerd 1.6 predates the RPC and answers Unimplemented: skipped there.
-pub async fn runtime_config_cgroupfs(ctx: &Ctx) -> Result<()> {
+/// RuntimeConfig: `linux.cgroup_driver` is the driver the runtime runs with (kubelet 1.34+
+/// follows it): SYSTEMD for a berth started with `CRI_CGROUP_MANAGER=systemd`, else CGROUPFS.
+/// containerd 1.6 predates the RPC and answers Unimplemented: skipped there.
+pub async fn runtime_config_cgroup_driver(ctx: &Ctx) -> Result<()> {
     let r = match ctx.rt().runtime_config(cri::RuntimeConfigRequest {}).await {
         Ok(r) => r.into_inner(),
         Err(s) if s.code() == tonic::Code::Unimplemented => {
-            eprintln!("note runtime_config_cgroupfs: RuntimeConfig is Unimplemented: {}", s.message());
+            eprintln!("note runtime_config_cgroup_driver: RuntimeConfig is Unimplemented: {}", s.message());
             return skip("the runtime does not implement RuntimeConfig (CRI v1.28+)");
         }
         Err(s) => return Err(s).context("RuntimeConfig"),
     };
     let linux = r.linux.context("RuntimeConfig: no `linux` in the reply")?;
-    let want = cri::CgroupDriver::Cgroupfs as i32;
-    check(linux.cgroup_driver == want, || {
+    let want = if ctx.kind == crate::daemon::TargetKind::Berth && crate::cgroups::systemd() {
+        cri::CgroupDriver::Systemd
+    } else {
+        cri::CgroupDriver::Cgroupfs
+    };
+    check(linux.cgroup_driver == want as i32, || {
         let got = cri::CgroupDriver::try_from(linux.cgroup_driver).map(|d| d.as_str_name()).unwrap_or("UNKNOWN_VALUE");
-        format!("linux.cgroup_driver {got}, expected CGROUPFS")
+        format!("linux.cgroup_driver {got}, expected {}", want.as_str_name())
     })
 }
 

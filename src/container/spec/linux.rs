@@ -385,8 +385,15 @@ pub fn container_linux(
             });
         }
     }
+    let mut namespaces = container_namespaces(sb, c.container_id, sc, c.pid_target)?;
+    if host.cgroup_v2 && !sc.privileged {
+        // cgroup v2: a private cgroup namespace, so the container's /sys/fs/cgroup is its own
+        // cgroup (memory.max and the rest readable there), as containerd and CRI-O do on a
+        // unified host for every unprivileged container (kubelet assumes it on v2).
+        namespaces.push(namespace(LinuxNamespaceType::Cgroup, None));
+    }
     let mut l = Linux::default();
-    l.set_namespaces(Some(container_namespaces(sb, c.container_id, sc, c.pid_target)?))
+    l.set_namespaces(Some(namespaces))
         .set_cgroups_path(Some(PathBuf::from(cgroups_path(sb.cgroup_parent, c.container_id))))
         .set_resources(Some(res))
         .set_devices(if devices.is_empty() { None } else { Some(devices) })

@@ -597,6 +597,30 @@ fn namespaces_for_each_option() {
 }
 
 #[test]
+fn cgroup_namespace_on_v2_for_unprivileged_containers() {
+    let f = Fixture::new();
+    let with = |cfg: &cri::ContainerConfig, v2: bool| {
+        let rootfs = f.rootfs();
+        let c = ContainerContext {
+            container_id: "c1",
+            config: cfg,
+            image: &image(),
+            rootfs: &rootfs,
+            own_oom_score_adj: 0,
+            pid_target: None,
+            features: &Default::default(),
+        };
+        let spec = container_spec_with(&f.sb(), &c, &HostFacts { cgroup_v2: v2, ..host() }).unwrap();
+        ns_of(&spec).iter().any(|(t, p)| *t == LinuxNamespaceType::Cgroup && p.is_none())
+    };
+    assert!(!with(&config(), false), "v1 host: no cgroup namespace");
+    assert!(with(&config(), true), "v2 host: a private cgroup namespace");
+    let mut cfg = config();
+    sec(&mut cfg).privileged = true;
+    assert!(!with(&cfg, true), "privileged: the host's cgroup namespace");
+}
+
+#[test]
 fn resources_map_and_skip_hugetlb_without_controller() {
     let r = cri::LinuxContainerResources {
         cpu_period: 100000,

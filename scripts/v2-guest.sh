@@ -1,0 +1,212 @@
+#!/usr/bin/env bash
+# The cgroup v2 test lane: a small Debian 12 guest (systemd as PID 1, cgroup v2 only) booted with
+# QEMU, with this checkout shared in read-only over 9p at the same absolute path, so the binaries
+# built here (berth, berth-monitor, the conformance suite) run there unchanged.
+#
+#   bash scripts/v2-guest.sh build            # debootstrap the guest and make its disk (once)
+#   bash scripts/v2-guest.sh run [FILTER...]   # boot a fresh copy, run the conformance suite
+#                                              # (cases whose names contain a FILTER), power off
+#   bash scripts/v2-guest.sh probe             # say whether and how this machine can run the guest
+#
+# `run` prints the guest's output and exits with the suite's status. Every run boots a copy of
+# the pristine disk, so runs never see each other's leftovers. Needs root (debootstrap, 9p
+# passthrough). The workspace must be built first (`cargo build --workspace --bins` and
+# `cargo test -p berth-conformance --test cri --no-run`).
+#
+# Env: BERTH_V2_DIR (default /var/cache/berth-test/v2-guest) holds the guest;
+# BERTH_V2_ACCEL=kvm|tcg overrides the probe; BERTH_V2_TIMEOUT (s, default 3600) bounds a run;
+# BERTH_V2_ENV: extra `NAME=value` lines for the suite's environment inside the guest.
+# docs/cgroups.md says what runs where and how long it takes.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+dir=${BERTH_V2_DIR:-/var/cache/berth-test/v2-guest}
+tree=$dir/tree
+disk=$dir/disk.img
+export DEBIAN_FRONTEND=noninteractive
+
+# What the guest needs to run berth and the conformance suite on its own loopback: the same
+# packages scripts/install-deps.sh puts on the host (minus containerd, the Rust toolchain and
+# compilers, which stay on the host), plus a kernel, systemd, D-Bus and AppArmor's parser (the
+# Debian kernel enables AppArmor, so berth loads its profile there).
+guest_packages=(
+  systemd-sysv udev dbus kmod linux-image-amd64 initramfs-tools apparmor
+  runc containernetworking-plugins docker-registry busybox iproute2 iptables
+  util-linux mount procps ca-certificates openssl e2fsprogs
+)
+
+need_host_tools() {
+  local missing=()
+  [ -x /usr/bin/qemu-system-x86_64 ] || missing+=(qemu-system-x86)
+  [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
+  [ -x /sbin/mkfs.ext4 ] || missing+=(e2fsprogs)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "v2-guest: installing ${missing[*]}"
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null
+  fi
+}
+
+build() {
+  need_host_tools
+  if [ -f "$disk" ] && [ -f "$dir/stamp" ] && [ "$(cat "$dir/stamp")" = "$(stamp)" ]; then
+    echo "v2-guest: $disk is up to date"
+    return
+  fi
+  rm -rf "$tree" "$disk" "$dir/stamp"
+  mkdir -p "$dir"
+  echo "v2-guest: debootstrap bookworm into $tree (a few minutes)"
+  local pkgs
+  pkgs=$(IFS=,; echo "${guest_packages[*]}")
+  debootstrap --variant=minbase --include="$pkgs" bookworm "$tree" http://deb.debian.org/debian \
+    >"$dir/debootstrap.log" 2>&1 || { tail -30 "$dir/debootstrap.log" >&2; exit 1; }
+
+  echo berth-v2 >"$tree/etc/hostname"
+  printf '127.0.0.1 localhost\n127.0.1.1 berth-v2\n' >"$tree/etc/hosts"
+  printf '/dev/vda / ext4 rw,relatime 0 1\n' >"$tree/etc/fstab"
+  # No network interface in the guest: pods live on the bridge berth's CNI config makes inside it.
+  # resolv.conf must exist (berth copies it into pods).
+  printf 'nameserver 127.0.0.53\n' >"$tree/etc/resolv.conf"
+  # Root logs in on the serial console without a password (only for debugging a lane by hand).
+  chroot "$tree" passwd -d root >/dev/null
+
+  install -m 0755 /dev/stdin "$tree/usr/local/sbin/berth-lane" <<'LANE'
+#!/bin/bash
+# Runs once at boot: mounts the lane's 9p shares, runs /lane/cmd.sh, records its status, powers off.
+mkdir -p /lane
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 lane /lane || { systemctl poweroff; exit 1; }
+. /lane/env
+mkdir -p "$REPO"
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288,ro repo "$REPO"
+{
+  echo "== guest: kernel $(uname -r), /sys/fs/cgroup is $(stat -fc %T /sys/fs/cgroup), $(nproc) CPUs"
+  bash /lane/cmd.sh
+} >/lane/log 2>&1 </dev/null
+echo $? >/lane/rc.tmp
+sync
+mv /lane/rc.tmp /lane/rc
+sync
+systemctl poweroff --no-block
+LANE
+  cat >"$tree/etc/systemd/system/berth-lane.service" <<'UNIT'
+[Unit]
+Description=berth test lane (scripts/v2-guest.sh)
+After=local-fs.target systemd-udev-settle.service
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/berth-lane
+StandardOutput=journal+console
+StandardError=journal+console
+[Install]
+WantedBy=multi-user.target
+UNIT
+  mkdir -p "$tree/etc/systemd/system/multi-user.target.wants"
+  ln -sf /etc/systemd/system/berth-lane.service "$tree/etc/systemd/system/multi-user.target.wants/"
+  # A quiet, quick boot: no getty on the console racing the lane's output.
+  chroot "$tree" systemctl mask getty@tty1.service serial-getty@ttyS0.service >/dev/null 2>&1 || true
+  chroot "$tree" apt-get clean
+
+  local kver
+  kver=$(basename "$(ls -d "$tree"/lib/modules/* | head -1)")
+  cp "$tree/boot/vmlinuz-$kver" "$dir/vmlinuz"
+  cp "$tree/boot/initrd.img-$kver" "$dir/initrd.img"
+  echo "v2-guest: making $disk from the tree"
+  local size_mb
+  size_mb=$(( $(du -sm "$tree" | cut -f1) + 6144 ))
+  mkfs.ext4 -q -F -L berth-v2 -d "$tree" "$disk" "${size_mb}M"
+  stamp >"$dir/stamp"
+  echo "v2-guest: built ($kver, $(du -sh --apparent-size "$disk" | cut -f1) disk)"
+}
+
+# What the built guest depends on: this script's guest part. A change to it rebuilds the guest.
+stamp() {
+  sed -n '/^guest_packages=/,/^}/p; /^build()/,/^}/p' "$0" | sha256sum | cut -c1-16
+}
+
+# KVM here: /dev/kvm exists, but on nested-virtualised hosts without vmx/svm passed through a
+# stock kernel does not boot (QEMU aborts setting an MSR with -cpu host, hangs with kvm64), so the
+# probe boots the guest's kernel for real and falls back to TCG (software emulation).
+probe_accel() {
+  if [ -n "${BERTH_V2_ACCEL:-}" ]; then echo "$BERTH_V2_ACCEL"; return; fi
+  if [ -c /dev/kvm ] && [ -f "$dir/vmlinuz" ]; then
+    local out
+    out=$(timeout 20 qemu-system-x86_64 -machine q35,accel=kvm -cpu host -m 256 -display none \
+      -no-reboot -serial stdio -kernel "$dir/vmlinuz" -append "console=ttyS0 panic=-1 quiet" 2>&1 || true)
+    # The kernel got far enough to look for its root disk: KVM works.
+    if grep -q -e 'VFS: Cannot open root' -e 'Kernel panic' <<<"$out"; then echo kvm; return; fi
+  fi
+  echo tcg
+}
+
+run() {
+  [ -f "$disk" ] || build
+  local accel cpu
+  accel=$(probe_accel)
+  if [ "$accel" = kvm ]; then cpu=host; else cpu=max; fi
+  local suite
+  suite=$(cd "$repo" && cargo test -p berth-conformance --test cri --no-run --message-format=json 2>/dev/null \
+    | python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "cri" and m.get("executable"):
+        print(m["executable"])')
+  [ -x "$suite" ] || { echo "v2-guest: conformance suite not built (cargo test -p berth-conformance --test cri --no-run)" >&2; exit 1; }
+  [ -x "$repo/target/debug/berth" ] || { echo "v2-guest: target/debug/berth not built" >&2; exit 1; }
+
+  local lane
+  lane=$(mktemp -d /tmp/berth-v2-lane.XXXXXX)
+  local img=$lane/disk.img
+  cp --sparse=always "$disk" "$img"
+  {
+    printf 'REPO=%q\n' "$repo"
+  } >"$lane/env"
+  {
+    echo "set -u"
+    echo "cd $(printf %q "$repo")"
+    echo "export BERTH_BIN=$(printf %q "$repo/target/debug/berth")"
+    printf '%s\n' "${BERTH_V2_ENV:-}" | sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*=.*\)$/export \1/p'
+    printf 'exec %q' "$suite"
+    local f
+    for f in "$@"; do printf ' %q' "$f"; done
+    echo
+  } >"$lane/cmd.sh"
+
+  echo "v2-guest: booting ($accel, 2 CPUs, 4 GiB) with $repo shared in; suite: ${*:-all cases}"
+  local start=$SECONDS
+  : >"$lane/log"
+  tail -n +1 -f "$lane/log" &
+  local tailer=$!
+  set +e
+  timeout "${BERTH_V2_TIMEOUT:-3600}" qemu-system-x86_64 \
+    -machine q35,accel="$accel" -cpu "$cpu" -smp 2 -m 4096 \
+    -display none -no-reboot -nic none -serial file:"$lane/console.log" \
+    -kernel "$dir/vmlinuz" -initrd "$dir/initrd.img" \
+    -append "root=/dev/vda rw console=ttyS0 panic=-1 systemd.unified_cgroup_hierarchy=1 systemd.show_status=0 quiet" \
+    -drive file="$img",if=virtio,format=raw,cache=unsafe \
+    -virtfs local,path="$repo",mount_tag=repo,security_model=passthrough,readonly=on \
+    -virtfs local,path="$lane",mount_tag=lane,security_model=passthrough
+  local qrc=$?
+  set -e
+  sleep 0.5
+  kill "$tailer" 2>/dev/null || true
+  wait "$tailer" 2>/dev/null || true
+  local rc
+  if [ -f "$lane/rc" ]; then
+    rc=$(cat "$lane/rc")
+    echo "v2-guest: suite exited $rc after $((SECONDS - start)) s in the guest ($accel)"
+  else
+    rc=1
+    echo "v2-guest: the guest stopped without a result (qemu status $qrc after $((SECONDS - start)) s); its console:" >&2
+    tail -40 "$lane/console.log" >&2 || true
+  fi
+  if [ "$rc" = 0 ] && [ -z "${BERTH_TEST_KEEP:-}" ]; then rm -rf "$lane"; else echo "v2-guest: lane files kept in $lane"; fi
+  return "$rc"
+}
+
+case "${1:-}" in
+  build) build ;;
+  run) shift; run "$@" ;;
+  probe) need_host_tools; echo "v2-guest: accelerator $(probe_accel)" ;;
+  *) echo "usage: $0 build | run [FILTER...] | probe" >&2; exit 2 ;;
+esac
