@@ -191,6 +191,11 @@ impl Daemon {
         }
         let pause_bin = crate::pause::install(&config.run_root)
             .with_context(|| format!("installing berth-pause under {}", config.run_root.display()))?;
+        match crate::container::apparmor::ensure_default_loaded(&config.run_root) {
+            Ok(crate::container::apparmor::Loaded::LoadedNow) => tracing::info!("AppArmor profile berth-default loaded"),
+            Ok(_) => {}
+            Err(why) => tracing::warn!(error = %why, "cannot load the AppArmor profile berth-default; pods asking for RuntimeDefault will be refused"),
+        }
         let own_oom_score_adj = std::fs::read_to_string("/proc/self/oom_score_adj")
             .ok()
             .and_then(|s| s.trim().parse().ok())

@@ -13,6 +13,7 @@ pub mod imagevol;
 mod lifecycle;
 pub mod stopdeadline;
 pub mod logs;
+pub mod apparmor;
 pub mod mac;
 pub mod seccomp;
 pub mod signal;
