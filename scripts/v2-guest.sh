@@ -6,6 +6,7 @@
 #   bash scripts/v2-guest.sh build            # debootstrap the guest and make its disk (once)
 #   bash scripts/v2-guest.sh run [FILTER...]   # boot a fresh copy, run the conformance suite
 #                                              # (cases whose names contain a FILTER), power off
+#   bash scripts/v2-guest.sh run --kubelet PATH # kubelet-check there: a real kubelet on berth
 #   bash scripts/v2-guest.sh probe             # say whether and how this machine can run the guest
 #
 # `run` prints the guest's output and exits with the suite's status. Every run boots a copy of
@@ -152,27 +153,44 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "cri" and m.get("executable"):
         print(m["executable"])')
   [ -x "$suite" ] || { echo "v2-guest: conformance suite not built (cargo test -p berth-conformance --test cri --no-run)" >&2; exit 1; }
-  [ -x "$repo/target/debug/berth" ] || { echo "v2-guest: target/debug/berth not built" >&2; exit 1; }
+  # `run --kubelet PATH`: kubelet-check (a real kubelet on berth) instead of the suite.
+  local program=$suite extra=() args=("$@") what="suite: ${*:-all cases}" setup=:
+  if [ "${1:-}" = --kubelet ]; then
+    [ -x "${2:-}" ] || { echo "v2-guest: --kubelet needs the path of a kubelet binary" >&2; exit 2; }
+    program=$repo/target/debug/kubelet-check
+    extra=("$2")
+    args=(--kubelet /lane/bin/"$(basename "$2")")
+    what="kubelet-check with $2"
+    # kubelet wants the node's IP from a default route; the guest has no network, so a dummy
+    # interface gives it one (nothing is ever sent there).
+    setup='ip link add dummy0 type dummy && ip addr add 192.0.2.10/24 dev dummy0 && ip link set dummy0 up && ip route add default via 192.0.2.1'
+  fi
+  [ -x "$repo/target/debug/berth" ] && [ -x "$repo/target/debug/berth-monitor" ] || { echo "v2-guest: target/debug/berth and berth-monitor not built (cargo build --workspace --bins)" >&2; exit 1; }
 
   local lane
   lane=$(mktemp -d /tmp/berth-v2-lane.XXXXXX)
   local img=$lane/disk.img
   cp --sparse=always "$disk" "$img"
+  # The binaries this run tests, copied: a rebuild on the host while the guest runs (the suite
+  # restarts berth) must not mix two builds in one run.
+  mkdir -p "$lane/bin"
+  cp "$repo/target/debug/berth" "$repo/target/debug/berth-monitor" "$program" "${extra[@]}" "$lane/bin/"
   {
     printf 'REPO=%q\n' "$repo"
   } >"$lane/env"
   {
     echo "set -u"
     echo "cd $(printf %q "$repo")"
-    echo "export BERTH_BIN=$(printf %q "$repo/target/debug/berth")"
+    echo "export BERTH_BIN=/lane/bin/berth"
+    echo "$setup"
     printf '%s\n' "${BERTH_V2_ENV:-}" | sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*=.*\)$/export \1/p'
-    printf 'exec %q' "$suite"
+    printf 'exec /lane/bin/%q' "$(basename "$program")"
     local f
-    for f in "$@"; do printf ' %q' "$f"; done
+    for f in "${args[@]}"; do printf ' %q' "$f"; done
     echo
   } >"$lane/cmd.sh"
 
-  echo "v2-guest: booting ($accel, 2 CPUs, 4 GiB) with $repo shared in; suite: ${*:-all cases}"
+  echo "v2-guest: booting ($accel, 2 CPUs, 4 GiB) with $repo shared in; $what"
   local start=$SECONDS
   : >"$lane/log"
   tail -n +1 -f "$lane/log" &
@@ -200,7 +218,9 @@ for line in sys.stdin:
     echo "v2-guest: the guest stopped without a result (qemu status $qrc after $((SECONDS - start)) s); its console:" >&2
     tail -40 "$lane/console.log" >&2 || true
   fi
-  if [ "$rc" = 0 ] && [ -z "${BERTH_TEST_KEEP:-}" ]; then rm -rf "$lane"; else echo "v2-guest: lane files kept in $lane"; fi
+  # The disk copy and binaries are never worth keeping; the log and console are, after a failure.
+  rm -rf "$img" "$lane/bin"
+  if [ "$rc" = 0 ] && [ -z "${BERTH_TEST_KEEP:-}" ]; then rm -rf "$lane"; else echo "v2-guest: log and console kept in $lane"; fi
   return "$rc"
 }
 

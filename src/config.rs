@@ -304,6 +304,10 @@ impl Config {
             }
         }
         cfg.validate()?;
+        // A slice given as kubelet writes it (its cgroupfs path) is kept as the slice name.
+        if let Ok(p) = crate::cgroups::normalize_parent(cfg.cgroup_driver(), &cfg.cgroup_parent) {
+            cfg.cgroup_parent = p;
+        }
         Ok(cfg)
     }
 

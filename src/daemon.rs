@@ -293,7 +293,7 @@ impl Daemon {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .any(|h| (h.runs.is_err() || h.user_namespaces.is_err()) && h.tested.elapsed() >= RETEST_AFTER)
+            .any(|h| h.retest_due(RETEST_AFTER))
     }
 
     /// Re-runs the self-test of every handler whose last one failed more than
@@ -309,7 +309,7 @@ impl Daemon {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .filter(|(_, h)| (h.runs.is_err() || h.user_namespaces.is_err()) && h.tested.elapsed() >= RETEST_AFTER)
+            .filter(|(_, h)| h.retest_due(RETEST_AFTER))
             .map(|(n, _)| n.clone())
             .collect();
         for name in due {

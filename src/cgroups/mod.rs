@@ -12,7 +12,10 @@
 //!   `a.slice`: systemd.slice(5); runc's `ExpandSlice`).
 //!
 //! The form of a parent says its driver, so paths are computed from the parent alone; the daemon
-//! refuses a parent of the other driver's form when a pod is created ([`validate_parent`]).
+//! refuses a parent of the other driver's form when a pod is created ([`normalize_parent`]).
+//! kubelet's systemd driver sends a pod's parent as the slice's cgroupfs path
+//! (`/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod<uid>.slice`); berth keeps
+//! its last component, the slice name, as containerd (`path.Base`) and CRI-O do.
 //! `systemd` is the D-Bus side of the systemd driver (berth's own monitor scopes).
 
 pub mod systemd;
@@ -79,14 +82,25 @@ fn is_slice_name(s: &str) -> bool {
 
 /// Checks that `parent` is a cgroup parent of `driver`'s form. `Err` holds what was expected,
 /// for an InvalidArgument naming the field (`config.linux.cgroup_parent` or `cgroup_parent`).
-///
-/// cgroupfs: an absolute path with no `..` component and not a slice name. systemd: a slice
-/// name systemd accepts (systemd.unit(5) unit name characters; dashes separate nesting levels,
-/// so no empty component: `a--b.slice` and `-a.slice` are refused, as by runc's `ExpandSlice`).
+/// See [`normalize_parent`] for the forms.
 pub fn validate_parent(driver: Driver, parent: &str) -> Result<(), String> {
+    normalize_parent(driver, parent).map(drop)
+}
+
+/// The cgroup parent as berth records it, from what a pod config (or the config file) gives.
+///
+/// cgroupfs: an absolute path with no `..` component whose last component is not a slice;
+/// returned as given. systemd: a slice name systemd accepts (systemd.unit(5) unit name
+/// characters; dashes separate nesting levels, so no empty component: `a--b.slice` and
+/// `-a.slice` are refused, as by runc's `ExpandSlice`), or that slice's cgroupfs path as kubelet
+/// sends it (which must be where the slice really nests); returned as the slice name.
+/// `Err` says what was expected.
+pub fn normalize_parent(driver: Driver, parent: &str) -> Result<String, String> {
+    let trimmed = parent.trim_end_matches('/');
+    let base = trimmed.rsplit('/').next().unwrap_or(trimmed);
     match driver {
         Driver::Cgroupfs => {
-            if is_slice_name(parent) {
+            if base.ends_with(".slice") {
                 return Err(format!(
                     "{parent:?} is a systemd slice, but berth runs with cgroup_manager = \"cgroupfs\": give a cgroupfs path (e.g. /kubepods/besteffort/pod<uid>) or run kubelet and berth with the same cgroup driver"
                 ));
@@ -96,15 +110,19 @@ pub fn validate_parent(driver: Driver, parent: &str) -> Result<(), String> {
                     "{parent:?} must be an absolute cgroupfs path without \"..\" (e.g. /kubepods/besteffort/pod<uid>)"
                 ));
             }
-            Ok(())
+            Ok(parent.to_string())
         }
         Driver::Systemd => {
-            if parent.starts_with('/') || !parent.ends_with(".slice") {
+            if !base.ends_with(".slice") {
                 return Err(format!(
                     "{parent:?} is not a systemd slice, but berth runs with cgroup_manager = \"systemd\": give a slice name (e.g. kubepods-besteffort-pod<uid>.slice) or run kubelet and berth with the same cgroup driver"
                 ));
             }
-            expand_slice(parent).map(|_| ())
+            let path = expand_slice(base)?;
+            if trimmed.contains('/') && trimmed != path {
+                return Err(format!("{parent:?}: slice {base} lives at {path}, not there"));
+            }
+            Ok(base.to_string())
         }
     }
 }
@@ -168,6 +186,15 @@ pub fn fs_path(parent: &str, id: &str) -> String {
     }
 }
 
+/// Where the pod cgroup `parent` itself is, relative to the cgroup mount, with a leading `/`:
+/// the path itself (cgroupfs) or the expanded slice (systemd; `/` for an invalid one).
+pub fn parent_fs_path(parent: &str) -> String {
+    match Driver::of_parent(parent) {
+        Driver::Cgroupfs => parent.to_string(),
+        Driver::Systemd => expand_slice(parent).unwrap_or_else(|_| "/".into()),
+    }
+}
+
 /// The transient scope runc (with `--systemd-cgroup`) makes for container `id`: `berth-<id>.scope`.
 pub fn scope_name(id: &str) -> String {
     format!("{PREFIX}-{id}.scope")
@@ -204,6 +231,20 @@ mod tests {
         assert_eq!(runtime_path("kubepods-pod1.slice", "c1"), "kubepods-pod1.slice:berth:c1");
         assert_eq!(fs_path("kubepods-pod1.slice", "c1"), "/kubepods.slice/kubepods-pod1.slice/berth-c1.scope");
         assert_eq!(fs_path("-.slice", "c1"), "/berth-c1.scope");
+        assert_eq!(parent_fs_path("kubepods-pod1.slice"), "/kubepods.slice/kubepods-pod1.slice");
+        assert_eq!(parent_fs_path("/kubepods/pod1"), "/kubepods/pod1");
+    }
+
+    #[test]
+    fn kubelets_slice_paths_become_slice_names() {
+        let kubelet = "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice";
+        assert_eq!(normalize_parent(Driver::Systemd, kubelet).unwrap(), "kubepods-besteffort-pod1.slice");
+        assert_eq!(normalize_parent(Driver::Systemd, "kubepods.slice").unwrap(), "kubepods.slice");
+        let e = normalize_parent(Driver::Systemd, "/other.slice/kubepods-pod1.slice").unwrap_err();
+        assert!(e.contains("lives at /kubepods.slice/kubepods-pod1.slice"), "{e}");
+        let e = normalize_parent(Driver::Cgroupfs, kubelet).unwrap_err();
+        assert!(e.contains("systemd slice"), "{e}");
+        assert_eq!(normalize_parent(Driver::Cgroupfs, "/kubepods/pod1").unwrap(), "/kubepods/pod1");
     }
 
     #[test]

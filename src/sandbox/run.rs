@@ -60,7 +60,7 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
         Some(p) if !p.is_empty() => p.to_string(),
         _ => d.config.cgroup_parent.clone(),
     };
-    crate::cgroups::validate_parent(d.config.cgroup_driver(), &cgroup_parent)
+    let cgroup_parent = crate::cgroups::normalize_parent(d.config.cgroup_driver(), &cgroup_parent)
         .map_err(|why| Error::invalid("config.linux.cgroup_parent", why))?;
 
     let id = crate::util::new_id();

@@ -37,6 +37,23 @@ pub struct Health {
     pub tested: std::time::Instant,
 }
 
+/// How a user-namespace verdict that is a limit of this kernel begins (Status verbose info shows
+/// it; the conformance suite skips user-namespace cases on it). A retest cannot change it.
+pub const KERNEL_LIMIT: &str = "this kernel";
+
+impl Health {
+    /// Whether the user-namespace failure is a limit of this kernel ([`KERNEL_LIMIT`]).
+    pub fn userns_kernel_limit(&self) -> bool {
+        self.user_namespaces.as_ref().err().is_some_and(|e| e.starts_with(KERNEL_LIMIT))
+    }
+
+    /// Whether this result is due to be re-tested: something failed that a retest may change,
+    /// and the test is at least `after` old.
+    pub fn retest_due(&self, after: Duration) -> bool {
+        (self.runs.is_err() || self.user_namespaces.is_err() && !self.userns_kernel_limit()) && self.tested.elapsed() >= after
+    }
+}
+
 /// How long one runtime invocation of the test may take before it is killed.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -160,7 +177,7 @@ fn idmap_probe(pid_file: &Path, layer_store: &Path, dir: &Path) -> Result<(), St
     crate::storage::mount_tmpfs(&shm, "size=64k").map_err(|e| e.to_string())?;
     let idmapped = crate::storage::idmap::idmapped_clone(&shm, &ns, false).map(drop);
     let _ = crate::storage::unmount(&shm);
-    idmapped.map_err(|e| format!("this kernel cannot idmap a tmpfs (the pod's /dev/shm; Linux 6.3 and later can): {e}"))
+    idmapped.map_err(|e| format!("{KERNEL_LIMIT} cannot idmap a tmpfs (the pod's /dev/shm; Linux 6.3 and later can): {e}"))
 }
 
 /// Runs one runtime command with null stdio (stderr to `stderr` when given: runc init inherits
@@ -220,6 +237,19 @@ fn runtime_cmd(runtime: &Runtime, root: &PathBuf) -> Command {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn kernel_limits_are_not_retested() {
+        let old = std::time::Instant::now() - Duration::from_secs(120);
+        let h = |runs: Result<(), String>, userns: Result<(), String>| Health { runs, user_namespaces: userns, tested: old };
+        let limit = format!("{KERNEL_LIMIT} cannot idmap a tmpfs");
+        assert!(!h(Ok(()), Err(limit.clone())).retest_due(Duration::from_secs(60)));
+        assert!(h(Ok(()), Err(limit)).userns_kernel_limit());
+        assert!(h(Ok(()), Err("runc: permission denied".into())).retest_due(Duration::from_secs(60)));
+        assert!(h(Err("broken".into()), Err("x".into())).retest_due(Duration::from_secs(60)));
+        assert!(!h(Ok(()), Ok(())).retest_due(Duration::from_secs(60)));
+        assert!(!h(Err("broken".into()), Ok(())).retest_due(Duration::from_secs(600)));
+    }
 
     fn runtime(handler: &str, path: &Path) -> Runtime {
         Runtime::new(handler, path.to_path_buf(), PathBuf::from("/nonexistent")).unwrap()

@@ -13,7 +13,7 @@
 //! have none.
 
 use super::cgroup::{self, CgroupStats};
-use super::{caches, host_layout, parse, StatsError};
+use super::{caches, host_layout, parse, psi, StatsError};
 use crate::cgroups::fs_path;
 use crate::container::{ContainerPaths, ContainerRecord, ContainerState};
 use crate::daemon::{Daemon, Error, Result};
@@ -35,15 +35,36 @@ pub(crate) fn stats_error(kind: &str, id: &str, e: StatsError) -> Error {
     }
 }
 
-/// CRI CPU and memory usage of a cgroup's figures at `now` (ns); `rate_key` names the object in
-/// the rate cache.
-fn cpu_memory(s: &CgroupStats, rate_key: &str, now: i64) -> (Option<cri::CpuUsage>, Option<cri::MemoryUsage>) {
+/// Pressure stall information of one cgroup (cgroup v2 with PSI; all `None` elsewhere).
+#[derive(Debug, Clone, Copy, Default)]
+struct Pressure {
+    cpu: Option<cri::PsiStats>,
+    memory: Option<cri::PsiStats>,
+    io: Option<cri::PsiStats>,
+}
+
+impl Pressure {
+    /// Reads `cpu.pressure`, `memory.pressure` and `io.pressure` of `cgroup` (a path under the
+    /// cgroup mount).
+    fn read(cgroup: &str) -> Pressure {
+        let get = |r: &str| psi::read(host_layout(), cgroup, r).map(|p| psi::to_cri(&p));
+        Pressure { cpu: get("cpu"), memory: get("memory"), io: get("io") }
+    }
+
+    /// CRI IoUsage: it carries only PSI, so `None` without it.
+    fn io_usage(&self, now: i64) -> Option<cri::IoUsage> {
+        self.io.map(|p| cri::IoUsage { timestamp: now, psi: Some(p) })
+    }
+}
+
+/// CRI CPU and memory usage of a cgroup's figures at `now` (ns), with its PSI; `rate_key` names
+/// the object in the rate cache.
+fn cpu_memory(s: &CgroupStats, psi: &Pressure, rate_key: &str, now: i64) -> (Option<cri::CpuUsage>, Option<cri::MemoryUsage>) {
     let cpu = s.cpu_usage_ns.map(|ns| cri::CpuUsage {
         timestamp: now,
         usage_core_nano_seconds: u64v(ns),
         usage_nano_cores: caches().0.nano_cores(rate_key, now, ns).map(|value| cri::UInt64Value { value }),
-        // Pressure stall information: cgroup v2 only (issue #10); none on v1.
-        psi: None,
+        psi: psi.cpu,
     });
     let memory = s.memory.map(|m| cri::MemoryUsage {
         timestamp: now,
@@ -53,7 +74,7 @@ fn cpu_memory(s: &CgroupStats, rate_key: &str, now: i64) -> (Option<cri::CpuUsag
         rss_bytes: u64v(m.rss),
         page_faults: u64v(m.page_faults),
         major_page_faults: u64v(m.major_page_faults),
-        psi: None,
+        psi: psi.memory,
     });
     (cpu, memory)
 }
@@ -91,8 +112,10 @@ pub fn writable_layers_usage(containers_dir: &std::path::Path) -> std::io::Resul
 /// cgroup figures (for pod sums).
 fn one_container(d: &Daemon, r: &ContainerRecord, parent: &str) -> Result<(cri::ContainerStats, CgroupStats)> {
     let now = crate::util::now_nanos();
-    let raw = cgroup::read(host_layout(), &fs_path(parent, &r.id)).map_err(|e| stats_error("container", &r.id, e))?;
-    let (cpu, memory) = cpu_memory(&raw, &r.id, now);
+    let dir = fs_path(parent, &r.id);
+    let raw = cgroup::read(host_layout(), &dir).map_err(|e| stats_error("container", &r.id, e))?;
+    let pressure = Pressure::read(&dir);
+    let (cpu, memory) = cpu_memory(&raw, &pressure, &r.id, now);
     let upper = ContainerPaths::new(d, &r.id).state.join("upper");
     let writable_layer = match caches().1.usage(&upper) {
         Ok((bytes, inodes)) => Some(cri::FilesystemUsage {
@@ -117,8 +140,7 @@ fn one_container(d: &Daemon, r: &ContainerRecord, parent: &str) -> Result<(cri::
         memory,
         writable_layer,
         swap: None,
-        // IoUsage carries only PSI (cgroup v2, issue #10).
-        io: None,
+        io: pressure.io_usage(now),
     };
     Ok((stats, raw))
 }
@@ -217,17 +239,19 @@ fn one_sandbox(d: &Daemon, sb: &SandboxRecord, containers: &[ContainerRecord]) -
     // A parent of the pod's own (kubelet's pod cgroup) counts everything in the pod, including
     // processes exec'd into it; berth's shared default parent holds other pods too.
     let own_parent = sb.cgroup_parent.trim_end_matches('/') != d.config.cgroup_parent.trim_end_matches('/');
-    let pod = if own_parent {
-        match cgroup::read(host_layout(), &sb.cgroup_parent) {
-            Ok(s) => s,
-            Err(StatsError::NoCgroup { .. }) => sum,
+    let parent_dir = crate::cgroups::parent_fs_path(&sb.cgroup_parent);
+    let (pod, pressure) = if own_parent {
+        match cgroup::read(host_layout(), &parent_dir) {
+            Ok(s) => (s, Pressure::read(&parent_dir)),
+            Err(StatsError::NoCgroup { .. }) => (sum, Pressure::default()),
             Err(e) => return Err(stats_error("pod sandbox cgroup parent of", &sb.id, e)),
         }
     } else {
-        sum
+        // PSI does not add up across cgroups: without a pod cgroup there is none for the pod.
+        (sum, Pressure::default())
     };
     let now = crate::util::now_nanos();
-    let (cpu, memory) = cpu_memory(&pod, &format!("pod/{}", sb.id), now);
+    let (cpu, memory) = cpu_memory(&pod, &pressure, &format!("pod/{}", sb.id), now);
     Ok(cri::PodSandboxStats {
         attributes: Some(cri::PodSandboxAttributes {
             id: sb.id.clone(),
@@ -241,7 +265,7 @@ fn one_sandbox(d: &Daemon, sb: &SandboxRecord, containers: &[ContainerRecord]) -
             network: network(sb, now),
             process: pod.pids.map(|n| cri::ProcessUsage { timestamp: now, process_count: u64v(n) }),
             containers: stats,
-            io: None,
+            io: pressure.io_usage(now),
         }),
         windows: None,
     })

@@ -12,6 +12,7 @@ pub mod cgroup;
 pub mod collect;
 pub mod detail;
 pub mod parse;
+pub mod psi;
 
 pub use cgroup::{CgroupStats, MemoryStats};
 pub use collect::{container_stats, list_container_stats, list_pod_sandbox_stats, pod_sandbox_stats};

@@ -388,6 +388,7 @@ fn teardown(o: &mut Owned) {
     }
     // Anything still running that names our temp dir (container monitors) was started by us.
     harness::end_leftovers_under(&o.tmp);
+    berth_conformance::cgroups::remove_parent();
     if !o.bridge_existed && Path::new("/sys/class/net").join(BRIDGE).exists() {
         let _ = Command::new("ip").args(["link", "del", BRIDGE]).stdout(Stdio::null()).status();
     }

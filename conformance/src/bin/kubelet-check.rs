@@ -202,6 +202,7 @@ fn teardown(o: &mut Owned) {
     // Anything still running that names our temp dir (container monitors) was started by us.
     harness::end_leftovers_under(&o.tmp);
     kubelet::remove_created_cgroups(&o.cgroups_before);
+    berth_conformance::cgroups::remove_parent();
     kubelet::remove_pod_logs();
     if !o.bridge_existed && Path::new("/sys/class/net").join(BRIDGE).exists() {
         let _ = Command::new("ip").args(["link", "del", BRIDGE]).stdout(Stdio::null()).status();

@@ -17,7 +17,8 @@ pub async fn other_driver_parent_refused(ctx: &Ctx) -> Result<()> {
     if ctx.kind != TargetKind::Berth {
         return skip("containerd 1.6 passes any cgroup_parent to runc unchecked");
     }
-    let parent = if crate::cgroups::systemd() { "/kubepods/besteffort/podx" } else { "kubepods-besteffort-podx.slice" };
+    // Under cgroupfs, the slice's path as kubelet's systemd driver sends it.
+    let parent = if crate::cgroups::systemd() { "/kubepods/besteffort/podx" } else { "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podx.slice" };
     let mut pc = ctx.pod_config("otherdriver", &[]);
     pc.linux.get_or_insert_with(Default::default).cgroup_parent = parent.into();
     let before = pods(ctx).await?;
@@ -43,7 +44,8 @@ async fn pods(ctx: &Ctx) -> Result<usize> {
 }
 
 /// Under the systemd driver, a pod with slice parent `berthtest-pod<n>.slice` (nested in the
-/// suite's `berthtest.slice`, as kubelet nests `kubepods-besteffort-pod<uid>.slice`):
+/// suite's `berthtest.slice`, as kubelet nests `kubepods-besteffort-pod<uid>.slice`, and given
+/// as kubelet gives it, as the slice's cgroupfs path `/berthtest.slice/berthtest-pod<n>.slice`):
 /// - its container's cgroupsPath is `<slice>:berth:<id>` and runc put the container's process in
 ///   `berth-<id>.scope` there, with the 64 MiB memory limit in its `memory.max`;
 /// - its monitor is in `berth-monitor-<id>.scope` in the same slice;
@@ -58,7 +60,7 @@ pub async fn systemd_scopes(ctx: &Ctx) -> Result<()> {
     let slice = format!("berthtest-pod{n}.slice");
     let slice_dir = PathBuf::from(format!("/sys/fs/cgroup/berthtest.slice/{slice}"));
     let mut pc = ctx.pod_config("scopes", &[]);
-    pc.linux.get_or_insert_with(Default::default).cgroup_parent = slice.clone();
+    pc.linux.get_or_insert_with(Default::default).cgroup_parent = format!("/berthtest.slice/{slice}");
     let pod = ctx.run_pod_with(pc).await?;
     let res = async {
         let mut config = ctx.container_config("scoped", &ctx.images.busybox, &["sleep", "1000"]);

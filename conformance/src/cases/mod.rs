@@ -128,6 +128,7 @@ pub fn all() -> Vec<Case> {
         case!("stats_list_filters", stats::list_filters),
         case!("stats_pod_network", stats::pod_stats_network),
         case!("stats_update_resources", stats::update_resources),
+        case!("stats_match_kernel_v2", stats::stats_match_kernel_v2),
         case!("stream_exec_exit_code", streaming::exec_exit_code),
         case!("stream_exec_stdin", streaming::exec_stdin),
         case!("stream_exec_tty", streaming::exec_tty),

@@ -19,7 +19,7 @@ fn parent_of(pid: i64) -> Result<(i32, String)> {
 }
 
 /// `info["info"].pid` of a verbose status.
-fn info_pid(info: &std::collections::HashMap<String, String>) -> Result<i64> {
+pub(super) fn info_pid(info: &std::collections::HashMap<String, String>) -> Result<i64> {
     let v: serde_json::Value = serde_json::from_str(info.get("info").context("verbose status has no info")?)?;
     v["pid"].as_i64().filter(|p| *p > 0).context("verbose info has no pid")
 }

@@ -257,3 +257,56 @@ pub async fn update_resources(ctx: &Ctx) -> Result<()> {
     ctx.remove_pod(&pod.id).await?;
     res
 }
+
+/// On a cgroup v2 host, ContainerStats agrees with what the kernel reports for the container's
+/// cgroup (found from `/proc/<pid>/cgroup` of its process): memory usage within 1 MiB of
+/// `memory.current`, CPU time no more than `cpu.stat` `usage_usec` read just after, and, where
+/// the kernel has PSI (`cpu.pressure` exists), `psi` for CPU, memory and I/O with each `some`
+/// total no more than the kernel's (µs there, ns in the CRI). Skipped on cgroup v1.
+pub async fn stats_match_kernel_v2(ctx: &Ctx) -> Result<()> {
+    if !std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        return skip("this host runs cgroup v1 (the v2 lane, scripts/v2-guest.sh, runs this case)");
+    }
+    let pod = ctx.run_pod("kernelstats").await?;
+    let res = async {
+        let id = running(ctx, &pod, "kstats", &["sh", "-c", "head -c 8000000 /dev/zero | cat > /dev/null; exec sleep 1000"], &[]).await?;
+        let st = ctx.rt().container_status(cri::ContainerStatusRequest { container_id: id.clone(), verbose: true }).await?.into_inner();
+        let pid = super::monitor::info_pid(&st.info)?;
+        let proc_cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).with_context(|| format!("/proc/{pid}/cgroup"))?;
+        let rel = proc_cgroup.lines().find_map(|l| l.strip_prefix("0::")).context("no 0:: line in /proc/PID/cgroup")?;
+        let dir = std::path::Path::new("/sys/fs/cgroup").join(rel.trim_start_matches('/'));
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).with_context(|| format!("{}/{f}", dir.display()));
+        let s = container_stats(ctx, &id).await?;
+        let current: u64 = read("memory.current")?.trim().parse()?;
+        let cpu_after = read("cpu.stat")?.lines().find_map(|l| l.strip_prefix("usage_usec ")).context("cpu.stat usage_usec")?.trim().parse::<u64>()? * 1000;
+        let mem = s.memory.as_ref().and_then(|m| val(&m.usage_bytes)).context("no memory.usage_bytes")?;
+        check(mem.abs_diff(current) <= 1 << 20, || format!("memory usage {mem}, kernel's memory.current {current}"))?;
+        let cpu = s.cpu.as_ref().and_then(|c| val(&c.usage_core_nano_seconds)).context("no cpu.usage_core_nano_seconds")?;
+        check(cpu > 0 && cpu <= cpu_after, || format!("cpu usage {cpu} ns, kernel's usage_usec*1000 {cpu_after}"))?;
+        if !dir.join("cpu.pressure").exists() {
+            eprintln!("note stats_match_kernel_v2: this kernel has no PSI");
+            return Ok(());
+        }
+        let some_total = |f: &str| -> Result<u64> {
+            let t = read(f)?;
+            let line = t.lines().find(|l| l.starts_with("some ")).with_context(|| format!("{f}: no some line"))?;
+            let total = line.split_whitespace().find_map(|w| w.strip_prefix("total=")).with_context(|| format!("{f}: no total"))?;
+            Ok(total.parse::<u64>()? * 1000)
+        };
+        let got = [
+            ("cpu", s.cpu.as_ref().and_then(|c| c.psi), "cpu.pressure"),
+            ("memory", s.memory.as_ref().and_then(|m| m.psi), "memory.pressure"),
+            ("io", s.io.as_ref().and_then(|i| i.psi), "io.pressure"),
+        ];
+        for (what, psi, file) in got {
+            let psi = psi.with_context(|| format!("no {what} psi in ContainerStats on a kernel with PSI"))?;
+            let reported = psi.some.map(|d| d.total).unwrap_or(0);
+            let kernel = some_total(file)?;
+            check(reported <= kernel, || format!("{what} psi some.total {reported} ns, more than the kernel's {kernel} ns read after"))?;
+        }
+        Ok(())
+    }
+    .await;
+    ctx.remove_pod(&pod.id).await?;
+    res
+}

@@ -67,12 +67,8 @@ async fn require_support(ctx: &Ctx) -> Result<()> {
     match (supported, ctx.kind) {
         (true, _) => Ok(()),
         (false, TargetKind::Berth) => {
-            // berth says why in its verbose Status; a limit of this kernel is a reason to skip,
-            // anything else (a broken self-test) fails.
-            let verbose = ctx.rt().status(cri::StatusRequest { verbose: true }).await.context("Status")?.into_inner();
-            let handlers: serde_json::Value =
-                serde_json::from_str(verbose.info.get("runtimeHandlers").map_or("{}", String::as_str)).unwrap_or_default();
-            let why = handlers["runc"]["userNamespaces"].as_str().unwrap_or("").to_string();
+            // A limit of this kernel is a reason to skip; anything else (a broken self-test) fails.
+            let why = berth_userns_verdict(ctx).await?;
             if why.starts_with("this kernel") {
                 return skip(&format!("berth's self-test: {why}"));
             }
@@ -80,6 +76,15 @@ async fn require_support(ctx: &Ctx) -> Result<()> {
         }
         (false, _) => skip("the runtime reports no handler with user namespace support"),
     }
+}
+
+/// What berth's self-test says of runc and user namespaces (verbose Status,
+/// `runtimeHandlers.runc.userNamespaces`): `ok`, or why not. A reason that starts with "this
+/// kernel" is a limit of the host, not of berth.
+pub(super) async fn berth_userns_verdict(ctx: &Ctx) -> Result<String> {
+    let verbose = ctx.rt().status(cri::StatusRequest { verbose: true }).await.context("Status")?.into_inner();
+    let handlers: serde_json::Value = serde_json::from_str(verbose.info.get("runtimeHandlers").map_or("{}", String::as_str)).unwrap_or_default();
+    Ok(handlers["runc"]["userNamespaces"].as_str().unwrap_or("").to_string())
 }
 
 async fn pod_count(ctx: &Ctx) -> Result<usize> {

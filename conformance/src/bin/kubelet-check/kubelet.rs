@@ -31,7 +31,7 @@ kind: KubeletConfiguration
 staticPodPath: {manifests}
 fileCheckFrequency: 2s
 syncFrequency: 5s
-cgroupDriver: cgroupfs
+cgroupDriver: {driver}
 failSwapOn: false
 address: 127.0.0.1
 port: {port}
@@ -53,6 +53,7 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 "#,
         manifests = manifests.display(),
+        driver = if berth_conformance::cgroups::systemd() { "systemd" } else { "cgroupfs" },
     );
     let config_path = tmp.join("kubelet.yaml");
     std::fs::write(&config_path, config)?;
@@ -98,20 +99,31 @@ impl Kubelet {
     }
 }
 
-/// `kubepods` cgroup directories present now, one per mounted hierarchy.
+/// `kubepods` cgroup directories present now, one per mounted hierarchy (cgroupfs driver), and
+/// `kubepods.slice` (systemd driver on cgroup v2).
 pub fn kubepods_cgroups() -> Vec<PathBuf> {
     let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") else { return Vec::new() };
     let mut v: Vec<PathBuf> = rd.flatten().map(|e| e.path().join("kubepods")).filter(|p| p.is_dir()).collect();
-    if Path::new("/sys/fs/cgroup/kubepods").is_dir() {
-        v.push(PathBuf::from("/sys/fs/cgroup/kubepods"));
+    for top in ["/sys/fs/cgroup/kubepods", "/sys/fs/cgroup/kubepods.slice"] {
+        if Path::new(top).is_dir() {
+            v.push(PathBuf::from(top));
+        }
     }
     v
 }
 
-/// Removes (rmdir, deepest first) the `kubepods` trees that were not there before the run.
+/// Removes the `kubepods` trees that were not there before the run: `systemctl stop` for
+/// kubelet's `kubepods.slice` (systemd driver), rmdir deepest first for cgroupfs directories.
 pub fn remove_created_cgroups(before: &[PathBuf]) {
     for dir in kubepods_cgroups() {
         if before.contains(&dir) {
+            continue;
+        }
+        if dir.extension().is_some_and(|e| e == "slice") {
+            match Command::new("systemctl").arg("stop").arg(dir.file_name().unwrap_or_default()).status() {
+                Ok(s) if s.success() => {}
+                other => eprintln!("teardown: systemctl stop {}: {other:?}", dir.display()),
+            }
             continue;
         }
         let mut dirs = Vec::new();
