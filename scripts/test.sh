@@ -5,7 +5,8 @@
 #
 # Then the cgroup v2 lane: the conformance suite again inside a Debian 12 guest booted with
 # cgroup v2 and systemd (scripts/v2-guest.sh, docs/cgroups.md), once with the systemd cgroup
-# driver (every case) and once with cgroupfs (the cgroup cases).
+# driver (every case), once with cgroupfs (the cgroup cases) and once with cgroupfs nested in a
+# cgroup namespace as in a kind node (the cgroup cases).
 #
 # Env: CRI_TARGET=containerd or BERTH_ENDPOINT=unix:///x.sock point the suite elsewhere
 # (see conformance/README.md; no v2 lane then); BERTH_TEST_KEEP=1 keeps the suite's temp dir;
@@ -55,9 +56,12 @@ else
   echo "== cgroup v2 lane: cgroupfs driver, the cgroup cases"
   bash scripts/v2-guest.sh run cgroup memory stats_ oom metrics inspect restart leak </dev/null 2>&1 | tee -a "$log"
   v2_cgroupfs=${PIPESTATUS[0]}
+  echo "== cgroup v2 lane: cgroupfs driver, berth in a nested cgroup namespace (a kind node), the cgroup cases"
+  bash scripts/v2-guest.sh run --nested cgroup memory stats_ oom metrics </dev/null 2>&1 | tee -a "$log"
+  v2_nested=${PIPESTATUS[0]}
   set -e
-  if [ "$v2_systemd" != 0 ] || [ "$v2_cgroupfs" != 0 ]; then
-    echo "== cgroup v2 lane FAILED (systemd driver: exit $v2_systemd, cgroupfs: exit $v2_cgroupfs)"
+  if [ "$v2_systemd" != 0 ] || [ "$v2_cgroupfs" != 0 ] || [ "$v2_nested" != 0 ]; then
+    echo "== cgroup v2 lane FAILED (systemd driver: exit $v2_systemd, cgroupfs: exit $v2_cgroupfs, nested: exit $v2_nested)"
     status=1
   fi
 fi

@@ -7,6 +7,7 @@
 #   bash scripts/v2-guest.sh run [FILTER...]   # boot a fresh copy, run the conformance suite
 #                                              # (cases whose names contain a FILTER), power off
 #   bash scripts/v2-guest.sh run --kubelet PATH # kubelet-check there: a real kubelet on berth
+#   bash scripts/v2-guest.sh run --nested [FILTER...]  # the suite in a nested cgroup namespace
 #   bash scripts/v2-guest.sh probe             # say whether and how this machine can run the guest
 #
 # `run` prints the guest's output and exits with the suite's status. Every run boots a copy of
@@ -154,8 +155,17 @@ for line in sys.stdin:
         print(m["executable"])')
   [ -x "$suite" ] || { echo "v2-guest: conformance suite not built (cargo test -p berth-conformance --test cri --no-run)" >&2; exit 1; }
   # `run --kubelet PATH`: kubelet-check (a real kubelet on berth) instead of the suite.
-  local program=$suite extra=() args=("$@") what="suite: ${*:-all cases}" setup=:
-  if [ "${1:-}" = --kubelet ]; then
+  local program=$suite extra=() args=("$@") what="suite: ${*:-all cases}" setup=: wrap=
+  if [ "${1:-}" = --nested ]; then
+    # berth as in a kind node or a dind container: in a cgroup namespace whose root is a
+    # non-root cgroup holding processes (berth delegates controllers itself, cgroups::nest).
+    shift
+    args=("$@")
+    what="suite nested in a cgroup namespace: ${*:-all cases}"
+    # As a container engine does for a container's cgroup: the controllers are delegated to it.
+    setup='for c in cpu io memory pids; do echo +$c > /sys/fs/cgroup/cgroup.subtree_control; done; mkdir -p /sys/fs/cgroup/node && echo $$ > /sys/fs/cgroup/node/cgroup.procs'
+    wrap="unshare --cgroup --mount --fork sh -c 'umount -l /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec \"\$0\" \"\$@\"' "
+  elif [ "${1:-}" = --kubelet ]; then
     [ -x "${2:-}" ] || { echo "v2-guest: --kubelet needs the path of a kubelet binary" >&2; exit 2; }
     program=$repo/target/debug/kubelet-check
     extra=("$2")
@@ -184,7 +194,7 @@ for line in sys.stdin:
     echo "export BERTH_BIN=/lane/bin/berth"
     echo "$setup"
     printf '%s\n' "${BERTH_V2_ENV:-}" | sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*=.*\)$/export \1/p'
-    printf 'exec /lane/bin/%q' "$(basename "$program")"
+    printf 'exec %s/lane/bin/%q' "$wrap" "$(basename "$program")"
     local f
     for f in "${args[@]}"; do printf ' %q' "$f"; done
     echo

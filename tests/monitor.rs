@@ -374,6 +374,7 @@ fn exec_spec(c: &Case, args: &[&str], tty: bool, stdin: bool) -> (MonitorSpec, E
         bundle: dir.clone(),
         runtime: c.runtime.path.clone(),
         runtime_root: c.runtime.root.clone(),
+        systemd_cgroup: false,
         log_path: None,
         exit_file: dir.join("exit"),
         pid_file: dir.join("pid"),

@@ -132,6 +132,22 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         _ => fmt.with_ansi(std::io::stderr().is_terminal()).init(),
     }
 
+    // In a container of its own (kind node, dind style) with the cgroupfs driver on cgroup v2:
+    // make the namespace's root cgroup able to give pods controllers (cgroups::nest).
+    if config.cgroup_driver() == berth::cgroups::Driver::Cgroupfs {
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        match berth::cgroups::nest::delegate_if_nested(std::path::Path::new("/sys/fs/cgroup"), &own) {
+            Ok(berth::cgroups::nest::Nesting::Delegated { moved, enabled, failed }) => {
+                tracing::info!(moved, ?enabled, "nested cgroup v2: moved the root cgroup's processes to /init and enabled controllers");
+                if !failed.is_empty() {
+                    tracing::warn!(?failed, "nested cgroup v2: some controllers could not be enabled; pods get no limits of theirs");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "nested cgroup v2: cannot delegate controllers; pods may get no resource limits"),
+        }
+    }
+
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let store = Arc::new(berth::state::Store::open(&config.root)?);

@@ -18,6 +18,7 @@
 //! its last component, the slice name, as containerd (`path.Base`) and CRI-O do.
 //! `systemd` is the D-Bus side of the systemd driver (berth's own monitor scopes).
 
+pub mod nest;
 pub mod systemd;
 
 use std::fmt;

@@ -42,6 +42,7 @@ impl Case {
             bundle: self.bundle(),
             runtime: self.runtime.path.clone(),
             runtime_root: self.runtime.root.clone(),
+            systemd_cgroup: false,
             log_path: Some(self.dir.path().join("logs/0.log")),
             exit_file: self.dir.path().join("exits").join(&self.id),
             pid_file: self.bundle().join("pidfile"),

@@ -7,7 +7,8 @@
 //! Set-up, all under a temp dir `/tmp/berth-kubelet-check-*`: the conformance registry with its
 //! test images, the test CNI network (bridge `brt0`), berth on its own roots, then kubelet in
 //! standalone mode (no API server) with `staticPodPath` = `<tmp>/manifests`, the cgroupfs driver
-//! and its read-only API on a loopback port, where `/pods` shows the static pods' status.
+//! (systemd, and berth's too, with `CRI_CGROUP_MANAGER=systemd`) and its read-only API on a
+//! loopback port, where `/pods` shows the static pods' status.
 //!
 //! Checks, in order:
 //! 1. a static pod with two containers (`ticker` prints a line a second, `web` is busybox httpd
