@@ -101,6 +101,22 @@ pub fn ok_if_missing<T>(r: Result<T>) -> Result<Option<T>> {
     }
 }
 
+/// Counts one running self-test for as long as it lives (also when the test panics).
+struct SelfTestRunning(Arc<std::sync::atomic::AtomicUsize>);
+
+impl SelfTestRunning {
+    fn enter(counter: &Arc<std::sync::atomic::AtomicUsize>) -> SelfTestRunning {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        SelfTestRunning(counter.clone())
+    }
+}
+
+impl Drop for SelfTestRunning {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Everything the lifecycle modules share. Built by [`Daemon::open`].
 pub struct Daemon {
     /// Effective configuration.
@@ -125,6 +141,9 @@ pub struct Daemon {
     handler_health: Mutex<HashMap<String, crate::sandbox::selftest::Health>>,
     /// Set while a re-test runs, so Status calls do not pile them up.
     retesting: std::sync::atomic::AtomicBool,
+    /// Self-tests running now (the one at start, re-tests): a shutdown waits for them, since a
+    /// daemon that exits mid-test leaves the test's `runtime create` and its cgroup behind.
+    selftests_running: Arc<std::sync::atomic::AtomicUsize>,
     /// The `berth-monitor` binary.
     pub monitor_bin: PathBuf,
     /// The static `berth-pause` binary, installed under the run root.
@@ -212,6 +231,7 @@ impl Daemon {
             unavailable_runtimes,
             handler_health: Mutex::new(HashMap::new()),
             retesting: std::sync::atomic::AtomicBool::new(false),
+            selftests_running: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             monitor_bin,
             pause_bin,
             names: Mutex::new(HashMap::new()),
@@ -278,13 +298,28 @@ impl Daemon {
     /// thread is not waited for at shutdown).
     pub fn start_self_tests(self: &Arc<Self>) {
         let d = self.clone();
+        let running = SelfTestRunning::enter(&self.selftests_running);
         let spawned = std::thread::Builder::new().name("berth-selftest".into()).spawn(move || {
+            let _running = running;
             let results = self_test_handlers(&d.config, &d.pause_bin, &d.runtimes);
             d.handler_health.lock().unwrap_or_else(|p| p.into_inner()).extend(results);
         });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the runtime handler self-test");
         }
+    }
+
+    /// Waits up to `max` for running self-tests to finish (each deletes what it made); for a
+    /// shutdown. Returns whether none is left running.
+    pub fn wait_self_tests(&self, max: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + max;
+        while self.selftests_running.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        true
     }
 
     /// Whether a failed self-test is due to run again ([`Daemon::retest_failed_handlers`]).
@@ -304,6 +339,7 @@ impl Daemon {
         if self.retesting.swap(true, Ordering::SeqCst) {
             return;
         }
+        let _running = SelfTestRunning::enter(&self.selftests_running);
         let due: Vec<String> = self
             .handler_health
             .lock()

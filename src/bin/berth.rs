@@ -190,7 +190,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "sd_notify READY=1 failed"),
         };
+        let after = daemon.clone();
         let served = berth::server::serve(daemon, streaming, &listen, shutdown, ready).await;
+        // A self-test still running would leave its test container behind: let it finish.
+        let finished = tokio::task::spawn_blocking(move || after.wait_self_tests(std::time::Duration::from_secs(15))).await;
+        if !matches!(finished, Ok(true)) {
+            tracing::warn!("a runtime handler self-test did not finish within 15 s; the next start deletes what it left");
+        }
         // The CRI socket goes with the server; the inspect socket is ours to remove too.
         if let Err(e) = std::fs::remove_file(&inspect_socket) {
             if e.kind() != std::io::ErrorKind::NotFound {
