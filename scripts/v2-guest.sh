@@ -142,7 +142,7 @@ probe_accel() {
 }
 
 run() {
-  [ -f "$disk" ] || build
+  build   # at once when the guest is up to date; rebuilt when this script's guest part changed
   local accel cpu
   accel=$(probe_accel)
   if [ "$accel" = kvm ]; then cpu=host; else cpu=max; fi
