@@ -31,10 +31,12 @@ pub enum SystemdError {
     NotMoved { unit: String, pid: u32, secs: u64 },
 }
 
-/// A connection to systemd's manager object on the system bus.
+/// A connection to systemd's manager object on the system bus: one proxy, made at connect
+/// time, without a property cache (berth reads one property once; a cache would subscribe to
+/// every change of the manager's properties).
 #[derive(Debug, Clone)]
 pub struct SystemdClient {
-    conn: zbus::Connection,
+    manager: zbus::Proxy<'static>,
 }
 
 const DEST: &str = "org.freedesktop.systemd1";
@@ -48,11 +50,16 @@ impl SystemdClient {
     /// Connects to the system bus. Errors: [`SystemdError::Connect`].
     pub async fn connect() -> Result<SystemdClient, SystemdError> {
         let conn = zbus::Connection::system().await.map_err(SystemdError::Connect)?;
-        Ok(SystemdClient { conn })
-    }
-
-    async fn manager(&self) -> Result<zbus::Proxy<'static>, zbus::Error> {
-        zbus::Proxy::new(&self.conn, DEST, PATH, MANAGER).await
+        let manager = zbus::proxy::Builder::<zbus::Proxy<'static>>::new(&conn)
+            .destination(DEST)
+            .and_then(|b| b.path(PATH))
+            .and_then(|b| b.interface(MANAGER))
+            .map_err(SystemdError::Connect)?
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .map_err(SystemdError::Connect)?;
+        Ok(SystemdClient { manager })
     }
 
     /// Makes transient scope `unit` in `slice` holding process `pid` (`StartTransientUnit` with
@@ -68,9 +75,8 @@ impl SystemdClient {
             ("CollectMode", Value::from("inactive-or-failed")),
         ];
         let aux: Vec<(&str, Vec<(&str, Value<'_>)>)> = Vec::new();
-        let manager = self.manager().await.map_err(call)?;
         let _job: OwnedObjectPath =
-            manager.call("StartTransientUnit", &(unit, "fail", props, aux)).await.map_err(call)?;
+            self.manager.call("StartTransientUnit", &(unit, "fail", props, aux)).await.map_err(call)?;
         let needle = format!("/{unit}\n");
         let deadline = tokio::time::Instant::now() + MOVE_TIMEOUT;
         loop {
@@ -90,8 +96,7 @@ impl SystemdClient {
     /// does not know (already collected) is not an error. Errors: [`SystemdError::Call`].
     pub async fn stop_unit(&self, unit: &str) -> Result<(), SystemdError> {
         let call = |source| SystemdError::Call { method: "StopUnit", unit: unit.to_string(), source };
-        let manager = self.manager().await.map_err(call)?;
-        match manager.call::<_, _, OwnedObjectPath>("StopUnit", &(unit, "replace")).await {
+        match self.manager.call::<_, _, OwnedObjectPath>("StopUnit", &(unit, "replace")).await {
             Ok(_) => Ok(()),
             Err(zbus::Error::MethodError(name, _, _)) if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit" => Ok(()),
             Err(e) => Err(call(e)),
@@ -123,7 +128,6 @@ impl SystemdClient {
     /// systemd's version (`Version` property of the manager), for the startup log.
     pub async fn version(&self) -> Result<String, SystemdError> {
         let call = |source| SystemdError::Call { method: "Get Version", unit: "manager".into(), source };
-        let manager = self.manager().await.map_err(call)?;
-        manager.get_property::<String>("Version").await.map_err(|e| call(e.into()))
+        self.manager.get_property::<String>("Version").await.map_err(call)
     }
 }

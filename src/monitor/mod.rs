@@ -78,10 +78,7 @@ impl MonitorSpec {
     /// options, for the caller to add a subcommand to.
     pub fn runtime_command(&self) -> std::process::Command {
         let mut cmd = std::process::Command::new(&self.runtime);
-        cmd.arg("--root").arg(&self.runtime_root);
-        if self.systemd_cgroup {
-            cmd.arg("--systemd-cgroup");
-        }
+        cmd.args(crate::oci::global_args(&self.runtime_root, self.systemd_cgroup));
         cmd
     }
 }

@@ -77,6 +77,17 @@ pub struct Runtime {
     pub systemd_cgroup: bool,
 }
 
+/// The global options every runtime invocation takes, before its subcommand: `--root <root>`,
+/// and `--systemd-cgroup` under the systemd cgroup driver (runc, crun and youki all take it;
+/// containerd passes it on every call when `SystemdCgroup` is set, and so does berth).
+pub fn global_args(root: &Path, systemd_cgroup: bool) -> Vec<&std::ffi::OsStr> {
+    let mut args = vec![std::ffi::OsStr::new("--root"), root.as_os_str()];
+    if systemd_cgroup {
+        args.push(std::ffi::OsStr::new("--systemd-cgroup"));
+    }
+    args
+}
+
 impl Runtime {
     /// A runtime driver. `path` may be a bare name (`runc`), resolved on `PATH`, or a path.
     /// Errors: [`OciError::NotFound`] when no executable file is found.
@@ -90,10 +101,7 @@ impl Runtime {
     /// `runtime --root R [--systemd-cgroup]`: the runtime command with its global options.
     pub fn command(&self) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(&self.path);
-        cmd.arg("--root").arg(&self.root);
-        if self.systemd_cgroup {
-            cmd.arg("--systemd-cgroup");
-        }
+        cmd.args(global_args(&self.root, self.systemd_cgroup));
         cmd
     }
 
@@ -298,6 +306,13 @@ pub fn resolve_binary(path: &Path) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn global_args_carry_root_and_the_systemd_flag() {
+        let root = Path::new("/run/berth/runtime/runc");
+        assert_eq!(global_args(root, false), ["--root", "/run/berth/runtime/runc"]);
+        assert_eq!(global_args(root, true), ["--root", "/run/berth/runtime/runc", "--systemd-cgroup"]);
+    }
 
     #[test]
     fn extracts_logrus_msg() {

@@ -13,7 +13,7 @@
 //! A handler that fails is reported, not hidden: Status verbose info lists it with the
 //! runtime's own message, and a request naming it fails with that message.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -214,7 +214,7 @@ fn run_step(cmd: &mut Command, stderr: Option<std::fs::File>) -> Result<(), Stri
 fn delete_test_container(runtime: &Runtime, state: &Path, id: &str) -> Result<(), String> {
     let err_path = state.with_extension("delete-stderr");
     let err_file = std::fs::File::create(&err_path).map_err(|e| format!("creating {}: {e}", err_path.display()))?;
-    let outcome = run_step(runtime_cmd(runtime, &state.to_path_buf()).args(["delete", "--force", id]), Some(err_file));
+    let outcome = run_step(runtime_cmd(runtime, state).args(["delete", "--force", id]), Some(err_file));
     let msg = crate::oci::runtime_error_message(&std::fs::read_to_string(&err_path).unwrap_or_default());
     let _ = std::fs::remove_file(&err_path);
     match outcome {
@@ -224,12 +224,9 @@ fn delete_test_container(runtime: &Runtime, state: &Path, id: &str) -> Result<()
     }
 }
 
-fn runtime_cmd(runtime: &Runtime, root: &PathBuf) -> Command {
+fn runtime_cmd(runtime: &Runtime, root: &Path) -> Command {
     let mut c = Command::new(&runtime.path);
-    c.arg("--root").arg(root);
-    if runtime.systemd_cgroup {
-        c.arg("--systemd-cgroup");
-    }
+    c.args(crate::oci::global_args(root, runtime.systemd_cgroup));
     c
 }
 
@@ -252,7 +249,7 @@ mod tests {
     }
 
     fn runtime(handler: &str, path: &Path) -> Runtime {
-        Runtime::new(handler, path.to_path_buf(), PathBuf::from("/nonexistent")).unwrap()
+        Runtime::new(handler, path.to_path_buf(), std::path::PathBuf::from("/nonexistent")).unwrap()
     }
 
     #[test]
