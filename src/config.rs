@@ -284,7 +284,7 @@ impl Config {
         };
         for (var, value) in env {
             let Some(rest) = var.strip_prefix("BERTH_") else { continue };
-            if rest.is_empty() || ENV_NOT_CONFIG.contains(&rest) {
+            if rest.is_empty() || ENV_NOT_CONFIG.contains(&rest) || ENV_NOT_CONFIG_PREFIXES.iter().any(|p| rest.starts_with(p)) {
                 continue;
             }
             let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
@@ -427,8 +427,15 @@ impl Config {
 /// Smallest non-zero `log_size_max` in bytes (CRI-O's floor, conmon's read buffer).
 pub const LOG_SIZE_MAX_MIN: u64 = 8192;
 
-/// `BERTH_*` variables that configure something other than the daemon (tests, tools).
-const ENV_NOT_CONFIG: &[&str] = &["ENDPOINT", "BIN", "TEST_KEEP", "LOG"];
+/// `BERTH_*` variables that configure something other than the daemon's config (the log filter,
+/// the conformance suite's target).
+const ENV_NOT_CONFIG: &[&str] = &["ENDPOINT", "BIN", "LOG"];
+
+/// Prefixes (after `BERTH_`) left to the test tools: `BERTH_TEST_*` (the conformance suite),
+/// `BERTH_V2_*` (scripts/v2-guest.sh, `BERTH_V2_LANE` of scripts/test.sh) and `BERTH_FRESH_*`
+/// (scripts/fresh-tree.sh). No config key starts with these, so a tool's variable in the
+/// environment never stops a daemon as an unknown key.
+const ENV_NOT_CONFIG_PREFIXES: &[&str] = &["TEST_", "V2_", "FRESH_"];
 
 fn comment_for(key: &str) -> Option<&'static str> {
     let generic = if key.starts_with("runtime.handlers.") && !key.ends_with(".path") && !key.ends_with(".root") {
@@ -601,6 +608,19 @@ mod tests {
         assert!(e.contains("berth.toml") && e.contains("port"), "{e}");
         let e = Config::load(&opts(d.path().join("nope").as_path(), vec![("BERTH_LISTN", "/x")])).unwrap_err().to_string();
         assert!(e.contains("BERTH_LISTN") && e.contains("listn"), "{e}");
+    }
+
+    #[test]
+    fn test_tools_variables_are_not_config() {
+        let d = tempfile::tempdir().unwrap();
+        let tools = vec![("BERTH_V2_LANE", "0"), ("BERTH_TEST_PYTHON", "/x"), ("BERTH_TEST_KEEP", "1"), ("BERTH_FRESH_ENV", "A=b"), ("BERTH_LOG", "debug")];
+        let c = Config::load(&opts(d.path(), tools.clone())).unwrap();
+        assert_eq!(c.listen, Config::default().listen);
+        // A typo next to them is still an error.
+        let mut typo = tools;
+        typo.push(("BERTH_TEST", "1"));
+        let e = Config::load(&opts(d.path(), typo)).unwrap_err().to_string();
+        assert!(e.contains("BERTH_TEST") && e.contains("test"), "{e}");
     }
 
     #[test]
