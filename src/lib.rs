@@ -7,6 +7,7 @@
 
 pub mod base64;
 pub mod cgroups;
+pub mod chroot;
 pub mod cleanup;
 pub mod config;
 pub mod container;

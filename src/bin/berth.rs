@@ -132,6 +132,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         _ => fmt.with_ansi(std::io::stderr().is_terminal()).init(),
     }
 
+    // In a chroot, exec would land outside every container (see berth::chroot): refuse to serve.
+    match berth::chroot::in_chroot() {
+        Ok(true) => anyhow::bail!(berth::chroot::IN_CHROOT_MESSAGE),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "if berth runs in a chroot, exec in containers and user namespaces will not work"),
+    }
+
     // In a container of its own (kind node, dind style) with the cgroupfs driver on cgroup v2:
     // make the namespace's root cgroup able to give pods controllers (cgroups::nest).
     if config.cgroup_driver() == berth::cgroups::Driver::Cgroupfs {

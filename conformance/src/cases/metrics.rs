@@ -273,7 +273,7 @@ pub async fn cadvisor_set_with_values(ctx: &Ctx) -> Result<()> {
             let all = ctx.rt().list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {}).await?.into_inner().pod_metrics;
             let p = all.into_iter().find(|p| p.pod_sandbox_id == pod.id).with_context(|| format!("pod {} not in ListPodSandboxMetrics", pod.id))?;
             let c = p.container_metrics.iter().find(|c| c.container_id == id).cloned().with_context(|| format!("container {id} not in its pod's metrics"))?;
-            let value = |n: &str| c.metrics.iter().find(|m| m.name == n).map(|m| metric_value(m)).unwrap_or(0);
+            let value = |n: &str| c.metrics.iter().find(|m| m.name == n).map(metric_value).unwrap_or(0);
             let written = value("container_fs_usage_bytes") >= 256 << 10;
             if (written && waited >= Duration::from_millis(1500)) || tokio::time::Instant::now() >= deadline {
                 break (p, c);

@@ -128,3 +128,49 @@ pub async fn sd_notify_ready(ctx: &Ctx) -> Result<()> {
     res?;
     back
 }
+
+/// berth started in a chroot (a bind mount of `/`, entered with chroot(1) in a private mount
+/// namespace) refuses to serve: there `runc exec` would run in the mount namespace's root,
+/// outside the container, and user namespaces are refused by the kernel (berth::chroot). It
+/// exits at once with a message saying so and naming pivot_root, and makes no CRI socket.
+pub async fn refuses_chroot(ctx: &Ctx) -> Result<()> {
+    if ctx.kind != crate::daemon::TargetKind::Berth {
+        return skip("berth's own start-up check");
+    }
+    let dir = ctx.tmp.join("chroot-start");
+    std::fs::create_dir_all(&dir)?;
+    let (socket, root, run_root) = (dir.join("berth.sock"), dir.join("root"), dir.join("run"));
+    let bin = crate::daemon::berth_binary();
+    // The chroot is a fresh rbind of / in a private mount namespace; the script unmounts and
+    // removes it whatever berth does, and a berth that serves is killed after 20 s.
+    let script = r#"d=$(mktemp -d) && mount --rbind / "$d" && { timeout -s KILL 20 chroot "$d" "$@"; s=$?; umount -R "$d"; rmdir "$d"; exit $s; }"#;
+    let out = tokio::task::spawn_blocking({
+        let (socket, root, run_root, config) = (socket.clone(), root.clone(), run_root.clone(), ctx.tmp.join("berth.toml"));
+        move || {
+            std::process::Command::new("unshare")
+                .args(["--mount", "--propagation", "private", "sh", "-c", script, "sh"])
+                .arg(&bin)
+                .arg("serve")
+                .arg("--config")
+                .arg(&config)
+                .arg("--listen")
+                .arg(&socket)
+                .arg("--root")
+                .arg(&root)
+                .arg("--run-root")
+                .arg(&run_root)
+                .stdin(std::process::Stdio::null())
+                .output()
+        }
+    })
+    .await?
+    .context("run berth serve in a chroot")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let res = check(
+        !out.status.success() && out.status.code() != Some(137) && stderr.contains("running in a chroot") && stderr.contains("pivot_root"),
+        || format!("berth serve in a chroot: {} (137: it served until killed), stderr {:?}", out.status, stderr.trim()),
+    )
+    .and_then(|_| check(!socket.exists(), || format!("berth in a chroot left a CRI socket at {}", socket.display())));
+    let _ = std::fs::remove_dir_all(&dir);
+    res
+}
