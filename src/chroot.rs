@@ -52,7 +52,8 @@ pub fn in_chroot() -> Result<bool, ChrootCheckError> {
             // This thread's fs context is its own from here on: the setns below moves its root
             // and cwd only, and the thread ends right after.
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS).map_err(errno("unshare(CLONE_FS)"))?;
-            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNS).map_err(errno("setns(CLONE_NEWNS) into our own mount namespace"))?;
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNS)
+                .map_err(errno("setns(CLONE_NEWNS) into our own mount namespace"))?;
             let root = std::fs::metadata("/").map_err(step("stat / at the mount namespace's root"))?;
             // mountinfo is relative to the root of the task whose file is opened, when opened.
             let info = std::fs::read_to_string("/proc/thread-self/mountinfo")

@@ -269,10 +269,9 @@ impl Config {
             }
         };
         for path in files {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
-            let table: toml::Table = toml::from_str(&text)
-                .map_err(|e| ConfigError::Parse { path: path.clone(), message: one_line(&e.to_string()) })?;
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+            let table: toml::Table =
+                toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.clone(), message: one_line(&e.to_string()) })?;
             // Check this file alone so the error names it.
             Config::deserialize(toml::Value::Table(table.clone()))
                 .map_err(|e| ConfigError::Parse { path: path.clone(), message: one_line(&e.to_string()) })?;
@@ -322,10 +321,7 @@ impl Config {
             ("network.cache_dir", &self.network.cache_dir),
         ] {
             if !p.is_absolute() {
-                return Err(ConfigError::Invalid {
-                    key: key.into(),
-                    message: format!("{} is not an absolute path", p.display()),
-                });
+                return Err(ConfigError::Invalid { key: key.into(), message: format!("{} is not an absolute path", p.display()) });
             }
         }
         if !self.runtime.handlers.contains_key(&self.runtime.default_handler) {
@@ -494,10 +490,8 @@ fn dropin_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(source) => return Err(ConfigError::Read { path: dir.to_path_buf(), source }),
     };
-    let mut files: Vec<PathBuf> = rd
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
+    let mut files: Vec<PathBuf> =
+        rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "toml")).collect();
     files.sort();
     Ok(files)
 }
@@ -613,7 +607,13 @@ mod tests {
     #[test]
     fn test_tools_variables_are_not_config() {
         let d = tempfile::tempdir().unwrap();
-        let tools = vec![("BERTH_V2_LANE", "0"), ("BERTH_TEST_PYTHON", "/x"), ("BERTH_TEST_KEEP", "1"), ("BERTH_FRESH_ENV", "A=b"), ("BERTH_LOG", "debug")];
+        let tools = vec![
+            ("BERTH_V2_LANE", "0"),
+            ("BERTH_TEST_PYTHON", "/x"),
+            ("BERTH_TEST_KEEP", "1"),
+            ("BERTH_FRESH_ENV", "A=b"),
+            ("BERTH_LOG", "debug"),
+        ];
         let c = Config::load(&opts(d.path(), tools.clone())).unwrap();
         assert_eq!(c.listen, Config::default().listen);
         // A typo next to them is still an error.
@@ -684,7 +684,9 @@ mod tests {
     #[test]
     fn commented_toml_round_trips() {
         let mut c = Config::default();
-        c.image.registries.insert("registry.k8s.io".into(), RegistryConfig { mirrors: vec!["http://127.0.0.1:5000".into()], mirrors_only: false });
+        c.image
+            .registries
+            .insert("registry.k8s.io".into(), RegistryConfig { mirrors: vec!["http://127.0.0.1:5000".into()], mirrors_only: false });
         let text = c.to_commented_toml();
         assert!(text.contains("# CRI socket"), "{text}");
         assert!(text.contains("# mirror URLs"), "{text}");

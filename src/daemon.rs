@@ -200,11 +200,8 @@ impl Daemon {
                 Err(e) => return Err(e).with_context(|| format!("runtime.handlers.{name} (the default handler)")),
             }
         }
-        let monitor_bin = if config.monitor_path.as_os_str().is_empty() {
-            sibling_binary("berth-monitor")?
-        } else {
-            config.monitor_path.clone()
-        };
+        let monitor_bin =
+            if config.monitor_path.as_os_str().is_empty() { sibling_binary("berth-monitor")? } else { config.monitor_path.clone() };
         if !monitor_bin.exists() {
             anyhow::bail!("monitor binary {} does not exist (set monitor_path)", monitor_bin.display());
         }
@@ -213,12 +210,11 @@ impl Daemon {
         match crate::container::apparmor::ensure_default_loaded(&config.run_root) {
             Ok(crate::container::apparmor::Loaded::LoadedNow) => tracing::info!("AppArmor profile berth-default loaded"),
             Ok(_) => {}
-            Err(why) => tracing::warn!(error = %why, "cannot load the AppArmor profile berth-default; pods asking for RuntimeDefault will be refused"),
+            Err(why) => {
+                tracing::warn!(error = %why, "cannot load the AppArmor profile berth-default; pods asking for RuntimeDefault will be refused")
+            }
         }
-        let own_oom_score_adj = std::fs::read_to_string("/proc/self/oom_score_adj")
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0);
+        let own_oom_score_adj = std::fs::read_to_string("/proc/self/oom_score_adj").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
         let cni = Cni::new(config.network.clone());
         let containers = crate::container::table::ContainerTable::open(store.clone()).context("loading the container records")?;
         Ok(Daemon {
@@ -284,10 +280,7 @@ impl Daemon {
     pub fn runtime_for_new_pod(&self, handler: &str) -> Result<&Runtime> {
         let rt = self.runtime(handler)?;
         if let Some(Err(why)) = self.health(&rt.handler).map(|h| h.runs) {
-            return Err(Error::FailedPrecondition(format!(
-                "runtime handler {:?} cannot run on this host: self-test: {why}",
-                rt.handler
-            )));
+            return Err(Error::FailedPrecondition(format!("runtime handler {:?} cannot run on this host: self-test: {why}", rt.handler)));
         }
         Ok(rt)
     }
@@ -324,11 +317,7 @@ impl Daemon {
 
     /// Whether a failed self-test is due to run again ([`Daemon::retest_failed_handlers`]).
     pub fn retest_due(&self) -> bool {
-        self.handler_health
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .any(|h| h.retest_due(RETEST_AFTER))
+        self.handler_health.lock().unwrap_or_else(|p| p.into_inner()).values().any(|h| h.retest_due(RETEST_AFTER))
     }
 
     /// Re-runs the self-test of every handler whose last one failed more than
@@ -370,10 +359,7 @@ impl Daemon {
         self.runtimes.get(name).ok_or_else(|| {
             let mut known: Vec<&str> = self.runtimes.keys().map(String::as_str).collect();
             known.sort();
-            Error::invalid(
-                "runtime_handler",
-                format!("no runtime handler {name:?} is configured (configured: {})", known.join(", ")),
-            )
+            Error::invalid("runtime_handler", format!("no runtime handler {name:?} is configured (configured: {})", known.join(", ")))
         })
     }
 
@@ -381,9 +367,7 @@ impl Daemon {
     pub fn reserve_name(&self, kind: &'static str, key: &str, id: &str) -> Result<()> {
         let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
         match names.get(key) {
-            Some(holder) if holder != id => {
-                Err(Error::AlreadyExists { kind, name: key.to_string(), id: holder.clone() })
-            }
+            Some(holder) if holder != id => Err(Error::AlreadyExists { kind, name: key.to_string(), id: holder.clone() }),
             _ => {
                 names.insert(key.to_string(), id.to_string());
                 Ok(())
@@ -469,7 +453,9 @@ fn self_test_handlers(
     for (name, h) in &results {
         match &h.runs {
             Ok(()) => tracing::info!(handler = %name, user_namespaces = ?h.user_namespaces, "runtime handler self-test passed"),
-            Err(why) => tracing::warn!(handler = %name, error = %why, "runtime handler cannot run here; new pods naming it will be refused"),
+            Err(why) => {
+                tracing::warn!(handler = %name, error = %why, "runtime handler cannot run here; new pods naming it will be refused")
+            }
         }
     }
     results.into_iter().collect()

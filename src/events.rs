@@ -130,13 +130,8 @@ impl EventBus {
             // lifecycle RPC passes here). The order bookkeeping below happens either way.
             if self.tx.receiver_count() > 0 {
                 let (sandbox, containers) = snapshot();
-                let ev = ContainerEvent {
-                    kind: k,
-                    container_id: id.to_string(),
-                    created_at: crate::util::now_nanos(),
-                    sandbox,
-                    containers,
-                };
+                let ev =
+                    ContainerEvent { kind: k, container_id: id.to_string(), created_at: crate::util::now_nanos(), sandbox, containers };
                 // Err only when the last subscriber left meanwhile: the event is then not needed.
                 let _ = self.tx.send(Arc::new(ev));
             }

@@ -149,11 +149,8 @@ pub fn route(d: &Daemon, method: &Method, path: &str) -> (StatusCode, serde_json
     if method != Method::GET {
         return error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} {path}: only GET is served"));
     }
-    let value = if kind == "containers" {
-        container_view(d, id).map(serde_json::to_value)
-    } else {
-        pod_view(d, id).map(serde_json::to_value)
-    };
+    let value =
+        if kind == "containers" { container_view(d, id).map(serde_json::to_value) } else { pod_view(d, id).map(serde_json::to_value) };
     match value {
         Ok(Ok(v)) => (StatusCode::OK, v),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding {kind}/{id}: {e}")),

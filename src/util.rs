@@ -10,9 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// CRI-O and containerd give pod sandbox and container IDs.
 pub fn new_id() -> String {
     let mut buf = [0u8; 32];
-    let filled = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
-        .is_ok();
+    let filled = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf)).is_ok();
     if !filled {
         // /dev/urandom is always there on Linux; fall back to time and pid entropy rather than panic.
         let n = now_nanos() as u128 ^ ((std::process::id() as u128) << 64);
@@ -35,12 +33,7 @@ pub fn rfc3339_nano(nanos: i64) -> String {
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:09}Z",
-        sod / 3600,
-        (sod % 3600) / 60,
-        sod % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:09}Z", sod / 3600, (sod % 3600) / 60, sod % 60)
 }
 
 /// Howard Hinnant's days-to-civil algorithm: days since 1970-01-01 to (year, month, day).

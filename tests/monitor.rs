@@ -52,7 +52,11 @@ async fn pipes_exit_code_and_cri_log() {
 
     let mut recs = records(&c.log());
     recs.sort();
-    assert_eq!(recs, vec![rec("stderr", "F", "err"), rec("stdout", "F", "out"), rec("stdout", "F", "tail")], "the tail cut by the exit is a whole line");
+    assert_eq!(
+        recs,
+        vec![rec("stderr", "F", "err"), rec("stdout", "F", "out"), rec("stdout", "F", "tail")],
+        "the tail cut by the exit is a whole line"
+    );
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(c.dir.path().join("logs/0.log")).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o640);
 

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use berth::monitor::{self, MonitorSpec};
 
-
 mod common;
 use common::{assert_gone, can_run, case_with, wait_exit_within, MONITOR};
 

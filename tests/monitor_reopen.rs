@@ -11,7 +11,6 @@ use berth::monitor;
 mod common;
 use common::{assert_gone, can_run, case_with, wait_exit_within, MONITOR};
 
-
 /// Reopens the log four times while the container writes numbered lines (some longer than one
 /// read, so split across reads): every line appears exactly once across the rotated files, each
 /// whole (`F` record with the exact text), and lines after a reopen go to the new file.

@@ -1,9 +1,9 @@
 //! CRI v1 gRPC clients over a unix socket (tonic 0.14, 16 MiB message limits as kubelet uses).
 
 use anyhow::{Context, Result};
-use hyper_util::rt::TokioIo;
 use berth::cri::v1::image_service_client::ImageServiceClient;
 use berth::cri::v1::runtime_service_client::RuntimeServiceClient;
+use hyper_util::rt::TokioIo;
 use std::path::{Path, PathBuf};
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};

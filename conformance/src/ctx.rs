@@ -51,7 +51,14 @@ pub struct Pod {
 }
 
 impl Ctx {
-    pub(crate) fn new(kind: TargetKind, images: TestImages, tmp: PathBuf, netns_before: BTreeSet<String>, clients: Clients, daemon: Daemon) -> Ctx {
+    pub(crate) fn new(
+        kind: TargetKind,
+        images: TestImages,
+        tmp: PathBuf,
+        netns_before: BTreeSet<String>,
+        clients: Clients,
+        daemon: Daemon,
+    ) -> Ctx {
         Ctx {
             kind,
             images,
@@ -176,7 +183,12 @@ impl Ctx {
         let mut l: HashMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         l.insert(SUITE_LABEL.into(), "1".into());
         cri::PodSandboxConfig {
-            metadata: Some(cri::PodSandboxMetadata { name: full.clone(), uid: format!("uid-{u}"), namespace: "berth-conformance".into(), attempt: 0 }),
+            metadata: Some(cri::PodSandboxMetadata {
+                name: full.clone(),
+                uid: format!("uid-{u}"),
+                namespace: "berth-conformance".into(),
+                attempt: 0,
+            }),
             hostname: name.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect(),
             log_directory: self.tmp.join("logs").join(&full).display().to_string(),
             labels: l,
@@ -209,8 +221,14 @@ impl Ctx {
 
     /// StopPodSandbox + RemovePodSandbox, errors reported.
     pub async fn remove_pod(&self, id: &str) -> Result<()> {
-        self.rt().stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.into() }).await.with_context(|| format!("StopPodSandbox {id}"))?;
-        self.rt().remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.into() }).await.with_context(|| format!("RemovePodSandbox {id}"))?;
+        self.rt()
+            .stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.into() })
+            .await
+            .with_context(|| format!("StopPodSandbox {id}"))?;
+        self.rt()
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.into() })
+            .await
+            .with_context(|| format!("RemovePodSandbox {id}"))?;
         Ok(())
     }
 

@@ -59,12 +59,8 @@ fn bridge_exists() -> bool {
 pub fn mounts_under(dir: &Path) -> Vec<String> {
     let text = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     let d = dir.display().to_string();
-    let mut v: Vec<String> = text
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .map(|m| m.replace("\\040", " "))
-        .filter(|m| m.starts_with(&d))
-        .collect();
+    let mut v: Vec<String> =
+        text.lines().filter_map(|l| l.split_whitespace().nth(1)).map(|m| m.replace("\\040", " ")).filter(|m| m.starts_with(&d)).collect();
     v.reverse();
     v
 }
@@ -131,12 +127,24 @@ async fn set_up(s: &mut Setup) -> Result<Ctx> {
             if !bin.exists() {
                 anyhow::bail!("berth binary {} does not exist: run `cargo build --bins` or set BERTH_BIN", bin.display());
             }
-            Daemon::owned(kind, bin, vec!["serve".into(), "--config".into(), cfg.display().to_string()], s.tmp.join("berth.sock"), s.tmp.join("berth.log"))
+            Daemon::owned(
+                kind,
+                bin,
+                vec!["serve".into(), "--config".into(), cfg.display().to_string()],
+                s.tmp.join("berth.sock"),
+                s.tmp.join("berth.log"),
+            )
         }
         TargetKind::Containerd => {
             let pause = imgs.pause.clone().unwrap_or_default();
             let cfg = daemon::write_containerd_config(&s.tmp, &cni, &imgs.registry, &pause)?;
-            Daemon::owned(kind, "containerd".into(), vec!["--config".into(), cfg.display().to_string()], s.tmp.join("containerd.sock"), s.tmp.join("containerd.log"))
+            Daemon::owned(
+                kind,
+                "containerd".into(),
+                vec!["--config".into(), cfg.display().to_string()],
+                s.tmp.join("containerd.sock"),
+                s.tmp.join("containerd.log"),
+            )
         }
     };
     let clients = d.start().await?;

@@ -215,7 +215,14 @@ pub fn image_config(arch: &str, layers: &[&Layer], cfg: serde_json::Value) -> Ve
 /// Pushes `config`, `layers` and their manifest (Docker schema2 when `docker`, else OCI) to
 /// repository `name` of `reg`, under `tag`, or only by digest when `tag` is None. Returns the
 /// manifest's (digest, size). Errors: the registry's.
-pub fn push_image(reg: &Registry, name: &str, tag: Option<&str>, config: &[u8], layers: &[&Layer], docker: bool) -> Result<(String, usize)> {
+pub fn push_image(
+    reg: &Registry,
+    name: &str,
+    tag: Option<&str>,
+    config: &[u8],
+    layers: &[&Layer],
+    docker: bool,
+) -> Result<(String, usize)> {
     let cfg_digest = reg.push_blob(name, config)?;
     let mut descs = Vec::new();
     for l in layers {

@@ -5,16 +5,16 @@
 //! ([`cases`]) each check one user-visible behaviour. The test binary `tests/cri.rs` runs them.
 #![deny(unsafe_code)]
 
-pub mod http;
-pub mod imagekit;
-pub mod images;
-pub mod proc;
-pub mod rawh2;
-pub mod registry;
 pub mod cases;
 pub mod cgroups;
 pub mod client;
 pub mod ctx;
 pub mod daemon;
 pub mod harness;
+pub mod http;
+pub mod imagekit;
+pub mod images;
+pub mod proc;
+pub mod rawh2;
+pub mod registry;
 pub mod stream_client;

@@ -79,7 +79,14 @@ impl RawGrpc {
         let mut hello = PREFACE.to_vec();
         push_frame(&mut hello, SETTINGS, 0, 0, &[]);
         sock.write_all(&hello).await?;
-        Ok(RawGrpc { sock, authority: authority.map(<[u8]>::to_vec), authority_indexed: false, dec: Decoder::new(), next_stream: 1, buf: Vec::new() })
+        Ok(RawGrpc {
+            sock,
+            authority: authority.map(<[u8]>::to_vec),
+            authority_indexed: false,
+            dec: Decoder::new(),
+            next_stream: 1,
+            buf: Vec::new(),
+        })
     }
 
     /// Calls the unary method `path` (`/runtime.v1.RuntimeService/Version`) with `req`.
@@ -192,7 +199,12 @@ impl RawGrpc {
                 let h = &self.buf[..9];
                 let len = (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
                 if self.buf.len() >= 9 + len {
-                    let f = Frame { kind: h[3], flags: h[4], stream: u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff, payload: self.buf[9..9 + len].to_vec() };
+                    let f = Frame {
+                        kind: h[3],
+                        flags: h[4],
+                        stream: u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff,
+                        payload: self.buf[9..9 + len].to_vec(),
+                    };
                     self.buf.drain(..9 + len);
                     return Ok(f);
                 }

@@ -122,7 +122,11 @@ async fn spdy_rc(url: &str, proto: &str, s: &Session) -> Result<Output> {
             st.shutdown().await?;
         }
     }
-    let output = Output { stdout: join(Some(out), "stdout").await?, stderr: join(errs, "stderr").await?, error: join(Some(err), "error stream").await? };
+    let output = Output {
+        stdout: join(Some(out), "stdout").await?,
+        stderr: join(errs, "stderr").await?,
+        error: join(Some(err), "error stream").await?,
+    };
     sess.close();
     Ok(output)
 }
@@ -221,7 +225,8 @@ impl WsPortForward {
 
     /// Takes one message; fails when a channel's first message is not the port.
     fn absorb(&mut self, msg: &Message) -> Result<()> {
-        let Some(berth::streaming::websocket::Frame::Data { channel, data }) = berth::streaming::websocket::decode(self.b64, false, msg)? else {
+        let Some(berth::streaming::websocket::Frame::Data { channel, data }) = berth::streaming::websocket::decode(self.b64, false, msg)?
+        else {
             return Ok(());
         };
         let c = usize::from(channel);
@@ -236,7 +241,11 @@ impl WsPortForward {
             }
             return Ok(());
         }
-        if c == 0 { self.got.extend_from_slice(&data) } else { self.err.extend_from_slice(&data) }
+        if c == 0 {
+            self.got.extend_from_slice(&data)
+        } else {
+            self.err.extend_from_slice(&data)
+        }
         Ok(())
     }
 
@@ -318,7 +327,14 @@ async fn spdy_pf_conn(
 /// after the other, as a user's connections to kubectl's local port do. Servers with a tiny
 /// listen backlog (busybox `nc -ll` listens with a backlog of 2) otherwise see a SYN burst,
 /// fall back to SYN cookies and reset some connections.
-pub async fn port_forward_spdy_parallel(url: &str, proto: &str, port: u16, payloads: Vec<Vec<u8>>, limit: Duration, one_by_one: bool) -> Result<Vec<Forwarded>> {
+pub async fn port_forward_spdy_parallel(
+    url: &str,
+    proto: &str,
+    port: u16,
+    payloads: Vec<Vec<u8>>,
+    limit: Duration,
+    one_by_one: bool,
+) -> Result<Vec<Forwarded>> {
     let (sess, chosen) = up::spdy(url, &[proto]).await?;
     if chosen.as_deref() != Some(proto) {
         bail!("server negotiated {chosen:?}, offered {proto}");
@@ -375,7 +391,8 @@ pub async fn port_forward_duplex(url: &str, t: Transport, port: u16, payload: Ve
                 }
                 Ok::<_, anyhow::Error>(pf.finish())
             };
-            let forwarded = tokio::time::timeout(limit, read).await.with_context(|| format!("websocket port-forward: no close within {limit:?}"))??;
+            let forwarded =
+                tokio::time::timeout(limit, read).await.with_context(|| format!("websocket port-forward: no close within {limit:?}"))??;
             writer.abort();
             Ok(forwarded)
         }

@@ -253,7 +253,12 @@ async fn status(socket: PathBuf) -> anyhow::Result<()> {
     println!("{} {} (CRI {})", v.runtime_name, v.runtime_version, v.runtime_api_version);
     let s = client.status(berth::cri::v1::StatusRequest { verbose: false }).await?.into_inner();
     for c in s.status.map(|s| s.conditions).unwrap_or_default() {
-        println!("{}: {}{}", c.r#type, c.status, if c.message.is_empty() { String::new() } else { format!(" ({}: {})", c.reason, c.message) });
+        println!(
+            "{}: {}{}",
+            c.r#type,
+            c.status,
+            if c.message.is_empty() { String::new() } else { format!(" ({}: {})", c.reason, c.message) }
+        );
     }
     Ok(())
 }

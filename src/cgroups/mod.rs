@@ -107,9 +107,7 @@ pub fn normalize_parent(driver: Driver, parent: &str) -> Result<String, String> 
                 ));
             }
             if !parent.starts_with('/') || parent.split('/').any(|c| c == "..") {
-                return Err(format!(
-                    "{parent:?} must be an absolute cgroupfs path without \"..\" (e.g. /kubepods/besteffort/pod<uid>)"
-                ));
+                return Err(format!("{parent:?} must be an absolute cgroupfs path without \"..\" (e.g. /kubepods/besteffort/pod<uid>)"));
             }
             Ok(parent.to_string())
         }
@@ -149,9 +147,7 @@ pub fn expand_slice(slice: &str) -> Result<String, String> {
     let mut prefix = String::new();
     for component in name.split('-') {
         if component.is_empty() {
-            return Err(format!(
-                "{slice:?}: empty component (a slice name may not start or end with \"-\" or hold \"--\")"
-            ));
+            return Err(format!("{slice:?}: empty component (a slice name may not start or end with \"-\" or hold \"--\")"));
         }
         path.push('/');
         path.push_str(&prefix);

@@ -75,8 +75,7 @@ impl SystemdClient {
             ("CollectMode", Value::from("inactive-or-failed")),
         ];
         let aux: Vec<(&str, Vec<(&str, Value<'_>)>)> = Vec::new();
-        let _job: OwnedObjectPath =
-            self.manager.call("StartTransientUnit", &(unit, "fail", props, aux)).await.map_err(call)?;
+        let _job: OwnedObjectPath = self.manager.call("StartTransientUnit", &(unit, "fail", props, aux)).await.map_err(call)?;
         let needle = format!("/{unit}\n");
         let deadline = tokio::time::Instant::now() + MOVE_TIMEOUT;
         loop {

@@ -4,10 +4,10 @@
 use super::{ContainerPaths, ContainerRecord, ContainerState};
 use crate::cleanup::Cleanup;
 use crate::container::spec::{self, ContainerContext, SandboxContext};
+use crate::cri::v1::{ContainerConfig, PodSandboxConfig};
 use crate::daemon::{Daemon, Error, Result};
 use crate::monitor::MonitorSpec;
 use crate::sandbox::{SandboxPaths, SandboxState};
-use crate::cri::v1::{ContainerConfig, PodSandboxConfig};
 use std::path::{Component, Path, PathBuf};
 use tracing::Instrument;
 
@@ -280,7 +280,10 @@ fn pid_target(d: &Daemon, sandbox_id: &str, sc: &crate::cri::v1::LinuxContainerS
     }
     let target = super::refresh(d, super::get(d, &ns.target_id)?)?;
     if target.sandbox_id != sandbox_id {
-        return Err(Error::invalid(field, format!("container {} belongs to pod sandbox {}, not {sandbox_id}", target.id, target.sandbox_id)));
+        return Err(Error::invalid(
+            field,
+            format!("container {} belongs to pod sandbox {}, not {sandbox_id}", target.id, target.sandbox_id),
+        ));
     }
     if target.state != ContainerState::Running || target.pid <= 0 {
         return Err(Error::FailedPrecondition(format!(

@@ -190,11 +190,7 @@ pub fn validate_stream(d: &Daemon, id: &str, tty: bool, stdin: bool, stdout: boo
     }
     let r = super::get(d, id)?;
     if r.state != ContainerState::Running {
-        return Err(Error::FailedPrecondition(format!(
-            "container {} is {}, not RUNNING",
-            r.id,
-            super::lifecycle::state_name(r.state)
-        )));
+        return Err(Error::FailedPrecondition(format!("container {} is {}, not RUNNING", r.id, super::lifecycle::state_name(r.state))));
     }
     Ok(r.id)
 }
@@ -207,7 +203,10 @@ mod tests {
     fn runtime_lines_become_messages() {
         let raw = b"partial output\ntime=\"2026-11-29T08:00:00Z\" level=error msg=\"exec failed: unable to start container process: exec: \\\"nope\\\": executable file not found in $PATH\"\n".to_vec();
         let got = String::from_utf8(runtime_errors_readable(raw)).unwrap();
-        assert_eq!(got, "partial output\nexec failed: unable to start container process: exec: \"nope\": executable file not found in $PATH\n");
+        assert_eq!(
+            got,
+            "partial output\nexec failed: unable to start container process: exec: \"nope\": executable file not found in $PATH\n"
+        );
         let plain = b"just the program's own stderr\n".to_vec();
         assert_eq!(runtime_errors_readable(plain.clone()), plain);
     }

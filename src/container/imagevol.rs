@@ -40,7 +40,10 @@ pub fn resolve(d: &Daemon, config: &cri::ContainerConfig) -> Result<Vec<(usize, 
             ));
         }
         check_sub_path(n, &m.image_sub_path)?;
-        let image = d.images.resolve(reference)?.ok_or_else(|| Error::NotFound { kind: "image (of an image volume)", id: reference.to_string() })?;
+        let image = d
+            .images
+            .resolve(reference)?
+            .ok_or_else(|| Error::NotFound { kind: "image (of an image volume)", id: reference.to_string() })?;
         out.push((n, image));
     }
     Ok(out)
@@ -77,7 +80,8 @@ pub fn mount(paths: &ContainerPaths, n: usize, layers: &[PathBuf], sub_path: &st
     let wanted = target.join(sub_path);
     // Resolved on the host: an absolute symlink in the image would point into the host's tree,
     // so anything that ends up outside the mounted image is refused.
-    let resolved = std::fs::canonicalize(&wanted).map_err(|_| Error::invalid(field(), format!("{sub_path:?} does not exist in the image")))?;
+    let resolved =
+        std::fs::canonicalize(&wanted).map_err(|_| Error::invalid(field(), format!("{sub_path:?} does not exist in the image")))?;
     let root = std::fs::canonicalize(&target).map_err(Error::io(format!("resolving {}", target.display())))?;
     if !resolved.starts_with(&root) {
         return Err(Error::invalid(field(), format!("{sub_path:?} leads outside the image (a symlink in it points elsewhere)")));

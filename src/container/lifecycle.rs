@@ -167,4 +167,3 @@ pub fn state_name(s: ContainerState) -> &'static str {
         ContainerState::Unknown => "UNKNOWN",
     }
 }
-

@@ -144,10 +144,7 @@ pub fn parse_apparmor_profiles(text: &str) -> BTreeSet<String> {
 /// config.md "process": `apparmorProfile`, `selinuxLabel`) on this host; `None` leaves the field
 /// unset. Errors: [`SpecError::Mac`] (gRPC InvalidArgument) naming the field, the profile
 /// and the reason (see [`process_labels_with`]).
-pub fn process_labels(
-    container: &str,
-    sc: &cri::LinuxContainerSecurityContext,
-) -> Result<(Option<String>, Option<String>), SpecError> {
+pub fn process_labels(container: &str, sc: &cri::LinuxContainerSecurityContext) -> Result<(Option<String>, Option<String>), SpecError> {
     process_labels_with(container, sc, &MacHost::probe())
 }
 
@@ -275,7 +272,9 @@ pub fn selinux_label(sc: &cri::LinuxContainerSecurityContext, host: &MacHost) ->
     if !host.selinux {
         if asked {
             log_once(&SELINUX_IGNORED_LOGGED, || {
-                tracing::info!("SELinux is not enabled on this host: selinux_options of containers are ignored (as containerd and CRI-O do)")
+                tracing::info!(
+                    "SELinux is not enabled on this host: selinux_options of containers are ignored (as containerd and CRI-O do)"
+                )
             });
         }
         return Ok(None);

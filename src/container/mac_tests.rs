@@ -145,7 +145,10 @@ fn selinux_label_defaults_and_pass_through() {
     let h = selinux_host();
     assert_eq!(selinux_label(&Sc::default(), &h), Ok(Some("system_u:system_r:container_t:s0".into())));
     assert_eq!(selinux_label(&se("", "", "", "s0:c1,c2"), &h), Ok(Some("system_u:system_r:container_t:s0:c1,c2".into())));
-    assert_eq!(selinux_label(&se("user_u", "user_r", "spc_t", "s0-s0:c0.c1023"), &h), Ok(Some("user_u:user_r:spc_t:s0-s0:c0.c1023".into())));
+    assert_eq!(
+        selinux_label(&se("user_u", "user_r", "spc_t", "s0-s0:c0.c1023"), &h),
+        Ok(Some("user_u:user_r:spc_t:s0-s0:c0.c1023".into()))
+    );
     let mut sc = se("", "", "", "s0:c1,c2");
     sc.privileged = true;
     assert_eq!(selinux_label(&sc, &h), Ok(None));

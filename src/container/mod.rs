@@ -7,35 +7,35 @@
 //! Every read folds a new exit file into the record, so exits that happen while berth is down are
 //! picked up when it comes back.
 
+pub mod apparmor;
 mod create;
 mod exec;
 pub mod imagevol;
 mod lifecycle;
-pub mod stopdeadline;
+pub mod liveness;
 pub mod logs;
-pub mod apparmor;
 pub mod mac;
+#[cfg(test)]
+mod recover_tests;
 pub mod seccomp;
 pub mod signal;
-pub mod liveness;
 pub mod spec;
+pub mod stopdeadline;
 pub mod streaming;
 pub mod table;
 mod update;
 pub mod user;
-#[cfg(test)]
-mod recover_tests;
 
 pub use create::create;
 pub use exec::{exec_sync, validate_stream, ExecOutput};
 pub use lifecycle::{remove, start, stop};
-pub use update::update_resources;
 pub use logs::reopen_log;
+pub use update::update_resources;
 
+use crate::cri::v1::ContainerConfig;
 use crate::daemon::{Daemon, Error, Result};
 use crate::monitor::ExitInfo;
 use liveness::{Ended, Watched};
-use crate::cri::v1::ContainerConfig;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -154,12 +154,7 @@ impl ContainerPaths {
     /// Paths of container `id`.
     pub fn new(d: &Daemon, id: &str) -> ContainerPaths {
         let bundle = d.run_dir("containers", id);
-        ContainerPaths {
-            rootfs: bundle.join("rootfs"),
-            exit_file: bundle.join("exit"),
-            bundle,
-            state: d.state_dir("containers", id),
-        }
+        ContainerPaths { rootfs: bundle.join("rootfs"), exit_file: bundle.join("exit"), bundle, state: d.state_dir("containers", id) }
     }
 }
 

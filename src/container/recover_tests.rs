@@ -96,4 +96,3 @@ async fn refresh_leaves_a_create_in_progress_and_never_resurrects() {
     let lost = super::refresh(&d, running.clone()).unwrap();
     assert_eq!((lost.state, lost.exit_code), (super::ContainerState::Exited, 255));
 }
-

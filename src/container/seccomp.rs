@@ -26,7 +26,9 @@ pub enum SeccompError {
     #[error("{field}: localhost profile {path:?}: {reason}")]
     Localhost { field: &'static str, path: PathBuf, reason: String },
     /// `seccomp_profile_path` is none of the known forms.
-    #[error("seccomp_profile_path {value:?}: expected \"runtime/default\", \"docker/default\", \"unconfined\" or \"localhost/<absolute path>\"")]
+    #[error(
+        "seccomp_profile_path {value:?}: expected \"runtime/default\", \"docker/default\", \"unconfined\" or \"localhost/<absolute path>\""
+    )]
     UnknownPath { value: String },
     /// `seccomp.profile_type` is not a known `SecurityProfile.ProfileType`.
     #[error("seccomp.profile_type {value}: expected RuntimeDefault (0), Unconfined (1) or Localhost (2)")]
@@ -57,9 +59,7 @@ pub fn choose(sc: &cri::LinuxContainerSecurityContext) -> Result<Choice, Seccomp
         return match cri::security_profile::ProfileType::try_from(p.profile_type) {
             Ok(cri::security_profile::ProfileType::RuntimeDefault) => Ok(Choice::RuntimeDefault),
             Ok(cri::security_profile::ProfileType::Unconfined) => Ok(Choice::Unconfined),
-            Ok(cri::security_profile::ProfileType::Localhost) => {
-                localhost("seccomp.localhost_ref", &p.localhost_ref)
-            }
+            Ok(cri::security_profile::ProfileType::Localhost) => localhost("seccomp.localhost_ref", &p.localhost_ref),
             Err(_) => Err(SeccompError::UnknownType { value: p.profile_type }),
         };
     }
@@ -76,11 +76,7 @@ pub fn choose(sc: &cri::LinuxContainerSecurityContext) -> Result<Choice, Seccomp
 fn localhost(field: &'static str, path: &str) -> Result<Choice, SeccompError> {
     let p = PathBuf::from(path);
     if !p.is_absolute() {
-        return Err(SeccompError::Localhost {
-            field,
-            path: p,
-            reason: "expected an absolute path".into(),
-        });
+        return Err(SeccompError::Localhost { field, path: p, reason: "expected an absolute path".into() });
     }
     Ok(Choice::Localhost { path: p, field })
 }
@@ -88,10 +84,7 @@ fn localhost(field: &'static str, path: &str) -> Result<Choice, SeccompError> {
 /// The container's `linux.seccomp`: `None` when privileged or unconfined, else the chosen
 /// profile converted for `caps` (the final effective set) on this host. A Localhost file that
 /// cannot be read is [`SeccompError::Localhost`] naming the path.
-pub fn container_seccomp(
-    sc: &cri::LinuxContainerSecurityContext,
-    caps: &[Capability],
-) -> Result<Option<LinuxSeccomp>, SeccompError> {
+pub fn container_seccomp(sc: &cri::LinuxContainerSecurityContext, caps: &[Capability]) -> Result<Option<LinuxSeccomp>, SeccompError> {
     let choice = choose(sc)?;
     if sc.privileged {
         return Ok(None);
@@ -101,11 +94,7 @@ pub fn container_seccomp(
         Choice::Unconfined => Ok(None),
         Choice::RuntimeDefault => convert(DEFAULT_PROFILE_JSON, "RuntimeDefault", caps, &host).map(Some),
         Choice::Localhost { path, field } => {
-            let text = read_profile(&path).map_err(|e| SeccompError::Localhost {
-                field,
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
+            let text = read_profile(&path).map_err(|e| SeccompError::Localhost { field, path: path.clone(), reason: e.to_string() })?;
             convert(&text, &path.display().to_string(), caps, &host).map(Some)
         }
     }
@@ -161,10 +150,7 @@ impl Host {
             "riscv64" => ("riscv64", "SCMP_ARCH_RISCV64"),
             other => (other, "SCMP_ARCH_NATIVE"),
         };
-        let kernel = nix::sys::utsname::uname()
-            .ok()
-            .and_then(|u| parse_kernel(&u.release().to_string_lossy()))
-            .unwrap_or((0, 0));
+        let kernel = nix::sys::utsname::uname().ok().and_then(|u| parse_kernel(&u.release().to_string_lossy())).unwrap_or((0, 0));
         Host { go_arch, scmp_arch, kernel }
     }
 }
@@ -231,10 +217,7 @@ struct Filter {
 }
 
 fn cap_name(c: &Capability) -> String {
-    serde_json::to_value(c)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
+    serde_json::to_value(c).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
 }
 
 fn norm_cap(s: &str) -> String {
@@ -251,10 +234,7 @@ fn norm_cap(s: &str) -> String {
 /// whose `excludes` match are dropped; `archMap` keeps the entry of the native architecture with
 /// its sub-architectures; `architectures` is taken as is (both given is an error, as in moby).
 pub fn convert(text: &str, source_name: &str, caps: &[Capability], host: &Host) -> Result<LinuxSeccomp, SeccompError> {
-    let bad = |reason: String| SeccompError::Invalid {
-        source_name: source_name.to_string(),
-        reason,
-    };
+    let bad = |reason: String| SeccompError::Invalid { source_name: source_name.to_string(), reason };
     let p: DockerProfile = serde_json::from_str(text).map_err(|e| bad(format!("not Docker-format JSON: {e}")))?;
     if !p.architectures.is_empty() && !p.arch_map.is_empty() {
         return Err(bad("both architectures and archMap are given: expected one".into()));
@@ -278,11 +258,7 @@ pub fn convert(text: &str, source_name: &str, caps: &[Capability], host: &Host) 
         if !s.name.is_empty() && !s.names.is_empty() {
             return Err(bad(format!("syscalls[{i}]: both name and names are given: expected one")));
         }
-        let names = if s.names.is_empty() {
-            vec![s.name.clone()]
-        } else {
-            s.names.clone()
-        };
+        let names = if s.names.is_empty() { vec![s.name.clone()] } else { s.names.clone() };
         if names.iter().any(String::is_empty) {
             return Err(bad(format!("syscalls[{i}]: empty syscall name")));
         }
@@ -346,28 +322,16 @@ mod tests {
     }
 
     fn host() -> Host {
-        Host {
-            go_arch: "amd64",
-            scmp_arch: "SCMP_ARCH_X86_64",
-            kernel: (6, 1),
-        }
+        Host { go_arch: "amd64", scmp_arch: "SCMP_ARCH_X86_64", kernel: (6, 1) }
     }
 
     fn names(s: &LinuxSeccomp) -> Vec<String> {
-        s.syscalls()
-            .clone()
-            .unwrap_or_default()
-            .iter()
-            .flat_map(|r| r.names().clone())
-            .collect()
+        s.syscalls().clone().unwrap_or_default().iter().flat_map(|r| r.names().clone()).collect()
     }
 
     fn sc_with(t: i32, r: &str) -> cri::LinuxContainerSecurityContext {
         cri::LinuxContainerSecurityContext {
-            seccomp: Some(cri::SecurityProfile {
-                profile_type: t,
-                localhost_ref: r.into(),
-            }),
+            seccomp: Some(cri::SecurityProfile { profile_type: t, localhost_ref: r.into() }),
             ..Default::default()
         }
     }
@@ -380,13 +344,7 @@ mod tests {
             ("runtime/default", Choice::RuntimeDefault),
             ("docker/default", Choice::RuntimeDefault),
             ("unconfined", Choice::Unconfined),
-            (
-                "localhost//x/p.json",
-                Choice::Localhost {
-                    path: "/x/p.json".into(),
-                    field: "seccomp_profile_path",
-                },
-            ),
+            ("localhost//x/p.json", Choice::Localhost { path: "/x/p.json".into(), field: "seccomp_profile_path" }),
         ] {
             sc.seccomp_profile_path = p.into();
             assert_eq!(choose(&sc).unwrap(), want, "{p}");
@@ -407,10 +365,7 @@ mod tests {
         let v = serde_json::to_value(&plain).unwrap();
         assert_eq!(v["defaultAction"], "SCMP_ACT_ERRNO");
         assert_eq!(v["defaultErrnoRet"], 1);
-        assert_eq!(
-            v["architectures"],
-            json!(["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"])
-        );
+        assert_eq!(v["architectures"], json!(["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]));
         let n = names(&plain);
         for want in ["read", "mkdir", "arch_prctl", "ptrace", "clone3", "clone"] {
             assert!(n.iter().any(|x| x == want), "{want} missing");

@@ -13,8 +13,7 @@
 
 use crate::cri::v1 as cri;
 use oci_spec::runtime::{
-    Capabilities, Capability, LinuxCapabilities, PosixRlimit, PosixRlimitBuilder, PosixRlimitType, Process, Root, Spec,
-    User,
+    Capabilities, Capability, LinuxCapabilities, PosixRlimit, PosixRlimitBuilder, PosixRlimitType, Process, Root, Spec, User,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -92,18 +91,10 @@ pub enum SpecError {
     },
     /// A CRI mount is malformed (e.g. a relative `container_path`).
     #[error("container {container}: mount {container_path:?}: {reason}")]
-    InvalidMount {
-        container: String,
-        container_path: String,
-        reason: String,
-    },
+    InvalidMount { container: String, container_path: String, reason: String },
     /// A CRI device could not be used.
     #[error("container {container}: device {host_path:?}: {reason}")]
-    Device {
-        container: String,
-        host_path: String,
-        reason: String,
-    },
+    Device { container: String, host_path: String, reason: String },
     /// A capability name in `security_context.capabilities` is unknown.
     #[error("container {container}: capability {name:?} is unknown: expected a Linux capability name such as NET_ADMIN or CAP_NET_ADMIN, or ALL")]
     UnknownCapability { container: String, name: String },
@@ -130,25 +121,13 @@ pub enum SpecError {
     /// The pod's OCI runtime lacks what the request needs (its `features` do not list it):
     /// FailedPrecondition, since another runtime handler could do it.
     #[error("container {container}: {field}: the runtime handler's `features` do not list {feature}; use a runtime that supports it")]
-    RuntimeLacks {
-        container: String,
-        field: &'static str,
-        feature: &'static str,
-    },
+    RuntimeLacks { container: String, field: &'static str, feature: &'static str },
     /// A field holds a value the CRI does not allow there.
     #[error("container {container}: {field}: {reason}")]
-    InvalidField {
-        container: String,
-        field: &'static str,
-        reason: String,
-    },
+    InvalidField { container: String, field: &'static str, reason: String },
     /// A requested feature berth (or runc 1.1) does not provide.
     #[error("container {container}: {field} = {value}: not supported")]
-    Unsupported {
-        container: String,
-        field: &'static str,
-        value: String,
-    },
+    Unsupported { container: String, field: &'static str, value: String },
 }
 
 /// What the pod gives its containers. Built by `sandbox/` when the pod runs.
@@ -221,17 +200,10 @@ impl HostFacts {
     pub fn probe() -> HostFacts {
         let capabilities = std::fs::read_to_string("/proc/self/status")
             .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("CapEff:"))
-                    .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            })
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok()))
             .map(capabilities_from_mask)
             .unwrap_or_else(|| ALL_CAPABILITIES.iter().map(|(_, c)| *c).collect());
-        let nofile_hard = std::fs::read_to_string("/proc/self/limits")
-            .ok()
-            .and_then(|s| parse_nofile_hard(&s))
-            .unwrap_or(DEFAULT_NOFILE);
+        let nofile_hard = std::fs::read_to_string("/proc/self/limits").ok().and_then(|s| parse_nofile_hard(&s)).unwrap_or(DEFAULT_NOFILE);
         HostFacts {
             capabilities,
             nofile_hard,
@@ -317,11 +289,7 @@ pub const DEFAULT_CAPABILITIES: [Capability; 14] = [
 
 /// The capabilities whose bits are set in a `/proc/<pid>/status` mask (e.g. `CapEff`).
 pub fn capabilities_from_mask(mask: u64) -> Vec<Capability> {
-    ALL_CAPABILITIES
-        .iter()
-        .filter(|(bit, _)| mask & (1u64 << bit) != 0)
-        .map(|(_, c)| *c)
-        .collect()
+    ALL_CAPABILITIES.iter().filter(|(bit, _)| mask & (1u64 << bit) != 0).map(|(_, c)| *c).collect()
 }
 
 /// The part every spec of a pod shares: `process`, `root` at `rootfs` (read-only or not), and the
@@ -364,11 +332,7 @@ pub fn container_spec_with(sb: &SandboxContext, c: &ContainerContext, host: &Hos
     let mut process = Process::default();
     process.set_terminal(Some(c.config.tty));
     process.set_console_size(None);
-    process.set_args(Some(resolve_args(c.config, c.image).ok_or_else(|| {
-        SpecError::NoCommand {
-            container: id.to_string(),
-        }
-    })?));
+    process.set_args(Some(resolve_args(c.config, c.image).ok_or_else(|| SpecError::NoCommand { container: id.to_string() })?));
     process.set_env(Some(merge_env(sb.hostname, &c.image.env, &c.config.envs)));
     process.set_cwd(resolve_cwd(&c.config.working_dir, &c.image.working_dir));
     process.set_user(resolve_container_user(id, &sc, c.image, c.rootfs)?);
@@ -388,10 +352,7 @@ pub fn container_spec_with(sb: &SandboxContext, c: &ContainerContext, host: &Hos
     spec.set_mounts(Some(m.mounts));
     let mut l = linux::container_linux(sb, c, &sc, host, m.rootfs_propagation)?;
     l.set_seccomp(
-        super::seccomp::container_seccomp(&sc, &effective).map_err(|source| SpecError::Seccomp {
-            container: id.to_string(),
-            source,
-        })?,
+        super::seccomp::container_seccomp(&sc, &effective).map_err(|source| SpecError::Seccomp { container: id.to_string(), source })?,
     );
     spec.set_linux(Some(l));
     spec.set_annotations(Some(container_annotations(sb, c)));
@@ -457,11 +418,7 @@ pub fn effective_user(spec: &Spec) -> Option<cri::ContainerUser> {
         }
     }
     Some(cri::ContainerUser {
-        linux: Some(cri::LinuxContainerUser {
-            uid: u.uid() as i64,
-            gid: u.gid() as i64,
-            supplemental_groups: groups,
-        }),
+        linux: Some(cri::LinuxContainerUser { uid: u.uid() as i64, gid: u.gid() as i64, supplemental_groups: groups }),
     })
 }
 
@@ -502,10 +459,7 @@ pub fn merge_env(hostname: &str, image_env: &[String], cri_env: &[cri::KeyValue]
     let mut out: Vec<String> = Vec::new();
     let mut put = |entry: String| {
         let key = entry.split_once('=').map(|(k, _)| k).unwrap_or(&entry).to_string();
-        match out
-            .iter_mut()
-            .find(|e| e.split_once('=').map(|(k, _)| k).unwrap_or(e) == key)
-        {
+        match out.iter_mut().find(|e| e.split_once('=').map(|(k, _)| k).unwrap_or(e) == key) {
             Some(slot) => *slot = entry,
             None => out.push(entry),
         }
@@ -548,18 +502,12 @@ pub fn nofile_rlimit(own_hard: u64) -> Result<PosixRlimit, SpecError> {
         .hard(n)
         .soft(n)
         .build()
-        .map_err(|e| SpecError::Build {
-            field: "process.rlimits",
-            message: e.to_string(),
-        })
+        .map_err(|e| SpecError::Build { field: "process.rlimits", message: e.to_string() })
 }
 
 /// The daemon's own `/proc/self/oom_score_adj` (0 when unreadable).
 pub fn own_oom_score_adj() -> i32 {
-    std::fs::read_to_string("/proc/self/oom_score_adj")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
+    std::fs::read_to_string("/proc/self/oom_score_adj").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
 }
 
 fn resolve_container_user(
@@ -568,37 +516,22 @@ fn resolve_container_user(
     image: &crate::image::ImageRuntimeConfig,
     rootfs: &Path,
 ) -> Result<User, SpecError> {
-    let uerr = |source| SpecError::User {
-        container: id.to_string(),
-        source,
-    };
+    let uerr = |source| SpecError::User { container: id.to_string(), source };
     if sc.run_as_group.is_some() && sc.run_as_user.is_none() && sc.run_as_username.is_empty() {
-        return Err(SpecError::GroupWithoutUser {
-            container: id.to_string(),
-        });
+        return Err(SpecError::GroupWithoutUser { container: id.to_string() });
     }
     let mut req = UserRequest::parse_image_user(&image.user).map_err(uerr)?;
     if let Some(v) = &sc.run_as_user {
-        req = UserRequest {
-            user: IdRef::Id(user::id_from_i64("run_as_user", v.value).map_err(uerr)?),
-            group: None,
-        };
+        req = UserRequest { user: IdRef::Id(user::id_from_i64("run_as_user", v.value).map_err(uerr)?), group: None };
     }
     if !sc.run_as_username.is_empty() {
-        req = UserRequest {
-            user: IdRef::Name(sc.run_as_username.clone()),
-            group: None,
-        };
+        req = UserRequest { user: IdRef::Name(sc.run_as_username.clone()), group: None };
     }
     if let Some(g) = &sc.run_as_group {
         req.group = Some(IdRef::Id(user::id_from_i64("run_as_group", g.value).map_err(uerr)?));
     }
     let read = |rel: &str| {
-        user::read_in_root(rootfs, rel).map_err(|source| SpecError::UserFile {
-            container: id.to_string(),
-            path: rootfs.join(rel),
-            source,
-        })
+        user::read_in_root(rootfs, rel).map_err(|source| SpecError::UserFile { container: id.to_string(), path: rootfs.join(rel), source })
     };
     let passwd = user::parse_passwd(&read("etc/passwd")?);
     let groups = user::parse_group(&read("etc/group")?);
@@ -611,9 +544,7 @@ fn resolve_container_user(
     let merge = sc.supplemental_groups_policy != cri::SupplementalGroupsPolicy::Strict as i32;
     let r = user::resolve_user(&req, &passwd, &groups, merge, &supplemental).map_err(uerr)?;
     let mut u = User::default();
-    u.set_uid(r.uid)
-        .set_gid(r.gid)
-        .set_additional_gids(Some(r.additional_gids));
+    u.set_uid(r.uid).set_gid(r.gid).set_additional_gids(Some(r.additional_gids));
     Ok(u)
 }
 
@@ -626,11 +557,7 @@ pub fn parse_capability(name: &str) -> Option<Capability> {
 /// plus `add_capabilities`, minus `drop_capabilities` (`ALL` in either), intersected with the
 /// daemon's own. Bounding = effective = permitted; `add_ambient_capabilities` fill ambient and
 /// inheritable (which are otherwise empty, as containerd does since CVE-2022-24769).
-pub fn container_capabilities(
-    id: &str,
-    sc: &cri::LinuxContainerSecurityContext,
-    host: &HostFacts,
-) -> Result<LinuxCapabilities, SpecError> {
+pub fn container_capabilities(id: &str, sc: &cri::LinuxContainerSecurityContext, host: &HostFacts) -> Result<LinuxCapabilities, SpecError> {
     let own: Capabilities = host.capabilities.iter().copied().collect();
     let parse_list = |names: &[String]| -> Result<(bool, Vec<Capability>), SpecError> {
         let mut all = false;
@@ -639,19 +566,12 @@ pub fn container_capabilities(
             if n.eq_ignore_ascii_case("ALL") {
                 all = true;
             } else {
-                out.push(parse_capability(n).ok_or_else(|| SpecError::UnknownCapability {
-                    container: id.to_string(),
-                    name: n.clone(),
-                })?);
+                out.push(parse_capability(n).ok_or_else(|| SpecError::UnknownCapability { container: id.to_string(), name: n.clone() })?);
             }
         }
         Ok((all, out))
     };
-    let mut set: Capabilities = if sc.privileged {
-        own.clone()
-    } else {
-        DEFAULT_CAPABILITIES.iter().copied().collect()
-    };
+    let mut set: Capabilities = if sc.privileged { own.clone() } else { DEFAULT_CAPABILITIES.iter().copied().collect() };
     let mut ambient = Capabilities::new();
     if let Some(c) = &sc.capabilities {
         let (add_all, add) = parse_list(&c.add_capabilities)?;
@@ -697,10 +617,7 @@ fn container_annotations(sb: &SandboxContext, c: &ContainerContext) -> HashMap<S
     let mut ann: HashMap<String, String> = c.config.annotations.clone().into_iter().collect();
     ann.insert(ANNOTATION_CONTAINER_TYPE.into(), "container".into());
     ann.insert(ANNOTATION_SANDBOX_ID.into(), sb.sandbox_id.into());
-    ann.insert(
-        ANNOTATION_CONTAINER_NAME.into(),
-        c.config.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
-    );
+    ann.insert(ANNOTATION_CONTAINER_NAME.into(), c.config.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default());
     if let Some(img) = &c.config.image {
         ann.insert(ANNOTATION_IMAGE_NAME.into(), img.image.clone());
     }

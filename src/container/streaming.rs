@@ -123,10 +123,9 @@ impl StreamBackend {
         let config_path = paths.bundle.join("config.json");
         let internal = |what: String| move |e: std::io::Error| StreamError::Internal(format!("{what}: {e}"));
         let text = std::fs::read(&config_path).map_err(internal(format!("reading {}", config_path.display())))?;
-        let oci: oci_spec::runtime::Spec = serde_json::from_slice(&text)
-            .map_err(|e| StreamError::Internal(format!("decoding {}: {e}", config_path.display())))?;
-        let process = super::spec::exec_process(&oci, &spec.cmd, spec.tty)
-            .map_err(|e| StreamError::InvalidArgument(e.to_string()))?;
+        let oci: oci_spec::runtime::Spec =
+            serde_json::from_slice(&text).map_err(|e| StreamError::Internal(format!("decoding {}: {e}", config_path.display())))?;
+        let process = super::spec::exec_process(&oci, &spec.cmd, spec.tty).map_err(|e| StreamError::InvalidArgument(e.to_string()))?;
         let runtime = d.runtime(&r.runtime_handler).map_err(stream_error)?;
         let dir = paths.bundle.join(format!("exec-{}", &crate::util::new_id()[..12]));
         std::fs::create_dir_all(&dir).map_err(internal(format!("creating {}", dir.display())))?;
@@ -194,9 +193,7 @@ pub async fn run_exec(
     io: SessionIo,
 ) -> Result<i32, StreamError> {
     let spawned = monitor::spawn_exec(monitor_bin, mspec, exec).await.map_err(|e| match e {
-        monitor::MonitorError::RuntimeExec { id, message } => {
-            StreamError::Internal(format!("exec in container {id}: {message}"))
-        }
+        monitor::MonitorError::RuntimeExec { id, message } => StreamError::Internal(format!("exec in container {id}: {message}")),
         other => StreamError::Internal(other.to_string()),
     })?;
     tracing::debug!(container = %mspec.id, pid = spawned.container_pid, "exec session started");
@@ -204,10 +201,7 @@ pub async fn run_exec(
     match pump(&conn, io, false).await {
         PumpEnd::ProcessEnded => {}
         PumpEnd::ClientGone | PumpEnd::StdinEnded => {
-            return Err(StreamError::Internal(format!(
-                "exec in container {}: the client went away; the process was killed",
-                mspec.id
-            )));
+            return Err(StreamError::Internal(format!("exec in container {}: the client went away; the process was killed", mspec.id)));
         }
     }
     let exit = wait_exit_file(&mspec.exit_file).await;

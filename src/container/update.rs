@@ -10,8 +10,8 @@
 //! A container that is not running only gets the record updated, like containerd.
 
 use super::{ContainerPaths, ContainerRecord, ContainerState};
-use crate::daemon::{Daemon, Error, Result};
 use crate::cri::v1 as cri;
+use crate::daemon::{Daemon, Error, Result};
 use tracing::Instrument;
 
 /// `new` merged over `old`: every non-zero / non-empty field of `new` replaces the old value
@@ -66,7 +66,10 @@ fn validate(id: &str, r: &cri::LinuxContainerResources) -> Result<()> {
     if r.memory_limit_in_bytes > 0 && r.memory_swap_limit_in_bytes > 0 && r.memory_swap_limit_in_bytes < r.memory_limit_in_bytes {
         return bad(
             "memory_swap_limit_in_bytes",
-            format!("{} is below memory_limit_in_bytes {} (swap limit counts memory + swap)", r.memory_swap_limit_in_bytes, r.memory_limit_in_bytes),
+            format!(
+                "{} is below memory_limit_in_bytes {} (swap limit counts memory + swap)",
+                r.memory_swap_limit_in_bytes, r.memory_limit_in_bytes
+            ),
         );
     }
     Ok(())

@@ -81,21 +81,9 @@ pub fn parse_group(text: &str) -> Vec<GroupEntry> {
             if f.len() < 3 {
                 return None;
             }
-            let members = f
-                .get(3)
-                .map(|m| {
-                    m.split(',')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(String::from)
-                        .collect()
-                })
-                .unwrap_or_default();
-            Some(GroupEntry {
-                name: f[0].to_string(),
-                gid: f[2].trim().parse().ok()?,
-                members,
-            })
+            let members =
+                f.get(3).map(|m| m.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()).unwrap_or_default();
+            Some(GroupEntry { name: f[0].to_string(), gid: f[2].trim().parse().ok()?, members })
         })
         .collect()
 }
@@ -129,10 +117,7 @@ impl UserRequest {
     pub fn parse_image_user(s: &str) -> Result<UserRequest, UserError> {
         let s = s.trim();
         if s.is_empty() {
-            return Ok(UserRequest {
-                user: IdRef::Id(0),
-                group: None,
-            });
+            return Ok(UserRequest { user: IdRef::Id(0), group: None });
         }
         let (u, g) = match s.split_once(':') {
             Some((u, g)) => (u, Some(g)),
@@ -141,10 +126,7 @@ impl UserRequest {
         if u.is_empty() || g.is_some_and(str::is_empty) {
             return Err(UserError::Malformed { value: s.to_string() });
         }
-        Ok(UserRequest {
-            user: IdRef::parse(u),
-            group: g.map(IdRef::parse),
-        })
+        Ok(UserRequest { user: IdRef::parse(u), group: g.map(IdRef::parse) })
     }
 }
 
@@ -192,11 +174,7 @@ pub fn resolve_user(
     match &req.group {
         Some(IdRef::Id(g)) => gid = *g,
         Some(IdRef::Name(name)) => {
-            gid = groups
-                .iter()
-                .find(|g| &g.name == name)
-                .map(|g| g.gid)
-                .ok_or_else(|| UserError::UnknownGroup { name: name.clone() })?;
+            gid = groups.iter().find(|g| &g.name == name).map(|g| g.gid).ok_or_else(|| UserError::UnknownGroup { name: name.clone() })?;
         }
         None => {}
     }
@@ -215,12 +193,7 @@ pub fn resolve_user(
             additional.push(*g);
         }
     }
-    Ok(ResolvedUser {
-        uid,
-        gid,
-        additional_gids: additional,
-        username,
-    })
+    Ok(ResolvedUser { uid, gid, additional_gids: additional, username })
 }
 
 /// Resolves `rel` (e.g. `etc/passwd`) inside `root` the way a chroot would see it: symlinks are
@@ -250,11 +223,7 @@ pub fn scoped_path(root: &Path, rel: &Path) -> std::io::Result<PathBuf> {
             Ok(m) if m.file_type().is_symlink() => {
                 links += 1;
                 if links > 40 {
-                    return Err(std::io::Error::other(format!(
-                        "too many symlinks resolving {} in {}",
-                        rel.display(),
-                        root.display()
-                    )));
+                    return Err(std::io::Error::other(format!("too many symlinks resolving {} in {}", rel.display(), root.display())));
                 }
                 let target = std::fs::read_link(&candidate)?;
                 if target.is_absolute() {
@@ -308,15 +277,7 @@ mod tests {
     fn parses_passwd_and_group() {
         let p = parse_passwd(PASSWD);
         assert_eq!(p.len(), 3);
-        assert_eq!(
-            p[2],
-            PasswdEntry {
-                name: "alice".into(),
-                uid: 1000,
-                gid: 1000,
-                home: "/home/alice".into()
-            }
-        );
+        assert_eq!(p[2], PasswdEntry { name: "alice".into(), uid: 1000, gid: 1000, home: "/home/alice".into() });
         let g = parse_group(GROUP);
         assert_eq!(g[2].members, vec!["alice".to_string(), "bob".to_string()]);
         assert!(g[0].members.is_empty());
@@ -345,14 +306,8 @@ mod tests {
 
     #[test]
     fn unknown_names_are_errors() {
-        assert_eq!(
-            resolve("mallory"),
-            Err(UserError::UnknownUser { name: "mallory".into() })
-        );
-        assert_eq!(
-            resolve("alice:staff"),
-            Err(UserError::UnknownGroup { name: "staff".into() })
-        );
+        assert_eq!(resolve("mallory"), Err(UserError::UnknownUser { name: "mallory".into() }));
+        assert_eq!(resolve("alice:staff"), Err(UserError::UnknownGroup { name: "staff".into() }));
         assert!(matches!(resolve(":10"), Err(UserError::Malformed { .. })));
         assert!(matches!(resolve("alice:"), Err(UserError::Malformed { .. })));
         assert!(id_from_i64("run_as_user", -1).is_err());
@@ -364,10 +319,7 @@ mod tests {
 
     #[test]
     fn strict_policy_and_supplemental_groups() {
-        let req = UserRequest {
-            user: IdRef::Name("alice".into()),
-            group: None,
-        };
+        let req = UserRequest { user: IdRef::Name("alice".into()), group: None };
         let r = resolve_user(&req, &parse_passwd(PASSWD), &parse_group(GROUP), false, &[5, 1000, 6]).unwrap();
         assert_eq!(r.additional_gids, vec![1000, 5, 6]);
     }
@@ -385,10 +337,7 @@ mod tests {
         assert_eq!(p, root.join("real/passwd"));
         assert_eq!(read_in_root(root, "etc/passwd").unwrap(), "x:x:5:5::/:\n");
         // The escape attempt lands at <root>/etc/shadow, which does not exist.
-        assert_eq!(
-            scoped_path(root, Path::new("etc/group")).unwrap(),
-            root.join("etc/shadow")
-        );
+        assert_eq!(scoped_path(root, Path::new("etc/group")).unwrap(), root.join("etc/shadow"));
         assert_eq!(read_in_root(root, "etc/group").unwrap(), "");
         std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
         assert!(scoped_path(root, Path::new("loop")).is_err());

@@ -86,18 +86,13 @@ impl ImageReference {
         if !is_valid_domain(&registry) {
             return Err(err("registry must be host[:port] with letters, digits, '.', '-'"));
         }
-        let repository = if registry == DEFAULT_REGISTRY && !repository.contains('/') {
-            format!("library/{repository}")
-        } else {
-            repository
-        };
+        let repository =
+            if registry == DEFAULT_REGISTRY && !repository.contains('/') { format!("library/{repository}") } else { repository };
         if repository.chars().any(|c| c.is_ascii_uppercase()) {
             return Err(err("repository name must be lowercase"));
         }
         if !repository.split('/').all(is_valid_path_component) {
-            return Err(err(
-                "repository path components must be [a-z0-9]+ joined by '.', '_', '__' or '-'",
-            ));
+            return Err(err("repository path components must be [a-z0-9]+ joined by '.', '_', '__' or '-'"));
         }
         if registry.len() + 1 + repository.len() > 255 {
             return Err(err("repository name must not be longer than 255 characters"));
@@ -168,10 +163,7 @@ fn is_valid_domain(d: &str) -> bool {
     };
     let host_ok = !host.is_empty()
         && host.split('.').all(|l| {
-            !l.is_empty()
-                && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
+            !l.is_empty() && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-') && !l.starts_with('-') && !l.ends_with('-')
         });
     let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|c| c.is_ascii_digit()));
     host_ok && port_ok

@@ -211,10 +211,7 @@ impl Session {
             .pull_image_manifest_and_list_digest(&oref, &self.auth)
             .await
             .map_err(|e| map_error(&r.to_string(), &src.host, e))?;
-        let media_type = manifest
-            .media_type
-            .clone()
-            .unwrap_or_else(|| oci_client::manifest::OCI_IMAGE_MEDIA_TYPE.to_string());
+        let media_type = manifest.media_type.clone().unwrap_or_else(|| oci_client::manifest::OCI_IMAGE_MEDIA_TYPE.to_string());
         Ok(ResolvedManifest { manifest, repo_digest: list_digest.unwrap_or(digest), media_type })
     }
 
@@ -326,10 +323,7 @@ mod tests {
         let p = Puller::new(cfg);
         let r = ImageReference::parse("registry.k8s.io/pause:3.9").unwrap();
         let hosts: Vec<(String, bool)> = p.sources(&r).into_iter().map(|s| (s.host, s.mirror)).collect();
-        assert_eq!(
-            hosts,
-            vec![("127.0.0.1:5000".into(), true), ("m.example".into(), true), ("registry.k8s.io".into(), false)]
-        );
+        assert_eq!(hosts, vec![("127.0.0.1:5000".into(), true), ("m.example".into(), true), ("registry.k8s.io".into(), false)]);
         let r = ImageReference::parse("only.example/x").unwrap();
         assert_eq!(p.sources(&r), vec![Source { host: "127.0.0.1:5001".into(), mirror: true }]);
         let r = ImageReference::parse("busybox").unwrap();

@@ -166,8 +166,7 @@ impl ImageStore {
         for d in [&layers, &tmp] {
             std::fs::create_dir_all(d).map_err(|e| ImageError::io(d, e))?;
         }
-        let known: HashSet<String> =
-            store.list::<LayerRecord>(LAYERS)?.into_iter().map(|(k, _)| hex_of(&k).to_string()).collect();
+        let known: HashSet<String> = store.list::<LayerRecord>(LAYERS)?.into_iter().map(|(k, _)| hex_of(&k).to_string()).collect();
         for entry in std::fs::read_dir(&layers).map_err(|e| ImageError::io(&layers, e))? {
             let entry = entry.map_err(|e| ImageError::io(&layers, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -202,11 +201,9 @@ impl ImageStore {
         let r = ImageReference::parse(reference)?;
         let auth = match auth {
             None => OciAuth::Anonymous,
-            Some(a) => a.to_oci().map_err(|message| ImageError::Unauthenticated {
-                image: r.to_string(),
-                registry: r.registry.clone(),
-                message,
-            })?,
+            Some(a) => {
+                a.to_oci().map_err(|message| ImageError::Unauthenticated { image: r.to_string(), registry: r.registry.clone(), message })?
+            }
         };
         let started = std::time::Instant::now();
         let mut last = None;
@@ -250,7 +247,10 @@ impl ImageStore {
             });
         }
         if let Some(bad) = diff_ids.iter().find(|d| !is_sha256_digest(d)) {
-            return Err(ImageError::BadConfig { image: image_name, message: format!("rootfs.diff_ids entry {bad:?} is not sha256:<64 hex>") });
+            return Err(ImageError::BadConfig {
+                image: image_name,
+                message: format!("rootfs.diff_ids entry {bad:?} is not sha256:<64 hex>"),
+            });
         }
         let chains = chain_ids(&diff_ids);
         let _gc = self.gc.read().await;
@@ -299,7 +299,15 @@ impl ImageStore {
     }
 
     /// Makes sure the layer `chain_id` is unpacked, downloading and unpacking `desc` if not.
-    async fn ensure_layer(&self, r: &ImageReference, src: &Source, session: &Session, desc: &OciDescriptor, diff_id: &str, chain_id: &str) -> Result<(), ImageError> {
+    async fn ensure_layer(
+        &self,
+        r: &ImageReference,
+        src: &Source,
+        session: &Session,
+        desc: &OciDescriptor,
+        diff_id: &str,
+        chain_id: &str,
+    ) -> Result<(), ImageError> {
         if self.layer_ready(chain_id)? {
             return Ok(());
         }
@@ -347,12 +355,19 @@ impl ImageStore {
         std::fs::create_dir_all(&diff).map_err(|e| ImageError::io(&diff, e))?;
         session.blob_to_file(src, r, desc, blob).await?;
         let (b, d, layer) = (blob.to_path_buf(), diff.clone(), desc.digest.clone());
-        let unpacked = tokio::task::spawn_blocking(move || unpack_blob_file(&b, &d, &layer))
-            .await
-            .map_err(|e| ImageError::Unpack { layer: desc.digest.clone(), entry: String::new(), message: format!("unpack task failed: {e}") })??;
+        let unpacked = tokio::task::spawn_blocking(move || unpack_blob_file(&b, &d, &layer)).await.map_err(|e| ImageError::Unpack {
+            layer: desc.digest.clone(),
+            entry: String::new(),
+            message: format!("unpack task failed: {e}"),
+        })??;
         let image = r.to_string();
         if unpacked.digest != desc.digest {
-            return Err(ImageError::DigestMismatch { image, what: format!("layer {} blob", desc.digest), expected: desc.digest.clone(), actual: unpacked.digest });
+            return Err(ImageError::DigestMismatch {
+                image,
+                what: format!("layer {} blob", desc.digest),
+                expected: desc.digest.clone(),
+                actual: unpacked.digest,
+            });
         }
         if unpacked.diff_id != diff_id {
             return Err(ImageError::DigestMismatch {

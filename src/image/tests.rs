@@ -138,7 +138,11 @@ async fn push_images_as(port: u16, auth: &OciAuth) -> Pushed {
     let cfg = Config::oci_v1(config.clone().into_bytes(), None);
     client.push(&Reference::with_tag(host.clone(), repo.clone(), "1".into()), &layers, cfg, auth, None).await.unwrap();
     let (_, manifest_digest) = client
-        .pull_manifest_raw(&Reference::with_tag(host.clone(), repo.clone(), "1".into()), auth, &["application/vnd.oci.image.manifest.v1+json"])
+        .pull_manifest_raw(
+            &Reference::with_tag(host.clone(), repo.clone(), "1".into()),
+            auth,
+            &["application/vnd.oci.image.manifest.v1+json"],
+        )
         .await
         .unwrap();
 
@@ -157,11 +161,19 @@ async fn push_images_as(port: u16, auth: &OciAuth) -> Pushed {
     })
     .to_string();
     client
-        .push_manifest_raw(&r, docker_manifest.clone().into_bytes(), "application/vnd.docker.distribution.manifest.v2+json".parse().unwrap())
+        .push_manifest_raw(
+            &r,
+            docker_manifest.clone().into_bytes(),
+            "application/vnd.docker.distribution.manifest.v2+json".parse().unwrap(),
+        )
         .await
         .unwrap();
     let (oci_manifest_raw, _) = client
-        .pull_manifest_raw(&Reference::with_tag(host.clone(), repo.clone(), "1".into()), auth, &["application/vnd.oci.image.manifest.v1+json"])
+        .pull_manifest_raw(
+            &Reference::with_tag(host.clone(), repo.clone(), "1".into()),
+            auth,
+            &["application/vnd.oci.image.manifest.v1+json"],
+        )
         .await
         .unwrap();
     let index = serde_json::json!({
@@ -201,10 +213,8 @@ async fn pull_unpack_resolve_remove_against_a_real_registry() {
 
     let mut cfg = ImageConfig::default();
     cfg.insecure_registries.push(format!("127.0.0.1:{port}"));
-    cfg.registries.insert(
-        "registry.k8s.io".into(),
-        RegistryConfig { mirrors: vec![format!("http://127.0.0.1:{port}")], mirrors_only: true },
-    );
+    cfg.registries
+        .insert("registry.k8s.io".into(), RegistryConfig { mirrors: vec![format!("http://127.0.0.1:{port}")], mirrors_only: true });
     let state = Arc::new(crate::state::Store::open(&tmp.path().join("state")).unwrap());
     let images = Arc::new(ImageStore::open(tmp.path().join("images"), state.clone(), cfg.clone()).unwrap());
 
@@ -258,7 +268,13 @@ async fn pull_unpack_resolve_remove_against_a_real_registry() {
 
     // Resolve by tag, ids, prefix and digest.
     let hexid = img.id.trim_start_matches("sha256:").to_string();
-    for r in [name.clone(), img.id.clone(), hexid.clone(), hexid[..12].to_string(), format!("127.0.0.1:{port}/test/img@{}", pushed.manifest_digest)] {
+    for r in [
+        name.clone(),
+        img.id.clone(),
+        hexid.clone(),
+        hexid[..12].to_string(),
+        format!("127.0.0.1:{port}/test/img@{}", pushed.manifest_digest),
+    ] {
         assert_eq!(images.resolve(&r).unwrap().map(|i| i.id), Some(img.id.clone()), "{r}");
     }
     assert!(images.resolve("busybox").unwrap().is_none());

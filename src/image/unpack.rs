@@ -98,7 +98,11 @@ pub fn unpack_blob_file(blob: &Path, dest: &Path, layer: &str) -> Result<Unpacke
     let compression = detect_compression(&magic[..got]);
     let f = fs::File::open(blob).map_err(|e| ImageError::io(blob, e))?;
     let mut outer = HashingReader::new(io::BufReader::with_capacity(1 << 16, f));
-    let read_err = |e: io::Error| ImageError::Unpack { layer: layer.to_string(), entry: String::new(), message: format!("reading {compression:?} stream: {e}") };
+    let read_err = |e: io::Error| ImageError::Unpack {
+        layer: layer.to_string(),
+        entry: String::new(),
+        message: format!("reading {compression:?} stream: {e}"),
+    };
     let (diff_id, uncompressed_size) = {
         let decoder: Box<dyn Read + '_> = match compression {
             Compression::None => Box::new(&mut outer),

@@ -13,12 +13,12 @@
 
 use crate::cgroups::fs_path;
 use crate::container::{ContainerRecord, ContainerState};
+use crate::cri::v1 as cri;
 use crate::daemon::{Daemon, Result};
 use crate::sandbox::{SandboxRecord, SandboxState};
-use crate::cri::v1 as cri;
+use crate::stats::collect::stats_error;
 use crate::stats::detail::{self, DetailStats};
 use crate::stats::parse::InterfaceCounters;
-use crate::stats::collect::stats_error;
 use crate::stats::{cgroup, host_layout, CgroupStats, StatsError};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -45,7 +45,11 @@ const METRICS: &[(&str, &str, &[&str])] = &[
     ("container_cpu_cfs_throttled_periods_total", "Number of throttled period intervals.", BASE_LABEL_KEYS),
     ("container_cpu_cfs_throttled_seconds_total", "Total time duration the container has been throttled.", BASE_LABEL_KEYS),
     ("container_memory_working_set_bytes", "Current working set in bytes.", BASE_LABEL_KEYS),
-    ("container_memory_usage_bytes", "Current memory usage in bytes, including all memory regardless of when it was accessed.", BASE_LABEL_KEYS),
+    (
+        "container_memory_usage_bytes",
+        "Current memory usage in bytes, including all memory regardless of when it was accessed.",
+        BASE_LABEL_KEYS,
+    ),
     ("container_memory_rss", "Size of RSS in bytes.", BASE_LABEL_KEYS),
     ("container_memory_cache", "Number of bytes of page cache memory.", BASE_LABEL_KEYS),
     ("container_memory_mapped_file", "Size of memory mapped files in bytes.", BASE_LABEL_KEYS),
@@ -224,7 +228,9 @@ pub fn container_metrics(id: &str, name: &str, image: &str, s: &CgroupStats, fac
     push("container_start_time_seconds", Gauge, (facts.started_at_ns > 0).then_some((facts.started_at_ns / 1_000_000_000) as u64));
     push("container_last_seen", Gauge, Some(facts.now_s));
     let (shares, quota, period) = facts.cpu_spec;
-    for (metric_name, value) in [("container_spec_cpu_shares", shares), ("container_spec_cpu_quota", quota), ("container_spec_cpu_period", period)] {
+    for (metric_name, value) in
+        [("container_spec_cpu_shares", shares), ("container_spec_cpu_quota", quota), ("container_spec_cpu_period", period)]
+    {
         push(metric_name, Gauge, (value > 0).then_some(value as u64));
     }
     for (failure_type, scope, value) in [
@@ -253,7 +259,12 @@ pub fn container_metrics(id: &str, name: &str, image: &str, s: &CgroupStats, fac
         v.push(metric("container_fs_writes_total", Counter, &dl, io.writes));
         let (maj, min) = (major.to_string(), minor.to_string());
         for (op, value) in [("Read", io.read_bytes), ("Write", io.write_bytes)] {
-            v.push(metric("container_blkio_device_usage_total", Counter, &[id, name, image, device.as_str(), maj.as_str(), min.as_str(), op], value));
+            v.push(metric(
+                "container_blkio_device_usage_total",
+                Counter,
+                &[id, name, image, device.as_str(), maj.as_str(), min.as_str(), op],
+                value,
+            ));
         }
     }
     v
@@ -333,7 +344,9 @@ fn pod_sandbox_metrics(
         let names = detail
             .io
             .keys()
-            .map(|&(major, minor)| ((major, minor), device_names.entry((major, minor)).or_insert_with(|| detail::device_name(major, minor)).clone()))
+            .map(|&(major, minor)| {
+                ((major, minor), device_names.entry((major, minor)).or_insert_with(|| detail::device_name(major, minor)).clone())
+            })
             .collect();
         let upper = crate::container::ContainerPaths::new(d, &r.id).state.join("upper");
         let fs = fs.and_then(|fs| match crate::stats::caches().1.usage(&upper) {
@@ -356,10 +369,8 @@ fn pod_sandbox_metrics(
             device_names: names,
             fs,
         };
-        container_metrics_list.push(cri::ContainerMetrics {
-            container_id: r.id.clone(),
-            metrics: container_metrics(&r.id, name, image, &s, &facts),
-        });
+        container_metrics_list
+            .push(cri::ContainerMetrics { container_id: r.id.clone(), metrics: container_metrics(&r.id, name, image, &s, &facts) });
     }
     Ok(cri::PodSandboxMetrics {
         pod_sandbox_id: sb.id.clone(),
@@ -454,7 +465,17 @@ mod tests {
             fs: Some(FsFigures { device: "/dev/vda1".into(), inodes_free: 5, inodes_total: 10, limit_bytes: 100, usage_bytes: 20 }),
         };
         let mut all = container_metrics("c1", "web", "busybox", &s, &facts);
-        let counters = |name: &str, n: u64| InterfaceCounters { name: name.into(), rx_bytes: n, rx_packets: n, rx_dropped: 0, rx_errors: 0, tx_bytes: n, tx_packets: n, tx_dropped: 0, tx_errors: 0 };
+        let counters = |name: &str, n: u64| InterfaceCounters {
+            name: name.into(),
+            rx_bytes: n,
+            rx_packets: n,
+            rx_dropped: 0,
+            rx_errors: 0,
+            tx_bytes: n,
+            tx_packets: n,
+            tx_dropped: 0,
+            tx_errors: 0,
+        };
         all.extend(network_metrics("p1", &[counters("lo", 1), counters("eth0", 200)]));
         let d = descriptors();
         for desc in &d {
@@ -479,12 +500,20 @@ mod tests {
         let blkio: Vec<_> = all.iter().filter(|m| m.name == "container_blkio_device_usage_total").collect();
         assert_eq!(blkio[0].label_values, ["c1", "web", "busybox", "/dev/sda", "8", "0", "Read"]);
         assert_eq!(blkio[0].value.as_ref().unwrap().value, 4096);
-        let failures: Vec<_> = all.iter().filter(|m| m.name == "container_memory_failures_total").map(|m| (m.label_values[3..].to_vec(), m.value.as_ref().unwrap().value)).collect();
+        let failures: Vec<_> = all
+            .iter()
+            .filter(|m| m.name == "container_memory_failures_total")
+            .map(|m| (m.label_values[3..].to_vec(), m.value.as_ref().unwrap().value))
+            .collect();
         assert_eq!(failures[0], (vec!["pgfault".to_string(), "container".to_string()], 7));
         assert_eq!(failures[2], (vec!["pgfault".to_string(), "hierarchy".to_string()], 9));
         let bare = container_metrics("c", "n", "i", &CgroupStats::default(), &ContainerFacts::default());
         let names: Vec<&str> = bare.iter().map(|m| m.name.as_str()).collect();
-        assert_eq!(names, ["container_threads", "container_file_descriptors", "container_sockets", "container_last_seen"], "no controller, no cgroup metric");
+        assert_eq!(
+            names,
+            ["container_threads", "container_file_descriptors", "container_sockets", "container_last_seen"],
+            "no controller, no cgroup metric"
+        );
     }
 
     fn check_descriptor(desc: &cri::MetricDescriptor, all: &[cri::Metric]) {

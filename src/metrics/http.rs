@@ -44,8 +44,7 @@ pub async fn start(d: Arc<Daemon>, cfg: &MetricsConfig) -> Result<Option<SocketA
     if !cfg.enabled {
         return Ok(None);
     }
-    let ip: std::net::IpAddr =
-        cfg.address.parse().map_err(|_| MetricsError::BadAddress { address: cfg.address.clone() })?;
+    let ip: std::net::IpAddr = cfg.address.parse().map_err(|_| MetricsError::BadAddress { address: cfg.address.clone() })?;
     let addr = SocketAddr::new(ip, cfg.port);
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| MetricsError::Bind { addr, source })?;
     let local = listener.local_addr().map_err(|source| MetricsError::Bind { addr, source })?;

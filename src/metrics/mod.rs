@@ -37,8 +37,7 @@ pub enum MetricsError {
 }
 
 /// Upper bounds (seconds) of the gRPC latency histogram buckets: 1 ms to 2 min.
-pub const GRPC_LATENCY_BUCKETS: &[f64] =
-    &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+pub const GRPC_LATENCY_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
 
 /// Upper bounds (seconds) of the image pull duration buckets: 100 ms to 10 min.
 pub const PULL_DURATION_BUCKETS: &[f64] = &[0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0];
@@ -127,9 +126,7 @@ impl Histogram {
         }
         let i = self.bounds.iter().position(|b| v <= *b).unwrap_or(self.bounds.len());
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        let _ = self.sum_bits.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-            Some((f64::from_bits(bits) + v).to_bits())
-        });
+        let _ = self.sum_bits.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| Some((f64::from_bits(bits) + v).to_bits()));
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -214,8 +211,7 @@ impl Registry {
 
     /// The per-method gRPC figures, sorted by method name.
     pub fn rpc_methods(&self) -> Vec<(String, Arc<MethodStats>)> {
-        let mut v: Vec<_> =
-            self.grpc.read().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, s)| (k.clone(), s.clone())).collect();
+        let mut v: Vec<_> = self.grpc.read().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, s)| (k.clone(), s.clone())).collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }

@@ -62,10 +62,9 @@ pub fn decode_client_packet(p: &[u8]) -> Option<ClientPacket<'_>> {
     match p {
         [IN_STDIN, data @ ..] => Some(ClientPacket::Stdin(data)),
         [IN_CLOSE_STDIN] => Some(ClientPacket::CloseStdin),
-        [IN_RESIZE, h0, h1, w0, w1] => Some(ClientPacket::Resize {
-            height: u16::from_be_bytes([*h0, *h1]),
-            width: u16::from_be_bytes([*w0, *w1]),
-        }),
+        [IN_RESIZE, h0, h1, w0, w1] => {
+            Some(ClientPacket::Resize { height: u16::from_be_bytes([*h0, *h1]), width: u16::from_be_bytes([*w0, *w1]) })
+        }
         [IN_REOPEN_LOG] => Some(ClientPacket::ReopenLog),
         _ => None,
     }
@@ -100,9 +99,7 @@ pub async fn reopen_log(socket: &Path, timeout: Duration) -> Result<(), MonitorE
             match conn.recv().await {
                 Ok(Some((IN_REOPEN_LOG, rest))) => return Ok(rest),
                 Ok(Some(_)) => continue,
-                Ok(None) => {
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the monitor exited (the container ended)"))
-                }
+                Ok(None) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the monitor exited (the container ended)")),
                 Err(e) => return Err(e),
             }
         }
@@ -140,17 +137,11 @@ pub async fn attach(socket: &Path) -> Result<AttachConn, MonitorError> {
     let err = |what: &'static str, e: Errno| MonitorError::Io { what, path: socket.to_path_buf(), source: e.into() };
     let mut tries = 0;
     loop {
-        let fd = socket::socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .map_err(|e| err("create socket for", e))?;
+        let fd = socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)
+            .map_err(|e| err("create socket for", e))?;
         match connect(&fd, socket) {
             Ok(()) => {
-                let fd = register(fd)
-                    .map_err(|source| MonitorError::Io { what: "register socket", path: socket.to_path_buf(), source })?;
+                let fd = register(fd).map_err(|source| MonitorError::Io { what: "register socket", path: socket.to_path_buf(), source })?;
                 return Ok(AttachConn { fd: Arc::new(fd) });
             }
             Err(e @ (Errno::ENOENT | Errno::EAGAIN | Errno::ECONNREFUSED)) if tries < 40 => {
@@ -194,9 +185,7 @@ impl AttachConn {
         loop {
             let n = self
                 .fd
-                .async_io(Interest::READABLE, |fd| {
-                    socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT).map_err(io::Error::from)
-                })
+                .async_io(Interest::READABLE, |fd| socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT).map_err(io::Error::from))
                 .await?;
             match n {
                 0 => return Ok(None),
@@ -235,8 +224,7 @@ impl AttachConn {
     async fn send(&self, packet: &[u8]) -> io::Result<()> {
         self.fd
             .async_io(Interest::WRITABLE, |fd| {
-                socket::send(fd.as_raw_fd(), packet, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL)
-                    .map_err(io::Error::from)
+                socket::send(fd.as_raw_fd(), packet, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL).map_err(io::Error::from)
             })
             .await
             .map(|_| ())

@@ -212,12 +212,8 @@ impl AttachSocket {
         }
         let mut last_progress = Instant::now();
         while self.clients.iter().any(|c| !c.queue.is_empty()) && last_progress.elapsed() < idle {
-            let mut fds: Vec<PollFd> = self
-                .clients
-                .iter()
-                .filter(|c| !c.queue.is_empty())
-                .map(|c| PollFd::new(c.fd.as_fd(), PollFlags::POLLOUT))
-                .collect();
+            let mut fds: Vec<PollFd> =
+                self.clients.iter().filter(|c| !c.queue.is_empty()).map(|c| PollFd::new(c.fd.as_fd(), PollFlags::POLLOUT)).collect();
             let _ = poll(&mut fds, PollTimeout::from(100u16));
             drop(fds);
             let before: usize = self.clients.iter().map(|c| c.queued).sum();
@@ -442,13 +438,8 @@ pub fn listen(path: &Path, cwd: &Path) -> Option<OwnedFd> {
 
 fn listen_at(path: &Path, cwd: &Path) -> Result<OwnedFd, String> {
     let _ = std::fs::remove_file(path);
-    let fd = socket::socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(|e| format!("socket: {e}"))?;
+    let fd = socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)
+        .map_err(|e| format!("socket: {e}"))?;
     let bound = if path.as_os_str().len() <= SUN_PATH_MAX {
         UnixAddr::new(path).and_then(|a| socket::bind(fd.as_raw_fd(), &a))
     } else {

@@ -52,21 +52,16 @@ pub async fn spawn_exec(monitor_bin: &Path, spec: &MonitorSpec, exec: &ExecProce
 }
 
 /// [`spawn`] with an explicit sync timeout.
-pub async fn spawn_with_timeout(
-    monitor_bin: &Path,
-    spec: &MonitorSpec,
-    timeout: Duration,
-) -> Result<Spawned, MonitorError> {
+pub async fn spawn_with_timeout(monitor_bin: &Path, spec: &MonitorSpec, timeout: Duration) -> Result<Spawned, MonitorError> {
     spawn_file(monitor_bin, &MonitorFile { spec: spec.clone(), exec: None }, timeout).await
 }
 
 async fn spawn_file(monitor_bin: &Path, file: &MonitorFile, timeout: Duration) -> Result<Spawned, MonitorError> {
     let spec = &file.spec;
     let spec_path = spec.bundle.join(SPEC_FILE);
-    let json = serde_json::to_vec_pretty(file)
-        .map_err(|source| MonitorError::Json { what: "monitor spec", path: spec_path.clone(), source })?;
-    crate::util::write_atomic(&spec_path, &json)
-        .map_err(|source| MonitorError::Io { what: "write", path: spec_path.clone(), source })?;
+    let json =
+        serde_json::to_vec_pretty(file).map_err(|source| MonitorError::Json { what: "monitor spec", path: spec_path.clone(), source })?;
+    crate::util::write_atomic(&spec_path, &json).map_err(|source| MonitorError::Io { what: "write", path: spec_path.clone(), source })?;
     // A stale pid file from an earlier attempt must not be mistaken for this monitor's.
     let _ = std::fs::remove_file(spec.bundle.join(PID_FILE));
 
@@ -78,16 +73,12 @@ async fn spawn_file(monitor_bin: &Path, file: &MonitorFile, timeout: Duration) -
     let mut cmd = tokio::process::Command::new(monitor_bin);
     cmd.arg(&spec_path).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     set_sync_fd(&mut cmd, &write_end);
-    let mut child = cmd
-        .spawn()
-        .map_err(|source| MonitorError::Io { what: "run monitor", path: monitor_bin.to_path_buf(), source })?;
+    let mut child = cmd.spawn().map_err(|source| MonitorError::Io { what: "run monitor", path: monitor_bin.to_path_buf(), source })?;
     // Only the monitor may hold the write end, so a dead monitor means EOF here.
     drop(write_end);
     drop(cmd);
-    let status = child
-        .wait()
-        .await
-        .map_err(|source| MonitorError::Io { what: "wait for monitor", path: monitor_bin.to_path_buf(), source })?;
+    let status =
+        child.wait().await.map_err(|source| MonitorError::Io { what: "wait for monitor", path: monitor_bin.to_path_buf(), source })?;
     if !status.success() {
         return Err(MonitorError::Exited { id: spec.id.clone(), status: status.to_string() });
     }
@@ -104,14 +95,11 @@ async fn spawn_file(monitor_bin: &Path, file: &MonitorFile, timeout: Duration) -
     let protocol = || MonitorError::Protocol { id: spec.id.clone(), reply: reply.clone() };
     let msg: SyncMessage = serde_json::from_str(reply.trim()).map_err(|_| protocol())?;
     match msg {
-        SyncMessage { error: Some(message), .. } if file.exec.is_some() => {
-            Err(MonitorError::RuntimeExec { id: spec.id.clone(), message })
-        }
+        SyncMessage { error: Some(message), .. } if file.exec.is_some() => Err(MonitorError::RuntimeExec { id: spec.id.clone(), message }),
         SyncMessage { error: Some(message), .. } => Err(MonitorError::Runtime { id: spec.id.clone(), message }),
-        SyncMessage { pid: Some(pid), .. } if pid > 0 => Ok(Spawned {
-            container_pid: pid,
-            monitor_pid: read_pid(&spec.bundle.join(PID_FILE)).unwrap_or(0),
-        }),
+        SyncMessage { pid: Some(pid), .. } if pid > 0 => {
+            Ok(Spawned { container_pid: pid, monitor_pid: read_pid(&spec.bundle.join(PID_FILE)).unwrap_or(0) })
+        }
         _ => Err(protocol()),
     }
 }
@@ -155,9 +143,11 @@ pub fn read_pid(path: &Path) -> Option<i32> {
 /// Errors: `Io` when unreadable, `Json` when it is not an [`ExitInfo`].
 pub fn read_exit_file(path: &Path) -> Result<Option<ExitInfo>, MonitorError> {
     match std::fs::read(path) {
-        Ok(data) => serde_json::from_slice(&data)
-            .map(Some)
-            .map_err(|source| MonitorError::Json { what: "exit file", path: path.to_path_buf(), source }),
+        Ok(data) => serde_json::from_slice(&data).map(Some).map_err(|source| MonitorError::Json {
+            what: "exit file",
+            path: path.to_path_buf(),
+            source,
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(MonitorError::Io { what: "read exit file", path: path.to_path_buf(), source }),
     }

@@ -217,11 +217,7 @@ fn shares_pid_namespace(config: &serde_json::Value) -> bool {
 /// `runtime kill --all <id> KILL`: SIGKILL to every process left in the container's cgroup (runc
 /// signals a stopped container's cgroup too). Failures go to the monitor's diagnostics.
 fn kill_remaining(spec: &MonitorSpec) {
-    let out = spec
-        .runtime_command()
-        .args(["kill", "--all", &spec.id, "KILL"])
-        .stdin(std::process::Stdio::null())
-        .output();
+    let out = spec.runtime_command().args(["kill", "--all", &spec.id, "KILL"]).stdin(std::process::Stdio::null()).output();
     match out {
         Ok(o) if o.status.success() => {}
         Ok(o) => diag(&spec.bundle, &format!("kill --all after exit: {}: {}", o.status, String::from_utf8_lossy(&o.stderr).trim())),
@@ -313,9 +309,7 @@ fn reap(pid: i32, bundle: &std::path::Path) -> Option<(i32, i64)> {
     loop {
         match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(p, code)) if p.as_raw() == pid => result = Some((code, crate::util::now_nanos())),
-            Ok(WaitStatus::Signaled(p, sig, _)) if p.as_raw() == pid => {
-                result = Some((128 + sig as i32, crate::util::now_nanos()))
-            }
+            Ok(WaitStatus::Signaled(p, sig, _)) if p.as_raw() == pid => result = Some((128 + sig as i32, crate::util::now_nanos())),
             Ok(WaitStatus::StillAlive) => break,
             Ok(_) => {}
             Err(Errno::EINTR) => {}

@@ -179,10 +179,7 @@ mod tests {
         let mut b = LineBuffer::new(Stream::Stdout);
         let mut out = Vec::new();
         b.push(b"hello\nworld\n", TS, &mut out);
-        assert_eq!(
-            String::from_utf8(out.clone()).unwrap(),
-            format!("{STAMP} stdout F hello\n{STAMP} stdout F world\n")
-        );
+        assert_eq!(String::from_utf8(out.clone()).unwrap(), format!("{STAMP} stdout F hello\n{STAMP} stdout F world\n"));
         assert_eq!(b.pending_len(), 0);
     }
 
@@ -268,10 +265,7 @@ mod tests {
         let mut b = LineBuffer::new(Stream::Stdout);
         let mut out = Vec::new();
         b.push(b"tty line\r\nprogress 10%\rprogress 20%\r\n\r\n", TS, &mut out);
-        assert_eq!(
-            records(&out),
-            vec![r("stdout", "F", "tty line"), r("stdout", "F", "progress 10%\rprogress 20%"), r("stdout", "F", "")]
-        );
+        assert_eq!(records(&out), vec![r("stdout", "F", "tty line"), r("stdout", "F", "progress 10%\rprogress 20%"), r("stdout", "F", "")]);
         // A CR split from its LF across chunks is still dropped.
         let mut out = Vec::new();
         b.push(b"a\r", TS, &mut out);

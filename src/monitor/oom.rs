@@ -56,9 +56,7 @@ impl OomWatch {
             OomWatch::V1(dir) => std::fs::read_to_string(dir.join("memory.oom_control"))
                 .map(|t| counter(&t, "oom_kill") > 0 || counter(&t, "under_oom") > 0)
                 .unwrap_or(false),
-            OomWatch::V2(dir) => std::fs::read_to_string(dir.join("memory.events"))
-                .map(|t| counter(&t, "oom_kill") > 0)
-                .unwrap_or(false),
+            OomWatch::V2(dir) => std::fs::read_to_string(dir.join("memory.events")).map(|t| counter(&t, "oom_kill") > 0).unwrap_or(false),
         }
     }
 }
@@ -130,11 +128,7 @@ impl OomMonitor {
 
 /// The value of a `key N` line of a cgroup flat-keyed file; 0 when absent or unparsable.
 pub fn counter(text: &str, key: &str) -> u64 {
-    text.lines()
-        .filter_map(|l| l.split_once(' '))
-        .find(|(k, _)| *k == key)
-        .and_then(|(_, v)| v.trim().parse().ok())
-        .unwrap_or(0)
+    text.lines().filter_map(|l| l.split_once(' ')).find(|(k, _)| *k == key).and_then(|(_, v)| v.trim().parse().ok()).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -154,10 +148,7 @@ mod tests {
     fn finds_memory_cgroup() {
         let text = "12:pids:/berth-test/c1\n5:cpu,cpuacct:/berth-test/c1\n4:memory:/berth-test/c1\n0::/\n";
         let root = Path::new("/sys/fs/cgroup");
-        assert_eq!(
-            OomWatch::from_proc_cgroup(text, root, false),
-            Some(OomWatch::V1("/sys/fs/cgroup/memory/berth-test/c1".into()))
-        );
+        assert_eq!(OomWatch::from_proc_cgroup(text, root, false), Some(OomWatch::V1("/sys/fs/cgroup/memory/berth-test/c1".into())));
         assert_eq!(
             OomWatch::from_proc_cgroup("0::/kubepods/pod1/c1\n", root, true),
             Some(OomWatch::V2("/sys/fs/cgroup/kubepods/pod1/c1".into()))

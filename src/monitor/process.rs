@@ -58,16 +58,14 @@ pub fn main() -> i32 {
 pub fn run(spec_path: &Path) -> i32 {
     let mut sync = take_sync_pipe();
     close_inherited_fds();
-    let MonitorFile { spec, exec } = match std::fs::read(spec_path)
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-    {
-        Ok(s) => s,
-        Err(e) => {
-            report(&mut sync, &error_msg(format!("monitor spec {spec_path:?}: {e}")));
-            return 1;
-        }
-    };
+    let MonitorFile { spec, exec } =
+        match std::fs::read(spec_path).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
+            Ok(s) => s,
+            Err(e) => {
+                report(&mut sync, &error_msg(format!("monitor spec {spec_path:?}: {e}")));
+                return 1;
+            }
+        };
     match fork_detached() {
         Ok(false) => return 0,
         Ok(true) => {}
@@ -215,10 +213,7 @@ fn create_container(spec: &MonitorSpec, exec: Option<&ExecProcess>) -> Result<Co
     let pipe = || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("create stdio pipe: {e}"));
 
     let mut cmd = spec.runtime_command();
-    cmd.arg("--log")
-        .arg(&runtime_log)
-        .arg("--log-format")
-        .arg("json");
+    cmd.arg("--log").arg(&runtime_log).arg("--log-format").arg("json");
     match exec {
         Some(e) => cmd.arg("exec").arg("--process").arg(&e.process_json).arg("--detach"),
         None => cmd.arg("create").arg("--bundle").arg(&spec.bundle),

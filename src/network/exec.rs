@@ -81,7 +81,13 @@ pub fn capability_args(req: &AttachRequest) -> Map<String, Value> {
 /// the list's `name` and `cniVersion` injected, `prevResult` when given, and `runtimeConfig`
 /// holding those `capability_args` the plugin declares in `capabilities` (`{"portMappings": true}`);
 /// `runtimeConfig` is left as the file had it when no capability applies.
-pub fn plugin_config(plugin: &Value, name: &str, cni_version: &str, prev_result: Option<&Value>, capability_args: &Map<String, Value>) -> Value {
+pub fn plugin_config(
+    plugin: &Value,
+    name: &str,
+    cni_version: &str,
+    prev_result: Option<&Value>,
+    capability_args: &Map<String, Value>,
+) -> Value {
     let mut obj = plugin.as_object().cloned().unwrap_or_default();
     obj.insert("name".into(), name.into());
     obj.insert("cniVersion".into(), cni_version.into());
@@ -126,7 +132,13 @@ pub fn find_plugin(plugin_dirs: &[PathBuf], plugin_type: &str) -> Result<PathBuf
 /// and CHECK allow). The child is killed if the returned future is dropped (e.g. on timeout).
 /// Errors: [`NetworkError::PluginSpawn`], [`NetworkError::PluginFailed`] (non-zero exit, with the
 /// CNI error JSON `{code,msg,details}` decoded when printed), [`NetworkError::BadResult`].
-pub async fn exec_plugin(binary: &Path, command: &'static str, inv: &Invocation, network: &str, config: &Value) -> Result<Option<Value>, NetworkError> {
+pub async fn exec_plugin(
+    binary: &Path,
+    command: &'static str,
+    inv: &Invocation,
+    network: &str,
+    config: &Value,
+) -> Result<Option<Value>, NetworkError> {
     let plugin = binary.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let spawn_err = |source: std::io::Error| NetworkError::PluginSpawn { plugin: plugin.clone(), command, source };
     let path = std::env::var_os("PATH").filter(|p| !p.is_empty()).unwrap_or_else(|| DEFAULT_PATH.into());
@@ -160,9 +172,7 @@ pub async fn exec_plugin(binary: &Path, command: &'static str, inv: &Invocation,
     if out.stdout.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(None);
     }
-    serde_json::from_slice(&out.stdout)
-        .map(Some)
-        .map_err(|e| NetworkError::BadResult { plugin, command, message: e.to_string() })
+    serde_json::from_slice(&out.stdout).map(Some).map_err(|e| NetworkError::BadResult { plugin, command, message: e.to_string() })
 }
 
 /// `(code, msg, details)` from a failed plugin: its CNI error JSON on stdout (SPEC.md "Error":
@@ -298,7 +308,8 @@ mod tests {
     fn error_json_is_decoded() {
         use std::os::unix::process::ExitStatusExt;
         let st = std::process::ExitStatus::from_raw(256);
-        let (c, m, d) = decode_error(br#"{"cniVersion":"1.0.0","code":11,"msg":"no IP addresses available","details":"range full"}"#, b"", &st);
+        let (c, m, d) =
+            decode_error(br#"{"cniVersion":"1.0.0","code":11,"msg":"no IP addresses available","details":"range full"}"#, b"", &st);
         assert_eq!((c, m.as_str(), d.as_str()), (11, "no IP addresses available", "range full"));
         let (c, m, _) = decode_error(b"", b"panic: oops\n", &st);
         assert_eq!((c, m.as_str()), (999, "panic: oops"));

@@ -81,7 +81,8 @@ impl Cni {
         if errors.is_empty() {
             return Ok(());
         }
-        let network = errors.iter().map(|(n, _)| n.as_str()).collect::<std::collections::BTreeSet<_>>().into_iter().collect::<Vec<_>>().join(", ");
+        let network =
+            errors.iter().map(|(n, _)| n.as_str()).collect::<std::collections::BTreeSet<_>>().into_iter().collect::<Vec<_>>().join(", ");
         let errors = errors.into_iter().map(|(_, e)| e.to_string()).collect::<Vec<_>>().join("; ");
         Err(NetworkError::TeardownFailed { network, container_id: req.container_id.clone(), errors })
     }
@@ -141,7 +142,13 @@ impl Cni {
     /// ADD of every plugin of `net` in order, chaining results; caches the final result.
     /// On failure runs DEL (reverse) over the plugins tried so far, the failed one included,
     /// since a plugin may have half-configured before failing.
-    async fn add_list(&self, net: &NetworkConfList, req: &AttachRequest, ifname: &str, caps: &Map<String, Value>) -> Result<Value, NetworkError> {
+    async fn add_list(
+        &self,
+        net: &NetworkConfList,
+        req: &AttachRequest,
+        ifname: &str,
+        caps: &Map<String, Value>,
+    ) -> Result<Value, NetworkError> {
         let inv = Invocation::new(req, ifname, &self.cfg.plugin_dirs);
         let mut prev: Option<Value> = None;
         let mut failure = None;
@@ -149,7 +156,14 @@ impl Cni {
             match self.run_plugin("ADD", net, plugin, &inv, prev.as_ref(), caps).await {
                 Ok(Some(r)) => prev = Some(r),
                 Ok(None) => {
-                    failure = Some((i, NetworkError::BadResult { plugin: plugin_type(plugin), command: "ADD", message: "empty output; ADD must print a result".into() }));
+                    failure = Some((
+                        i,
+                        NetworkError::BadResult {
+                            plugin: plugin_type(plugin),
+                            command: "ADD",
+                            message: "empty output; ADD must print a result".into(),
+                        },
+                    ));
                     break;
                 }
                 Err(e) => {
@@ -188,7 +202,13 @@ impl Cni {
     }
 
     /// DEL of every plugin of `net` in reverse; all run; returns the errors.
-    async fn del_list(&self, net: &NetworkConfList, inv: &Invocation, result: Option<&Value>, caps: &Map<String, Value>) -> Vec<NetworkError> {
+    async fn del_list(
+        &self,
+        net: &NetworkConfList,
+        inv: &Invocation,
+        result: Option<&Value>,
+        caps: &Map<String, Value>,
+    ) -> Vec<NetworkError> {
         let prev = if exec::version_at_least(&net.cni_version, 0, 4) { result } else { None };
         let mut errors = Vec::new();
         for plugin in net.plugins.iter().rev() {
@@ -200,7 +220,15 @@ impl Cni {
         errors
     }
 
-    async fn run_plugin(&self, command: &'static str, net: &NetworkConfList, plugin: &Value, inv: &Invocation, prev: Option<&Value>, caps: &Map<String, Value>) -> Result<Option<Value>, NetworkError> {
+    async fn run_plugin(
+        &self,
+        command: &'static str,
+        net: &NetworkConfList,
+        plugin: &Value,
+        inv: &Invocation,
+        prev: Option<&Value>,
+        caps: &Map<String, Value>,
+    ) -> Result<Option<Value>, NetworkError> {
         let binary = exec::find_plugin(&self.cfg.plugin_dirs, &plugin_type(plugin))?;
         let config = exec::plugin_config(plugin, &net.name, &net.cni_version, prev, caps);
         exec::exec_plugin(&binary, command, inv, &net.name, &config).await

@@ -47,7 +47,11 @@ pub fn create(dir: &Path, name: &str) -> Result<PathBuf, NetworkError> {
         .map_err(io_err(&path, "clone(thread)"))
         .and_then(|h| {
             h.join().unwrap_or_else(|_| {
-                Err(NetworkError::Netns { path: path.clone(), syscall: "thread", source: std::io::Error::other("namespace thread panicked") })
+                Err(NetworkError::Netns {
+                    path: path.clone(),
+                    syscall: "thread",
+                    source: std::io::Error::other("namespace thread panicked"),
+                })
             })
         });
     if let Err(e) = pinned {
@@ -160,7 +164,6 @@ fn mount_points() -> Vec<(PathBuf, String)> {
         })
         .collect()
 }
-
 
 /// Undoes the shared self-bind of a netns dir made by [`create`] (tests and `berth` cleanup).
 /// Only unmounts when `dir` is a bind mount of itself; missing or not mounted is Ok.

@@ -128,7 +128,10 @@ async fn failed_add_is_undone_and_reports_the_plugin_error() {
     let e = f.cni.setup(&request(Path::new("/x"))).await.unwrap_err();
     match &e {
         NetworkError::PluginFailed { plugin, command, code, msg, details, network } => {
-            assert_eq!((plugin.as_str(), *command, *code, msg.as_str(), details.as_str(), network.as_str()), ("fakeb", "ADD", 7, "boom", "from fakeb", "fakenet"));
+            assert_eq!(
+                (plugin.as_str(), *command, *code, msg.as_str(), details.as_str(), network.as_str()),
+                ("fakeb", "ADD", 7, "boom", "from fakeb", "fakenet")
+            );
         }
         other => panic!("unexpected {other:?}"),
     }
@@ -257,7 +260,8 @@ async fn real_plugins_bridge_host_local_portmap_loopback_as_root() {
         port_mappings: vec![PortMapping { host_port, container_port: 80, protocol: "TCP".into(), host_ip: String::new() }],
     };
     let portmap_chains_existed = run("iptables", &["-t", "nat", "-S", "CNI-HOSTPORT-DNAT"]).0;
-    let guard = RealCleanup { cni: cni.clone(), req: req.clone(), netns_dir: netns_dir.clone(), bridge: bridge.clone(), portmap_chains_existed };
+    let guard =
+        RealCleanup { cni: cni.clone(), req: req.clone(), netns_dir: netns_dir.clone(), bridge: bridge.clone(), portmap_chains_existed };
 
     let res = cni.setup(&req).await.unwrap();
     assert_eq!(res.ips.len(), 1, "{}", res.result);

@@ -21,7 +21,12 @@ pub enum NetworkError {
     PluginNotFound { plugin: String, dirs: String },
     /// The plugin could not be started or talked to.
     #[error("CNI plugin {plugin:?} ({command}): {source}")]
-    PluginSpawn { plugin: String, command: &'static str, #[source] source: std::io::Error },
+    PluginSpawn {
+        plugin: String,
+        command: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     /// The plugin exited non-zero; `code`/`msg`/`details` come from its CNI error JSON when it
     /// printed one (SPEC.md "Error"), else `msg` is its stderr or stdout.
     #[error("CNI plugin {plugin:?} {command} for network {network:?} failed (code {code}): {msg}{}", details_suffix(details))]
@@ -37,7 +42,12 @@ pub enum NetworkError {
     Cache { path: PathBuf, message: String },
     /// A network namespace syscall failed on `path`.
     #[error("network namespace {path}: {syscall}: {source}")]
-    Netns { path: PathBuf, syscall: &'static str, #[source] source: std::io::Error },
+    Netns {
+        path: PathBuf,
+        syscall: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn details_suffix(d: &str) -> String {

@@ -107,11 +107,7 @@ pub fn parse(json: &[u8]) -> Result<RuntimeFeatures, serde_json::Error> {
     Ok(RuntimeFeatures {
         mount_options: d.mount_options.unwrap_or_default(),
         namespaces: linux.namespaces.unwrap_or_default(),
-        idmap_mounts: linux
-            .mount_extensions
-            .and_then(|m| m.idmap)
-            .and_then(|i| i.enabled)
-            .unwrap_or(false),
+        idmap_mounts: linux.mount_extensions.and_then(|m| m.idmap).and_then(|i| i.enabled).unwrap_or(false),
     })
 }
 

@@ -34,12 +34,7 @@ pub enum OciError {
     /// The runtime ran and exited non-zero; `stderr` holds its error message (logrus `msg` when
     /// it printed one, else its trimmed stderr).
     #[error("OCI runtime {runtime:?} {args:?} failed ({status}): {stderr}")]
-    CommandFailed {
-        runtime: PathBuf,
-        args: Vec<String>,
-        status: std::process::ExitStatus,
-        stderr: String,
-    },
+    CommandFailed { runtime: PathBuf, args: Vec<String>, status: std::process::ExitStatus, stderr: String },
     /// `state` printed something that is not the runtime-spec state JSON.
     #[error("OCI runtime {runtime:?}: state of container {id}: unparsable output: {source}")]
     BadState {
@@ -92,8 +87,7 @@ impl Runtime {
     /// A runtime driver. `path` may be a bare name (`runc`), resolved on `PATH`, or a path.
     /// Errors: [`OciError::NotFound`] when no executable file is found.
     pub fn new(handler: &str, path: PathBuf, root: PathBuf) -> Result<Runtime, OciError> {
-        let resolved = resolve_binary(&path)
-            .ok_or_else(|| OciError::NotFound { handler: handler.to_string(), path: path.clone() })?;
+        let resolved = resolve_binary(&path).ok_or_else(|| OciError::NotFound { handler: handler.to_string(), path: path.clone() })?;
         let features = features::probe(&resolved);
         Ok(Runtime { handler: handler.to_string(), path: resolved, root, features, systemd_cgroup: false })
     }
@@ -113,9 +107,11 @@ impl Runtime {
     /// `runtime state <id>`. `Ok(None)` when the runtime says the container does not exist.
     pub async fn state(&self, id: &str) -> Result<Option<RuntimeState>, OciError> {
         match self.run(&["state", id]).await {
-            Ok(out) => serde_json::from_slice(&out)
-                .map(Some)
-                .map_err(|source| OciError::BadState { runtime: self.path.clone(), id: id.to_string(), source }),
+            Ok(out) => serde_json::from_slice(&out).map(Some).map_err(|source| OciError::BadState {
+                runtime: self.path.clone(),
+                id: id.to_string(),
+                source,
+            }),
             Err(e) if is_not_exist(&e) => Ok(None),
             Err(e) => Err(e),
         }
@@ -173,12 +169,7 @@ impl Runtime {
     /// command. The caller sets stdio (and `--detach` style behaviour through how it waits).
     pub fn exec_command(&self, id: &str, process_json: &Path, pid_file: &Path) -> tokio::process::Command {
         let mut cmd = self.command();
-        cmd.arg("exec")
-            .arg("--process")
-            .arg(process_json)
-            .arg("--pid-file")
-            .arg(pid_file)
-            .arg(id);
+        cmd.arg("exec").arg("--process").arg(process_json).arg("--pid-file").arg(pid_file).arg(id);
         cmd
     }
 
@@ -193,11 +184,7 @@ impl Runtime {
             .kill_on_drop(true)
             .output()
             .await
-            .map_err(|source| OciError::Exec {
-                runtime: self.path.clone(),
-                args: args.iter().map(|s| s.to_string()).collect(),
-                source,
-            })?;
+            .map_err(|source| OciError::Exec { runtime: self.path.clone(), args: args.iter().map(|s| s.to_string()).collect(), source })?;
         if out.status.success() {
             return Ok(out.stdout);
         }
@@ -298,8 +285,7 @@ pub fn resolve_binary(path: &Path) -> Option<PathBuf> {
     if path.components().count() > 1 || path.is_absolute() {
         return path.is_file().then(|| path.to_path_buf());
     }
-    let search = std::env::var_os("PATH")
-        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    let search = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
     std::env::split_paths(&search).map(|d| d.join(path)).find(|p| p.is_file())
 }
 

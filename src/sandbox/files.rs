@@ -42,7 +42,9 @@ pub fn validate_hostname(h: &str) -> Result<(), String> {
     if h.len() > 64 {
         return Err(format!("{h:?} is longer than 64 bytes"));
     }
-    if h.split('.').any(|l| l.is_empty() || l.starts_with('-') || l.ends_with('-') || !l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')) {
+    if h.split('.')
+        .any(|l| l.is_empty() || l.starts_with('-') || l.ends_with('-') || !l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+    {
         return Err(format!("{h:?} is not a valid RFC 1123 hostname"));
     }
     Ok(())

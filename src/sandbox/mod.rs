@@ -7,17 +7,17 @@
 
 pub mod files;
 mod run;
+pub mod selftest;
 mod stop;
 pub mod sysctl;
-pub mod selftest;
 pub mod userns;
 
 pub use run::run;
 pub use stop::{remove, stop};
 
+use crate::cri::v1::{NamespaceMode, NamespaceOption, PodSandboxConfig};
 use crate::daemon::{Daemon, Error, Result};
 use crate::state::SANDBOXES;
-use crate::cri::v1::{NamespaceMode, NamespaceOption, PodSandboxConfig};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -87,12 +87,7 @@ impl SandboxRecord {
 
 /// The namespace options of a pod config (`linux.security_context.namespace_options`).
 pub fn namespace_options(config: &PodSandboxConfig) -> NamespaceOption {
-    config
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.as_ref())
-        .and_then(|s| s.namespace_options.clone())
-        .unwrap_or_default()
+    config.linux.as_ref().and_then(|l| l.security_context.as_ref()).and_then(|s| s.namespace_options.clone()).unwrap_or_default()
 }
 
 /// Files of a pod sandbox.

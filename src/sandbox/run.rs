@@ -3,11 +3,11 @@
 use super::{files, namespace_options, SandboxPaths, SandboxRecord, SandboxState};
 use crate::cleanup::Cleanup;
 use crate::container::spec::{self, SandboxContext};
+use crate::cri::v1::{NamespaceMode, PodSandboxConfig, Protocol};
 use crate::daemon::{Daemon, Error, Result};
 use crate::monitor::MonitorSpec;
 use crate::network::{AttachRequest, PortMapping};
 use crate::state::SANDBOXES;
-use crate::cri::v1::{NamespaceMode, PodSandboxConfig, Protocol};
 use std::path::{Path, PathBuf};
 use tracing::Instrument;
 
@@ -93,7 +93,9 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
         // The record goes in first, carrying the paths of everything about to be made, so that
         // a crash halfway leaves a NotReady sandbox whose Stop/Remove find and undo it all.
         d.store.put(SANDBOXES, &id, &record)?;
-        undo.push("drop record", async { let _ = d.store.delete(SANDBOXES, &id); });
+        undo.push("drop record", async {
+            let _ = d.store.delete(SANDBOXES, &id);
+        });
         for dir in [&paths.state, &paths.rootfs] {
             std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
         }
@@ -294,9 +296,8 @@ pub(crate) fn attach_request(r: &SandboxRecord, netns: &Path) -> AttachRequest {
 }
 
 fn write_pod_files(paths: &SandboxPaths, r: &SandboxRecord, host_network: bool) -> Result<()> {
-    let write = |p: std::path::PathBuf, data: Vec<u8>| {
-        crate::util::write_atomic(&p, &data).map_err(Error::io(format!("writing {}", p.display())))
-    };
+    let write =
+        |p: std::path::PathBuf, data: Vec<u8>| crate::util::write_atomic(&p, &data).map_err(Error::io(format!("writing {}", p.display())));
     write(paths.hostname_file(), format!("{}\n", r.hostname).into_bytes())?;
     let hosts = if host_network {
         std::fs::read("/etc/hosts").unwrap_or_else(|_| files::hosts_file(&r.hostname, &[]).into_bytes())

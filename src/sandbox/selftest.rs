@@ -169,9 +169,9 @@ fn idmap_probe(pid_file: &Path, layer_store: &Path, dir: &Path) -> Result<(), St
     let pid = std::fs::read_to_string(pid_file).map_err(|e| format!("reading {}: {e}", pid_file.display()))?;
     let ns_path = format!("/proc/{}/ns/user", pid.trim());
     let ns = std::fs::File::open(&ns_path).map_err(|e| format!("opening {ns_path}: {e}"))?;
-    crate::storage::idmap::idmapped_clone(layer_store, &ns, false)
-        .map(drop)
-        .map_err(|e| format!("berth's root {} cannot be idmapped (its filesystem must support idmapped mounts): {e}", layer_store.display()))?;
+    crate::storage::idmap::idmapped_clone(layer_store, &ns, false).map(drop).map_err(|e| {
+        format!("berth's root {} cannot be idmapped (its filesystem must support idmapped mounts): {e}", layer_store.display())
+    })?;
     let shm = dir.join("shm-probe");
     std::fs::create_dir_all(&shm).map_err(|e| format!("creating {}: {e}", shm.display()))?;
     crate::storage::mount_tmpfs(&shm, "size=64k").map_err(|e| e.to_string())?;

@@ -45,10 +45,7 @@ async fn stop_locked(d: &Daemon, mut r: SandboxRecord) -> Result<()> {
     if running {
         runtime.kill(&r.id, libc::SIGKILL, true).await?;
         if r.infra_watched(&paths).wait(Duration::from_secs(10)).await.is_none() {
-            return Err(Error::DeadlineExceeded(format!(
-                "infra container of pod sandbox {} did not exit within 10s of SIGKILL",
-                r.id
-            )));
+            return Err(Error::DeadlineExceeded(format!("infra container of pod sandbox {} did not exit within 10s of SIGKILL", r.id)));
         }
     }
     runtime.delete(&r.id, true).await?;

@@ -75,11 +75,8 @@ pub fn validate(config: &PodSandboxConfig) -> Result<()> {
     }
     // Keys naming an interface other than lo/all/default cannot be tried: the scratch netns has
     // only lo (the pod's eth0 comes from CNI); runc's own write reports those.
-    let writes: Vec<(String, String)> = keys
-        .iter()
-        .filter(|k| !names_an_interface(&dotted_key(k)))
-        .map(|k| (k.to_string(), linux.sysctls[*k].clone()))
-        .collect();
+    let writes: Vec<(String, String)> =
+        keys.iter().filter(|k| !names_an_interface(&dotted_key(k))).map(|k| (k.to_string(), linux.sysctls[*k].clone())).collect();
     if let Err((key, why)) = try_in_scratch_namespaces(&writes) {
         return Err(Error::invalid(format!("config.linux.sysctls[{key:?}]"), why));
     }
@@ -126,11 +123,10 @@ fn try_in_scratch_namespaces(writes: &[(String, String)]) -> std::result::Result
             .map_err(|e| (String::new(), format!("cannot make scratch namespaces to check sysctls: {e}")))?;
         for (key, value) in &owned {
             let path = format!("/proc/sys/{}", dotted_key(key).replace('.', "/"));
-            std::fs::write(&path, value.as_bytes())
-                .map_err(|e| {
-                    let shown = crate::util::truncate_message(value.clone(), 64);
-                    (key.clone(), format!("the kernel refuses {shown:?} for it in a pod's own namespaces ({path}: {e})"))
-                })?;
+            std::fs::write(&path, value.as_bytes()).map_err(|e| {
+                let shown = crate::util::truncate_message(value.clone(), 64);
+                (key.clone(), format!("the kernel refuses {shown:?} for it in a pod's own namespaces ({path}: {e})"))
+            })?;
         }
         Ok(())
     });
@@ -174,9 +170,9 @@ pub fn namespace_of(dotted: &str) -> Option<SysctlNamespace> {
 
 /// Checks one sysctl against the pod's namespace options; the error is the reason.
 pub fn check(key: &str, value: &str, ns: &NamespaceOption) -> std::result::Result<SysctlNamespace, String> {
-    let parts_ok = key.split(['.', '/']).all(|p| {
-        !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':' | '@' | '+'))
-    });
+    let parts_ok = key
+        .split(['.', '/'])
+        .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':' | '@' | '+')));
     if !parts_ok {
         return Err("malformed key: expected names such as net.ipv4.ip_forward (or net/ipv4/ip_forward) of letters, digits, '_' and '-', with no empty part".into());
     }
@@ -267,7 +263,12 @@ mod tests {
         assert!(try_in_scratch_namespaces(&w("net.ipv4.ip_unprivileged_port_start", "0")).is_ok());
         assert!(try_in_scratch_namespaces(&w("kernel.shm_rmid_forced", "1")).is_ok());
         assert!(try_in_scratch_namespaces(&w("kernel.domainname", "example")).is_ok());
-        for (k, v) in [("net.ipv4.nope", "1"), ("net.core.rmem_max", "1000000"), ("net.ipv4.ip_forward", "abc"), ("net/ipv4/conf/eth0.100/rp_filter", "1")] {
+        for (k, v) in [
+            ("net.ipv4.nope", "1"),
+            ("net.core.rmem_max", "1000000"),
+            ("net.ipv4.ip_forward", "abc"),
+            ("net/ipv4/conf/eth0.100/rp_filter", "1"),
+        ] {
             let (key, why) = try_in_scratch_namespaces(&w(k, v)).unwrap_err();
             assert_eq!(key, k);
             assert!(why.contains("/proc/sys/"), "{k}: {why}");
@@ -355,6 +356,8 @@ mod tests {
             other => panic!("expected InvalidArgument, got {other:?}"),
         }
         let host = config(&[("net.ipv4.ip_unprivileged_port_start", "0")], ns(NamespaceMode::Node, NamespaceMode::Pod));
-        assert!(matches!(validate(&host), Err(Error::InvalidArgument { field, .. }) if field.contains("net.ipv4.ip_unprivileged_port_start")));
+        assert!(
+            matches!(validate(&host), Err(Error::InvalidArgument { field, .. }) if field.contains("net.ipv4.ip_unprivileged_port_start"))
+        );
     }
 }

@@ -37,12 +37,7 @@ impl IdMap {
     /// The OCI form.
     pub fn to_oci(self) -> LinuxIdMapping {
         // The builder has a default for every field, so `build` cannot fail.
-        LinuxIdMappingBuilder::default()
-            .host_id(self.host_id)
-            .container_id(self.container_id)
-            .size(self.length)
-            .build()
-            .unwrap_or_default()
+        LinuxIdMappingBuilder::default().host_id(self.host_id).container_id(self.container_id).size(self.length).build().unwrap_or_default()
     }
 
     /// The host id that container id `id` maps to, if it is in range.
@@ -115,10 +110,9 @@ pub fn parse(level: &str, opt: Option<&UserNamespace>) -> Result<Option<PodUsern
             }
             Ok(None)
         }
-        Ok(NamespaceMode::Pod) => Ok(Some(PodUserns {
-            uid: one_mapping(&field, "uids", &u.uids)?,
-            gid: one_mapping(&field, "gids", &u.gids)?,
-        })),
+        Ok(NamespaceMode::Pod) => {
+            Ok(Some(PodUserns { uid: one_mapping(&field, "uids", &u.uids)?, gid: one_mapping(&field, "gids", &u.gids)? }))
+        }
         _ => Err(Error::invalid(
             format!("{field}.mode"),
             format!("is {}: expected POD or NODE (the CRI supports no other mode for user namespaces)", u.mode),
@@ -168,7 +162,11 @@ pub fn check_container(pod: Option<&PodUserns>, ns: Option<&NamespaceOption>, pr
         if mine.as_ref() != pod {
             return Err(Error::invalid(
                 field,
-                format!("asks for {} but the pod sandbox has {}: containers share their pod's user namespace", describe(mine.as_ref()), describe(pod)),
+                format!(
+                    "asks for {} but the pod sandbox has {}: containers share their pod's user namespace",
+                    describe(mine.as_ref()),
+                    describe(pod)
+                ),
             ));
         }
     }
@@ -220,13 +218,21 @@ pub fn check_ids(u: &PodUserns, user: &oci_spec::runtime::User) -> Result<()> {
     if u.uid.to_host(user.uid()).is_none() {
         return Err(Error::invalid(
             field("run_as_user"),
-            format!("uid {} (from the request or the image) is not mapped in the pod's user namespace: expected {}", user.uid(), range(u.uid)),
+            format!(
+                "uid {} (from the request or the image) is not mapped in the pod's user namespace: expected {}",
+                user.uid(),
+                range(u.uid)
+            ),
         ));
     }
     if u.gid.to_host(user.gid()).is_none() {
         return Err(Error::invalid(
             field("run_as_group"),
-            format!("gid {} (from the request or the image) is not mapped in the pod's user namespace: expected {}", user.gid(), range(u.gid)),
+            format!(
+                "gid {} (from the request or the image) is not mapped in the pod's user namespace: expected {}",
+                user.gid(),
+                range(u.gid)
+            ),
         ));
     }
     if let Some(g) = user.additional_gids().iter().flatten().find(|g| u.gid.to_host(**g).is_none()) {
@@ -286,9 +292,8 @@ mod tests {
 
     #[test]
     fn pod_mode_takes_the_one_mapping() {
-        let u = for_pod(&pod(NamespaceMode::Pod, vec![m(65536, 0, 65536)], vec![m(131072, 0, 65536)], NamespaceMode::Pod))
-            .unwrap()
-            .unwrap();
+        let u =
+            for_pod(&pod(NamespaceMode::Pod, vec![m(65536, 0, 65536)], vec![m(131072, 0, 65536)], NamespaceMode::Pod)).unwrap().unwrap();
         assert_eq!(u.uid, IdMap { host_id: 65536, container_id: 0, length: 65536 });
         assert_eq!(u.gid.host_id, 131072);
         assert_eq!(u.uid.to_host(0), Some(65536));
@@ -363,11 +368,13 @@ mod tests {
 
     #[test]
     fn containers_repeat_or_omit_their_pods_namespace() {
-        let p = for_pod(&pod(NamespaceMode::Pod, vec![m(65536, 0, 65536)], vec![m(65536, 0, 65536)], NamespaceMode::Pod))
-            .unwrap()
-            .unwrap();
+        let p = for_pod(&pod(NamespaceMode::Pod, vec![m(65536, 0, 65536)], vec![m(65536, 0, 65536)], NamespaceMode::Pod)).unwrap().unwrap();
         let same = NamespaceOption {
-            userns_options: Some(UserNamespace { mode: NamespaceMode::Pod as i32, uids: vec![m(65536, 0, 65536)], gids: vec![m(65536, 0, 65536)] }),
+            userns_options: Some(UserNamespace {
+                mode: NamespaceMode::Pod as i32,
+                uids: vec![m(65536, 0, 65536)],
+                gids: vec![m(65536, 0, 65536)],
+            }),
             ..Default::default()
         };
         check_container(Some(&p), Some(&same), false).unwrap();

@@ -108,7 +108,9 @@ enum ProtocolError {
     BadPadding(u32),
     #[error("HTTP/2 CONTINUATION frame on stream {0} without a HEADERS frame before it")]
     StrayContinuation(u32),
-    #[error("HTTP/2 frame of type {kind:#x} on stream {stream_id} inside the header block of stream {block}: only CONTINUATION may follow")]
+    #[error(
+        "HTTP/2 frame of type {kind:#x} on stream {stream_id} inside the header block of stream {block}: only CONTINUATION may follow"
+    )]
     InterruptedBlock { kind: u8, stream_id: u32, block: u32 },
     #[error("HTTP/2 header block on stream {0} is larger than {MAX_BLOCK_LEN} bytes")]
     BlockTooLarge(u32),
@@ -241,12 +243,8 @@ impl Rewriter {
             priority = Some(p);
             body = &body[5..];
         }
-        self.pending = Some(PendingBlock {
-            stream_id,
-            flags: flags & (FLAG_END_STREAM | FLAG_PRIORITY),
-            priority,
-            fragment: body.to_vec(),
-        });
+        self.pending =
+            Some(PendingBlock { stream_id, flags: flags & (FLAG_END_STREAM | FLAG_PRIORITY), priority, fragment: body.to_vec() });
         if flags & FLAG_END_HEADERS != 0 {
             self.finish_block()?;
         }

@@ -49,7 +49,12 @@ fn split_frames(bytes: &[u8]) -> Vec<Frame> {
         let h = &bytes[at..at + 9];
         let len = (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
         assert!(len <= MAX_FRAME_LEN, "frame of {len} bytes written");
-        v.push(Frame { kind: h[3], flags: h[4], stream_id: u32::from_be_bytes([h[5], h[6], h[7], h[8]]), payload: bytes[at + 9..at + 9 + len].to_vec() });
+        v.push(Frame {
+            kind: h[3],
+            flags: h[4],
+            stream_id: u32::from_be_bytes([h[5], h[6], h[7], h[8]]),
+            payload: bytes[at + 9..at + 9 + len].to_vec(),
+        });
         at += 9 + len;
     }
     v
@@ -248,7 +253,10 @@ async fn broken_framing_closes_the_connection() {
         ("oversized HEADERS", frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, &vec![0x82; MAX_FRAME_LEN + 1])),
         ("stray CONTINUATION", frame(TYPE_CONTINUATION, FLAG_END_HEADERS, 1, &block)),
         ("DATA inside a header block", [frame(TYPE_HEADERS, 0, 1, &block), frame(0, 0, 1, b"x")].concat()),
-        ("CONTINUATION of another stream", [frame(TYPE_HEADERS, 0, 1, &block), frame(TYPE_CONTINUATION, FLAG_END_HEADERS, 3, &[0x82])].concat()),
+        (
+            "CONTINUATION of another stream",
+            [frame(TYPE_HEADERS, 0, 1, &block), frame(TYPE_CONTINUATION, FLAG_END_HEADERS, 3, &[0x82])].concat(),
+        ),
         ("padding longer than the frame", frame(TYPE_HEADERS, FLAG_END_HEADERS | FLAG_PADDED, 1, &[9, 0x82])),
         ("index beyond both tables", frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, &[0xff, 0x7f])),
         ("table size update over 4096", frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, &[0x3f, 0xe1, 0xff, 0x03, 0x82])),

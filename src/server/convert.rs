@@ -1,8 +1,8 @@
 //! Domain records -> CRI messages, and CRI filters applied to records.
 
 use crate::container::{ContainerRecord, ContainerState};
-use crate::sandbox::{SandboxRecord, SandboxState};
 use crate::cri::v1 as cri;
+use crate::sandbox::{SandboxRecord, SandboxState};
 use std::collections::HashMap;
 
 /// CRI `PodSandboxState` of a record.
@@ -104,10 +104,12 @@ pub fn container_status(r: &ContainerRecord) -> cri::ContainerStatus {
         annotations: r.config.annotations.clone(),
         mounts: r.config.mounts.clone(),
         log_path: r.log_path.clone(),
-        resources: r.config.linux.as_ref().and_then(|l| l.resources.clone()).map(|linux| cri::ContainerResources {
-            linux: Some(linux),
-            ..Default::default()
-        }),
+        resources: r
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.resources.clone())
+            .map(|linux| cri::ContainerResources { linux: Some(linux), ..Default::default() }),
         image_id: r.image_id.clone(),
         user: r.user.clone(),
         stop_signal: crate::container::signal::to_cri(&r.stop_signal) as i32,

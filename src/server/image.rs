@@ -11,8 +11,8 @@
 //!
 //! Errors map to gRPC codes in [`status_from_image_error`].
 
-use crate::image::{Image, ImageError, ImageStore, RegistryAuth};
 use crate::cri::v1 as cri;
+use crate::image::{Image, ImageError, ImageStore, RegistryAuth};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -214,7 +214,11 @@ mod tests {
         let s = status_from_image_error(
             "PullImage",
             "x:1",
-            ImageError::NotFound { image: "docker.io/library/x:1".into(), registry: "docker.io".into(), message: "manifest unknown".into() },
+            ImageError::NotFound {
+                image: "docker.io/library/x:1".into(),
+                registry: "docker.io".into(),
+                message: "manifest unknown".into(),
+            },
         );
         assert_eq!(s.code(), tonic::Code::NotFound);
         assert!(s.message().contains("x:1"), "{}", s.message());
@@ -261,17 +265,22 @@ mod tests {
             .into_inner();
         assert!(none.images.is_empty());
 
-        let st = srv.image_status(Request::new(cri::ImageStatusRequest { image: spec("busybox"), verbose: true })).await.unwrap().into_inner();
+        let st =
+            srv.image_status(Request::new(cri::ImageStatusRequest { image: spec("busybox"), verbose: true })).await.unwrap().into_inner();
         assert_eq!(st.image.unwrap().id, id);
         assert!(st.info["info"].contains(&id));
-        let st = srv.image_status(Request::new(cri::ImageStatusRequest { image: spec("nope"), verbose: false })).await.unwrap().into_inner();
+        let st =
+            srv.image_status(Request::new(cri::ImageStatusRequest { image: spec("nope"), verbose: false })).await.unwrap().into_inner();
         assert!(st.image.is_none());
         let e = srv.image_status(Request::new(cri::ImageStatusRequest { image: spec(""), verbose: false })).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert_eq!(e.message(), "image.image: must name an image");
         let e = srv.pull_image(Request::new(cri::PullImageRequest { image: None, auth: None, sandbox_config: None })).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
-        let e = srv.pull_image(Request::new(cri::PullImageRequest { image: spec("Bad/Name"), auth: None, sandbox_config: None })).await.unwrap_err();
+        let e = srv
+            .pull_image(Request::new(cri::PullImageRequest { image: spec("Bad/Name"), auth: None, sandbox_config: None }))
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(e.message().contains("Bad/Name"));
 

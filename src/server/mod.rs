@@ -8,9 +8,9 @@ pub mod liststream;
 pub mod runtime;
 pub mod status;
 
-use crate::daemon::Daemon;
 use crate::cri::v1::image_service_server::ImageServiceServer;
 use crate::cri::v1::runtime_service_server::RuntimeServiceServer;
+use crate::daemon::Daemon;
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -39,8 +39,7 @@ pub async fn serve(
         _ => {}
     }
     let listener = tokio::net::UnixListener::bind(listen).with_context(|| format!("binding {}", listen.display()))?;
-    std::fs::set_permissions(listen, std::fs::Permissions::from_mode(0o660))
-        .with_context(|| format!("chmod 0660 {}", listen.display()))?;
+    std::fs::set_permissions(listen, std::fs::Permissions::from_mode(0o660)).with_context(|| format!("chmod 0660 {}", listen.display()))?;
     // Every connection goes through the :authority fix, so any gRPC client's unix-socket
     // convention (kubelet 1.26 sends the socket path) is served, as containerd and CRI-O do.
     let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::UnixListenerStream::new(listener), |conn| {

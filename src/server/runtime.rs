@@ -3,10 +3,10 @@
 
 use super::convert;
 use super::liststream::{batched, ListStream};
-use crate::daemon::Daemon;
-use crate::streaming::server::{StreamRequest, StreamingServer};
 use crate::cri::v1 as cri;
 use crate::cri::v1::runtime_service_server::RuntimeService;
+use crate::daemon::Daemon;
+use crate::streaming::server::{StreamRequest, StreamingServer};
 use std::sync::{Arc, Mutex};
 use tonic::{Request, Response, Status};
 
@@ -54,10 +54,7 @@ async fn blocking<T: Send + 'static>(
     f: impl FnOnce(&Daemon) -> crate::daemon::Result<T> + Send + 'static,
 ) -> Result<T, Status> {
     let d = d.clone();
-    tokio::task::spawn_blocking(move || f(&d))
-        .await
-        .map_err(|e| Status::internal(format!("stats task failed: {e}")))?
-        .map_err(Status::from)
+    tokio::task::spawn_blocking(move || f(&d)).await.map_err(|e| Status::internal(format!("stats task failed: {e}")))?.map_err(Status::from)
 }
 
 fn not_built(rpc: &str, detail: &str) -> Status {
@@ -100,10 +97,7 @@ impl RuntimeService for RuntimeServer {
             status: Some(convert::pod_sandbox_status(&r)),
             info: if req.verbose { convert::pod_sandbox_info(&r) } else { Default::default() },
             // Evented PLEG (GetContainerEvents) reads the pod's container statuses from here.
-            containers_statuses: crate::container::list_in_sandbox(&self.d, &r.id)?
-                .iter()
-                .map(convert::container_status)
-                .collect(),
+            containers_statuses: crate::container::list_in_sandbox(&self.d, &r.id)?.iter().map(convert::container_status).collect(),
             timestamp: crate::util::now_nanos(),
         }))
     }
@@ -191,8 +185,7 @@ impl RuntimeService for RuntimeServer {
         if req.cmd.is_empty() || req.cmd[0].is_empty() {
             return Err(Status::invalid_argument("cmd: must name a command to run"));
         }
-        let container_id =
-            crate::container::validate_stream(&self.d, &req.container_id, req.tty, req.stdin, req.stdout, req.stderr)?;
+        let container_id = crate::container::validate_stream(&self.d, &req.container_id, req.tty, req.stdin, req.stdout, req.stderr)?;
         let url = self.url_for(StreamRequest::Exec {
             container_id,
             cmd: req.cmd,
@@ -206,15 +199,9 @@ impl RuntimeService for RuntimeServer {
 
     async fn attach(&self, req: Request<cri::AttachRequest>) -> R<cri::AttachResponse> {
         let req = req.into_inner();
-        let container_id =
-            crate::container::validate_stream(&self.d, &req.container_id, req.tty, req.stdin, req.stdout, req.stderr)?;
-        let url = self.url_for(StreamRequest::Attach {
-            container_id,
-            tty: req.tty,
-            stdin: req.stdin,
-            stdout: req.stdout,
-            stderr: req.stderr,
-        })?;
+        let container_id = crate::container::validate_stream(&self.d, &req.container_id, req.tty, req.stdin, req.stdout, req.stderr)?;
+        let url =
+            self.url_for(StreamRequest::Attach { container_id, tty: req.tty, stdin: req.stdin, stdout: req.stdout, stderr: req.stderr })?;
         Ok(Response::new(cri::AttachResponse { url }))
     }
 
@@ -222,9 +209,10 @@ impl RuntimeService for RuntimeServer {
         let req = req.into_inner();
         let mut ports = Vec::with_capacity(req.port.len());
         for p in &req.port {
-            let port = u16::try_from(*p).ok().filter(|p| *p > 0).ok_or_else(|| {
-                Status::invalid_argument(format!("port: {p} is not a TCP port (1-65535)"))
-            })?;
+            let port = u16::try_from(*p)
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| Status::invalid_argument(format!("port: {p} is not a TCP port (1-65535)")))?;
             ports.push(port);
         }
         let sandbox = crate::sandbox::refresh(&self.d, crate::sandbox::get(&self.d, &req.pod_sandbox_id)?)?;
@@ -297,19 +285,20 @@ impl RuntimeService for RuntimeServer {
         }
         let self_test = self.d.health(default).map(|h| h.runs).unwrap_or(Ok(()));
         let (runtime_ready, reason, message) = match (self.d.runtimes.get(default), self_test) {
-            (Some(rt), _) if !rt.path.exists() => {
-                (false, "RuntimeHandlerUnavailable", format!("the default runtime handler {default:?}: binary {} is missing", rt.path.display()))
-            }
+            (Some(rt), _) if !rt.path.exists() => (
+                false,
+                "RuntimeHandlerUnavailable",
+                format!("the default runtime handler {default:?}: binary {} is missing", rt.path.display()),
+            ),
             (None, _) => (false, "RuntimeHandlerUnavailable", format!("the default runtime handler {default:?} is not configured")),
-            (Some(_), Err(why)) => (false, "RuntimeHandlerSelfTestFailed", format!("the default runtime handler {default:?} cannot create a container here: {why}")),
+            (Some(_), Err(why)) => (
+                false,
+                "RuntimeHandlerSelfTestFailed",
+                format!("the default runtime handler {default:?} cannot create a container here: {why}"),
+            ),
             (Some(_), Ok(())) => (true, "", String::new()),
         };
-        let runtime_cond = cri::RuntimeCondition {
-            r#type: "RuntimeReady".into(),
-            status: runtime_ready,
-            reason: reason.into(),
-            message,
-        };
+        let runtime_cond = cri::RuntimeCondition { r#type: "RuntimeReady".into(), status: runtime_ready, reason: reason.into(), message };
         let network = self.d.cni.status();
         let network_cond = cri::RuntimeCondition {
             r#type: "NetworkReady".into(),
@@ -361,16 +350,19 @@ impl RuntimeService for RuntimeServer {
                     None => "not tested".to_string(),
                 };
                 let reason = health.as_ref().and_then(|h| h.runs.as_ref().err()).map(|e| format!("self-test: {e}"));
-                handlers.insert(name.clone(), serde_json::json!({
-                    "available": reason.is_none(),
-                    "reason": reason,
-                    "path": rt.path,
-                    "mountOptions": rt.features.mount_options,
-                    "namespaces": rt.features.namespaces,
-                    "idmapMounts": rt.features.idmap_mounts,
-                    "selfTest": verdict(health.as_ref().map(|h| &h.runs)),
-                    "userNamespaces": verdict(health.as_ref().map(|h| &h.user_namespaces)),
-                }));
+                handlers.insert(
+                    name.clone(),
+                    serde_json::json!({
+                        "available": reason.is_none(),
+                        "reason": reason,
+                        "path": rt.path,
+                        "mountOptions": rt.features.mount_options,
+                        "namespaces": rt.features.namespaces,
+                        "idmapMounts": rt.features.idmap_mounts,
+                        "selfTest": verdict(health.as_ref().map(|h| &h.runs)),
+                        "userNamespaces": verdict(health.as_ref().map(|h| &h.user_namespaces)),
+                    }),
+                );
             }
             for (name, why) in &self.d.unavailable_runtimes {
                 handlers.insert(name.clone(), serde_json::json!({ "available": false, "reason": why }));
@@ -445,7 +437,10 @@ impl RuntimeService for RuntimeServer {
 
     type StreamPodSandboxMetricsStream = ListStream<cri::StreamPodSandboxMetricsResponse>;
 
-    async fn stream_pod_sandbox_metrics(&self, _req: Request<cri::StreamPodSandboxMetricsRequest>) -> R<Self::StreamPodSandboxMetricsStream> {
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        _req: Request<cri::StreamPodSandboxMetricsRequest>,
+    ) -> R<Self::StreamPodSandboxMetricsStream> {
         let metrics = blocking(&self.d, crate::metrics::cri::list_pod_sandbox_metrics).await?;
         Ok(Response::new(batched(metrics, |pod_sandbox_metrics| cri::StreamPodSandboxMetricsResponse { pod_sandbox_metrics })))
     }

@@ -16,12 +16,9 @@ impl From<Error> for Status {
             Error::Spec(crate::container::spec::SpecError::RuntimeLacks { .. }) => Code::FailedPrecondition,
             Error::Spec(_) => Code::InvalidArgument,
             Error::Image(_) => Code::Internal,
-            Error::Network(_)
-            | Error::Oci(_)
-            | Error::Monitor(_)
-            | Error::Storage(_)
-            | Error::State(_)
-            | Error::Io { .. } => Code::Internal,
+            Error::Network(_) | Error::Oci(_) | Error::Monitor(_) | Error::Storage(_) | Error::State(_) | Error::Io { .. } => {
+                Code::Internal
+            }
         };
         if code == Code::Internal {
             tracing::error!(error = %e, "request failed");

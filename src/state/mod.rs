@@ -101,9 +101,7 @@ impl Store {
         let r = self.db.begin_read().map_err(|e| err(&e))?;
         let t = r.open_table(def(table)).map_err(|e| err(&e))?;
         let Some(v) = t.get(key).map_err(|e| err(&e))? else { return Ok(None) };
-        serde_json::from_slice(v.value())
-            .map(Some)
-            .map_err(|e| StateError::Decode { table, key: key.to_string(), message: e.to_string() })
+        serde_json::from_slice(v.value()).map(Some).map_err(|e| StateError::Decode { table, key: key.to_string(), message: e.to_string() })
     }
 
     /// Deletes the record `key` of `table`; returns whether it existed. Deleting a missing record
@@ -129,8 +127,8 @@ impl Store {
         for item in t.iter().map_err(|e| err(&e))? {
             let (k, v) = item.map_err(|e| err(&e))?;
             let key = k.value().to_string();
-            let value = serde_json::from_slice(v.value())
-                .map_err(|e| StateError::Decode { table, key: key.clone(), message: e.to_string() })?;
+            let value =
+                serde_json::from_slice(v.value()).map_err(|e| StateError::Decode { table, key: key.clone(), message: e.to_string() })?;
             out.push((key, value));
         }
         Ok(out)

@@ -177,9 +177,7 @@ pub fn read(layout: &Layout, cgroup: &str) -> Result<CgroupStats, StatsError> {
             let dir = under(root, cgroup);
             found = dir.is_dir();
             out.cpu_usage_ns = read_opt(&dir.join("cpu.stat"))?.as_deref().and_then(cpu_v2);
-            if let (Some(cur), Some(stat)) =
-                (read_opt(&dir.join("memory.current"))?, read_opt(&dir.join("memory.stat"))?)
-            {
+            if let (Some(cur), Some(stat)) = (read_opt(&dir.join("memory.current"))?, read_opt(&dir.join("memory.stat"))?) {
                 let max = read_opt(&dir.join("memory.max"))?.unwrap_or_else(|| "max".into());
                 out.memory = memory_v2(&cur, &stat, &max);
             }
@@ -194,9 +192,7 @@ pub fn read(layout: &Layout, cgroup: &str) -> Result<CgroupStats, StatsError> {
             if let Some(m) = mounts.get("memory") {
                 let dir = under(m, cgroup);
                 found |= dir.is_dir();
-                if let (Some(u), Some(s)) =
-                    (read_opt(&dir.join("memory.usage_in_bytes"))?, read_opt(&dir.join("memory.stat"))?)
-                {
+                if let (Some(u), Some(s)) = (read_opt(&dir.join("memory.usage_in_bytes"))?, read_opt(&dir.join("memory.stat"))?) {
                     let limit = read_opt(&dir.join("memory.limit_in_bytes"))?.unwrap_or_default();
                     out.memory = memory_v1(&u, &s, &limit);
                 }
@@ -259,10 +255,8 @@ mod tests {
     #[test]
     fn reads_a_fake_v1_and_v2_tree() {
         let t = tempfile::tempdir().unwrap();
-        let mounts: std::collections::HashMap<String, PathBuf> = ["cpuacct", "memory", "pids"]
-            .iter()
-            .map(|c| (c.to_string(), t.path().join("v1").join(c)))
-            .collect();
+        let mounts: std::collections::HashMap<String, PathBuf> =
+            ["cpuacct", "memory", "pids"].iter().map(|c| (c.to_string(), t.path().join("v1").join(c))).collect();
         let p = "/berth/berth-x";
         let w = |rel: &str, s: &str| {
             let f = t.path().join(rel);

@@ -16,9 +16,9 @@ use super::cgroup::{self, CgroupStats};
 use super::{caches, host_layout, parse, psi, StatsError};
 use crate::cgroups::fs_path;
 use crate::container::{ContainerPaths, ContainerRecord, ContainerState};
+use crate::cri::v1 as cri;
 use crate::daemon::{Daemon, Error, Result};
 use crate::sandbox::{SandboxRecord, SandboxState};
-use crate::cri::v1 as cri;
 use std::collections::HashMap;
 
 fn u64v(value: u64) -> Option<cri::UInt64Value> {
@@ -156,10 +156,7 @@ fn sandboxes_by_id(d: &Daemon) -> Result<HashMap<String, SandboxRecord>> {
 pub fn container_stats(d: &Daemon, id: &str) -> Result<cri::ContainerStats> {
     let r = crate::container::get(d, id)?;
     if r.state != ContainerState::Running {
-        return Err(Error::FailedPrecondition(format!(
-            "container {}: is {:?}; only running containers have stats",
-            r.id, r.state
-        )));
+        return Err(Error::FailedPrecondition(format!("container {}: is {:?}; only running containers have stats", r.id, r.state)));
     }
     let sb = crate::sandbox::get(d, &r.sandbox_id)?;
     Ok(one_container(d, &r, &sb.cgroup_parent)?.0)
@@ -200,9 +197,7 @@ fn network(sb: &SandboxRecord, now: i64) -> Option<cri::NetworkUsage> {
         return None;
     }
     let path = format!("/proc/{}/net/dev", sb.infra_pid);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| tracing::debug!(pod = %sb.id, path, error = %e, "no network stats"))
-        .ok()?;
+    let text = std::fs::read_to_string(&path).map_err(|e| tracing::debug!(pod = %sb.id, path, error = %e, "no network stats")).ok()?;
     let interfaces: Vec<cri::NetworkInterfaceUsage> = parse::net_dev(&text)
         .into_iter()
         .map(|c| cri::NetworkInterfaceUsage {
@@ -213,8 +208,7 @@ fn network(sb: &SandboxRecord, now: i64) -> Option<cri::NetworkUsage> {
             tx_errors: u64v(c.tx_errors),
         })
         .collect();
-    let default_interface =
-        interfaces.iter().find(|i| i.name == "eth0").or(interfaces.first()).cloned();
+    let default_interface = interfaces.iter().find(|i| i.name == "eth0").or(interfaces.first()).cloned();
     Some(cri::NetworkUsage { timestamp: now, default_interface, interfaces })
 }
 

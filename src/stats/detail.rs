@@ -120,7 +120,14 @@ pub fn pids_max(text: &str) -> Option<u64> {
 /// Memory detail from v1 files: `memory.stat` and, when present, `memory.failcnt`,
 /// `memory.kmem.usage_in_bytes`, `memory.max_usage_in_bytes`, `memory.oom_control`,
 /// `memory.memsw.limit_in_bytes`.
-pub fn memory_v1(stat: &str, failcnt: Option<&str>, kmem: Option<&str>, max_usage: Option<&str>, oom_control: Option<&str>, memsw_limit: Option<&str>) -> MemoryDetail {
+pub fn memory_v1(
+    stat: &str,
+    failcnt: Option<&str>,
+    kmem: Option<&str>,
+    max_usage: Option<&str>,
+    oom_control: Option<&str>,
+    memsw_limit: Option<&str>,
+) -> MemoryDetail {
     let s = parse::flat_keyed(stat);
     let get = |k: &str| s.get(k).copied();
     MemoryDetail {
@@ -141,7 +148,14 @@ pub fn memory_v1(stat: &str, failcnt: Option<&str>, kmem: Option<&str>, max_usag
 
 /// Memory detail from v2 files: `memory.stat`, `memory.events` and, when present,
 /// `memory.swap.current`, `memory.peak`, `memory.swap.max` with `memory.max`.
-pub fn memory_v2(stat: &str, events: Option<&str>, swap_current: Option<&str>, peak: Option<&str>, swap_max: Option<&str>, max: Option<&str>) -> MemoryDetail {
+pub fn memory_v2(
+    stat: &str,
+    events: Option<&str>,
+    swap_current: Option<&str>,
+    peak: Option<&str>,
+    swap_max: Option<&str>,
+    max: Option<&str>,
+) -> MemoryDetail {
     let s = parse::flat_keyed(stat);
     let get = |k: &str| s.get(k).copied();
     let ev = events.map(parse::flat_keyed).unwrap_or_default();
@@ -227,8 +241,10 @@ pub fn read(layout: &Layout, cgroup: &str) -> Result<DetailStats, StatsError> {
             let f = |name: &str| read_opt(&dir.join(name));
             out.cfs = f("cpu.stat")?.as_deref().and_then(cfs_v2);
             if let Some(stat) = f("memory.stat")? {
-                let (events, swap, peak, swap_max, max) = (f("memory.events")?, f("memory.swap.current")?, f("memory.peak")?, f("memory.swap.max")?, f("memory.max")?);
-                out.memory = Some(memory_v2(&stat, events.as_deref(), swap.as_deref(), peak.as_deref(), swap_max.as_deref(), max.as_deref()));
+                let (events, swap, peak, swap_max, max) =
+                    (f("memory.events")?, f("memory.swap.current")?, f("memory.peak")?, f("memory.swap.max")?, f("memory.max")?);
+                out.memory =
+                    Some(memory_v2(&stat, events.as_deref(), swap.as_deref(), peak.as_deref(), swap_max.as_deref(), max.as_deref()));
             }
             out.pids_max = f("pids.max")?.as_deref().and_then(pids_max);
             out.io = f("io.stat")?.as_deref().map(io_v2).unwrap_or_default();
@@ -248,7 +264,8 @@ pub fn read(layout: &Layout, cgroup: &str) -> Result<DetailStats, StatsError> {
                         f("memory.oom_control")?,
                         f("memory.memsw.limit_in_bytes")?,
                     );
-                    out.memory = Some(memory_v1(&stat, failcnt.as_deref(), kmem.as_deref(), max_usage.as_deref(), oom.as_deref(), memsw.as_deref()));
+                    out.memory =
+                        Some(memory_v1(&stat, failcnt.as_deref(), kmem.as_deref(), max_usage.as_deref(), oom.as_deref(), memsw.as_deref()));
                 }
             }
             if let Some(m) = mounts.get("pids") {
@@ -283,7 +300,10 @@ mod tests {
 
     #[test]
     fn cfs_and_pids() {
-        assert_eq!(cfs_v1("nr_periods 10\nnr_throttled 4\nthrottled_time 2500000000\n"), Some(CfsStats { periods: 10, throttled_periods: 4, throttled_ns: 2_500_000_000 }));
+        assert_eq!(
+            cfs_v1("nr_periods 10\nnr_throttled 4\nthrottled_time 2500000000\n"),
+            Some(CfsStats { periods: 10, throttled_periods: 4, throttled_ns: 2_500_000_000 })
+        );
         assert_eq!(
             cfs_v2("usage_usec 9\nnr_periods 7\nnr_throttled 1\nthrottled_usec 1500\n"),
             Some(CfsStats { periods: 7, throttled_periods: 1, throttled_ns: 1_500_000 })
@@ -295,21 +315,42 @@ mod tests {
     #[test]
     fn v1_memory_detail() {
         let stat = "cache 1\ntotal_cache 4096\ntotal_mapped_file 512\ntotal_swap 8\npgfault 10\npgmajfault 1\ntotal_pgfault 30\ntotal_pgmajfault 2\n";
-        let m = memory_v1(stat, Some("3\n"), Some("65536\n"), Some("9000\n"), Some("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"), Some("67108864\n"));
+        let m = memory_v1(
+            stat,
+            Some("3\n"),
+            Some("65536\n"),
+            Some("9000\n"),
+            Some("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"),
+            Some("67108864\n"),
+        );
         assert_eq!((m.cache, m.mapped_file, m.swap), (Some(4096), Some(512), Some(8)));
         assert_eq!((m.pgfault, m.pgmajfault, m.pgfault_hierarchy, m.pgmajfault_hierarchy), (Some(10), Some(1), Some(30), Some(2)));
         assert_eq!((m.failcnt, m.kernel, m.max_usage, m.oom_kills), (Some(3), Some(65536), Some(9000), Some(2)));
         assert_eq!(m.swap_limit, Some(Some(67108864)));
         let bare = memory_v1("total_cache 0\n", None, None, None, None, Some("9223372036854771712\n"));
-        assert_eq!((bare.failcnt, bare.oom_kills, bare.swap_limit), (None, None, Some(None)), "no swap accounting file is None; unlimited is Some(None)");
+        assert_eq!(
+            (bare.failcnt, bare.oom_kills, bare.swap_limit),
+            (None, None, Some(None)),
+            "no swap accounting file is None; unlimited is Some(None)"
+        );
     }
 
     #[test]
     fn v2_memory_detail() {
         let stat = "anon 1\nfile 4096\nfile_mapped 512\nkernel 2048\npgfault 30\npgmajfault 2\n";
-        let m = memory_v2(stat, Some("low 0\nhigh 0\nmax 5\noom 1\noom_kill 1\n"), Some("8\n"), Some("9000\n"), Some("33554432\n"), Some("67108864\n"));
+        let m = memory_v2(
+            stat,
+            Some("low 0\nhigh 0\nmax 5\noom 1\noom_kill 1\n"),
+            Some("8\n"),
+            Some("9000\n"),
+            Some("33554432\n"),
+            Some("67108864\n"),
+        );
         assert_eq!((m.cache, m.mapped_file, m.swap, m.kernel), (Some(4096), Some(512), Some(8), Some(2048)));
-        assert_eq!((m.pgfault, m.pgfault_hierarchy, m.failcnt, m.oom_kills, m.max_usage), (Some(30), Some(30), Some(5), Some(1), Some(9000)));
+        assert_eq!(
+            (m.pgfault, m.pgfault_hierarchy, m.failcnt, m.oom_kills, m.max_usage),
+            (Some(30), Some(30), Some(5), Some(1), Some(9000))
+        );
         assert_eq!(m.swap_limit, Some(Some(100663296)), "memory + swap, as v1 and the CRI count it");
         let old = memory_v2("kernel_stack 100\nslab 200\npagetables 50\n", None, None, None, Some("max\n"), Some("67108864\n"));
         assert_eq!((old.kernel, old.max_usage, old.swap_limit, old.failcnt), (Some(350), None, Some(None), None));

@@ -81,9 +81,9 @@ impl RateCache {
         }
         let rate = match m.get(key) {
             Some(&(t0, _, last)) if timestamp_ns - t0 < MIN_SAMPLE_INTERVAL_NS => return last,
-            Some(&(t0, u0, _)) => usage_ns
-                .checked_sub(u0)
-                .map(|du| (du as u128 * 1_000_000_000 / (timestamp_ns - t0) as u128).min(u64::MAX as u128) as u64),
+            Some(&(t0, u0, _)) => {
+                usage_ns.checked_sub(u0).map(|du| (du as u128 * 1_000_000_000 / (timestamp_ns - t0) as u128).min(u64::MAX as u128) as u64)
+            }
             None => None,
         };
         m.insert(key.to_string(), (timestamp_ns, usage_ns, rate));

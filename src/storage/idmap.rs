@@ -44,19 +44,13 @@ struct MountAttr {
 }
 
 fn cpath(p: &Path) -> Result<CString, StorageError> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| StorageError::Invalid {
-        target: p.to_path_buf(),
-        reason: "path holds a NUL byte".into(),
-    })
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| StorageError::Invalid { target: p.to_path_buf(), reason: "path holds a NUL byte".into() })
 }
 
 fn sys_err(op: &'static str, target: &Path) -> impl FnOnce(std::io::Error) -> StorageError {
     let target = target.to_path_buf();
-    move |e| StorageError::Syscall {
-        op,
-        target,
-        source: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-    }
+    move |e| StorageError::Syscall { op, target, source: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)) }
 }
 
 /// A detached clone of the mount at `src`, with its submounts when `recursive` (as `rbind`),
@@ -78,12 +72,7 @@ pub fn idmapped_clone(src: &Path, userns: &File, recursive: bool) -> Result<Owne
     }
     // SAFETY: open_tree returned a fresh fd that nothing else owns.
     let tree = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: userns.as_raw_fd() as u64,
-    };
+    let attr = MountAttr { attr_set: MOUNT_ATTR_IDMAP, attr_clr: 0, propagation: 0, userns_fd: userns.as_raw_fd() as u64 };
     let empty = c"";
     // SAFETY: `tree` is an open mount fd, `empty` a valid empty C string, and `attr` a properly
     // laid out `struct mount_attr` whose size is passed; all outlive the call, which only reads
@@ -112,14 +101,7 @@ pub fn attach(tree: OwnedFd, target: &Path) -> Result<(), StorageError> {
     // SAFETY: `tree` is an open detached-mount fd and both strings are valid NUL-terminated C
     // strings that outlive the call.
     let rc = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            tree.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
-        )
+        libc::syscall(libc::SYS_move_mount, tree.as_raw_fd(), empty.as_ptr(), libc::AT_FDCWD, c.as_ptr(), MOVE_MOUNT_F_EMPTY_PATH)
     };
     if rc < 0 {
         return Err(sys_err("move_mount", target)(std::io::Error::last_os_error()));
@@ -133,15 +115,11 @@ pub fn attach(tree: OwnedFd, target: &Path) -> Result<(), StorageError> {
 /// `userns`, creating `target`, or the syscalls of [`idmapped_clone`] and [`attach`]; on error
 /// nothing stays mounted (`target` may remain).
 pub fn idmapped_bind(src: &Path, target: &Path, userns: &Path) -> Result<(), StorageError> {
-    let ns = File::open(userns).map_err(|source| StorageError::Io {
-        what: "opening user namespace",
-        path: userns.to_path_buf(),
-        source,
-    })?;
+    let ns =
+        File::open(userns).map_err(|source| StorageError::Io { what: "opening user namespace", path: userns.to_path_buf(), source })?;
     let tree = idmapped_clone(src, &ns, true)?;
-    let is_dir = std::fs::metadata(src)
-        .map_err(|source| StorageError::Io { what: "inspecting", path: src.to_path_buf(), source })?
-        .is_dir();
+    let is_dir =
+        std::fs::metadata(src).map_err(|source| StorageError::Io { what: "inspecting", path: src.to_path_buf(), source })?.is_dir();
     let created = if is_dir {
         std::fs::create_dir_all(target)
     } else {
@@ -170,17 +148,13 @@ pub fn mount_overlay_idmapped(
     scratch: &Path,
     userns: &Path,
 ) -> Result<(), StorageError> {
-    let ns = File::open(userns).map_err(|source| StorageError::Io {
-        what: "opening user namespace",
-        path: userns.to_path_buf(),
-        source,
-    })?;
+    let ns =
+        File::open(userns).map_err(|source| StorageError::Io { what: "opening user namespace", path: userns.to_path_buf(), source })?;
     let result = (|| {
         let mut mapped = Vec::with_capacity(lowers.len());
         for (i, lower) in lowers.iter().enumerate() {
             let at = scratch.join(format!("l{i}"));
-            std::fs::create_dir_all(&at)
-                .map_err(|source| StorageError::Io { what: "creating mount point", path: at.clone(), source })?;
+            std::fs::create_dir_all(&at).map_err(|source| StorageError::Io { what: "creating mount point", path: at.clone(), source })?;
             attach(idmapped_clone(lower, &ns, false)?, &at)?;
             mapped.push(at);
         }
@@ -257,12 +231,7 @@ mod tests {
     /// A process in a new user namespace mapping 0..65536 to host 200000..265536 (the maps are
     /// written from here, as root in the parent namespace may).
     fn userns_holder() -> Option<Child> {
-        let child = Command::new("unshare")
-            .args(["--user", "sleep", "30"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
+        let child = Command::new("unshare").args(["--user", "sleep", "30"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().ok()?;
         let pid = child.id();
         for _ in 0..100 {
             // unshare(1) has switched namespace once /proc/<pid>/ns/user differs from ours.

@@ -44,11 +44,7 @@ pub fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Pat
             });
         }
     }
-    for (what, d) in [
-        ("create upper dir", upper),
-        ("create work dir", work),
-        ("create mount point", target),
-    ] {
+    for (what, d) in [("create upper dir", upper), ("create work dir", work), ("create mount point", target)] {
         std::fs::create_dir_all(d).map_err(io_err(what, d))?;
     }
     let data = |lowerdir: &str| {
@@ -62,14 +58,7 @@ pub fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Pat
     if full.len() > MAX_MOUNT_DATA {
         return mount_short_lowers(lowers, data, false, target, &upper.with_file_name("lower-links"));
     }
-    mount(
-        Some("overlay"),
-        target,
-        Some("overlay"),
-        MsFlags::empty(),
-        Some(full.as_str()),
-    )
-    .map_err(sys_err("mount overlay on", target))
+    mount(Some("overlay"), target, Some("overlay"), MsFlags::empty(), Some(full.as_str())).map_err(sys_err("mount overlay on", target))
 }
 
 /// `<top>:...:<base>` of `lowers` given base FIRST.
@@ -100,13 +89,23 @@ fn check_option_paths<'a>(paths: impl Iterator<Item = &'a Path>, target: &Path) 
 ///
 /// Errors: data still over one page (over ~800 layers), the links, mount(8) failing (its
 /// message is in the error).
-pub fn mount_short_lowers(lowers: &[PathBuf], data: impl Fn(&str) -> String, readonly: bool, target: &Path, links: &Path) -> Result<(), StorageError> {
+pub fn mount_short_lowers(
+    lowers: &[PathBuf],
+    data: impl Fn(&str) -> String,
+    readonly: bool,
+    target: &Path,
+    links: &Path,
+) -> Result<(), StorageError> {
     let names: Vec<String> = (0..lowers.len()).map(|i| i.to_string()).collect();
     let short = data(&names.join(":"));
     if short.len() > MAX_MOUNT_DATA {
         return Err(StorageError::Invalid {
             target: target.to_path_buf(),
-            reason: format!("overlay mount data is {} bytes for {} layers even with short lower names, more than one page ({MAX_MOUNT_DATA})", short.len(), lowers.len()),
+            reason: format!(
+                "overlay mount data is {} bytes for {} layers even with short lower names, more than one page ({MAX_MOUNT_DATA})",
+                short.len(),
+                lowers.len()
+            ),
         });
     }
     let _ = std::fs::remove_dir_all(links);
@@ -121,11 +120,17 @@ pub fn mount_short_lowers(lowers: &[PathBuf], data: impl Fn(&str) -> String, rea
         if readonly {
             cmd.arg("-r");
         }
-        let out = cmd.arg(target).current_dir(links).stdin(std::process::Stdio::null()).output().map_err(io_err("run mount(8) for", target))?;
+        let out =
+            cmd.arg(target).current_dir(links).stdin(std::process::Stdio::null()).output().map_err(io_err("run mount(8) for", target))?;
         if !out.status.success() {
             return Err(StorageError::Invalid {
                 target: target.to_path_buf(),
-                reason: format!("mount(8) of an overlay of {} layers: {}: {}", lowers.len(), out.status, String::from_utf8_lossy(&out.stderr).trim()),
+                reason: format!(
+                    "mount(8) of an overlay of {} layers: {}: {}",
+                    lowers.len(),
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
             });
         }
         Ok(())
@@ -140,7 +145,10 @@ pub fn mount_short_lowers(lowers: &[PathBuf], data: impl Fn(&str) -> String, rea
 pub fn mount_layers_readonly(lowers: &[PathBuf], target: &Path) -> Result<(), StorageError> {
     for l in lowers {
         if !l.is_dir() {
-            return Err(StorageError::Invalid { target: target.to_path_buf(), reason: format!("layer {} is not a directory", l.display()) });
+            return Err(StorageError::Invalid {
+                target: target.to_path_buf(),
+                reason: format!("layer {} is not a directory", l.display()),
+            });
         }
     }
     std::fs::create_dir_all(target).map_err(io_err("create mount point", target))?;
@@ -159,10 +167,14 @@ pub fn mount_layers_readonly(lowers: &[PathBuf], target: &Path) -> Result<(), St
             check_option_paths(lowers.iter().map(PathBuf::as_path), target)?;
             let data = format!("lowerdir={}", lowerdir_top_first(lowers));
             if data.len() > MAX_MOUNT_DATA {
-                let links = target.with_file_name(format!("{}.lower-links", target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()));
+                let links = target.with_file_name(format!(
+                    "{}.lower-links",
+                    target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+                ));
                 return mount_short_lowers(lowers, |l| format!("lowerdir={l}"), true, target, &links);
             }
-            mount(Some("overlay"), target, Some("overlay"), MsFlags::MS_RDONLY, Some(data.as_str())).map_err(sys_err("mount overlay on", target))
+            mount(Some("overlay"), target, Some("overlay"), MsFlags::MS_RDONLY, Some(data.as_str()))
+                .map_err(sys_err("mount overlay on", target))
         }
     }
 }
@@ -193,10 +205,7 @@ pub fn mount_tmpfs(target: &Path, options: &str) -> Result<(), StorageError> {
     }
     let data = data.join(",");
     if data.len() > MAX_MOUNT_DATA {
-        return Err(StorageError::Invalid {
-            target: target.to_path_buf(),
-            reason: "tmpfs options exceed one page".into(),
-        });
+        return Err(StorageError::Invalid { target: target.to_path_buf(), reason: "tmpfs options exceed one page".into() });
     }
     std::fs::create_dir_all(target).map_err(io_err("create mount point", target))?;
     mount(Some("tmpfs"), target, Some("tmpfs"), flags, Some(data.as_str())).map_err(sys_err("mount tmpfs on", target))
@@ -211,17 +220,12 @@ pub fn unmount(target: &Path) -> Result<(), StorageError> {
         }
         match umount2(target, MntFlags::empty()) {
             Ok(()) => {}
-            Err(nix::Error::EBUSY) => {
-                umount2(target, MntFlags::MNT_DETACH).map_err(sys_err("unmount (detach)", target))?
-            }
+            Err(nix::Error::EBUSY) => umount2(target, MntFlags::MNT_DETACH).map_err(sys_err("unmount (detach)", target))?,
             Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => return Ok(()),
             Err(e) => return Err(sys_err("unmount", target)(e)),
         }
     }
-    Err(StorageError::Invalid {
-        target: target.to_path_buf(),
-        reason: "still mounted after 16 unmounts".into(),
-    })
+    Err(StorageError::Invalid { target: target.to_path_buf(), reason: "still mounted after 16 unmounts".into() })
 }
 
 /// Whether `target` is a mount point, by `/proc/self/mountinfo` (field 5, octal escapes
@@ -233,9 +237,7 @@ pub fn is_mounted(target: &Path) -> bool {
         return false;
     };
     let want = target.to_string_lossy();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|mp| unescape_mountinfo(mp) == want)
+    info.lines().filter_map(|l| l.split(' ').nth(4)).any(|mp| unescape_mountinfo(mp) == want)
 }
 
 /// The source (the field after the file system type, e.g. `/dev/vda1`) of the mount that holds

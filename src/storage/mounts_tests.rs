@@ -135,15 +135,8 @@ fn overlay_merges_whiteouts_and_opaque_dirs_root() {
     assert_eq!(std::fs::read_to_string(upper.join("new")).unwrap(), "written");
     let meta = std::fs::symlink_metadata(upper.join("etc/keep")).unwrap();
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    assert!(
-        meta.file_type().is_char_device() && meta.rdev() == 0,
-        "deletion recorded as a whiteout"
-    );
-    assert_eq!(
-        std::fs::read_to_string(top.join("etc/keep")).unwrap(),
-        "top",
-        "lower untouched"
-    );
+    assert!(meta.file_type().is_char_device() && meta.rdev() == 0, "deletion recorded as a whiteout");
+    assert_eq!(std::fs::read_to_string(top.join("etc/keep")).unwrap(), "top", "lower untouched");
     unmount(&merged).unwrap();
 }
 
@@ -162,12 +155,7 @@ fn overlay_with_single_layer_root() {
     let ok = std::fs::read_to_string(merged.join("f")).map(|s| s == "1");
     unmount(&merged).unwrap();
     assert!(ok.unwrap());
-    let missing = mount_overlay(
-        &[d.path().join("nope")],
-        &d.path().join("u"),
-        &d.path().join("w"),
-        &merged,
-    );
+    let missing = mount_overlay(&[d.path().join("nope")], &d.path().join("u"), &d.path().join("w"), &merged);
     assert!(missing.is_err());
 }
 
@@ -190,10 +178,7 @@ fn tmpfs_mount_and_idempotent_unmount_root() {
     unmount(&shm).unwrap();
     assert!(mounted);
     let line = line.unwrap();
-    assert!(
-        line.contains("nosuid") && line.contains("nodev") && line.contains("noexec"),
-        "{line}"
-    );
+    assert!(line.contains("nosuid") && line.contains("nodev") && line.contains("noexec"), "{line}");
     assert!(line.contains("size=65536k"), "{line}");
     assert_eq!(mode.unwrap(), 0o1777);
     assert!(!is_mounted(&shm));

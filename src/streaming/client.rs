@@ -81,14 +81,16 @@ pub async fn upgrade(url: &str, headers: &[(&str, &str)]) -> Result<Upgraded, Cl
     let text = String::from_utf8_lossy(&head).to_string();
     let mut lines = text.split("\r\n");
     let status: u16 = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())).collect();
     if status != 101 {
         let mut body = vec![0u8; 4096];
         let n = tokio::time::timeout(std::time::Duration::from_secs(2), tcp.read(&mut body)).await.ok().and_then(|r| r.ok()).unwrap_or(0);
-        return Err(ClientError::Refused { url: url.into(), status, body: format!("{}{}", text.trim(), String::from_utf8_lossy(&body[..n])) });
+        return Err(ClientError::Refused {
+            url: url.into(),
+            status,
+            body: format!("{}{}", text.trim(), String::from_utf8_lossy(&body[..n])),
+        });
     }
     Ok(Upgraded { tcp, headers })
 }
@@ -96,8 +98,12 @@ pub async fn upgrade(url: &str, headers: &[(&str, &str)]) -> Result<Upgraded, Cl
 /// Opens a WebSocket offering `protocols` (in preference order); returns it and the chosen one.
 pub async fn websocket(url: &str, protocols: &[&str]) -> Result<(WebSocketStream<TcpStream>, Option<String>), ClientError> {
     let joined = protocols.join(", ");
-    let mut hdrs = vec![("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"),
-        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")];
+    let mut hdrs = vec![
+        ("Connection", "Upgrade"),
+        ("Upgrade", "websocket"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
     if !protocols.is_empty() {
         hdrs.push(("Sec-WebSocket-Protocol", &joined));
     }

@@ -61,14 +61,19 @@ async fn serve_conn(mut c: TcpStream, srv: Arc<StreamingServer>, seen: Seen) {
     let yes = |k: &str| query(q, k).first().is_some_and(|v| v == "true" || v == "1");
     let json = match path {
         "/api/v1/namespaces/default/pods/p1" => Some(POD),
-        "/api" => Some(r#"{"kind":"APIVersions","versions":["v1"],"serverAddressByClientCIDRs":[{"clientCIDR":"0.0.0.0/0","serverAddress":"127.0.0.1"}]}"#),
+        "/api" => Some(
+            r#"{"kind":"APIVersions","versions":["v1"],"serverAddressByClientCIDRs":[{"clientCIDR":"0.0.0.0/0","serverAddress":"127.0.0.1"}]}"#,
+        ),
         "/apis" => Some(r#"{"kind":"APIGroupList","apiVersion":"v1","groups":[]}"#),
         "/api/v1" => Some(API_V1),
         "/version" => Some(r#"{"major":"1","minor":"32","gitVersion":"v1.32.0","platform":"linux/amd64"}"#),
         _ => None,
     };
     if let Some(body) = json {
-        let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
         let _ = c.write_all(resp.as_bytes()).await;
         return;
     }
@@ -81,18 +86,22 @@ async fn serve_conn(mut c: TcpStream, srv: Arc<StreamingServer>, seen: Seen) {
             stdout: yes("stdout"),
             stderr: yes("stderr"),
         },
-        "/api/v1/namespaces/default/pods/p1/portforward" => StreamRequest::PortForward {
-            sandbox_id: "p1".into(),
-            ports: query(q, "ports").iter().filter_map(|p| p.parse().ok()).collect(),
-        },
+        "/api/v1/namespaces/default/pods/p1/portforward" => {
+            StreamRequest::PortForward { sandbox_id: "p1".into(), ports: query(q, "ports").iter().filter_map(|p| p.parse().ok()).collect() }
+        }
         _ => {
             let body = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#;
-            let resp = format!("HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            let resp = format!(
+                "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
             let _ = c.write_all(resp.as_bytes()).await;
             return;
         }
     };
-    let upgrade = rest.lines().find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("upgrade")).map(|(_, v)| v.trim().to_ascii_lowercase()));
+    let upgrade = rest
+        .lines()
+        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("upgrade")).map(|(_, v)| v.trim().to_ascii_lowercase()));
     seen.lock().unwrap().push(format!("{} {}", path.rsplit('/').next().unwrap_or(""), upgrade.unwrap_or_default()));
     let Ok(url) = srv.url_for(req) else { return };
     let token_path = url.splitn(4, '/').nth(3).map(|p| format!("/{p}")).unwrap_or_default();
@@ -119,7 +128,13 @@ async fn fake_apiserver(e: &Env) -> (u16, tokio::task::JoinHandle<()>, Seen) {
 }
 
 fn kubectl_present() -> bool {
-    std::process::Command::new("kubectl").arg("version").arg("--client").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    std::process::Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 struct Kube {
@@ -151,7 +166,8 @@ impl Kube {
         let mut i = child.stdin.take().unwrap();
         i.write_all(stdin).await.unwrap();
         drop(i);
-        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()).await.expect("kubectl did not finish in 60 s").unwrap();
+        let out =
+            tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()).await.expect("kubectl did not finish in 60 s").unwrap();
         (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
     }
 }

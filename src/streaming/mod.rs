@@ -96,7 +96,6 @@ pub trait Backend: Send + Sync + 'static {
     async fn port_forward(&self, sandbox_id: &str, port: u16) -> Result<tokio::net::TcpStream, StreamError>;
 }
 
-
 pub mod client;
 pub mod portforward;
 pub mod protocol;

@@ -60,10 +60,8 @@ async fn forward_pair(mut error: Stream, mut data: Stream, sandbox_id: String, a
         if !allowed.is_empty() && !allowed.contains(&port) {
             return Err(format!("port {port} was not requested in the PortForward call (ports {allowed:?})"));
         }
-        let mut tcp = backend
-            .port_forward(&sandbox_id, port)
-            .await
-            .map_err(|e| format!("error forwarding port {port} to pod {sandbox_id}: {e}"))?;
+        let mut tcp =
+            backend.port_forward(&sandbox_id, port).await.map_err(|e| format!("error forwarding port {port} to pod {sandbox_id}: {e}"))?;
         copy_until_one_side_ends(&mut data, &mut tcp)
             .await
             .map_err(|e| format!("error forwarding port {port} to pod {sandbox_id}: copying: {e}"))
@@ -281,9 +279,7 @@ where
             }
         }
     };
-    let all_done = async {
-        while tasks.join_next().await.is_some() {}
-    };
+    let all_done = async { while tasks.join_next().await.is_some() {} };
     tokio::select! {
         () = reader => {}
         () = all_done => {}

@@ -43,8 +43,7 @@ impl RcVersion {
 }
 
 /// SPDY protocols the exec/attach endpoints accept (kubelet `remotecommand.SupportedStreamingProtocols`).
-pub const SPDY_RC_PROTOCOLS: [RcVersion; 5] =
-    [RcVersion::V5, RcVersion::V4, RcVersion::V3, RcVersion::V2, RcVersion::V1];
+pub const SPDY_RC_PROTOCOLS: [RcVersion; 5] = [RcVersion::V5, RcVersion::V4, RcVersion::V3, RcVersion::V2, RcVersion::V1];
 
 /// The only SPDY port-forward protocol (`portforward.k8s.io`).
 pub const PORTFORWARD_PROTOCOL: &str = "portforward.k8s.io";
@@ -79,11 +78,7 @@ pub fn negotiate_spdy_rc(offered: &[String]) -> Result<Option<RcVersion>, ()> {
     if offered.is_empty() {
         return Ok(None);
     }
-    offered
-        .iter()
-        .find_map(|o| SPDY_RC_PROTOCOLS.iter().copied().find(|v| v.name() == o))
-        .map(Some)
-        .ok_or(())
+    offered.iter().find_map(|o| SPDY_RC_PROTOCOLS.iter().copied().find(|v| v.name() == o)).map(Some).ok_or(())
 }
 
 /// Negotiates a SPDY port-forward protocol: only `portforward.k8s.io` exists.

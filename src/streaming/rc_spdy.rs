@@ -5,7 +5,9 @@
 //! streams and ends the connection.
 
 use super::protocol::RcVersion;
-use super::remotecommand::{forward_resizes, run_backend, Outcome, StreamOpts, Target, DRAIN_TIMEOUT, PIPE_BUFFER, STREAM_CREATION_TIMEOUT};
+use super::remotecommand::{
+    forward_resizes, run_backend, Outcome, StreamOpts, Target, DRAIN_TIMEOUT, PIPE_BUFFER, STREAM_CREATION_TIMEOUT,
+};
 use super::spdy::{Session, Stream};
 use super::{Backend, Reader, SessionIo, TermSize, Writer};
 use std::collections::HashMap;

@@ -4,8 +4,8 @@
 //! failure, `v1WriteStatusFunc`), and the glue that runs the [`Backend`] while watching for the
 //! client to go away.
 
-use super::{Backend, ExecSpec, SessionIo, StreamError, TermSize};
 use super::protocol::RcVersion;
+use super::{Backend, ExecSpec, SessionIo, StreamError, TermSize};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -108,9 +108,9 @@ impl Outcome {
     pub fn message(&self) -> Option<String> {
         match self {
             Outcome::Success => None,
-            Outcome::ExitCode { cmd, code } => Some(format!(
-                "command terminated with non-zero exit code: error executing command {cmd:?}, exit code {code}"
-            )),
+            Outcome::ExitCode { cmd, code } => {
+                Some(format!("command terminated with non-zero exit code: error executing command {cmd:?}, exit code {code}"))
+            }
             Outcome::Error(e) => Some(format!("Internal error occurred: error executing command in container: {e}")),
         }
     }
@@ -134,7 +134,9 @@ impl Outcome {
                 status: "Failure",
                 message: self.message(),
                 reason: Some("InternalError"),
-                details: Some(Details { causes: vec![Cause { reason: None, message: format!("error executing command in container: {e}") }] }),
+                details: Some(Details {
+                    causes: vec![Cause { reason: None, message: format!("error executing command in container: {e}") }],
+                }),
                 code: Some(500),
             },
         };

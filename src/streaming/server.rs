@@ -93,15 +93,14 @@ impl StreamingServer {
     /// connection is served by hyper (HTTP/1.1) with upgrades enabled.
     /// Errors: `InvalidArgument` for an unparsable address, `Internal` when binding fails.
     pub async fn start(cfg: &crate::config::StreamingConfig, backend: Arc<dyn Backend>) -> Result<Arc<StreamingServer>, StreamError> {
-        let ip: std::net::IpAddr = cfg.address.parse().map_err(|e| {
-            StreamError::InvalidArgument(format!("streaming.address {:?}: expected an IP address: {e}", cfg.address))
-        })?;
+        let ip: std::net::IpAddr = cfg
+            .address
+            .parse()
+            .map_err(|e| StreamError::InvalidArgument(format!("streaming.address {:?}: expected an IP address: {e}", cfg.address)))?;
         let listener = tokio::net::TcpListener::bind((ip, cfg.port))
             .await
             .map_err(|e| StreamError::Internal(format!("streaming server: binding {ip}:{}: {e}", cfg.port)))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| StreamError::Internal(format!("streaming server: local address: {e}")))?;
+        let addr = listener.local_addr().map_err(|e| StreamError::Internal(format!("streaming server: local address: {e}")))?;
         let tls = tls_acceptor(cfg)?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         let inner = Arc::new(Inner { tokens: TokenCache::new(), backend });
@@ -248,7 +247,10 @@ async fn handle(inner: Arc<Inner>, mut req: Request<Incoming>) -> Result<Resp, I
         return Ok(text(StatusCode::METHOD_NOT_ALLOWED, format!("method {} not allowed: expected GET or POST", req.method())));
     }
     let Some(sreq) = inner.tokens.consume(token) else {
-        return Ok(text(StatusCode::NOT_FOUND, format!("{route} token not found: unknown, already used or expired (tokens are valid 1 minute)")));
+        return Ok(text(
+            StatusCode::NOT_FOUND,
+            format!("{route} token not found: unknown, already used or expired (tokens are valid 1 minute)"),
+        ));
     };
     if sreq.route() != route {
         return Ok(text(StatusCode::BAD_REQUEST, format!("token was issued for /{}, not /{route}", sreq.route())));
@@ -277,8 +279,11 @@ async fn handle(inner: Arc<Inner>, mut req: Request<Incoming>) -> Result<Resp, I
                 return Ok(text(StatusCode::BAD_REQUEST, "port-forward over websocket needs the ports in the PortForward request"));
             }
         }
-        let mut hdrs = vec![("upgrade", "websocket".to_string()), ("connection", "Upgrade".to_string()),
-            ("sec-websocket-accept", derive_accept_key(key.as_bytes()))];
+        let mut hdrs = vec![
+            ("upgrade", "websocket".to_string()),
+            ("connection", "Upgrade".to_string()),
+            ("sec-websocket-accept", derive_accept_key(key.as_bytes())),
+        ];
         if !choice.answer.is_empty() {
             hdrs.push(("sec-websocket-protocol", choice.answer.clone()));
         }
@@ -308,7 +313,8 @@ async fn handle(inner: Arc<Inner>, mut req: Request<Incoming>) -> Result<Resp, I
     if has_token(&h, UPGRADE, "spdy/3.1") {
         let offered = protocol::split_values(header_values(&h, "x-stream-protocol-version"));
         let mut hdrs = vec![("connection", "Upgrade".to_string()), ("upgrade", "SPDY/3.1".to_string())];
-        let session: Box<dyn FnOnce(TokioIo<hyper::upgrade::Upgraded>) -> futures_util::future::BoxFuture<'static, ()> + Send> = match sreq {
+        let session: Box<dyn FnOnce(TokioIo<hyper::upgrade::Upgraded>) -> futures_util::future::BoxFuture<'static, ()> + Send> = match sreq
+        {
             StreamRequest::PortForward { sandbox_id, ports } => {
                 match protocol::negotiate_spdy_pf(&offered) {
                     Ok(p) => hdrs.extend(p.map(|p| ("x-stream-protocol-version", p.to_string()))),

@@ -443,6 +443,9 @@ async fn tls_when_configured() {
     echo.abort();
 
     let bad = StreamingConfig { tls_key_file: cert.clone(), ..cfg };
-    let e = StreamingServer::start(&bad, Arc::new(Fake { echo_port, dropped: Arc::new(AtomicBool::new(false)) })).await.err().expect("a certificate is no key");
+    let e = StreamingServer::start(&bad, Arc::new(Fake { echo_port, dropped: Arc::new(AtomicBool::new(false)) }))
+        .await
+        .err()
+        .expect("a certificate is no key");
     assert!(e.to_string().contains("tls_key_file"), "{e}");
 }

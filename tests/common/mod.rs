@@ -126,7 +126,6 @@ pub async fn wait_exit_within(path: &Path, limit: Duration) -> ExitInfo {
     }
 }
 
-
 /// [`case`] for a busybox container without a terminal.
 pub fn case_with(name: &str, args: &[&str]) -> Case {
     case(name, args, false, false)

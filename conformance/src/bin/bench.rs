@@ -86,7 +86,15 @@ struct Opts {
 }
 
 fn parse_opts() -> Result<Opts> {
-    let mut o = Opts { pulls: 10, runs: 20, execs: 100, pods: 10, targets: vec![TargetKind::Berth, TargetKind::Containerd], scale: scale::ScaleOpts { pods: 10, per_pod: 10, runs: 20, idle_secs: 30 }, only_scale: false };
+    let mut o = Opts {
+        pulls: 10,
+        runs: 20,
+        execs: 100,
+        pods: 10,
+        targets: vec![TargetKind::Berth, TargetKind::Containerd],
+        scale: scale::ScaleOpts { pods: 10, per_pod: 10, runs: 20, idle_secs: 30 },
+        only_scale: false,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
@@ -231,12 +239,24 @@ fn make_daemon(kind: TargetKind, dir: &Path, imgs: &TestImages) -> Result<Daemon
             if !bin.exists() {
                 bail!("berth binary {} does not exist: run `cargo build --release --bins` or set BERTH_BIN", bin.display());
             }
-            Daemon::owned(kind, bin, vec!["serve".into(), "--config".into(), cfg.display().to_string()], dir.join("berth.sock"), dir.join("berth.log"))
+            Daemon::owned(
+                kind,
+                bin,
+                vec!["serve".into(), "--config".into(), cfg.display().to_string()],
+                dir.join("berth.sock"),
+                dir.join("berth.log"),
+            )
         }
         _ => {
             let pause = imgs.pause.clone().context("the pause image was not built")?;
             let cfg = daemon::write_containerd_config(dir, &cni, &imgs.registry, &pause)?;
-            Daemon::owned(kind, "containerd".into(), vec!["--config".into(), cfg.display().to_string()], dir.join("containerd.sock"), dir.join("containerd.log"))
+            Daemon::owned(
+                kind,
+                "containerd".into(),
+                vec!["--config".into(), cfg.display().to_string()],
+                dir.join("containerd.sock"),
+                dir.join("containerd.log"),
+            )
         }
     })
 }
@@ -280,7 +300,12 @@ async fn run(o: Opts) -> Result<bool> {
         bail!("the bench needs root (it starts CRI daemons, mounts and network namespaces)");
     }
     // Same lock as the conformance suite: both use the bridge brt0 and the pod subnet.
-    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(LOCK_FILE).with_context(|| format!("open {LOCK_FILE}"))?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(LOCK_FILE)
+        .with_context(|| format!("open {LOCK_FILE}"))?;
     if lock.try_lock().is_err() {
         eprintln!("bench: waiting for another run to release {LOCK_FILE}");
         lock.lock().with_context(|| format!("lock {LOCK_FILE}"))?;
@@ -295,7 +320,8 @@ async fn run(o: Opts) -> Result<bool> {
         let reg = Registry::start(&tmp.join("registry"))?;
         let work = tmp.join("build");
         std::fs::create_dir_all(&work)?;
-        let imgs = images::build_and_push(&reg, &work, o.targets.contains(&TargetKind::Containerd)).context("build and push test images")?;
+        let imgs =
+            images::build_and_push(&reg, &work, o.targets.contains(&TargetKind::Containerd)).context("build and push test images")?;
         Ok((reg, imgs))
     })();
     let mut setup_err = None;

@@ -240,7 +240,15 @@ fn add_mirrors(cfg: &Path, registry: &str) -> Result<()> {
 
 fn critest_command_line(bin: &str, socket: &Path, extra: &[String]) -> Vec<String> {
     let ep = format!("unix://{}", socket.display());
-    let mut v = vec![bin.to_string(), "--runtime-endpoint".into(), ep.clone(), "--image-endpoint".into(), ep, "--ginkgo.v".into(), "--ginkgo.no-color".into()];
+    let mut v = vec![
+        bin.to_string(),
+        "--runtime-endpoint".into(),
+        ep.clone(),
+        "--image-endpoint".into(),
+        ep,
+        "--ginkgo.v".into(),
+        "--ginkgo.no-color".into(),
+    ];
     v.extend(extra.iter().cloned());
     v
 }
@@ -369,7 +377,9 @@ async fn run_critest(o: &mut Owned, bin: &Path, opts: &Opts, socket: &Path) -> i
     };
     o.critest = None;
     let text = std::fs::read_to_string(&out).unwrap_or_default();
-    for l in text.lines().filter(|l| l.starts_with("Ran ") || l.contains(" Passed | ") || l.starts_with("FAIL!") || l.starts_with("SUCCESS!")) {
+    for l in
+        text.lines().filter(|l| l.starts_with("Ran ") || l.contains(" Passed | ") || l.starts_with("FAIL!") || l.starts_with("SUCCESS!"))
+    {
         println!("{l}");
     }
     println!("critest exited with {status}; output in {}", out.display());

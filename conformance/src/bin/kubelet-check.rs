@@ -173,12 +173,30 @@ async fn set_up(o: &mut Owned, kubelet_bin: &Path, kind: TargetKind) -> Result<E
         TargetKind::Containerd => {
             let cfg = daemon::write_containerd_config(&o.tmp, &cni, &imgs.registry, imgs.pause.as_deref().unwrap_or_default())?;
             let log = o.tmp.join("containerd.log");
-            (Daemon::owned(kind, "containerd".into(), vec!["--config".into(), cfg.display().to_string()], o.tmp.join("containerd.sock"), log.clone()), log)
+            (
+                Daemon::owned(
+                    kind,
+                    "containerd".into(),
+                    vec!["--config".into(), cfg.display().to_string()],
+                    o.tmp.join("containerd.sock"),
+                    log.clone(),
+                ),
+                log,
+            )
         }
         _ => {
             let cfg = daemon::write_berth_config_with(&o.tmp, &cni, &imgs.registry, Handlers::RuncOnly)?;
             let log = o.tmp.join("berth.log");
-            (Daemon::owned(TargetKind::Berth, daemon::berth_binary(), vec!["serve".into(), "--config".into(), cfg.display().to_string()], o.tmp.join("berth.sock"), log.clone()), log)
+            (
+                Daemon::owned(
+                    TargetKind::Berth,
+                    daemon::berth_binary(),
+                    vec!["serve".into(), "--config".into(), cfg.display().to_string()],
+                    o.tmp.join("berth.sock"),
+                    log.clone(),
+                ),
+                log,
+            )
         }
     };
     let socket = d.socket.clone();

@@ -21,7 +21,10 @@ const IMAGE: &str = "/runtime.v1.ImageService";
 /// The `:authority` forms clients send on a unix socket, with who sends them.
 fn authority_forms(socket: &Path) -> Vec<(&'static str, Option<Vec<u8>>)> {
     let path = socket.display().to_string();
-    let encoded: String = path.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { char::from(b).to_string() } else { format!("%{b:02X}") }).collect();
+    let encoded: String = path
+        .bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { char::from(b).to_string() } else { format!("%{b:02X}") })
+        .collect();
     vec![
         ("the socket path (grpc-go 1.49 in kubelet 1.26, grpc-java, grpcurl)", Some(path.clone().into_bytes())),
         ("the percent-encoded path (gRPC core 1.57+: Python, C++)", Some(encoded.into_bytes())),
@@ -59,23 +62,33 @@ pub async fn pod_and_exec_with_socket_path(ctx: &Ctx) -> Result<()> {
     ctx.ensure_image(&image).await?;
     let mut c = RawGrpc::connect(&socket, Some(socket.display().to_string().as_bytes())).await?;
 
-    let st: cri::ImageStatusResponse = call(&mut c, &format!("{IMAGE}/ImageStatus"), &cri::ImageStatusRequest { image: Some(crate::ctx::spec(&image)), verbose: false }).await?;
+    let st: cri::ImageStatusResponse =
+        call(&mut c, &format!("{IMAGE}/ImageStatus"), &cri::ImageStatusRequest { image: Some(crate::ctx::spec(&image)), verbose: false })
+            .await?;
     check(st.image.is_some(), || format!("ImageStatus {image} over the raw connection found no image"))?;
 
     let config = ctx.pod_config("authority", &[]);
     std::fs::create_dir_all(&config.log_directory).ok();
-    let run: cri::RunPodSandboxResponse =
-        call(&mut c, &format!("{RUNTIME}/RunPodSandbox"), &cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() }).await?;
+    let run: cri::RunPodSandboxResponse = call(
+        &mut c,
+        &format!("{RUNTIME}/RunPodSandbox"),
+        &cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() },
+    )
+    .await?;
     ctx.record(&run.pod_sandbox_id);
     let pod = Pod { id: run.pod_sandbox_id.clone(), config };
     let result = exercise_pod(ctx, &mut c, &pod, &image).await;
-    let stopped: Result<cri::StopPodSandboxResponse> = call(&mut c, &format!("{RUNTIME}/StopPodSandbox"), &cri::StopPodSandboxRequest { pod_sandbox_id: pod.id.clone() }).await;
-    let removed: Result<cri::RemovePodSandboxResponse> = call(&mut c, &format!("{RUNTIME}/RemovePodSandbox"), &cri::RemovePodSandboxRequest { pod_sandbox_id: pod.id.clone() }).await;
+    let stopped: Result<cri::StopPodSandboxResponse> =
+        call(&mut c, &format!("{RUNTIME}/StopPodSandbox"), &cri::StopPodSandboxRequest { pod_sandbox_id: pod.id.clone() }).await;
+    let removed: Result<cri::RemovePodSandboxResponse> =
+        call(&mut c, &format!("{RUNTIME}/RemovePodSandbox"), &cri::RemovePodSandboxRequest { pod_sandbox_id: pod.id.clone() }).await;
     result?;
     stopped?;
     removed?;
     let gone = ctx.rt().pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.id.clone(), verbose: false }).await;
-    check(matches!(&gone, Err(s) if s.code() == tonic::Code::NotFound), || format!("PodSandboxStatus after RemovePodSandbox over the raw connection: {gone:?}"))
+    check(matches!(&gone, Err(s) if s.code() == tonic::Code::NotFound), || {
+        format!("PodSandboxStatus after RemovePodSandbox over the raw connection: {gone:?}")
+    })
 }
 
 async fn exercise_pod(ctx: &Ctx, c: &mut RawGrpc, pod: &Pod, image: &str) -> Result<()> {
@@ -88,12 +101,31 @@ async fn exercise_pod(ctx: &Ctx, c: &mut RawGrpc, pod: &Pod, image: &str) -> Res
     .await?;
     let id = created.container_id;
     ctx.record(&id);
-    let _: cri::StartContainerResponse = call(c, &format!("{RUNTIME}/StartContainer"), &cri::StartContainerRequest { container_id: id.clone() }).await?;
-    let out: cri::ExecSyncResponse =
-        call(c, &format!("{RUNTIME}/ExecSync"), &cri::ExecSyncRequest { container_id: id.clone(), cmd: vec!["echo".into(), "over raw h2".into()], timeout: 10 }).await?;
-    check(out.exit_code == 0 && out.stdout == b"over raw h2\n", || format!("ExecSync: exit {} stdout {:?} stderr {:?}", out.exit_code, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))?;
+    let _: cri::StartContainerResponse =
+        call(c, &format!("{RUNTIME}/StartContainer"), &cri::StartContainerRequest { container_id: id.clone() }).await?;
+    let out: cri::ExecSyncResponse = call(
+        c,
+        &format!("{RUNTIME}/ExecSync"),
+        &cri::ExecSyncRequest { container_id: id.clone(), cmd: vec!["echo".into(), "over raw h2".into()], timeout: 10 },
+    )
+    .await?;
+    check(out.exit_code == 0 && out.stdout == b"over raw h2\n", || {
+        format!(
+            "ExecSync: exit {} stdout {:?} stderr {:?}",
+            out.exit_code,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
 
-    let exec = cri::ExecRequest { container_id: id.clone(), cmd: vec!["sh".into(), "-c".into(), "echo streamed; exit 4".into()], tty: false, stdin: false, stdout: true, stderr: true };
+    let exec = cri::ExecRequest {
+        container_id: id.clone(),
+        cmd: vec!["sh".into(), "-c".into(), "echo streamed; exit 4".into()],
+        tty: false,
+        stdin: false,
+        stdout: true,
+        stderr: true,
+    };
     let url: cri::ExecResponse = call(c, &format!("{RUNTIME}/Exec"), &exec).await?;
     let s = Session { stderr: true, ..Default::default() };
     let o = sc::remotecommand(&url.url, Transport::Spdy("v4.channel.k8s.io"), &s).await.context("Exec stream over SPDY v4")?;
@@ -136,15 +168,27 @@ pub async fn grpcio_default_channel(ctx: &Ctx) -> Result<()> {
     }
     let socket = ctx.socket().await;
     let req = hex::encode(cri::VersionRequest { version: "v1".into() }.encode_to_vec());
-    let run = tokio::process::Command::new(&python).arg("-c").arg(GRPCIO_CLIENT).arg(&socket).arg(&req).stdin(std::process::Stdio::null()).output();
+    let run = tokio::process::Command::new(&python)
+        .arg("-c")
+        .arg(GRPCIO_CLIENT)
+        .arg(&socket)
+        .arg(&req)
+        .stdin(std::process::Stdio::null())
+        .output();
     let out = tokio::time::timeout(Duration::from_secs(60), run).await.context("grpcio client: no answer within 60 s")??;
     let stdout = String::from_utf8_lossy(&out.stdout);
     check(out.status.success(), || format!("grpcio client failed ({}): {}{}", out.status, stdout, String::from_utf8_lossy(&out.stderr)))?;
     let mut words = stdout.split_whitespace();
     let grpc_version = words.next().unwrap_or_default().to_string();
     let v = cri::VersionResponse::decode(hex::decode(words.next().unwrap_or_default())?.as_slice()).context("Version reply from grpcio")?;
-    let l = cri::ListPodSandboxResponse::decode(hex::decode(words.next().unwrap_or_default())?.as_slice()).context("ListPodSandbox reply from grpcio")?;
+    let l = cri::ListPodSandboxResponse::decode(hex::decode(words.next().unwrap_or_default())?.as_slice())
+        .context("ListPodSandbox reply from grpcio")?;
     check(v.runtime_api_version == "v1", || format!("grpcio {grpc_version}: Version {v:?}"))?;
-    eprintln!("note grpcio_default_channel: grpcio {grpc_version}, runtime {} {}, {} pods listed", v.runtime_name, v.runtime_version, l.items.len());
+    eprintln!(
+        "note grpcio_default_channel: grpcio {grpc_version}, runtime {} {}, {} pods listed",
+        v.runtime_name,
+        v.runtime_version,
+        l.items.len()
+    );
     Ok(())
 }

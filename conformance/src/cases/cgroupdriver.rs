@@ -18,7 +18,11 @@ pub async fn other_driver_parent_refused(ctx: &Ctx) -> Result<()> {
         return skip("containerd 1.6 passes any cgroup_parent to runc unchecked");
     }
     // Under cgroupfs, the slice's path as kubelet's systemd driver sends it.
-    let parent = if crate::cgroups::systemd() { "/kubepods/besteffort/podx" } else { "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podx.slice" };
+    let parent = if crate::cgroups::systemd() {
+        "/kubepods/besteffort/podx"
+    } else {
+        "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podx.slice"
+    };
     let mut pc = ctx.pod_config("otherdriver", &[]);
     pc.linux.get_or_insert_with(Default::default).cgroup_parent = parent.into();
     let before = pods(ctx).await?;
@@ -72,13 +76,15 @@ pub async fn systemd_scopes(ctx: &Ctx) -> Result<()> {
         ctx.rt().start_container(cri::StartContainerRequest { container_id: id.clone() }).await?;
         ctx.wait_container_state(&id, cri::ContainerState::ContainerRunning, Duration::from_secs(30)).await?;
         let scope = slice_dir.join(format!("berth-{id}.scope"));
-        let procs = std::fs::read_to_string(scope.join("cgroup.procs")).with_context(|| format!("reading {}/cgroup.procs", scope.display()))?;
+        let procs =
+            std::fs::read_to_string(scope.join("cgroup.procs")).with_context(|| format!("reading {}/cgroup.procs", scope.display()))?;
         check(!procs.trim().is_empty(), || format!("{} holds no process", scope.display()))?;
         let max = std::fs::read_to_string(scope.join("memory.max")).unwrap_or_default();
         check(max.trim() == (64u64 << 20).to_string(), || format!("{}/memory.max {:?}, expected 67108864", scope.display(), max.trim()))?;
         let monitor_scope = slice_dir.join(format!("berth-monitor-{id}.scope"));
         let mprocs = std::fs::read_to_string(monitor_scope.join("cgroup.procs")).unwrap_or_default();
-        let monitor_is_there = mprocs.lines().any(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "berth-monitor"));
+        let monitor_is_there =
+            mprocs.lines().any(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "berth-monitor"));
         check(monitor_is_there, || format!("no berth-monitor in {} (cgroup.procs {mprocs:?})", monitor_scope.display()))?;
         for unit in [format!("berth-{id}.scope"), format!("berth-monitor-{id}.scope")] {
             let state = unit_state(&unit)?;

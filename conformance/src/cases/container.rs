@@ -20,10 +20,15 @@ pub async fn exit_code_and_logs(ctx: &Ctx) -> Result<()> {
     check(st.exit_code == 7, || format!("exit_code {}, expected 7", st.exit_code))?;
     check(st.reason == "Error", || format!("reason {:?}, expected \"Error\"", st.reason))?;
     check(st.created_at > 0 && st.started_at > st.created_at && st.finished_at > st.started_at, || {
-        format!("timestamps created {} started {} finished {}: expected created < started < finished", st.created_at, st.started_at, st.finished_at)
+        format!(
+            "timestamps created {} started {} finished {}: expected created < started < finished",
+            st.created_at, st.started_at, st.finished_at
+        )
     })?;
     let path = super::util::log_file(&pod, &st);
-    check(path.starts_with(&pod.config.log_directory), || format!("log {} is not under log_directory {}", path.display(), pod.config.log_directory))?;
+    check(path.starts_with(&pod.config.log_directory), || {
+        format!("log {} is not under log_directory {}", path.display(), pod.config.log_directory)
+    })?;
     let has = |stream: &str, text: &str| lines.iter().any(|l| l.stream == stream && l.tag == "F" && l.text == text);
     check(has("stdout", "to-stdout"), || format!("log lacks `stdout F to-stdout`: {lines:?}"))?;
     check(has("stderr", "to-stderr"), || format!("log lacks `stderr F to-stderr`: {lines:?}"))?;
@@ -87,7 +92,12 @@ pub async fn layers_whiteouts(ctx: &Ctx) -> Result<()> {
 pub async fn localhost_between_containers(ctx: &Ctx) -> Result<()> {
     let pod = ctx.run_pod("localhost").await?;
     let server = ctx
-        .start_container(&pod, "server", &ctx.images.busybox, &["sh", "-c", "mkdir -p /www && echo hello-from-server > /www/index.html && exec httpd -f -p 8080 -h /www"])
+        .start_container(
+            &pod,
+            "server",
+            &ctx.images.busybox,
+            &["sh", "-c", "mkdir -p /www && echo hello-from-server > /www/index.html && exec httpd -f -p 8080 -h /www"],
+        )
         .await?;
     ctx.wait_container_state(&server, cri::ContainerState::ContainerRunning, Duration::from_secs(30)).await?;
     let client_cmd = "for i in 1 2 3 4 5 6 7 8 9 10; do wget -q -O - http://127.0.0.1:8080/ && exit 0; sleep 0.5; done; exit 1";
@@ -133,7 +143,11 @@ pub async fn list_filters(ctx: &Ctx) -> Result<()> {
     both.sort();
     let by_pod = list(ctx, cri::ContainerFilter { pod_sandbox_id: pid.clone(), ..Default::default() }).await?;
     check(by_pod == both, || format!("filter pod={pid}: got {by_pod:?}, expected {both:?}"))?;
-    let state = |s: cri::ContainerState| cri::ContainerFilter { pod_sandbox_id: pid.clone(), state: Some(cri::ContainerStateValue { state: s as i32 }), ..Default::default() };
+    let state = |s: cri::ContainerState| cri::ContainerFilter {
+        pod_sandbox_id: pid.clone(),
+        state: Some(cri::ContainerStateValue { state: s as i32 }),
+        ..Default::default()
+    };
     let running = list(ctx, state(cri::ContainerState::ContainerRunning)).await?;
     check(running == vec![a.clone()], || format!("filter state=RUNNING: got {running:?}, expected [{a}]"))?;
     let created = list(ctx, state(cri::ContainerState::ContainerCreated)).await?;

@@ -53,43 +53,75 @@ pub async fn stream_rpcs_match_list_rpcs(ctx: &Ctx) -> Result<()> {
     let _cb = ctx.start_container(&b, "sleeper", &ctx.images.busybox, &["sleep", "1000"]).await?;
     let result = async {
         let mut rt = ctx.rt();
-        let pod_filter = cri::PodSandboxFilter { label_selector: [("stream-case".to_string(), "a".to_string())].into(), ..Default::default() };
-        let Some(streamed) = collect(rt.stream_pod_sandboxes(cri::StreamPodSandboxesRequest { filter: Some(pod_filter.clone()) }).await, "StreamPodSandboxes").await? else {
+        let pod_filter =
+            cri::PodSandboxFilter { label_selector: [("stream-case".to_string(), "a".to_string())].into(), ..Default::default() };
+        let Some(streamed) = collect(
+            rt.stream_pod_sandboxes(cri::StreamPodSandboxesRequest { filter: Some(pod_filter.clone()) }).await,
+            "StreamPodSandboxes",
+        )
+        .await?
+        else {
             return skip("StreamPodSandboxes is Unimplemented on this runtime (cri-api < v0.36)");
         };
         check(streamed.iter().all(|r| !r.pod_sandboxes.is_empty()), || "StreamPodSandboxes sent an empty response".into())?;
         let listed = rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: Some(pod_filter) }).await?.into_inner().items;
         let got = ids(streamed.iter().flat_map(|r| r.pod_sandboxes.iter().map(|p| p.id.as_str())));
-        check(got == ids(listed.iter().map(|p| p.id.as_str())) && got == ids([a.id.as_str()]), || format!("StreamPodSandboxes {got:?}, ListPodSandbox {listed:?}"))?;
+        check(got == ids(listed.iter().map(|p| p.id.as_str())) && got == ids([a.id.as_str()]), || {
+            format!("StreamPodSandboxes {got:?}, ListPodSandbox {listed:?}")
+        })?;
 
-        let all = collect(rt.stream_pod_sandboxes(cri::StreamPodSandboxesRequest { filter: None }).await, "StreamPodSandboxes").await?.unwrap_or_default();
+        let all = collect(rt.stream_pod_sandboxes(cri::StreamPodSandboxesRequest { filter: None }).await, "StreamPodSandboxes")
+            .await?
+            .unwrap_or_default();
         let n: usize = all.iter().map(|r| r.pod_sandboxes.len()).sum();
         let every = ids(all.iter().flat_map(|r| r.pod_sandboxes.iter().map(|p| p.id.as_str())));
-        check(n == every.len() && every.contains(&a.id) && every.contains(&b.id), || format!("unfiltered StreamPodSandboxes: {n} items, {} distinct", every.len()))?;
+        check(n == every.len() && every.contains(&a.id) && every.contains(&b.id), || {
+            format!("unfiltered StreamPodSandboxes: {n} items, {} distinct", every.len())
+        })?;
 
         let cfilter = cri::ContainerFilter { pod_sandbox_id: a.id.clone(), ..Default::default() };
-        let streamed = collect(rt.stream_containers(cri::StreamContainersRequest { filter: Some(cfilter.clone()) }).await, "StreamContainers").await?.context("StreamContainers Unimplemented")?;
+        let streamed =
+            collect(rt.stream_containers(cri::StreamContainersRequest { filter: Some(cfilter.clone()) }).await, "StreamContainers")
+                .await?
+                .context("StreamContainers Unimplemented")?;
         let got = ids(streamed.iter().flat_map(|r| r.containers.iter().map(|c| c.id.as_str())));
         check(got == ids([ca.as_str()]), || format!("StreamContainers of pod a: {got:?}, expected {ca}"))?;
 
         let sfilter = cri::ContainerStatsFilter { pod_sandbox_id: a.id.clone(), ..Default::default() };
-        let streamed = collect(rt.stream_container_stats(cri::StreamContainerStatsRequest { filter: Some(sfilter.clone()) }).await, "StreamContainerStats").await?.context("StreamContainerStats Unimplemented")?;
+        let streamed = collect(
+            rt.stream_container_stats(cri::StreamContainerStatsRequest { filter: Some(sfilter.clone()) }).await,
+            "StreamContainerStats",
+        )
+        .await?
+        .context("StreamContainerStats Unimplemented")?;
         let got = ids(streamed.iter().flat_map(|r| r.container_stats.iter().filter_map(|s| s.attributes.as_ref()).map(|x| x.id.as_str())));
         let listed = rt.list_container_stats(cri::ListContainerStatsRequest { filter: Some(sfilter) }).await?.into_inner().stats;
-        check(got == ids(listed.iter().filter_map(|s| s.attributes.as_ref()).map(|x| x.id.as_str())) && got.contains(&ca), || format!("StreamContainerStats {got:?} vs ListContainerStats"))?;
+        check(got == ids(listed.iter().filter_map(|s| s.attributes.as_ref()).map(|x| x.id.as_str())) && got.contains(&ca), || {
+            format!("StreamContainerStats {got:?} vs ListContainerStats")
+        })?;
 
         let pfilter = cri::PodSandboxStatsFilter { id: b.id.clone(), ..Default::default() };
-        let streamed = collect(rt.stream_pod_sandbox_stats(cri::StreamPodSandboxStatsRequest { filter: Some(pfilter) }).await, "StreamPodSandboxStats").await?.context("StreamPodSandboxStats Unimplemented")?;
-        let got = ids(streamed.iter().flat_map(|r| r.pod_sandbox_stats.iter().filter_map(|s| s.attributes.as_ref()).map(|x| x.id.as_str())));
+        let streamed = collect(
+            rt.stream_pod_sandbox_stats(cri::StreamPodSandboxStatsRequest { filter: Some(pfilter) }).await,
+            "StreamPodSandboxStats",
+        )
+        .await?
+        .context("StreamPodSandboxStats Unimplemented")?;
+        let got =
+            ids(streamed.iter().flat_map(|r| r.pod_sandbox_stats.iter().filter_map(|s| s.attributes.as_ref()).map(|x| x.id.as_str())));
         check(got == ids([b.id.as_str()]), || format!("StreamPodSandboxStats for pod b: {got:?}"))?;
 
-        let streamed = collect(rt.stream_pod_sandbox_metrics(cri::StreamPodSandboxMetricsRequest {}).await, "StreamPodSandboxMetrics").await?.context("StreamPodSandboxMetrics Unimplemented")?;
+        let streamed = collect(rt.stream_pod_sandbox_metrics(cri::StreamPodSandboxMetricsRequest {}).await, "StreamPodSandboxMetrics")
+            .await?
+            .context("StreamPodSandboxMetrics Unimplemented")?;
         let got = ids(streamed.iter().flat_map(|r| r.pod_sandbox_metrics.iter().map(|m| m.pod_sandbox_id.as_str())));
         check(got.contains(&a.id) && got.contains(&b.id), || format!("StreamPodSandboxMetrics lacks the two pods: {got:?}"))?;
 
         let mut img = ctx.img();
         let ifilter = cri::ImageFilter { image: Some(crate::ctx::spec(&ctx.images.busybox)) };
-        let streamed = collect(img.stream_images(cri::StreamImagesRequest { filter: Some(ifilter.clone()) }).await, "StreamImages").await?.context("StreamImages Unimplemented")?;
+        let streamed = collect(img.stream_images(cri::StreamImagesRequest { filter: Some(ifilter.clone()) }).await, "StreamImages")
+            .await?
+            .context("StreamImages Unimplemented")?;
         let listed = img.list_images(cri::ListImagesRequest { filter: Some(ifilter) }).await?.into_inner().images;
         let got = ids(streamed.iter().flat_map(|r| r.images.iter().map(|i| i.id.as_str())));
         check(!got.is_empty() && got == ids(listed.iter().map(|i| i.id.as_str())), || format!("StreamImages {got:?} vs ListImages"))
@@ -104,7 +136,11 @@ pub async fn stream_rpcs_match_list_rpcs(ctx: &Ctx) -> Result<()> {
 /// ignores TERM stops at once with exit 0, and ContainerStatus reports SIGUSR1.
 pub async fn stop_signal_overrides_image(ctx: &Ctx) -> Result<()> {
     let pod = ctx.run_pod("stopsig").await?;
-    let mut config = ctx.container_config("usr1", &ctx.images.busybox, &["sh", "-c", "trap 'echo got usr1; exit 0' USR1; trap '' TERM; echo ready; while true; do sleep 0.2; done"]);
+    let mut config = ctx.container_config(
+        "usr1",
+        &ctx.images.busybox,
+        &["sh", "-c", "trap 'echo got usr1; exit 0' USR1; trap '' TERM; echo ready; while true; do sleep 0.2; done"],
+    );
     config.stop_signal = cri::Signal::Sigusr1 as i32;
     let result = async {
         let id = ctx.create_with(&pod, config).await?;
@@ -113,7 +149,10 @@ pub async fn stop_signal_overrides_image(ctx: &Ctx) -> Result<()> {
         super::util::read_log(&pod, &st, 1).await.context("waiting for the traps")?;
         if st.stop_signal != cri::Signal::Sigusr1 as i32 {
             if ctx.kind != TargetKind::Berth {
-                eprintln!("note container_stop_signal_overrides_image: this runtime reports stop_signal {} (it predates the field)", st.stop_signal);
+                eprintln!(
+                    "note container_stop_signal_overrides_image: this runtime reports stop_signal {} (it predates the field)",
+                    st.stop_signal
+                );
                 return skip("ContainerConfig.stop_signal is newer than this runtime");
             }
             bail!("ContainerStatus.stop_signal {}, expected SIGUSR1 ({})", st.stop_signal, cri::Signal::Sigusr1 as i32);
@@ -122,9 +161,13 @@ pub async fn stop_signal_overrides_image(ctx: &Ctx) -> Result<()> {
         ctx.rt().stop_container(cri::StopContainerRequest { container_id: id.clone(), timeout: 20 }).await?;
         let took = t0.elapsed();
         let st = ctx.container_status(&id).await?;
-        check(st.exit_code == 0 && took < Duration::from_secs(10), || format!("after StopContainer: exit {} in {took:?} (SIGTERM is ignored, SIGUSR1 exits 0)", st.exit_code))?;
+        check(st.exit_code == 0 && took < Duration::from_secs(10), || {
+            format!("after StopContainer: exit {} in {took:?} (SIGTERM is ignored, SIGUSR1 exits 0)", st.exit_code)
+        })?;
         let lines = super::util::read_log(&pod, &st, 2).await?;
-        check(lines.iter().any(|l| l.text == "got usr1"), || format!("log {:?} lacks \"got usr1\"", lines.iter().map(|l| &l.text).collect::<Vec<_>>()))
+        check(lines.iter().any(|l| l.text == "got usr1"), || {
+            format!("log {:?} lacks \"got usr1\"", lines.iter().map(|l| &l.text).collect::<Vec<_>>())
+        })
     }
     .await;
     ctx.remove_pod(&pod.id).await?;
@@ -150,7 +193,12 @@ pub async fn env_value_not_utf8(ctx: &Ctx) -> Result<()> {
         check(texts.get(1) == Some(&"[café]"), || format!("PLAIN printed {texts:?}"))?;
         eprintln!("note env_value_not_utf8: RAW printed {:?}", texts.first());
         check(texts.first().is_some_and(|t| t.starts_with("[a") && t.ends_with("b]")), || format!("RAW printed {texts:?}"))?;
-        let listed = ctx.rt().list_containers(cri::ListContainersRequest { filter: Some(cri::ContainerFilter { id: id.clone(), ..Default::default() }) }).await?.into_inner().containers;
+        let listed = ctx
+            .rt()
+            .list_containers(cri::ListContainersRequest { filter: Some(cri::ContainerFilter { id: id.clone(), ..Default::default() }) })
+            .await?
+            .into_inner()
+            .containers;
         check(listed.len() == 1, || format!("ListContainers by id gives {} containers", listed.len()))
     }
     .await;
@@ -176,11 +224,14 @@ pub async fn update_pod_sandbox_resources_answered(ctx: &Ctx) -> Result<()> {
             }
             Err(s) => bail!("UpdatePodSandboxResources of a ready pod: {s}"),
         }
-        let st = ctx.rt().pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.id.clone(), verbose: true }).await?.into_inner();
+        let st =
+            ctx.rt().pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.id.clone(), verbose: true }).await?.into_inner();
         if ctx.kind == TargetKind::Berth {
             let info: serde_json::Value = serde_json::from_str(st.info.get("info").map(String::as_str).unwrap_or("{}"))?;
             let recorded = &info["config"]["linux"]["resources"];
-            check(recorded["memory_limit_in_bytes"] == 256 << 20 && recorded["cpu_shares"] == 512, || format!("PodSandboxStatus info.config.linux.resources = {recorded}"))?;
+            check(recorded["memory_limit_in_bytes"] == 256 << 20 && recorded["cpu_shares"] == 512, || {
+                format!("PodSandboxStatus info.config.linux.resources = {recorded}")
+            })?;
         }
         let missing = cri::UpdatePodSandboxResourcesRequest { pod_sandbox_id: "0".repeat(64), overhead: None, resources: None };
         match ctx.rt().update_pod_sandbox_resources(missing).await {
@@ -275,7 +326,9 @@ pub async fn image_volume(ctx: &Ctx) -> Result<()> {
         // The volume's image removed: the container keeps its layers.
         ctx.img().remove_image(cri::RemoveImageRequest { image: Some(crate::ctx::spec(&ctx.images.layers)) }).await?;
         let r = ctx.exec(&id, &["cat", "/vol/layer3.txt"], 10).await?;
-        check(r.exit_code == 0, || format!("after RemoveImage the volume reads: exit {} {:?}", r.exit_code, String::from_utf8_lossy(&r.stderr)))?;
+        check(r.exit_code == 0, || {
+            format!("after RemoveImage the volume reads: exit {} {:?}", r.exit_code, String::from_utf8_lossy(&r.stderr))
+        })?;
         // StopContainer takes the volume mounts away (berth mounts them under the container's
         // state directory, one per volume).
         let volume_mounts = || -> Result<Vec<String>> {
@@ -311,13 +364,27 @@ pub async fn image_volume_bad_sub_path(ctx: &Ctx) -> Result<()> {
         for sub in ["../..", "/etc", "no/such/dir"] {
             let mut config = ctx.container_config("bad", &ctx.images.busybox, &["true"]);
             config.mounts = vec![image_mount("/vol", &busybox_ref, sub)];
-            let r = ctx.rt().create_container(cri::CreateContainerRequest { pod_sandbox_id: pod.id.clone(), config: Some(config), sandbox_config: Some(pod.config.clone()) }).await;
+            let r = ctx
+                .rt()
+                .create_container(cri::CreateContainerRequest {
+                    pod_sandbox_id: pod.id.clone(),
+                    config: Some(config),
+                    sandbox_config: Some(pod.config.clone()),
+                })
+                .await;
             match r {
                 Err(s) if s.code() == tonic::Code::InvalidArgument && s.message().contains("image_sub_path") => {}
                 other => bail!("image_sub_path {sub:?}: expected InvalidArgument naming image_sub_path, got {other:?}"),
             }
         }
-        let left = ctx.rt().list_containers(cri::ListContainersRequest { filter: Some(cri::ContainerFilter { pod_sandbox_id: pod.id.clone(), ..Default::default() }) }).await?.into_inner().containers;
+        let left = ctx
+            .rt()
+            .list_containers(cri::ListContainersRequest {
+                filter: Some(cri::ContainerFilter { pod_sandbox_id: pod.id.clone(), ..Default::default() }),
+            })
+            .await?
+            .into_inner()
+            .containers;
         check(left.is_empty(), || format!("refused creates left containers: {left:?}"))
     }
     .await;
@@ -339,12 +406,26 @@ pub async fn image_volume_writable_refused(ctx: &Ctx) -> Result<()> {
         let mut m = image_mount("/vol", &busybox_ref, "");
         m.readonly = false;
         config.mounts = vec![m];
-        let r = ctx.rt().create_container(cri::CreateContainerRequest { pod_sandbox_id: pod.id.clone(), config: Some(config), sandbox_config: Some(pod.config.clone()) }).await;
+        let r = ctx
+            .rt()
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.id.clone(),
+                config: Some(config),
+                sandbox_config: Some(pod.config.clone()),
+            })
+            .await;
         match r {
             Err(s) if s.code() == tonic::Code::InvalidArgument && s.message().contains("mounts[0].readonly") => {}
             other => bail!("readonly=false image volume: expected InvalidArgument naming mounts[0].readonly, got {other:?}"),
         }
-        let left = ctx.rt().list_containers(cri::ListContainersRequest { filter: Some(cri::ContainerFilter { pod_sandbox_id: pod.id.clone(), ..Default::default() }) }).await?.into_inner().containers;
+        let left = ctx
+            .rt()
+            .list_containers(cri::ListContainersRequest {
+                filter: Some(cri::ContainerFilter { pod_sandbox_id: pod.id.clone(), ..Default::default() }),
+            })
+            .await?
+            .into_inner()
+            .containers;
         check(left.is_empty(), || format!("the refused create left containers: {left:?}"))
     }
     .await;

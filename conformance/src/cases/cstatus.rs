@@ -28,7 +28,12 @@ async fn status_checks(ctx: &Ctx, pod: &Pod, dir: &Path) -> Result<()> {
     let mut cfg = ctx.container_config("fields", &image, &["sleep", "1000"]);
     cfg.labels.insert("example.com/tier".into(), "backend".into());
     cfg.annotations.insert("example.com/note".into(), "kept verbatim: a=b,c".into());
-    cfg.mounts.push(cri::Mount { container_path: "/mnt".into(), host_path: dir.display().to_string(), readonly: true, ..Default::default() });
+    cfg.mounts.push(cri::Mount {
+        container_path: "/mnt".into(),
+        host_path: dir.display().to_string(),
+        readonly: true,
+        ..Default::default()
+    });
     let (labels, annotations, log_rel) = (cfg.labels.clone(), cfg.annotations.clone(), cfg.log_path.clone());
     let id = ctx.create_with(pod, cfg).await?;
     ctx.rt().start_container(cri::StartContainerRequest { container_id: id.clone() }).await.context("StartContainer fields")?;
@@ -39,21 +44,34 @@ async fn status_checks(ctx: &Ctx, pod: &Pod, dir: &Path) -> Result<()> {
     let want_log = PathBuf::from(&pod.config.log_directory).join(&log_rel);
     check(Path::new(&st.log_path) == want_log, || format!("log_path {:?}, expected {}", st.log_path, want_log.display()))?;
     let got_image = st.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
-    eprintln!("note container_status_fields: image.image {got_image:?} (asked {image:?}), image_ref {:?}, image_id {:?}", st.image_ref, st.image_id);
+    eprintln!(
+        "note container_status_fields: image.image {got_image:?} (asked {image:?}), image_ref {:?}, image_id {:?}",
+        st.image_ref, st.image_id
+    );
     if ctx.kind == TargetKind::Berth || got_image == image {
         check(got_image == image, || format!("status image.image {got_image:?}, expected what was asked: {image:?}"))?;
     } else {
         // containerd 1.6 answers the image's first repo tag, which may be another tag of the same image.
         let id_of = |r: &str| {
             let r = r.to_string();
-            async move { ctx.img().image_status(cri::ImageStatusRequest { image: Some(crate::ctx::spec(&r)), verbose: false }).await.map(|x| x.into_inner().image.map(|i| i.id)) }
+            async move {
+                ctx.img()
+                    .image_status(cri::ImageStatusRequest { image: Some(crate::ctx::spec(&r)), verbose: false })
+                    .await
+                    .map(|x| x.into_inner().image.map(|i| i.id))
+            }
         };
-        let (a, b) = (id_of(&got_image).await.context("ImageStatus of status image")?, id_of(&image).await.context("ImageStatus of the asked image")?);
+        let (a, b) = (
+            id_of(&got_image).await.context("ImageStatus of status image")?,
+            id_of(&image).await.context("ImageStatus of the asked image")?,
+        );
         check(a.is_some() && a == b, || format!("status image.image {got_image:?} (id {a:?}) is not the asked {image:?} (id {b:?})"))?;
     }
     check(!st.image_ref.is_empty(), || "status image_ref is empty".into())?;
     let m = st.mounts.iter().find(|m| m.container_path == "/mnt").with_context(|| format!("status mounts {:?} lack /mnt", st.mounts))?;
-    check(m.host_path == dir.display().to_string() && m.readonly, || format!("status mount {m:?}, expected host_path {} readonly", dir.display()))?;
+    check(m.host_path == dir.display().to_string() && m.readonly, || {
+        format!("status mount {m:?}, expected host_path {} readonly", dir.display())
+    })?;
 
     let listed = ctx
         .rt()
@@ -68,7 +86,12 @@ async fn status_checks(ctx: &Ctx, pod: &Pod, dir: &Path) -> Result<()> {
 
     let r = ctx.exec(&id, &["cat", "/mnt/hello.txt"], 10).await?;
     check(r.exit_code == 0 && r.stdout == b"from-the-host\n", || {
-        format!("`cat /mnt/hello.txt` exited {} stdout {:?} stderr {:?}", r.exit_code, String::from_utf8_lossy(&r.stdout), String::from_utf8_lossy(&r.stderr))
+        format!(
+            "`cat /mnt/hello.txt` exited {} stdout {:?} stderr {:?}",
+            r.exit_code,
+            String::from_utf8_lossy(&r.stdout),
+            String::from_utf8_lossy(&r.stderr)
+        )
     })?;
     let r = ctx.exec(&id, &["touch", "/mnt/x"], 10).await?;
     check(r.exit_code != 0, || "`touch /mnt/x` succeeded on a readonly mount".into())?;
@@ -87,8 +110,13 @@ pub async fn tty_container_logs(ctx: &Ctx) -> Result<()> {
         let st = ctx.wait_container_state(&id, cri::ContainerState::ContainerExited, Duration::from_secs(60)).await?;
         check(st.exit_code == 0, || format!("`echo hello-tty` exited {}", st.exit_code))?;
         let lines = read_log(&pod, &st, 1).await?;
-        eprintln!("note tty_container_logs: log lines {:?}", lines.iter().map(|l| format!("{} {} {:?}", l.stream, l.tag, l.text)).collect::<Vec<_>>());
-        check(lines.iter().any(|l| l.stream == "stdout" && l.tag == "F" && l.text == "hello-tty"), || format!("log lacks `stdout F hello-tty`: {lines:?}"))
+        eprintln!(
+            "note tty_container_logs: log lines {:?}",
+            lines.iter().map(|l| format!("{} {} {:?}", l.stream, l.tag, l.text)).collect::<Vec<_>>()
+        );
+        check(lines.iter().any(|l| l.stream == "stdout" && l.tag == "F" && l.text == "hello-tty"), || {
+            format!("log lacks `stdout F hello-tty`: {lines:?}")
+        })
     }
     .await;
     ctx.remove_pod(&pod.id).await?;

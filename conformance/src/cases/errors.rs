@@ -69,7 +69,11 @@ async fn bad_container_input(ctx: &Ctx, pod: &Pod) -> Result<()> {
     cfg.image = Some(cri::ImageSpec::default());
     let r = ctx
         .rt()
-        .create_container(cri::CreateContainerRequest { pod_sandbox_id: pod.id.clone(), config: Some(cfg), sandbox_config: Some(pod.config.clone()) })
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.id.clone(),
+            config: Some(cfg),
+            sandbox_config: Some(pod.config.clone()),
+        })
         .await;
     expect_error(ctx, CASE, "CreateContainer with an empty image", r, tonic::Code::InvalidArgument)?;
     let r = ctx.rt().exec_sync(cri::ExecSyncRequest { container_id: id.clone(), cmd: Vec::new(), timeout: 10 }).await;
@@ -99,7 +103,9 @@ pub async fn exec_in_exited_container(ctx: &Ctx) -> Result<()> {
         Err(s) => {
             eprintln!("note exec_in_exited_container: code {:?}: {}", s.code(), s.message());
             if ctx.kind == TargetKind::Berth {
-                check(s.code() == tonic::Code::FailedPrecondition, || format!("code {:?} ({}), expected FailedPrecondition", s.code(), s.message()))
+                check(s.code() == tonic::Code::FailedPrecondition, || {
+                    format!("code {:?} ({}), expected FailedPrecondition", s.code(), s.message())
+                })
             } else {
                 Ok(())
             }
@@ -118,7 +124,9 @@ pub async fn start_exited_container(ctx: &Ctx) -> Result<()> {
         Err(s) => {
             eprintln!("note start_exited_container: code {:?}: {}", s.code(), s.message());
             let st = ctx.container_status(&id).await?;
-            check(st.state == cri::ContainerState::ContainerExited as i32, || format!("after the refused start the container is {}", crate::ctx::state_name(st.state)))
+            check(st.state == cri::ContainerState::ContainerExited as i32, || {
+                format!("after the refused start the container is {}", crate::ctx::state_name(st.state))
+            })
         }
     };
     ctx.remove_pod(&pod.id).await?;
@@ -143,7 +151,11 @@ pub async fn log_paths_refused(ctx: &Ctx) -> Result<()> {
     c.log_path = "../escape.log".into();
     let r = ctx
         .rt()
-        .create_container(cri::CreateContainerRequest { pod_sandbox_id: pod.id.clone(), config: Some(c), sandbox_config: Some(pod.config.clone()) })
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.id.clone(),
+            config: Some(c),
+            sandbox_config: Some(pod.config.clone()),
+        })
         .await;
     let res = expect_error(ctx, CASE, "CreateContainer with log_path \"../escape.log\"", r, tonic::Code::InvalidArgument);
     ctx.remove_pod(&pod.id).await?;

@@ -17,9 +17,7 @@ fn kind_name(v: i32) -> &'static str {
 async fn subscribe(ctx: &Ctx) -> Result<mpsc::UnboundedReceiver<Result<cri::ContainerEventResponse, String>>> {
     let mut stream = match ctx.rt().get_container_events(cri::GetEventsRequest {}).await {
         Ok(s) => s.into_inner(),
-        Err(s) if s.code() == tonic::Code::Unimplemented => {
-            return skip(&format!("GetContainerEvents is not served: {}", s.message()))
-        }
+        Err(s) if s.code() == tonic::Code::Unimplemented => return skip(&format!("GetContainerEvents is not served: {}", s.message())),
         Err(s) => bail!("GetContainerEvents: {s}"),
     };
     let (tx, rx) = mpsc::unbounded_channel();
@@ -63,7 +61,9 @@ async fn until(
             Err(_) => bail!(
                 "no {} for {id} within {limit:?}; got {:?}",
                 kind.as_str_name(),
-                seen.iter().map(|e| (kind_name(e.container_event_type), &e.container_id[..12.min(e.container_id.len())])).collect::<Vec<_>>()
+                seen.iter()
+                    .map(|e| (kind_name(e.container_event_type), &e.container_id[..12.min(e.container_id.len())]))
+                    .collect::<Vec<_>>()
             ),
         }
     }
@@ -100,8 +100,13 @@ pub async fn pod_lifecycle_in_order(ctx: &Ctx) -> Result<()> {
             format!("event timestamps {:?} are not increasing", mine.iter().map(|e| e.created_at).collect::<Vec<_>>())
         })?;
         for e in &mine {
-            let ps = e.pod_sandbox_status.as_ref().with_context(|| format!("{} has no pod_sandbox_status", kind_name(e.container_event_type)))?;
-            check(ps.id == pod.id, || format!("{}: pod_sandbox_status.id {}, expected {}", kind_name(e.container_event_type), ps.id, pod.id))?;
+            let ps = e
+                .pod_sandbox_status
+                .as_ref()
+                .with_context(|| format!("{} has no pod_sandbox_status", kind_name(e.container_event_type)))?;
+            check(ps.id == pod.id, || {
+                format!("{}: pod_sandbox_status.id {}, expected {}", kind_name(e.container_event_type), ps.id, pod.id)
+            })?;
         }
         let status_in = |e: &cri::ContainerEventResponse| e.containers_statuses.iter().find(|s| s.id == c).cloned();
         let created = status_in(mine[0]).context("CREATED event lacks the container's status")?;

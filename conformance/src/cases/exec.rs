@@ -33,7 +33,9 @@ pub async fn stop_timeout_kills(ctx: &Ctx) -> Result<()> {
     stop(ctx, &id, 2).await?;
     let took = t0.elapsed();
     let st = ctx.container_status(&id).await?;
-    check(st.state == cri::ContainerState::ContainerExited as i32, || format!("after StopContainer the state is {}", state_name(st.state)))?;
+    check(st.state == cri::ContainerState::ContainerExited as i32, || {
+        format!("after StopContainer the state is {}", state_name(st.state))
+    })?;
     check(took < Duration::from_secs(20), || format!("StopContainer with timeout 2 took {took:?}"))?;
     check(took >= Duration::from_millis(1500), || format!("StopContainer returned after {took:?}: did it wait the 2 s grace period?"))?;
     eprintln!("note container_stop_timeout_kills: took {took:?}, exit_code {}, reason {:?}", st.exit_code, st.reason);
@@ -47,7 +49,8 @@ pub async fn stop_timeout_kills(ctx: &Ctx) -> Result<()> {
 pub async fn stop_force_preempts_graceful(ctx: &Ctx) -> Result<()> {
     let pod = ctx.run_pod("preempt").await?;
     let result = async {
-        let id = ctx.start_container(&pod, "stubborn", &ctx.images.busybox, &["sh", "-c", "trap '' TERM; echo trapped; sleep 1000"]).await?;
+        let id =
+            ctx.start_container(&pod, "stubborn", &ctx.images.busybox, &["sh", "-c", "trap '' TERM; echo trapped; sleep 1000"]).await?;
         ctx.wait_container_state(&id, cri::ContainerState::ContainerRunning, Duration::from_secs(30)).await?;
         let st = ctx.container_status(&id).await?;
         super::util::read_log(&pod, &st, 1).await.context("waiting for the trap to be set")?;
@@ -61,8 +64,12 @@ pub async fn stop_force_preempts_graceful(ctx: &Ctx) -> Result<()> {
         };
         let ((g, g_took), (f, f_took)) = tokio::join!(graceful, forced);
         eprintln!("note container_stop_force_preempts_graceful: graceful returned after {g_took:?}, forced after {f_took:?}");
-        check(matches!(f, Ok(Ok(()))), || format!("StopContainer(timeout=0) during a graceful stop: {f:?} after {f_took:?}, expected Ok at once"))?;
-        check(matches!(g, Ok(Ok(()))), || format!("the graceful StopContainer(timeout=60): {g:?} after {g_took:?}, expected Ok once the forced stop killed it"))?;
+        check(matches!(f, Ok(Ok(()))), || {
+            format!("StopContainer(timeout=0) during a graceful stop: {f:?} after {f_took:?}, expected Ok at once")
+        })?;
+        check(matches!(g, Ok(Ok(()))), || {
+            format!("the graceful StopContainer(timeout=60): {g:?} after {g_took:?}, expected Ok once the forced stop killed it")
+        })?;
         check(f_took < Duration::from_secs(10), || format!("the forced stop took {f_took:?}"))?;
         let st = ctx.container_status(&id).await?;
         check(st.state == cri::ContainerState::ContainerExited as i32 && st.exit_code == 137, || {
@@ -115,7 +122,8 @@ pub async fn exec_sync_timeout(ctx: &Ctx) -> Result<()> {
     let id = ctx.start_container(&pod, "exectimeout", &ctx.images.busybox, &["tail", "-f", "/dev/null"]).await?;
     ctx.wait_container_state(&id, cri::ContainerState::ContainerRunning, Duration::from_secs(30)).await?;
     let t0 = Instant::now();
-    let r = ctx.rt().exec_sync(cri::ExecSyncRequest { container_id: id.clone(), cmd: vec!["sleep".into(), "4321".into()], timeout: 1 }).await;
+    let r =
+        ctx.rt().exec_sync(cri::ExecSyncRequest { container_id: id.clone(), cmd: vec!["sleep".into(), "4321".into()], timeout: 1 }).await;
     let took = t0.elapsed();
     let outcome = match &r {
         Ok(x) => format!("Ok exit_code {} stderr {:?}", x.get_ref().exit_code, String::from_utf8_lossy(&x.get_ref().stderr)),

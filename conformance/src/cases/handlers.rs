@@ -87,15 +87,25 @@ pub async fn handlers_reported(ctx: &Ctx) -> Result<()> {
     let runc = st.runtime_handlers.iter().find(|h| h.name == "runc").context("Status.runtime_handlers has no runc")?;
     let f = runc.features.unwrap_or_default();
     // User namespaces, unless berth's self-test found this kernel cannot give pods one.
-    let userns_limit = if f.user_namespaces { None } else { Some(super::userns::berth_userns_verdict(ctx).await?).filter(|w| w.starts_with("this kernel")) };
+    let userns_limit = if f.user_namespaces {
+        None
+    } else {
+        Some(super::userns::berth_userns_verdict(ctx).await?).filter(|w| w.starts_with("this kernel"))
+    };
     if let Some(why) = &userns_limit {
         eprintln!("note runtime_handlers_reported: no user namespaces here: {why}");
     }
     check(f.recursive_read_only_mounts && (f.user_namespaces || userns_limit.is_some()), || {
         format!("runc's features {f:?}: expected rro and user namespaces on this host")
     })?;
-    let default = st.runtime_handlers.iter().find(|h| h.name.is_empty()).context("Status.runtime_handlers has no \"\" (the CRI's name for the default handler)")?;
-    check(default.features == runc.features, || format!("the default handler \"\" has features {:?}, runc (the default) {:?}", default.features, runc.features))?;
+    let default = st
+        .runtime_handlers
+        .iter()
+        .find(|h| h.name.is_empty())
+        .context("Status.runtime_handlers has no \"\" (the CRI's name for the default handler)")?;
+    check(default.features == runc.features, || {
+        format!("the default handler \"\" has features {:?}, runc (the default) {:?}", default.features, runc.features)
+    })?;
     check(!listed.contains(&"broken"), || format!("the broken handler is listed as usable: {listed:?}"))?;
     let broken = &info["broken"];
     check(broken["available"] == false && broken["reason"].as_str().is_some_and(|r| r.contains(BROKEN_RUNTIME_MESSAGE)), || {

@@ -20,7 +20,11 @@ pub async fn status_ready(ctx: &Ctx) -> Result<()> {
     let s = ctx.rt().status(cri::StatusRequest { verbose: false }).await.context("Status")?.into_inner();
     let st = s.status.context("Status: no status in the reply")?;
     for want in ["RuntimeReady", "NetworkReady"] {
-        let c = st.conditions.iter().find(|c| c.r#type == want).with_context(|| format!("Status: no condition {want} in {:?}", st.conditions))?;
+        let c = st
+            .conditions
+            .iter()
+            .find(|c| c.r#type == want)
+            .with_context(|| format!("Status: no condition {want} in {:?}", st.conditions))?;
         check(c.status, || format!("condition {want} is false: reason {:?} message {:?}", c.reason, c.message))?;
     }
     Ok(())
@@ -48,7 +52,9 @@ async fn pull_and_find(ctx: &Ctx, image: &str) -> Result<cri::Image> {
     let r = ctx.pull(image).await?;
     check(!r.is_empty(), || format!("PullImage {image}: empty image_ref"))?;
     let i = status_of(ctx, image).await?.with_context(|| format!("ImageStatus {image} after a successful pull: no image"))?;
-    check(i.id.starts_with("sha256:") || r.starts_with("sha256:"), || format!("image {image}: id {:?} / image_ref {r:?}, expected sha256:...", i.id))?;
+    check(i.id.starts_with("sha256:") || r.starts_with("sha256:"), || {
+        format!("image {image}: id {:?} / image_ref {r:?}, expected sha256:...", i.id)
+    })?;
     Ok(i)
 }
 
@@ -74,7 +80,9 @@ pub async fn pull_tag_and_digest(ctx: &Ctx) -> Result<()> {
     let i = pull_and_find(ctx, &r).await?;
     let b = pull_and_find(ctx, &ctx.images.busybox).await?;
     check(i.id == b.id, || format!("{r} is image {}, expected busybox:latest's {}", i.id, b.id))?;
-    check(!i.repo_tags.contains(&bare_tag), || format!("repo_tags {:?} gained {bare_tag}: the tag of a digested reference must not name the image", i.repo_tags))?;
+    check(!i.repo_tags.contains(&bare_tag), || {
+        format!("repo_tags {:?} gained {bare_tag}: the tag of a digested reference must not name the image", i.repo_tags)
+    })?;
     let by_tag = status_of(ctx, &bare_tag).await?;
     check(by_tag.is_none(), || format!("ImageStatus {bare_tag} found {:?}; the registry has no such tag", by_tag.map(|x| x.id)))
 }
@@ -86,7 +94,9 @@ pub async fn many_layers_run(ctx: &Ctx) -> Result<()> {
     let (pod, st, lines) = super::util::run_to_exit(ctx, "deep", &ctx.images.deep, &cmd, 3).await?;
     ctx.remove_pod(&pod.id).await?;
     let got: Vec<&str> = lines.iter().map(|l| l.text.trim()).collect();
-    check(st.exit_code == 0 && got == ["120", "layer 0", "layer 119"], || format!("exit {} and output {got:?}, expected 0 and [120, layer 0, layer 119]", st.exit_code))
+    check(st.exit_code == 0 && got == ["120", "layer 0", "layer 119"], || {
+        format!("exit {} and output {got:?}, expected 0 and [120, layer 0, layer 119]", st.exit_code)
+    })
 }
 
 /// An image with no layer at all (a config only) starts: its root is an empty writable
@@ -99,10 +109,18 @@ pub async fn no_layers_run(ctx: &Ctx) -> Result<()> {
         config.args = ["sh", "-c", "echo scratch ok; echo made > /made && echo root writable"].iter().map(|s| s.to_string()).collect();
         for (host, inside) in [("/bin/busybox", "/bin/busybox"), ("/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu"), ("/lib64", "/lib64")] {
             let host = std::fs::canonicalize(host)?;
-            config.mounts.push(cri::Mount { host_path: host.display().to_string(), container_path: inside.into(), readonly: true, ..Default::default() });
+            config.mounts.push(cri::Mount {
+                host_path: host.display().to_string(),
+                container_path: inside.into(),
+                readonly: true,
+                ..Default::default()
+            });
         }
         let id = ctx.create_with(&pod, config).await?;
-        ctx.rt().start_container(cri::StartContainerRequest { container_id: id.clone() }).await.context("StartContainer of a layerless image")?;
+        ctx.rt()
+            .start_container(cri::StartContainerRequest { container_id: id.clone() })
+            .await
+            .context("StartContainer of a layerless image")?;
         let st = ctx.wait_container_state(&id, cri::ContainerState::ContainerExited, Duration::from_secs(60)).await?;
         let lines = super::util::read_log(&pod, &st, 2).await?;
         let got: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
@@ -192,10 +210,7 @@ pub async fn image_status_missing(ctx: &Ctx) -> Result<()> {
 }
 
 async fn remove(ctx: &Ctx, image: &str) -> Result<()> {
-    ctx.img()
-        .remove_image(cri::RemoveImageRequest { image: Some(spec(image)) })
-        .await
-        .with_context(|| format!("RemoveImage {image}"))?;
+    ctx.img().remove_image(cri::RemoveImageRequest { image: Some(spec(image)) }).await.with_context(|| format!("RemoveImage {image}"))?;
     Ok(())
 }
 
@@ -243,7 +258,11 @@ pub async fn remove_image_in_use(ctx: &Ctx) -> Result<()> {
         remove(ctx, &i.id).await.context("RemoveImage of an image in use")?;
         let r = ctx.exec(&c, &["cat", "/data/b"], 10).await?;
         check(r.exit_code == 0, || {
-            format!("after RemoveImage, `cat /data/b` in the running container: exit {} stderr {:?}", r.exit_code, String::from_utf8_lossy(&r.stderr))
+            format!(
+                "after RemoveImage, `cat /data/b` in the running container: exit {} stderr {:?}",
+                r.exit_code,
+                String::from_utf8_lossy(&r.stderr)
+            )
         })?;
         let r = ctx.exec(&c, &["sh", "-c", "ls /bin | wc -l"], 10).await?;
         let n: u32 = String::from_utf8_lossy(&r.stdout).trim().parse().unwrap_or(0);

@@ -42,7 +42,9 @@ pub async fn status_shows_container_and_pod(ctx: &Ctx) -> Result<()> {
         check(v["record"]["id"] == id.as_str(), || format!("record.id {}, expected {id}", v["record"]["id"]))?;
         let pid = v["pids"]["init"].as_i64().unwrap_or(0);
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        check(pid > 0 && cmdline.starts_with(b"sleep\0"), || format!("pids.init {pid}: /proc cmdline {:?}, expected sleep", String::from_utf8_lossy(&cmdline)))?;
+        check(pid > 0 && cmdline.starts_with(b"sleep\0"), || {
+            format!("pids.init {pid}: /proc cmdline {:?}, expected sleep", String::from_utf8_lossy(&cmdline))
+        })?;
         let mon = v["pids"]["monitor"].as_i64().unwrap_or(0);
         let comm = std::fs::read_to_string(format!("/proc/{mon}/comm")).unwrap_or_default();
         check(mon > 0 && comm.trim() == "berth-monitor" && v["pids"]["monitor_alive"] == true, || {

@@ -152,7 +152,10 @@ async fn pod(ctx: &Ctx, name: &str, privileged: bool) -> Result<Pod> {
 /// Creates and starts a container in `pod`; returns its id.
 async fn start(ctx: &Ctx, pod: &Pod, cfg: cri::ContainerConfig) -> Result<String> {
     let id = ctx.create_with(pod, cfg).await?;
-    ctx.rt().start_container(cri::StartContainerRequest { container_id: id.clone() }).await.with_context(|| format!("StartContainer {id}"))?;
+    ctx.rt()
+        .start_container(cri::StartContainerRequest { container_id: id.clone() })
+        .await
+        .with_context(|| format!("StartContainer {id}"))?;
     Ok(id)
 }
 
@@ -190,11 +193,17 @@ async fn expect_refused(ctx: &Ctx, case: &str, pod: &Pod, cfg: cri::ContainerCon
     ctx.ensure_image(&ctx.images.busybox).await?;
     let r = ctx
         .rt()
-        .create_container(cri::CreateContainerRequest { pod_sandbox_id: pod.id.clone(), config: Some(cfg), sandbox_config: Some(pod.config.clone()) })
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.id.clone(),
+            config: Some(cfg),
+            sandbox_config: Some(pod.config.clone()),
+        })
         .await;
     let listed: Vec<String> = ctx
         .rt()
-        .list_containers(cri::ListContainersRequest { filter: Some(cri::ContainerFilter { pod_sandbox_id: pod.id.clone(), ..Default::default() }) })
+        .list_containers(cri::ListContainersRequest {
+            filter: Some(cri::ContainerFilter { pod_sandbox_id: pod.id.clone(), ..Default::default() }),
+        })
         .await
         .context("ListContainers")?
         .into_inner()
@@ -204,11 +213,15 @@ async fn expect_refused(ctx: &Ctx, case: &str, pod: &Pod, cfg: cri::ContainerCon
         .filter(|id| !keep.contains(&id.as_str()))
         .collect();
     match r {
-        Ok(resp) => bail!("{case}: CreateContainer succeeded ({}), expected a refusal naming {}", resp.into_inner().container_id, want.named),
+        Ok(resp) => {
+            bail!("{case}: CreateContainer succeeded ({}), expected a refusal naming {}", resp.into_inner().container_id, want.named)
+        }
         Err(s) => {
             eprintln!("note {case}: code {:?}: {}", s.code(), s.message());
             if ctx.kind == TargetKind::Berth {
-                check(want.codes.contains(&s.code()), || format!("{case}: code {:?} ({}), expected one of {:?}", s.code(), s.message(), want.codes))?;
+                check(want.codes.contains(&s.code()), || {
+                    format!("{case}: code {:?} ({}), expected one of {:?}", s.code(), s.message(), want.codes)
+                })?;
                 check(s.message().contains(want.named), || format!("{case}: message {:?} does not name {}", s.message(), want.named))?;
             }
         }
@@ -368,7 +381,8 @@ pub async fn mount_propagation_host_to_container(ctx: &Ctx) -> Result<()> {
     let mut h = HostMounts::new(ctx, "h2c")?;
     let shared = h.dir.join("shared");
     h.shared_bind(&shared)?;
-    let x = Extra { mounts: vec![bind(&shared, "/mnt/shared", true, cri::MountPropagation::PropagationHostToContainer)], ..Default::default() };
+    let x =
+        Extra { mounts: vec![bind(&shared, "/mnt/shared", true, cri::MountPropagation::PropagationHostToContainer)], ..Default::default() };
     let p = pod(ctx, "h2c", false).await?;
     let r = async {
         let id = start(ctx, &p, config(ctx, "h2c", &["sleep", "3600"], &x)).await?;
@@ -379,7 +393,11 @@ pub async fn mount_propagation_host_to_container(ctx: &Ctx) -> Result<()> {
         let out = ctx.exec(&id, &["cat", "/mnt/shared/late/f"], 10).await?;
         let text = String::from_utf8_lossy(&out.stdout);
         check(out.exit_code == 0 && text.trim() == "from-host", || {
-            format!("inside: cat /mnt/shared/late/f: exit {} stdout {text:?} stderr {:?}", out.exit_code, String::from_utf8_lossy(&out.stderr))
+            format!(
+                "inside: cat /mnt/shared/late/f: exit {} stdout {text:?} stderr {:?}",
+                out.exit_code,
+                String::from_utf8_lossy(&out.stderr)
+            )
         })
     }
     .await;
@@ -401,7 +419,10 @@ pub async fn mount_propagation_private_source_refused(ctx: &Ctx) -> Result<()> {
     }
     let named = canon.display().to_string();
     let want = Refusal { codes: &[tonic::Code::InvalidArgument, tonic::Code::FailedPrecondition], named: &named };
-    for (case, prop) in [("private-bidi", cri::MountPropagation::PropagationBidirectional), ("private-h2c", cri::MountPropagation::PropagationHostToContainer)] {
+    for (case, prop) in [
+        ("private-bidi", cri::MountPropagation::PropagationBidirectional),
+        ("private-h2c", cri::MountPropagation::PropagationHostToContainer),
+    ] {
         let x = Extra {
             pod_privileged: true,
             sc: Sc { privileged: true, ..Default::default() },
@@ -495,7 +516,10 @@ fn device_script(dev: &str) -> String {
 /// Host /dev/null as /dev/xnull and /dev/loop-control as /dev/xloop, both "rwm", in an unprivileged
 /// container: char devices, open for reading and for writing.
 pub async fn device_rwm_writable(ctx: &Ctx) -> Result<()> {
-    let x = Extra { devices: vec![device("/dev/null", "/dev/xnull", "rwm"), device("/dev/loop-control", "/dev/xloop", "rwm")], ..Default::default() };
+    let x = Extra {
+        devices: vec![device("/dev/null", "/dev/xnull", "rwm"), device("/dev/loop-control", "/dev/xloop", "rwm")],
+        ..Default::default()
+    };
     let script = format!("{}; {}", device_script("/dev/xnull"), device_script("/dev/xloop"));
     expect_output(ctx, "dev-rwm", &x, &script, &["char", "read=0", "write=0", "char", "read=0", "write=0"]).await
 }
@@ -519,7 +543,11 @@ pub async fn device_not_a_device_refused(ctx: &Ctx) -> Result<()> {
     let file = h.dir.join("plain-file");
     std::fs::write(&file, "x")?;
     let x = Extra {
-        devices: vec![cri::Device { container_path: "/dev/xfile".into(), host_path: file.display().to_string(), permissions: "rwm".into() }],
+        devices: vec![cri::Device {
+            container_path: "/dev/xfile".into(),
+            host_path: file.display().to_string(),
+            permissions: "rwm".into(),
+        }],
         ..Default::default()
     };
     let named = file.display().to_string();
@@ -530,7 +558,11 @@ pub async fn device_not_a_device_refused(ctx: &Ctx) -> Result<()> {
 
 fn pid_target(target_id: &str) -> Sc {
     Sc {
-        namespace_options: Some(cri::NamespaceOption { pid: cri::NamespaceMode::Target as i32, target_id: target_id.into(), ..Default::default() }),
+        namespace_options: Some(cri::NamespaceOption {
+            pid: cri::NamespaceMode::Target as i32,
+            target_id: target_id.into(),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -545,7 +577,9 @@ pub async fn pid_target_sees_target_process(ctx: &Ctx) -> Result<()> {
         let b = start(ctx, &p, config(ctx, "joiner", &["sh", "-c", "ps -o args"], &x)).await?;
         let st = ctx.wait_container_state(&b, cri::ContainerState::ContainerExited, Duration::from_secs(60)).await?;
         let out: Vec<String> = read_log(&p, &st, 1).await?.into_iter().filter(|l| l.stream == "stdout").map(|l| l.text).collect();
-        check(out.iter().any(|l| l.trim() == "sleep 31337"), || format!("joiner's `ps -o args` printed {out:?}: no `sleep 31337` of the target"))
+        check(out.iter().any(|l| l.trim() == "sleep 31337"), || {
+            format!("joiner's `ps -o args` printed {out:?}: no `sleep 31337` of the target")
+        })
     }
     .await;
     let rm = ctx.remove_pod(&p.id).await;

@@ -40,7 +40,10 @@ async fn run_in(ctx: &Ctx, pod: &Pod, name: &str, sc: Sc, script: &str) -> Resul
     let mut cfg = ctx.container_config(name, &ctx.images.busybox, &["sh", "-c", script]);
     cfg.linux.get_or_insert_with(Default::default).security_context = Some(sc);
     let id = ctx.create_with(pod, cfg).await?;
-    ctx.rt().start_container(cri::StartContainerRequest { container_id: id.clone() }).await.with_context(|| format!("StartContainer {name}"))?;
+    ctx.rt()
+        .start_container(cri::StartContainerRequest { container_id: id.clone() })
+        .await
+        .with_context(|| format!("StartContainer {name}"))?;
     let st = ctx.wait_container_state(&id, cri::ContainerState::ContainerExited, Duration::from_secs(60)).await?;
     let lines = read_log(pod, &st, 0).await?;
     Ok((st.exit_code, lines.into_iter().filter(|l| l.stream == "stdout").map(|l| l.text).collect()))
@@ -85,7 +88,9 @@ async fn pod_refused(ctx: &Ctx, case: &str, mut pc: cri::PodSandboxConfig, named
         Err(s) => {
             eprintln!("note {case}: code {:?}: {}", s.code(), s.message());
             if ctx.kind == TargetKind::Berth {
-                check(s.code() == tonic::Code::InvalidArgument, || format!("code {:?} ({}), expected InvalidArgument", s.code(), s.message()))?;
+                check(s.code() == tonic::Code::InvalidArgument, || {
+                    format!("code {:?} ({}), expected InvalidArgument", s.code(), s.message())
+                })?;
                 check(s.message().contains(named), || format!("message {:?} does not name {named}", s.message()))?;
             }
         }
@@ -106,10 +111,20 @@ async fn container_refused(ctx: &Ctx, case: &str, pod_privileged: bool, sc: Sc, 
         cfg.linux.get_or_insert_with(Default::default).security_context = Some(sc);
         let r = ctx
             .rt()
-            .create_container(cri::CreateContainerRequest { pod_sandbox_id: pod.id.clone(), config: Some(cfg), sandbox_config: Some(pod.config.clone()) })
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.id.clone(),
+                config: Some(cfg),
+                sandbox_config: Some(pod.config.clone()),
+            })
             .await;
         let filter = cri::ContainerFilter { pod_sandbox_id: pod.id.clone(), ..Default::default() };
-        let listed = ctx.rt().list_containers(cri::ListContainersRequest { filter: Some(filter) }).await.context("ListContainers")?.into_inner().containers;
+        let listed = ctx
+            .rt()
+            .list_containers(cri::ListContainersRequest { filter: Some(filter) })
+            .await
+            .context("ListContainers")?
+            .into_inner()
+            .containers;
         Ok((r, listed))
     })
     .await?;
@@ -118,7 +133,9 @@ async fn container_refused(ctx: &Ctx, case: &str, pod_privileged: bool, sc: Sc, 
         Err(s) => {
             eprintln!("note {case}: code {:?}: {}", s.code(), s.message());
             if ctx.kind == TargetKind::Berth {
-                check(s.code() == tonic::Code::InvalidArgument, || format!("code {:?} ({}), expected InvalidArgument", s.code(), s.message()))?;
+                check(s.code() == tonic::Code::InvalidArgument, || {
+                    format!("code {:?} ({}), expected InvalidArgument", s.code(), s.message())
+                })?;
                 for n in named {
                     check(s.message().contains(n), || format!("message {:?} does not name {n}", s.message()))?;
                 }
@@ -140,7 +157,9 @@ pub async fn sysctl_namespaced_applied(ctx: &Ctx) -> Result<()> {
     l.sysctls.insert("kernel.shm_rmid_forced".into(), want_rmid.into());
     let script = "cat /proc/sys/net/ipv4/ip_unprivileged_port_start /proc/sys/kernel/shm_rmid_forced";
     let (code, out) = with_pod(ctx, pc, async |pod: &Pod| run_in(ctx, pod, "sysctl-ok", Sc::default(), script).await).await?;
-    check(code == 0 && out == [want_port, want_rmid], || format!("{script:?}: exit {code}, printed {out:?}, expected [{want_port}, {want_rmid}]"))?;
+    check(code == 0 && out == [want_port, want_rmid], || {
+        format!("{script:?}: exit {code}, printed {out:?}, expected [{want_port}, {want_rmid}]")
+    })?;
     let host_after = (host_sysctl("net/ipv4/ip_unprivileged_port_start")?, host_sysctl("kernel/shm_rmid_forced")?);
     check(host_after == host_before, || format!("host sysctls changed: {host_before:?} -> {host_after:?}"))
 }
@@ -187,7 +206,8 @@ pub async fn sysctl_kernel_refused(ctx: &Ctx) -> Result<()> {
 
 /// Processes in state Z, as `pid comm` lines, from an exec in `id`.
 async fn zombies(ctx: &Ctx, id: &str) -> Result<Vec<String>> {
-    let r = ctx.exec(id, &["sh", "-c", "sed -n 's/^\\([0-9]*\\) (\\(.*\\)) Z .*/\\1 \\2/p' /proc/[0-9]*/stat 2>/dev/null; true"], 10).await?;
+    let r =
+        ctx.exec(id, &["sh", "-c", "sed -n 's/^\\([0-9]*\\) (\\(.*\\)) Z .*/\\1 \\2/p' /proc/[0-9]*/stat 2>/dev/null; true"], 10).await?;
     Ok(String::from_utf8_lossy(&r.stdout).lines().map(str::to_string).collect())
 }
 
@@ -237,7 +257,8 @@ pub async fn pod_pid1_reaps_zombies(ctx: &Ctx) -> Result<()> {
 /// naming `config.linux.security_context.privileged`); nothing is left.
 pub async fn privileged_in_unprivileged_pod(ctx: &Ctx) -> Result<()> {
     let sc = Sc { privileged: true, ..Default::default() };
-    container_refused(ctx, "privileged_container_in_unprivileged_pod_refused", false, sc, &["config.linux.security_context.privileged"]).await
+    container_refused(ctx, "privileged_container_in_unprivileged_pod_refused", false, sc, &["config.linux.security_context.privileged"])
+        .await
 }
 
 fn apparmor_sc(t: ProfileType, localhost: &str) -> Sc {
@@ -274,7 +295,11 @@ pub async fn apparmor_runtime_default_and_unconfined_run(ctx: &Ctx) -> Result<()
         for (n, t) in [("aa-default", ProfileType::RuntimeDefault), ("aa-unconfined", ProfileType::Unconfined)] {
             match run_in(ctx, pod, n, apparmor_sc(t, ""), "echo ran").await {
                 Ok((code, out)) => check(code == 0 && out == ["ran"], || format!("{t:?}: exit {code}, printed {out:?}"))?,
-                Err(e) if ctx.kind != TargetKind::Berth && t == ProfileType::RuntimeDefault && format!("{e:#}").contains("apparmor is not supported") => {
+                Err(e)
+                    if ctx.kind != TargetKind::Berth
+                        && t == ProfileType::RuntimeDefault
+                        && format!("{e:#}").contains("apparmor is not supported") =>
+                {
                     eprintln!("note apparmor_runtime_default_and_unconfined_run: {t:?} refused by this runtime: {e:#}");
                 }
                 Err(e) => return Err(e.context(format!("AppArmor {t:?}"))),
@@ -291,7 +316,8 @@ pub async fn selinux_options_without_selinux(ctx: &Ctx) -> Result<()> {
     if std::path::Path::new("/sys/fs/selinux/enforce").exists() {
         return skip("this host has SELinux: the ignore path is not exercised");
     }
-    let opts = cri::SeLinuxOption { user: "system_u".into(), role: "system_r".into(), r#type: "container_t".into(), level: "s0:c1,c2".into() };
+    let opts =
+        cri::SeLinuxOption { user: "system_u".into(), role: "system_r".into(), r#type: "container_t".into(), level: "s0:c1,c2".into() };
     let sc = Sc { selinux_options: Some(opts), ..Default::default() };
     let pc = ctx.pod_config("selinux", &[]);
     let (code, out) = with_pod(ctx, pc, async |pod: &Pod| run_in(ctx, pod, "selinux", sc, "echo ran").await).await?;
@@ -306,7 +332,10 @@ pub async fn status_reports_mac_support(ctx: &Ctx) -> Result<()> {
         return skip("only berth reports info[\"features\"]");
     }
     let r = ctx.rt().status(cri::StatusRequest { verbose: true }).await.context("Status")?.into_inner();
-    let text = r.info.get("features").context("Status(verbose).info has no \"features\" key (expected {\"apparmor\": bool, \"selinux\": bool})")?;
+    let text = r
+        .info
+        .get("features")
+        .context("Status(verbose).info has no \"features\" key (expected {\"apparmor\": bool, \"selinux\": bool})")?;
     let v: serde_json::Value = serde_json::from_str(text).with_context(|| format!("info[\"features\"] is not JSON: {text:?}"))?;
     let apparmor = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled").map(|s| s.trim() == "Y").unwrap_or(false);
     let selinux = std::path::Path::new("/sys/fs/selinux/enforce").exists();

@@ -14,11 +14,7 @@ use std::time::Duration;
 
 /// `127.0.0.1:<port>` of the metrics endpoint the harness configured for berth.
 fn metrics_addr(ctx: &Ctx) -> Result<String> {
-    let opts = berth::config::LoadOptions {
-        config_file: Some(ctx.tmp.join("berth.toml")),
-        env: Some(Vec::new()),
-        ..Default::default()
-    };
+    let opts = berth::config::LoadOptions { config_file: Some(ctx.tmp.join("berth.toml")), env: Some(Vec::new()), ..Default::default() };
     let cfg = berth::config::Config::load(&opts).context("reading the harness's berth.toml")?;
     if !cfg.metrics.enabled {
         bail!("the harness's berth.toml does not enable [metrics]");
@@ -89,7 +85,9 @@ pub async fn endpoint_counts(ctx: &Ctx) -> Result<()> {
         "berth_containers",
         "berth_container_oom_kills_total",
     ] {
-        check(after.contains(&format!("\n# TYPE {fam} ")) || after.starts_with(&format!("# HELP {fam} ")), || format!("family {fam} has no TYPE line"))?;
+        check(after.contains(&format!("\n# TYPE {fam} ")) || after.starts_with(&format!("# HELP {fam} ")), || {
+            format!("family {fam} has no TYPE line")
+        })?;
     }
     let a = addr.clone();
     let r = tokio::task::spawn_blocking(move || crate::http::request(&a, "GET", "/nope", None, b"")).await??;
@@ -126,9 +124,15 @@ pub async fn pod_sandbox_metrics_cpu_grows(ctx: &Ctx) -> Result<()> {
         let id = ctx.start_container(&pod, "burn", &ctx.images.busybox, &["sh", "-c", "while :; do :; done"]).await?;
         ctx.wait_container_state(&id, cri::ContainerState::ContainerRunning, Duration::from_secs(30)).await?;
         let cpu_of = |all: &[cri::PodSandboxMetrics]| -> Result<(u64, Vec<cri::Metric>)> {
-            let p = all.iter().find(|p| p.pod_sandbox_id == pod.id).with_context(|| format!("pod {} not in ListPodSandboxMetrics", pod.id))?;
-            let c = p.container_metrics.iter().find(|c| c.container_id == id).with_context(|| format!("container {id} not in its pod's metrics"))?;
-            let cpu = c.metrics.iter().find(|m| m.name == "container_cpu_usage_seconds_total").context("no container_cpu_usage_seconds_total")?;
+            let p =
+                all.iter().find(|p| p.pod_sandbox_id == pod.id).with_context(|| format!("pod {} not in ListPodSandboxMetrics", pod.id))?;
+            let c = p
+                .container_metrics
+                .iter()
+                .find(|c| c.container_id == id)
+                .with_context(|| format!("container {id} not in its pod's metrics"))?;
+            let cpu =
+                c.metrics.iter().find(|m| m.name == "container_cpu_usage_seconds_total").context("no container_cpu_usage_seconds_total")?;
             check(cpu.metric_type == cri::MetricType::Counter as i32, || format!("cpu metric_type {}", cpu.metric_type))?;
             let mut all_metrics = c.metrics.clone();
             all_metrics.extend(p.metrics.iter().cloned());
@@ -151,22 +155,31 @@ pub async fn pod_sandbox_metrics_cpu_grows(ctx: &Ctx) -> Result<()> {
         let (b, metrics) = cpu_of(&second)?;
         eprintln!("note metrics_pod_sandbox_cpu_grows: cpu {a} -> {b} s, {} metrics", metrics.len());
         check(b > a, || format!("container_cpu_usage_seconds_total {a} -> {b} s after 2.5 s of spinning"))?;
-        let ws = metrics.iter().find(|m| m.name == "container_memory_working_set_bytes").context("no container_memory_working_set_bytes")?;
+        let ws =
+            metrics.iter().find(|m| m.name == "container_memory_working_set_bytes").context("no container_memory_working_set_bytes")?;
         check(metric_value(ws) > 0, || "container_memory_working_set_bytes is 0".to_string())?;
         for m in &metrics {
             let Some(d) = descs.iter().find(|d| d.name == m.name) else { bail!("metric {} has no descriptor", m.name) };
-            check(m.label_values.len() == d.label_keys.len(), || format!("{}: label values {:?} for keys {:?}", m.name, m.label_values, d.label_keys))?;
+            check(m.label_values.len() == d.label_keys.len(), || {
+                format!("{}: label values {:?} for keys {:?}", m.name, m.label_values, d.label_keys)
+            })?;
         }
         // The process metrics (berth; cAdvisor names), from /proc of the container's processes:
         // the spinning shell has a thread and its three standard descriptors.
         if ctx.kind == crate::daemon::TargetKind::Berth {
             let get = |n: &str| metrics.iter().find(|m| m.name == n).map(metric_value);
             check(get("container_threads").is_some_and(|t| t >= 1), || format!("container_threads {:?}", get("container_threads")))?;
-            check(get("container_file_descriptors").is_some_and(|f| f >= 3), || format!("container_file_descriptors {:?}", get("container_file_descriptors")))?;
+            check(get("container_file_descriptors").is_some_and(|f| f >= 3), || {
+                format!("container_file_descriptors {:?}", get("container_file_descriptors"))
+            })?;
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-            check(get("container_start_time_seconds").is_some_and(|t| t <= now && t + 600 > now), || format!("container_start_time_seconds {:?}, now {now}", get("container_start_time_seconds")))?;
+            check(get("container_start_time_seconds").is_some_and(|t| t <= now && t + 600 > now), || {
+                format!("container_start_time_seconds {:?}, now {now}", get("container_start_time_seconds"))
+            })?;
             let user = get("container_cpu_user_seconds_total").unwrap_or(0) + get("container_cpu_system_seconds_total").unwrap_or(0);
-            check(user >= 1, || "container_cpu_user_seconds_total + container_cpu_system_seconds_total is 0 after 2.5 s of spinning".to_string())?;
+            check(user >= 1, || {
+                "container_cpu_user_seconds_total + container_cpu_system_seconds_total is 0 after 2.5 s of spinning".to_string()
+            })?;
         }
         Ok(())
     }
@@ -221,8 +234,13 @@ const CADVISOR_SET: &[&str] = &[
     "container_threads",
     "container_threads_max",
 ];
-const OPTIONAL_VALUES: &[&str] =
-    &["container_blkio_device_usage_total", "container_fs_reads_bytes_total", "container_fs_reads_total", "container_fs_writes_bytes_total", "container_fs_writes_total"];
+const OPTIONAL_VALUES: &[&str] = &[
+    "container_blkio_device_usage_total",
+    "container_fs_reads_bytes_total",
+    "container_fs_reads_total",
+    "container_fs_writes_bytes_total",
+    "container_fs_writes_total",
+];
 
 /// The whole cAdvisor set critest checks, with real values: a container limited to 20% of a CPU
 /// and 64 MiB (swap limit 64 MiB) spins and writes ten files; every required name is described
@@ -271,8 +289,16 @@ pub async fn cadvisor_set_with_values(ctx: &Ctx) -> Result<()> {
             tokio::time::sleep(step).await;
             waited += step;
             let all = ctx.rt().list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {}).await?.into_inner().pod_metrics;
-            let p = all.into_iter().find(|p| p.pod_sandbox_id == pod.id).with_context(|| format!("pod {} not in ListPodSandboxMetrics", pod.id))?;
-            let c = p.container_metrics.iter().find(|c| c.container_id == id).cloned().with_context(|| format!("container {id} not in its pod's metrics"))?;
+            let p = all
+                .into_iter()
+                .find(|p| p.pod_sandbox_id == pod.id)
+                .with_context(|| format!("pod {} not in ListPodSandboxMetrics", pod.id))?;
+            let c = p
+                .container_metrics
+                .iter()
+                .find(|c| c.container_id == id)
+                .cloned()
+                .with_context(|| format!("container {id} not in its pod's metrics"))?;
             let value = |n: &str| c.metrics.iter().find(|m| m.name == n).map(metric_value).unwrap_or(0);
             let written = value("container_fs_usage_bytes") >= 256 << 10;
             if (written && waited >= Duration::from_millis(1500)) || tokio::time::Instant::now() >= deadline {
@@ -284,28 +310,49 @@ pub async fn cadvisor_set_with_values(ctx: &Ctx) -> Result<()> {
         check(not_sent.is_empty(), || format!("not sent for a running container: {not_sent:?}"))?;
         for m in &metrics {
             let Some(d) = descs.iter().find(|d| d.name == m.name) else { bail!("metric {} has no descriptor", m.name) };
-            check(m.label_values.len() == d.label_keys.len(), || format!("{}: label values {:?} for keys {:?}", m.name, m.label_values, d.label_keys))?;
+            check(m.label_values.len() == d.label_keys.len(), || {
+                format!("{}: label values {:?} for keys {:?}", m.name, m.label_values, d.label_keys)
+            })?;
         }
         let get = |n: &str| metrics.iter().find(|m| m.name == n).map(|m| metric_value(m)).unwrap_or(0);
         let figures = |names: &[&str]| names.iter().map(|n| format!("{n}={}", get(n))).collect::<Vec<_>>().join(" ");
         eprintln!(
             "note metrics_cadvisor_set_with_values: {}",
-            figures(&["container_cpu_cfs_periods_total", "container_cpu_cfs_throttled_periods_total", "container_spec_memory_swap_limit_bytes", "container_fs_usage_bytes", "container_threads_max"])
+            figures(&[
+                "container_cpu_cfs_periods_total",
+                "container_cpu_cfs_throttled_periods_total",
+                "container_spec_memory_swap_limit_bytes",
+                "container_fs_usage_bytes",
+                "container_threads_max"
+            ])
         );
         check(get("container_cpu_cfs_periods_total") >= 3 && get("container_cpu_cfs_throttled_periods_total") >= 1, || {
-            format!("a spinning container at 20% of a CPU for 1.5 s shows {}", figures(&["container_cpu_cfs_periods_total", "container_cpu_cfs_throttled_periods_total"]))
+            format!(
+                "a spinning container at 20% of a CPU for 1.5 s shows {}",
+                figures(&["container_cpu_cfs_periods_total", "container_cpu_cfs_throttled_periods_total"])
+            )
         })?;
         check(get("container_spec_memory_limit_bytes") == 64 << 20 && get("container_spec_cpu_period") == 100_000, || {
             figures(&["container_spec_memory_limit_bytes", "container_spec_cpu_period"])
         })?;
         let swap_limit = get("container_spec_memory_swap_limit_bytes");
-        check(swap_limit == 0 || swap_limit == 64 << 20, || format!("container_spec_memory_swap_limit_bytes {swap_limit}, expected 64 MiB (or 0 where the host cannot limit swap)"))?;
-        check(get("container_fs_usage_bytes") >= 256 << 10 && get("container_fs_inodes_total") > get("container_fs_inodes_free"), || {
-            format!("after writing 256 KiB: {}", figures(&["container_fs_usage_bytes", "container_fs_inodes_total", "container_fs_inodes_free", "container_fs_limit_bytes"]))
+        check(swap_limit == 0 || swap_limit == 64 << 20, || {
+            format!("container_spec_memory_swap_limit_bytes {swap_limit}, expected 64 MiB (or 0 where the host cannot limit swap)")
         })?;
-        let failures: Vec<&Vec<String>> = metrics.iter().filter(|m| m.name == "container_memory_failures_total").map(|m| &m.label_values).collect();
-        check(failures.len() == 4, || format!("container_memory_failures_total series {failures:?}, expected pgfault/pgmajfault x container/hierarchy"))?;
-        check(get("container_memory_max_usage_bytes") >= get("container_memory_usage_bytes"), || figures(&["container_memory_max_usage_bytes", "container_memory_usage_bytes"]))
+        check(get("container_fs_usage_bytes") >= 256 << 10 && get("container_fs_inodes_total") > get("container_fs_inodes_free"), || {
+            format!(
+                "after writing 256 KiB: {}",
+                figures(&["container_fs_usage_bytes", "container_fs_inodes_total", "container_fs_inodes_free", "container_fs_limit_bytes"])
+            )
+        })?;
+        let failures: Vec<&Vec<String>> =
+            metrics.iter().filter(|m| m.name == "container_memory_failures_total").map(|m| &m.label_values).collect();
+        check(failures.len() == 4, || {
+            format!("container_memory_failures_total series {failures:?}, expected pgfault/pgmajfault x container/hierarchy")
+        })?;
+        check(get("container_memory_max_usage_bytes") >= get("container_memory_usage_bytes"), || {
+            figures(&["container_memory_max_usage_bytes", "container_memory_usage_bytes"])
+        })
     }
     .await;
     ctx.remove_pod(&pod.id).await?;

@@ -13,10 +13,9 @@ macro_rules! case {
     };
 }
 
-
 mod authority;
-mod container;
 mod cgroupdriver;
+mod container;
 mod cri036;
 mod cstatus;
 mod errors;
@@ -42,7 +41,6 @@ mod stream_hostile;
 mod streaming;
 mod userns;
 pub(crate) mod util;
-
 
 /// Every case in run order: runtime info, images, pods, containers, exec, restart, leak checks.
 pub fn all() -> Vec<Case> {

@@ -12,7 +12,10 @@ use std::time::Duration;
 
 /// The cases of this module, in run order.
 pub fn cases() -> Vec<Case> {
-    vec![case!("namespaces_pid_ipc_modes", pid_ipc_modes), case!("namespaces_pod_pid_children_die_with_main", pod_pid_children_die_with_main)]
+    vec![
+        case!("namespaces_pid_ipc_modes", pid_ipc_modes),
+        case!("namespaces_pod_pid_children_die_with_main", pod_pid_children_die_with_main),
+    ]
 }
 
 /// Runs a container with `opts` in `pod` that prints its pid and ipc namespace links; returns
@@ -21,7 +24,10 @@ async fn links(ctx: &Ctx, pod: &Pod, name: &str, opts: Option<cri::NamespaceOpti
     let mut cfg = ctx.container_config(name, &ctx.images.busybox, &["sh", "-c", "readlink /proc/self/ns/pid; readlink /proc/self/ns/ipc"]);
     cfg.linux.get_or_insert_with(Default::default).security_context.get_or_insert_with(Default::default).namespace_options = opts;
     let id = ctx.create_with(pod, cfg).await?;
-    ctx.rt().start_container(cri::StartContainerRequest { container_id: id.clone() }).await.with_context(|| format!("StartContainer {name}"))?;
+    ctx.rt()
+        .start_container(cri::StartContainerRequest { container_id: id.clone() })
+        .await
+        .with_context(|| format!("StartContainer {name}"))?;
     let st = ctx.wait_container_state(&id, cri::ContainerState::ContainerExited, Duration::from_secs(60)).await?;
     let out: Vec<String> = read_log(pod, &st, 2).await?.into_iter().map(|l| l.text).collect();
     check(out.len() == 2, || format!("{name}: printed {out:?}, expected two namespace links"))?;
@@ -56,9 +62,13 @@ pub async fn pid_ipc_modes(ctx: &Ctx) -> Result<()> {
         removed?;
         check(a == b, || format!("two POD-mode containers are in different namespaces: {a:?} vs {b:?}"))?;
         check(a.0 != host_pid && a.1 != host_ipc, || format!("POD-mode namespaces {a:?} are the host's ({host_pid}, {host_ipc})"))?;
-        check(own.0 != a.0 && own.0 != host_pid, || format!("PID CONTAINER gave {} (pod {}, host {host_pid}): expected its own", own.0, a.0))?;
+        check(own.0 != a.0 && own.0 != host_pid, || {
+            format!("PID CONTAINER gave {} (pod {}, host {host_pid}): expected its own", own.0, a.0)
+        })?;
         check(own.1 == a.1, || format!("PID CONTAINER changed the IPC namespace: {} vs the pod's {}", own.1, a.1))?;
-        check(node == (host_pid.clone(), host_ipc.clone()), || format!("PID and IPC NODE gave {node:?}, expected the host's ({host_pid}, {host_ipc})"))?;
+        check(node == (host_pid.clone(), host_ipc.clone()), || {
+            format!("PID and IPC NODE gave {node:?}, expected the host's ({host_pid}, {host_ipc})")
+        })?;
         Ok::<_, anyhow::Error>(())
     }
     .await;

@@ -24,7 +24,9 @@ pub async fn oom_killed(ctx: &Ctx) -> Result<()> {
         ctx.rt().start_container(cri::StartContainerRequest { container_id: id.clone() }).await.context("StartContainer oom")?;
         let st = ctx.wait_container_state(&id, cri::ContainerState::ContainerExited, Duration::from_secs(120)).await?;
         eprintln!("note oom_killed: exit_code {} reason {:?} message {:?}", st.exit_code, st.reason, st.message);
-        check(st.reason == "OOMKilled", || format!("ContainerStatus reason {:?} (exit code {}), expected \"OOMKilled\"", st.reason, st.exit_code))?;
+        check(st.reason == "OOMKilled", || {
+            format!("ContainerStatus reason {:?} (exit code {}), expected \"OOMKilled\"", st.reason, st.exit_code)
+        })?;
         check(st.exit_code == 137, || format!("ContainerStatus exit_code {}, expected 137 (SIGKILL by the OOM killer)", st.exit_code))
     }
     .await;
@@ -62,7 +64,11 @@ pub async fn log_size_limit(ctx: &Ctx) -> Result<()> {
             for line in text.lines() {
                 let l = parse_log_line(line)?;
                 check(l.stream == "stdout" && l.tag == "F", || format!("record {line:?}: expected stdout F"))?;
-                let n: usize = l.text.strip_prefix("line ").and_then(|n| n.parse().ok()).with_context(|| format!("record {line:?}: expected `line N`"))?;
+                let n: usize = l
+                    .text
+                    .strip_prefix("line ")
+                    .and_then(|n| n.parse().ok())
+                    .with_context(|| format!("record {line:?}: expected `line N`"))?;
                 numbers.push(n);
             }
             check(numbers.last() == Some(&2999), || format!("last logged line {:?}, expected 2999", numbers.last()))?;

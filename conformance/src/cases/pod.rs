@@ -44,7 +44,9 @@ pub async fn run_status(ctx: &Ctx) -> Result<()> {
     let ip = st.network.as_ref().map(|n| n.ip.clone()).unwrap_or_default();
     check(ip.starts_with(SUBNET_PREFIX), || format!("pod IP {ip:?}, expected one in {SUBNET_PREFIX}0/24"))?;
     check(st.labels.get("app").map(String::as_str) == Some("web"), || format!("labels {:?} lack app=web", st.labels))?;
-    check(st.annotations.get("example.com/note").map(String::as_str) == Some("kept"), || format!("annotations {:?} lack example.com/note=kept", st.annotations))?;
+    check(st.annotations.get("example.com/note").map(String::as_str) == Some("kept"), || {
+        format!("annotations {:?} lack example.com/note=kept", st.annotations)
+    })?;
     check(st.metadata == cfg.metadata, || format!("metadata {:?}, expected {:?}", st.metadata, cfg.metadata))?;
     check(st.created_at > 0, || "created_at is 0".into())?;
     ctx.remove_pod(&pod.id).await?;
@@ -62,8 +64,11 @@ pub async fn list_filters(ctx: &Ctx) -> Result<()> {
     check(by_id == vec![a.id.clone()], || format!("filter id={}: got {by_id:?}", a.id))?;
     let sel = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>();
     let both = list(ctx, cri::PodSandboxFilter { label_selector: sel(&[("group", &group)]), ..Default::default() }).await?;
-    check(both.len() == 2 && both.contains(&a.id) && both.contains(&b.id), || format!("filter group={group}: got {both:?}, expected a and b"))?;
-    let only_b = list(ctx, cri::PodSandboxFilter { label_selector: sel(&[("group", &group), ("which", "b")]), ..Default::default() }).await?;
+    check(both.len() == 2 && both.contains(&a.id) && both.contains(&b.id), || {
+        format!("filter group={group}: got {both:?}, expected a and b")
+    })?;
+    let only_b =
+        list(ctx, cri::PodSandboxFilter { label_selector: sel(&[("group", &group), ("which", "b")]), ..Default::default() }).await?;
     check(only_b == vec![b.id.clone()], || format!("filter group+which=b: got {only_b:?}, expected [{}]", b.id))?;
     let ready = |s: cri::PodSandboxState| cri::PodSandboxFilter {
         state: Some(cri::PodSandboxStateValue { state: s as i32 }),
@@ -119,14 +124,20 @@ pub async fn stop_remove_with_running(ctx: &Ctx) -> Result<()> {
     ctx.wait_container_state(&c1, cri::ContainerState::ContainerRunning, Duration::from_secs(30)).await?;
     ctx.rt().stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.id.clone() }).await.context("StopPodSandbox")?;
     let st = ctx.container_status(&c1).await?;
-    check(st.state == cri::ContainerState::ContainerExited as i32, || format!("after StopPodSandbox container {c1} is {}", crate::ctx::state_name(st.state)))?;
+    check(st.state == cri::ContainerState::ContainerExited as i32, || {
+        format!("after StopPodSandbox container {c1} is {}", crate::ctx::state_name(st.state))
+    })?;
     let ps = pod_status(ctx, &pod.id).await?;
-    check(ps.state == cri::PodSandboxState::SandboxNotready as i32, || format!("after StopPodSandbox pod state {}, expected NOTREADY", ps.state))?;
+    check(ps.state == cri::PodSandboxState::SandboxNotready as i32, || {
+        format!("after StopPodSandbox pod state {}, expected NOTREADY", ps.state)
+    })?;
     ctx.rt().remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.id.clone() }).await.context("RemovePodSandbox")?;
     check(ctx.container_status(&c1).await.is_err(), || format!("ContainerStatus {c1} still answers after RemovePodSandbox"))?;
     let left = ctx
         .rt()
-        .list_containers(cri::ListContainersRequest { filter: Some(cri::ContainerFilter { pod_sandbox_id: pod.id.clone(), ..Default::default() }) })
+        .list_containers(cri::ListContainersRequest {
+            filter: Some(cri::ContainerFilter { pod_sandbox_id: pod.id.clone(), ..Default::default() }),
+        })
         .await?
         .into_inner()
         .containers;

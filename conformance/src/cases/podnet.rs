@@ -62,13 +62,17 @@ async fn host_network_checks(ctx: &Ctx, pod: &Pod) -> Result<()> {
         .into_inner()
         .status
         .context("PodSandboxStatus: no status")?;
-    check(st.state == cri::PodSandboxState::SandboxReady as i32, || format!("host network pod state {}, expected SANDBOX_READY", st.state))?;
+    check(st.state == cri::PodSandboxState::SandboxReady as i32, || {
+        format!("host network pod state {}, expected SANDBOX_READY", st.state)
+    })?;
     let ns = st.linux.as_ref().and_then(|l| l.namespaces.as_ref()).and_then(|n| n.options.as_ref()).map(|o| o.network);
     eprintln!("note host_network_pod: PodSandboxStatus.network {:?}, linux.namespaces.options.network {ns:?}", st.network);
     let id = sleeper(ctx, pod, "hostnet").await?;
     let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").context("read the host's hostname")?.trim().to_string();
     let got = exec_ok(ctx, &id, &["hostname"]).await?;
-    check(got.trim() == host_name, || format!("`hostname` in a host network pod printed {:?}, expected the node's {host_name:?}", got.trim()))?;
+    check(got.trim() == host_name, || {
+        format!("`hostname` in a host network pod printed {:?}, expected the node's {host_name:?}", got.trim())
+    })?;
     let host_net = std::fs::read_link("/proc/self/ns/net").context("readlink the host's /proc/self/ns/net")?.display().to_string();
     let got = exec_ok(ctx, &id, &["readlink", "/proc/self/ns/net"]).await?;
     check(got.trim() == host_net, || format!("container network namespace {:?}, expected the host's {host_net:?}", got.trim()))?;

@@ -21,7 +21,9 @@ pub async fn keeps_containers(ctx: &Ctx) -> Result<()> {
     tokio::time::sleep(Duration::from_secs(5)).await;
     ctx.start_daemon().await.context("start the daemon again")?;
     let st = ctx.container_status(&long).await?;
-    check(st.state == cri::ContainerState::ContainerRunning as i32, || format!("after restart `long` is {}, expected RUNNING", state_name(st.state)))?;
+    check(st.state == cri::ContainerState::ContainerRunning as i32, || {
+        format!("after restart `long` is {}, expected RUNNING", state_name(st.state))
+    })?;
     let st = ctx.wait_container_state(&short, cri::ContainerState::ContainerExited, Duration::from_secs(10)).await?;
     check(st.exit_code == 5, || format!("`short` exited during downtime: exit_code {}, expected 5", st.exit_code))?;
     let r = ctx.exec(&long, &["true"], 10).await?;
@@ -47,7 +49,9 @@ pub async fn keeps_containers(ctx: &Ctx) -> Result<()> {
 /// bindings (cri-api v0.32 before issue #9), so this is what "old records still load" means.
 pub async fn upgrade_keeps_records(ctx: &Ctx) -> Result<()> {
     let Some(old) = std::env::var_os("CRI_UPGRADE_FROM") else {
-        return skip("set CRI_UPGRADE_FROM to an older berth binary to test an upgrade (not BERTH_*: berth reads every BERTH_* variable as config)");
+        return skip(
+            "set CRI_UPGRADE_FROM to an older berth binary to test an upgrade (not BERTH_*: berth reads every BERTH_* variable as config)",
+        );
     };
     if ctx.kind != crate::daemon::TargetKind::Berth {
         return skip("an upgrade of berth");
@@ -74,8 +78,11 @@ pub async fn upgrade_keeps_records(ctx: &Ctx) -> Result<()> {
     })?;
     let r = ctx.exec(&id, &["sh", "-c", "echo $UPGRADE"], 10).await?;
     check(r.stdout == b"from old\n", || format!("env after the upgrade: {:?}", String::from_utf8_lossy(&r.stdout)))?;
-    let ps = ctx.rt().pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.id.clone(), verbose: false }).await?.into_inner();
-    check(ps.status.is_some_and(|s| s.state == cri::PodSandboxState::SandboxReady as i32), || "the pod is not READY after the upgrade".into())?;
+    let ps =
+        ctx.rt().pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.id.clone(), verbose: false }).await?.into_inner();
+    check(ps.status.is_some_and(|s| s.state == cri::PodSandboxState::SandboxReady as i32), || {
+        "the pod is not READY after the upgrade".into()
+    })?;
     ctx.remove_pod(&pod.id).await
 }
 
@@ -86,7 +93,9 @@ pub async fn upgrade_keeps_records(ctx: &Ctx) -> Result<()> {
 /// `NOTIFY_SOCKET` in its environment (issue #10 item 4).
 pub async fn sd_notify_ready(ctx: &Ctx) -> Result<()> {
     if ctx.kind != crate::daemon::TargetKind::Berth {
-        return skip("sd_notify is berth's start-up protocol here (containerd's unit is Type=notify too, but the harness starts it directly)");
+        return skip(
+            "sd_notify is berth's start-up protocol here (containerd's unit is Type=notify too, but the harness starts it directly)",
+        );
     }
     let sock_path = ctx.tmp.join("notify.sock");
     let _ = std::fs::remove_file(&sock_path);
@@ -143,7 +152,8 @@ pub async fn refuses_chroot(ctx: &Ctx) -> Result<()> {
     let bin = crate::daemon::berth_binary();
     // The chroot is a fresh rbind of / in a private mount namespace; the script unmounts and
     // removes it whatever berth does, and a berth that serves is killed after 20 s.
-    let script = r#"d=$(mktemp -d) && mount --rbind / "$d" && { timeout -s KILL 20 chroot "$d" "$@"; s=$?; umount -R "$d"; rmdir "$d"; exit $s; }"#;
+    let script =
+        r#"d=$(mktemp -d) && mount --rbind / "$d" && { timeout -s KILL 20 chroot "$d" "$@"; s=$?; umount -R "$d"; rmdir "$d"; exit $s; }"#;
     let out = tokio::task::spawn_blocking({
         let (socket, root, run_root, config) = (socket.clone(), root.clone(), run_root.clone(), ctx.tmp.join("berth.toml"));
         move || {

@@ -25,7 +25,10 @@ async fn run_sc(ctx: &Ctx, name: &str, pod_privileged: bool, sc: Sc, script: &st
         let mut cfg = ctx.container_config(name, &ctx.images.busybox, &["sh", "-c", script]);
         cfg.linux.get_or_insert_with(Default::default).security_context = Some(sc);
         let id = ctx.create_with(&pod, cfg).await?;
-        ctx.rt().start_container(cri::StartContainerRequest { container_id: id.clone() }).await.with_context(|| format!("StartContainer {name}"))?;
+        ctx.rt()
+            .start_container(cri::StartContainerRequest { container_id: id.clone() })
+            .await
+            .with_context(|| format!("StartContainer {name}"))?;
         let st = ctx.wait_container_state(&id, cri::ContainerState::ContainerExited, Duration::from_secs(60)).await?;
         let lines = read_log(&pod, &st, 0).await?;
         let out: Vec<String> = lines.into_iter().filter(|l| l.stream == "stdout").map(|l| l.text).collect();
@@ -131,11 +134,17 @@ async fn refused(ctx: &Ctx, name: &str, sc: Sc, named: &str) -> Result<()> {
     ctx.ensure_image(&ctx.images.busybox).await?;
     let r = ctx
         .rt()
-        .create_container(cri::CreateContainerRequest { pod_sandbox_id: pod.id.clone(), config: Some(cfg), sandbox_config: Some(pod.config.clone()) })
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.id.clone(),
+            config: Some(cfg),
+            sandbox_config: Some(pod.config.clone()),
+        })
         .await;
     let listed = ctx
         .rt()
-        .list_containers(cri::ListContainersRequest { filter: Some(cri::ContainerFilter { pod_sandbox_id: pod.id.clone(), ..Default::default() }) })
+        .list_containers(cri::ListContainersRequest {
+            filter: Some(cri::ContainerFilter { pod_sandbox_id: pod.id.clone(), ..Default::default() }),
+        })
         .await
         .context("ListContainers")?
         .into_inner()
@@ -146,7 +155,9 @@ async fn refused(ctx: &Ctx, name: &str, sc: Sc, named: &str) -> Result<()> {
         Err(s) => {
             eprintln!("note security_{name}: code {:?}: {}", s.code(), s.message());
             if ctx.kind == TargetKind::Berth {
-                check(s.code() == tonic::Code::InvalidArgument, || format!("code {:?} ({}), expected InvalidArgument", s.code(), s.message()))?;
+                check(s.code() == tonic::Code::InvalidArgument, || {
+                    format!("code {:?} ({}), expected InvalidArgument", s.code(), s.message())
+                })?;
                 check(s.message().contains(named), || format!("message {:?} does not name {named}", s.message()))?;
             }
         }
@@ -162,7 +173,8 @@ pub async fn no_new_privs(ctx: &Ctx) -> Result<()> {
 
 /// capabilities drop ALL + add NET_BIND_SERVICE: `CapEff` is exactly bit 10.
 pub async fn caps_drop_all_add_one(ctx: &Ctx) -> Result<()> {
-    let caps = cri::Capability { add_capabilities: vec!["NET_BIND_SERVICE".into()], drop_capabilities: vec!["ALL".into()], ..Default::default() };
+    let caps =
+        cri::Capability { add_capabilities: vec!["NET_BIND_SERVICE".into()], drop_capabilities: vec!["ALL".into()], ..Default::default() };
     let sc = Sc { capabilities: Some(caps), ..Default::default() };
     expect_output(ctx, "caps", false, sc, &status_field("CapEff"), &["0000000000000400"]).await.map(|_| ())
 }
@@ -213,7 +225,9 @@ pub async fn status_user(ctx: &Ctx) -> Result<()> {
     ctx.remove_pod(&pod.id).await?;
     let Some(u) = st.user.and_then(|u| u.linux) else { return skip("ContainerStatus.user is not reported by this runtime") };
     check(u.uid == 1000 && u.gid == 3000, || format!("user uid {} gid {}, expected 1000/3000", u.uid, u.gid))?;
-    check(u.supplemental_groups.contains(&4000) && u.supplemental_groups.contains(&3000), || format!("supplemental_groups {:?}, expected 3000 and 4000", u.supplemental_groups))
+    check(u.supplemental_groups.contains(&4000) && u.supplemental_groups.contains(&3000), || {
+        format!("supplemental_groups {:?}, expected 3000 and 4000", u.supplemental_groups)
+    })
 }
 
 /// readonly_paths from the request replace the defaults: `/etc` listed is read-only; without
@@ -234,7 +248,8 @@ pub async fn readonly_paths(ctx: &Ctx) -> Result<()> {
 pub async fn default_masks_and_privileged_none(ctx: &Ctx) -> Result<()> {
     let script = "awk '$5==\"/proc/keys\"{m=1} $5==\"/sys\"{split($6,o,\",\"); s=o[1]} END{print (m?\"keys-masked\":\"keys-open\"); print \"sys-\" s}' /proc/self/mountinfo";
     // Kubelet sends the default list explicitly; berth also applies it when the list is empty.
-    let defaults = if ctx.kind == TargetKind::Berth { Sc::default() } else { Sc { masked_paths: vec!["/proc/keys".into()], ..Default::default() } };
+    let defaults =
+        if ctx.kind == TargetKind::Berth { Sc::default() } else { Sc { masked_paths: vec!["/proc/keys".into()], ..Default::default() } };
     expect_output(ctx, "masks-default", false, defaults, script, &["keys-masked", "sys-ro"]).await?;
     let sc = Sc { privileged: true, ..Default::default() };
     expect_output(ctx, "masks-privileged", true, sc, script, &["keys-open", "sys-rw"]).await.map(|_| ())
@@ -247,7 +262,8 @@ pub async fn run_as_username(ctx: &Ctx) -> Result<()> {
     let r = async {
         let mk = |name: &str, user: &str| {
             let mut cfg = ctx.container_config(name, &ctx.images.user, &["sh", "-c", "id -u; id -g"]);
-            cfg.linux.get_or_insert_with(Default::default).security_context = Some(Sc { run_as_username: user.into(), ..Default::default() });
+            cfg.linux.get_or_insert_with(Default::default).security_context =
+                Some(Sc { run_as_username: user.into(), ..Default::default() });
             cfg
         };
         let id = ctx.create_with(&pod, mk("nobody", "nobody")).await?;

@@ -27,7 +27,10 @@ async fn running(ctx: &Ctx, pod: &Pod, name: &str, cmd: &[&str], labels: &[(&str
     let mut cfg = ctx.container_config(name, &ctx.images.busybox, cmd);
     cfg.labels.extend(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let id = ctx.create_with(pod, cfg).await?;
-    ctx.rt().start_container(cri::StartContainerRequest { container_id: id.clone() }).await.with_context(|| format!("StartContainer {name}"))?;
+    ctx.rt()
+        .start_container(cri::StartContainerRequest { container_id: id.clone() })
+        .await
+        .with_context(|| format!("StartContainer {name}"))?;
     ctx.wait_container_state(&id, cri::ContainerState::ContainerRunning, Duration::from_secs(30)).await?;
     Ok(id)
 }
@@ -49,7 +52,11 @@ pub async fn cpu_moves(ctx: &Ctx) -> Result<()> {
         check(attrs.metadata.as_ref().map(|m| m.name.as_str()) == Some("burn"), || format!("attributes.metadata {:?}", attrs.metadata))?;
         let (ca, cb) = (a.cpu.context("first stats: cpu missing")?, b.cpu.context("second stats: cpu missing")?);
         let (ua, ub) = (val(&ca.usage_core_nano_seconds).unwrap_or(0), val(&cb.usage_core_nano_seconds).unwrap_or(0));
-        eprintln!("note stats_cpu_moves: usage {ua} -> {ub} ns, nano_cores {:?} -> {:?}", val(&ca.usage_nano_cores), val(&cb.usage_nano_cores));
+        eprintln!(
+            "note stats_cpu_moves: usage {ua} -> {ub} ns, nano_cores {:?} -> {:?}",
+            val(&ca.usage_nano_cores),
+            val(&cb.usage_nano_cores)
+        );
         check(ub > ua + 500_000_000, || format!("usage_core_nano_seconds {ua} -> {ub}: expected > 0.5 s of CPU in 1.5 s of spinning"))?;
         check(cb.timestamp > ca.timestamp, || format!("cpu.timestamp {} -> {}", ca.timestamp, cb.timestamp))?;
         let cores = val(&cb.usage_nano_cores).unwrap_or(0);
@@ -58,7 +65,9 @@ pub async fn cpu_moves(ctx: &Ctx) -> Result<()> {
         check(val(&mem.working_set_bytes).unwrap_or(0) > 0, || format!("memory.working_set_bytes {:?}", mem.working_set_bytes))?;
         let wl = b.writable_layer.as_ref().context("stats.writable_layer missing")?;
         eprintln!("note stats_cpu_moves: writable_layer bytes {:?} inodes {:?}", val(&wl.used_bytes), val(&wl.inodes_used));
-        check(ctx.kind != TargetKind::Berth || val(&wl.inodes_used).unwrap_or(0) >= 1, || format!("writable_layer.inodes_used {:?}", wl.inodes_used))
+        check(ctx.kind != TargetKind::Berth || val(&wl.inodes_used).unwrap_or(0) >= 1, || {
+            format!("writable_layer.inodes_used {:?}", wl.inodes_used)
+        })
     }
     .await;
     ctx.remove_pod(&pod.id).await?;
@@ -78,7 +87,9 @@ pub async fn memory_grows(ctx: &Ctx) -> Result<()> {
         let after_stats = container_stats(ctx, &id).await?;
         let after = ws(&after_stats);
         eprintln!("note stats_memory_grows: working set {before} -> {after} bytes; memory {:?}", after_stats.memory);
-        check(after >= before + (48 << 20), || format!("working_set_bytes {before} -> {after}: expected +48 MiB after a 64 MiB /dev/shm write"))?;
+        check(after >= before + (48 << 20), || {
+            format!("working_set_bytes {before} -> {after}: expected +48 MiB after a 64 MiB /dev/shm write")
+        })?;
         let m = after_stats.memory.as_ref().context("memory missing")?;
         check(val(&m.usage_bytes).unwrap_or(0) >= after, || format!("usage_bytes {:?} < working set {after}", m.usage_bytes))
     }
@@ -126,7 +137,9 @@ pub async fn list_filters(ctx: &Ctx) -> Result<()> {
             v
         };
         let all = list(Default::default()).await?;
-        check(all.contains(&a1) && all.contains(&a2) && all.contains(&b1), || format!("unfiltered list {all:?} lacks one of {a1} {a2} {b1}"))?;
+        check(all.contains(&a1) && all.contains(&a2) && all.contains(&b1), || {
+            format!("unfiltered list {all:?} lacks one of {a1} {a2} {b1}")
+        })?;
         if !done.is_empty() && all.contains(&done) {
             eprintln!("note stats_list_filters: exited container {done} is listed with stats by this runtime");
             check(ctx.kind != TargetKind::Berth, || format!("exited container {done} has stats"))?;
@@ -191,9 +204,14 @@ pub async fn pod_stats_network(ctx: &Ctx) -> Result<()> {
         let net = linux.network.as_ref().context("linux.network missing")?;
         let eth0 = net.interfaces.iter().find(|i| i.name == "eth0").with_context(|| format!("no eth0 in {:?}", net.interfaces))?;
         check(val(&eth0.rx_bytes).unwrap_or(0) > 0 && val(&eth0.tx_bytes).unwrap_or(0) > 0, || format!("eth0 counters {eth0:?}"))?;
-        check(net.default_interface.as_ref().map(|i| i.name.as_str()) == Some("eth0"), || format!("default_interface {:?}", net.default_interface))?;
+        check(net.default_interface.as_ref().map(|i| i.name.as_str()) == Some("eth0"), || {
+            format!("default_interface {:?}", net.default_interface)
+        })?;
         check(linux.containers.iter().any(|c| c.attributes.as_ref().map(|a| a.id.as_str()) == Some(id.as_str())), || {
-            format!("containers {:?} lack {id}", linux.containers.iter().map(|c| c.attributes.as_ref().map(|a| a.id.clone())).collect::<Vec<_>>())
+            format!(
+                "containers {:?} lack {id}",
+                linux.containers.iter().map(|c| c.attributes.as_ref().map(|a| a.id.clone())).collect::<Vec<_>>()
+            )
         })?;
         check(linux.cpu.as_ref().and_then(|c| val(&c.usage_core_nano_seconds)).unwrap_or(0) > 0, || format!("cpu {:?}", linux.cpu))?;
         check(linux.memory.as_ref().and_then(|m| val(&m.working_set_bytes)).unwrap_or(0) > 0, || format!("memory {:?}", linux.memory))?;
@@ -201,7 +219,9 @@ pub async fn pod_stats_network(ctx: &Ctx) -> Result<()> {
         check(procs >= 1, || format!("process_count {procs}"))?;
         let listed = ctx
             .rt()
-            .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest { filter: Some(cri::PodSandboxStatsFilter { id: b.id.clone(), ..Default::default() }) })
+            .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest {
+                filter: Some(cri::PodSandboxStatsFilter { id: b.id.clone(), ..Default::default() }),
+            })
             .await
             .context("ListPodSandboxStats")?
             .into_inner()
@@ -278,7 +298,9 @@ pub async fn stats_match_kernel_v2(ctx: &Ctx) -> Result<()> {
         let read = |f: &str| std::fs::read_to_string(dir.join(f)).with_context(|| format!("{}/{f}", dir.display()));
         let s = container_stats(ctx, &id).await?;
         let current: u64 = read("memory.current")?.trim().parse()?;
-        let cpu_after = read("cpu.stat")?.lines().find_map(|l| l.strip_prefix("usage_usec ")).context("cpu.stat usage_usec")?.trim().parse::<u64>()? * 1000;
+        let cpu_after =
+            read("cpu.stat")?.lines().find_map(|l| l.strip_prefix("usage_usec ")).context("cpu.stat usage_usec")?.trim().parse::<u64>()?
+                * 1000;
         let mem = s.memory.as_ref().and_then(|m| val(&m.usage_bytes)).context("no memory.usage_bytes")?;
         check(mem.abs_diff(current) <= 1 << 20, || format!("memory usage {mem}, kernel's memory.current {current}"))?;
         let cpu = s.cpu.as_ref().and_then(|c| val(&c.usage_core_nano_seconds)).context("no cpu.usage_core_nano_seconds")?;

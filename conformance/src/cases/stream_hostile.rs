@@ -8,10 +8,10 @@ use crate::ctx::{skip, Ctx};
 use crate::daemon::TargetKind;
 use crate::stream_client::{self as sc, Session, Transport};
 use anyhow::{bail, Context, Result};
+use berth::cri::v1 as cri;
 use berth::streaming::client as up;
 use berth::streaming::spdy::frame::{self, Frame};
 use berth::streaming::spdy::header::HeaderCompressor;
-use berth::cri::v1 as cri;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -52,7 +52,9 @@ async fn wait_end(tcp: &mut TcpStream, spdy: bool, what: &str) -> Result<End> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let n = match tokio::time::timeout(left, tcp.read(&mut chunk)).await {
-            Err(_) => bail!("{what}: the server neither closed the connection nor sent RST_STREAM/GOAWAY within {END_LIMIT:?} (frames seen: {seen:?})"),
+            Err(_) => bail!(
+                "{what}: the server neither closed the connection nor sent RST_STREAM/GOAWAY within {END_LIMIT:?} (frames seen: {seen:?})"
+            ),
             Ok(Err(_)) | Ok(Ok(0)) => return Ok(End::Closed(seen)),
             Ok(Ok(n)) => n,
         };
@@ -100,7 +102,11 @@ fn spdy_inputs() -> Result<Vec<(&'static str, Vec<u8>, bool)>> {
     v.push(("truncated frame header", vec![0x80, 0x03, 0x00], true));
     // A header block that is not zlib at all, and one that is zlib with a wrong dictionary id.
     v.push(("SYN_STREAM with a non-zlib header block", encode(&syn_stream(1, b"this is not zlib data at all".to_vec()))?, false));
-    v.push(("SYN_STREAM with a wrong zlib dictionary", encode(&syn_stream(1, vec![0x78, 0xbb, 0x12, 0x34, 0x56, 0x78, 0x01, 0x02]))?, false));
+    v.push((
+        "SYN_STREAM with a wrong zlib dictionary",
+        encode(&syn_stream(1, vec![0x78, 0xbb, 0x12, 0x34, 0x56, 0x78, 0x01, 0x02]))?,
+        false,
+    ));
     // Zip bomb: one 64 MiB header value, about 64 KiB compressed.
     let bomb = HeaderCompressor::new()?.compress(&[("streamtype".into(), "a".repeat(64 << 20))])?;
     v.push(("SYN_STREAM with a 64 MiB zip-bomb header block", encode(&syn_stream(1, bomb))?, false));
@@ -142,15 +148,26 @@ fn monitors(ctx: &Ctx) -> Vec<i32> {
 }
 
 async fn exec_url(ctx: &Ctx, id: &str) -> Result<String> {
-    let req = cri::ExecRequest { container_id: id.into(), cmd: vec!["echo".into(), "ok".into()], tty: false, stdin: false, stdout: true, stderr: true };
+    let req = cri::ExecRequest {
+        container_id: id.into(),
+        cmd: vec!["echo".into(), "ok".into()],
+        tty: false,
+        stdin: false,
+        stdout: true,
+        stderr: true,
+    };
     Ok(ctx.rt().exec(req).await.context("Exec")?.into_inner().url)
 }
 
 /// A normal exec over SPDY v4 must still print `ok` and exit 0.
 async fn normal_exec(ctx: &Ctx, id: &str) -> Result<()> {
     let url = exec_url(ctx, id).await?;
-    let o = sc::remotecommand(&url, Transport::Spdy("v4.channel.k8s.io"), &Session { stderr: true, ..Default::default() }).await.context("normal exec")?;
-    check(o.stdout == b"ok\n" && o.exit_code()? == 0, || format!("normal exec: stdout {:?}, status {:?}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.error)))
+    let o = sc::remotecommand(&url, Transport::Spdy("v4.channel.k8s.io"), &Session { stderr: true, ..Default::default() })
+        .await
+        .context("normal exec")?;
+    check(o.stdout == b"ok\n" && o.exit_code()? == 0, || {
+        format!("normal exec: stdout {:?}, status {:?}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.error))
+    })
 }
 
 /// One round: garbage HTTP, then every SPDY input on its own freshly upgraded connection.
@@ -178,10 +195,11 @@ async fn round(ctx: &Ctx, id: &str, log: &mut Vec<String>) -> Result<()> {
             continue;
         }
         let url = exec_url(ctx, id).await?;
-        let mut tcp = up::upgrade(&url, &[("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1"), ("X-Stream-Protocol-Version", "v4.channel.k8s.io")])
-            .await
-            .with_context(|| format!("{name}: upgrade"))?
-            .tcp;
+        let mut tcp =
+            up::upgrade(&url, &[("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1"), ("X-Stream-Protocol-Version", "v4.channel.k8s.io")])
+                .await
+                .with_context(|| format!("{name}: upgrade"))?
+                .tcp;
         let _ = tcp.write_all(&bytes).await;
         if fin {
             let _ = tcp.shutdown().await;
@@ -222,7 +240,14 @@ pub async fn hostile_input(ctx: &Ctx) -> Result<()> {
         eprintln!("note: {l}");
     }
     eprintln!("note: daemon VmRSS {rss_before} KiB before rounds 2..{ROUNDS}, {rss_after} KiB after");
-    check(rss_after <= rss_before + RSS_SLACK_KIB, || format!("daemon VmRSS grew from {rss_before} KiB to {rss_after} KiB over {} hostile rounds (limit +{RSS_SLACK_KIB} KiB)", ROUNDS - 1))?;
-    check(monitors_after <= monitors_before, || format!("{monitors_before} berth-monitor processes before the hostile rounds, {monitors_after} after (exec sessions left behind)"))?;
+    check(rss_after <= rss_before + RSS_SLACK_KIB, || {
+        format!(
+            "daemon VmRSS grew from {rss_before} KiB to {rss_after} KiB over {} hostile rounds (limit +{RSS_SLACK_KIB} KiB)",
+            ROUNDS - 1
+        )
+    })?;
+    check(monitors_after <= monitors_before, || {
+        format!("{monitors_before} berth-monitor processes before the hostile rounds, {monitors_after} after (exec sessions left behind)")
+    })?;
     ctx.remove_pod(&pod.id).await
 }

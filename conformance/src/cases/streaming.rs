@@ -130,7 +130,9 @@ pub async fn attach_output(ctx: &Ctx) -> Result<()> {
             return skip("Attach is Unimplemented on this runtime");
         };
         let Some(o) = session(ctx, &resp.into_inner().url, t, &Session { stderr: true, ..Default::default() }).await? else { continue };
-        check(String::from_utf8_lossy(&o.stdout).contains("attached-output"), || format!("{t:?}: attach stdout {:?}", String::from_utf8_lossy(&o.stdout)))?;
+        check(String::from_utf8_lossy(&o.stdout).contains("attached-output"), || {
+            format!("{t:?}: attach stdout {:?}", String::from_utf8_lossy(&o.stdout))
+        })?;
     }
     ctx.remove_pod(&pod.id).await
 }
@@ -140,7 +142,12 @@ pub async fn attach_output(ctx: &Ctx) -> Result<()> {
 pub async fn port_forward(ctx: &Ctx) -> Result<()> {
     let pod = ctx.run_pod("stream-pf").await?;
     let id = ctx
-        .start_container(&pod, "httpd", &ctx.images.busybox, &["sh", "-c", "mkdir -p /tmp/www && echo hello-pf > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"])
+        .start_container(
+            &pod,
+            "httpd",
+            &ctx.images.busybox,
+            &["sh", "-c", "mkdir -p /tmp/www && echo hello-pf > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"],
+        )
         .await?;
     ctx.wait_container_state(&id, cri::ContainerState::ContainerRunning, Duration::from_secs(30)).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -150,7 +157,9 @@ pub async fn port_forward(ctx: &Ctx) -> Result<()> {
             ctx.remove_pod(&pod.id).await?;
             return skip("PortForward is Unimplemented on this runtime");
         };
-        let (got, err) = sc::port_forward(&resp.into_inner().url, t, 8080, b"GET /index.html HTTP/1.0\r\n\r\n").await.with_context(|| format!("{t:?}"))?;
+        let (got, err) = sc::port_forward(&resp.into_inner().url, t, 8080, b"GET /index.html HTTP/1.0\r\n\r\n")
+            .await
+            .with_context(|| format!("{t:?}"))?;
         let text = String::from_utf8_lossy(&got);
         check(text.contains("200") && text.contains("hello-pf"), || format!("{t:?}: response {text:?}, error {err:?}"))?;
     }
@@ -191,7 +200,9 @@ fn sha256_hex(b: &[u8]) -> String {
 /// running `script` (sh, stdin/stdout = the connection). Returns (pod, container id).
 pub(crate) async fn nc_server(ctx: &Ctx, name: &str, port: u16, script: &str) -> Result<(Pod, String)> {
     let pod = ctx.run_pod(name).await?;
-    let cmd = format!("printf '#!/bin/sh\\n%s\\n' '{script}' > /tmp/serve.sh && chmod +x /tmp/serve.sh && exec nc -ll -p {port} -e /tmp/serve.sh");
+    let cmd = format!(
+        "printf '#!/bin/sh\\n%s\\n' '{script}' > /tmp/serve.sh && chmod +x /tmp/serve.sh && exec nc -ll -p {port} -e /tmp/serve.sh"
+    );
     let id = ctx.start_container(&pod, "nc", &ctx.images.busybox, &["sh", "-c", &cmd]).await?;
     ctx.wait_container_state(&id, cri::ContainerState::ContainerRunning, Duration::from_secs(30)).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -205,7 +216,16 @@ fn check_echoes(what: &str, payloads: &[Vec<u8>], got: &[sc::Forwarded]) -> Resu
         .zip(got)
         .enumerate()
         .filter(|(_, (p, g))| p.len() != g.received.len() || sha256_hex(p) != sha256_hex(&g.received))
-        .map(|(i, (p, g))| format!("#{i}: sent {} B sha256 {:.12}, got {} B sha256 {:.12}, error {:?}", p.len(), sha256_hex(p), g.received.len(), sha256_hex(&g.received), g.error))
+        .map(|(i, (p, g))| {
+            format!(
+                "#{i}: sent {} B sha256 {:.12}, got {} B sha256 {:.12}, error {:?}",
+                p.len(),
+                sha256_hex(p),
+                g.received.len(),
+                sha256_hex(&g.received),
+                g.error
+            )
+        })
         .collect();
     check(bad.is_empty(), || format!("{what}: {} of {} connections differ: {}", bad.len(), payloads.len(), bad.join("; ")))
 }
@@ -230,7 +250,9 @@ pub async fn port_forward_parallel(ctx: &Ctx) -> Result<()> {
     let limit = Duration::from_secs(90);
     let payloads: Vec<Vec<u8>> = (0..PF_PARALLEL).map(|i| pattern(i as u64 + 1, PF_PAYLOAD)).collect();
     let t = std::time::Instant::now();
-    let got = sc::port_forward_spdy_parallel(&url, "portforward.k8s.io", 8080, payloads.clone(), limit, true).await.context("SPDY port-forward")?;
+    let got = sc::port_forward_spdy_parallel(&url, "portforward.k8s.io", 8080, payloads.clone(), limit, true)
+        .await
+        .context("SPDY port-forward")?;
     eprintln!("note: {PF_PARALLEL} x 10 MiB each way over one SPDY session in {:.1} s", t.elapsed().as_secs_f64());
     check_echoes("SPDY portforward.k8s.io", &payloads, &got)?;
 
@@ -239,7 +261,10 @@ pub async fn port_forward_parallel(ctx: &Ctx) -> Result<()> {
     let mut tasks = Vec::new();
     for (i, p) in payloads.into_iter().take(PF_WS_PARALLEL).enumerate() {
         let url = pf(pod.id.clone()).await?.context("PortForward answered Unimplemented after it worked")?;
-        tasks.push((p.clone(), tokio::spawn(async move { sc::port_forward_duplex(&url, ws, 8080, p, limit).await.with_context(|| format!("connection {i}")) })));
+        tasks.push((
+            p.clone(),
+            tokio::spawn(async move { sc::port_forward_duplex(&url, ws, 8080, p, limit).await.with_context(|| format!("connection {i}")) }),
+        ));
         // One at a time into nc's listen backlog of 2 (see `port_forward_spdy_parallel`).
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -72,7 +72,10 @@ async fn require_support(ctx: &Ctx) -> Result<()> {
             if why.starts_with("this kernel") {
                 return skip(&format!("berth's self-test: {why}"));
             }
-            bail!("Status.runtime_handlers reports no handler with user_namespaces on berth: {:?} (self-test: {why:?})", st.runtime_handlers)
+            bail!(
+                "Status.runtime_handlers reports no handler with user_namespaces on berth: {:?} (self-test: {why:?})",
+                st.runtime_handlers
+            )
         }
         (false, _) => skip("the runtime reports no handler with user namespace support"),
     }
@@ -83,7 +86,8 @@ async fn require_support(ctx: &Ctx) -> Result<()> {
 /// kernel" is a limit of the host, not of berth.
 pub(super) async fn berth_userns_verdict(ctx: &Ctx) -> Result<String> {
     let verbose = ctx.rt().status(cri::StatusRequest { verbose: true }).await.context("Status")?.into_inner();
-    let handlers: serde_json::Value = serde_json::from_str(verbose.info.get("runtimeHandlers").map_or("{}", String::as_str)).unwrap_or_default();
+    let handlers: serde_json::Value =
+        serde_json::from_str(verbose.info.get("runtimeHandlers").map_or("{}", String::as_str)).unwrap_or_default();
     Ok(handlers["runc"]["userNamespaces"].as_str().unwrap_or("").to_string())
 }
 
@@ -207,7 +211,10 @@ pub async fn container_mismatch_refused(ctx: &Ctx) -> Result<()> {
                 "other mappings",
                 cri::LinuxContainerSecurityContext {
                     namespace_options: Some(cri::NamespaceOption {
-                        userns_options: Some(userns(vec![mapping(HOST_BASE + RANGE, 0, RANGE)], vec![mapping(HOST_BASE + RANGE, 0, RANGE)])),
+                        userns_options: Some(userns(
+                            vec![mapping(HOST_BASE + RANGE, 0, RANGE)],
+                            vec![mapping(HOST_BASE + RANGE, 0, RANGE)],
+                        )),
                         ..Default::default()
                     }),
                     ..Default::default()
@@ -227,7 +234,11 @@ pub async fn container_mismatch_refused(ctx: &Ctx) -> Result<()> {
             ctx.ensure_image(&ctx.images.busybox).await?;
             let r = ctx
                 .rt()
-                .create_container(cri::CreateContainerRequest { pod_sandbox_id: pod.id.clone(), config: Some(cfg), sandbox_config: Some(pod.config.clone()) })
+                .create_container(cri::CreateContainerRequest {
+                    pod_sandbox_id: pod.id.clone(),
+                    config: Some(cfg),
+                    sandbox_config: Some(pod.config.clone()),
+                })
                 .await;
             match r {
                 Ok(resp) => bail!("{what}: CreateContainer succeeded ({}), expected InvalidArgument", resp.into_inner().container_id),

@@ -68,7 +68,13 @@ pub async fn read_log(pod: &Pod, st: &cri::ContainerStatus, want: usize) -> Resu
 }
 
 /// Runs `cmd` from `image` in a new pod to completion; returns (pod, status, log text lines).
-pub async fn run_to_exit(ctx: &Ctx, name: &str, image: &str, cmd: &[&str], want_lines: usize) -> Result<(Pod, cri::ContainerStatus, Vec<LogLine>)> {
+pub async fn run_to_exit(
+    ctx: &Ctx,
+    name: &str,
+    image: &str,
+    cmd: &[&str],
+    want_lines: usize,
+) -> Result<(Pod, cri::ContainerStatus, Vec<LogLine>)> {
     let pod = ctx.run_pod(name).await?;
     let id = ctx.start_container(&pod, name, image, cmd).await?;
     let st = ctx.wait_container_state(&id, cri::ContainerState::ContainerExited, Duration::from_secs(60)).await?;

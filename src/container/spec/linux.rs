@@ -3,8 +3,8 @@
 
 use crate::cri::v1 as cri;
 use oci_spec::runtime::{
-    Linux, LinuxCpu, LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType, LinuxHugepageLimit, LinuxMemory, LinuxNamespace,
-    LinuxNamespaceType, LinuxResources,
+    Linux, LinuxCpu, LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType, LinuxHugepageLimit, LinuxMemory, LinuxNamespace, LinuxNamespaceType,
+    LinuxResources,
 };
 use std::collections::HashMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -28,8 +28,7 @@ pub const DEFAULT_MASKED_PATHS: [&str; 11] = [
 ];
 
 /// Paths made read-only in unprivileged containers (containerd's `defaultUnixSpec`).
-pub const DEFAULT_READONLY_PATHS: [&str; 5] =
-    ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+pub const DEFAULT_READONLY_PATHS: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
 
 fn namespace(typ: LinuxNamespaceType, path: Option<PathBuf>) -> LinuxNamespace {
     let mut n = LinuxNamespace::default();
@@ -38,19 +37,11 @@ fn namespace(typ: LinuxNamespaceType, path: Option<PathBuf>) -> LinuxNamespace {
 }
 
 fn mode(opt: Option<&cri::NamespaceOption>, pick: fn(&cri::NamespaceOption) -> i32) -> cri::NamespaceMode {
-    opt.map(pick)
-        .and_then(|v| cri::NamespaceMode::try_from(v).ok())
-        .unwrap_or(cri::NamespaceMode::Pod)
+    opt.map(pick).and_then(|v| cri::NamespaceMode::try_from(v).ok()).unwrap_or(cri::NamespaceMode::Pod)
 }
 
 fn pod_namespace_options(sb: &SandboxContext) -> Option<cri::NamespaceOption> {
-    sb.config
-        .linux
-        .as_ref()?
-        .security_context
-        .as_ref()?
-        .namespace_options
-        .clone()
+    sb.config.linux.as_ref()?.security_context.as_ref()?.namespace_options.clone()
 }
 
 /// The container's IPC mode: its own `namespace_options.ipc`, else the pod's.
@@ -194,11 +185,7 @@ pub fn resources(r: Option<&cri::LinuxContainerResources>, host: &HostFacts) -> 
     }
     if r.memory_limit_in_bytes > 0 {
         let mut mem = LinuxMemory::default();
-        let swap = if r.memory_swap_limit_in_bytes > 0 {
-            r.memory_swap_limit_in_bytes
-        } else {
-            r.memory_limit_in_bytes
-        };
+        let swap = if r.memory_swap_limit_in_bytes > 0 { r.memory_swap_limit_in_bytes } else { r.memory_limit_in_bytes };
         mem.set_limit(Some(r.memory_limit_in_bytes)).set_swap(Some(swap));
         out.set_memory(Some(mem));
     }
@@ -208,8 +195,7 @@ pub fn resources(r: Option<&cri::LinuxContainerResources>, host: &HostFacts) -> 
             .iter()
             .map(|h| {
                 let mut l = LinuxHugepageLimit::default();
-                l.set_page_size(h.page_size.clone())
-                    .set_limit(h.limit.min(i64::MAX as u64) as i64);
+                l.set_page_size(h.page_size.clone()).set_limit(h.limit.min(i64::MAX as u64) as i64);
                 l
             })
             .collect();
@@ -225,11 +211,7 @@ pub fn resources(r: Option<&cri::LinuxContainerResources>, host: &HostFacts) -> 
 /// `container_path` with the host's major/minor and mode, and the cgroup allows `permissions`
 /// (`rwm` when empty).
 pub fn device(container: &str, d: &cri::Device) -> Result<(LinuxDevice, LinuxDeviceCgroup), SpecError> {
-    let err = |reason: String| SpecError::Device {
-        container: container.to_string(),
-        host_path: d.host_path.clone(),
-        reason,
-    };
+    let err = |reason: String| SpecError::Device { container: container.to_string(), host_path: d.host_path.clone(), reason };
     let meta = std::fs::metadata(&d.host_path).map_err(|e| err(e.to_string()))?;
     let ft = meta.file_type();
     let typ = if ft.is_char_device() {
@@ -241,11 +223,7 @@ pub fn device(container: &str, d: &cri::Device) -> Result<(LinuxDevice, LinuxDev
     };
     let rdev = meta.rdev();
     let (major, minor) = (nix::sys::stat::major(rdev) as i64, nix::sys::stat::minor(rdev) as i64);
-    let dest = if d.container_path.is_empty() {
-        &d.host_path
-    } else {
-        &d.container_path
-    };
+    let dest = if d.container_path.is_empty() { &d.host_path } else { &d.container_path };
     // Cleaned lexically (`/dev/../etc/passwd` is `/etc/passwd`), as mount destinations are.
     let dest = super::mounts::clean_container_path(dest).ok_or_else(|| err(format!("container_path {dest:?} must be absolute")))?;
     let mut dev = LinuxDevice::default();
@@ -256,20 +234,12 @@ pub fn device(container: &str, d: &cri::Device) -> Result<(LinuxDevice, LinuxDev
         .set_file_mode(Some(meta.mode() & 0o7777))
         .set_uid(Some(0))
         .set_gid(Some(0));
-    let perms = if d.permissions.is_empty() {
-        "rwm".to_string()
-    } else {
-        d.permissions.clone()
-    };
+    let perms = if d.permissions.is_empty() { "rwm".to_string() } else { d.permissions.clone() };
     if !perms.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
         return Err(err(format!("permissions {perms:?}: expected letters from \"rwm\"")));
     }
     let mut rule = LinuxDeviceCgroup::default();
-    rule.set_allow(true)
-        .set_typ(Some(typ))
-        .set_major(Some(major))
-        .set_minor(Some(minor))
-        .set_access(Some(perms));
+    rule.set_allow(true).set_typ(Some(typ)).set_major(Some(major)).set_minor(Some(minor)).set_access(Some(perms));
     Ok((dev, rule))
 }
 
@@ -364,11 +334,7 @@ pub fn container_linux(
         (Vec::new(), Vec::new())
     } else {
         (
-            if sc.masked_paths.is_empty() {
-                DEFAULT_MASKED_PATHS.iter().map(|s| s.to_string()).collect()
-            } else {
-                sc.masked_paths.clone()
-            },
+            if sc.masked_paths.is_empty() { DEFAULT_MASKED_PATHS.iter().map(|s| s.to_string()).collect() } else { sc.masked_paths.clone() },
             if sc.readonly_paths.is_empty() {
                 DEFAULT_READONLY_PATHS.iter().map(|s| s.to_string()).collect()
             } else {

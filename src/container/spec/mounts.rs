@@ -39,20 +39,10 @@ pub fn default_mounts(privileged: bool) -> Vec<Mount> {
     let ro = if privileged { "rw" } else { "ro" };
     let mut v = infra_mounts();
     v.extend([
-        mount(
-            "/dev/pts",
-            "devpts",
-            "devpts",
-            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
-        ),
+        mount("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]),
         mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
         mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", ro]),
-        mount(
-            "/sys/fs/cgroup",
-            "cgroup",
-            "cgroup",
-            &["nosuid", "noexec", "nodev", "relatime", ro],
-        ),
+        mount("/sys/fs/cgroup", "cgroup", "cgroup", &["nosuid", "noexec", "nodev", "relatime", ro]),
     ]);
     v
 }
@@ -62,12 +52,7 @@ pub fn default_mounts(privileged: bool) -> Vec<Mount> {
 pub fn infra_mounts() -> Vec<Mount> {
     vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
-        mount(
-            "/dev",
-            "tmpfs",
-            "tmpfs",
-            &["nosuid", "strictatime", "mode=755", "size=65536k"],
-        ),
+        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
     ]
 }
 
@@ -138,21 +123,13 @@ use std::os::unix::fs::DirBuilderExt;
 /// - [`SpecError::MountSource`]: the host path cannot be created or resolved (e.g. a dangling
 ///   symlink).
 pub fn cri_mount(container: &str, m: &cri::Mount, features: &RuntimeFeatures) -> Result<Mount, SpecError> {
-    let invalid = |reason: String| SpecError::InvalidMount {
-        container: container.to_string(),
-        container_path: m.container_path.clone(),
-        reason,
-    };
-    let dest =
-        clean_container_path(&m.container_path).ok_or_else(|| invalid("container_path must be absolute".into()))?;
+    let invalid =
+        |reason: String| SpecError::InvalidMount { container: container.to_string(), container_path: m.container_path.clone(), reason };
+    let dest = clean_container_path(&m.container_path).ok_or_else(|| invalid("container_path must be absolute".into()))?;
     if m.host_path.is_empty() {
         let image = m.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
         if !image.is_empty() {
-            return Err(SpecError::Unsupported {
-                container: container.to_string(),
-                field: "mounts.image",
-                value: image,
-            });
+            return Err(SpecError::Unsupported { container: container.to_string(), field: "mounts.image", value: image });
         }
         return Err(invalid("host_path is empty".into()));
     }
@@ -264,8 +241,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
 pub fn mount_of<'a>(mounts: &'a [MountInfo], path: &Path) -> Option<&'a MountInfo> {
     let mut best: Option<&MountInfo> = None;
     for m in mounts {
-        if path.starts_with(&m.mount_point)
-            && best.is_none_or(|b| m.mount_point.components().count() >= b.mount_point.components().count())
+        if path.starts_with(&m.mount_point) && best.is_none_or(|b| m.mount_point.components().count() >= b.mount_point.components().count())
         {
             best = Some(m);
         }
@@ -308,12 +284,7 @@ pub fn container_mounts(
     c: &ContainerContext,
     sc: &cri::LinuxContainerSecurityContext,
 ) -> Result<ContainerMounts, SpecError> {
-    let mut cri_mounts = c
-        .config
-        .mounts
-        .iter()
-        .map(|m| cri_mount(c.container_id, m, c.features))
-        .collect::<Result<Vec<Mount>, _>>()?;
+    let mut cri_mounts = c.config.mounts.iter().map(|m| cri_mount(c.container_id, m, c.features)).collect::<Result<Vec<Mount>, _>>()?;
     // Parents before children (containerd's orderedMounts): stable sort by path depth.
     cri_mounts.sort_by_key(|m| m.destination().components().count());
 
@@ -326,19 +297,10 @@ pub fn container_mounts(
     } else if let (Some(shm), false) = (sb.shm_path, ipc == cri::NamespaceMode::Container) {
         mounts.push(mount("/dev/shm", "bind", shm, &shm_opts));
     } else {
-        mounts.push(mount(
-            "/dev/shm",
-            "tmpfs",
-            "shm",
-            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
-        ));
+        mounts.push(mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]));
     }
     let file_mode = if sc.readonly_rootfs { "ro" } else { "rw" };
-    for (dest, src) in [
-        ("/etc/hosts", sb.hosts_file),
-        ("/etc/resolv.conf", sb.resolv_conf),
-        ("/etc/hostname", sb.hostname_file),
-    ] {
+    for (dest, src) in [("/etc/hosts", sb.hosts_file), ("/etc/resolv.conf", sb.resolv_conf), ("/etc/hostname", sb.hostname_file)] {
         mounts.push(mount(dest, "bind", src, &["rbind", "rprivate", file_mode]));
     }
 
@@ -349,11 +311,7 @@ pub fn container_mounts(
         !(overridden || overrides_dev && dest.starts_with("/dev"))
     });
 
-    let has = |opt: &str| {
-        cri_mounts
-            .iter()
-            .any(|m| m.options().as_ref().is_some_and(|o| o.iter().any(|x| x == opt)))
-    };
+    let has = |opt: &str| cri_mounts.iter().any(|m| m.options().as_ref().is_some_and(|o| o.iter().any(|x| x == opt)));
     let rootfs_propagation = if has("rshared") {
         Some("rshared".to_string())
     } else if has("rslave") {
@@ -362,10 +320,7 @@ pub fn container_mounts(
         None
     };
     mounts.extend(cri_mounts);
-    Ok(ContainerMounts {
-        mounts,
-        rootfs_propagation,
-    })
+    Ok(ContainerMounts { mounts, rootfs_propagation })
 }
 
 #[cfg(test)]

@@ -6,13 +6,7 @@ use super::*;
 
 fn rule_names(spec: &Spec) -> Vec<String> {
     let l = spec.linux().as_ref().unwrap();
-    l.seccomp()
-        .as_ref()
-        .and_then(|s| s.syscalls().clone())
-        .unwrap_or_default()
-        .iter()
-        .flat_map(|r| r.names().clone())
-        .collect()
+    l.seccomp().as_ref().and_then(|s| s.syscalls().clone()).unwrap_or_default().iter().flat_map(|r| r.names().clone()).collect()
 }
 
 #[test]
@@ -31,10 +25,7 @@ fn seccomp_choice_in_spec() {
 
     let mut cfg = config();
     sec(&mut cfg).seccomp = Some(cri::SecurityProfile::default()); // RuntimeDefault
-    sec(&mut cfg).capabilities = Some(cri::Capability {
-        add_capabilities: vec!["SYS_ADMIN".into()],
-        ..Default::default()
-    });
+    sec(&mut cfg).capabilities = Some(cri::Capability { add_capabilities: vec!["SYS_ADMIN".into()], ..Default::default() });
     assert!(rule_names(&build(&f, &cfg, &image()).unwrap()).iter().any(|n| n == "mount"));
     sec(&mut cfg).privileged = true;
     assert!(build(&f, &cfg, &image()).unwrap().linux().as_ref().unwrap().seccomp().is_none());

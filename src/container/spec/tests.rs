@@ -17,32 +17,17 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let rootfs = dir.path().join("rootfs");
         std::fs::create_dir_all(rootfs.join("etc")).unwrap();
-        std::fs::write(
-            rootfs.join("etc/passwd"),
-            "root:x:0:0:root:/root:/bin/sh\nwww:x:33:33::/var/www:/bin/sh\n",
-        )
-        .unwrap();
+        std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nwww:x:33:33::/var/www:/bin/sh\n").unwrap();
         std::fs::write(rootfs.join("etc/group"), "root:x:0:\nwww:x:33:\nadm:x:4:www\n").unwrap();
         let pod = cri::PodSandboxConfig {
-            metadata: Some(cri::PodSandboxMetadata {
-                name: "web".into(),
-                uid: "uid-1".into(),
-                namespace: "default".into(),
-                attempt: 0,
-            }),
+            metadata: Some(cri::PodSandboxMetadata { name: "web".into(), uid: "uid-1".into(), namespace: "default".into(), attempt: 0 }),
             linux: Some(cri::LinuxPodSandboxConfig {
                 sysctls: [("net.ipv4.ip_unprivileged_port_start".to_string(), "0".to_string())].into(),
                 ..Default::default()
             }),
             ..Default::default()
         };
-        Fixture {
-            pod,
-            netns: Some(PathBuf::from("/var/run/netns/pod1")),
-            shm: Some(dir.path().join("shm")),
-            userns: None,
-            dir,
-        }
+        Fixture { pod, netns: Some(PathBuf::from("/var/run/netns/pod1")), shm: Some(dir.path().join("shm")), userns: None, dir }
     }
 
     fn sb(&self) -> SandboxContext<'_> {
@@ -87,14 +72,8 @@ pub(super) fn image() -> ImageRuntimeConfig {
 
 pub(super) fn config() -> cri::ContainerConfig {
     cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: "app".into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: "example/app:1".into(),
-            ..Default::default()
-        }),
+        metadata: Some(cri::ContainerMetadata { name: "app".into(), attempt: 0 }),
+        image: Some(cri::ImageSpec { image: "example/app:1".into(), ..Default::default() }),
         annotations: [("a.b/c".to_string(), "d".to_string())].into(),
         ..Default::default()
     }
@@ -115,10 +94,7 @@ pub(super) fn build(f: &Fixture, cfg: &cri::ContainerConfig, img: &ImageRuntimeC
 }
 
 pub(super) fn sec(cfg: &mut cri::ContainerConfig) -> &mut cri::LinuxContainerSecurityContext {
-    cfg.linux
-        .get_or_insert_with(Default::default)
-        .security_context
-        .get_or_insert_with(Default::default)
+    cfg.linux.get_or_insert_with(Default::default).security_context.get_or_insert_with(Default::default)
 }
 
 fn args_of(cmd: &[&str], args: &[&str], ep: &[&str], imgcmd: &[&str]) -> Option<Vec<String>> {
@@ -150,10 +126,7 @@ fn command_and_args_follow_docker_rules() {
     assert_eq!(args_of(&[], &[], &[], &[]), None);
     let f = Fixture::new();
     let err = build(&f, &config(), &ImageRuntimeConfig::default()).unwrap_err();
-    assert!(
-        matches!(err, SpecError::NoCommand { ref container } if container == "c1"),
-        "{err}"
-    );
+    assert!(matches!(err, SpecError::NoCommand { ref container } if container == "c1"), "{err}");
 }
 
 #[test]
@@ -161,16 +134,7 @@ fn env_merges_later_wins_in_place() {
     let env = merge_env(
         "h1",
         &["PATH=/opt/bin".into(), "A=1".into(), "HOSTNAME=img".into()],
-        &[
-            cri::KeyValue {
-                key: "A".into(),
-                value: "2".into(),
-            },
-            cri::KeyValue {
-                key: "B".into(),
-                value: "x=y".into(),
-            },
-        ],
+        &[cri::KeyValue { key: "A".into(), value: "2".into() }, cri::KeyValue { key: "B".into(), value: "x=y".into() }],
     );
     assert_eq!(env, vec!["PATH=/opt/bin", "HOSTNAME=img", "A=2", "B=x=y"]);
     let env = merge_env("h1", &[], &[]);
@@ -182,27 +146,18 @@ fn process_fields() {
     let f = Fixture::new();
     let mut cfg = config();
     cfg.tty = true;
-    cfg.envs.push(cri::KeyValue {
-        key: "LANG".into(),
-        value: "en".into(),
-    });
+    cfg.envs.push(cri::KeyValue { key: "LANG".into(), value: "en".into() });
     let spec = build(&f, &cfg, &image()).unwrap();
     let p = spec.process().as_ref().unwrap();
     assert_eq!(p.args().as_ref().unwrap(), &vec!["/entry", "serve", "--port=80"]);
-    assert_eq!(
-        p.env().as_ref().unwrap(),
-        &vec!["PATH=/opt/bin:/bin", "HOSTNAME=web-host", "LANG=en"]
-    );
+    assert_eq!(p.env().as_ref().unwrap(), &vec!["PATH=/opt/bin:/bin", "HOSTNAME=web-host", "LANG=en"]);
     assert_eq!(p.cwd(), Path::new("/srv"));
     assert_eq!(p.terminal(), Some(true));
     assert_eq!(p.user().uid(), 0);
     assert_eq!(p.user().additional_gids().as_ref().unwrap(), &vec![0]);
     assert_eq!(p.no_new_privileges(), Some(false));
     let rl = &p.rlimits().as_ref().unwrap()[0];
-    assert_eq!(
-        (rl.typ(), rl.hard(), rl.soft()),
-        (PosixRlimitType::RlimitNofile, 20000, 20000)
-    );
+    assert_eq!((rl.typ(), rl.hard(), rl.soft()), (PosixRlimitType::RlimitNofile, 20000, 20000));
     cfg.working_dir = "/work".into();
     let spec = build(&f, &cfg, &image()).unwrap();
     assert_eq!(spec.process().as_ref().unwrap().cwd(), Path::new("/work"));
@@ -224,13 +179,7 @@ fn user_from_image_and_security_context() {
     sec(&mut cfg).run_as_user = Some(cri::Int64Value { value: 1234 });
     sec(&mut cfg).run_as_group = Some(cri::Int64Value { value: 5678 });
     sec(&mut cfg).supplemental_groups = vec![9, 10];
-    let u = build(&f, &cfg, &img)
-        .unwrap()
-        .process()
-        .as_ref()
-        .unwrap()
-        .user()
-        .clone();
+    let u = build(&f, &cfg, &img).unwrap().process().as_ref().unwrap().user().clone();
     assert_eq!((u.uid(), u.gid()), (1234, 5678));
     assert_eq!(u.additional_gids().as_ref().unwrap(), &vec![5678, 9, 10]);
 
@@ -245,17 +194,7 @@ fn user_from_image_and_security_context() {
 fn capabilities_default_add_drop_all_privileged() {
     let f = Fixture::new();
     let caps_of = |cfg: &cri::ContainerConfig| -> Capabilities {
-        build(&f, cfg, &image())
-            .unwrap()
-            .process()
-            .as_ref()
-            .unwrap()
-            .capabilities()
-            .as_ref()
-            .unwrap()
-            .bounding()
-            .clone()
-            .unwrap()
+        build(&f, cfg, &image()).unwrap().process().as_ref().unwrap().capabilities().as_ref().unwrap().bounding().clone().unwrap()
     };
     let mut cfg = config();
     let default: Capabilities = DEFAULT_CAPABILITIES.iter().copied().collect();
@@ -277,47 +216,26 @@ fn capabilities_default_add_drop_all_privileged() {
     });
     assert_eq!(caps_of(&cfg), [Capability::Chown].into_iter().collect());
 
-    sec(&mut cfg).capabilities = Some(cri::Capability {
-        add_capabilities: vec!["ALL".into()],
-        drop_capabilities: vec![],
-        add_ambient_capabilities: vec![],
-    });
+    sec(&mut cfg).capabilities =
+        Some(cri::Capability { add_capabilities: vec!["ALL".into()], drop_capabilities: vec![], add_ambient_capabilities: vec![] });
     let all = caps_of(&cfg);
     assert_eq!(all.len(), 40);
-    assert!(
-        !all.contains(&Capability::SysResource),
-        "never more than the daemon holds"
-    );
+    assert!(!all.contains(&Capability::SysResource), "never more than the daemon holds");
 
-    sec(&mut cfg).capabilities = Some(cri::Capability {
-        add_capabilities: vec!["BOGUS".into()],
-        ..Default::default()
-    });
-    assert!(matches!(
-        build(&f, &cfg, &image()),
-        Err(SpecError::UnknownCapability { .. })
-    ));
+    sec(&mut cfg).capabilities = Some(cri::Capability { add_capabilities: vec!["BOGUS".into()], ..Default::default() });
+    assert!(matches!(build(&f, &cfg, &image()), Err(SpecError::UnknownCapability { .. })));
 
     let mut cfg = config();
     sec(&mut cfg).privileged = true;
     sec(&mut cfg).no_new_privs = true;
     let spec = build(&f, &cfg, &image()).unwrap();
     let p = spec.process().as_ref().unwrap();
-    assert_eq!(
-        p.capabilities().as_ref().unwrap().effective().as_ref().unwrap().len(),
-        40
-    );
+    assert_eq!(p.capabilities().as_ref().unwrap().effective().as_ref().unwrap().len(), 40);
     assert_eq!(p.no_new_privileges(), Some(false));
     let l = spec.linux().as_ref().unwrap();
     assert!(l.masked_paths().as_ref().unwrap().is_empty());
     assert!(l.readonly_paths().as_ref().unwrap().is_empty());
-    let sys = spec
-        .mounts()
-        .as_ref()
-        .unwrap()
-        .iter()
-        .find(|m| m.destination() == Path::new("/sys"))
-        .unwrap();
+    let sys = spec.mounts().as_ref().unwrap().iter().find(|m| m.destination() == Path::new("/sys")).unwrap();
     assert!(sys.options().as_ref().unwrap().contains(&"rw".to_string()));
 }
 
@@ -329,10 +247,8 @@ fn oom_score_adj_is_clamped_to_own() {
     assert_eq!(clamp_oom_score_adj(5000, -5), 1000);
     let f = Fixture::new();
     let mut cfg = config();
-    cfg.linux.get_or_insert_with(Default::default).resources = Some(cri::LinuxContainerResources {
-        oom_score_adj: -500,
-        ..Default::default()
-    });
+    cfg.linux.get_or_insert_with(Default::default).resources =
+        Some(cri::LinuxContainerResources { oom_score_adj: -500, ..Default::default() });
     let spec = build(&f, &cfg, &image()).unwrap();
     assert_eq!(spec.process().as_ref().unwrap().oom_score_adj(), Some(0));
     let infra = infra_spec_with(&f.sb(), Path::new("/pause"), "sb1", 0).unwrap();
@@ -342,21 +258,11 @@ fn oom_score_adj_is_clamped_to_own() {
 }
 
 fn dests(spec: &Spec) -> Vec<String> {
-    spec.mounts()
-        .as_ref()
-        .unwrap()
-        .iter()
-        .map(|m| m.destination().display().to_string())
-        .collect()
+    spec.mounts().as_ref().unwrap().iter().map(|m| m.destination().display().to_string()).collect()
 }
 
 fn find<'a>(spec: &'a Spec, dest: &str) -> &'a oci_spec::runtime::Mount {
-    spec.mounts()
-        .as_ref()
-        .unwrap()
-        .iter()
-        .find(|m| m.destination() == Path::new(dest))
-        .unwrap()
+    spec.mounts().as_ref().unwrap().iter().find(|m| m.destination() == Path::new(dest)).unwrap()
 }
 
 fn opts(m: &oci_spec::runtime::Mount) -> Vec<String> {
@@ -380,17 +286,8 @@ fn mounts_order_flags_propagation_overrides() {
             propagation: cri::MountPropagation::PropagationHostToContainer as i32,
             ..Default::default()
         },
-        cri::Mount {
-            container_path: "/data/".into(),
-            host_path: host_a.display().to_string(),
-            readonly: true,
-            ..Default::default()
-        },
-        cri::Mount {
-            container_path: "/etc/hosts".into(),
-            host_path: host_a.display().to_string(),
-            ..Default::default()
-        },
+        cri::Mount { container_path: "/data/".into(), host_path: host_a.display().to_string(), readonly: true, ..Default::default() },
+        cri::Mount { container_path: "/etc/hosts".into(), host_path: host_a.display().to_string(), ..Default::default() },
     ];
     let spec = build(&f, &cfg, &image()).unwrap();
     assert!(host_b.is_dir());
@@ -416,41 +313,24 @@ fn mounts_order_flags_propagation_overrides() {
     assert_eq!(data.source().as_deref(), Some(host_a.canonicalize().unwrap().as_path()));
     assert_eq!(opts(data), vec!["rbind", "rprivate", "ro"]);
     assert_eq!(opts(find(&spec, "/data/sub")), vec!["rbind", "rslave", "rw"]);
-    assert_eq!(
-        find(&spec, "/etc/hosts").source().as_deref(),
-        Some(host_a.canonicalize().unwrap().as_path())
-    );
+    assert_eq!(find(&spec, "/etc/hosts").source().as_deref(), Some(host_a.canonicalize().unwrap().as_path()));
     assert_eq!(find(&spec, "/dev/shm").source().as_deref(), f.shm.as_deref());
     assert_eq!(opts(find(&spec, "/etc/resolv.conf")), vec!["rbind", "rprivate", "rw"]);
     assert_eq!(opts(find(&spec, "/sys")), vec!["nosuid", "noexec", "nodev", "ro"]);
     assert!(opts(find(&spec, "/dev/pts")).contains(&"ptmxmode=0666".to_string()));
-    assert_eq!(
-        spec.linux().as_ref().unwrap().rootfs_propagation().as_deref(),
-        Some("rslave")
-    );
+    assert_eq!(spec.linux().as_ref().unwrap().rootfs_propagation().as_deref(), Some("rslave"));
 
     cfg.mounts[0].propagation = cri::MountPropagation::PropagationBidirectional as i32;
     let spec = build(&f, &cfg, &image()).unwrap();
     assert_eq!(opts(find(&spec, "/data/sub")), vec!["rbind", "rshared", "rw"]);
-    assert_eq!(
-        spec.linux().as_ref().unwrap().rootfs_propagation().as_deref(),
-        Some("rshared")
-    );
+    assert_eq!(spec.linux().as_ref().unwrap().rootfs_propagation().as_deref(), Some("rshared"));
 
     // A CRI /dev replaces every default mount below /dev.
-    cfg.mounts = vec![cri::Mount {
-        container_path: "/dev".into(),
-        host_path: "/dev".into(),
-        ..Default::default()
-    }];
+    cfg.mounts = vec![cri::Mount { container_path: "/dev".into(), host_path: "/dev".into(), ..Default::default() }];
     let d = dests(&build(&f, &cfg, &image()).unwrap());
     assert_eq!(d.iter().filter(|x| x.starts_with("/dev")).count(), 1);
 
-    cfg.mounts = vec![cri::Mount {
-        container_path: "rel".into(),
-        host_path: "/tmp".into(),
-        ..Default::default()
-    }];
+    cfg.mounts = vec![cri::Mount { container_path: "rel".into(), host_path: "/tmp".into(), ..Default::default() }];
     assert!(matches!(build(&f, &cfg, &image()), Err(SpecError::InvalidMount { .. })));
     cfg.mounts = vec![cri::Mount {
         container_path: "/x".into(),
@@ -494,24 +374,13 @@ fn readonly_rootfs_and_shm_choices() {
     let spec = build(&f, &config(), &image()).unwrap();
     assert_eq!(find(&spec, "/dev/shm").typ().as_deref(), Some("tmpfs"));
     let mut cfg = config();
-    sec(&mut cfg).namespace_options = Some(cri::NamespaceOption {
-        ipc: cri::NamespaceMode::Node as i32,
-        ..Default::default()
-    });
+    sec(&mut cfg).namespace_options = Some(cri::NamespaceOption { ipc: cri::NamespaceMode::Node as i32, ..Default::default() });
     let spec = build(&f, &cfg, &image()).unwrap();
     assert_eq!(find(&spec, "/dev/shm").source().as_deref(), Some(Path::new("/dev/shm")));
 }
 
 fn ns_of(spec: &Spec) -> Vec<(LinuxNamespaceType, Option<PathBuf>)> {
-    spec.linux()
-        .as_ref()
-        .unwrap()
-        .namespaces()
-        .as_ref()
-        .unwrap()
-        .iter()
-        .map(|n| (n.typ(), n.path().clone()))
-        .collect()
+    spec.linux().as_ref().unwrap().namespaces().as_ref().unwrap().iter().map(|n| (n.typ(), n.path().clone())).collect()
 }
 
 #[test]
@@ -539,44 +408,22 @@ fn namespaces_for_each_option() {
     });
     let spec = build(&f, &cfg, &image()).unwrap();
     assert_eq!(ns_of(&spec)[..2], [(Pid, None), (Uts, p("/proc/4242/ns/uts"))]);
-    sec(&mut cfg).namespace_options = Some(cri::NamespaceOption {
-        pid: cri::NamespaceMode::Node as i32,
-        ..Default::default()
-    });
+    sec(&mut cfg).namespace_options = Some(cri::NamespaceOption { pid: cri::NamespaceMode::Node as i32, ..Default::default() });
     let spec = build(&f, &cfg, &image()).unwrap();
     assert_eq!(ns_of(&spec)[0], (Ipc, p("/proc/4242/ns/ipc")));
-    sec(&mut cfg).namespace_options = Some(cri::NamespaceOption {
-        pid: cri::NamespaceMode::Target as i32,
-        ..Default::default()
-    });
+    sec(&mut cfg).namespace_options = Some(cri::NamespaceOption { pid: cri::NamespaceMode::Target as i32, ..Default::default() });
     assert!(matches!(build(&f, &cfg, &image()), Err(SpecError::Unsupported { .. })));
 
     // Host network: no uts/net namespaces, no hostname.
     f.netns = None;
     let spec = build(&f, &config(), &image()).unwrap();
-    assert_eq!(
-        ns_of(&spec),
-        vec![
-            (Pid, p("/proc/4242/ns/pid")),
-            (Ipc, p("/proc/4242/ns/ipc")),
-            (Mount, None)
-        ]
-    );
+    assert_eq!(ns_of(&spec), vec![(Pid, p("/proc/4242/ns/pid")), (Ipc, p("/proc/4242/ns/ipc")), (Mount, None)]);
     assert_eq!(spec.hostname(), &None);
 
     // Infra: new namespaces; the pod's NODE pid keeps the host's.
     let mut f = Fixture::new();
     let infra = infra_spec_with(&f.sb(), Path::new("/pause"), "sb1", 0).unwrap();
-    assert_eq!(
-        ns_of(&infra),
-        vec![
-            (Pid, None),
-            (Ipc, None),
-            (Uts, None),
-            (Network, p("/var/run/netns/pod1")),
-            (Mount, None)
-        ]
-    );
+    assert_eq!(ns_of(&infra), vec![(Pid, None), (Ipc, None), (Uts, None), (Network, p("/var/run/netns/pod1")), (Mount, None)]);
     f.pod.linux.as_mut().unwrap().security_context = Some(cri::LinuxSandboxSecurityContext {
         namespace_options: Some(cri::NamespaceOption {
             pid: cri::NamespaceMode::Node as i32,
@@ -586,10 +433,7 @@ fn namespaces_for_each_option() {
         ..Default::default()
     });
     let infra = infra_spec_with(&f.sb(), Path::new("/pause"), "sb1", 0).unwrap();
-    assert_eq!(
-        ns_of(&infra),
-        vec![(Uts, None), (Network, p("/var/run/netns/pod1")), (Mount, None)]
-    );
+    assert_eq!(ns_of(&infra), vec![(Uts, None), (Network, p("/var/run/netns/pod1")), (Mount, None)]);
     // Containers follow the pod's options when their own are absent.
     let spec = build(&f, &config(), &image()).unwrap();
     assert_eq!(ns_of(&spec)[0], (Uts, p("/proc/4242/ns/uts")));
@@ -629,19 +473,13 @@ fn resources_map_and_skip_hugetlb_without_controller() {
         memory_limit_in_bytes: 64 << 20,
         cpuset_cpus: "0-1".into(),
         cpuset_mems: "0".into(),
-        hugepage_limits: vec![cri::HugepageLimit {
-            page_size: "2MB".into(),
-            limit: 0,
-        }],
+        hugepage_limits: vec![cri::HugepageLimit { page_size: "2MB".into(), limit: 0 }],
         unified: [("memory.high".to_string(), "1".to_string())].into(),
         ..Default::default()
     };
     let out = linux::resources(Some(&r), &host());
     let cpu = out.cpu().as_ref().unwrap();
-    assert_eq!(
-        (cpu.shares(), cpu.quota(), cpu.period()),
-        (Some(512), Some(50000), Some(100000))
-    );
+    assert_eq!((cpu.shares(), cpu.quota(), cpu.period()), (Some(512), Some(50000), Some(100000)));
     assert_eq!((cpu.cpus().as_deref(), cpu.mems().as_deref()), (Some("0-1"), Some("0")));
     let mem = out.memory().unwrap();
     assert_eq!((mem.limit(), mem.swap()), (Some(64 << 20), Some(64 << 20)));
@@ -659,33 +497,20 @@ fn resources_map_and_skip_hugetlb_without_controller() {
     let f = Fixture::new();
     let spec = build(&f, &config(), &image()).unwrap();
     let l = spec.linux().as_ref().unwrap();
-    assert_eq!(
-        l.cgroups_path().as_deref(),
-        Some(Path::new("/kubepods/pod-uid-1/berth-c1"))
-    );
+    assert_eq!(l.cgroups_path().as_deref(), Some(Path::new("/kubepods/pod-uid-1/berth-c1")));
     assert_eq!(l.sysctl().as_ref().unwrap()["net.ipv4.ip_unprivileged_port_start"], "0");
-    assert_eq!(
-        l.masked_paths().as_ref().unwrap().len(),
-        linux::DEFAULT_MASKED_PATHS.len()
-    );
+    assert_eq!(l.masked_paths().as_ref().unwrap().len(), linux::DEFAULT_MASKED_PATHS.len());
     assert_eq!(cgroups_path("/berth/", "x"), "/berth/berth-x");
     assert_eq!(cgroups_path("", "x"), "/berth-x");
 }
 
 #[test]
 fn device_from_host_char_device() {
-    let d = cri::Device {
-        container_path: "/dev/mynull".into(),
-        host_path: "/dev/null".into(),
-        permissions: "rw".into(),
-    };
+    let d = cri::Device { container_path: "/dev/mynull".into(), host_path: "/dev/null".into(), permissions: "rw".into() };
     let (dev, rule) = linux::device("c1", &d).unwrap();
     assert_eq!((dev.major(), dev.minor()), (1, 3));
     assert_eq!(rule.access().as_deref(), Some("rw"));
-    let bad = cri::Device {
-        host_path: "/etc/hostname".into(),
-        ..Default::default()
-    };
+    let bad = cri::Device { host_path: "/etc/hostname".into(), ..Default::default() };
     assert!(linux::device("c1", &bad).is_err());
     let climbing = cri::Device { container_path: "/dev/../etc/passwd".into(), ..d.clone() };
     assert_eq!(linux::device("c1", &climbing).unwrap().0.path(), Path::new("/etc/passwd"));
@@ -708,15 +533,9 @@ fn annotations_and_exec_process() {
     assert_eq!(p.terminal(), Some(true));
     assert_eq!(p.env(), spec.process().as_ref().unwrap().env());
     assert_eq!(p.capabilities(), spec.process().as_ref().unwrap().capabilities());
-    assert!(matches!(
-        exec_process(&spec, &[], false),
-        Err(SpecError::EmptyExecCommand)
-    ));
+    assert!(matches!(exec_process(&spec, &[], false), Err(SpecError::EmptyExecCommand)));
     let infra = infra_spec_with(&f.sb(), Path::new("/pause"), "sb1", 0).unwrap();
-    assert_eq!(
-        infra.annotations().as_ref().unwrap()[ANNOTATION_CONTAINER_TYPE],
-        "sandbox"
-    );
+    assert_eq!(infra.annotations().as_ref().unwrap()[ANNOTATION_CONTAINER_TYPE], "sandbox");
 }
 
 #[test]
@@ -728,11 +547,7 @@ fn serialized_spec_has_what_runc_needs() {
     assert_eq!(j["process"]["args"][0], "/entry");
     assert_eq!(j["process"]["user"]["uid"], 0);
     assert_eq!(j["process"]["cwd"], "/srv");
-    assert!(j["process"]["capabilities"]["bounding"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|c| c == "CAP_CHOWN"));
+    assert!(j["process"]["capabilities"]["bounding"].as_array().unwrap().iter().any(|c| c == "CAP_CHOWN"));
     assert_eq!(j["process"]["rlimits"][0]["type"], "RLIMIT_NOFILE");
     assert_eq!(j["root"]["path"], f.rootfs().display().to_string());
     assert_eq!(j["linux"]["namespaces"][0]["type"], "pid");
@@ -752,14 +567,8 @@ fn host_fact_parsers() {
     let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
                   Max open files            1024                 20000                files\n";
     assert_eq!(parse_nofile_hard(limits), Some(20000));
-    assert_eq!(
-        parse_nofile_hard("Max open files  unlimited  unlimited  files"),
-        Some(u64::MAX)
-    );
-    assert_eq!(
-        capabilities_from_mask(0b101),
-        vec![Capability::Chown, Capability::DacReadSearch]
-    );
+    assert_eq!(parse_nofile_hard("Max open files  unlimited  unlimited  files"), Some(u64::MAX));
+    assert_eq!(capabilities_from_mask(0b101), vec![Capability::Chown, Capability::DacReadSearch]);
     assert_eq!(parse_capability("cap_net_raw"), Some(Capability::NetRaw));
 }
 
@@ -796,11 +605,8 @@ fn user_namespace_infra_creates_containers_join() {
 fn pid_target_joins_the_target_process() {
     let f = Fixture::new();
     let mut cfg = config();
-    sec(&mut cfg).namespace_options = Some(cri::NamespaceOption {
-        pid: cri::NamespaceMode::Target as i32,
-        target_id: "c0".into(),
-        ..Default::default()
-    });
+    sec(&mut cfg).namespace_options =
+        Some(cri::NamespaceOption { pid: cri::NamespaceMode::Target as i32, target_id: "c0".into(), ..Default::default() });
     let rootfs = f.rootfs();
     let img = image();
     let c = ContainerContext {

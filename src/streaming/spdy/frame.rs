@@ -286,10 +286,8 @@ pub fn parse(buf: &[u8], max_len: usize) -> Result<Option<(Frame, usize)>, Frame
             need("SETTINGS", len, len >= 4, "at least 4")?;
             let n = be32(&p[0..4]) as usize;
             need("SETTINGS", len, n.checked_mul(8).and_then(|b| b.checked_add(4)) == Some(len), "4 + 8 * entries")?;
-            let entries = p[4..]
-                .chunks_exact(8)
-                .map(|e| Setting { flags: e[0], id: be32(&e[0..4]) & 0x00ff_ffff, value: be32(&e[4..8]) })
-                .collect();
+            let entries =
+                p[4..].chunks_exact(8).map(|e| Setting { flags: e[0], id: be32(&e[0..4]) & 0x00ff_ffff, value: be32(&e[4..8]) }).collect();
             Frame::Settings { flags, entries }
         }
         ty::PING => {
@@ -394,11 +392,24 @@ mod tests {
 
     fn all_frames() -> Vec<Frame> {
         vec![
-            Frame::SynStream { stream_id: 1, associated_id: 0, priority: 7, slot: 0, flags: FLAG_FIN | FLAG_UNIDIRECTIONAL, header_block: vec![1, 2, 3] },
+            Frame::SynStream {
+                stream_id: 1,
+                associated_id: 0,
+                priority: 7,
+                slot: 0,
+                flags: FLAG_FIN | FLAG_UNIDIRECTIONAL,
+                header_block: vec![1, 2, 3],
+            },
             Frame::SynStream { stream_id: 0x7fff_ffff, associated_id: 5, priority: 0, slot: 9, flags: 0, header_block: vec![] },
             Frame::SynReply { stream_id: 2, flags: FLAG_FIN, header_block: vec![9; 100] },
             Frame::RstStream { stream_id: 3, status: rst::CANCEL },
-            Frame::Settings { flags: 1, entries: vec![Setting { flags: 1, id: settings::INITIAL_WINDOW_SIZE, value: 1 << 20 }, Setting { flags: 0, id: 0xabcdef, value: 7 }] },
+            Frame::Settings {
+                flags: 1,
+                entries: vec![
+                    Setting { flags: 1, id: settings::INITIAL_WINDOW_SIZE, value: 1 << 20 },
+                    Setting { flags: 0, id: 0xabcdef, value: 7 },
+                ],
+            },
             Frame::Settings { flags: 0, entries: vec![] },
             Frame::Ping { id: 0xdead_beef },
             Frame::GoAway { last_good_stream_id: 41, status: goaway::PROTOCOL_ERROR },

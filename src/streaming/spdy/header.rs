@@ -92,9 +92,8 @@ pub fn decode_block(block: &[u8]) -> Result<Vec<(String, String)>, HeaderError> 
         if name.is_empty() {
             return Err(HeaderError::Malformed("empty header name"));
         }
-        let name = std::str::from_utf8(name)
-            .map_err(|_| HeaderError::NotUtf8(String::from_utf8_lossy(name).into_owned()))?
-            .to_ascii_lowercase();
+        let name =
+            std::str::from_utf8(name).map_err(|_| HeaderError::NotUtf8(String::from_utf8_lossy(name).into_owned()))?.to_ascii_lowercase();
         let vl = len32(&mut b, "truncated value length")?;
         let value = take(&mut b, vl, "value runs past the end of the block")?;
         let value = std::str::from_utf8(value).map_err(|_| HeaderError::NotUtf8(name.clone()))?;
@@ -136,9 +135,7 @@ impl HeaderCompressor {
             }
             let before_in = self.z.total_in();
             let before_out = self.z.total_out();
-            self.z
-                .compress_vec(&block[consumed..], &mut out, FlushCompress::Sync)
-                .map_err(|e| HeaderError::Zlib(e.to_string()))?;
+            self.z.compress_vec(&block[consumed..], &mut out, FlushCompress::Sync).map_err(|e| HeaderError::Zlib(e.to_string()))?;
             consumed += (self.z.total_in() - before_in) as usize;
             let produced = (self.z.total_out() - before_out) as usize;
             // Done when all input is in and the flush left room to spare in `out`.

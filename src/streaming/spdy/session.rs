@@ -77,9 +77,20 @@ pub(crate) type OpenResp = oneshot::Sender<Result<(u32, oneshot::Receiver<Result
 /// What the writer task is asked to send.
 pub(crate) enum Out {
     Frame(Frame),
-    Data { id: u32, data: Bytes, fin: bool },
-    Reply { id: u32, fin: bool },
-    Open { headers: Vec<(String, String)>, fin: bool, resp: OpenResp },
+    Data {
+        id: u32,
+        data: Bytes,
+        fin: bool,
+    },
+    Reply {
+        id: u32,
+        fin: bool,
+    },
+    Open {
+        headers: Vec<(String, String)>,
+        fin: bool,
+        resp: OpenResp,
+    },
     /// Flush and close the write half, then end.
     Shutdown,
 }

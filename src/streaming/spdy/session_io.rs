@@ -14,7 +14,12 @@ use super::SpdyError;
 
 /// Writes queued frames, batching what is queued into one write. Ends on `Out::Shutdown` or
 /// a write error; then marks the session dead and notifies `done`.
-pub(crate) async fn write_loop<IO: AsyncWrite>(shared: Arc<Shared>, mut wr: WriteHalf<IO>, mut rx: mpsc::UnboundedReceiver<Out>, done: Arc<Notify>) {
+pub(crate) async fn write_loop<IO: AsyncWrite>(
+    shared: Arc<Shared>,
+    mut wr: WriteHalf<IO>,
+    mut rx: mpsc::UnboundedReceiver<Out>,
+    done: Arc<Notify>,
+) {
     let reason = match write_frames(&shared, &mut wr, &mut rx).await {
         Ok(()) => "session shut down".to_string(),
         Err(e) => format!("write failed: {e}"),
@@ -24,7 +29,11 @@ pub(crate) async fn write_loop<IO: AsyncWrite>(shared: Arc<Shared>, mut wr: Writ
     done.notify_one();
 }
 
-async fn write_frames<IO: AsyncWrite>(shared: &Shared, wr: &mut WriteHalf<IO>, rx: &mut mpsc::UnboundedReceiver<Out>) -> Result<(), String> {
+async fn write_frames<IO: AsyncWrite>(
+    shared: &Shared,
+    wr: &mut WriteHalf<IO>,
+    rx: &mut mpsc::UnboundedReceiver<Out>,
+) -> Result<(), String> {
     let mut comp = HeaderCompressor::new().map_err(|e| e.to_string())?;
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     loop {
@@ -45,7 +54,9 @@ async fn write_frames<IO: AsyncWrite>(shared: &Shared, wr: &mut WriteHalf<IO>, r
                     // (spdy-transport) reset a reply without `:status`.
                     let reply = [(":status".to_string(), "200".to_string()), (":version".to_string(), "HTTP/1.1".to_string())];
                     let header_block = comp.compress(&reply).map_err(|e| e.to_string())?;
-                    Frame::SynReply { stream_id: id, flags: if fin { FIN } else { 0 }, header_block }.encode(&mut buf).map_err(|e| e.to_string())?;
+                    Frame::SynReply { stream_id: id, flags: if fin { FIN } else { 0 }, header_block }
+                        .encode(&mut buf)
+                        .map_err(|e| e.to_string())?;
                 }
                 Out::Open { headers, fin, resp } => open(shared, &mut comp, &mut buf, headers, fin, resp)?,
                 Out::Shutdown => {
@@ -74,7 +85,14 @@ async fn write_frames<IO: AsyncWrite>(shared: &Shared, wr: &mut WriteHalf<IO>, r
 }
 
 /// Allocates the next local stream id (here, so ids go out in order) and writes SYN_STREAM.
-fn open(shared: &Shared, comp: &mut HeaderCompressor, buf: &mut Vec<u8>, headers: Vec<(String, String)>, fin: bool, resp: OpenResp) -> Result<(), String> {
+fn open(
+    shared: &Shared,
+    comp: &mut HeaderCompressor,
+    buf: &mut Vec<u8>,
+    headers: Vec<(String, String)>,
+    fin: bool,
+    resp: OpenResp,
+) -> Result<(), String> {
     let mut st = shared.lock();
     if let Some(r) = &st.dead {
         let _ = resp.send(Err(SpdyError::Closed(r.clone())));
@@ -113,7 +131,12 @@ fn open(shared: &Shared, comp: &mut HeaderCompressor, buf: &mut Vec<u8>, headers
 
 /// Reads and dispatches frames until EOF, an error, a protocol violation or the writer's end;
 /// then ends every stream and marks the session closed.
-pub(crate) async fn read_loop<IO: AsyncRead>(shared: Arc<Shared>, mut rd: ReadHalf<IO>, accept: mpsc::Sender<Stream>, writer_done: Arc<Notify>) {
+pub(crate) async fn read_loop<IO: AsyncRead>(
+    shared: Arc<Shared>,
+    mut rd: ReadHalf<IO>,
+    accept: mpsc::Sender<Stream>,
+    writer_done: Arc<Notify>,
+) {
     let mut dec = HeaderDecompressor::new();
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut writer_ended = false;
@@ -132,13 +155,19 @@ pub(crate) async fn read_loop<IO: AsyncRead>(shared: Arc<Shared>, mut rd: ReadHa
                             }
                         }
                         Err(e) => {
-                            shared.send(Out::Frame(Frame::GoAway { last_good_stream_id: shared.lock().last_peer_id, status: goaway::PROTOCOL_ERROR }));
+                            shared.send(Out::Frame(Frame::GoAway {
+                                last_good_stream_id: shared.lock().last_peer_id,
+                                status: goaway::PROTOCOL_ERROR,
+                            }));
                             break 'conn format!("protocol error: {e}");
                         }
                     }
                 }
                 Err(e) => {
-                    shared.send(Out::Frame(Frame::GoAway { last_good_stream_id: shared.lock().last_peer_id, status: goaway::PROTOCOL_ERROR }));
+                    shared.send(Out::Frame(Frame::GoAway {
+                        last_good_stream_id: shared.lock().last_peer_id,
+                        status: goaway::PROTOCOL_ERROR,
+                    }));
                     break 'conn format!("protocol error: {e}");
                 }
             }
@@ -203,7 +232,11 @@ fn dispatch(shared: &Arc<Shared>, dec: &mut HeaderDecompressor, accept: &mpsc::S
             let mut st = shared.lock();
             let peer_parity = if st.server { 1 } else { 0 };
             if stream_id == 0 || stream_id % 2 != peer_parity || stream_id <= st.last_peer_id {
-                return Err(format!("SYN_STREAM with stream id {stream_id}: expected a new {} id above {}", if peer_parity == 1 { "odd" } else { "even" }, st.last_peer_id));
+                return Err(format!(
+                    "SYN_STREAM with stream id {stream_id}: expected a new {} id above {}",
+                    if peer_parity == 1 { "odd" } else { "even" },
+                    st.last_peer_id
+                ));
             }
             st.last_peer_id = stream_id;
             let open_peer = st.streams.values().filter(|s| !s.local && !s.finished()).count();

@@ -83,7 +83,9 @@ pub fn leftovers(bridge_before: bool, netns_before: &BTreeSet<String>, ours: &BT
     let mounts: Vec<String> = std::fs::read_to_string("/proc/mounts")
         .unwrap_or_default()
         .lines()
-        .filter(|l| l.contains(&t) || ids.iter().any(|id| l.contains(id.as_str())) || ours.iter().any(|n| l.contains(&format!("/netns/{n} "))))
+        .filter(|l| {
+            l.contains(&t) || ids.iter().any(|id| l.contains(id.as_str())) || ours.iter().any(|n| l.contains(&format!("/netns/{n} ")))
+        })
         .map(String::from)
         .collect();
     if !mounts.is_empty() {

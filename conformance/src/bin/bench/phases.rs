@@ -6,11 +6,11 @@ use crate::procfs::{entries, pids_of, pids_with_argv, ppid, pss_kib, vm_rss_kib}
 use crate::rpc::{create_start, created, image_spec, pod_config, remove_image, remove_pod, run_pod, sleep_config, stop_remove};
 use crate::{kind_name, scale, stream, userns, Opts, Results};
 use anyhow::{Context, Result};
+use berth::cri::v1 as cri;
 use berth_conformance::client::Clients;
 use berth_conformance::daemon::TargetKind;
 use berth_conformance::harness;
 use berth_conformance::images::TestImages;
-use berth::cri::v1 as cri;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -41,10 +41,18 @@ async fn phase_pull(kind: TargetKind, dir: &Path, c: &mut Clients, image: &str, 
             }
         }
         let t = Instant::now();
-        c.img.pull_image(cri::PullImageRequest { image: Some(image_spec(image)), auth: None, sandbox_config: None }).await.with_context(|| format!("PullImage {image} (run {i})"))?;
+        c.img
+            .pull_image(cri::PullImageRequest { image: Some(image_spec(image)), auth: None, sandbox_config: None })
+            .await
+            .with_context(|| format!("PullImage {image} (run {i})"))?;
         r.pull.0.push(t.elapsed());
     }
-    let st = c.img.image_status(cri::ImageStatusRequest { image: Some(image_spec(image)), verbose: false }).await.context("ImageStatus busybox")?.into_inner();
+    let st = c
+        .img
+        .image_status(cri::ImageStatusRequest { image: Some(image_spec(image)), verbose: false })
+        .await
+        .context("ImageStatus busybox")?
+        .into_inner();
     r.image_size = st.image.map(|i| i.size);
     Ok(())
 }
@@ -81,7 +89,15 @@ async fn phase_containers(dir: &Path, c: &mut Clients, image: &str, n: usize, r:
 }
 
 /// Phase 6: `n` pods with one `sleep` container each; daemon RSS, monitor/shim PSS and RSS.
-async fn phase_memory(kind: TargetKind, dir: &Path, c: &mut Clients, daemon_pid: i32, image: &str, n: usize, r: &mut Results) -> Result<()> {
+async fn phase_memory(
+    kind: TargetKind,
+    dir: &Path,
+    c: &mut Clients,
+    daemon_pid: i32,
+    image: &str,
+    n: usize,
+    r: &mut Results,
+) -> Result<()> {
     let mut pods = Vec::new();
     for i in 0..n {
         let cfg = pod_config(dir, &format!("mem-{i}"));
@@ -121,7 +137,15 @@ async fn phase_memory(kind: TargetKind, dir: &Path, c: &mut Clients, daemon_pid:
 }
 
 /// Every phase of one target in order (`--only scale`: the scale phase alone).
-pub async fn phases(kind: TargetKind, dir: &Path, c: &mut Clients, daemon_pid: i32, imgs: &TestImages, o: &Opts, r: &mut Results) -> Result<()> {
+pub async fn phases(
+    kind: TargetKind,
+    dir: &Path,
+    c: &mut Clients,
+    daemon_pid: i32,
+    imgs: &TestImages,
+    o: &Opts,
+    r: &mut Results,
+) -> Result<()> {
     r.daemon_rss_idle_kib = vm_rss_kib(daemon_pid);
     if o.only_scale {
         eprintln!("bench[{}]: scale: {} pods x {} containers", kind_name(kind), o.scale.pods, o.scale.per_pod);

@@ -60,10 +60,28 @@ pub fn print_report(o: &Opts, facts: &[(String, String)], cols: &[(TargetKind, R
     println!();
     println!("min / median / max:");
     for (k, r) in cols {
-        for (name, s) in [("ListContainers", &r.scale.list_containers), ("ListCtrStats", &r.scale.list_stats), ("Version", &r.version), ("pull", &r.pull), ("RunPodSandbox", &r.run_pod), ("Create+Start", &r.create_start), ("Stop+Remove", &r.stop_remove), ("RunPod userns", &r.userns.run_pod), ("Create userns", &r.userns.create_start), ("exec echo hi", &r.streaming.exec)] {
+        for (name, s) in [
+            ("ListContainers", &r.scale.list_containers),
+            ("ListCtrStats", &r.scale.list_stats),
+            ("Version", &r.version),
+            ("pull", &r.pull),
+            ("RunPodSandbox", &r.run_pod),
+            ("Create+Start", &r.create_start),
+            ("Stop+Remove", &r.stop_remove),
+            ("RunPod userns", &r.userns.run_pod),
+            ("Create userns", &r.userns.create_start),
+            ("exec echo hi", &r.streaming.exec),
+        ] {
             println!("  {:<11} {:<14} {} / {} / {}  (n={})", kind_name(*k), name, ms(s.min()), ms(s.median()), ms(s.max()), s.0.len());
         }
-        println!("  {:<11} {:<14} down {}, up {}  (n={})", kind_name(*k), "port-forward", stream::range_rate(&r.streaming.pf_down), stream::range_rate(&r.streaming.pf_up), r.streaming.pf_down.len());
+        println!(
+            "  {:<11} {:<14} down {}, up {}  (n={})",
+            kind_name(*k),
+            "port-forward",
+            stream::range_rate(&r.streaming.pf_down),
+            stream::range_rate(&r.streaming.pf_up),
+            r.streaming.pf_down.len()
+        );
         if let Some(sz) = r.image_size {
             println!("  {:<11} busybox ImageStatus.size = {} bytes", kind_name(*k), sz);
         }

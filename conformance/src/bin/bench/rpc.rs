@@ -4,8 +4,8 @@
 //! recorded so the leak checks (`facts::leftovers`) can look for it.
 
 use anyhow::{bail, Context, Result};
-use berth_conformance::client::Clients;
 use berth::cri::v1 as cri;
+use berth_conformance::client::Clients;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -40,7 +40,12 @@ pub fn pod_config(dir: &Path, name: &str) -> cri::PodSandboxConfig {
     let log_dir = dir.join("logs").join(name);
     let _ = std::fs::create_dir_all(&log_dir);
     cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata { name: name.into(), uid: format!("uid-{name}"), namespace: BENCH_LABEL.into(), attempt: 0 }),
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: BENCH_LABEL.into(),
+            attempt: 0,
+        }),
         hostname: name.into(),
         log_directory: log_dir.display().to_string(),
         labels,
@@ -67,13 +72,12 @@ pub fn sleep_config(name: &str, image: &str) -> cri::ContainerConfig {
 /// RunPodSandbox on the default handler; records and returns the pod id.
 pub async fn run_pod(c: &mut Clients, config: &cri::PodSandboxConfig) -> Result<String> {
     let name = config.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
-    let id = c
-        .rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() })
-        .await
-        .with_context(|| format!("RunPodSandbox {name}"))?
-        .into_inner()
-        .pod_sandbox_id;
+    let id =
+        c.rt.run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() })
+            .await
+            .with_context(|| format!("RunPodSandbox {name}"))?
+            .into_inner()
+            .pod_sandbox_id;
     if id.is_empty() {
         bail!("RunPodSandbox {name}: empty pod_sandbox_id");
     }
@@ -83,17 +87,24 @@ pub async fn run_pod(c: &mut Clients, config: &cri::PodSandboxConfig) -> Result<
 
 /// StopPodSandbox then RemovePodSandbox of `id`.
 pub async fn remove_pod(c: &mut Clients, id: &str) -> Result<()> {
-    c.rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.into() }).await.with_context(|| format!("StopPodSandbox {id}"))?;
-    c.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.into() }).await.with_context(|| format!("RemovePodSandbox {id}"))?;
+    c.rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.into() })
+        .await
+        .with_context(|| format!("StopPodSandbox {id}"))?;
+    c.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.into() })
+        .await
+        .with_context(|| format!("RemovePodSandbox {id}"))?;
     Ok(())
 }
 
 /// CreateContainer of `cfg` in `pod` then StartContainer; records and returns the container id.
 pub async fn create_start(c: &mut Clients, pod: &str, pod_cfg: &cri::PodSandboxConfig, cfg: cri::ContainerConfig) -> Result<String> {
     let name = cfg.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
-    let id = c
-        .rt
-        .create_container(cri::CreateContainerRequest { pod_sandbox_id: pod.into(), config: Some(cfg), sandbox_config: Some(pod_cfg.clone()) })
+    let id =
+        c.rt.create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(cfg),
+            sandbox_config: Some(pod_cfg.clone()),
+        })
         .await
         .with_context(|| format!("CreateContainer {name} in pod {pod}"))?
         .into_inner()
@@ -102,14 +113,20 @@ pub async fn create_start(c: &mut Clients, pod: &str, pod_cfg: &cri::PodSandboxC
         bail!("CreateContainer {name}: empty container_id");
     }
     record(&id);
-    c.rt.start_container(cri::StartContainerRequest { container_id: id.clone() }).await.with_context(|| format!("StartContainer {name} ({id})"))?;
+    c.rt.start_container(cri::StartContainerRequest { container_id: id.clone() })
+        .await
+        .with_context(|| format!("StartContainer {name} ({id})"))?;
     Ok(id)
 }
 
 /// StopContainer (timeout 0) then RemoveContainer of `id`.
 pub async fn stop_remove(c: &mut Clients, id: &str) -> Result<()> {
-    c.rt.stop_container(cri::StopContainerRequest { container_id: id.into(), timeout: 0 }).await.with_context(|| format!("StopContainer {id}"))?;
-    c.rt.remove_container(cri::RemoveContainerRequest { container_id: id.into() }).await.with_context(|| format!("RemoveContainer {id}"))?;
+    c.rt.stop_container(cri::StopContainerRequest { container_id: id.into(), timeout: 0 })
+        .await
+        .with_context(|| format!("StopContainer {id}"))?;
+    c.rt.remove_container(cri::RemoveContainerRequest { container_id: id.into() })
+        .await
+        .with_context(|| format!("RemoveContainer {id}"))?;
     Ok(())
 }
 

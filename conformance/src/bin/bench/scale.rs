@@ -14,9 +14,9 @@ use crate::procfs::pids_of;
 use crate::rpc::{create_start, pod_config, remove_pod, run_pod, sleep_config};
 use crate::Samples;
 use anyhow::{bail, Context, Result};
+use berth::cri::v1 as cri;
 use berth_conformance::client::Clients;
 use berth_conformance::daemon::TargetKind;
-use berth::cri::v1 as cri;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -57,11 +57,23 @@ fn cpu_ticks(pid: i32) -> Option<u64> {
 fn clock_ticks_per_sec() -> f64 {
     // SAFETY: sysconf reads a constant of the C library; no pointers, no memory effects.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as f64 } else { 100.0 }
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
 }
 
 /// Runs the scale rows; removes its pods (errors reported).
-pub async fn phase_scale(kind: TargetKind, dir: &Path, c: &mut Clients, daemon_pid: i32, image: &str, o: &ScaleOpts, r: &mut ScaleResults) -> Result<()> {
+pub async fn phase_scale(
+    kind: TargetKind,
+    dir: &Path,
+    c: &mut Clients,
+    daemon_pid: i32,
+    image: &str,
+    o: &ScaleOpts,
+    r: &mut ScaleResults,
+) -> Result<()> {
     let mut pods = Vec::new();
     let res = measure(kind, dir, c, daemon_pid, image, o, r, &mut pods).await;
     let mut rm = Ok(());
@@ -74,11 +86,23 @@ pub async fn phase_scale(kind: TargetKind, dir: &Path, c: &mut Clients, daemon_p
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn measure(kind: TargetKind, dir: &Path, c: &mut Clients, daemon_pid: i32, image: &str, o: &ScaleOpts, r: &mut ScaleResults, pods: &mut Vec<String>) -> Result<()> {
+async fn measure(
+    kind: TargetKind,
+    dir: &Path,
+    c: &mut Clients,
+    daemon_pid: i32,
+    image: &str,
+    o: &ScaleOpts,
+    r: &mut ScaleResults,
+    pods: &mut Vec<String>,
+) -> Result<()> {
     let want = o.pods * o.per_pod;
     // Untimed; needed when the pull phase did not run (`--only scale`).
     let spec = cri::ImageSpec { image: image.into(), ..Default::default() };
-    c.img.pull_image(cri::PullImageRequest { image: Some(spec), auth: None, sandbox_config: None }).await.with_context(|| format!("PullImage {image}"))?;
+    c.img
+        .pull_image(cri::PullImageRequest { image: Some(spec), auth: None, sandbox_config: None })
+        .await
+        .with_context(|| format!("PullImage {image}"))?;
     let t = Instant::now();
     for p in 0..o.pods {
         let cfg = pod_config(dir, &format!("scale-{p}"));
@@ -89,10 +113,19 @@ async fn measure(kind: TargetKind, dir: &Path, c: &mut Clients, daemon_pid: i32,
         }
     }
     eprintln!("bench: {want} containers in {} pods started in {:.1} s", o.pods, t.elapsed().as_secs_f64());
-    let running = cri::ContainerFilter { state: Some(cri::ContainerStateValue { state: cri::ContainerState::ContainerRunning as i32 }), ..Default::default() };
+    let running = cri::ContainerFilter {
+        state: Some(cri::ContainerStateValue { state: cri::ContainerState::ContainerRunning as i32 }),
+        ..Default::default()
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let n = c.rt.list_containers(cri::ListContainersRequest { filter: Some(running.clone()) }).await.context("ListContainers running")?.into_inner().containers.len();
+        let n =
+            c.rt.list_containers(cri::ListContainersRequest { filter: Some(running.clone()) })
+                .await
+                .context("ListContainers running")?
+                .into_inner()
+                .containers
+                .len();
         if n >= want {
             r.containers = n;
             break;
@@ -107,7 +140,13 @@ async fn measure(kind: TargetKind, dir: &Path, c: &mut Clients, daemon_pid: i32,
     c.rt.list_containers(cri::ListContainersRequest { filter: None }).await.context("ListContainers (warm-up)")?;
     for i in 0..o.runs {
         let t = Instant::now();
-        let n = c.rt.list_containers(cri::ListContainersRequest { filter: None }).await.with_context(|| format!("ListContainers {i}"))?.into_inner().containers.len();
+        let n =
+            c.rt.list_containers(cri::ListContainersRequest { filter: None })
+                .await
+                .with_context(|| format!("ListContainers {i}"))?
+                .into_inner()
+                .containers
+                .len();
         r.list_containers.0.push(t.elapsed());
         if n < want {
             bail!("ListContainers {i}: {n} containers listed, expected at least {want}");
@@ -116,7 +155,13 @@ async fn measure(kind: TargetKind, dir: &Path, c: &mut Clients, daemon_pid: i32,
     c.rt.list_container_stats(cri::ListContainerStatsRequest { filter: None }).await.context("ListContainerStats (warm-up)")?;
     for i in 0..o.runs {
         let t = Instant::now();
-        let n = c.rt.list_container_stats(cri::ListContainerStatsRequest { filter: None }).await.with_context(|| format!("ListContainerStats {i}"))?.into_inner().stats.len();
+        let n =
+            c.rt.list_container_stats(cri::ListContainerStatsRequest { filter: None })
+                .await
+                .with_context(|| format!("ListContainerStats {i}"))?
+                .into_inner()
+                .stats
+                .len();
         r.list_stats.0.push(t.elapsed());
         if n < want {
             bail!("ListContainerStats {i}: {n} stats, expected at least {want}");

@@ -13,9 +13,9 @@
 use crate::rpc::{create_start, pod_config, remove_pod, run_pod, sleep_config};
 use crate::Samples;
 use anyhow::{bail, Context, Result};
+use berth::cri::v1 as cri;
 use berth_conformance::client::Clients;
 use berth_conformance::stream_client::{self as sc, Session, Transport};
-use berth::cri::v1 as cri;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -49,7 +49,11 @@ pub fn median_rate(v: &[f64]) -> String {
 pub fn range_rate(v: &[f64]) -> String {
     let min = v.iter().copied().fold(f64::INFINITY, f64::min);
     let max = v.iter().copied().fold(0.0, f64::max);
-    if v.is_empty() { "n/a".into() } else { format!("{min:.0} .. {max:.0} MiB/s") }
+    if v.is_empty() {
+        "n/a".into()
+    } else {
+        format!("{min:.0} .. {max:.0} MiB/s")
+    }
 }
 
 async fn port_forward_url(c: &mut Clients, pod: &str, port: u16) -> Result<String> {
@@ -81,7 +85,9 @@ async fn measure(c: &mut Clients, pod: &str, cfg: &cri::PodSandboxConfig, image:
         let t = Instant::now();
         let req = cri::ExecRequest { container_id: id.clone(), cmd: vec!["echo".into(), "hi".into()], stdout: true, ..Default::default() };
         let url = c.rt.exec(req).await.context("Exec")?.into_inner().url;
-        let o = sc::remotecommand(&url, Transport::Spdy("v4.channel.k8s.io"), &Session::default()).await.with_context(|| format!("exec {i}"))?;
+        let o = sc::remotecommand(&url, Transport::Spdy("v4.channel.k8s.io"), &Session::default())
+            .await
+            .with_context(|| format!("exec {i}"))?;
         r.exec.0.push(t.elapsed());
         if o.stdout != b"hi\n" || o.exit_code()? != 0 {
             bail!("exec {i}: stdout {:?}, status {:?}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.error));
@@ -101,10 +107,16 @@ async fn measure(c: &mut Clients, pod: &str, cfg: &cri::PodSandboxConfig, image:
 
         let t = Instant::now();
         let url = port_forward_url(c, pod, 8082).await?;
-        let f = sc::port_forward_duplex(&url, spdy, 8082, vec![0u8; PF_BYTES], limit).await.with_context(|| format!("port-forward upload {i}"))?;
+        let f = sc::port_forward_duplex(&url, spdy, 8082, vec![0u8; PF_BYTES], limit)
+            .await
+            .with_context(|| format!("port-forward upload {i}"))?;
         let secs = t.elapsed().as_secs_f64();
         if f.received != b"done\n" {
-            bail!("port-forward upload {i}: the pod answered {:?} (expected \"done\"), error {:?}", String::from_utf8_lossy(&f.received), f.error);
+            bail!(
+                "port-forward upload {i}: the pod answered {:?} (expected \"done\"), error {:?}",
+                String::from_utf8_lossy(&f.received),
+                f.error
+            );
         }
         r.pf_up.push(PF_BYTES as f64 / (1 << 20) as f64 / secs);
     }

@@ -21,9 +21,9 @@
 use crate::rpc::{create_start, pod_config, remove_pod, run_pod, sleep_config, stop_remove};
 use crate::Samples;
 use anyhow::{Context, Result};
+use berth::cri::v1 as cri;
 use berth_conformance::client::Clients;
 use berth_conformance::daemon::TargetKind;
-use berth::cri::v1 as cri;
 use std::path::Path;
 use std::time::Instant;
 
@@ -81,7 +81,14 @@ async fn skip_reason(kind: TargetKind, c: &mut Clients) -> Result<Option<String>
 
 /// Runs the userns rows on `kind` with `n` samples each; returns a note when it was skipped.
 /// Errors are RPC failures, named by the request and the pod or container.
-pub async fn phase_userns(kind: TargetKind, dir: &Path, c: &mut Clients, image: &str, n: usize, r: &mut UsernsResults) -> Result<Option<String>> {
+pub async fn phase_userns(
+    kind: TargetKind,
+    dir: &Path,
+    c: &mut Clients,
+    image: &str,
+    n: usize,
+    r: &mut UsernsResults,
+) -> Result<Option<String>> {
     if let Some(why) = skip_reason(kind, c).await? {
         return Ok(Some(why));
     }

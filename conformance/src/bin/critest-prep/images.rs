@@ -193,11 +193,18 @@ pub fn build_and_push(reg: &Registry, work: &Path) -> Result<Vec<String>> {
     let mut b = Builder::new(reg)?;
 
     // registry.k8s.io/e2e-test-images/busybox:1.29-2
-    b.push_list("registry.k8s.io/e2e-test-images/busybox", &format!("{E2E}/busybox"), &["1.29-2"], &Spec { layers: vec![], cfg: default_cfg() })?;
+    b.push_list(
+        "registry.k8s.io/e2e-test-images/busybox",
+        &format!("{E2E}/busybox"),
+        &["1.29-2"],
+        &Spec { layers: vec![], cfg: default_cfg() },
+    )?;
 
     // nginx:1.14-2 and hostnet-nginx-amd64 (port 12003).
     let nginx_page = "<!DOCTYPE html>\n<html><head><title>Welcome to nginx!</title></head><body><h1>Welcome to nginx!</h1></body></html>\n";
-    let nginx_conf = |port: u16| format!("port={port}\npidfile=/var/run/nginx.pid\narg0=nginx: master process nginx -g daemon off;\nroot=/usr/share/nginx/html\n");
+    let nginx_conf = |port: u16| {
+        format!("port={port}\npidfile=/var/run/nginx.pid\narg0=nginx: master process nginx -g daemon off;\nroot=/usr/share/nginx/html\n")
+    };
     let nginx_cfg = serde_json::json!({
         "Env": [PATH_ENV, "NGINX_VERSION=1.14.2"],
         "Cmd": ["nginx", "-g", "daemon off;"],
@@ -205,11 +212,21 @@ pub fn build_and_push(reg: &Registry, work: &Path) -> Result<Vec<String>> {
         "StopSignal": "SIGTERM",
     });
     let l = webserver_layer(&web, "usr/sbin/nginx", &nginx_conf(80), "usr/share/nginx/html", nginx_page)?;
-    b.push_list("registry.k8s.io/e2e-test-images/nginx", &format!("{E2E}/nginx"), &["1.14-2"], &Spec { layers: vec![l], cfg: nginx_cfg.clone() })?;
+    b.push_list(
+        "registry.k8s.io/e2e-test-images/nginx",
+        &format!("{E2E}/nginx"),
+        &["1.14-2"],
+        &Spec { layers: vec![l], cfg: nginx_cfg.clone() },
+    )?;
     let l = webserver_layer(&web, "usr/sbin/nginx", &nginx_conf(12003), "usr/share/nginx/html", nginx_page)?;
     let mut hcfg = nginx_cfg.clone();
     hcfg["ExposedPorts"] = serde_json::json!({ "12003/tcp": {} });
-    b.push_single("gcr.io/k8s-staging-cri-tools/hostnet-nginx-amd64", &format!("{CRI_TOOLS}/hostnet-nginx-amd64"), "latest", &Spec { layers: vec![l], cfg: hcfg })?;
+    b.push_single(
+        "gcr.io/k8s-staging-cri-tools/hostnet-nginx-amd64",
+        &format!("{CRI_TOOLS}/hostnet-nginx-amd64"),
+        "latest",
+        &Spec { layers: vec![l], cfg: hcfg },
+    )?;
 
     // httpd:2.4.39-4
     let l = webserver_layer(
@@ -225,12 +242,22 @@ pub fn build_and_push(reg: &Registry, work: &Path) -> Result<Vec<String>> {
         "WorkingDir": "/usr/local/apache2",
         "ExposedPorts": { "80/tcp": {} },
     });
-    b.push_list("registry.k8s.io/e2e-test-images/httpd", &format!("{E2E}/httpd"), &["2.4.39-4"], &Spec { layers: vec![l], cfg: httpd_cfg })?;
+    b.push_list(
+        "registry.k8s.io/e2e-test-images/httpd",
+        &format!("{E2E}/httpd"),
+        &["2.4.39-4"],
+        &Spec { layers: vec![l], cfg: httpd_cfg },
+    )?;
 
     // nonewprivs:1.3: setuid-root nnp.
     let l = one_layer(|t| t.file("usr/local/bin/nnp", 0o4755, &nnp))?;
     let nnp_cfg = serde_json::json!({ "Env": [PATH_ENV], "Entrypoint": ["/usr/local/bin/nnp"] });
-    b.push_list("registry.k8s.io/e2e-test-images/nonewprivs", &format!("{E2E}/nonewprivs"), &["1.3"], &Spec { layers: vec![l], cfg: nnp_cfg })?;
+    b.push_list(
+        "registry.k8s.io/e2e-test-images/nonewprivs",
+        &format!("{E2E}/nonewprivs"),
+        &["1.3"],
+        &Spec { layers: vec![l], cfg: nnp_cfg },
+    )?;
 
     // test-image-user-*: images/build's IMAGE_USERS.
     for (image, user) in [
@@ -240,7 +267,12 @@ pub fn build_and_push(reg: &Registry, work: &Path) -> Result<Vec<String>> {
         ("test-image-user-username-group", "www-data:1004"),
     ] {
         let cfg = serde_json::json!({ "Env": [PATH_ENV], "Cmd": ["sh"], "User": user });
-        b.push_list(&format!("gcr.io/k8s-staging-cri-tools/{image}"), &format!("{CRI_TOOLS}/{image}"), &["latest"], &Spec { layers: vec![], cfg })?;
+        b.push_list(
+            &format!("gcr.io/k8s-staging-cri-tools/{image}"),
+            &format!("{CRI_TOOLS}/{image}"),
+            &["latest"],
+            &Spec { layers: vec![], cfg },
+        )?;
     }
 
     // test-image-predefined-group: default-user (1000) in group-defined-in-image (50000).
@@ -252,7 +284,12 @@ pub fn build_and_push(reg: &Registry, work: &Path) -> Result<Vec<String>> {
         Ok(())
     })?;
     let cfg = serde_json::json!({ "Env": [PATH_ENV], "Cmd": ["sh"], "User": "1000" });
-    b.push_list("gcr.io/k8s-staging-cri-tools/test-image-predefined-group", &format!("{CRI_TOOLS}/test-image-predefined-group"), &["latest"], &Spec { layers: vec![l], cfg })?;
+    b.push_list(
+        "gcr.io/k8s-staging-cri-tools/test-image-predefined-group",
+        &format!("{CRI_TOOLS}/test-image-predefined-group"),
+        &["latest"],
+        &Spec { layers: vec![l], cfg },
+    )?;
 
     // test-image-*: an empty file /<TEST> on the base (images/image-test).
     let test_file = |name: &str| one_layer(|t| t.file(name, 0o644, b""));

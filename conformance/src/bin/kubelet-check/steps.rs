@@ -1,11 +1,11 @@
 //! The checks of `kubelet-check`, in order; each prints `ok NAME` or `FAILED NAME: why`.
 
 use crate::{wait_for, Env, NAMESPACE, NODE};
-use berth_conformance::daemon::TargetKind;
 use anyhow::{bail, Context, Result};
-use berth_conformance::client::Clients;
-use berth_conformance::proc;
 use berth::cri::v1 as cri;
+use berth_conformance::client::Clients;
+use berth_conformance::daemon::TargetKind;
+use berth_conformance::proc;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::Path;
@@ -108,12 +108,20 @@ pub async fn run_foreign_pod(c: &mut Clients, tmp: &Path) -> Result<String> {
     let logs = tmp.join("logs").join("foreign");
     std::fs::create_dir_all(&logs)?;
     let config = cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata { name: "not-kubelets".into(), uid: "foreign-uid".into(), namespace: "elsewhere".into(), attempt: 0 }),
+        metadata: Some(cri::PodSandboxMetadata {
+            name: "not-kubelets".into(),
+            uid: "foreign-uid".into(),
+            namespace: "elsewhere".into(),
+            attempt: 0,
+        }),
         hostname: "foreign".into(),
         log_directory: logs.display().to_string(),
         ..Default::default()
     };
-    let r = c.rt.run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() }).await.context("RunPodSandbox of the foreign pod")?;
+    let r =
+        c.rt.run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() })
+            .await
+            .context("RunPodSandbox of the foreign pod")?;
     Ok(r.into_inner().pod_sandbox_id)
 }
 
@@ -134,14 +142,18 @@ async fn pod_running(env: &mut Env) -> Result<Running> {
         let p = env.kubelet.pod(&name);
         async move {
             let Some(p) = p? else { return Ok(None) };
-            let ready = ["ticker", "web"].iter().all(|c| container_status(&p, c).is_some_and(|s| s["ready"] == true && s["state"]["running"].is_object()));
+            let ready = ["ticker", "web"]
+                .iter()
+                .all(|c| container_status(&p, c).is_some_and(|s| s["ready"] == true && s["state"]["running"].is_object()));
             Ok((p["status"]["phase"] == "Running" && ready).then_some(p))
         }
     })
     .await?;
     let ip = pod["status"]["podIP"].as_str().unwrap_or_default().to_string();
-    let sandbox = ready_sandbox(&mut env.cri).await?.with_context(|| format!("no ready sandbox labelled io.kubernetes.pod.name={name} over CRI"))?;
-    let running = containers(&mut env.cri, &sandbox).await?.into_iter().filter(|c| c.state == cri::ContainerState::ContainerRunning as i32).count();
+    let sandbox =
+        ready_sandbox(&mut env.cri).await?.with_context(|| format!("no ready sandbox labelled io.kubernetes.pod.name={name} over CRI"))?;
+    let running =
+        containers(&mut env.cri, &sandbox).await?.into_iter().filter(|c| c.state == cri::ContainerState::ContainerRunning as i32).count();
     if running != 2 {
         bail!("kubelet says Running, CRI lists {running} running containers in sandbox {sandbox}");
     }
@@ -153,7 +165,11 @@ async fn pod_running(env: &mut Env) -> Result<Running> {
 
 async fn ready_sandbox(c: &mut Clients) -> Result<Option<String>> {
     let labels = HashMap::from([("io.kubernetes.pod.name".to_string(), pod_name())]);
-    let filter = cri::PodSandboxFilter { label_selector: labels, state: Some(cri::PodSandboxStateValue { state: cri::PodSandboxState::SandboxReady as i32 }), ..Default::default() };
+    let filter = cri::PodSandboxFilter {
+        label_selector: labels,
+        state: Some(cri::PodSandboxStateValue { state: cri::PodSandboxState::SandboxReady as i32 }),
+        ..Default::default()
+    };
     let items = c.rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: Some(filter) }).await?.into_inner().items;
     Ok(items.first().map(|p| p.id.clone()))
 }
@@ -166,7 +182,8 @@ async fn containers(c: &mut Clients, sandbox: &str) -> Result<Vec<cri::Container
 async fn web_answers(ip: &str) -> Result<()> {
     let addr = format!("{ip}:8080");
     let body = tokio::task::spawn_blocking(move || -> Result<String> {
-        let mut s = std::net::TcpStream::connect_timeout(&addr.parse()?, Duration::from_secs(5)).with_context(|| format!("connect {addr}"))?;
+        let mut s =
+            std::net::TcpStream::connect_timeout(&addr.parse()?, Duration::from_secs(5)).with_context(|| format!("connect {addr}"))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         s.write_all(b"GET /hostname HTTP/1.0\r\n\r\n")?;
         let mut raw = Vec::new();
@@ -186,7 +203,14 @@ async fn container_named(c: &mut Clients, sandbox: &str, name: &str) -> Result<V
 
 async fn ticker_logs(env: &mut Env, sandbox: &str) -> Result<()> {
     let ticker = container_named(&mut env.cri, sandbox, "ticker").await?.into_iter().next().context("no ticker container over CRI")?;
-    let st = env.cri.rt.container_status(cri::ContainerStatusRequest { container_id: ticker.id.clone(), verbose: false }).await?.into_inner().status.context("empty ContainerStatus")?;
+    let st = env
+        .cri
+        .rt
+        .container_status(cri::ContainerStatusRequest { container_id: ticker.id.clone(), verbose: false })
+        .await?
+        .into_inner()
+        .status
+        .context("empty ContainerStatus")?;
     let path = st.log_path.clone();
     wait_for("the ticker's CRI log has two lines", Duration::from_secs(20), || {
         let text = std::fs::read_to_string(&path).unwrap_or_default();
@@ -206,10 +230,15 @@ async fn kill_and_restart(env: &mut Env, sandbox: &str) -> Result<()> {
         .context("no running ticker container")?;
     let attempt = ticker.metadata.as_ref().map(|m| m.attempt).unwrap_or_default();
     let name = pod_name();
-    let before = env.kubelet.pod(&name)?.and_then(|p| container_status(&p, "ticker").and_then(|s| s["restartCount"].as_u64())).context("kubelet shows no ticker")?;
+    let before = env
+        .kubelet
+        .pod(&name)?
+        .and_then(|p| container_status(&p, "ticker").and_then(|s| s["restartCount"].as_u64()))
+        .context("kubelet shows no ticker")?;
     // The pid from verbose ContainerStatus, as `crictl inspect` shows it (berth and containerd
     // both give `info["info"]` as JSON with `pid`).
-    let st = env.cri.rt.container_status(cri::ContainerStatusRequest { container_id: ticker.id.clone(), verbose: true }).await?.into_inner();
+    let st =
+        env.cri.rt.container_status(cri::ContainerStatusRequest { container_id: ticker.id.clone(), verbose: true }).await?.into_inner();
     let info: serde_json::Value = serde_json::from_str(st.info.get("info").map(String::as_str).unwrap_or("{}"))?;
     let pid = info["pid"].as_i64().filter(|p| *p > 1).with_context(|| format!("verbose ContainerStatus gives no pid: {info}"))?;
     proc::signal_pid(pid as i32, libc::SIGKILL);
@@ -217,7 +246,9 @@ async fn kill_and_restart(env: &mut Env, sandbox: &str) -> Result<()> {
         let p = env.kubelet.pod(&name);
         async move {
             let Some(p) = p? else { return Ok(None) };
-            Ok(container_status(&p, "ticker").filter(|s| s["restartCount"].as_u64() == Some(before + 1) && s["state"]["running"].is_object()).map(|_| ()))
+            Ok(container_status(&p, "ticker")
+                .filter(|s| s["restartCount"].as_u64() == Some(before + 1) && s["state"]["running"].is_object())
+                .map(|_| ()))
         }
     })
     .await?;
@@ -230,7 +261,11 @@ async fn kill_and_restart(env: &mut Env, sandbox: &str) -> Result<()> {
     if old.state != cri::ContainerState::ContainerExited as i32 {
         bail!("the killed ticker is in state {}, expected EXITED", old.state);
     }
-    eprintln!("  killed attempt {attempt}, kubelet restartCount {before} -> {}, running attempt {}", before + 1, restarted.metadata.as_ref().map(|m| m.attempt).unwrap_or_default());
+    eprintln!(
+        "  killed attempt {attempt}, kubelet restartCount {before} -> {}, running attempt {}",
+        before + 1,
+        restarted.metadata.as_ref().map(|m| m.attempt).unwrap_or_default()
+    );
     Ok(())
 }
 
@@ -284,8 +319,20 @@ async fn manifest_removed(env: &mut Env, manifest: &Path) -> Result<()> {
         let mut c = Clients { rt: rt.clone(), img: env.cri.img.clone() };
         async move {
             let labels = HashMap::from([("io.kubernetes.pod.name".to_string(), pod_name())]);
-            let pods = c.rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: Some(cri::PodSandboxFilter { label_selector: labels.clone(), ..Default::default() }) }).await?.into_inner().items;
-            let ctrs = c.rt.list_containers(cri::ListContainersRequest { filter: Some(cri::ContainerFilter { label_selector: labels, ..Default::default() }) }).await?.into_inner().containers;
+            let pods =
+                c.rt.list_pod_sandbox(cri::ListPodSandboxRequest {
+                    filter: Some(cri::PodSandboxFilter { label_selector: labels.clone(), ..Default::default() }),
+                })
+                .await?
+                .into_inner()
+                .items;
+            let ctrs =
+                c.rt.list_containers(cri::ListContainersRequest {
+                    filter: Some(cri::ContainerFilter { label_selector: labels, ..Default::default() }),
+                })
+                .await?
+                .into_inner()
+                .containers;
             Ok((pods.is_empty() && ctrs.is_empty()).then_some(()))
         }
     })
