@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The project's test command (see README): installs dependencies, builds every binary, then runs
-# the unit tests of src/ and the CRI conformance suite (conformance/) against a fresh berth
-# started on temporary roots. Run as root from a fresh clone; reads no stdin.
+# The project's test command (see README): installs dependencies, builds every binary, checks
+# formatting and clippy (-D warnings), then runs the unit tests of src/ and the CRI conformance
+# suite (conformance/) against a fresh berth started on temporary roots. Run as root from a fresh clone; reads no stdin.
 #
 # Then the cgroup v2 lane: the conformance suite again inside a Debian 12 guest booted with
 # cgroup v2 and systemd (scripts/v2-guest.sh, docs/cgroups.md), once with the systemd cgroup
@@ -31,6 +31,14 @@ fi
 
 echo "== cargo build --workspace --bins"
 cargo build --workspace --bins </dev/null
+
+# Lints: formatting (rustfmt.toml) and clippy with warnings as errors. A failure fails the test
+# command, but the tests still run, so one run reports everything.
+lint_failed=()
+echo "== cargo fmt --all --check"
+cargo fmt --all --check </dev/null || lint_failed+=("cargo fmt --all --check (run cargo fmt --all)")
+echo "== cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets </dev/null -- -D warnings || lint_failed+=("cargo clippy -D warnings")
 
 echo "== cargo test --workspace --no-fail-fast"
 # The conformance suite (tests/cri.rs in berth-conformance) prints one line per case and a
@@ -64,6 +72,11 @@ else
     echo "== cgroup v2 lane FAILED (systemd driver: exit $v2_systemd, cgroupfs: exit $v2_cgroupfs, nested: exit $v2_nested)"
     status=1
   fi
+fi
+
+if [ "${#lint_failed[@]}" -gt 0 ]; then
+  printf '== lint FAILED: %s\n' "${lint_failed[@]}"
+  status=1
 fi
 
 # One closing line over every test binary: cargo's own "test result:" lines (unit and
