@@ -30,24 +30,10 @@ impl ImageServer {
     }
 }
 
-/// The gRPC status for an image error during `op` on `image` (as the client named it):
-/// InvalidArgument (bad reference, unusable config), NotFound (no such manifest),
-/// Unauthenticated / PermissionDenied (registry auth), Unavailable (registry unreachable),
-/// DataLoss (digest mismatch), Unknown (other registry protocol failures), Internal (unpack and
-/// local I/O, metadata store).
+/// The gRPC status for an image error during `op` on `image` (as the client named it); the code
+/// is [`crate::server::status::image_code`]'s.
 pub fn status_from_image_error(op: &str, image: &str, e: ImageError) -> Status {
-    let message = format!("{op} {image:?}: {e}");
-    match e {
-        ImageError::InvalidReference(_) => Status::invalid_argument(message),
-        ImageError::NotFound { .. } => Status::not_found(message),
-        ImageError::Unauthenticated { .. } => Status::unauthenticated(message),
-        ImageError::PermissionDenied { .. } => Status::permission_denied(message),
-        ImageError::Unreachable { .. } => Status::unavailable(message),
-        ImageError::Registry { .. } => Status::unknown(message),
-        ImageError::DigestMismatch { .. } => Status::data_loss(message),
-        ImageError::BadConfig { .. } => Status::invalid_argument(message),
-        ImageError::Unpack { .. } | ImageError::Io { .. } | ImageError::State(_) => Status::internal(message),
-    }
+    Status::new(crate::server::status::image_code(&e), format!("{op} {image:?}: {e}"))
 }
 
 /// Splits an image config `User` into CRI's `uid` (numeric user) or `username` (named user);

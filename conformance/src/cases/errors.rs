@@ -36,7 +36,8 @@ async fn all_containers(ctx: &Ctx) -> Result<BTreeSet<String>> {
 
 /// Malformed requests fail (berth: InvalidArgument) and leave no pod or container behind:
 /// RunPodSandbox without metadata, CreateContainer with an empty image, ExecSync with an empty
-/// cmd, RunPodSandbox with an unknown runtime_handler.
+/// cmd, RunPodSandbox with an unknown runtime_handler; CreateContainer with an image reference
+/// that does not parse (InvalidArgument) and with one never pulled (NotFound), both naming it.
 pub async fn bad_input_codes(ctx: &Ctx) -> Result<()> {
     const CASE: &str = "bad_input_codes";
     ctx.ensure_image(&ctx.images.busybox).await?;
@@ -76,6 +77,25 @@ async fn bad_container_input(ctx: &Ctx, pod: &Pod) -> Result<()> {
         })
         .await;
     expect_error(ctx, CASE, "CreateContainer with an empty image", r, tonic::Code::InvalidArgument)?;
+    // An image reference that does not parse is the request's fault, and one never pulled is
+    // NotFound (kubelet pulls first); both name the image. (They were Internal before the image
+    // errors got one mapping to codes.)
+    for (image, code) in [("Bad//Ref::x", tonic::Code::InvalidArgument), ("127.0.0.1:1/berth/never-pulled:1", tonic::Code::NotFound)] {
+        let cfg = ctx.container_config("badimage", image, &["true"]);
+        let r = ctx
+            .rt()
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.id.clone(),
+                config: Some(cfg),
+                sandbox_config: Some(pod.config.clone()),
+            })
+            .await;
+        let named = r.as_ref().err().is_none_or(|s| s.message().contains(image));
+        expect_error(ctx, CASE, &format!("CreateContainer with image {image:?}"), r, code)?;
+        if ctx.kind == TargetKind::Berth {
+            check(named, || format!("the error for image {image:?} does not name it"))?;
+        }
+    }
     let r = ctx.rt().exec_sync(cri::ExecSyncRequest { container_id: id.clone(), cmd: Vec::new(), timeout: 10 }).await;
     expect_error(ctx, CASE, "ExecSync with an empty cmd", r, tonic::Code::InvalidArgument)?;
     let after = all_containers(ctx).await?;
