@@ -11,7 +11,8 @@
 //! [`query`] is the client `berth status` uses (blocking, std only).
 
 use crate::container::{ContainerPaths, ContainerRecord};
-use crate::daemon::{Daemon, Error as DaemonError};
+use crate::daemon::Daemon;
+use crate::error::Error as DaemonError;
 use crate::sandbox::{SandboxPaths, SandboxRecord};
 use bytes::Bytes;
 use http_body_util::Full;

@@ -13,6 +13,7 @@ pub mod config;
 pub mod container;
 pub mod cri;
 pub mod daemon;
+pub mod error;
 pub mod events;
 pub mod image;
 pub mod inspect;

@@ -7,7 +7,8 @@
 //! runtime is left to reap it, so nothing of it, not even a zombie, is there at the reply.
 
 use super::{ContainerPaths, ContainerState};
-use crate::daemon::{Daemon, Error, Result};
+use crate::daemon::Daemon;
+use crate::error::{Error, Result};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;

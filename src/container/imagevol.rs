@@ -10,7 +10,8 @@
 
 use super::ContainerPaths;
 use crate::cri::v1 as cri;
-use crate::daemon::{Daemon, Error, Result};
+use crate::daemon::Daemon;
+use crate::error::{Error, Result};
 use crate::image::Image;
 use std::path::{Component, Path, PathBuf};
 

@@ -1,7 +1,8 @@
 //! StartContainer, StopContainer, RemoveContainer.
 
 use super::{watched, ContainerPaths, ContainerRecord, ContainerState};
-use crate::daemon::{ok_if_missing, Daemon, Error, Result};
+use crate::daemon::Daemon;
+use crate::error::{ok_if_missing, Error, Result};
 use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;

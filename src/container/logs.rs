@@ -2,7 +2,8 @@
 //! again, so after kubelet renamed the file for rotation a new one is created.
 
 use super::{ContainerPaths, ContainerState};
-use crate::daemon::{Daemon, Error, Result};
+use crate::daemon::Daemon;
+use crate::error::{Error, Result};
 use std::time::Duration;
 
 /// How long ReopenContainerLog waits for the monitor's answer and the new file.

@@ -33,7 +33,8 @@ pub use logs::reopen_log;
 pub use update::update_resources;
 
 use crate::cri::v1::ContainerConfig;
-use crate::daemon::{Daemon, Error, Result};
+use crate::daemon::Daemon;
+use crate::error::{Error, Result};
 use crate::monitor::ExitInfo;
 use liveness::{Ended, Watched};
 use serde::{Deserialize, Serialize};

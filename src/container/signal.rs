@@ -3,7 +3,7 @@
 //! `ContainerStatus.stop_signal`.
 
 use crate::cri::v1 as cri;
-use crate::daemon::{Error, Result};
+use crate::error::{Error, Result};
 
 /// `SIGRTMIN` as glibc and musl programs see it (the kernel's 32 and 33 are taken by the C
 /// library's threads); the CRI `SIGRTMINPLUS1..15` / `SIGRTMAXMINUS1..14` count from it and from

@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{ContainerPaths, ContainerState};
-use crate::daemon::{Daemon, Error};
+use crate::daemon::Daemon;
+use crate::error::Error;
 use crate::monitor::attach::{pump, PumpEnd};
 use crate::monitor::{self, ExecProcess, MonitorSpec};
 use crate::streaming::{Backend, ExecSpec, SessionIo, StreamError};

@@ -11,7 +11,8 @@
 
 use super::{ContainerPaths, ContainerRecord, ContainerState};
 use crate::cri::v1 as cri;
-use crate::daemon::{Daemon, Error, Result};
+use crate::daemon::Daemon;
+use crate::error::{Error, Result};
 use tracing::Instrument;
 
 /// `new` merged over `old`: every non-zero / non-empty field of `new` replaces the old value

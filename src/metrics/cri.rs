@@ -14,7 +14,8 @@
 use crate::cgroups::fs_path;
 use crate::container::{ContainerRecord, ContainerState};
 use crate::cri::v1 as cri;
-use crate::daemon::{Daemon, Result};
+use crate::daemon::Daemon;
+use crate::error::Result;
 use crate::sandbox::{SandboxRecord, SandboxState};
 use crate::stats::collect::stats_error;
 use crate::stats::detail::{self, DetailStats};

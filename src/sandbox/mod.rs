@@ -16,7 +16,8 @@ pub use run::run;
 pub use stop::{remove, stop};
 
 use crate::cri::v1::{NamespaceMode, NamespaceOption, PodSandboxConfig};
-use crate::daemon::{Daemon, Error, Result};
+use crate::daemon::Daemon;
+use crate::error::{Error, Result};
 use crate::state::SANDBOXES;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;

@@ -2,7 +2,8 @@
 //! half-created or gone is not an error (kubelet retries them).
 
 use super::{SandboxPaths, SandboxRecord, SandboxState};
-use crate::daemon::{ok_if_missing, Daemon, Error, Result};
+use crate::daemon::Daemon;
+use crate::error::{ok_if_missing, Error, Result};
 use crate::state::SANDBOXES;
 use std::time::Duration;
 use tracing::Instrument;

@@ -26,7 +26,7 @@
 
 use crate::cri::v1::{NamespaceMode, NamespaceOption, PodSandboxConfig};
 
-use crate::daemon::{Error, Result};
+use crate::error::{Error, Result};
 
 /// The kernel namespace a sysctl belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -21,7 +21,7 @@ use crate::cri::v1::{IdMapping, NamespaceMode, NamespaceOption, PodSandboxConfig
 use oci_spec::runtime::{LinuxIdMapping, LinuxIdMappingBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::daemon::{Error, Result};
+use crate::error::{Error, Result};
 
 /// One id range: container ids `container_id..container_id+length` are host ids
 /// `host_id..host_id+length` (CRI `IdMapping`; OCI runtime-spec config-linux.md "User namespace

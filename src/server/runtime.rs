@@ -51,7 +51,7 @@ type R<T> = Result<Response<T>, Status>;
 /// workers.
 async fn blocking<T: Send + 'static>(
     d: &Arc<Daemon>,
-    f: impl FnOnce(&Daemon) -> crate::daemon::Result<T> + Send + 'static,
+    f: impl FnOnce(&Daemon) -> crate::error::Result<T> + Send + 'static,
 ) -> Result<T, Status> {
     let d = d.clone();
     tokio::task::spawn_blocking(move || f(&d)).await.map_err(|e| Status::internal(format!("stats task failed: {e}")))?.map_err(Status::from)

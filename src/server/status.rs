@@ -7,7 +7,7 @@
 //! FailedPrecondition, and failures of berth, the runtime, the disk or the store are Internal.
 
 use crate::container::spec::SpecError;
-use crate::daemon::Error;
+use crate::error::Error;
 use crate::image::ImageError;
 use crate::storage::StorageError;
 use std::io::ErrorKind;

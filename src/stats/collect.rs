@@ -17,7 +17,8 @@ use super::{caches, host_layout, parse, psi, StatsError};
 use crate::cgroups::fs_path;
 use crate::container::{ContainerPaths, ContainerRecord, ContainerState};
 use crate::cri::v1 as cri;
-use crate::daemon::{Daemon, Error, Result};
+use crate::daemon::Daemon;
+use crate::error::{Error, Result};
 use crate::sandbox::{SandboxRecord, SandboxState};
 use std::collections::HashMap;
 
