@@ -19,6 +19,7 @@ pub mod image;
 pub mod inspect;
 pub mod metrics;
 pub mod monitor;
+pub mod mountinfo;
 pub mod network;
 pub mod oci;
 pub mod pause;

@@ -97,7 +97,7 @@ pub fn remove_dir_all_idempotent(path: &Path) -> std::io::Result<()> {
         Err(e) => return Err(e),
     };
     let table = std::fs::read_to_string("/proc/self/mountinfo")?;
-    if let Some(mp) = mount_points_under(&table, &canon).into_iter().next() {
+    if let Some(mp) = crate::mountinfo::points_under(&table, &canon).into_iter().next() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::ResourceBusy,
             format!("{} is still a mount point: not removing {}", mp.display(), path.display()),
@@ -107,17 +107,6 @@ pub fn remove_dir_all_idempotent(path: &Path) -> std::io::Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
-}
-
-/// Mount points (field 5 of each `/proc/self/mountinfo` line, octal escapes decoded) at or
-/// below `dir`.
-pub fn mount_points_under(mountinfo: &str, dir: &Path) -> Vec<std::path::PathBuf> {
-    mountinfo
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|mp| std::path::PathBuf::from(crate::storage::unescape_mountinfo(mp)))
-        .filter(|mp| mp.starts_with(dir))
-        .collect()
 }
 
 #[cfg(test)]

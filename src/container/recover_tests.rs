@@ -25,7 +25,7 @@ fn daemon(tmp: &Path) -> Daemon {
 
 fn mounted_under(dir: &Path) -> Vec<std::path::PathBuf> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    crate::util::mount_points_under(&text, &std::fs::canonicalize(dir).unwrap())
+    crate::mountinfo::points_under(&text, &std::fs::canonicalize(dir).unwrap())
 }
 
 #[tokio::test]

@@ -160,7 +160,7 @@ fn mount_points() -> Vec<(PathBuf, String)> {
             let mut f = l.split(' ');
             let mp = f.nth(4)?;
             let fstype = l.split(" - ").nth(1)?.split(' ').next()?;
-            Some((PathBuf::from(crate::storage::unescape_mountinfo(mp)), fstype.to_string()))
+            Some((PathBuf::from(crate::mountinfo::unescape(mp)), fstype.to_string()))
         })
         .collect()
 }
@@ -180,9 +180,9 @@ mod tests {
 
     #[test]
     fn unescapes_mountinfo_octal() {
-        assert_eq!(crate::storage::unescape_mountinfo("/a\\040b"), "/a b");
-        assert_eq!(crate::storage::unescape_mountinfo("/plain"), "/plain");
-        assert_eq!(crate::storage::unescape_mountinfo("/x\\04"), "/x\\04");
+        assert_eq!(crate::mountinfo::unescape("/a\\040b"), "/a b");
+        assert_eq!(crate::mountinfo::unescape("/plain"), "/plain");
+        assert_eq!(crate::mountinfo::unescape("/x\\04"), "/x\\04");
     }
 
     #[test]

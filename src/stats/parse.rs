@@ -45,7 +45,7 @@ pub fn layout_from_mountinfo(text: &str) -> Layout {
         if left.len() < 5 || right.len() < 3 {
             continue;
         }
-        let mount_point = PathBuf::from(crate::storage::unescape_mountinfo(left[4]));
+        let mount_point = PathBuf::from(crate::mountinfo::unescape(left[4]));
         match right[0] {
             "cgroup2" if mount_point == std::path::Path::new("/sys/fs/cgroup") => {
                 return Layout::V2 { root: mount_point };

@@ -183,7 +183,7 @@ pub fn detach_under(dir: &Path) -> Result<(), StorageError> {
             path: dir.to_path_buf(),
             source,
         })?;
-        let mut points = crate::util::mount_points_under(&text, &base);
+        let mut points = crate::mountinfo::points_under(&text, &base);
         if points.is_empty() {
             return Ok(());
         }

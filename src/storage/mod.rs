@@ -9,8 +9,7 @@ mod mounts;
 mod usage;
 
 pub use mounts::{
-    is_mounted, mount_layers_readonly, mount_overlay, mount_short_lowers, mount_source_of, mount_tmpfs, unescape_mountinfo, unmount,
-    MAX_MOUNT_DATA,
+    is_mounted, mount_layers_readonly, mount_overlay, mount_short_lowers, mount_source_of, mount_tmpfs, unmount, MAX_MOUNT_DATA,
 };
 pub use usage::dir_usage;
 

@@ -237,7 +237,7 @@ pub fn is_mounted(target: &Path) -> bool {
         return false;
     };
     let want = target.to_string_lossy();
-    info.lines().filter_map(|l| l.split(' ').nth(4)).any(|mp| unescape_mountinfo(mp) == want)
+    info.lines().filter_map(|l| l.split(' ').nth(4)).any(|mp| crate::mountinfo::unescape(mp) == want)
 }
 
 /// The source (the field after the file system type, e.g. `/dev/vda1`) of the mount that holds
@@ -255,29 +255,12 @@ fn mount_source(mountinfo: &str, p: &Path) -> Option<String> {
     for line in mountinfo.lines() {
         let Some((left, right)) = line.split_once(" - ") else { continue };
         let (Some(mount_point), Some(source)) = (left.split(' ').nth(4), right.split(' ').nth(1)) else { continue };
-        let mount_point = unescape_mountinfo(mount_point);
+        let mount_point = crate::mountinfo::unescape(mount_point);
         if p.starts_with(&mount_point) && best.as_ref().is_none_or(|(len, _)| mount_point.len() >= *len) {
-            best = Some((mount_point.len(), unescape_mountinfo(source)));
+            best = Some((mount_point.len(), crate::mountinfo::unescape(source)));
         }
     }
     best.map(|(_, s)| s)
-}
-
-/// Decodes mountinfo's octal escapes (`\040` space, `\011` tab, `\012` newline, `\134` backslash).
-pub fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

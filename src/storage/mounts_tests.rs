@@ -68,13 +68,6 @@ fn merged_count(dir: &Path) -> usize {
     (0..150).filter(|i| dir.join(format!("f{i}")).exists()).count()
 }
 
-#[test]
-fn mountinfo_unescape() {
-    assert_eq!(unescape_mountinfo(r"/a\040b\134c"), r"/a b\c");
-    assert_eq!(unescape_mountinfo(r"/plain"), "/plain");
-    assert_eq!(unescape_mountinfo(r"/end\04"), r"/end\04");
-}
-
 #[allow(unsafe_code)]
 fn set_opaque(dir: &Path) {
     use std::os::unix::ffi::OsStrExt;

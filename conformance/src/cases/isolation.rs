@@ -113,7 +113,7 @@ fn mount_points() -> Vec<String> {
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
         .lines()
-        .filter_map(|l| l.split(' ').nth(4).map(berth::storage::unescape_mountinfo))
+        .filter_map(|l| l.split(' ').nth(4).map(berth::mountinfo::unescape))
         .collect()
 }
 
@@ -412,9 +412,9 @@ pub async fn mount_propagation_host_to_container(ctx: &Ctx) -> Result<()> {
 pub async fn mount_propagation_private_source_refused(ctx: &Ctx) -> Result<()> {
     let h = HostMounts::new(ctx, "private")?;
     let info = std::fs::read_to_string("/proc/self/mountinfo").context("read mountinfo")?;
-    let mounts = berth::container::spec::mounts::parse_mountinfo(&info);
+    let mounts = berth::mountinfo::parse(&info);
     let canon = h.dir.canonicalize()?;
-    if berth::container::spec::mounts::mount_of(&mounts, &canon).is_some_and(|m| m.shared || m.slave) {
+    if berth::mountinfo::mount_of(&mounts, &canon).is_some_and(|m| m.shared || m.slave) {
         return skip("the suite's temp dir is on a shared or slave mount here");
     }
     let named = canon.display().to_string();

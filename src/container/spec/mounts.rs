@@ -207,60 +207,18 @@ fn nearest_existing(path: &Path) -> PathBuf {
     }
 }
 
-/// One line of `/proc/self/mountinfo` (proc(5)): the mount point (octal escapes decoded) and
-/// its propagation from the optional fields (`shared:N`, `master:N`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountInfo {
-    pub mount_point: PathBuf,
-    /// `shared:N`: the mount is in a peer group.
-    pub shared: bool,
-    /// `master:N`: the mount is a slave of a peer group.
-    pub slave: bool,
-}
-
-/// Parses mountinfo text (proc(5): `id parent maj:min root mount_point options [optional...] -
-/// fstype source super_options`); malformed lines are skipped.
-pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
-    text.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let mp = f.get(4)?;
-            let sep = f.iter().skip(6).position(|x| *x == "-")? + 6;
-            let optional = &f[6..sep];
-            Some(MountInfo {
-                mount_point: PathBuf::from(crate::storage::unescape_mountinfo(mp)),
-                shared: optional.iter().any(|o| o.starts_with("shared:")),
-                slave: optional.iter().any(|o| o.starts_with("master:")),
-            })
-        })
-        .collect()
-}
-
-/// The mount that holds `path`: the longest mount point that is a prefix of it (by path
-/// components); among equal mount points the last listed (the top of a stack).
-pub fn mount_of<'a>(mounts: &'a [MountInfo], path: &Path) -> Option<&'a MountInfo> {
-    let mut best: Option<&MountInfo> = None;
-    for m in mounts {
-        if path.starts_with(&m.mount_point) && best.is_none_or(|b| m.mount_point.components().count() >= b.mount_point.components().count())
-        {
-            best = Some(m);
-        }
-    }
-    best
-}
-
 /// Checks the host side of a CRI mount propagation (as containerd's CRI plugin and CRI-O do):
 /// BIDIRECTIONAL needs the mount holding `source` (canonical) to be shared, HOST_TO_CONTAINER
 /// needs it shared or slave; PRIVATE needs nothing. `mountinfo` is `/proc/self/mountinfo`.
 /// Errors: a reason naming the path, its mount point and the command that fixes it.
 pub fn check_source_propagation(source: &Path, propagation: cri::MountPropagation, mountinfo: &str) -> Result<(), String> {
-    let (need, ok): (&str, fn(&MountInfo) -> bool) = match propagation {
+    let (need, ok): (&str, fn(&crate::mountinfo::MountInfo) -> bool) = match propagation {
         cri::MountPropagation::PropagationBidirectional => ("shared", |m| m.shared),
         cri::MountPropagation::PropagationHostToContainer => ("shared or slave", |m| m.shared || m.slave),
         cri::MountPropagation::PropagationPrivate => return Ok(()),
     };
-    let mounts = parse_mountinfo(mountinfo);
-    let Some(m) = mount_of(&mounts, source) else {
+    let mounts = crate::mountinfo::parse(mountinfo);
+    let Some(m) = crate::mountinfo::mount_of(&mounts, source) else {
         return Err(format!("host path {} is on no mount listed in /proc/self/mountinfo", source.display()));
     };
     if ok(m) {

@@ -83,40 +83,6 @@ fn symlinks_resolve_to_their_target() {
     assert_eq!(got.source().as_deref(), Some(target.canonicalize().unwrap().as_path()));
 }
 
-const MOUNTINFO: &str = "\
-22 27 0:21 / /proc rw,relatime - proc proc rw
-27 1 254:0 / / rw,relatime - ext4 /dev/vda rw
-40 27 0:40 / /srv rw,relatime shared:7 - tmpfs tmpfs rw
-41 40 0:41 / /srv/slave rw,relatime master:7 - tmpfs tmpfs rw
-42 40 0:42 / /srv/priv\\040dir rw,relatime - tmpfs tmpfs rw
-43 40 0:43 / /srv/both rw shared:9 master:7 propagate_from:3 - tmpfs tmpfs rw
-44 27 0:44 / /srv rw,relatime - tmpfs tmpfs rw
-malformed line
-";
-
-#[test]
-fn parses_mountinfo_propagation_and_escapes() {
-    let m = parse_mountinfo(MOUNTINFO);
-    assert_eq!(m.len(), 7);
-    assert_eq!(m[1], MountInfo { mount_point: "/".into(), shared: false, slave: false });
-    assert_eq!(m[2], MountInfo { mount_point: "/srv".into(), shared: true, slave: false });
-    assert_eq!(m[3], MountInfo { mount_point: "/srv/slave".into(), shared: false, slave: true });
-    assert_eq!(m[4].mount_point, Path::new("/srv/priv dir"));
-    assert!(m[5].shared && m[5].slave);
-}
-
-#[test]
-fn mount_of_longest_prefix_by_component() {
-    let m = parse_mountinfo(MOUNTINFO);
-    let at = |p: &str| mount_of(&m, Path::new(p)).map(|x| x.mount_point.display().to_string());
-    assert_eq!(at("/srv/slave/a/b").as_deref(), Some("/srv/slave"));
-    // `/srv/slavery` is not under `/srv/slave`.
-    assert_eq!(at("/srv/slavery").as_deref(), Some("/srv"));
-    assert_eq!(at("/etc/x").as_deref(), Some("/"));
-    // Two mounts at /srv: the last listed (44, private) is on top.
-    assert!(!mount_of(&m, Path::new("/srv/x")).unwrap().shared);
-}
-
 #[test]
 fn propagation_host_side_check() {
     use cri::MountPropagation::*;
@@ -143,8 +109,8 @@ fn private_source_refused_for_bidirectional() {
     let d = tempfile::tempdir().unwrap();
     let src = d.path().canonicalize().unwrap();
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let mounts = parse_mountinfo(&info);
-    if mount_of(&mounts, &src).is_some_and(|m| m.shared) {
+    let mounts = crate::mountinfo::parse(&info);
+    if crate::mountinfo::mount_of(&mounts, &src).is_some_and(|m| m.shared) {
         eprintln!("skipped: {} is on a shared mount", src.display());
         return;
     }
@@ -167,7 +133,7 @@ fn refused_propagation_creates_no_host_directory() {
     let d = tempfile::tempdir().unwrap();
     let src = d.path().canonicalize().unwrap();
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    if mount_of(&parse_mountinfo(&info), &src).is_some_and(|m| m.shared || m.slave) {
+    if crate::mountinfo::mount_of(&crate::mountinfo::parse(&info), &src).is_some_and(|m| m.shared || m.slave) {
         eprintln!("skipped: {} is on a shared or slave mount", src.display());
         return;
     }
