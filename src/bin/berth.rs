@@ -178,7 +178,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!(address = %streaming.local_addr(), "streaming server (exec/attach/port-forward) listening");
         let inspect_socket = berth::inspect::socket_path(&daemon.config.run_root);
         berth::inspect::serve(daemon.clone(), &inspect_socket).await.context("starting the inspect endpoint")?;
-        if let Some(addr) = berth::metrics::http::start(daemon.clone(), &daemon.config.metrics)
+        if let Some(addr) = berth::server::metrics_http::start(daemon.clone(), &daemon.config.metrics)
             .await
             .context("starting the metrics endpoint ([metrics] address/port)")?
         {

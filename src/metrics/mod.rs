@@ -1,10 +1,11 @@
 //! berth's own telemetry: a small registry of atomic counters and histograms, a Prometheus text
-//! encoder (exposition format 0.0.4), the opt-in `/metrics` HTTP endpoint, the per-RPC gRPC
-//! instrumentation layer, and the CRI ListMetricDescriptors / ListPodSandboxMetrics builders.
+//! encoder (exposition format 0.0.4) and the per-RPC gRPC instrumentation layer. A leaf module:
+//! the image store counts pulls into it without importing anything above it.
 //!
-//! Layout: [`encode`] is the pure text encoder, [`http`] serves `GET /metrics` on
-//! `[metrics] address:port`, [`grpc`] is the tower layer that counts every CRI call, [`cri`]
-//! turns cgroup figures into cAdvisor-named CRI metrics. The registry is one per process
+//! Layout: [`encode`] is the pure text encoder, [`grpc`] is the tower layer that counts every CRI
+//! call. The opt-in `/metrics` HTTP endpoint is `server::metrics_http` (it reads the daemon's
+//! containers), and the CRI ListMetricDescriptors / ListPodSandboxMetrics builders are
+//! `stats::metrics` (cgroup figures as cAdvisor-named CRI metrics). The registry is one per process
 //! ([`global`]); counting is a few relaxed atomic adds, so it runs whether or not the endpoint
 //! is enabled.
 //!
@@ -12,10 +13,8 @@
 //! label set each and one histogram shape; 200 lines of atomics and an encoder cost less than a
 //! dependency with its own registry model, and the encoder is unit-tested against the format.
 
-pub mod cri;
 pub mod encode;
 pub mod grpc;
-pub mod http;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -5,6 +5,7 @@ pub mod authority;
 pub mod convert;
 pub mod image;
 pub mod liststream;
+pub mod metrics_http;
 pub mod runtime;
 pub mod status;
 

@@ -427,11 +427,11 @@ impl RuntimeService for RuntimeServer {
     }
 
     async fn list_metric_descriptors(&self, _req: Request<cri::ListMetricDescriptorsRequest>) -> R<cri::ListMetricDescriptorsResponse> {
-        Ok(Response::new(cri::ListMetricDescriptorsResponse { descriptors: crate::metrics::cri::descriptors() }))
+        Ok(Response::new(cri::ListMetricDescriptorsResponse { descriptors: crate::stats::metrics::descriptors() }))
     }
 
     async fn list_pod_sandbox_metrics(&self, _req: Request<cri::ListPodSandboxMetricsRequest>) -> R<cri::ListPodSandboxMetricsResponse> {
-        let pod_metrics = blocking(&self.d, crate::metrics::cri::list_pod_sandbox_metrics).await?;
+        let pod_metrics = blocking(&self.d, crate::stats::metrics::list_pod_sandbox_metrics).await?;
         Ok(Response::new(cri::ListPodSandboxMetricsResponse { pod_metrics }))
     }
 
@@ -441,7 +441,7 @@ impl RuntimeService for RuntimeServer {
         &self,
         _req: Request<cri::StreamPodSandboxMetricsRequest>,
     ) -> R<Self::StreamPodSandboxMetricsStream> {
-        let metrics = blocking(&self.d, crate::metrics::cri::list_pod_sandbox_metrics).await?;
+        let metrics = blocking(&self.d, crate::stats::metrics::list_pod_sandbox_metrics).await?;
         Ok(Response::new(batched(metrics, |pod_sandbox_metrics| cri::StreamPodSandboxMetricsResponse { pod_sandbox_metrics })))
     }
 

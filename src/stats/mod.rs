@@ -11,6 +11,7 @@
 pub mod cgroup;
 pub mod collect;
 pub mod detail;
+pub mod metrics;
 pub mod parse;
 pub mod psi;
 

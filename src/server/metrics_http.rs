@@ -1,16 +1,16 @@
 //! The opt-in `/metrics` endpoint: HTTP/1.1 (hyper) on `[metrics] address:port`.
 //!
-//! `GET /metrics` answers 200 with the text document ([`super::encode::render`],
+//! `GET /metrics` answers 200 with the text document ([`crate::metrics::encode::render`],
 //! Content-Type `text/plain; version=0.0.4`); `berth_containers{state}` is counted from the
 //! metadata store at scrape time (the listing refreshes exits, as ListContainers does). Any
 //! other path is 404, any other method 405. No TLS, no auth: bind it to loopback or a node-local
 //! address.
 
-use super::encode::{render, CONTENT_TYPE};
-use super::MetricsError;
 use crate::config::MetricsConfig;
 use crate::container::ContainerState;
 use crate::daemon::Daemon;
+use crate::metrics::encode::{render, CONTENT_TYPE};
+use crate::metrics::MetricsError;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
@@ -99,7 +99,7 @@ async fn handle<B>(d: Arc<Daemon>, req: Request<B>) -> Result<Response<Full<Byte
             Vec::new()
         }
     };
-    Ok(reply(StatusCode::OK, CONTENT_TYPE, render(super::global(), &containers)))
+    Ok(reply(StatusCode::OK, CONTENT_TYPE, render(crate::metrics::global(), &containers)))
 }
 
 #[cfg(test)]
