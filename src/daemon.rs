@@ -73,7 +73,7 @@ pub struct Daemon {
     pub own_oom_score_adj: i32,
     /// What this host lets containers have (capabilities, nofile limit, cgroup layout), probed
     /// once at start rather than on every CreateContainer.
-    pub host_facts: crate::container::spec::HostFacts,
+    pub host_facts: crate::spec::HostFacts,
     /// Whether this kernel makes idmapped mounts (`mount_setattr`, Linux 5.12+), which pod user
     /// namespaces need; probed once at start.
     pub idmap_mounts: bool,
@@ -150,7 +150,7 @@ impl Daemon {
             stop_deadlines: Default::default(),
             own_oom_score_adj,
             idmap_mounts: crate::storage::idmap::kernel_supports_idmap(),
-            host_facts: crate::container::spec::HostFacts::probe(),
+            host_facts: crate::spec::HostFacts::probe(),
             events: crate::events::EventBus::default(),
             systemd: None,
         })

@@ -34,7 +34,7 @@ pub enum Error {
     Monitor(#[from] crate::monitor::MonitorError),
     /// The OCI spec could not be generated from the request.
     #[error(transparent)]
-    Spec(#[from] crate::container::spec::SpecError),
+    Spec(#[from] crate::spec::SpecError),
     /// A mount failed.
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),

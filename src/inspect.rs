@@ -118,7 +118,7 @@ pub fn container_view(d: &Daemon, id: &str) -> Result<ContainerView, DaemonError
         bundle: paths.bundle,
         exit_file: paths.exit_file,
         log_path: (!record.log_path.is_empty()).then(|| PathBuf::from(&record.log_path)),
-        cgroups_path: crate::container::spec::cgroups_path(parent, &record.id),
+        cgroups_path: crate::spec::cgroups_path(parent, &record.id),
         netns_path: sandbox.and_then(|s| s.netns_path),
         record,
     })
@@ -134,7 +134,7 @@ pub fn pod_view(d: &Daemon, id: &str) -> Result<PodView, DaemonError> {
     Ok(PodView {
         pids: pids(record.infra_pid, record.monitor_pid),
         bundle: paths.bundle,
-        cgroups_path: crate::container::spec::cgroups_path(&record.cgroup_parent, &record.id),
+        cgroups_path: crate::spec::cgroups_path(&record.cgroup_parent, &record.id),
         netns_path: record.netns_path.clone(),
         containers,
         record,

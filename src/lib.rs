@@ -26,6 +26,7 @@ pub mod pause;
 pub mod sandbox;
 pub mod sdnotify;
 pub mod server;
+pub mod spec;
 pub mod state;
 pub mod stats;
 pub mod storage;

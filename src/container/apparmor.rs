@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::mac::{host_support, MacHost, DEFAULT_APPARMOR_PROFILE};
+use crate::spec::mac::{host_support, MacHost, DEFAULT_APPARMOR_PROFILE};
 
 /// The profile source, with the includes a host may lack.
 pub const PROFILE: &str = include_str!("../../deploy/apparmor/berth-default");

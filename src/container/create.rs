@@ -3,12 +3,12 @@
 
 use super::{ContainerPaths, ContainerRecord, ContainerState};
 use crate::cleanup::Cleanup;
-use crate::container::spec::{self, ContainerContext, SandboxContext};
 use crate::cri::v1::{ContainerConfig, PodSandboxConfig};
 use crate::daemon::Daemon;
 use crate::error::{Error, Result};
 use crate::monitor::MonitorSpec;
 use crate::sandbox::{SandboxPaths, SandboxState};
+use crate::spec::{self, ContainerContext, SandboxContext};
 use std::path::{Component, Path, PathBuf};
 use tracing::Instrument;
 

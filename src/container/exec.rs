@@ -49,7 +49,7 @@ pub async fn exec_sync(d: &Daemon, id: &str, cmd: &[String], timeout_secs: i64) 
     let text = std::fs::read(&spec_path).map_err(Error::io(format!("reading {}", spec_path.display())))?;
     let spec: oci_spec::runtime::Spec =
         serde_json::from_slice(&text).map_err(|e| Error::io(format!("decoding {}", spec_path.display()))(e.into()))?;
-    let process = crate::container::spec::exec_process(&spec, cmd, false)?;
+    let process = crate::spec::exec_process(&spec, cmd, false)?;
     let tag = &crate::util::new_id()[..16];
     let process_json = paths.bundle.join(format!("exec-{tag}.json"));
     let pid_file = paths.bundle.join(format!("exec-{tag}.pid"));

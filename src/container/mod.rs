@@ -14,17 +14,13 @@ pub mod imagevol;
 mod lifecycle;
 pub mod liveness;
 pub mod logs;
-pub mod mac;
 #[cfg(test)]
 mod recover_tests;
-pub mod seccomp;
 pub mod signal;
-pub mod spec;
 pub mod stopdeadline;
 pub mod streaming;
 pub mod table;
 mod update;
-pub mod user;
 
 pub use create::create;
 pub use exec::{exec_sync, validate_stream, ExecOutput};

@@ -1,7 +1,7 @@
 //! The streaming [`Backend`] over the daemon: Exec and Attach sessions through `berth-monitor`.
 //!
 //! Exec: like ExecSync, the process is the container's own OCI `process` with the new args
-//! ([`super::spec::exec_process`]), but it runs under a monitor in exec mode
+//! ([`crate::spec::exec_process`]), but it runs under a monitor in exec mode
 //! ([`crate::monitor::spawn_exec`]) in a fresh directory `<bundle>/exec-<12 hex>`, and the session
 //! is pumped through that monitor's attach socket: client stdin -> process stdin, process output
 //! -> client stdout/stderr, resizes -> TIOCSWINSZ. When the monitor closes the socket the process
@@ -126,7 +126,7 @@ impl StreamBackend {
         let text = std::fs::read(&config_path).map_err(internal(format!("reading {}", config_path.display())))?;
         let oci: oci_spec::runtime::Spec =
             serde_json::from_slice(&text).map_err(|e| StreamError::Internal(format!("decoding {}: {e}", config_path.display())))?;
-        let process = super::spec::exec_process(&oci, &spec.cmd, spec.tty).map_err(|e| StreamError::InvalidArgument(e.to_string()))?;
+        let process = crate::spec::exec_process(&oci, &spec.cmd, spec.tty).map_err(|e| StreamError::InvalidArgument(e.to_string()))?;
         let runtime = d.runtime(&r.runtime_handler).map_err(stream_error)?;
         let dir = paths.bundle.join(format!("exec-{}", &crate::util::new_id()[..12]));
         std::fs::create_dir_all(&dir).map_err(internal(format!("creating {}", dir.display())))?;

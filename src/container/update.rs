@@ -93,7 +93,7 @@ pub async fn update_resources(d: &Daemon, id: &str, linux: Option<cri::LinuxCont
         let mut r = super::get(d, &r.id)?;
         let old = r.config.linux.as_ref().and_then(|l| l.resources.clone()).unwrap_or_default();
         let merged = merge_resources(&old, &new);
-        let mut oci = crate::container::spec::linux::resources(Some(&merged), &d.host_facts);
+        let mut oci = crate::spec::linux::resources(Some(&merged), &d.host_facts);
         oci.set_devices(None);
         let paths = ContainerPaths::new(d, &r.id);
         if matches!(r.state, ContainerState::Created | ContainerState::Running) {

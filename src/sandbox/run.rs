@@ -2,12 +2,12 @@
 
 use super::{files, namespace_options, SandboxPaths, SandboxRecord, SandboxState};
 use crate::cleanup::Cleanup;
-use crate::container::spec::{self, SandboxContext};
 use crate::cri::v1::{NamespaceMode, PodSandboxConfig, Protocol};
 use crate::daemon::Daemon;
 use crate::error::{Error, Result};
 use crate::monitor::MonitorSpec;
 use crate::network::{AttachRequest, PortMapping};
+use crate::spec::{self, SandboxContext};
 use crate::state::SANDBOXES;
 use std::path::{Path, PathBuf};
 use tracing::Instrument;

@@ -4,7 +4,7 @@
 //! A runtime's `features` say what it knows, not whether it works here: crun 1.8 (Debian 12)
 //! lists every namespace yet refuses to create anything on a host whose cgroup v2 tree holds a
 //! controller ("cgroups in hybrid mode not supported"). So berth creates, and at once deletes,
-//! the same infra container every pod gets ([`crate::container::spec::infra_spec_with`]:
+//! the same infra container every pod gets ([`crate::spec::infra_spec_with`]:
 //! `berth-pause` in a read-only rootfs holding only that binary, new PID/IPC/mount namespaces,
 //! a cgroup under the configured parent), once plain and once with a user namespace when the
 //! runtime lists one. The container is never started. Everything lives under
@@ -19,9 +19,9 @@ use std::time::Duration;
 
 use crate::cri::v1::PodSandboxConfig;
 
-use crate::container::spec::{self, SandboxContext};
 use crate::oci::Runtime;
 use crate::sandbox::userns::{IdMap, PodUserns};
+use crate::spec::{self, SandboxContext};
 
 /// What the self-test found for one handler. `Err` holds the runtime's message (or why the
 /// test could not run).

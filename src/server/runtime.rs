@@ -333,7 +333,7 @@ impl RuntimeService for RuntimeServer {
             });
             // What the host offers for security contexts (AppArmor, SELinux) and whether this
             // kernel makes the idmapped mounts pod user namespaces need.
-            let mac = crate::container::mac::host_support();
+            let mac = crate::spec::mac::host_support();
             let features = serde_json::json!({
                 "apparmor": mac.apparmor,
                 "selinux": mac.selinux,

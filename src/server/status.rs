@@ -6,9 +6,9 @@
 //! what the request asked for is InvalidArgument, what the node's state forbids for now is
 //! FailedPrecondition, and failures of berth, the runtime, the disk or the store are Internal.
 
-use crate::container::spec::SpecError;
 use crate::error::Error;
 use crate::image::ImageError;
+use crate::spec::SpecError;
 use crate::storage::StorageError;
 use std::io::ErrorKind;
 use tonic::{Code, Status};

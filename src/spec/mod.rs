@@ -18,16 +18,19 @@ use oci_spec::runtime::{
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::user::{self, IdRef, UserError, UserRequest};
+use self::user::{IdRef, UserError, UserRequest};
 
 pub mod linux;
+pub mod mac;
 pub mod mounts;
 #[cfg(test)]
 mod runc_tests;
+pub mod seccomp;
 #[cfg(test)]
 mod security_tests;
 #[cfg(test)]
 mod tests;
+pub mod user;
 
 /// Annotation naming the kind of object a spec is for (`sandbox` or `container`), as containerd
 /// and CRI-O set it.
@@ -106,7 +109,7 @@ pub enum SpecError {
     Seccomp {
         container: String,
         #[source]
-        source: super::seccomp::SeccompError,
+        source: self::seccomp::SeccompError,
     },
     /// `run_as_group` without `run_as_user` or `run_as_username` (CRI: the runtime MUST error).
     #[error("container {container}: run_as_group is set without run_as_user or run_as_username: expected a user too")]
@@ -116,7 +119,7 @@ pub enum SpecError {
     Mac {
         container: String,
         #[source]
-        source: super::mac::MacError,
+        source: self::mac::MacError,
     },
     /// The pod's OCI runtime lacks what the request needs (its `features` do not list it):
     /// FailedPrecondition, since another runtime handler could do it.
@@ -341,7 +344,7 @@ pub fn container_spec_with(sb: &SandboxContext, c: &ContainerContext, host: &Hos
     process.set_capabilities(Some(caps));
     process.set_rlimits(Some(vec![nofile_rlimit(host.nofile_hard)?]));
     process.set_no_new_privileges(Some(sc.no_new_privs && !privileged));
-    let (apparmor, selinux) = super::mac::process_labels(id, &sc)?;
+    let (apparmor, selinux) = self::mac::process_labels(id, &sc)?;
     process.set_apparmor_profile(apparmor);
     process.set_selinux_label(selinux);
     let requested = lc.resources.as_ref().map(|r| r.oom_score_adj).unwrap_or(0);
@@ -352,7 +355,7 @@ pub fn container_spec_with(sb: &SandboxContext, c: &ContainerContext, host: &Hos
     spec.set_mounts(Some(m.mounts));
     let mut l = linux::container_linux(sb, c, &sc, host, m.rootfs_propagation)?;
     l.set_seccomp(
-        super::seccomp::container_seccomp(&sc, &effective).map_err(|source| SpecError::Seccomp { container: id.to_string(), source })?,
+        self::seccomp::container_seccomp(&sc, &effective).map_err(|source| SpecError::Seccomp { container: id.to_string(), source })?,
     );
     spec.set_linux(Some(l));
     spec.set_annotations(Some(container_annotations(sb, c)));

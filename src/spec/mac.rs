@@ -38,7 +38,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
-use super::spec::SpecError;
+use super::SpecError;
 
 /// The AppArmor profile berth uses for RuntimeDefault (the role of containerd's
 /// `cri-containerd.apparmor.d` and CRI-O's `crio-default`); the operator loads it (text in
