@@ -56,8 +56,8 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
         ));
     }
     let pid_target = pid_target(d, &sandbox.id, &sc)?;
-    let userns = crate::sandbox::userns::for_pod(&sandbox.config)?;
-    crate::sandbox::userns::check_container(userns.as_ref(), sc.namespace_options.as_ref(), sc.privileged)?;
+    let userns = crate::spec::userns::for_pod(&sandbox.config)?;
+    crate::spec::userns::check_container(userns.as_ref(), sc.namespace_options.as_ref(), sc.privileged)?;
     let image = d.images.resolve(&image_name)?.ok_or_else(|| Error::NotFound { kind: "image", id: image_name.clone() })?;
     let stop_signal = super::signal::for_new_container(&config, &image.config.stop_signal)?;
     let volumes = super::imagevol::resolve(d, &config)?;
@@ -185,12 +185,12 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
         };
         let mut oci = spec::container_spec_with(&sctx, &cctx, &d.host_facts)?;
         if let (Some(u), Some(process)) = (userns.as_ref(), oci.process().as_ref()) {
-            crate::sandbox::userns::check_ids(u, process.user())?;
+            crate::spec::userns::check_ids(u, process.user())?;
         }
         match userns.as_ref() {
             // The runtime idmaps mounts itself when its features say so; else berth does.
             Some(u) if runtime.features.idmap_mounts => {
-                crate::sandbox::userns::set_mount_idmaps(&mut oci, u);
+                crate::spec::userns::set_mount_idmaps(&mut oci, u);
             }
             Some(_) => idmap_bind_mounts(&mut oci, &scratch, &infra_userns)?,
             None => {}

@@ -10,7 +10,6 @@ mod run;
 pub mod selftest;
 mod stop;
 pub mod sysctl;
-pub mod userns;
 
 pub use run::run;
 pub use stop::{remove, stop};

@@ -40,10 +40,10 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
         ));
     }
     super::sysctl::validate(&config)?;
-    let userns = super::userns::for_pod(&config)?;
+    let userns = crate::spec::userns::for_pod(&config)?;
     let runtime = d.runtime_for_new_pod(runtime_handler)?;
     if userns.is_some() {
-        super::userns::check_support(d, runtime_handler)?;
+        check_userns_support(d, runtime_handler)?;
     }
     let ns = namespace_options(&config);
     let host_network = ns.network == NamespaceMode::Node as i32;
@@ -321,4 +321,15 @@ fn link_or_copy(src: &Path, dst: &Path) -> Result<()> {
         std::fs::copy(src, dst).map_err(Error::io(format!("copying {} to {}", src.display(), dst.display())))?;
     }
     Ok(())
+}
+
+/// Checks that handler `handler` can run a pod with its own user namespace
+/// ([`crate::daemon::Daemon::user_namespaces`]: runtime features, its self-test, the kernel).
+/// Errors: FailedPrecondition naming the handler and what is missing.
+fn check_userns_support(d: &crate::daemon::Daemon, handler: &str) -> Result<()> {
+    d.user_namespaces(handler).map_err(|why| {
+        Error::FailedPrecondition(format!(
+            "runtime handler {handler:?} cannot run a pod with its own user namespace (userns_options mode POD): {why}"
+        ))
+    })
 }

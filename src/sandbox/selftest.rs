@@ -20,7 +20,7 @@ use std::time::Duration;
 use crate::cri::v1::PodSandboxConfig;
 
 use crate::oci::Runtime;
-use crate::sandbox::userns::{IdMap, PodUserns};
+use crate::spec::userns::{IdMap, PodUserns};
 use crate::spec::{self, SandboxContext};
 
 /// What the self-test found for one handler. `Err` holds the runtime's message (or why the

@@ -21,12 +21,13 @@
 //!
 //! Whether a sysctl is "safe" or "unsafe" is kubelet's admission decision
 //! (`--allowed-unsafe-sysctls`), not the runtime's. Keys may use `/` as the separator; they are
-//! read as kubelet's `ConvertSysctlVariableToDotsSeparator` does ([`dotted_key`]). Values must be
+//! read as kubelet's `ConvertSysctlVariableToDotsSeparator` does ([`crate::spec::linux::dotted_key`]). Values must be
 //! non-empty and hold no newline, carriage return or NUL.
 
 use crate::cri::v1::{NamespaceMode, NamespaceOption, PodSandboxConfig};
 
 use crate::error::{Error, Result};
+use crate::spec::linux::dotted_key;
 
 /// The kernel namespace a sysctl belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +67,7 @@ pub fn validate(config: &PodSandboxConfig) -> Result<()> {
         let value = &linux.sysctls[*key];
         check(key, value, &ns).map_err(|why| Error::invalid(format!("config.linux.sysctls[{key:?}]"), why))?;
     }
-    if let Ok(Some(u)) = super::userns::for_pod(config) {
+    if let Ok(Some(u)) = crate::spec::userns::for_pod(config) {
         for key in &keys {
             if dotted_key(key) == "net.ipv4.ping_group_range" {
                 ping_range_mapped(&linux.sysctls[*key], &u).map_err(|why| Error::invalid(format!("config.linux.sysctls[{key:?}]"), why))?;
@@ -93,7 +94,7 @@ fn names_an_interface(dotted: &str) -> bool {
 /// `net.ipv4.ping_group_range` ("<first> <last>" gids) in a pod with its own user namespace: the
 /// kernel reads the gids through the writer's mapping, so both must be container gids the pod
 /// maps. Errors: the reason, naming the mapped range.
-fn ping_range_mapped(value: &str, u: &super::userns::PodUserns) -> std::result::Result<(), String> {
+fn ping_range_mapped(value: &str, u: &crate::spec::userns::PodUserns) -> std::result::Result<(), String> {
     let last_mapped = u.gid.container_id as u64 + u.gid.length as u64 - 1;
     let ids: Vec<u64> = value.split_whitespace().filter_map(|x| x.parse().ok()).collect();
     match ids.as_slice() {
@@ -133,24 +134,6 @@ fn try_in_scratch_namespaces(writes: &[(String, String)]) -> std::result::Result
     match joined {
         Ok(h) => h.join().unwrap_or_else(|_| Err((String::new(), "the sysctl check panicked".into()))),
         Err(e) => Err((String::new(), format!("cannot start the sysctl check: {e}"))),
-    }
-}
-
-/// A sysctl key in dot form, as kubelet's `ConvertSysctlVariableToDotsSeparator`: when the first
-/// separator is `/`, every `/` becomes `.` and every `.` becomes `/` (so
-/// `net/ipv4/conf/eth0.100/rp_filter` -> `net.ipv4.conf.eth0/100.rp_filter`); otherwise the key
-/// is returned as is.
-pub fn dotted_key(key: &str) -> String {
-    match key.find(['.', '/']) {
-        Some(i) if key.as_bytes()[i] == b'/' => key
-            .chars()
-            .map(|c| match c {
-                '.' => '/',
-                '/' => '.',
-                c => c,
-            })
-            .collect(),
-        _ => key.to_string(),
     }
 }
 
@@ -284,7 +267,7 @@ mod tests {
         assert!(!names_an_interface("net.ipv4.conf.all.rp_filter"));
         assert!(!names_an_interface("net.ipv4.conf.default.rp_filter"));
         assert!(!names_an_interface("net.ipv4.ip_forward"));
-        use super::super::userns::{IdMap, PodUserns};
+        use crate::spec::userns::{IdMap, PodUserns};
         let m = IdMap { host_id: 200_000, container_id: 0, length: 65_536 };
         let u = PodUserns { uid: m, gid: m };
         assert!(ping_range_mapped("0 65535", &u).is_ok());

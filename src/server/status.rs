@@ -63,6 +63,7 @@ pub fn spec_code(e: &SpecError) -> Code {
         | SpecError::Seccomp { .. }
         | SpecError::GroupWithoutUser { .. }
         | SpecError::Mac { .. }
+        | SpecError::Invalid { .. }
         | SpecError::InvalidField { .. }
         | SpecError::Unsupported { .. } => Code::InvalidArgument,
     }

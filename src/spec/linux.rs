@@ -296,7 +296,7 @@ fn pod_sysctls(sb: &SandboxContext) -> Option<HashMap<String, String>> {
         None
     } else {
         // runc 1.1 takes dotted keys only; crictl users may send kubelet's slash form.
-        Some(s.iter().map(|(k, v)| (crate::sandbox::sysctl::dotted_key(k), v.clone())).collect())
+        Some(s.iter().map(|(k, v)| (dotted_key(k), v.clone())).collect())
     }
 }
 
@@ -393,4 +393,22 @@ pub fn infra_linux(sb: &SandboxContext, infra_id: &str) -> Linux {
         .set_gid_mappings(id_mappings(sb).1)
         .set_seccomp(None);
     l
+}
+
+/// A sysctl key in dot form, as kubelet's `ConvertSysctlVariableToDotsSeparator`: when the first
+/// separator is `/`, every `/` becomes `.` and every `.` becomes `/` (so
+/// `net/ipv4/conf/eth0.100/rp_filter` -> `net.ipv4.conf.eth0/100.rp_filter`); otherwise the key
+/// is returned as is.
+pub fn dotted_key(key: &str) -> String {
+    match key.find(['.', '/']) {
+        Some(i) if key.as_bytes()[i] == b'/' => key
+            .chars()
+            .map(|c| match c {
+                '.' => '/',
+                '/' => '.',
+                c => c,
+            })
+            .collect(),
+        _ => key.to_string(),
+    }
 }

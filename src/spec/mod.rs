@@ -31,6 +31,7 @@ mod security_tests;
 #[cfg(test)]
 mod tests;
 pub mod user;
+pub mod userns;
 
 /// Annotation naming the kind of object a spec is for (`sandbox` or `container`), as containerd
 /// and CRI-O set it.
@@ -125,6 +126,10 @@ pub enum SpecError {
     /// FailedPrecondition, since another runtime handler could do it.
     #[error("container {container}: {field}: the runtime handler's `features` do not list {feature}; use a runtime that supports it")]
     RuntimeLacks { container: String, field: &'static str, feature: &'static str },
+    /// A pod-level request field is malformed or refused (the pod's user namespace): shown as
+    /// `field: message`, as the lifecycle's InvalidArgument.
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
     /// A field holds a value the CRI does not allow there.
     #[error("container {container}: {field}: {reason}")]
     InvalidField { container: String, field: &'static str, reason: String },
@@ -157,7 +162,7 @@ pub struct SandboxContext<'a> {
     pub cgroup_parent: &'a str,
     /// The pod's own user namespace (CRI `userns_options` mode POD); `None` = the host's. The
     /// infra creates it (with a new network namespace owned by it); containers join it.
-    pub userns: Option<&'a crate::sandbox::userns::PodUserns>,
+    pub userns: Option<&'a userns::PodUserns>,
 }
 
 /// One container to create in a pod.

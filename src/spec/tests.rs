@@ -9,7 +9,7 @@ pub(super) struct Fixture {
     pod: cri::PodSandboxConfig,
     netns: Option<PathBuf>,
     shm: Option<PathBuf>,
-    userns: Option<crate::sandbox::userns::PodUserns>,
+    userns: Option<crate::spec::userns::PodUserns>,
 }
 
 impl Fixture {
@@ -574,7 +574,7 @@ fn host_fact_parsers() {
 
 #[test]
 fn user_namespace_infra_creates_containers_join() {
-    use crate::sandbox::userns::{IdMap, PodUserns};
+    use crate::spec::userns::{IdMap, PodUserns};
     use LinuxNamespaceType::*;
     let p = |s: &str| Some(PathBuf::from(s));
     let mut f = Fixture::new();

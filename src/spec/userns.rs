@@ -15,13 +15,22 @@
 //! host's root); mappings with mode NODE; the pod's network, PID or IPC namespace on the host
 //! together with its own user namespace; a container asking for a different user namespace than
 //! its pod's, or the host's network, PID or IPC namespace; a privileged container in such a pod.
-//! A runtime handler or kernel that cannot do it is FailedPrecondition.
+//! A runtime handler or kernel that cannot do it is FailedPrecondition (checked by `sandbox/`,
+//! which knows the handlers: this module is the pure model).
 
 use crate::cri::v1::{IdMapping, NamespaceMode, NamespaceOption, PodSandboxConfig, UserNamespace};
 use oci_spec::runtime::{LinuxIdMapping, LinuxIdMappingBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use super::SpecError;
+
+type Result<T> = std::result::Result<T, SpecError>;
+
+/// [`SpecError::InvalidField`]-like refusal naming a request field (shown as `field: message`,
+/// InvalidArgument).
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> SpecError {
+    SpecError::Invalid { field: field.into(), message: message.into() }
+}
 
 /// One id range: container ids `container_id..container_id+length` are host ids
 /// `host_id..host_id+length` (CRI `IdMapping`; OCI runtime-spec config-linux.md "User namespace
@@ -63,25 +72,25 @@ fn ns_field(level: &str) -> String {
 
 fn one_mapping(field: &str, which: &str, v: &[IdMapping]) -> Result<IdMap> {
     let [m] = v else {
-        return Err(Error::invalid(
+        return Err(invalid(
             format!("{field}.{which}"),
             format!("has {} mappings: expected exactly one (container id 0, the pod's range)", v.len()),
         ));
     };
     if m.container_id != 0 {
-        return Err(Error::invalid(
+        return Err(invalid(
             format!("{field}.{which}[0].container_id"),
             format!("is {}: expected 0 (the pod's root must be mapped)", m.container_id),
         ));
     }
     if m.length < MIN_LENGTH {
-        return Err(Error::invalid(
+        return Err(invalid(
             format!("{field}.{which}[0].length"),
             format!("is {}: expected at least {MIN_LENGTH} (container ids 0-65535, which images and the runtime use, e.g. gid 5 for /dev/pts; kubelet allocates 65536)", m.length),
         ));
     }
     if m.host_id == 0 {
-        return Err(Error::invalid(
+        return Err(invalid(
             format!("{field}.{which}[0].host_id"),
             "is 0: that maps the pod's root to the host's root; expected a range of unused host ids (kubelet allocates from 65536 up)",
         ));
@@ -89,7 +98,7 @@ fn one_mapping(field: &str, which: &str, v: &[IdMapping]) -> Result<IdMap> {
     // The last id is host_id + length - 1, which must be a valid id: below 2^32 - 1, the
     // kernel's invalid id ((uid_t)-1).
     if (m.host_id as u64) + (m.length as u64) > u32::MAX as u64 {
-        return Err(Error::invalid(
+        return Err(invalid(
             format!("{field}.{which}[0]"),
             format!("host ids {}..{} overflow: the range must end below 4294967295", m.host_id, m.host_id as u64 + m.length as u64),
         ));
@@ -106,14 +115,14 @@ pub fn parse(level: &str, opt: Option<&UserNamespace>) -> Result<Option<PodUsern
     match NamespaceMode::try_from(u.mode) {
         Ok(NamespaceMode::Node) => {
             if !u.uids.is_empty() || !u.gids.is_empty() {
-                return Err(Error::invalid(field, "has uid/gid mappings with mode NODE: mappings are only for mode POD"));
+                return Err(invalid(field, "has uid/gid mappings with mode NODE: mappings are only for mode POD"));
             }
             Ok(None)
         }
         Ok(NamespaceMode::Pod) => {
             Ok(Some(PodUserns { uid: one_mapping(&field, "uids", &u.uids)?, gid: one_mapping(&field, "gids", &u.gids)? }))
         }
-        _ => Err(Error::invalid(
+        _ => Err(invalid(
             format!("{field}.mode"),
             format!("is {}: expected POD or NODE (the CRI supports no other mode for user namespaces)", u.mode),
         )),
@@ -130,7 +139,7 @@ pub fn for_pod(config: &PodSandboxConfig) -> Result<Option<PodUserns>> {
     if let Some(ns) = ns {
         for (name, mode) in [("network", ns.network), ("pid", ns.pid), ("ipc", ns.ipc)] {
             if mode == NamespaceMode::Node as i32 {
-                return Err(Error::invalid(
+                return Err(invalid(
                     format!("config.linux.security_context.namespace_options.{name}"),
                     "is NODE while userns_options asks for a pod user namespace: a pod with its own user namespace cannot share the host's",
                 ));
@@ -138,17 +147,6 @@ pub fn for_pod(config: &PodSandboxConfig) -> Result<Option<PodUserns>> {
         }
     }
     Ok(Some(u))
-}
-
-/// Checks that handler `handler` can run a pod with its own user namespace
-/// ([`crate::daemon::Daemon::user_namespaces`]: runtime features, its self-test, the kernel).
-/// Errors: FailedPrecondition naming the handler and what is missing.
-pub fn check_support(d: &crate::daemon::Daemon, handler: &str) -> Result<()> {
-    d.user_namespaces(handler).map_err(|why| {
-        Error::FailedPrecondition(format!(
-            "runtime handler {handler:?} cannot run a pod with its own user namespace (userns_options mode POD): {why}"
-        ))
-    })
 }
 
 /// Checks a container's own `userns_options` and privileged flag against its pod's user
@@ -160,7 +158,7 @@ pub fn check_container(pod: Option<&PodUserns>, ns: Option<&NamespaceOption>, pr
     if let Some(asked) = asked {
         let mine = parse("config.linux", Some(asked))?;
         if mine.as_ref() != pod {
-            return Err(Error::invalid(
+            return Err(invalid(
                 field,
                 format!(
                     "asks for {} but the pod sandbox has {}: containers share their pod's user namespace",
@@ -173,7 +171,7 @@ pub fn check_container(pod: Option<&PodUserns>, ns: Option<&NamespaceOption>, pr
     if let (Some(_), Some(ns)) = (pod, ns) {
         for (name, mode) in [("network", ns.network), ("pid", ns.pid), ("ipc", ns.ipc)] {
             if mode == NamespaceMode::Node as i32 {
-                return Err(Error::invalid(
+                return Err(invalid(
                     format!("config.linux.security_context.namespace_options.{name}"),
                     "is NODE in a pod with its own user namespace: its containers cannot share the host's namespaces",
                 ));
@@ -181,7 +179,7 @@ pub fn check_container(pod: Option<&PodUserns>, ns: Option<&NamespaceOption>, pr
         }
     }
     if pod.is_some() && privileged {
-        return Err(Error::invalid(
+        return Err(invalid(
             "config.linux.security_context.privileged",
             "is true in a pod with its own user namespace: privileged containers need the host's (hostUsers: true)",
         ));
@@ -216,7 +214,7 @@ pub fn check_ids(u: &PodUserns, user: &oci_spec::runtime::User) -> Result<()> {
     let field = |f: &str| format!("config.linux.security_context.{f}");
     let range = |m: IdMap| format!("{}..={}", m.container_id, m.container_id as u64 + m.length as u64 - 1);
     if u.uid.to_host(user.uid()).is_none() {
-        return Err(Error::invalid(
+        return Err(invalid(
             field("run_as_user"),
             format!(
                 "uid {} (from the request or the image) is not mapped in the pod's user namespace: expected {}",
@@ -226,7 +224,7 @@ pub fn check_ids(u: &PodUserns, user: &oci_spec::runtime::User) -> Result<()> {
         ));
     }
     if u.gid.to_host(user.gid()).is_none() {
-        return Err(Error::invalid(
+        return Err(invalid(
             field("run_as_group"),
             format!(
                 "gid {} (from the request or the image) is not mapped in the pod's user namespace: expected {}",
@@ -236,7 +234,7 @@ pub fn check_ids(u: &PodUserns, user: &oci_spec::runtime::User) -> Result<()> {
         ));
     }
     if let Some(g) = user.additional_gids().iter().flatten().find(|g| u.gid.to_host(**g).is_none()) {
-        return Err(Error::invalid(
+        return Err(invalid(
             field("supplemental_groups"),
             format!("gid {g} is not mapped in the pod's user namespace: expected {}", range(u.gid)),
         ));
