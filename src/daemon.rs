@@ -16,22 +16,6 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 
-/// Counts one running self-test for as long as it lives (also when the test panics).
-struct SelfTestRunning(Arc<std::sync::atomic::AtomicUsize>);
-
-impl SelfTestRunning {
-    fn enter(counter: &Arc<std::sync::atomic::AtomicUsize>) -> SelfTestRunning {
-        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        SelfTestRunning(counter.clone())
-    }
-}
-
-impl Drop for SelfTestRunning {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
 /// Everything the lifecycle modules share. Built by [`Daemon::open`].
 pub struct Daemon {
     /// Effective configuration.
@@ -45,20 +29,8 @@ pub struct Daemon {
     pub containers: crate::container::table::ContainerTable,
     /// CNI client for the pod network.
     pub cni: Cni,
-    /// OCI runtimes by handler name.
-    pub runtimes: HashMap<String, Runtime>,
-    /// Configured runtime handlers that cannot run here, with the reason (reported in Status
-    /// verbose info and in the error of a request naming them, never silently dropped).
-    pub unavailable_runtimes: HashMap<String, String>,
-    /// What each handler's self-test found (`sandbox::selftest`), by handler name: run at
-    /// start, and again (at most once a minute) for a handler that failed, so a transient
-    /// failure does not stick.
-    handler_health: Mutex<HashMap<String, crate::sandbox::selftest::Health>>,
-    /// Set while a re-test runs, so Status calls do not pile them up.
-    retesting: std::sync::atomic::AtomicBool,
-    /// Self-tests running now (the one at start, re-tests): a shutdown waits for them, since a
-    /// daemon that exits mid-test leaves the test's `runtime create` and its cgroup behind.
-    selftests_running: Arc<std::sync::atomic::AtomicUsize>,
+    /// The OCI runtime handlers and their self-test results.
+    pub handlers: Arc<crate::handlers::Handlers>,
     /// The `berth-monitor` binary.
     pub monitor_bin: PathBuf,
     /// The static `berth-pause` binary, installed under the run root.
@@ -74,9 +46,6 @@ pub struct Daemon {
     /// What this host lets containers have (capabilities, nofile limit, cgroup layout), probed
     /// once at start rather than on every CreateContainer.
     pub host_facts: crate::spec::HostFacts,
-    /// Whether this kernel makes idmapped mounts (`mount_setattr`, Linux 5.12+), which pod user
-    /// namespaces need; probed once at start.
-    pub idmap_mounts: bool,
     /// Container and pod sandbox lifecycle events (CRI GetContainerEvents).
     pub events: crate::events::EventBus,
     /// systemd over D-Bus, under `cgroup_manager = "systemd"` (monitor scopes); `None` under
@@ -98,23 +67,6 @@ impl Daemon {
             std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))
                 .with_context(|| format!("chmod 0711 {}", dir.display()))?;
         }
-        let mut runtimes = HashMap::new();
-        let mut unavailable_runtimes = HashMap::new();
-        for name in config.runtime.handlers.keys() {
-            let h = &config.runtime.handlers[name];
-            let root = config.handler_root(name).unwrap_or_else(|| config.run_root.join("runtime").join(name));
-            match Runtime::new(name, h.path.clone(), root) {
-                Ok(mut rt) => {
-                    rt.systemd_cgroup = config.cgroup_driver() == crate::cgroups::Driver::Systemd;
-                    runtimes.insert(name.clone(), rt);
-                }
-                Err(e) if *name != config.runtime.default_handler => {
-                    tracing::warn!(handler = %name, error = %e, "runtime handler unavailable; requests naming it will fail");
-                    unavailable_runtimes.insert(name.clone(), e.to_string());
-                }
-                Err(e) => return Err(e).with_context(|| format!("runtime.handlers.{name} (the default handler)")),
-            }
-        }
         let monitor_bin =
             if config.monitor_path.as_os_str().is_empty() { sibling_binary("berth-monitor")? } else { config.monitor_path.clone() };
         if !monitor_bin.exists() {
@@ -122,6 +74,7 @@ impl Daemon {
         }
         let pause_bin = crate::pause::install(&config.run_root)
             .with_context(|| format!("installing berth-pause under {}", config.run_root.display()))?;
+        let handlers = Arc::new(crate::handlers::Handlers::open(&config, &pause_bin)?);
         match crate::container::apparmor::ensure_default_loaded(&config.run_root) {
             Ok(crate::container::apparmor::Loaded::LoadedNow) => tracing::info!("AppArmor profile berth-default loaded"),
             Ok(_) => {}
@@ -138,18 +91,13 @@ impl Daemon {
             store,
             images,
             cni,
-            runtimes,
-            unavailable_runtimes,
-            handler_health: Mutex::new(HashMap::new()),
-            retesting: std::sync::atomic::AtomicBool::new(false),
-            selftests_running: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            handlers,
             monitor_bin,
             pause_bin,
             names: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
             stop_deadlines: Default::default(),
             own_oom_score_adj,
-            idmap_mounts: crate::storage::idmap::kernel_supports_idmap(),
             host_facts: crate::spec::HostFacts::probe(),
             events: crate::events::EventBus::default(),
             systemd: None,
@@ -168,114 +116,9 @@ impl Daemon {
         Ok(())
     }
 
-    /// Whether pods of `handler` may have their own user namespace: the runtime lists the `user`
-    /// namespace, its self-test made one and idmapped the layer store, and the kernel makes
-    /// idmapped mounts.
-    pub fn user_namespaces(&self, handler: &str) -> std::result::Result<(), String> {
-        let rt = self.runtime(handler).map_err(|e| e.to_string())?;
-        if !self.idmap_mounts {
-            return Err("this kernel has no mount_setattr (Linux < 5.12): pod user namespaces need idmapped mounts".into());
-        }
-        match self.health(&rt.handler) {
-            Some(h) => h.user_namespaces,
-            None => Err("the handler was not self-tested".into()),
-        }
-    }
-
-    /// The last self-test result of `handler` (`None` for a handler that is not configured or
-    /// whose binary is missing).
-    pub fn health(&self, handler: &str) -> Option<crate::sandbox::selftest::Health> {
-        self.handler_health.lock().unwrap_or_else(|p| p.into_inner()).get(handler).cloned()
-    }
-
-    /// The runtime for a NEW pod sandbox of `handler`: [`Daemon::runtime`], and the handler's
-    /// self-test must have passed. Existing pods and containers keep using [`Daemon::runtime`]
-    /// (state, kill, delete) whatever the self-test says, so they can always be stopped.
-    /// Errors: FailedPrecondition with the runtime's own message.
-    pub fn runtime_for_new_pod(&self, handler: &str) -> Result<&Runtime> {
-        let rt = self.runtime(handler)?;
-        if let Some(Err(why)) = self.health(&rt.handler).map(|h| h.runs) {
-            return Err(Error::FailedPrecondition(format!("runtime handler {:?} cannot run on this host: self-test: {why}", rt.handler)));
-        }
-        Ok(rt)
-    }
-
-    /// Runs every handler's self-test on a thread of its own and records the results as they
-    /// come; returns at once. Until a handler's result is in, it is taken as usable and without
-    /// user namespaces (a runtime that hangs must not keep the daemon from serving, and the
-    /// thread is not waited for at shutdown).
-    pub fn start_self_tests(self: &Arc<Self>) {
-        let d = self.clone();
-        let running = SelfTestRunning::enter(&self.selftests_running);
-        let spawned = std::thread::Builder::new().name("berth-selftest".into()).spawn(move || {
-            let _running = running;
-            let results = self_test_handlers(&d.config, &d.pause_bin, &d.runtimes);
-            d.handler_health.lock().unwrap_or_else(|p| p.into_inner()).extend(results);
-        });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the runtime handler self-test");
-        }
-    }
-
-    /// Waits up to `max` for running self-tests to finish (each deletes what it made); for a
-    /// shutdown. Returns whether none is left running.
-    pub fn wait_self_tests(&self, max: std::time::Duration) -> bool {
-        let deadline = std::time::Instant::now() + max;
-        while self.selftests_running.load(std::sync::atomic::Ordering::SeqCst) > 0 {
-            if std::time::Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        true
-    }
-
-    /// Whether a failed self-test is due to run again ([`Daemon::retest_failed_handlers`]).
-    pub fn retest_due(&self) -> bool {
-        self.handler_health.lock().unwrap_or_else(|p| p.into_inner()).values().any(|h| h.retest_due(RETEST_AFTER))
-    }
-
-    /// Re-runs the self-test of every handler whose last one failed more than
-    /// [`RETEST_AFTER`] ago, and records the new results. Blocking; one at a time (a call while
-    /// another runs returns at once).
-    pub fn retest_failed_handlers(&self) {
-        use std::sync::atomic::Ordering;
-        if self.retesting.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let _running = SelfTestRunning::enter(&self.selftests_running);
-        let due: Vec<String> = self
-            .handler_health
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter(|(_, h)| h.retest_due(RETEST_AFTER))
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in due {
-            let Some(rt) = self.runtimes.get(&name) else { continue };
-            let dir = self.config.run_root.join("selftest").join(&name);
-            let h = crate::sandbox::selftest::check(rt, &self.pause_bin, &dir, &self.config.cgroup_parent, &self.config.root);
-            tracing::info!(handler = %name, runs = ?h.runs, user_namespaces = ?h.user_namespaces, "runtime handler re-tested");
-            self.handler_health.lock().unwrap_or_else(|p| p.into_inner()).insert(name, h);
-        }
-        self.retesting.store(false, Ordering::SeqCst);
-    }
-
-    /// The runtime for a CRI `runtime_handler` (empty = the default handler).
-    ///
-    /// Errors: FailedPrecondition for a configured handler that cannot run here (with why);
-    /// InvalidArgument naming an unknown handler and the configured ones.
+    /// The runtime for a CRI `runtime_handler` ([`crate::handlers::Handlers::runtime`]).
     pub fn runtime(&self, handler: &str) -> Result<&Runtime> {
-        let name = if handler.is_empty() { self.config.runtime.default_handler.as_str() } else { handler };
-        if let Some(why) = self.unavailable_runtimes.get(name) {
-            return Err(Error::FailedPrecondition(format!("runtime handler {name:?} is configured but cannot run on this host: {why}")));
-        }
-        self.runtimes.get(name).ok_or_else(|| {
-            let mut known: Vec<&str> = self.runtimes.keys().map(String::as_str).collect();
-            known.sort();
-            Error::invalid("runtime_handler", format!("no runtime handler {name:?} is configured (configured: {})", known.join(", ")))
-        })
+        self.handlers.runtime(handler)
     }
 
     /// Reserves `key` for `id`. Errors with AlreadyExists naming the holder when taken by another.
@@ -327,51 +170,4 @@ pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().unwrap_or(Path::new("/"));
     Ok(dir.join(name))
-}
-
-/// How long a failed self-test result stands before [`Daemon::retest_failed_handlers`] runs it
-/// again.
-pub const RETEST_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Self-tests every runtime handler in parallel (`sandbox::selftest`, ~0.1 s each) and returns
-/// the results. A handler that fails stays configured (what already runs under it must still be
-/// stopped and removed) but takes no new pods, and Status reports it; a failing default handler
-/// also makes RuntimeReady false.
-fn self_test_handlers(
-    config: &Config,
-    pause_bin: &Path,
-    runtimes: &HashMap<String, Runtime>,
-) -> HashMap<String, crate::sandbox::selftest::Health> {
-    let base = config.run_root.join("selftest");
-    let results: Vec<(String, crate::sandbox::selftest::Health)> = std::thread::scope(|s| {
-        let handles: Vec<_> = runtimes
-            .iter()
-            .map(|(name, rt)| {
-                let dir = base.join(name);
-                let parent = config.cgroup_parent.as_str();
-                let root = config.root.as_path();
-                (name.clone(), s.spawn(move || crate::sandbox::selftest::check(rt, pause_bin, &dir, parent, root)))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|(name, h)| {
-                let health = h.join().unwrap_or_else(|_| crate::sandbox::selftest::Health {
-                    runs: Err("the self-test panicked".into()),
-                    user_namespaces: Err("the self-test panicked".into()),
-                    tested: std::time::Instant::now(),
-                });
-                (name, health)
-            })
-            .collect()
-    });
-    for (name, h) in &results {
-        match &h.runs {
-            Ok(()) => tracing::info!(handler = %name, user_namespaces = ?h.user_namespaces, "runtime handler self-test passed"),
-            Err(why) => {
-                tracing::warn!(handler = %name, error = %why, "runtime handler cannot run here; new pods naming it will be refused")
-            }
-        }
-    }
-    results.into_iter().collect()
 }

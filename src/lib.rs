@@ -15,6 +15,7 @@ pub mod cri;
 pub mod daemon;
 pub mod error;
 pub mod events;
+pub mod handlers;
 pub mod image;
 pub mod inspect;
 pub mod metrics;

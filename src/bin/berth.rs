@@ -166,7 +166,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let mut daemon = berth::daemon::Daemon::open(config, images, store)?;
         daemon.connect_systemd().await?;
         let daemon = Arc::new(daemon);
-        daemon.start_self_tests();
+        daemon.handlers.start_self_tests();
         berth::sandbox::recover(&daemon).await.context("recovering pod sandboxes")?;
         berth::container::recover(&daemon).await.context("recovering containers")?;
         // Folds exits into STOPPED events while anyone subscribes to GetContainerEvents.
@@ -200,7 +200,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let after = daemon.clone();
         let served = berth::server::serve(daemon, streaming, &listen, shutdown, ready).await;
         // A self-test still running would leave its test container behind: let it finish.
-        let finished = tokio::task::spawn_blocking(move || after.wait_self_tests(std::time::Duration::from_secs(15))).await;
+        let finished = tokio::task::spawn_blocking(move || after.handlers.wait_self_tests(std::time::Duration::from_secs(15))).await;
         if !matches!(finished, Ok(true)) {
             tracing::warn!("a runtime handler self-test did not finish within 15 s; the next start deletes what it left");
         }

@@ -7,7 +7,6 @@
 
 pub mod files;
 mod run;
-pub mod selftest;
 mod stop;
 pub mod sysctl;
 

@@ -41,7 +41,7 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
     }
     super::sysctl::validate(&config)?;
     let userns = crate::spec::userns::for_pod(&config)?;
-    let runtime = d.runtime_for_new_pod(runtime_handler)?;
+    let runtime = d.handlers.runtime_for_new_pod(runtime_handler)?;
     if userns.is_some() {
         check_userns_support(d, runtime_handler)?;
     }
@@ -327,7 +327,7 @@ fn link_or_copy(src: &Path, dst: &Path) -> Result<()> {
 /// ([`crate::daemon::Daemon::user_namespaces`]: runtime features, its self-test, the kernel).
 /// Errors: FailedPrecondition naming the handler and what is missing.
 fn check_userns_support(d: &crate::daemon::Daemon, handler: &str) -> Result<()> {
-    d.user_namespaces(handler).map_err(|why| {
+    d.handlers.user_namespaces(handler).map_err(|why| {
         Error::FailedPrecondition(format!(
             "runtime handler {handler:?} cannot run a pod with its own user namespace (userns_options mode POD): {why}"
         ))

@@ -278,13 +278,13 @@ impl RuntimeService for RuntimeServer {
         // The binary is checked on every Status, so a runtime removed after start is reported.
         // A handler whose self-test failed is tested again (at most once a minute, in the
         // background): a transient failure must not keep the node NotReady.
-        if self.d.retest_due() {
+        if self.d.handlers.retest_due() {
             // A detached thread: a runtime that hangs must not hold up Status or shutdown.
             let d = self.d.clone();
-            let _ = std::thread::Builder::new().name("berth-retest".into()).spawn(move || d.retest_failed_handlers());
+            let _ = std::thread::Builder::new().name("berth-retest".into()).spawn(move || d.handlers.retest_failed());
         }
-        let self_test = self.d.health(default).map(|h| h.runs).unwrap_or(Ok(()));
-        let (runtime_ready, reason, message) = match (self.d.runtimes.get(default), self_test) {
+        let self_test = self.d.handlers.health(default).map(|h| h.runs).unwrap_or(Ok(()));
+        let (runtime_ready, reason, message) = match (self.d.handlers.runtimes().get(default), self_test) {
             (Some(rt), _) if !rt.path.exists() => (
                 false,
                 "RuntimeHandlerUnavailable",
@@ -308,14 +308,15 @@ impl RuntimeService for RuntimeServer {
         };
         let mut handlers: Vec<cri::RuntimeHandler> = self
             .d
-            .runtimes
+            .handlers
+            .runtimes()
             .iter()
-            .filter(|(name, _)| self.d.health(name).is_none_or(|h| h.runs.is_ok()))
+            .filter(|(name, _)| self.d.handlers.health(name).is_none_or(|h| h.runs.is_ok()))
             .map(|(name, rt)| cri::RuntimeHandler {
                 name: name.clone(),
                 features: Some(cri::RuntimeHandlerFeatures {
                     recursive_read_only_mounts: rt.features.recursive_read_only(),
-                    user_namespaces: self.d.user_namespaces(name).is_ok(),
+                    user_namespaces: self.d.handlers.user_namespaces(name).is_ok(),
                 }),
             })
             .collect();
@@ -337,13 +338,13 @@ impl RuntimeService for RuntimeServer {
             let features = serde_json::json!({
                 "apparmor": mac.apparmor,
                 "selinux": mac.selinux,
-                "idmappedMounts": self.d.idmap_mounts,
+                "idmappedMounts": self.d.handlers.idmap_mounts(),
             });
             // Every configured handler, the unusable ones with the reason (runtime_handlers
             // lists only those that can run).
             let mut handlers = serde_json::Map::new();
-            for (name, rt) in &self.d.runtimes {
-                let health = self.d.health(name);
+            for (name, rt) in self.d.handlers.runtimes() {
+                let health = self.d.handlers.health(name);
                 let verdict = |r: Option<&Result<(), String>>| match r {
                     Some(Ok(())) => "ok".to_string(),
                     Some(Err(e)) => e.clone(),
@@ -364,7 +365,7 @@ impl RuntimeService for RuntimeServer {
                     }),
                 );
             }
-            for (name, why) in &self.d.unavailable_runtimes {
+            for (name, why) in self.d.handlers.unavailable() {
                 handlers.insert(name.clone(), serde_json::json!({ "available": false, "reason": why }));
             }
             std::collections::HashMap::from([
