@@ -14,10 +14,7 @@ use super::{ExecProcess, ExitInfo, MonitorError, MonitorFile, MonitorSpec, SyncM
 /// How long [`spawn`] waits for the monitor's `{"pid":N}` line (covers a slow `runtime create`).
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The file name of the spec inside the bundle.
-pub const SPEC_FILE: &str = "monitor.json";
-/// The file name of the monitor's pid file inside the bundle.
-pub const PID_FILE: &str = "monitor.pid";
+pub use berth_monitor::{read_pid, PID_FILE, SPEC_FILE};
 
 /// The result of a successful [`spawn`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,11 +131,6 @@ async fn read_all(read_end: OwnedFd, bundle: &Path) -> Result<String, MonitorErr
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
-/// A decimal PID in a file (runtime and monitor pid files); `None` when missing or malformed.
-pub fn read_pid(path: &Path) -> Option<i32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok().filter(|p: &i32| *p > 0)
-}
-
 /// Reads a monitor's exit file. `Ok(None)`: not exited yet (no file).
 /// Errors: `Io` when unreadable, `Json` when it is not an [`ExitInfo`].
 pub fn read_exit_file(path: &Path) -> Result<Option<ExitInfo>, MonitorError> {
@@ -171,16 +163,5 @@ mod tests {
         assert_eq!(read_exit_file(&p).unwrap(), Some(ExitInfo { exit_code: 3, exited_at: 5, oom_killed: false }));
         std::fs::write(&p, b"garbage").unwrap();
         assert!(matches!(read_exit_file(&p), Err(MonitorError::Json { .. })));
-    }
-
-    #[test]
-    fn pid_files() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("pid");
-        assert_eq!(read_pid(&p), None);
-        std::fs::write(&p, "1234").unwrap();
-        assert_eq!(read_pid(&p), Some(1234));
-        std::fs::write(&p, "x").unwrap();
-        assert_eq!(read_pid(&p), None);
     }
 }

@@ -16,12 +16,12 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 
-use super::attach_socket::{AttachSocket, Token};
-use super::logline::{LineBuffer, Stream};
-use super::logsize::LogLimit;
-use super::oom::OomWatch;
-use super::process::{diag, set_nonblocking};
-use super::{ExitInfo, MonitorSpec};
+use crate::attach_socket::{AttachSocket, Token};
+use crate::logline::{LineBuffer, Stream};
+use crate::logsize::LogLimit;
+use crate::oom::OomWatch;
+use crate::process::{diag, set_nonblocking};
+use crate::{ExitInfo, MonitorSpec};
 
 /// Read size per `read(2)` on a container stream.
 const READ_CHUNK: usize = 32 * 1024;
@@ -76,7 +76,7 @@ pub fn run(
     listener: Option<std::os::fd::OwnedFd>,
 ) -> i32 {
     let Container { pid, streams, stdin, oom } = container;
-    let mut oom = oom.map(super::oom::OomMonitor::new);
+    let mut oom = oom.map(crate::oom::OomMonitor::new);
     let tty = match &streams {
         Streams::Tty { master } => master.try_clone().ok(),
         Streams::Pipes { .. } => None,
@@ -248,8 +248,8 @@ fn read_once(s: &mut Source, buf: &mut [u8], out: &mut Vec<u8>, attach: &mut Att
         Ok(n) => {
             s.lines.push(&buf[..n], crate::util::now_nanos(), out);
             let stream = match s.lines.stream() {
-                Stream::Stdout => super::attach::STDOUT,
-                Stream::Stderr => super::attach::STDERR,
+                Stream::Stdout => crate::packet::STDOUT,
+                Stream::Stderr => crate::packet::STDERR,
             };
             attach.broadcast(stream, &buf[..n]);
             true
@@ -272,7 +272,7 @@ struct Log<'a> {
 
 impl Log<'_> {
     /// Appends the encoded records to the log (or drops them when there is no log) and clears
-    /// `out`; at `log_size_max` the file starts over empty ([`super::logsize`]). A failed write
+    /// `out`; at `log_size_max` the file starts over empty ([`crate::logsize`]). A failed write
     /// (disk full) loses those records but never stops the monitor.
     fn write(&mut self, out: &mut Vec<u8>) {
         if let (Some(f), false) = (self.file.as_mut(), out.is_empty()) {
@@ -290,7 +290,7 @@ fn reopen_log(spec: &MonitorSpec, log: &mut Option<File>) -> Result<(), String> 
     let Some(path) = spec.log_path.as_deref() else {
         return Err("this monitor writes no log file (no log_path)".into());
     };
-    match super::process::open_log(Some(path))? {
+    match crate::process::open_log(Some(path))? {
         Some(f) => {
             if let Some(old) = log.as_mut() {
                 let _ = old.sync_data();

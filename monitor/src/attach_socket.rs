@@ -1,7 +1,7 @@
 //! The monitor's side of the attach socket (conmon's design, one packet protocol).
 //!
 //! A unix `SOCK_SEQPACKET` listener at `MonitorSpec.attach_socket`; any number of clients at once.
-//! Packets are described in [`super::attach`] (the daemon side): the monitor sends every chunk it
+//! Packets are described in [`crate::packet`]: the monitor sends every chunk it
 //! reads from the container's stdout / stderr (or pty) to every client as `[1|2] + data`; clients
 //! send stdin data, a stdin-EOF mark and terminal resizes.
 //!
@@ -22,8 +22,8 @@ use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{self, AddressFamily, Backlog, MsgFlags, SockFlag, SockType, UnixAddr};
 
-use super::attach::{decode_client_packet, ClientPacket, MAX_PACKET};
-use super::process::diag;
+use crate::packet::{decode_client_packet, ClientPacket, MAX_PACKET};
+use crate::process::diag;
 
 /// Bytes queued for one client before it is dropped (container mode) or output is paused (exec).
 pub const CLIENT_QUEUE_CAP: usize = 1 << 20;
@@ -83,7 +83,7 @@ impl AttachSocket {
         exec_mode: bool,
     ) -> AttachSocket {
         for fd in stdin.iter().chain(tty.iter()) {
-            let _ = super::process::set_nonblocking(fd);
+            let _ = crate::process::set_nonblocking(fd);
         }
         AttachSocket {
             path: path.to_path_buf(),
@@ -294,7 +294,7 @@ impl AttachSocket {
     /// Answers every client that asked for a reopen (`[3, 0]`, or `[3, 1] + message`), ahead of
     /// any output still queued for it.
     pub fn reopen_done(&mut self, result: &Result<(), String>) {
-        let answer = super::attach::encode_reopen_answer(result);
+        let answer = crate::packet::encode_reopen_answer(result);
         let mut gone = Vec::new();
         for (i, c) in self.clients.iter_mut().enumerate().filter(|(_, c)| c.reopen_pending) {
             c.reopen_pending = false;

@@ -5,7 +5,7 @@
 //! subreaper (so the container process, whose runtime parent exits after `create`, is reparented
 //! to it), writes `<bundle>/monitor.pid`, runs `runtime create` (exec mode: `runtime exec --process P
 //! --detach`) with the container's stdio, reads
-//! the runtime's pid file and answers on fd 3 with one [`SyncMessage`] line. [`super::eventloop`]
+//! the runtime's pid file and answers on fd 3 with one [`SyncMessage`] line. [`crate::eventloop`]
 //! does the rest. SIGPIPE is ignored (Rust's runtime sets SIG_IGN before `main`; child processes
 //! get it back at default from `std::process::Command`).
 //!
@@ -24,10 +24,10 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-use super::client::{read_pid, PID_FILE};
-use super::eventloop::{self, Container, Streams};
-use super::oom::OomWatch;
-use super::{ExecProcess, MonitorFile, MonitorSpec, SyncMessage};
+use crate::eventloop::{self, Container, Streams};
+use crate::oom::OomWatch;
+use crate::{read_pid, PID_FILE};
+use crate::{ExecProcess, MonitorFile, MonitorSpec, SyncMessage};
 
 /// The runtime's JSON log inside the bundle (`--log <bundle>/runtime.log --log-format json`).
 pub const RUNTIME_LOG: &str = "runtime.log";
@@ -117,7 +117,7 @@ pub fn run(spec_path: &Path) -> i32 {
     };
     // The attach socket exists before the daemon hears the pid: an Attach right after
     // CreateContainer (or an exec session's first connect) never finds it missing.
-    let listener = super::attach_socket::listen(&spec.attach_socket, &spec.bundle);
+    let listener = crate::attach_socket::listen(&spec.attach_socket, &spec.bundle);
     report(&mut sync, &SyncMessage { pid: Some(container.pid), error: None });
     drop(sync);
     eventloop::run(&spec, container, log, sigfd, exec.is_some(), listener)
@@ -249,11 +249,11 @@ fn create_container(spec: &MonitorSpec, exec: Option<&ExecProcess>) -> Result<Co
     let status = status?;
     if !status.success() {
         let log = std::fs::read_to_string(&runtime_log).unwrap_or_default();
-        let mut message = crate::oci::last_json_log_error(&log)
+        let mut message = crate::runtime::last_json_log_error(&log)
             .unwrap_or_else(|| format!("{:?} {} exited with {status}", spec.runtime, if exec.is_some() { "exec" } else { "create" }));
         if let Some((_, err_r)) = &pipes {
             // runc also prints its error on its stderr, which is the container's stderr pipe.
-            let extra = crate::oci::runtime_error_message(&read_available(err_r));
+            let extra = crate::runtime::runtime_error_message(&read_available(err_r));
             if !extra.is_empty() && !extra.contains(&message) && !message.contains(&extra) {
                 message = format!("{message} (stderr: {extra})");
             }
