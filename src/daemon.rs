@@ -24,9 +24,9 @@ pub struct Daemon {
     pub store: Arc<Store>,
     /// Image store (`<root>/images`).
     pub images: Arc<ImageStore>,
-    /// The container records (`containers` table) with their in-memory copy; every container
-    /// record goes through it.
-    pub containers: crate::container::table::ContainerTable,
+    /// The pod sandbox and container records, the folding of exits into them and their event
+    /// bus (CRI GetContainerEvents); every record and event goes through it.
+    pub records: crate::records::Records,
     /// CNI client for the pod network.
     pub cni: Cni,
     /// The OCI runtime handlers and their self-test results.
@@ -40,14 +40,12 @@ pub struct Daemon {
     /// Per-object operation locks, so two RPCs on one object never interleave.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// SIGKILL deadlines of graceful container stops in progress (a shorter stop preempts).
-    pub stop_deadlines: crate::container::stopdeadline::StopDeadlines,
+    pub stop_deadlines: crate::stopdeadline::StopDeadlines,
     /// This process's own oom_score_adj: the lowest value its children may be given.
     pub own_oom_score_adj: i32,
     /// What this host lets containers have (capabilities, nofile limit, cgroup layout), probed
     /// once at start rather than on every CreateContainer.
     pub host_facts: crate::spec::HostFacts,
-    /// Container and pod sandbox lifecycle events (CRI GetContainerEvents).
-    pub events: crate::events::EventBus,
     /// systemd over D-Bus, under `cgroup_manager = "systemd"` (monitor scopes); `None` under
     /// cgroupfs. Set by the binary after [`Daemon::open`] ([`Daemon::connect_systemd`]).
     pub systemd: Option<crate::cgroups::systemd::SystemdClient>,
@@ -55,8 +53,8 @@ pub struct Daemon {
 
 impl Daemon {
     /// Opens the store and the image store, resolves runtime handlers, installs the pause binary
-    /// and rebuilds name reservations. Call [`crate::sandbox::recover`] and
-    /// [`crate::container::recover`] afterwards to reconcile with the runtime.
+    /// and rebuilds name reservations. Call `sandbox::recover` and `container::recover`
+    /// afterwards to reconcile with the runtime.
     pub fn open(config: Config, images: Arc<ImageStore>, store: Arc<Store>) -> anyhow::Result<Daemon> {
         use anyhow::Context;
         for dir in [&config.root, &config.run_root] {
@@ -75,8 +73,8 @@ impl Daemon {
         let pause_bin = crate::pause::install(&config.run_root)
             .with_context(|| format!("installing berth-pause under {}", config.run_root.display()))?;
         let handlers = Arc::new(crate::handlers::Handlers::open(&config, &pause_bin)?);
-        match crate::container::apparmor::ensure_default_loaded(&config.run_root) {
-            Ok(crate::container::apparmor::Loaded::LoadedNow) => tracing::info!("AppArmor profile berth-default loaded"),
+        match crate::apparmor::ensure_default_loaded(&config.run_root) {
+            Ok(crate::apparmor::Loaded::LoadedNow) => tracing::info!("AppArmor profile berth-default loaded"),
             Ok(_) => {}
             Err(why) => {
                 tracing::warn!(error = %why, "cannot load the AppArmor profile berth-default; pods asking for RuntimeDefault will be refused")
@@ -84,10 +82,10 @@ impl Daemon {
         }
         let own_oom_score_adj = std::fs::read_to_string("/proc/self/oom_score_adj").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
         let cni = Cni::new(config.network.clone());
-        let containers = crate::container::table::ContainerTable::open(store.clone()).context("loading the container records")?;
+        let records = crate::records::Records::open(store.clone(), &config).context("loading the pod sandbox and container records")?;
         Ok(Daemon {
             config,
-            containers,
+            records,
             store,
             images,
             cni,
@@ -99,7 +97,6 @@ impl Daemon {
             stop_deadlines: Default::default(),
             own_oom_score_adj,
             host_facts: crate::spec::HostFacts::probe(),
-            events: crate::events::EventBus::default(),
             systemd: None,
         })
     }
@@ -152,15 +149,15 @@ impl Daemon {
         let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
         locks.remove(id);
     }
+}
 
-    /// `<run_root>/<kind>/<id>`: volatile per-object directory (bundle, exit file, sockets).
-    pub fn run_dir(&self, kind: &str, id: &str) -> PathBuf {
-        self.config.run_root.join(kind).join(id)
+/// Per-object paths (`ContainerPaths::new(d, id)`) come from the configured roots.
+impl crate::records::Roots for Daemon {
+    fn run_root(&self) -> &Path {
+        &self.config.run_root
     }
-
-    /// `<root>/<kind>/<id>`: persistent per-object directory (writable layer, hosts files).
-    pub fn state_dir(&self, kind: &str, id: &str) -> PathBuf {
-        self.config.root.join(kind).join(id)
+    fn root(&self) -> &Path {
+        &self.config.root
     }
 }
 

@@ -128,7 +128,7 @@ pub fn container_view(d: &Daemon, id: &str) -> Result<ContainerView, DaemonError
 ///
 /// Errors: as [`crate::sandbox::get`] (NotFound, InvalidArgument for an ambiguous prefix).
 pub fn pod_view(d: &Daemon, id: &str) -> Result<PodView, DaemonError> {
-    let record = crate::sandbox::refresh(d, crate::sandbox::get(d, id)?)?;
+    let record = crate::sandbox::get(d, id)?;
     let paths = SandboxPaths::new(d, &record.id);
     let containers = crate::container::list_in_sandbox(d, &record.id)?.into_iter().map(|c| c.id).collect();
     Ok(PodView {

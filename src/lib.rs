@@ -5,6 +5,7 @@
 //! `network`, `state`). Lower modules never reach up into `server`.
 #![deny(unsafe_code)]
 
+pub mod apparmor;
 pub mod base64;
 pub mod cgroups;
 pub mod chroot;
@@ -14,7 +15,7 @@ pub mod container;
 pub mod cri;
 pub mod daemon;
 pub mod error;
-pub mod events;
+
 pub mod handlers;
 pub mod image;
 pub mod inspect;
@@ -24,12 +25,14 @@ pub mod mountinfo;
 pub mod network;
 pub mod oci;
 pub mod pause;
+pub mod records;
 pub mod sandbox;
 pub mod sdnotify;
 pub mod server;
 pub mod spec;
 pub mod state;
 pub mod stats;
+pub mod stopdeadline;
 pub mod storage;
 pub mod streaming;
 pub mod util;

@@ -170,7 +170,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         berth::sandbox::recover(&daemon).await.context("recovering pod sandboxes")?;
         berth::container::recover(&daemon).await.context("recovering containers")?;
         // Folds exits into STOPPED events while anyone subscribes to GetContainerEvents.
-        berth::events::start_exit_watcher(&daemon);
+        berth::container::watch::start_exit_watcher(&daemon);
         let backend = Arc::new(berth::container::streaming::StreamBackend::new(daemon.clone()));
         let streaming = berth::streaming::server::StreamingServer::start(&daemon.config.streaming, backend)
             .await

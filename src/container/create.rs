@@ -7,7 +7,7 @@ use crate::cri::v1::{ContainerConfig, PodSandboxConfig};
 use crate::daemon::Daemon;
 use crate::error::{Error, Result};
 use crate::monitor::MonitorSpec;
-use crate::sandbox::{SandboxPaths, SandboxState};
+use crate::records::{SandboxPaths, SandboxState};
 use crate::spec::{self, ContainerContext, SandboxContext};
 use std::path::{Component, Path, PathBuf};
 use tracing::Instrument;
@@ -36,8 +36,7 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
             format!("{:?} must be a path relative to the pod's log_directory, without \"..\"", config.log_path),
         ));
     }
-    let sandbox = crate::sandbox::get(d, sandbox_id)?;
-    let sandbox = crate::sandbox::refresh(d, sandbox)?;
+    let sandbox = d.records.sandbox(sandbox_id)?;
     if sandbox.state != SandboxState::Ready {
         return Err(Error::FailedPrecondition(format!("pod sandbox {} is not ready", sandbox.id)));
     }
@@ -203,8 +202,8 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
         // The record goes in before the runtime knows the container, so a crash from here on
         // leaves a record that Remove can clean up; a crash before it leaves only directories,
         // mounts and a lease without a record, which `recover` sweeps at the next start.
-        d.containers.put(&record)?;
-        undo.push("drop record", async { let _ = d.containers.delete(&id); });
+        d.records.put_container(&record)?;
+        undo.push("drop record", async { let _ = d.records.delete_container(&id); });
 
         let mspec = MonitorSpec {
             id: id.clone(),
@@ -241,7 +240,7 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
         if let Some(sd) = &d.systemd {
             sd.place_monitor(&record.id, &sandbox.cgroup_parent, spawned.monitor_pid).await;
         }
-        d.containers.put(&record)?;
+        d.records.put_container(&record)?;
         Ok::<(), Error>(())
     }
     .instrument(span.clone())
@@ -250,7 +249,7 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
     match result {
         Ok(()) => {
             undo.commit();
-            crate::events::container_event(d, crate::events::ContainerEventKind::Created, &record);
+            d.records.publish_container(crate::records::ContainerEventKind::Created, &record);
             tracing::info!(parent: &span, "container created");
             Ok(id)
         }
@@ -279,7 +278,7 @@ fn pid_target(d: &Daemon, sandbox_id: &str, sc: &crate::cri::v1::LinuxContainerS
     if ns.target_id.is_empty() {
         return Err(Error::invalid(field, "must name a container when pid mode is TARGET"));
     }
-    let target = super::refresh(d, super::get(d, &ns.target_id)?)?;
+    let target = super::get(d, &ns.target_id)?;
     if target.sandbox_id != sandbox_id {
         return Err(Error::invalid(
             field,

@@ -1,6 +1,6 @@
 //! StartContainer, StopContainer, RemoveContainer.
 
-use super::{watched, ContainerPaths, ContainerRecord, ContainerState};
+use super::{ContainerPaths, ContainerRecord, ContainerState};
 use crate::daemon::Daemon;
 use crate::error::{ok_if_missing, Error, Result};
 use std::time::Duration;
@@ -31,10 +31,10 @@ pub async fn start(d: &Daemon, id: &str) -> Result<()> {
         d.runtime(&r.runtime_handler)?.start(&r.id).await?;
         r.started_at = started_at;
         r.state = ContainerState::Running;
-        d.containers.put(&r)?;
-        crate::events::container_event(d, crate::events::ContainerEventKind::Started, &r);
+        d.records.put_container(&r)?;
+        d.records.publish_container(crate::records::ContainerEventKind::Started, &r);
         // It may already have exited: fold the exit file in now (that publishes STOPPED).
-        super::refresh(d, r)?;
+        d.records.fold_container(r)?;
         tracing::info!("container started");
         Ok(())
     }
@@ -76,7 +76,7 @@ async fn stop_locked(d: &Daemon, r: ContainerRecord, timeout: i64) -> Result<Con
         let signal = super::signal::parse_signal(&r.stop_signal).unwrap_or(libc::SIGTERM);
         let mut reg = d.stop_deadlines.begin(&r.id, Instant::now() + Duration::from_secs(timeout as u64));
         runtime.kill(&r.id, signal, false).await?;
-        let w = watched(&paths, &r);
+        let w = paths.watched(&r);
         loop {
             let remaining = reg.deadline.borrow_and_update().saturating_duration_since(Instant::now());
             tokio::select! {
@@ -93,7 +93,7 @@ async fn stop_locked(d: &Daemon, r: ContainerRecord, timeout: i64) -> Result<Con
         tracing::info!(timeout, "container did not end on its stop signal in time; sending SIGKILL");
     }
     runtime.kill(&r.id, libc::SIGKILL, false).await?;
-    match watched(&paths, &r).wait(KILL_GRACE).await {
+    match paths.watched(&r).wait(KILL_GRACE).await {
         Some(ended) => finish(d, r, &ended),
         None => Err(Error::DeadlineExceeded(format!(
             "container {} was sent SIGKILL but its monitor reported no exit within {}s",
@@ -105,8 +105,8 @@ async fn stop_locked(d: &Daemon, r: ContainerRecord, timeout: i64) -> Result<Con
 
 fn finish(d: &Daemon, r: ContainerRecord, ended: &super::liveness::Ended) -> Result<ContainerRecord> {
     let r = super::apply_end(r, ended);
-    d.containers.put(&r)?;
-    crate::events::container_event(d, crate::events::ContainerEventKind::Stopped, &r);
+    d.records.put_container(&r)?;
+    d.records.publish_container(crate::records::ContainerEventKind::Stopped, &r);
     tracing::info!(exit_code = r.exit_code, "container stopped");
     Ok(r)
 }
@@ -123,8 +123,8 @@ pub async fn remove(d: &Daemon, id: &str) -> Result<()> {
     let guard = lock.lock().await;
     let span = tracing::info_span!("remove_container", container = %r.id, sandbox = %r.sandbox_id);
     async {
-        let r = match d.containers.get(&r.id) {
-            Some(r) => super::refresh(d, r)?,
+        let r = match d.records.stored_container(&r.id) {
+            Some(r) => d.records.fold_container(r)?,
             None => return Ok::<(), Error>(()),
         };
         let r = stop_locked(d, r, 0).await?;
@@ -142,13 +142,13 @@ pub async fn remove(d: &Daemon, id: &str) -> Result<()> {
             Error::remove_dir(dir)?;
         }
         d.images.release_layers(&r.id).await?;
-        d.containers.delete(&r.id)?;
+        d.records.delete_container(&r.id)?;
         d.release_name(&r.name_key, &r.id);
         // A container removed before anyone saw it stop still gets its STOPPED first.
         if r.state == ContainerState::Exited {
-            crate::events::container_event(d, crate::events::ContainerEventKind::Stopped, &r);
+            d.records.publish_container(crate::records::ContainerEventKind::Stopped, &r);
         }
-        crate::events::container_event(d, crate::events::ContainerEventKind::Deleted, &r);
+        d.records.publish_container(crate::records::ContainerEventKind::Deleted, &r);
         tracing::info!("container removed");
         Ok(())
     }

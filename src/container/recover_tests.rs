@@ -73,14 +73,14 @@ async fn recover_sweeps_an_interrupted_create_and_spares_the_volume() {
 /// create in progress: a concurrent ListContainers must not call it lost (it did, and kubelet
 /// saw the container EXITED 255 while creating it); a removed record is never written back.
 #[tokio::test]
-async fn refresh_leaves_a_create_in_progress_and_never_resurrects() {
+async fn fold_leaves_a_create_in_progress_and_never_resurrects() {
     let tmp = tempfile::tempdir().unwrap();
     let d = daemon(tmp.path());
     let r = super::ContainerRecord::for_test("creating0000000000000000000000000000000000000000000000000000000", "s");
-    d.containers.put(&r).unwrap();
-    let seen = super::refresh(&d, r.clone()).unwrap();
+    d.records.put_container(&r).unwrap();
+    let seen = d.records.fold_container(r.clone()).unwrap();
     assert_eq!(seen.state, super::ContainerState::Created);
-    assert_eq!(d.containers.get(&r.id).unwrap().state, super::ContainerState::Created);
+    assert_eq!(d.records.stored_container(&r.id).unwrap().state, super::ContainerState::Created);
 
     // Once the monitor is known and gone without an exit file, it is lost, unless the record
     // was removed meanwhile: then nothing is written back.
@@ -88,11 +88,11 @@ async fn refresh_leaves_a_create_in_progress_and_never_resurrects() {
     running.state = super::ContainerState::Running;
     running.monitor_pid = i32::MAX;
     running.pid = i32::MAX;
-    d.containers.put(&running).unwrap();
-    d.containers.delete(&running.id).unwrap();
-    super::refresh(&d, running.clone()).unwrap();
-    assert!(d.containers.get(&running.id).is_none(), "refresh brought back a removed container");
-    d.containers.put(&running).unwrap();
-    let lost = super::refresh(&d, running.clone()).unwrap();
+    d.records.put_container(&running).unwrap();
+    d.records.delete_container(&running.id).unwrap();
+    d.records.fold_container(running.clone()).unwrap();
+    assert!(d.records.stored_container(&running.id).is_none(), "the fold brought back a removed container");
+    d.records.put_container(&running).unwrap();
+    let lost = d.records.fold_container(running.clone()).unwrap();
     assert_eq!((lost.state, lost.exit_code), (super::ContainerState::Exited, 255));
 }

@@ -14,7 +14,8 @@
 //! `stdin_once` container without a tty, its stdin is closed and the output is followed to the
 //! container's end, as CRI-O does).
 //!
-//! Port forwarding is the lead's (`port_forward` answers Internal for now).
+//! Port forwarding: a TCP connection to the port on localhost inside the pod's network
+//! namespace (the host's for a host-network pod), made from a thread that enters that namespace.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use crate::daemon::Daemon;
 use crate::error::Error;
 use crate::monitor::attach::{pump, PumpEnd};
 use crate::monitor::{self, ExecProcess, MonitorSpec};
+use crate::records::SandboxState;
 use crate::streaming::{Backend, ExecSpec, SessionIo, StreamError};
 
 /// The [`Backend`] the streaming server uses in the daemon.
@@ -173,12 +175,36 @@ impl Backend for StreamBackend {
     }
 
     async fn port_forward(&self, sandbox_id: &str, port: u16) -> Result<tokio::net::TcpStream, StreamError> {
-        crate::sandbox::port_forward(&self.d, sandbox_id, port).await.map_err(|e| match e {
+        dial_in_pod(&self.d, sandbox_id, port).await.map_err(|e| match e {
             Error::NotFound { .. } => StreamError::NotFound(e.to_string()),
             Error::FailedPrecondition(_) => StreamError::FailedPrecondition(e.to_string()),
             e => StreamError::Internal(e.to_string()),
         })
     }
+}
+
+/// A TCP connection to `port` on localhost inside the pod's network namespace (the host's for a
+/// host-network pod), for CRI PortForward.
+///
+/// Errors: NotFound; FailedPrecondition when the pod is not ready; Network when nothing listens
+/// there (the message says `connect` and the errno).
+async fn dial_in_pod(d: &Daemon, id: &str, port: u16) -> Result<tokio::net::TcpStream, Error> {
+    let r = d.records.sandbox(id)?;
+    if r.state != SandboxState::Ready {
+        return Err(Error::FailedPrecondition(format!("pod sandbox {} is not ready: cannot forward port {port}", r.id)));
+    }
+    let std_stream = match r.netns_path.clone() {
+        Some(netns) => tokio::task::spawn_blocking(move || crate::network::netns::connect_tcp(&netns, port))
+            .await
+            .map_err(|e| Error::io("port-forward dial task")(std::io::Error::other(e.to_string())))??,
+        None => {
+            return tokio::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port))
+                .await
+                .map_err(Error::io(format!("connecting to 127.0.0.1:{port} on the host network")))
+        }
+    };
+    std_stream.set_nonblocking(true).map_err(Error::io("port-forward socket"))?;
+    tokio::net::TcpStream::from_std(std_stream).map_err(Error::io("port-forward socket"))
 }
 
 /// Runs one exec session: spawns the monitor in exec mode for `mspec` / `exec`, attaches to it,

@@ -101,7 +101,7 @@ pub async fn update_resources(d: &Daemon, id: &str, linux: Option<cri::LinuxCont
         }
         update_bundle_spec(&paths, &oci);
         r.config.linux.get_or_insert_with(Default::default).resources = Some(merged);
-        d.containers.put(&r)?;
+        d.records.put_container(&r)?;
         tracing::info!("container resources updated");
         Ok(())
     }

@@ -8,7 +8,6 @@ use crate::error::{Error, Result};
 use crate::monitor::MonitorSpec;
 use crate::network::{AttachRequest, PortMapping};
 use crate::spec::{self, SandboxContext};
-use crate::state::SANDBOXES;
 use std::path::{Path, PathBuf};
 use tracing::Instrument;
 
@@ -93,9 +92,9 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
     let result = async {
         // The record goes in first, carrying the paths of everything about to be made, so that
         // a crash halfway leaves a NotReady sandbox whose Stop/Remove find and undo it all.
-        d.store.put(SANDBOXES, &id, &record)?;
+        d.records.put_sandbox(&record)?;
         undo.push("drop record", async {
-            let _ = d.store.delete(SANDBOXES, &id);
+            let _ = d.records.delete_sandbox(&id);
         });
         for dir in [&paths.state, &paths.rootfs] {
             std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
@@ -198,7 +197,7 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
         record.infra_pid = spawned.container_pid;
         record.monitor_pid = spawned.monitor_pid;
         record.state = SandboxState::Ready;
-        d.store.put(SANDBOXES, &id, &record)?;
+        d.records.put_sandbox(&record)?;
         Ok::<(), Error>(())
     }
     .instrument(span.clone())
@@ -208,8 +207,8 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
     match result {
         Ok(()) => {
             undo.commit();
-            crate::events::sandbox_event(d, crate::events::ContainerEventKind::Created, &record);
-            crate::events::sandbox_event(d, crate::events::ContainerEventKind::Started, &record);
+            d.records.publish_sandbox(crate::records::ContainerEventKind::Created, &record);
+            d.records.publish_sandbox(crate::records::ContainerEventKind::Started, &record);
             tracing::info!("pod sandbox ready");
             Ok(id)
         }
@@ -247,7 +246,7 @@ async fn wire_network<'a>(
     });
     let req = attach_request(record, &netns);
     record.network_attached = true;
-    d.store.put(SANDBOXES, &record.id, &*record)?;
+    d.records.put_sandbox(record)?;
     let started = std::time::Instant::now();
     let attached = d.cni.setup(&req).await?;
     tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, ips = ?attached.ips, "CNI ADD done");
@@ -257,7 +256,7 @@ async fn wire_network<'a>(
         }
     });
     record.ips = attached.ips.iter().map(|ip| ip.to_string()).collect();
-    d.store.put(SANDBOXES, &record.id, &*record)?;
+    d.records.put_sandbox(record)?;
     Ok(())
 }
 

@@ -4,7 +4,6 @@
 use super::{SandboxPaths, SandboxRecord, SandboxState};
 use crate::daemon::Daemon;
 use crate::error::{ok_if_missing, Error, Result};
-use crate::state::SANDBOXES;
 use std::time::Duration;
 use tracing::Instrument;
 
@@ -21,7 +20,7 @@ pub async fn stop(d: &Daemon, id: &str) -> Result<()> {
 
 async fn stop_locked(d: &Daemon, mut r: SandboxRecord) -> Result<()> {
     // Re-read under the lock: another Stop may have finished meanwhile.
-    if let Some(fresh) = d.store.get::<SandboxRecord>(SANDBOXES, &r.id)? {
+    if let Some(fresh) = d.records.stored_sandbox(&r.id) {
         r = fresh;
     }
     for c in crate::container::list_in_sandbox(d, &r.id)? {
@@ -34,7 +33,7 @@ async fn stop_locked(d: &Daemon, mut r: SandboxRecord) -> Result<()> {
             d.cni.teardown(&req).await?;
         }
         r.network_attached = false;
-        d.store.put(SANDBOXES, &r.id, &r)?;
+        d.records.put_sandbox(&r)?;
     }
     let runtime = d.runtime(&r.runtime_handler)?;
     // Kill the infra only while it may still run: not when its end is known (exit file, or it and
@@ -58,8 +57,8 @@ async fn stop_locked(d: &Daemon, mut r: SandboxRecord) -> Result<()> {
     crate::storage::unmount(&paths.shm)?;
     r.shm_mounted = false;
     r.state = SandboxState::NotReady;
-    d.store.put(SANDBOXES, &r.id, &r)?;
-    crate::events::sandbox_event(d, crate::events::ContainerEventKind::Stopped, &r);
+    d.records.put_sandbox(&r)?;
+    d.records.publish_sandbox(crate::records::ContainerEventKind::Stopped, &r);
     tracing::info!("pod sandbox stopped");
     Ok(())
 }
@@ -87,11 +86,11 @@ pub async fn remove(d: &Daemon, id: &str) -> Result<()> {
         for dir in [&paths.bundle, &paths.state] {
             Error::remove_dir(dir)?;
         }
-        d.store.delete(SANDBOXES, &id)?;
+        d.records.delete_sandbox(&id)?;
         d.release_name(&name_key, &id);
         let mut last = last;
         last.state = SandboxState::NotReady;
-        crate::events::sandbox_event(d, crate::events::ContainerEventKind::Deleted, &last);
+        d.records.publish_sandbox(crate::records::ContainerEventKind::Deleted, &last);
         tracing::info!("pod sandbox removed");
         Ok::<(), Error>(())
     }

@@ -2,7 +2,7 @@
 //!
 //! `GET /metrics` answers 200 with the text document ([`crate::metrics::encode::render`],
 //! Content-Type `text/plain; version=0.0.4`); `berth_containers{state}` is counted from the
-//! metadata store at scrape time (the listing refreshes exits, as ListContainers does). Any
+//! metadata store at scrape time (the listing folds exits in, as ListContainers does). Any
 //! other path is 404, any other method 405. No TLS, no auth: bind it to loopback or a node-local
 //! address.
 

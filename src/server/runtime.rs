@@ -92,7 +92,6 @@ impl RuntimeService for RuntimeServer {
     async fn pod_sandbox_status(&self, req: Request<cri::PodSandboxStatusRequest>) -> R<cri::PodSandboxStatusResponse> {
         let req = req.into_inner();
         let r = crate::sandbox::get(&self.d, &req.pod_sandbox_id)?;
-        let r = crate::sandbox::refresh(&self.d, r)?;
         Ok(Response::new(cri::PodSandboxStatusResponse {
             status: Some(convert::pod_sandbox_status(&r)),
             info: if req.verbose { convert::pod_sandbox_info(&r) } else { Default::default() },
@@ -215,7 +214,7 @@ impl RuntimeService for RuntimeServer {
                 .ok_or_else(|| Status::invalid_argument(format!("port: {p} is not a TCP port (1-65535)")))?;
             ports.push(port);
         }
-        let sandbox = crate::sandbox::refresh(&self.d, crate::sandbox::get(&self.d, &req.pod_sandbox_id)?)?;
+        let sandbox = crate::sandbox::get(&self.d, &req.pod_sandbox_id)?;
         if sandbox.state != crate::sandbox::SandboxState::Ready {
             return Err(Status::failed_precondition(format!("pod sandbox {} is not ready", sandbox.id)));
         }
@@ -394,11 +393,11 @@ impl RuntimeService for RuntimeServer {
     type GetContainerEventsStream =
         std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send + 'static>>;
 
-    /// A stream of every container and pod sandbox event from now on (see [`crate::events`]);
+    /// A stream of every container and pod sandbox event from now on (see [`crate::records::events`]);
     /// it ends with Aborted when this client fell more than `events::EVENT_BUFFER` events behind
     /// (kubelet then relists).
     async fn get_container_events(&self, _req: Request<cri::GetEventsRequest>) -> R<Self::GetContainerEventsStream> {
-        use crate::events::{ContainerEvent, ContainerEventKind as K};
+        use crate::records::{ContainerEvent, ContainerEventKind as K};
         fn encode(ev: &ContainerEvent) -> cri::ContainerEventResponse {
             let kind = match ev.kind {
                 K::Created => cri::ContainerEventType::ContainerCreatedEvent,
@@ -414,8 +413,8 @@ impl RuntimeService for RuntimeServer {
                 containers_statuses: ev.containers.iter().map(convert::container_status).collect(),
             }
         }
-        crate::events::start_exit_watcher(&self.d);
-        let sub = self.d.events.subscribe();
+        crate::container::watch::start_exit_watcher(&self.d);
+        let sub = self.d.records.events().subscribe();
         let stream = futures_util::stream::unfold(Some(sub), |sub| async move {
             let mut sub = sub?;
             match sub.recv().await {

@@ -271,7 +271,7 @@ fn one_sandbox(d: &Daemon, sb: &SandboxRecord, containers: &[ContainerRecord]) -
 /// Errors: NotFound / InvalidArgument as `sandbox::get`; FailedPrecondition when it is not
 /// ready; Io when a cgroup file cannot be read.
 pub fn pod_sandbox_stats(d: &Daemon, id: &str) -> Result<cri::PodSandboxStats> {
-    let sb = crate::sandbox::refresh(d, crate::sandbox::get(d, id)?)?;
+    let sb = crate::sandbox::get(d, id)?;
     if sb.state != SandboxState::Ready {
         return Err(Error::FailedPrecondition(format!("pod sandbox {}: is not ready; only ready pods have stats", sb.id)));
     }
@@ -289,7 +289,6 @@ pub fn list_pod_sandbox_stats(d: &Daemon, filter: &cri::PodSandboxStatsFilter) -
         if !sb.id.starts_with(&filter.id) || !labels_ok {
             continue;
         }
-        let sb = crate::sandbox::refresh(d, sb)?;
         if sb.state == SandboxState::Ready {
             out.push(one_sandbox(d, &sb, &containers)?);
         }

@@ -389,7 +389,6 @@ pub fn list_pod_sandbox_metrics(d: &Daemon) -> Result<Vec<cri::PodSandboxMetrics
     let mut device_names = BTreeMap::new();
     let mut out = Vec::new();
     for sb in crate::sandbox::list(d)? {
-        let sb = crate::sandbox::refresh(d, sb)?;
         if sb.state == SandboxState::Ready {
             out.push(pod_sandbox_metrics(d, &sb, &containers, fs.as_ref(), &mut device_names)?);
         }

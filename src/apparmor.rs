@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use crate::spec::mac::{host_support, MacHost, DEFAULT_APPARMOR_PROFILE};
 
 /// The profile source, with the includes a host may lack.
-pub const PROFILE: &str = include_str!("../../deploy/apparmor/berth-default");
+pub const PROFILE: &str = include_str!("../deploy/apparmor/berth-default");
 
 /// What [`ensure_default_loaded`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]

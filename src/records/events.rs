@@ -1,6 +1,7 @@
 //! Container lifecycle events for CRI `GetContainerEvents` (kubelet's evented PLEG).
 //!
-//! The domain modules publish [`ContainerEvent`]s on the daemon's [`EventBus`]; `server/` turns
+//! The record layer ([`super::Records`]) publishes [`ContainerEvent`]s on its [`EventBus`] when
+//! a record changes; `server/` turns
 //! them into `ContainerEventResponse`s. Each event carries a snapshot taken when it was published:
 //! the pod sandbox record and the records of every container of that pod (CRI
 //! `pod_sandbox_status` and `containers_statuses`), as containerd's `generateAndSendContainerEvent`
@@ -20,10 +21,7 @@
 //! exit) or a late one (an exit observed after DELETED) is dropped; a STOPPED of a container that
 //! started but whose STARTED was not published yet publishes STARTED first.
 
-use crate::container::ContainerRecord;
-use crate::daemon::Daemon;
-use crate::sandbox::SandboxRecord;
-use crate::state::SANDBOXES;
+use super::{ContainerRecord, SandboxRecord};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
@@ -81,7 +79,7 @@ pub struct EventBus {
     tx: broadcast::Sender<Arc<ContainerEvent>>,
     /// Held while an event is built and sent, so per-object order checks and sends are atomic.
     published: Mutex<Published>,
-    /// Whether [`start_exit_watcher`] ran.
+    /// Whether the exit watcher (`container::watch`) was started.
     watcher_started: std::sync::atomic::AtomicBool,
 }
 
@@ -101,6 +99,11 @@ impl EventBus {
     /// A new subscriber: it receives every event published from now on.
     pub fn subscribe(&self) -> Subscription {
         Subscription { rx: self.tx.subscribe() }
+    }
+
+    /// True the first time it is called: the caller starts the exit watcher (once per bus).
+    pub fn claim_watcher(&self) -> bool {
+        !self.watcher_started.swap(true, std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Number of live subscribers.
@@ -167,102 +170,6 @@ impl Subscription {
             Err(broadcast::error::RecvError::Lagged(missed)) => Err(Lagged { missed }),
         }
     }
-}
-
-/// The stored records of sandbox `sandbox_id` and its containers, with `current` (the record
-/// the caller holds, possibly newer than the store's) in place of its stored copy. Store errors
-/// give an empty part: an event is still worth sending.
-fn snapshot(d: &Daemon, sandbox_id: &str, current: Option<&ContainerRecord>) -> (Option<SandboxRecord>, Vec<ContainerRecord>) {
-    let sandbox = d.store.get::<SandboxRecord>(SANDBOXES, sandbox_id).ok().flatten();
-    let mut containers: Vec<ContainerRecord> = d.containers.list().into_iter().filter(|r| r.sandbox_id == sandbox_id).collect();
-    if let Some(cur) = current {
-        if let Some(slot) = containers.iter_mut().find(|r| r.id == cur.id) {
-            *slot = cur.clone();
-        }
-    }
-    containers.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.id.cmp(&b.id)));
-    (sandbox, containers)
-}
-
-/// Publishes a container event. `r` is the container's record after the change (for DELETED:
-/// its last record, no longer stored). A STOPPED of a started container publishes its missing
-/// STARTED first.
-pub fn container_event(d: &Daemon, kind: ContainerEventKind, r: &ContainerRecord) {
-    let fill = (kind == ContainerEventKind::Stopped && r.started_at != 0).then_some(ContainerEventKind::Started);
-    let current = (kind != ContainerEventKind::Deleted).then_some(r);
-    let sent = d.events.publish_with(kind, &r.id, fill, || snapshot(d, &r.sandbox_id, current));
-    if !sent.is_empty() {
-        tracing::debug!(container = %r.id, events = ?sent, "container events published");
-    }
-}
-
-/// Publishes an event of pod sandbox `r` itself (`container_id` = its ID). `r` is its record
-/// after the change (for DELETED: its last record, no longer stored).
-pub fn sandbox_event(d: &Daemon, kind: ContainerEventKind, r: &SandboxRecord) {
-    let sent = d.events.publish_with(kind, &r.id, None, || {
-        let (stored, containers) = snapshot(d, &r.id, None);
-        (stored.or_else(|| Some(r.clone())), containers)
-    });
-    if !sent.is_empty() {
-        tracing::debug!(sandbox = %r.id, events = ?sent, "pod sandbox events published");
-    }
-}
-
-/// How often the exit watcher looks at the running containers' exit files.
-pub const EXIT_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
-
-/// Starts (once per daemon; later calls do nothing) the exit watcher: a task that every
-/// [`EXIT_POLL_INTERVAL`], while someone subscribes to events, folds the ended processes of
-/// RUNNING containers into their records with [`crate::container::refresh`], which publishes
-/// their STOPPED events, so an exit nobody asks about is still reported within ~200 ms. With no
-/// subscriber it only sleeps (an exit is then folded in at the next read or scan).
-pub fn start_exit_watcher(d: &Arc<Daemon>) {
-    if d.events.watcher_started.swap(true, std::sync::atomic::Ordering::SeqCst) {
-        return;
-    }
-    let weak = Arc::downgrade(d);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(EXIT_POLL_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let Some(d) = weak.upgrade() else { return };
-            if d.events.subscribers() > 0 {
-                observe_exits(&d);
-            }
-        }
-    });
-}
-
-/// One scan of the exit watcher: refreshes every RUNNING container whose process ended, unless
-/// an operation holds its lock (that operation observes the exit itself). Returns how many
-/// exits were folded in.
-pub fn observe_exits(d: &Daemon) -> usize {
-    let running = d.containers.list();
-    let mut folded = 0;
-    for r in running {
-        if r.state != crate::container::ContainerState::Running {
-            continue;
-        }
-        let paths = crate::container::ContainerPaths::new(d, &r.id);
-        if crate::container::watched(&paths, &r).observe().is_none() {
-            continue;
-        }
-        let lock = d.lock_for(&r.id);
-        let Ok(guard) = lock.try_lock() else { continue };
-        match d.containers.get(&r.id) {
-            Some(fresh) => match crate::container::refresh(d, fresh) {
-                Ok(_) => folded += 1,
-                Err(e) => tracing::warn!(container = %r.id, error = %e, "exit watcher: refreshing container"),
-            },
-            // Removed meanwhile: its lock entry was made again by lock_for above.
-            None => {
-                drop(guard);
-                d.drop_lock(&r.id);
-            }
-        }
-    }
-    folded
 }
 
 #[cfg(test)]
