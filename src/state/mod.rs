@@ -75,26 +75,6 @@ impl Store {
         w.commit().map_err(|e| err(&e))
     }
 
-    /// Replaces the record `key` of `table` only while it exists, in one write transaction (redb
-    /// runs them one at a time, so a concurrent delete is either before, and nothing is written,
-    /// or after). Returns whether it wrote. For readers folding a change into a record they read
-    /// earlier: they must never bring back one that was removed meanwhile.
-    pub fn update<T: Serialize>(&self, table: &'static str, key: &str, value: &T) -> Result<bool, StateError> {
-        let bytes = serde_json::to_vec(value).map_err(|e| StateError::Db { table, message: e.to_string() })?;
-        let err = |e: &dyn std::fmt::Display| StateError::Db { table, message: e.to_string() };
-        let w = self.db.begin_write().map_err(|e| err(&e))?;
-        let present = {
-            let mut t = w.open_table(def(table)).map_err(|e| err(&e))?;
-            let present = t.get(key).map_err(|e| err(&e))?.is_some();
-            if present {
-                t.insert(key, bytes.as_slice()).map_err(|e| err(&e))?;
-            }
-            present
-        };
-        w.commit().map_err(|e| err(&e))?;
-        Ok(present)
-    }
-
     /// Reads the record `key` of `table`; `Ok(None)` when there is none.
     pub fn get<T: DeserializeOwned>(&self, table: &'static str, key: &str) -> Result<Option<T>, StateError> {
         let err = |e: &dyn std::fmt::Display| StateError::Db { table, message: e.to_string() };
@@ -161,16 +141,5 @@ mod tests {
         assert!(s.delete(CONTAINERS, "a").unwrap());
         assert!(!s.delete(CONTAINERS, "a").unwrap());
         assert_eq!(s.list::<Rec>(CONTAINERS).unwrap().len(), 1);
-    }
-
-    #[test]
-    fn update_writes_only_an_existing_record() {
-        let d = tempfile::tempdir().unwrap();
-        let s = Store::open(d.path()).unwrap();
-        assert!(!s.update(SANDBOXES, "gone", &Rec { name: "x".into(), n: 1 }).unwrap());
-        assert!(s.get::<Rec>(SANDBOXES, "gone").unwrap().is_none(), "update made a record");
-        s.put(SANDBOXES, "here", &Rec { name: "x".into(), n: 1 }).unwrap();
-        assert!(s.update(SANDBOXES, "here", &Rec { name: "y".into(), n: 2 }).unwrap());
-        assert_eq!(s.get::<Rec>(SANDBOXES, "here").unwrap().unwrap().n, 2);
     }
 }
