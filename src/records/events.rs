@@ -74,7 +74,7 @@ struct Published {
     deleted: VecDeque<String>,
 }
 
-/// The daemon's event bus. Cheap to share (`Daemon.events`).
+/// The event bus of the records (`Daemon.records.events()`).
 pub struct EventBus {
     tx: broadcast::Sender<Arc<ContainerEvent>>,
     /// Held while an event is built and sent, so per-object order checks and sends are atomic.
@@ -129,7 +129,7 @@ impl EventBus {
             if p.last.get(id).is_some_and(|last| *last >= k) {
                 continue;
             }
-            // The pod snapshot reads the store: build it only when someone listens (every
+            // The pod snapshot clones the pod's records: build it only when someone listens (every
             // lifecycle RPC passes here). The order bookkeeping below happens either way.
             if self.tx.receiver_count() > 0 {
                 let (sandbox, containers) = snapshot();

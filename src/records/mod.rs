@@ -22,6 +22,8 @@ pub mod events;
 pub mod liveness;
 pub mod sandbox;
 pub mod table;
+#[cfg(test)]
+mod tests;
 
 pub use container::{apply_end, apply_exit, ContainerPaths, ContainerRecord, ContainerState};
 pub use events::{ContainerEvent, ContainerEventKind, EventBus, Lagged, Subscription};
@@ -156,15 +158,24 @@ impl Records {
             return Ok(r);
         }
         let paths = ContainerPaths::new(self, &r.id);
-        match paths.watched(&r).observe() {
-            // Removed while we looked (its exit file went with its bundle): nothing to fold in.
-            Some(_) if self.containers.get(&r.id).is_none() => Ok(r),
-            Some(ended) => {
-                let r = apply_end(r, &ended);
-                if self.containers.update(&r)? {
-                    self.publish_container(ContainerEventKind::Stopped, &r);
+        let Some(ended) = paths.watched(&r).observe() else { return Ok(r) };
+        // Fold into the record as stored now, not into `r`: a Stop that finished meanwhile wrote
+        // the exit it saw (and a fold of `r` would overwrite it, or with "lost" once the bundle
+        // is gone). Removed meanwhile: nothing is written, `r` goes back as it was.
+        let mut folded = false;
+        let stored = self.containers.modify(&r.id, |cur| {
+            folded = matches!(cur.state, ContainerState::Created | ContainerState::Running);
+            if folded {
+                *cur = apply_end(cur.clone(), &ended);
+            }
+            folded
+        })?;
+        match stored {
+            Some(stored) => {
+                if folded {
+                    self.publish_container(ContainerEventKind::Stopped, &stored);
                 }
-                Ok(r)
+                Ok(stored)
             }
             None => Ok(r),
         }
@@ -225,14 +236,22 @@ impl Records {
     /// its monitor gone), and stores that, never bringing back a sandbox RemovePodSandbox
     /// deleted since it was read. Errors: the store's.
     pub fn fold_sandbox(&self, mut r: SandboxRecord) -> Result<SandboxRecord> {
-        if r.state == SandboxState::Ready {
-            let paths = SandboxPaths::new(self, &r.id);
-            if r.infra_watched(&paths).observe().is_some() {
-                r.state = SandboxState::NotReady;
-                self.sandboxes.update(&r)?;
-            }
+        if r.state != SandboxState::Ready || r.infra_watched(&SandboxPaths::new(self, &r.id)).observe().is_none() {
+            return Ok(r);
         }
-        Ok(r)
+        // Only the state changes, in the record as stored now: what a StopPodSandbox wrote
+        // meanwhile (`network_attached = false`, `shm_mounted = false`) must stay.
+        let stored = self.sandboxes.modify(&r.id, |cur| {
+            let ready = cur.state == SandboxState::Ready;
+            if ready {
+                cur.state = SandboxState::NotReady;
+            }
+            ready
+        })?;
+        Ok(stored.unwrap_or_else(|| {
+            r.state = SandboxState::NotReady;
+            r
+        }))
     }
 
     /// Publishes an event of pod sandbox `r` itself (`container_id` = its ID). `r` is its

@@ -60,18 +60,21 @@ impl<R: Record> Table<R> {
         Ok(())
     }
 
-    /// Writes `r` as [`Table::put`] does, but only while a record with its ID is still there:
-    /// folding an exit into a record listed earlier must not bring back an object that a Remove
-    /// deleted meanwhile. `Ok(false)` when it was gone (nothing written). Errors: the store's
-    /// (the copy is unchanged).
-    pub fn update(&self, r: &R) -> Result<bool, StateError> {
+    /// Applies `change` to the stored record `id` under the write lock, and writes the result
+    /// through when `change` returns true. Returns the record as stored afterwards, or `None`
+    /// when there is none (nothing written: a fold must never bring back an object that a
+    /// Remove deleted meanwhile). Changing the *stored* record, not a copy read earlier, keeps
+    /// what a lifecycle operation wrote meanwhile (a Stop's `network_attached = false`, its exit
+    /// code). Errors: the store's (the copy is unchanged).
+    pub fn modify(&self, id: &str, change: impl FnOnce(&mut R) -> bool) -> Result<Option<R>, StateError> {
         let mut records = self.records.write().unwrap_or_else(|p| p.into_inner());
-        if !records.contains_key(r.id()) {
-            return Ok(false);
+        let Some(current) = records.get(id) else { return Ok(None) };
+        let mut next = current.clone();
+        if change(&mut next) {
+            self.store.put(R::TABLE, id, &next)?;
+            records.insert(id.to_string(), next.clone());
         }
-        self.store.put(R::TABLE, r.id(), r)?;
-        records.insert(r.id().to_string(), r.clone());
-        Ok(true)
+        Ok(Some(next))
     }
 
     /// Deletes the record `id` from the store, then from the copy; `true` when it existed.
@@ -111,17 +114,24 @@ mod tests {
     }
 
     #[test]
-    fn update_never_brings_back_a_deleted_record() {
+    fn modify_changes_the_stored_record_and_never_brings_back_a_deleted_one() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
         let t = Table::<ContainerRecord>::open(store.clone()).unwrap();
         let mut r = record("gone");
         t.put(&r).unwrap();
-        r.exit_code = 7;
-        assert!(t.update(&r).unwrap());
-        assert_eq!(t.get("gone").unwrap().exit_code, 7);
+        r.message = "written meanwhile".into();
+        t.put(&r).unwrap();
+        let after = t.modify("gone", |cur| {
+            cur.exit_code = 7;
+            true
+        });
+        let after = after.unwrap().unwrap();
+        assert_eq!((after.exit_code, after.message.as_str()), (7, "written meanwhile"));
+        assert_eq!(store.get::<ContainerRecord>(CONTAINERS, "gone").unwrap().unwrap().exit_code, 7);
+        assert_eq!(t.modify("gone", |_| false).unwrap().unwrap().exit_code, 7);
         assert!(t.delete("gone").unwrap());
-        assert!(!t.update(&r).unwrap(), "update of a deleted record must write nothing");
+        assert!(t.modify("gone", |_| true).unwrap().is_none(), "modify of a deleted record must write nothing");
         assert!(t.get("gone").is_none());
         assert!(store.get::<ContainerRecord>(CONTAINERS, "gone").unwrap().is_none());
     }

@@ -173,11 +173,8 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
         if let Some(sd) = &d.systemd {
             sd.place_monitor(&id, &cgroup_parent, spawned.monitor_pid).await;
         }
-        let watched = crate::container::liveness::Watched {
-            exit_file: &paths.exit_file,
-            monitor_pid: spawned.monitor_pid,
-            pid: spawned.container_pid,
-        };
+        let watched =
+            crate::records::liveness::Watched { exit_file: &paths.exit_file, monitor_pid: spawned.monitor_pid, pid: spawned.container_pid };
         let infra_id = id.as_str();
         undo.push("delete infra container", async move {
             let _ = runtime.kill(infra_id, libc::SIGKILL, true).await;
