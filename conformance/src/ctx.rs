@@ -279,21 +279,29 @@ impl Ctx {
             self.ensure_image(&i.image).await?;
         }
         let name = config.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
-        let r = self
-            .rt()
+        let r = self.create_request(pod, config).await.with_context(|| format!("CreateContainer {name} in pod {}", pod.id))?.into_inner();
+        if r.container_id.is_empty() {
+            bail!("CreateContainer {name}: empty container_id");
+        }
+        self.record(&r.container_id);
+        Ok(r.container_id)
+    }
+
+    /// The bare CreateContainer RPC of `config` in `pod` (pod config as stored at RunPodSandbox),
+    /// its answer as the target gave it: for cases that expect a refusal. Nothing is recorded
+    /// for cleanup; [`Ctx::create_with`] is the one for containers that should exist.
+    pub async fn create_request(
+        &self,
+        pod: &Pod,
+        config: cri::ContainerConfig,
+    ) -> std::result::Result<tonic::Response<cri::CreateContainerResponse>, tonic::Status> {
+        self.rt()
             .create_container(cri::CreateContainerRequest {
                 pod_sandbox_id: pod.id.clone(),
                 config: Some(config),
                 sandbox_config: Some(pod.config.clone()),
             })
             .await
-            .with_context(|| format!("CreateContainer {name} in pod {}", pod.id))?
-            .into_inner();
-        if r.container_id.is_empty() {
-            bail!("CreateContainer {name}: empty container_id");
-        }
-        self.record(&r.container_id);
-        Ok(r.container_id)
     }
 
     /// CreateContainer + StartContainer of `cmd` from `image`; returns the container id.

@@ -68,28 +68,13 @@ async fn bad_container_input(ctx: &Ctx, pod: &Pod) -> Result<()> {
     let before = all_containers(ctx).await?;
     let mut cfg = ctx.container_config("noimage", "", &["true"]);
     cfg.image = Some(cri::ImageSpec::default());
-    let r = ctx
-        .rt()
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.id.clone(),
-            config: Some(cfg),
-            sandbox_config: Some(pod.config.clone()),
-        })
-        .await;
+    let r = ctx.create_request(pod, cfg).await;
     expect_error(ctx, CASE, "CreateContainer with an empty image", r, tonic::Code::InvalidArgument)?;
     // An image reference that does not parse is the request's fault, and one never pulled is
     // NotFound (kubelet pulls first); both name the image. (They were Internal before the image
     // errors got one mapping to codes.)
     for (image, code) in [("Bad//Ref::x", tonic::Code::InvalidArgument), ("127.0.0.1:1/berth/never-pulled:1", tonic::Code::NotFound)] {
-        let cfg = ctx.container_config("badimage", image, &["true"]);
-        let r = ctx
-            .rt()
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod.id.clone(),
-                config: Some(cfg),
-                sandbox_config: Some(pod.config.clone()),
-            })
-            .await;
+        let r = ctx.create_request(pod, ctx.container_config("badimage", image, &["true"])).await;
         let named = r.as_ref().err().is_none_or(|s| s.message().contains(image));
         expect_error(ctx, CASE, &format!("CreateContainer with image {image:?}"), r, code)?;
         if ctx.kind == TargetKind::Berth {
@@ -169,14 +154,7 @@ pub async fn log_paths_refused(ctx: &Ctx) -> Result<()> {
     let pod = ctx.run_pod("climblog").await?;
     let mut c = ctx.container_config("climb", &ctx.images.busybox, &["true"]);
     c.log_path = "../escape.log".into();
-    let r = ctx
-        .rt()
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.id.clone(),
-            config: Some(c),
-            sandbox_config: Some(pod.config.clone()),
-        })
-        .await;
+    let r = ctx.create_request(&pod, c).await;
     let res = expect_error(ctx, CASE, "CreateContainer with log_path \"../escape.log\"", r, tonic::Code::InvalidArgument);
     ctx.remove_pod(&pod.id).await?;
     res
