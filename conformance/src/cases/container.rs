@@ -184,14 +184,7 @@ pub async fn create_in_missing_pod(ctx: &Ctx) -> Result<()> {
 pub async fn duplicate_name(ctx: &Ctx) -> Result<()> {
     let pod = ctx.run_pod("dup").await?;
     let first = ctx.create_with(&pod, ctx.container_config("same", &ctx.images.busybox, &["true"])).await?;
-    let r = ctx
-        .rt()
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.id.clone(),
-            config: Some(ctx.container_config("same", &ctx.images.busybox, &["true"])),
-            sandbox_config: Some(pod.config.clone()),
-        })
-        .await;
+    let r = ctx.create_request(&pod, ctx.container_config("same", &ctx.images.busybox, &["true"])).await;
     let res = match r {
         Ok(r) => Err(anyhow::anyhow!("second CreateContainer \"same\" succeeded with id {} (first {first})", r.into_inner().container_id)),
         Err(s) => {

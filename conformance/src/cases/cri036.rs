@@ -364,14 +364,7 @@ pub async fn image_volume_bad_sub_path(ctx: &Ctx) -> Result<()> {
         for sub in ["../..", "/etc", "no/such/dir"] {
             let mut config = ctx.container_config("bad", &ctx.images.busybox, &["true"]);
             config.mounts = vec![image_mount("/vol", &busybox_ref, sub)];
-            let r = ctx
-                .rt()
-                .create_container(cri::CreateContainerRequest {
-                    pod_sandbox_id: pod.id.clone(),
-                    config: Some(config),
-                    sandbox_config: Some(pod.config.clone()),
-                })
-                .await;
+            let r = ctx.create_request(&pod, config).await;
             match r {
                 Err(s) if s.code() == tonic::Code::InvalidArgument && s.message().contains("image_sub_path") => {}
                 other => bail!("image_sub_path {sub:?}: expected InvalidArgument naming image_sub_path, got {other:?}"),
@@ -406,14 +399,7 @@ pub async fn image_volume_writable_refused(ctx: &Ctx) -> Result<()> {
         let mut m = image_mount("/vol", &busybox_ref, "");
         m.readonly = false;
         config.mounts = vec![m];
-        let r = ctx
-            .rt()
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod.id.clone(),
-                config: Some(config),
-                sandbox_config: Some(pod.config.clone()),
-            })
-            .await;
+        let r = ctx.create_request(&pod, config).await;
         match r {
             Err(s) if s.code() == tonic::Code::InvalidArgument && s.message().contains("mounts[0].readonly") => {}
             other => bail!("readonly=false image volume: expected InvalidArgument naming mounts[0].readonly, got {other:?}"),

@@ -191,14 +191,7 @@ struct Refusal<'a> {
 /// naming `want.named`. The pod must hold no container but `keep` afterwards.
 async fn expect_refused(ctx: &Ctx, case: &str, pod: &Pod, cfg: cri::ContainerConfig, keep: &[&str], want: &Refusal<'_>) -> Result<()> {
     ctx.ensure_image(&ctx.images.busybox).await?;
-    let r = ctx
-        .rt()
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.id.clone(),
-            config: Some(cfg),
-            sandbox_config: Some(pod.config.clone()),
-        })
-        .await;
+    let r = ctx.create_request(pod, cfg).await;
     let listed: Vec<String> = ctx
         .rt()
         .list_containers(cri::ListContainersRequest {

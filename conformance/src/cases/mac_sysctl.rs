@@ -109,14 +109,7 @@ async fn container_refused(ctx: &Ctx, case: &str, pod_privileged: bool, sc: Sc, 
     let (r, listed) = with_pod(ctx, pc, async |pod: &Pod| {
         let mut cfg = ctx.container_config(case, &ctx.images.busybox, &["true"]);
         cfg.linux.get_or_insert_with(Default::default).security_context = Some(sc);
-        let r = ctx
-            .rt()
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod.id.clone(),
-                config: Some(cfg),
-                sandbox_config: Some(pod.config.clone()),
-            })
-            .await;
+        let r = ctx.create_request(pod, cfg).await;
         let filter = cri::ContainerFilter { pod_sandbox_id: pod.id.clone(), ..Default::default() };
         let listed = ctx
             .rt()

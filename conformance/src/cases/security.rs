@@ -132,14 +132,7 @@ async fn refused(ctx: &Ctx, name: &str, sc: Sc, named: &str) -> Result<()> {
     let mut cfg = ctx.container_config(name, &ctx.images.busybox, &["true"]);
     cfg.linux.get_or_insert_with(Default::default).security_context = Some(sc);
     ctx.ensure_image(&ctx.images.busybox).await?;
-    let r = ctx
-        .rt()
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.id.clone(),
-            config: Some(cfg),
-            sandbox_config: Some(pod.config.clone()),
-        })
-        .await;
+    let r = ctx.create_request(&pod, cfg).await;
     let listed = ctx
         .rt()
         .list_containers(cri::ListContainersRequest {

@@ -232,14 +232,7 @@ pub async fn container_mismatch_refused(ctx: &Ctx) -> Result<()> {
             let mut cfg = ctx.container_config("mismatch", &ctx.images.busybox, &["true"]);
             cfg.linux.get_or_insert_with(Default::default).security_context = Some(sc);
             ctx.ensure_image(&ctx.images.busybox).await?;
-            let r = ctx
-                .rt()
-                .create_container(cri::CreateContainerRequest {
-                    pod_sandbox_id: pod.id.clone(),
-                    config: Some(cfg),
-                    sandbox_config: Some(pod.config.clone()),
-                })
-                .await;
+            let r = ctx.create_request(&pod, cfg).await;
             match r {
                 Ok(resp) => bail!("{what}: CreateContainer succeeded ({}), expected InvalidArgument", resp.into_inner().container_id),
                 Err(s) => check(s.code() == tonic::Code::InvalidArgument && s.message().contains(field), || {
