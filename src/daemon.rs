@@ -149,6 +149,11 @@ impl Daemon {
         let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
         locks.remove(id);
     }
+
+    /// How many objects have a lock entry (a removed object's entry must go with it).
+    pub fn lock_count(&self) -> usize {
+        self.locks.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
 }
 
 /// Per-object paths (`ContainerPaths::new(d, id)`) come from the configured roots.

@@ -130,7 +130,7 @@ pub fn container_view(d: &Daemon, id: &str) -> Result<ContainerView, DaemonError
 pub fn pod_view(d: &Daemon, id: &str) -> Result<PodView, DaemonError> {
     let record = crate::sandbox::get(d, id)?;
     let paths = SandboxPaths::new(d, &record.id);
-    let containers = crate::container::list_in_sandbox(d, &record.id)?.into_iter().map(|c| c.id).collect();
+    let containers = crate::container::list_in_sandbox(d, &record.id).into_iter().map(|c| c.id).collect();
     Ok(PodView {
         pids: pids(record.infra_pid, record.monitor_pid),
         bundle: paths.bundle,

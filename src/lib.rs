@@ -15,6 +15,7 @@ pub mod container;
 pub mod cri;
 pub mod daemon;
 pub mod error;
+pub mod exits;
 
 pub mod handlers;
 pub mod image;

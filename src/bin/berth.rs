@@ -169,8 +169,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         daemon.handlers.start_self_tests();
         berth::sandbox::recover(&daemon).await.context("recovering pod sandboxes")?;
         berth::container::recover(&daemon).await.context("recovering containers")?;
-        // Folds exits into STOPPED events while anyone subscribes to GetContainerEvents.
-        berth::container::watch::start_exit_watcher(&daemon);
+        // The one exit path: every end recovery and later RPCs start waiting on is folded into
+        // its record (and published as STOPPED) as it happens.
+        berth::exits::start(&daemon);
         let backend = Arc::new(berth::container::streaming::StreamBackend::new(daemon.clone()));
         let streaming = berth::streaming::server::StreamingServer::start(&daemon.config.streaming, backend)
             .await

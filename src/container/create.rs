@@ -250,6 +250,7 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
         Ok(()) => {
             undo.commit();
             d.records.publish_container(crate::records::ContainerEventKind::Created, &record);
+            d.records.watch_container(&record);
             tracing::info!(parent: &span, "container created");
             Ok(id)
         }

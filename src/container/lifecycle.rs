@@ -32,9 +32,9 @@ pub async fn start(d: &Daemon, id: &str) -> Result<()> {
         r.started_at = started_at;
         r.state = ContainerState::Running;
         d.records.put_container(&r)?;
+        // It may have exited already: the exit path folds that in (and publishes STOPPED) once
+        // this start lets go of the lock.
         d.records.publish_container(crate::records::ContainerEventKind::Started, &r);
-        // It may already have exited: fold the exit file in now (that publishes STOPPED).
-        d.records.fold_container(r)?;
         tracing::info!("container started");
         Ok(())
     }
@@ -72,6 +72,11 @@ async fn stop_locked(d: &Daemon, r: ContainerRecord, timeout: i64) -> Result<Con
     }
     let runtime = d.runtime(&r.runtime_handler)?;
     let paths = ContainerPaths::new(d, &r.id);
+    // Ended already, its end not folded in yet (the exit path waits for this lock): settle it
+    // here rather than signal a process that is gone.
+    if let Some(ended) = paths.watched(&r).observe() {
+        return finish(d, r, &ended);
+    }
     if timeout > 0 {
         let signal = super::signal::parse_signal(&r.stop_signal).unwrap_or(libc::SIGTERM);
         let mut reg = d.stop_deadlines.begin(&r.id, Instant::now() + Duration::from_secs(timeout as u64));
@@ -123,10 +128,7 @@ pub async fn remove(d: &Daemon, id: &str) -> Result<()> {
     let guard = lock.lock().await;
     let span = tracing::info_span!("remove_container", container = %r.id, sandbox = %r.sandbox_id);
     async {
-        let r = match d.records.stored_container(&r.id) {
-            Some(r) => d.records.fold_container(r)?,
-            None => return Ok::<(), Error>(()),
-        };
+        let Some(r) = d.records.stored_container(&r.id) else { return Ok::<(), Error>(()) };
         let r = stop_locked(d, r, 0).await?;
         d.runtime(&r.runtime_handler)?.delete(&r.id, true).await?;
         if let Some(sd) = &d.systemd {

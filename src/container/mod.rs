@@ -3,9 +3,8 @@
 //! ListContainers ([`list`]), ExecSync ([`exec_sync`]).
 //!
 //! The records, and how an exit is folded into them, are the record layer's
-//! ([`crate::records`]): every read folds a new exit file into the record, so exits that happen
-//! while berth is down are picked up when it comes back. [`watch`] asks it to fold the exits of
-//! running containers while someone subscribes to events.
+//! ([`crate::records`]); an exit reaches a record through the daemon's one exit path
+//! ([`crate::exits`]). CreateContainer and [`recover`] start the wait on each container's end.
 
 mod create;
 mod exec;
@@ -18,7 +17,6 @@ pub mod signal;
 
 pub mod streaming;
 mod update;
-pub mod watch;
 
 pub use create::create;
 pub use exec::{exec_sync, validate_stream, ExecOutput};
@@ -31,7 +29,7 @@ pub use crate::records::{apply_end, apply_exit, liveness, ContainerPaths, Contai
 use crate::daemon::Daemon;
 use crate::error::Result;
 
-/// Looks a container up by full ID or unique prefix, its exit folded in
+/// Looks a container up by full ID or unique prefix, as stored
 /// ([`crate::records::Records::container`]).
 ///
 /// Errors: NotFound when nothing matches; InvalidArgument when the prefix is ambiguous or empty.
@@ -39,21 +37,23 @@ pub fn get(d: &Daemon, id: &str) -> Result<ContainerRecord> {
     d.records.container(id)
 }
 
-/// Every container, exits folded in.
-pub fn list(d: &Daemon) -> Result<Vec<ContainerRecord>> {
+/// Every container, as stored.
+pub fn list(d: &Daemon) -> Vec<ContainerRecord> {
     d.records.containers()
 }
 
-/// The containers of one pod sandbox, exits folded in.
-pub fn list_in_sandbox(d: &Daemon, sandbox_id: &str) -> Result<Vec<ContainerRecord>> {
+/// The containers of one pod sandbox, as stored.
+pub fn list_in_sandbox(d: &Daemon, sandbox_id: &str) -> Vec<ContainerRecord> {
     d.records.containers_in(sandbox_id)
 }
 
-/// Restart recovery: re-reserve names; a container the record calls Created or Running whose
+/// Restart recovery: re-reserve names; fold in the ends of processes that ended while berth was
+/// down (the one fold of recovery); a container the record calls Created or Running whose
 /// process is gone without an exit file (its monitor died too, or the node rebooted) becomes
-/// Exited with code 255 and reason `Unknown`... unless an exit file tells better.
+/// Exited with code 255 and reason `Unknown`... unless an exit file tells better. The containers
+/// still live are watched from here on ([`crate::records::Records::watch_container`]).
 pub async fn recover(d: &Daemon) -> Result<()> {
-    let records = d.records.stored_containers();
+    let records = d.records.containers();
     let known: std::collections::HashSet<String> = records.iter().map(|r| r.id.clone()).collect();
     sweep_orphans(d, &known).await;
     for r in records {
@@ -73,15 +73,17 @@ pub async fn recover(d: &Daemon) -> Result<()> {
             d.records.fold_container(r)?
         };
         if matches!(r.state, ContainerState::Created | ContainerState::Running) {
-            let st = match d.runtime(&r.runtime_handler) {
-                Ok(rt) => rt.state(&r.id).await?,
+            let gone = match d.runtime(&r.runtime_handler) {
+                Ok(rt) => {
+                    !matches!(rt.state(&r.id).await?, Some(s) if s.status == "running" || s.status == "created" || s.status == "paused")
+                }
                 Err(e) => {
+                    // Left as it is (and watched: its monitor still tells its end).
                     tracing::error!(container = %r.id, error = %e, "recovery: cannot ask the container's runtime handler");
-                    continue;
+                    false
                 }
             };
-            let alive = matches!(&st, Some(s) if s.status == "running" || s.status == "created" || s.status == "paused");
-            if !alive {
+            if gone {
                 tracing::warn!(container = %r.id, "container process is gone and left no exit file");
                 r.state = ContainerState::Exited;
                 r.finished_at = crate::util::now_nanos();
@@ -91,6 +93,8 @@ pub async fn recover(d: &Daemon) -> Result<()> {
                 d.records.put_container(&r)?;
             }
         }
+        // Still live: its end reaches the record through the exit path from now on.
+        d.records.watch_container(&r);
     }
     Ok(())
 }

@@ -38,7 +38,8 @@ pub enum ContainerEventKind {
     Created,
     /// `CONTAINER_STARTED_EVENT`.
     Started,
-    /// `CONTAINER_STOPPED_EVENT`: the process exited (observed by an RPC, Stop, or the exit watcher).
+    /// `CONTAINER_STOPPED_EVENT`: the process exited (folded in by the exit path, or by the
+    /// StopContainer that waited for it).
     Stopped,
     /// `CONTAINER_DELETED_EVENT`.
     Deleted,
@@ -79,8 +80,6 @@ pub struct EventBus {
     tx: broadcast::Sender<Arc<ContainerEvent>>,
     /// Held while an event is built and sent, so per-object order checks and sends are atomic.
     published: Mutex<Published>,
-    /// Whether the exit watcher (`container::watch`) was started.
-    watcher_started: std::sync::atomic::AtomicBool,
 }
 
 impl Default for EventBus {
@@ -93,17 +92,12 @@ impl EventBus {
     /// A bus whose subscribers may fall `capacity` events behind.
     pub fn new(capacity: usize) -> EventBus {
         let (tx, _) = broadcast::channel(capacity.max(1));
-        EventBus { tx, published: Mutex::new(Published::default()), watcher_started: Default::default() }
+        EventBus { tx, published: Mutex::new(Published::default()) }
     }
 
     /// A new subscriber: it receives every event published from now on.
     pub fn subscribe(&self) -> Subscription {
         Subscription { rx: self.tx.subscribe() }
-    }
-
-    /// True the first time it is called: the caller starts the exit watcher (once per bus).
-    pub fn claim_watcher(&self) -> bool {
-        !self.watcher_started.swap(true, std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Number of live subscribers.

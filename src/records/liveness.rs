@@ -1,10 +1,23 @@
-//! Has a monitored process ended? The monitor's exit file says so when the monitor is alive to
-//! write it; when the monitor itself is gone (killed, or the node's init reaped it), /proc says
-//! whether the process still runs, and a process gone without an exit file is "lost".
+//! Has a monitored process ended, and waiting until it has. The monitor's exit file says so when
+//! the monitor is alive to write it; when the monitor itself is gone (killed, or the node's init
+//! reaped it), /proc says whether the process still runs, and a process gone without an exit
+//! file is "lost".
+//!
+//! Waiting is pushed, not polled: a pidfd (pidfd_open(2), Linux 5.3) of the monitor becomes
+//! readable when the monitor exits, which it does right after writing the exit file (or
+//! without one, when it is killed); once the monitor is gone, a pidfd of the process itself.
+//! Where pidfd_open is refused (an older kernel, a seccomp filter), the wait polls every
+//! [`POLL_FALLBACK`] instead.
 
 use crate::monitor::ExitInfo;
 use std::path::Path;
 use std::time::Duration;
+
+/// The `comm` of a monitor process (proc(5)), checked so a recycled PID is never taken for it.
+pub const MONITOR_COMM: &str = "berth-monitor";
+
+/// How often a wait looks again where no pidfd can be had.
+pub const POLL_FALLBACK: Duration = Duration::from_millis(200);
 
 /// How a monitored process ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,7 +49,7 @@ impl Watched<'_> {
         if let Ok(Some(e)) = crate::monitor::read_exit_file(self.exit_file) {
             return Some(Ended::Recorded(e));
         }
-        if self.monitor_pid > 0 && alive(self.monitor_pid, Some("berth-monitor")) {
+        if self.monitor_alive() {
             return None;
         }
         if let Ok(Some(e)) = crate::monitor::read_exit_file(self.exit_file) {
@@ -48,21 +61,74 @@ impl Watched<'_> {
         Some(Ended::Lost)
     }
 
-    /// Polls [`Watched::observe`] until the process ended or `timeout` passed (`None`).
-    pub async fn wait(&self, timeout: Duration) -> Option<Ended> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut interval = Duration::from_millis(5);
+    fn monitor_alive(&self) -> bool {
+        self.monitor_pid > 0 && alive(self.monitor_pid, Some(MONITOR_COMM))
+    }
+
+    /// Waits until the process ended ([`Watched::observe`] says how), however long that takes.
+    ///
+    /// Waits on a pidfd of the monitor while it runs, then, should the monitor be gone with the
+    /// process still running, on one of the process. Each wake-up observes again, so a spurious
+    /// one costs a look at the exit file, never a wrong answer.
+    pub async fn ended(&self) -> Ended {
         loop {
             if let Some(e) = self.observe() {
-                return Some(e);
+                return e;
             }
-            if tokio::time::Instant::now() >= deadline {
-                return None;
+            // `observe` found the monitor running, or the monitor gone and the process running.
+            let target = if self.monitor_alive() { self.monitor_pid } else { self.pid };
+            let fd = match pidfd(target) {
+                Ok(fd) => fd,
+                // Ended between the look and the open: the next look sees how.
+                Err(rustix::io::Errno::SRCH) => continue,
+                Err(e) => {
+                    tracing::debug!(pid = target, error = %e, "pidfd_open refused; polling for the end instead");
+                    tokio::time::sleep(POLL_FALLBACK).await;
+                    continue;
+                }
+            };
+            // The target may have ended (and its PID been taken by another process) between
+            // the look and the open: look once more, now that a later end cannot be missed.
+            if let Some(e) = self.observe() {
+                return e;
             }
-            tokio::time::sleep(interval).await;
-            interval = (interval * 2).min(Duration::from_millis(50));
+            match register(fd) {
+                Ok(fd) => {
+                    // Readable once the process has exited (pidfd_open(2)); an Err is the
+                    // reactor going away (runtime shutdown): look again after a pause.
+                    if fd.readable().await.is_err() {
+                        tokio::time::sleep(POLL_FALLBACK).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(pid = target, error = %e, "cannot poll a pidfd; polling for the end instead");
+                    tokio::time::sleep(POLL_FALLBACK).await;
+                }
+            }
         }
     }
+
+    /// [`Watched::ended`], or `None` once `timeout` passed first.
+    pub async fn wait(&self, timeout: Duration) -> Option<Ended> {
+        tokio::time::timeout(timeout, self.ended()).await.ok()
+    }
+}
+
+/// A pidfd of `pid` (pidfd_open(2), flags 0): readable once that process has exited.
+/// Errors: `SRCH` when no such process exists (also for `pid <= 0`); what the kernel says else
+/// (`NOSYS` before Linux 5.3, `PERM` or `NOSYS` under a seccomp filter).
+fn pidfd(pid: i32) -> Result<std::os::fd::OwnedFd, rustix::io::Errno> {
+    let pid = (pid > 0).then(|| rustix::process::Pid::from_raw(pid)).flatten().ok_or(rustix::io::Errno::SRCH)?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+}
+
+/// `fd` registered with tokio's reactor for readability.
+#[allow(unsafe_code)]
+fn register(fd: std::os::fd::OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    // SAFETY: `register_with_interest` asks that the raw fd stay open and the same for the
+    // AsyncFd's whole life. An OwnedFd owns its descriptor, gives out the same raw fd on every
+    // call, and closes it only when dropped, which the AsyncFd that now owns it does last.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.map_err(std::io::Error::from)
 }
 
 /// Whether `pid` is a live (not zombie) process, and, when `comm` is given, runs that program

@@ -4,13 +4,16 @@
 //! - [`Table`](table::Table): each redb table (`sandboxes`, `containers`) with a write-through,
 //!   in-memory copy, so kubelet's relists (ListPodSandbox and ListContainers every second) never
 //!   decode the store.
-//! - Reads fold exits in: [`Records::container`] and [`Records::sandbox`] (and the lists) look at
-//!   the monitor's exit file of a record that says its process runs, and write the end into the
-//!   record ([`container::apply_end`]; a pod whose infra ended becomes NotReady) before returning
-//!   it, so an exit that happened while berth was down is seen at the first read. A container's
-//!   fold publishes its STOPPED event. The exit watcher (`container::watch`) is only a trigger: it
-//!   calls [`Records::fold_container`] for running containers, so a subscriber hears of an exit
-//!   nobody asked about; the fold itself is this one.
+//! - Reads never write: [`Records::container`], [`Records::sandbox`] and the lists return the
+//!   records as stored.
+//! - One exit path: every live infra and container process is watched ([`Records::watch_container`],
+//!   [`Records::watch_sandbox`]; a pidfd of its monitor, [`watch`]) from the moment its monitor
+//!   runs, and after a restart from recovery. Its end comes out of [`Records::take_ends`]; the
+//!   daemon's exit path (`src/exits.rs`) takes the object's lock and calls
+//!   [`Records::fold_container`] or [`Records::fold_sandbox`], which write the end into the record
+//!   ([`container::apply_end`]; a pod whose infra ended becomes NotReady) and publish the
+//!   container's STOPPED event. An operation holding the object's lock (StopContainer) may settle
+//!   an end it waited for itself; the fold that follows then finds nothing to do.
 //! - Every change of a record goes through `put_*`/`delete_*` here, and every event through
 //!   `publish_*` here, whose snapshot of the pod is taken from these tables.
 //!
@@ -24,6 +27,7 @@ pub mod sandbox;
 pub mod table;
 #[cfg(test)]
 mod tests;
+pub mod watch;
 
 pub use container::{apply_end, apply_exit, ContainerPaths, ContainerRecord, ContainerState};
 pub use events::{ContainerEvent, ContainerEventKind, EventBus, Lagged, Subscription};
@@ -69,6 +73,7 @@ pub struct Records {
     containers: Table<ContainerRecord>,
     sandboxes: Table<SandboxRecord>,
     events: EventBus,
+    exits: watch::ExitWatch,
     run_root: PathBuf,
     root: PathBuf,
 }
@@ -90,6 +95,7 @@ impl Records {
             containers: Table::open(store.clone())?,
             sandboxes: Table::open(store)?,
             events: EventBus::default(),
+            exits: watch::ExitWatch::default(),
             run_root: roots.run_root().to_path_buf(),
             root: roots.root().to_path_buf(),
         })
@@ -100,37 +106,60 @@ impl Records {
         &self.events
     }
 
+    // ---- the exit path ----
+
+    /// Starts waiting for the end of container `r`'s process (a Created or Running record whose
+    /// monitor runs); its end comes out of [`Records::take_ends`]. A record of another state, or
+    /// without a monitor yet, is not watched; nor is one watched already.
+    pub fn watch_container(&self, r: &ContainerRecord) {
+        if matches!(r.state, ContainerState::Created | ContainerState::Running) && r.monitor_pid != 0 {
+            let exit_file = ContainerPaths::new(self, &r.id).exit_file;
+            self.exits.watch(watch::Kind::Container, &r.id, exit_file, r.monitor_pid, r.pid);
+        }
+    }
+
+    /// Starts waiting for the end of pod sandbox `r`'s infra process (a Ready record); its end
+    /// comes out of [`Records::take_ends`].
+    pub fn watch_sandbox(&self, r: &SandboxRecord) {
+        if r.state == SandboxState::Ready {
+            let exit_file = SandboxPaths::new(self, &r.id).exit_file;
+            self.exits.watch(watch::Kind::Sandbox, &r.id, exit_file, r.monitor_pid, r.infra_pid);
+        }
+    }
+
+    /// The ends of watched processes, for the daemon's exit path; handed out once.
+    pub fn take_ends(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<watch::End>> {
+        self.exits.take_ends()
+    }
+
+    /// How many infra and container processes are being waited on.
+    pub fn watched(&self) -> usize {
+        self.exits.watched()
+    }
+
     // ---- containers ----
 
-    /// Looks a container up by full ID or unique prefix (crictl passes prefixes), with the end
-    /// of its process folded in ([`Records::fold_container`]).
+    /// Looks a container up by full ID or unique prefix (crictl passes prefixes).
     ///
     /// Errors: NotFound when nothing matches; InvalidArgument naming `container_id` when the
-    /// prefix is ambiguous or empty; the store's when the fold cannot be written.
+    /// prefix is ambiguous or empty.
     pub fn container(&self, id: &str) -> Result<ContainerRecord> {
-        let r = lookup(&self.containers, id, "container", "container_id", "containers")?;
-        self.fold_container(r)
+        lookup(&self.containers, id, "container", "container_id", "containers")
     }
 
-    /// Every container, each with its end folded in.
-    pub fn containers(&self) -> Result<Vec<ContainerRecord>> {
-        self.containers.list().into_iter().map(|r| self.fold_container(r)).collect()
+    /// Every container.
+    pub fn containers(&self) -> Vec<ContainerRecord> {
+        self.containers.list()
     }
 
-    /// The containers of pod sandbox `sandbox_id`, each with its end folded in.
-    pub fn containers_in(&self, sandbox_id: &str) -> Result<Vec<ContainerRecord>> {
-        self.containers.list().into_iter().filter(|r| r.sandbox_id == sandbox_id).map(|r| self.fold_container(r)).collect()
+    /// The containers of pod sandbox `sandbox_id`.
+    pub fn containers_in(&self, sandbox_id: &str) -> Vec<ContainerRecord> {
+        self.containers.list().into_iter().filter(|r| r.sandbox_id == sandbox_id).collect()
     }
 
-    /// The stored record with exactly this ID, as it is (no fold): for an operation that holds
-    /// the container's lock and decides itself what its end means.
+    /// The record with exactly this ID (no prefix match).
     pub fn stored_container(&self, id: &str) -> Option<ContainerRecord> {
         self.containers.get(id)
-    }
-
-    /// Every stored container record, as it is (restart recovery, the exit watcher).
-    pub fn stored_containers(&self) -> Vec<ContainerRecord> {
-        self.containers.list()
     }
 
     /// Stores `r` (new or changed). Errors: the store's (nothing changed).
@@ -195,31 +224,24 @@ impl Records {
 
     // ---- pod sandboxes ----
 
-    /// Looks a pod sandbox up by full ID or unique prefix, with the end of its infra folded in
-    /// ([`Records::fold_sandbox`]).
+    /// Looks a pod sandbox up by full ID or unique prefix.
     ///
     /// Errors: NotFound when nothing matches; InvalidArgument naming `pod_sandbox_id` when the
-    /// prefix is ambiguous or empty; the store's when the fold cannot be written.
+    /// prefix is ambiguous or empty.
     pub fn sandbox(&self, id: &str) -> Result<SandboxRecord> {
-        let r = lookup(&self.sandboxes, id, "pod sandbox", "pod_sandbox_id", "pod sandboxes")?;
-        self.fold_sandbox(r)
+        lookup(&self.sandboxes, id, "pod sandbox", "pod_sandbox_id", "pod sandboxes")
     }
 
-    /// Every pod sandbox in ID order, each with the end of its infra folded in.
-    pub fn sandboxes(&self) -> Result<Vec<SandboxRecord>> {
-        self.stored_sandboxes().into_iter().map(|r| self.fold_sandbox(r)).collect()
-    }
-
-    /// The stored record with exactly this ID, as it is (no fold).
-    pub fn stored_sandbox(&self, id: &str) -> Option<SandboxRecord> {
-        self.sandboxes.get(id)
-    }
-
-    /// Every stored pod sandbox record in ID order, as it is (restart recovery).
-    pub fn stored_sandboxes(&self) -> Vec<SandboxRecord> {
+    /// Every pod sandbox, in ID order.
+    pub fn sandboxes(&self) -> Vec<SandboxRecord> {
         let mut all = self.sandboxes.list();
         all.sort_by(|a, b| a.id.cmp(&b.id));
         all
+    }
+
+    /// The record with exactly this ID (no prefix match).
+    pub fn stored_sandbox(&self, id: &str) -> Option<SandboxRecord> {
+        self.sandboxes.get(id)
     }
 
     /// Stores `r` (new or changed). Errors: the store's (nothing changed).

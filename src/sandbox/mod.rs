@@ -18,9 +18,7 @@ pub use crate::records::{namespace_options, SandboxPaths, SandboxRecord, Sandbox
 use crate::daemon::Daemon;
 use crate::error::{Error, Result};
 
-/// Looks a sandbox up by full ID or unique ID prefix (crictl passes prefixes), the end of its
-/// infra folded in ([`crate::records::Records::sandbox`]: a Ready pod whose infra ended is
-/// NotReady).
+/// Looks a sandbox up by full ID or unique ID prefix (crictl passes prefixes).
 ///
 /// Errors: NotFound when nothing matches; InvalidArgument when the prefix is ambiguous or empty.
 pub fn get(d: &Daemon, id: &str) -> Result<SandboxRecord> {
@@ -54,34 +52,34 @@ pub async fn update_resources(
     Ok(())
 }
 
-/// Every sandbox, the end of each infra folded in (a Ready sandbox whose infra exited is
-/// reported NotReady).
-pub fn list(d: &Daemon) -> Result<Vec<SandboxRecord>> {
+/// Every sandbox, as stored, in ID order.
+pub fn list(d: &Daemon) -> Vec<SandboxRecord> {
     d.records.sandboxes()
 }
 
-/// Restart recovery: re-reserve names and mark sandboxes whose infra died NotReady.
+/// Restart recovery: re-reserve names, fold in the ends of infra processes that ended while
+/// berth was down (the one fold of recovery) and mark pods whose infra is gone NotReady. The
+/// pods still Ready are watched from here on ([`crate::records::Records::watch_sandbox`]).
 pub async fn recover(d: &Daemon) -> Result<()> {
-    for r in d.records.stored_sandboxes() {
+    for r in d.records.sandboxes() {
         d.reserve_name("pod sandbox", &SandboxRecord::name_key(&r.config), &r.id)?;
         let mut r = d.records.fold_sandbox(r)?;
         if r.state == SandboxState::Ready {
             // A pod whose handler is gone from this host (binary removed, config changed) is
-            // logged and left as it is: one such pod must not keep the daemon from starting.
-            let state = match d.runtime(&r.runtime_handler) {
-                Ok(rt) => rt.state(&r.id).await,
-                Err(e) => {
-                    tracing::error!(sandbox = %r.id, error = %e, "recovery: cannot ask the pod's runtime handler");
-                    continue;
+            // logged and left as it is (and watched: its monitor still tells its end): one such
+            // pod must not keep the daemon from starting.
+            match d.runtime(&r.runtime_handler) {
+                Ok(rt) => {
+                    if !matches!(rt.state(&r.id).await?, Some(s) if s.status == "running") {
+                        tracing::warn!(sandbox = %r.id, "infra container is gone; marking pod sandbox NotReady");
+                        r.state = SandboxState::NotReady;
+                        d.records.put_sandbox(&r)?;
+                    }
                 }
-            };
-            let alive = matches!(state?, Some(s) if s.status == "running");
-            if !alive {
-                tracing::warn!(sandbox = %r.id, "infra container is gone; marking pod sandbox NotReady");
-                r.state = SandboxState::NotReady;
-                d.records.put_sandbox(&r)?;
+                Err(e) => tracing::error!(sandbox = %r.id, error = %e, "recovery: cannot ask the pod's runtime handler"),
             }
         }
+        d.records.watch_sandbox(&r);
     }
     Ok(())
 }

@@ -206,6 +206,7 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
             undo.commit();
             d.records.publish_sandbox(crate::records::ContainerEventKind::Created, &record);
             d.records.publish_sandbox(crate::records::ContainerEventKind::Started, &record);
+            d.records.watch_sandbox(&record);
             tracing::info!("pod sandbox ready");
             Ok(id)
         }

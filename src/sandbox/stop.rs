@@ -23,7 +23,7 @@ async fn stop_locked(d: &Daemon, mut r: SandboxRecord) -> Result<()> {
     if let Some(fresh) = d.records.stored_sandbox(&r.id) {
         r = fresh;
     }
-    for c in crate::container::list_in_sandbox(d, &r.id)? {
+    for c in crate::container::list_in_sandbox(d, &r.id) {
         crate::container::stop(d, &c.id, 0).await?;
     }
     let paths = SandboxPaths::new(d, &r.id);
@@ -76,7 +76,7 @@ pub async fn remove(d: &Daemon, id: &str) -> Result<()> {
         let name_key = SandboxRecord::name_key(&r.config);
         let last = r.clone();
         stop_locked(d, r).await?;
-        for c in crate::container::list_in_sandbox(d, &id)? {
+        for c in crate::container::list_in_sandbox(d, &id) {
             crate::container::remove(d, &c.id).await?;
         }
         if let Some(sd) = &d.systemd {

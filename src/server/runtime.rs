@@ -29,15 +29,15 @@ impl RuntimeServer {
     }
 
     /// ListPodSandbox's items (also StreamPodSandboxes').
-    fn pod_sandboxes(&self, filter: Option<cri::PodSandboxFilter>) -> Result<Vec<cri::PodSandbox>, Status> {
+    fn pod_sandboxes(&self, filter: Option<cri::PodSandboxFilter>) -> Vec<cri::PodSandbox> {
         let filter = filter.unwrap_or_default();
-        Ok(crate::sandbox::list(&self.d)?.iter().filter(|r| convert::sandbox_matches(r, &filter)).map(convert::pod_sandbox).collect())
+        crate::sandbox::list(&self.d).iter().filter(|r| convert::sandbox_matches(r, &filter)).map(convert::pod_sandbox).collect()
     }
 
     /// ListContainers' items (also StreamContainers').
-    fn containers(&self, filter: Option<cri::ContainerFilter>) -> Result<Vec<cri::Container>, Status> {
+    fn containers(&self, filter: Option<cri::ContainerFilter>) -> Vec<cri::Container> {
         let filter = filter.unwrap_or_default();
-        Ok(crate::container::list(&self.d)?.iter().filter(|r| convert::container_matches(r, &filter)).map(convert::container).collect())
+        crate::container::list(&self.d).iter().filter(|r| convert::container_matches(r, &filter)).map(convert::container).collect()
     }
 
     fn url_for(&self, req: StreamRequest) -> Result<String, Status> {
@@ -96,19 +96,19 @@ impl RuntimeService for RuntimeServer {
             status: Some(convert::pod_sandbox_status(&r)),
             info: if req.verbose { convert::pod_sandbox_info(&r) } else { Default::default() },
             // Evented PLEG (GetContainerEvents) reads the pod's container statuses from here.
-            containers_statuses: crate::container::list_in_sandbox(&self.d, &r.id)?.iter().map(convert::container_status).collect(),
+            containers_statuses: crate::container::list_in_sandbox(&self.d, &r.id).iter().map(convert::container_status).collect(),
             timestamp: crate::util::now_nanos(),
         }))
     }
 
     async fn list_pod_sandbox(&self, req: Request<cri::ListPodSandboxRequest>) -> R<cri::ListPodSandboxResponse> {
-        Ok(Response::new(cri::ListPodSandboxResponse { items: self.pod_sandboxes(req.into_inner().filter)? }))
+        Ok(Response::new(cri::ListPodSandboxResponse { items: self.pod_sandboxes(req.into_inner().filter) }))
     }
 
     type StreamPodSandboxesStream = ListStream<cri::StreamPodSandboxesResponse>;
 
     async fn stream_pod_sandboxes(&self, req: Request<cri::StreamPodSandboxesRequest>) -> R<Self::StreamPodSandboxesStream> {
-        let items = self.pod_sandboxes(req.into_inner().filter)?;
+        let items = self.pod_sandboxes(req.into_inner().filter);
         Ok(Response::new(batched(items, |pod_sandboxes| cri::StreamPodSandboxesResponse { pod_sandboxes })))
     }
 
@@ -136,13 +136,13 @@ impl RuntimeService for RuntimeServer {
     }
 
     async fn list_containers(&self, req: Request<cri::ListContainersRequest>) -> R<cri::ListContainersResponse> {
-        Ok(Response::new(cri::ListContainersResponse { containers: self.containers(req.into_inner().filter)? }))
+        Ok(Response::new(cri::ListContainersResponse { containers: self.containers(req.into_inner().filter) }))
     }
 
     type StreamContainersStream = ListStream<cri::StreamContainersResponse>;
 
     async fn stream_containers(&self, req: Request<cri::StreamContainersRequest>) -> R<Self::StreamContainersStream> {
-        let items = self.containers(req.into_inner().filter)?;
+        let items = self.containers(req.into_inner().filter);
         Ok(Response::new(batched(items, |containers| cri::StreamContainersResponse { containers })))
     }
 
@@ -413,7 +413,6 @@ impl RuntimeService for RuntimeServer {
                 containers_statuses: ev.containers.iter().map(convert::container_status).collect(),
             }
         }
-        crate::container::watch::start_exit_watcher(&self.d);
         let sub = self.d.records.events().subscribe();
         let stream = futures_util::stream::unfold(Some(sub), |sub| async move {
             let mut sub = sub?;

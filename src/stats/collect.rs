@@ -146,8 +146,8 @@ fn one_container(d: &Daemon, r: &ContainerRecord, parent: &str) -> Result<(cri::
     Ok((stats, raw))
 }
 
-fn sandboxes_by_id(d: &Daemon) -> Result<HashMap<String, SandboxRecord>> {
-    Ok(crate::sandbox::list(d)?.into_iter().map(|s| (s.id.clone(), s)).collect())
+fn sandboxes_by_id(d: &Daemon) -> HashMap<String, SandboxRecord> {
+    crate::sandbox::list(d).into_iter().map(|s| (s.id.clone(), s)).collect()
 }
 
 /// CRI ContainerStats of container `id` (full ID or unique prefix).
@@ -174,9 +174,9 @@ pub fn container_filter_matches(r: &ContainerRecord, f: &cri::ContainerStatsFilt
 /// CRI ListContainerStats: stats of every running container matching `filter`.
 /// Errors: the store's; unreadable cgroup files (Io).
 pub fn list_container_stats(d: &Daemon, filter: &cri::ContainerStatsFilter) -> Result<Vec<cri::ContainerStats>> {
-    let sandboxes = sandboxes_by_id(d)?;
+    let sandboxes = sandboxes_by_id(d);
     let mut out = Vec::new();
-    for r in crate::container::list(d)? {
+    for r in crate::container::list(d) {
         if r.state != ContainerState::Running || !container_filter_matches(&r, filter) {
             continue;
         }
@@ -275,16 +275,16 @@ pub fn pod_sandbox_stats(d: &Daemon, id: &str) -> Result<cri::PodSandboxStats> {
     if sb.state != SandboxState::Ready {
         return Err(Error::FailedPrecondition(format!("pod sandbox {}: is not ready; only ready pods have stats", sb.id)));
     }
-    let containers = crate::container::list_in_sandbox(d, &sb.id)?;
+    let containers = crate::container::list_in_sandbox(d, &sb.id);
     one_sandbox(d, &sb, &containers)
 }
 
 /// CRI ListPodSandboxStats: stats of every ready pod sandbox matching `filter` (`id` as a
 /// prefix, every `label_selector` pair present).
 pub fn list_pod_sandbox_stats(d: &Daemon, filter: &cri::PodSandboxStatsFilter) -> Result<Vec<cri::PodSandboxStats>> {
-    let containers = crate::container::list(d)?;
+    let containers = crate::container::list(d);
     let mut out = Vec::new();
-    for sb in crate::sandbox::list(d)? {
+    for sb in crate::sandbox::list(d) {
         let labels_ok = filter.label_selector.iter().all(|(k, v)| sb.config.labels.get(k) == Some(v));
         if !sb.id.starts_with(&filter.id) || !labels_ok {
             continue;

@@ -384,11 +384,11 @@ fn pod_sandbox_metrics(
 /// procfs, a walk of each writable layer, cached when slow): call from `spawn_blocking`.
 /// Errors: the store's; unreadable cgroup files.
 pub fn list_pod_sandbox_metrics(d: &Daemon) -> Result<Vec<cri::PodSandboxMetrics>> {
-    let containers = crate::container::list(d)?;
+    let containers = crate::container::list(d);
     let fs = filesystem_of(&crate::stats::collect::container_fs_root(d));
     let mut device_names = BTreeMap::new();
     let mut out = Vec::new();
-    for sb in crate::sandbox::list(d)? {
+    for sb in crate::sandbox::list(d) {
         if sb.state == SandboxState::Ready {
             out.push(pod_sandbox_metrics(d, &sb, &containers, fs.as_ref(), &mut device_names)?);
         }
