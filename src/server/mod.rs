@@ -3,6 +3,7 @@
 
 pub mod authority;
 pub mod convert;
+pub mod deadline;
 pub mod image;
 pub mod liststream;
 pub mod metrics_http;
@@ -59,6 +60,8 @@ pub async fn serve(
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
         // Per-RPC counts by gRPC code and latency for the /metrics endpoint (metrics::grpc).
         .layer(crate::metrics::grpc::GrpcMetricsLayer)
+        // A call whose deadline passed is answered DEADLINE_EXCEEDED, not tonic's CANCELLED.
+        .layer(deadline::DeadlineLayer)
         .add_service(runtime)
         .add_service(images)
         .serve_with_incoming_shutdown(incoming, shutdown)
