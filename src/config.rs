@@ -94,6 +94,10 @@ pub struct RuntimeConfig {
     pub default_handler: String,
     /// Handlers by name.
     pub handlers: BTreeMap<String, HandlerConfig>,
+    /// Directories of OCI hook files (oci-hooks(5), the `hooks.d` format CRI-O and podman
+    /// read), read at each CreateContainer; a file name in a later directory masks the same name
+    /// in an earlier one; missing directories are skipped. See `spec::hooks`.
+    pub hooks_dir: Vec<PathBuf>,
 }
 
 /// `[runtime.handlers.NAME]`: one runc-compatible runtime.
@@ -203,7 +207,11 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         let mut handlers = BTreeMap::new();
         handlers.insert("runc".to_string(), HandlerConfig::default());
-        RuntimeConfig { default_handler: "runc".into(), handlers }
+        RuntimeConfig {
+            default_handler: "runc".into(),
+            handlers,
+            hooks_dir: vec!["/usr/share/containers/oci/hooks.d".into(), "/etc/containers/oci/hooks.d".into()],
+        }
     }
 }
 
@@ -456,6 +464,7 @@ fn comment_for(key: &str) -> Option<&'static str> {
         "log_size_max" => "bytes per container log file; at the limit it starts over empty (0 = unlimited)",
         "runtime" => "OCI runtimes",
         "runtime.default_handler" => "handler used when a request names none",
+        "runtime.hooks_dir" => "OCI hook file directories (oci-hooks(5)); a later directory's file masks an earlier one's",
         "network" => "CNI",
         "network.conf_dir" => "CNI network configs; the first in lexical order is the pod network",
         "network.plugin_dirs" => "directories searched for CNI plugin binaries",

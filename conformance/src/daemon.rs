@@ -88,7 +88,11 @@ pub fn write_berth_config_with(tmp: &Path, cni_dir: &Path, registry: &str, which
         ),
     )?;
     std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let mut handlers = "[runtime]\ndefault_handler = \"runc\"\n\n[runtime.handlers.runc]\npath = \"runc\"\n".to_string();
+    // OCI hook files: the hooks cases write theirs here (cases/hooks.rs).
+    let mut handlers = format!(
+        "[runtime]\ndefault_handler = \"runc\"\nhooks_dir = [\"{}\"]\n\n[runtime.handlers.runc]\npath = \"runc\"\n",
+        crate::cases::hooks::hooks_dir(tmp).display()
+    );
     if which == Handlers::Test {
         handlers.push_str(&format!("\n[runtime.handlers.broken]\npath = \"{}\"\n", broken.display()));
     }

@@ -194,6 +194,12 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
             Some(_) => idmap_bind_mounts(&mut oci, &scratch, &infra_userns)?,
             None => {}
         }
+        let hooks = spec::hooks::load(&d.config.runtime.hooks_dir)
+            .map_err(|source| spec::SpecError::Hooks { container: id.clone(), source })?;
+        let injected = spec::hooks::inject(&mut oci, &hooks, !spec_config.mounts.is_empty());
+        if !injected.is_empty() {
+            tracing::info!(hooks = ?injected, "OCI hooks injected");
+        }
         record.user = spec::effective_user(&oci);
         let config_json = paths.bundle.join("config.json");
         let bytes = serde_json::to_vec_pretty(&oci).map_err(|e| Error::io("encoding config.json")(e.into()))?;

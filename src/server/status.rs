@@ -46,7 +46,7 @@ pub fn code(e: &Error) -> Code {
 /// (an oci-spec builder refusing a value, an unreadable `/etc/passwd` of a mounted rootfs).
 pub fn spec_code(e: &SpecError) -> Code {
     match e {
-        SpecError::RuntimeLacks { .. } => Code::FailedPrecondition,
+        SpecError::RuntimeLacks { .. } | SpecError::Hooks { .. } => Code::FailedPrecondition,
         SpecError::MissingProcess | SpecError::Build { .. } => Code::Internal,
         SpecError::UserFile { source, .. } => match source.kind() {
             // The image's file is a hostile symlink or not text: the image's fault.

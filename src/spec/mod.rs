@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use self::user::{IdRef, UserError, UserRequest};
 
+pub mod hooks;
 pub mod linux;
 pub mod mac;
 pub mod mounts;
@@ -136,6 +137,14 @@ pub enum SpecError {
     /// A requested feature berth (or runc 1.1) does not provide.
     #[error("container {container}: {field} = {value}: not supported")]
     Unsupported { container: String, field: &'static str, value: String },
+    /// A configured OCI hook file cannot be used (`runtime.hooks_dir`, [`hooks`]): the node's
+    /// configuration, not the request.
+    #[error("container {container}: {source}")]
+    Hooks {
+        container: String,
+        #[source]
+        source: self::hooks::HookError,
+    },
 }
 
 /// What the pod gives its containers. Built by `sandbox/` when the pod runs.

@@ -22,6 +22,7 @@ mod errors;
 mod events;
 mod exec;
 mod handlers;
+pub(crate) mod hooks;
 mod image;
 mod inspect;
 mod isolation;
@@ -120,6 +121,8 @@ pub fn all() -> Vec<Case> {
         case!("oom_killed", oom::oom_killed),
         case!("log_size_limit", oom::log_size_limit),
         case!("inspect_status_container_and_pod", inspect::status_shows_container_and_pod),
+        case!("oci_hooks_run_at_their_stages", hooks::hooks_run_at_their_stages),
+        case!("oci_hook_failing_fails_create", hooks::failing_hook_fails_create),
         case!("inspect_any_host_header", inspect::any_host_header),
         case!("stats_cpu_moves", stats::cpu_moves),
         case!("stats_memory_grows", stats::memory_grows),
