@@ -62,6 +62,8 @@ pub struct RawGrpc {
     dec: Decoder<'static>,
     next_stream: u32,
     buf: Vec<u8>,
+    /// Further request headers (name, value), sent as literals on every request.
+    extra: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 struct Frame {
@@ -86,7 +88,15 @@ impl RawGrpc {
             dec: Decoder::new(),
             next_stream: 1,
             buf: Vec::new(),
+            extra: Vec::new(),
         })
+    }
+
+    /// Sends header `name: value` with every later request: a `grpc-timeout` this client does
+    /// not enforce itself (tonic's and grpc-go's clients also time the call out on their side,
+    /// so only a client like this one sees what the server answers at the deadline).
+    pub fn header(&mut self, name: &str, value: &str) {
+        self.extra.push((name.as_bytes().to_vec(), value.as_bytes().to_vec()));
     }
 
     /// Calls the unary method `path` (`/runtime.v1.RuntimeService/Version`) with `req`.
@@ -184,6 +194,9 @@ impl RawGrpc {
         literal(&mut b, 0x00, 4, 31, None, b"application/grpc"); // content-type
         literal(&mut b, 0x00, 4, 0, Some(b"te"), b"trailers");
         literal(&mut b, 0x00, 4, 58, None, b"berth-conformance-rawh2"); // user-agent
+        for (name, value) in &self.extra {
+            literal(&mut b, 0x00, 4, 0, Some(name), value);
+        }
         b
     }
 

@@ -159,3 +159,38 @@ pub async fn log_paths_refused(ctx: &Ctx) -> Result<()> {
     ctx.remove_pod(&pod.id).await?;
     res
 }
+
+/// A call whose caller's deadline passes before the runtime finishes is answered with an error,
+/// on berth DEADLINE_EXCEEDED (gRPC "PROTOCOL-HTTP2.md": `grpc-timeout`; the status for an
+/// expired deadline): an ExecSync of `sleep 3` (no exec timeout of its own) sent with
+/// `grpc-timeout: 300m` by a client that does not time the call out itself (tonic's and
+/// grpc-go's do, and then report their own DeadlineExceeded, which hides the server's answer:
+/// tonic's server said CANCELLED). containerd 1.6 answers UNKNOWN ("context deadline exceeded:
+/// unknown", its error wrapping loses the code); that is noted, not required.
+pub async fn deadline_passed_is_deadline_exceeded(ctx: &Ctx) -> Result<()> {
+    let pod = ctx.run_pod("deadline").await?;
+    let res = async {
+        let id = ctx.start_container(&pod, "deadline", &ctx.images.busybox, &["sleep", "1000"]).await?;
+        ctx.wait_container_state(&id, cri::ContainerState::ContainerRunning, Duration::from_secs(30)).await?;
+        let socket = ctx.socket().await;
+        let mut c = crate::rawh2::RawGrpc::connect(&socket, Some(b"localhost")).await?;
+        c.header("grpc-timeout", "300m");
+        let started = std::time::Instant::now();
+        let req = cri::ExecSyncRequest { container_id: id.clone(), cmd: vec!["sleep".into(), "3".into()], timeout: 0 };
+        let r = c.unary::<_, cri::ExecSyncResponse>("/runtime.v1.RuntimeService/ExecSync", &req).await;
+        let elapsed = started.elapsed();
+        match r {
+            Err(crate::rawh2::CallError::Status { code, message }) => {
+                eprintln!("note deadline_passed_is_deadline_exceeded: code {code} after {elapsed:?}: {message}");
+                check(ctx.kind != TargetKind::Berth || code == tonic::Code::DeadlineExceeded as i32, || {
+                    format!("ExecSync past its 300 ms deadline: expected gRPC status 4 (DEADLINE_EXCEEDED), got {code}: {message}")
+                })
+            }
+            Err(e) => bail!("ExecSync past its deadline: expected gRPC status 4 (DEADLINE_EXCEEDED), got {e}"),
+            Ok(r) => bail!("ExecSync past its 300 ms deadline was answered OK after {elapsed:?}: {r:?}"),
+        }
+    }
+    .await;
+    ctx.remove_pod(&pod.id).await?;
+    res
+}

@@ -98,6 +98,7 @@ pub fn all() -> Vec<Case> {
         case!("tty_container_logs", cstatus::tty_container_logs),
         case!("bad_input_codes", errors::bad_input_codes),
         case!("exec_in_exited_container", errors::exec_in_exited_container),
+        case!("deadline_passed_is_deadline_exceeded", errors::deadline_passed_is_deadline_exceeded),
         case!("security_seccomp_runtime_default", security::seccomp_runtime_default),
         case!("security_seccomp_unconfined", security::seccomp_unconfined),
         case!("security_seccomp_localhost_denies_mkdir", security::seccomp_localhost_denies_mkdir),
