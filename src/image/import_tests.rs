@@ -356,3 +356,46 @@ async fn blob_digest_mismatch_leaves_nothing() {
     plain[at] = b'T';
     refused(plain, &["x:1", "layer blobs/sha256/", &sha(&l.two)]).await;
 }
+
+/// docker 25+ `docker save`: manifest.json names blobs of an OCI layout written beside it
+/// (`index.json` too); manifest.json is what is read, and blob names are checked as digests.
+#[tokio::test]
+async fn docker25_archive_reads_manifest_json_and_checks_blob_names() {
+    let f = fixture();
+    let l = layers();
+    let cfg = config(&[sha(&l.base), sha(&l.one)], "d25");
+    let blob = |b: &[u8]| format!("blobs/sha256/{}", hex(b));
+    let manifest = serde_json::to_vec(&serde_json::json!([
+        {"Config": blob(&cfg), "RepoTags": ["d25:1"], "Layers": [blob(&l.base), blob(&l.one)]},
+    ]))
+    .unwrap();
+    let (b_base, b_one, b_cfg) = (blob(&l.base), blob(&l.one), blob(&cfg));
+    let index = br#"{"schemaVersion":2,"manifests":[]}"#;
+    let good = tar_of(&[
+        ("blobs/", b""),
+        ("blobs/sha256/", b""),
+        (&b_base, &l.base),
+        (&b_one, &l.one),
+        (&b_cfg, &cfg),
+        ("index.json", index),
+        ("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#),
+        ("manifest.json", &manifest),
+    ]);
+    let got = f.import(good).await.unwrap();
+    assert_eq!((got[0].id.as_str(), got[0].repo_tags.as_slice()), (sha(&cfg).as_str(), &["docker.io/library/d25:1".to_string()][..]));
+
+    // The same names over other content: the blob name is its digest, so this is refused.
+    let bad = tar_of(&[(&b_base, &l.base), (&b_one, &l.two), (&b_cfg, &cfg), ("manifest.json", &manifest)]);
+    refused(bad, &["d25:1", &format!("layer {b_one}"), &sha(&l.one), &sha(&l.two)]).await;
+}
+
+/// A config blob without an image record (a crash between the two) is deleted on open.
+#[tokio::test]
+async fn orphan_config_blobs_go_on_open() {
+    let f = fixture();
+    let orphan = f.root.join("images/configs").join("f".repeat(64));
+    std::fs::write(&orphan, b"{}").unwrap();
+    let reopened = ImageStore::open(f.root.join("images"), f.store.clone(), ImageConfig::default()).unwrap();
+    assert!(!orphan.exists());
+    drop(reopened);
+}
