@@ -2,13 +2,19 @@
 //! (mode 0600, root only) that shows the daemon's own view of an object for debugging, in the
 //! role of CRI-O's `/containers/<id>` info endpoint (`crio status containers --id`).
 //!
-//! Routes (GET only; `ID` is a full ID or a unique prefix, as crictl passes them):
+//! Routes (`ID` is a full ID or a unique prefix, as crictl passes them):
 //! - `GET /containers/ID` -> 200 [`ContainerView`]
 //! - `GET /pods/ID` -> 200 [`PodView`]
+//! - `POST /images/import` with an image archive as the body (docker-archive or OCI image
+//!   layout tarball, plain or gzip'd; `Content-Length` or chunked) -> 200
+//!   `{"images": [{"id", "repo_tags"}]}` ([`crate::image::ImageStore::import`]); a bad archive
+//!   -> 400, a store failure -> 500. This is how `berth image import` reaches a running daemon,
+//!   which holds the store's lock.
 //! - anything else -> 404 / 405; an unknown or ambiguous ID -> 404 / 400. Errors are
 //!   `{"error": "<message>"}`.
 //!
-//! [`query`] is the client `berth status` uses (blocking, std only).
+//! [`query`] is the client `berth status` uses, [`post_stream`] the one `berth image import`
+//! uses (blocking, std only).
 
 use crate::container::{ContainerPaths, ContainerRecord};
 use crate::daemon::Daemon;
@@ -21,6 +27,12 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// The import route.
+pub const IMPORT_PATH: &str = "/images/import";
+/// Request header of the import route naming the archive in errors and logs (its file name);
+/// `request body` without it.
+pub const ARCHIVE_NAME_HEADER: &str = "x-berth-archive-name";
 
 /// The socket's file name under `run_root`.
 pub const SOCKET_NAME: &str = "inspect.sock";
@@ -161,6 +173,81 @@ pub fn route(d: &Daemon, method: &Method, path: &str) -> (StatusCode, serde_json
     }
 }
 
+/// One imported image in the answer of `POST /images/import`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct ImportedImage {
+    /// `sha256:<hex>` image ID.
+    pub id: String,
+    /// Its normalized names after the import.
+    pub repo_tags: Vec<String>,
+}
+
+/// A blocking reader over the request body's frames (fed by an async task): what
+/// [`crate::image::ImageStore::import`] reads on its blocking thread.
+struct BodyReader {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    cur: Bytes,
+}
+
+impl std::io::Read for BodyReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                None => return Ok(0),
+                Some(Ok(b)) => self.cur = b,
+                Some(Err(e)) => return Err(e),
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur[..n]);
+        let _ = self.cur.split_to(n);
+        Ok(n)
+    }
+}
+
+/// `POST /images/import`: streams the body into [`crate::image::ImageStore::import`].
+async fn import_route(d: &Daemon, req: Request<hyper::body::Incoming>) -> (StatusCode, serde_json::Value) {
+    use crate::image::ImageError;
+    use http_body_util::BodyExt;
+    if req.method() != Method::POST {
+        return error(StatusCode::METHOD_NOT_ALLOWED, format!("{} {IMPORT_PATH}: only POST is served", req.method()));
+    }
+    let source = req
+        .headers()
+        .get(ARCHIVE_NAME_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .unwrap_or("request body")
+        .to_string();
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(16);
+    let mut body = req.into_body();
+    let pump = tokio::spawn(async move {
+        while let Some(frame) = body.frame().await {
+            let item = match frame {
+                Ok(f) => match f.into_data() {
+                    Ok(data) => Ok(data),
+                    Err(_) => continue,
+                },
+                Err(e) => Err(std::io::Error::other(format!("reading the request body: {e}"))),
+            };
+            let failed = item.is_err();
+            if tx.send(item).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    let result = d.images.import(BodyReader { rx, cur: Bytes::new() }, &source).await;
+    pump.abort();
+    match result {
+        Ok(images) => {
+            let images: Vec<ImportedImage> = images.into_iter().map(|i| ImportedImage { id: i.id, repo_tags: i.repo_tags }).collect();
+            (StatusCode::OK, serde_json::json!({ "images": images }))
+        }
+        Err(e @ (ImageError::Io { .. } | ImageError::State(_))) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
 fn error(code: StatusCode, message: String) -> (StatusCode, serde_json::Value) {
     (code, serde_json::json!({ "error": message }))
 }
@@ -196,7 +283,11 @@ pub async fn serve(d: Arc<Daemon>, socket: &Path) -> Result<tokio::task::JoinHan
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                     let d = d.clone();
                     async move {
-                        let (code, body) = route(&d, req.method(), req.uri().path());
+                        let (code, body) = if req.uri().path() == IMPORT_PATH {
+                            import_route(&d, req).await
+                        } else {
+                            route(&d, req.method(), req.uri().path())
+                        };
                         let mut text = serde_json::to_vec_pretty(&body).unwrap_or_default();
                         text.push(b'\n');
                         let mut resp = Response::new(Full::new(Bytes::from(text)));
@@ -232,6 +323,72 @@ pub fn query(socket: &Path, path: &str) -> Result<(u16, String), InspectError> {
         path: socket.to_path_buf(),
         head: String::from_utf8_lossy(&raw[..raw.len().min(200)]).into_owned(),
     })
+}
+
+/// Client: `POST path` on the inspect socket with `body` streamed as the request body
+/// (`Content-Length: len` when known, else chunked) and the extra `headers` (values with
+/// characters other than printable ASCII have them replaced by `?`); returns the HTTP status code and the
+/// response body. Blocking (std). The answer may take as long as the daemon needs (an import
+/// of a large archive): reads wait up to an hour. When the daemon answers before taking the
+/// whole body (a bad archive), its answer is returned.
+///
+/// Errors: [`InspectError::Client`] (`what` is `"connect"` when no daemon listens: the socket
+/// is missing or refuses), [`InspectError::Protocol`] for an answer that is not HTTP/1.x.
+pub fn post_stream(
+    socket: &Path,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &mut dyn std::io::Read,
+    len: Option<u64>,
+) -> Result<(u16, String), InspectError> {
+    use std::io::{Read, Write};
+    let err = |what, source| InspectError::Client { what, path: socket.to_path_buf(), source };
+    let s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| err("connect", e))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(3600))).map_err(|e| err("set timeout", e))?;
+    s.set_write_timeout(Some(std::time::Duration::from_secs(600))).map_err(|e| err("set timeout", e))?;
+    let mut framing = match len {
+        Some(n) => format!("Content-Length: {n}"),
+        None => "Transfer-Encoding: chunked".to_string(),
+    };
+    for (k, v) in headers {
+        let v: String = v.chars().map(|c| if c == ' ' || c.is_ascii_graphic() { c } else { '?' }).collect();
+        framing.push_str(&format!("\r\n{k}: {v}"));
+    }
+    let sent = (|| -> std::io::Result<()> {
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, &s);
+        write!(w, "POST {path} HTTP/1.1\r\nHost: berth\r\nConnection: close\r\nContent-Type: application/x-tar\r\n{framing}\r\n\r\n")?;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = match body.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(std::io::Error::new(e.kind(), format!("reading the archive: {e}"))),
+            };
+            if len.is_none() {
+                write!(w, "{n:x}\r\n")?;
+            }
+            w.write_all(&buf[..n])?;
+            if len.is_none() {
+                w.write_all(b"\r\n")?;
+            }
+        }
+        if len.is_none() {
+            w.write_all(b"0\r\n\r\n")?;
+        }
+        w.flush()
+    })();
+    let mut raw = Vec::new();
+    let read = (&s).read_to_end(&mut raw);
+    match (parse_response(&raw), sent, read) {
+        (Some(answer), _, _) => Ok(answer),
+        (None, Err(e), _) => Err(err("send", e)),
+        (None, Ok(()), Err(e)) => Err(err("read", e)),
+        (None, Ok(()), Ok(_)) => Err(InspectError::Protocol {
+            path: socket.to_path_buf(),
+            head: String::from_utf8_lossy(&raw[..raw.len().min(200)]).into_owned(),
+        }),
+    }
 }
 
 /// Splits a whole HTTP/1.x response (not chunked) into its status code and body. Pure.

@@ -46,7 +46,7 @@ pub struct TestImages {
     pub missing: String,
 }
 
-fn busybox_tar() -> Result<Vec<u8>> {
+pub(crate) fn busybox_tar() -> Result<Vec<u8>> {
     let mut t = TarBuilder::new();
     busybox_tree(&mut t, &[])?;
     t.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")?;

@@ -7,6 +7,10 @@
 //! - `berth status [--config FILE] [--inspect-socket PATH] [container|pod] ID`: print the
 //!   daemon's view of a container or pod sandbox (JSON from the inspect socket, see
 //!   `berth::inspect`); without `container`/`pod`, a container is looked for first, then a pod.
+//! - `berth image import [--config FILE] [--inspect-socket PATH] ARCHIVE...`: load
+//!   docker-archive or OCI image layout tarballs (`-` for stdin) into the image store, through
+//!   the running daemon's inspect socket, or directly into the store at the configured root
+//!   when no daemon answers there (see `berth::image::import`).
 
 use anyhow::Context;
 use berth::config::{Config, LoadOptions};
@@ -43,6 +47,28 @@ enum Command {
         /// `[container|pod] ID`: an ID or unique ID prefix, optionally preceded by its kind.
         #[arg(num_args = 0..=2, value_name = "[container|pod] ID")]
         object: Vec<String>,
+    },
+    /// Manage the image store.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Import docker-archive (`docker save`) or OCI image layout tarballs, gzip'd or not, with
+    /// every image and tag they hold. Goes through the running daemon (its inspect socket) when
+    /// one answers, else opens the store at the configured root itself (daemon stopped).
+    Import {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The inspect socket (default: `<run_root>/inspect.sock` of the configuration).
+        #[arg(long)]
+        inspect_socket: Option<PathBuf>,
+        /// Archive files; `-` reads one from stdin.
+        #[arg(required = true, value_name = "ARCHIVE")]
+        archives: Vec<String>,
     },
 }
 
@@ -101,7 +127,101 @@ fn main() -> anyhow::Result<()> {
             };
             tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(status(socket))
         }
+        Command::Image { command: ImageCommand::Import { config, inspect_socket, archives } } => {
+            let config = load(&config)?;
+            let socket = inspect_socket.unwrap_or_else(|| berth::inspect::socket_path(&config.run_root));
+            import(&config, &socket, &archives)
+        }
     }
+}
+
+type Archive = (Box<dyn std::io::Read + Send>, Option<u64>);
+
+/// Opens `name` (`-` is stdin): the reader and its length when known.
+fn open_archive(name: &str) -> anyhow::Result<Archive> {
+    if name == "-" {
+        return Ok((Box::new(std::io::stdin()), None));
+    }
+    let f = std::fs::File::open(name).with_context(|| format!("opening archive {name}"))?;
+    let len = f.metadata().with_context(|| format!("archive {name}"))?.len();
+    Ok((Box::new(f), Some(len)))
+}
+
+fn print_imported(name: &str, id: &str, tags: &[String]) {
+    let tags = if tags.is_empty() { "(no name)".to_string() } else { tags.join(" ") };
+    println!("{name}: imported {id} {tags}");
+}
+
+/// `berth image import`: through the daemon when its inspect socket answers, else directly.
+fn import(config: &Config, socket: &std::path::Path, archives: &[String]) -> anyhow::Result<()> {
+    if archives.iter().filter(|a| *a == "-").count() > 1 {
+        anyhow::bail!("berth image import: `-` (stdin) may be given once");
+    }
+    let no_daemon = match std::os::unix::net::UnixStream::connect(socket) {
+        Ok(_) => None,
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => Some(e),
+        Err(e) => return Err(anyhow::anyhow!("inspect socket {}: {e}", socket.display())),
+    };
+    let Some(why) = no_daemon else {
+        for name in archives {
+            let (mut reader, len) = open_archive(name)?;
+            let (code, body) = berth::inspect::post_stream(
+                socket,
+                berth::inspect::IMPORT_PATH,
+                &[(berth::inspect::ARCHIVE_NAME_HEADER, name)],
+                &mut reader,
+                len,
+            )
+            .with_context(|| format!("importing {name} through the daemon"))?;
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|_| serde_json::json!({ "error": body.trim() }));
+            if code != 200 {
+                let msg = v.get("error").and_then(|e| e.as_str()).map(str::to_string).unwrap_or_else(|| v.to_string());
+                anyhow::bail!("berth image import {name}: the daemon refused it (HTTP {code}): {msg}");
+            }
+            let images: Vec<berth::inspect::ImportedImage> = serde_json::from_value(v.get("images").cloned().unwrap_or_default())
+                .with_context(|| format!("{name}: the daemon's answer {body:?}"))?;
+            for i in images {
+                print_imported(name, &i.id, &i.repo_tags);
+            }
+        }
+        return Ok(());
+    };
+    // No daemon: open the store ourselves (redb's file lock keeps a daemon out meanwhile).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let store = match berth::state::Store::open(&config.root) {
+        Ok(s) => Arc::new(s),
+        Err(e) if e.to_string().contains("already open") => anyhow::bail!(
+            "no berth daemon answers on {} ({why}), and the store at {} is locked by another process \
+             (a berth daemon whose run_root differs, or another `berth image import`): {e}",
+            socket.display(),
+            config.root.display()
+        ),
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("no berth daemon answers on {} ({why}); opening the store", socket.display())))
+        }
+    };
+    eprintln!(
+        "berth image import: no daemon answers on {} ({why}); importing into the store at {} directly",
+        socket.display(),
+        config.root.display()
+    );
+    let images =
+        berth::image::ImageStore::open(config.root.join("images"), store, config.image.clone()).context("opening the image store")?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    for name in archives {
+        let (reader, _) = open_archive(name)?;
+        let source = if name == "-" { "-" } else { name.as_str() };
+        let imported = rt.block_on(images.import(reader, source)).with_context(|| format!("berth image import {name}"))?;
+        for i in imported {
+            print_imported(name, &i.id, &i.repo_tags);
+        }
+    }
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {

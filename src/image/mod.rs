@@ -1,12 +1,17 @@
 //! Images: registry pull, content store, layer unpack (whiteouts -> overlay), image index.
 //!
+//! - [`archive`] and [`import`]: `berth image import`, loading docker-archive and OCI image
+//!   layout tarballs into the store with a pull's guarantees.
 //! - [`reference`]: docker-style name normalization.
 //! - [`registry`]: the registry side of a pull (oci-client, mirrors, auth, platform choice).
 //! - [`store`]: [`ImageStore`], the image index in the metadata store and the layer directories
-//!   `<root>/images/layers/<chain-id hex>/diff`, shared between images by chain ID.
+//!   `<root>/images/layers/<chain-id hex>/diff`, shared between images by chain ID, and the
+//!   image config blobs `<root>/images/configs/<hex>`.
 //! - [`unpack`] and [`whiteout`]: applying one layer tar to an empty diff directory with
 //!   whiteouts translated for overlayfs.
 
+pub mod archive;
+pub mod import;
 pub mod reference;
 pub mod registry;
 pub mod store;
@@ -14,6 +19,8 @@ pub mod types;
 pub mod unpack;
 pub mod whiteout;
 
+#[cfg(test)]
+mod import_tests;
 #[cfg(test)]
 mod tests;
 
@@ -55,6 +62,11 @@ pub enum ImageError {
     /// A layer tar entry is hostile or cannot be applied.
     #[error("layer {layer}: entry {entry:?}: {message}")]
     Unpack { layer: String, entry: String, message: String },
+    /// An image archive (`berth image import`) is unreadable or not what it claims: `archive`
+    /// names it (a path, `-` for stdin, `request body`), `message` the entry or image and what
+    /// was expected (see [`archive`]).
+    #[error("archive {archive}: {message}")]
+    Archive { archive: String, message: String },
     /// A filesystem operation of the store failed.
     #[error("image store {path}: {message}")]
     Io { path: PathBuf, message: String },

@@ -5,7 +5,11 @@
 //!   stack has that chain ID (image-spec config.md "Layer ChainID"). A layer is unpacked into
 //!   `layers/<hex>.tmp-<rand>/diff` and renamed into place, then recorded in the metadata
 //!   table `layers`; a directory without its record is treated as garbage.
-//! - `tmp/`: blobs being downloaded; emptied on open.
+//! - `configs/<hex>`: the image config blob of each image, byte for byte as pulled or imported
+//!   (`sha256:<hex>` is the image ID), written before the image record (tmp file, rename) and
+//!   removed with it; one without a record is deleted on open. Images pulled before configs were
+//!   kept have none ([`ImageStore::config_blob`] answers `None`).
+//! - `tmp/`: blobs being downloaded, archives being imported; emptied on open.
 //!
 //! Image records live in the metadata table `images`, keyed by image ID
 //! (`sha256:<config digest>`), as JSON [`Image`].
@@ -24,12 +28,11 @@ use super::ImageError;
 use crate::config::ImageConfig;
 use crate::state::{Store, IMAGES, LAYERS, LEASES};
 use crate::util::{new_id, now_nanos, remove_dir_all_idempotent};
-use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth as OciAuth;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// An image record (table `images`, keyed by `id`).
@@ -87,14 +90,14 @@ pub struct FsUsage {
 /// `null`s are accepted.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-struct ConfigFile {
-    config: Option<ContainerConfig>,
-    rootfs: RootFs,
+pub(super) struct ConfigFile {
+    pub(super) config: Option<ContainerConfig>,
+    pub(super) rootfs: RootFs,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "PascalCase")]
-struct ContainerConfig {
+pub(super) struct ContainerConfig {
     user: Option<String>,
     env: Option<Vec<String>>,
     entrypoint: Option<Vec<String>>,
@@ -108,8 +111,8 @@ struct ContainerConfig {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-struct RootFs {
-    diff_ids: Vec<String>,
+pub(super) struct RootFs {
+    pub(super) diff_ids: Vec<String>,
 }
 
 impl From<ContainerConfig> for ImageRuntimeConfig {
@@ -142,29 +145,85 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     out
 }
 
-/// Pulled images and their layers. Share it behind an `Arc`.
-pub struct ImageStore {
-    dir: PathBuf,
-    store: Arc<Store>,
-    puller: Puller,
-    layer_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    gc: tokio::sync::RwLock<()>,
-    meta: tokio::sync::Mutex<()>,
+/// Unpacks the blob file `blob` into `diff` on a blocking thread ([`unpack_blob_file`]);
+/// `layer` names it in errors.
+pub(super) async fn unpack_file(blob: PathBuf, diff: PathBuf, layer: String) -> Result<super::unpack::UnpackedLayer, ImageError> {
+    let name = layer.clone();
+    tokio::task::spawn_blocking(move || unpack_blob_file(&blob, &diff, &layer)).await.map_err(|e| ImageError::Unpack {
+        layer: name,
+        entry: String::new(),
+        message: format!("unpack task failed: {e}"),
+    })?
 }
 
-fn hex_of(digest: &str) -> &str {
+/// Checks what unpacking measured against the expected blob digest (when known) and the
+/// config's diff ID, and makes the layer record. `image` and `layer` name them in errors.
+pub(super) fn layer_record(
+    image: &str,
+    layer: &str,
+    unpacked: super::unpack::UnpackedLayer,
+    digest: Option<&str>,
+    diff_id: &str,
+    chain_id: &str,
+) -> Result<LayerRecord, ImageError> {
+    if let Some(d) = digest.filter(|d| *d != unpacked.digest) {
+        return Err(ImageError::DigestMismatch {
+            image: image.to_string(),
+            what: format!("{layer} blob"),
+            expected: d.to_string(),
+            actual: unpacked.digest,
+        });
+    }
+    if unpacked.diff_id != diff_id {
+        return Err(ImageError::DigestMismatch {
+            image: image.to_string(),
+            what: format!("{layer} uncompressed content vs config rootfs.diff_ids"),
+            expected: diff_id.to_string(),
+            actual: unpacked.diff_id,
+        });
+    }
+    Ok(LayerRecord {
+        chain_id: chain_id.to_string(),
+        diff_id: unpacked.diff_id,
+        digest: unpacked.digest,
+        compressed_size: unpacked.compressed_size,
+        uncompressed_size: unpacked.uncompressed_size,
+        created_at: now_nanos(),
+    })
+}
+
+/// Pulled images and their layers. Share it behind an `Arc`.
+pub struct ImageStore {
+    pub(super) dir: PathBuf,
+    pub(super) store: Arc<Store>,
+    puller: Puller,
+    layer_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pub(super) gc: tokio::sync::RwLock<()>,
+    pub(super) meta: tokio::sync::Mutex<()>,
+}
+
+pub(super) fn hex_of(digest: &str) -> &str {
     digest.strip_prefix("sha256:").unwrap_or(digest)
 }
 
 impl ImageStore {
-    /// Opens the store at `dir` (`<root>/images`), creating `layers/` and `tmp/`, emptying `tmp/`
-    /// and deleting half-unpacked layers and layer directories without a record.
+    /// Opens the store at `dir` (`<root>/images`), creating `layers/`, `configs/` and `tmp/`,
+    /// emptying `tmp/` and deleting half-unpacked layers, layer directories without a record and
+    /// config blobs without an image.
     pub fn open(dir: PathBuf, store: Arc<Store>, cfg: ImageConfig) -> Result<ImageStore, ImageError> {
         let layers = dir.join("layers");
+        let configs = dir.join("configs");
         let tmp = dir.join("tmp");
         remove_dir_all_idempotent(&tmp).map_err(|e| ImageError::io(&tmp, e))?;
-        for d in [&layers, &tmp] {
+        for d in [&layers, &configs, &tmp] {
             std::fs::create_dir_all(d).map_err(|e| ImageError::io(d, e))?;
+        }
+        let images: HashSet<String> = store.list::<Image>(IMAGES)?.into_iter().map(|(k, _)| hex_of(&k).to_string()).collect();
+        for entry in std::fs::read_dir(&configs).map_err(|e| ImageError::io(&configs, e))? {
+            let entry = entry.map_err(|e| ImageError::io(&configs, e))?;
+            if !images.contains(entry.file_name().to_string_lossy().as_ref()) {
+                std::fs::remove_file(entry.path()).map_err(|e| ImageError::io(entry.path(), e))?;
+            }
         }
         let known: HashSet<String> = store.list::<LayerRecord>(LAYERS)?.into_iter().map(|(k, _)| hex_of(&k).to_string()).collect();
         for entry in std::fs::read_dir(&layers).map_err(|e| ImageError::io(&layers, e))? {
@@ -254,10 +313,21 @@ impl ImageStore {
         }
         let chains = chain_ids(&diff_ids);
         let _gc = self.gc.read().await;
+        let name = image_name.as_str();
         for ((desc, diff_id), chain_id) in m.layers.iter().zip(&diff_ids).zip(&chains) {
-            self.ensure_layer(r, src, session, desc, diff_id, chain_id).await?;
+            let unpack = |tmp_dir: PathBuf, blob: PathBuf| async move {
+                let diff = tmp_dir.join("diff");
+                std::fs::create_dir_all(&diff).map_err(|e| ImageError::io(&diff, e))?;
+                session.blob_to_file(src, r, desc, &blob).await?;
+                let unpacked = unpack_file(blob, diff, desc.digest.clone()).await?;
+                layer_record(name, &format!("layer {}", desc.digest), unpacked, Some(&desc.digest), diff_id, chain_id)
+            };
+            if self.ensure_layer(chain_id, unpack).await? {
+                crate::metrics::global().image_pull_bytes.add(desc.size.max(0) as u64);
+            }
         }
         let _meta = self.meta.lock().await;
+        self.put_config(&image_name, &id, &config_bytes)?;
         let mut image = self.store.get::<Image>(IMAGES, &id)?.unwrap_or_else(|| Image {
             id: id.clone(),
             created_at: now_nanos(),
@@ -275,18 +345,86 @@ impl ImageStore {
         // moved here (it may name other content in the registry), as containerd and docker
         // drop the tag of a digested reference.
         if let Some(tag) = r.tagged().filter(|_| r.digest.is_none()) {
-            for (other_id, mut other) in self.store.list::<Image>(IMAGES)? {
-                if other_id != id && other.repo_tags.contains(&tag) {
-                    other.repo_tags.retain(|t| t != &tag);
-                    self.store.put(IMAGES, &other_id, &other)?;
-                }
-            }
-            if !image.repo_tags.contains(&tag) {
-                image.repo_tags.push(tag);
-            }
+            self.move_tag(&mut image, tag)?;
         }
         self.store.put(IMAGES, &id, &image)?;
         Ok(image)
+    }
+
+    /// Gives `image` the tag `tag`, taking it from any other image that has it (the other
+    /// record is written; `image` is not). Caller holds the meta lock.
+    pub(super) fn move_tag(&self, image: &mut Image, tag: String) -> Result<(), ImageError> {
+        for (other_id, mut other) in self.store.list::<Image>(IMAGES)? {
+            if other_id != image.id && other.repo_tags.contains(&tag) {
+                other.repo_tags.retain(|t| t != &tag);
+                self.store.put(IMAGES, &other_id, &other)?;
+            }
+        }
+        if !image.repo_tags.contains(&tag) {
+            image.repo_tags.push(tag);
+        }
+        Ok(())
+    }
+
+    fn config_path(&self, id: &str) -> PathBuf {
+        self.dir.join("configs").join(hex_of(id))
+    }
+
+    /// Keeps the config blob of image `id` (`sha256:<hex>` of `bytes`, checked) at
+    /// `configs/<hex>`: written to a tmp file, synced, renamed into place. `image` names the
+    /// image in errors.
+    pub(super) fn put_config(&self, image: &str, id: &str, bytes: &[u8]) -> Result<(), ImageError> {
+        let actual = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+        if actual != id {
+            return Err(ImageError::DigestMismatch {
+                image: image.to_string(),
+                what: "image config".into(),
+                expected: id.to_string(),
+                actual,
+            });
+        }
+        let path = self.config_path(id);
+        if path.is_file() {
+            return Ok(());
+        }
+        let tmp = self.dir.join("tmp").join(format!("config-{}", &new_id()[..12]));
+        let written = (|| {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(ImageError::io(&path, e));
+        }
+        Ok(())
+    }
+
+    /// The image config blob of image `id` (`sha256:<hex>`), byte for byte as pulled or
+    /// imported, verified against the ID; `Ok(None)` when the store has none (an image pulled
+    /// before configs were kept, or no such image).
+    ///
+    /// Errors: [`ImageError::Io`] when it cannot be read, [`ImageError::DigestMismatch`] when
+    /// its content is not what the ID says.
+    pub fn config_blob(&self, id: &str) -> Result<Option<Vec<u8>>, ImageError> {
+        let path = self.config_path(id);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(ImageError::io(&path, e)),
+        };
+        let actual = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        if actual != id {
+            return Err(ImageError::DigestMismatch {
+                image: id.to_string(),
+                what: format!("config blob {}", path.display()),
+                expected: id.to_string(),
+                actual,
+            });
+        }
+        Ok(Some(bytes))
     }
 
     fn layer_ready(&self, chain_id: &str) -> Result<bool, ImageError> {
@@ -298,30 +436,29 @@ impl ImageStore {
         locks.entry(chain_id.to_string()).or_default().clone()
     }
 
-    /// Makes sure the layer `chain_id` is unpacked, downloading and unpacking `desc` if not.
-    async fn ensure_layer(
-        &self,
-        r: &ImageReference,
-        src: &Source,
-        session: &Session,
-        desc: &OciDescriptor,
-        diff_id: &str,
-        chain_id: &str,
-    ) -> Result<(), ImageError> {
+    /// Makes sure the layer `chain_id` is unpacked: if it is not, `unpack(tmp_dir, blob)` fills
+    /// `tmp_dir/diff` (`blob` is a free path under `tmp/` it may use, removed afterwards) and
+    /// returns the record; the directory is renamed into place and recorded. Returns whether it
+    /// was unpacked here (false: it was already there). On error nothing of it is left.
+    pub(super) async fn ensure_layer<F, Fut>(&self, chain_id: &str, unpack: F) -> Result<bool, ImageError>
+    where
+        F: FnOnce(PathBuf, PathBuf) -> Fut,
+        Fut: std::future::Future<Output = Result<LayerRecord, ImageError>>,
+    {
         if self.layer_ready(chain_id)? {
-            return Ok(());
+            return Ok(false);
         }
         let lock = self.layer_lock(chain_id);
         let _guard = lock.lock().await;
         if self.layer_ready(chain_id)? {
-            return Ok(());
+            return Ok(false);
         }
         let final_dir = self.dir.join("layers").join(hex_of(chain_id));
         remove_dir_all_idempotent(&final_dir).map_err(|e| ImageError::io(&final_dir, e))?;
         let rand = &new_id()[..12];
         let tmp_dir = self.dir.join("layers").join(format!("{}.tmp-{rand}", hex_of(chain_id)));
         let blob = self.dir.join("tmp").join(format!("blob-{rand}"));
-        let result = self.unpack_layer(r, src, session, desc, diff_id, chain_id, &tmp_dir, &blob).await;
+        let result = unpack(tmp_dir.clone(), blob.clone()).await;
         let _ = std::fs::remove_file(&blob);
         let record = match result {
             Ok(rec) => rec,
@@ -335,56 +472,7 @@ impl ImageStore {
             return Err(ImageError::io(&final_dir, e));
         }
         self.store.put(LAYERS, chain_id, &record)?;
-        crate::metrics::global().image_pull_bytes.add(desc.size.max(0) as u64);
-        Ok(())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn unpack_layer(
-        &self,
-        r: &ImageReference,
-        src: &Source,
-        session: &Session,
-        desc: &OciDescriptor,
-        diff_id: &str,
-        chain_id: &str,
-        tmp_dir: &Path,
-        blob: &Path,
-    ) -> Result<LayerRecord, ImageError> {
-        let diff = tmp_dir.join("diff");
-        std::fs::create_dir_all(&diff).map_err(|e| ImageError::io(&diff, e))?;
-        session.blob_to_file(src, r, desc, blob).await?;
-        let (b, d, layer) = (blob.to_path_buf(), diff.clone(), desc.digest.clone());
-        let unpacked = tokio::task::spawn_blocking(move || unpack_blob_file(&b, &d, &layer)).await.map_err(|e| ImageError::Unpack {
-            layer: desc.digest.clone(),
-            entry: String::new(),
-            message: format!("unpack task failed: {e}"),
-        })??;
-        let image = r.to_string();
-        if unpacked.digest != desc.digest {
-            return Err(ImageError::DigestMismatch {
-                image,
-                what: format!("layer {} blob", desc.digest),
-                expected: desc.digest.clone(),
-                actual: unpacked.digest,
-            });
-        }
-        if unpacked.diff_id != diff_id {
-            return Err(ImageError::DigestMismatch {
-                image,
-                what: format!("layer {} uncompressed content vs config rootfs.diff_ids", desc.digest),
-                expected: diff_id.to_string(),
-                actual: unpacked.diff_id,
-            });
-        }
-        Ok(LayerRecord {
-            chain_id: chain_id.to_string(),
-            diff_id: unpacked.diff_id,
-            digest: unpacked.digest,
-            compressed_size: unpacked.compressed_size,
-            uncompressed_size: unpacked.uncompressed_size,
-            created_at: now_nanos(),
-        })
+        Ok(true)
     }
 
     /// Every image record.
@@ -453,9 +541,15 @@ impl ImageStore {
             }
             _ => {
                 self.store.delete(IMAGES, &image.id)?;
+                let config = self.config_path(&image.id);
+                if let Err(e) = std::fs::remove_file(&config) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        return Err(ImageError::io(&config, e));
+                    }
+                }
             }
         }
-        self.collect_layers()
+        self.collect_layers(None)
     }
 
     /// Leases the layers of `image` to `holder` (a container ID) and returns their diff dirs, base
@@ -493,19 +587,20 @@ impl ImageStore {
     pub async fn release_layers(&self, holder: &str) -> Result<(), ImageError> {
         let _gc = self.gc.write().await;
         if self.store.delete(LEASES, holder)? {
-            self.collect_layers()?;
+            self.collect_layers(None)?;
         }
         Ok(())
     }
 
-    /// Deletes layers that no image and no lease references. Caller holds the GC lock exclusively.
-    fn collect_layers(&self) -> Result<(), ImageError> {
+    /// Deletes layers that no image and no lease references (only those of `only` when given).
+    /// Caller holds the GC lock exclusively.
+    pub(super) fn collect_layers(&self, only: Option<&[String]>) -> Result<(), ImageError> {
         let mut used: HashSet<String> = self.list()?.into_iter().flat_map(|i| i.chain_ids).collect();
         for (_, chain_ids) in self.store.list::<Vec<String>>(LEASES)? {
             used.extend(chain_ids);
         }
         for (chain_id, _) in self.store.list::<LayerRecord>(LAYERS)? {
-            if used.contains(&chain_id) {
+            if used.contains(&chain_id) || only.is_some_and(|o| !o.contains(&chain_id)) {
                 continue;
             }
             self.store.delete(LAYERS, &chain_id)?;

@@ -230,6 +230,10 @@ async fn pull_unpack_resolve_remove_against_a_real_registry() {
     assert_eq!(img.config.cmd, vec!["/bin/sh"]);
     assert_eq!(img.chain_ids.len(), 2);
     assert!(img.size > 0);
+    // The config blob is kept byte for byte (export needs it), under its digest.
+    let kept = images.config_blob(&img.id).unwrap().expect("the pulled config blob is kept");
+    assert_eq!(sha(&kept), img.id);
+    assert!(tmp.path().join("images/configs").join(img.id.trim_start_matches("sha256:")).is_file());
 
     let dirs = images.layer_dirs(&img).unwrap();
     assert_eq!(dirs.len(), 2);
@@ -305,6 +309,8 @@ async fn pull_unpack_resolve_remove_against_a_real_registry() {
     assert!(!dirs[1].exists());
     images.remove(&format!("127.0.0.1:{port}/test/img:docker")).await.unwrap();
     assert!(images.list().unwrap().is_empty());
+    assert!(images.config_blob(&img.id).unwrap().is_none(), "the config blob goes with its image");
+    assert_eq!(std::fs::read_dir(tmp.path().join("images/configs")).unwrap().count(), 0);
     assert!(!dirs[0].exists());
     assert!(state.list::<LayerRecord>(crate::state::LAYERS).unwrap().is_empty());
     drop(reg);

@@ -84,11 +84,11 @@ fn io_request_code(e: &std::io::Error) -> Code {
 
 /// An image error: InvalidArgument (bad reference, unusable config), NotFound (no such manifest
 /// or local image), Unauthenticated / PermissionDenied (registry auth), Unavailable (registry
-/// unreachable), DataLoss (digest mismatch), Unknown (other registry protocol failures),
+/// unreachable), DataLoss (digest mismatch), InvalidArgument (a bad image archive), Unknown (other registry protocol failures),
 /// Internal (unpack and local I/O, metadata store).
 pub fn image_code(e: &ImageError) -> Code {
     match e {
-        ImageError::InvalidReference(_) | ImageError::BadConfig { .. } => Code::InvalidArgument,
+        ImageError::InvalidReference(_) | ImageError::BadConfig { .. } | ImageError::Archive { .. } => Code::InvalidArgument,
         ImageError::NotFound { .. } => Code::NotFound,
         ImageError::Unauthenticated { .. } => Code::Unauthenticated,
         ImageError::PermissionDenied { .. } => Code::PermissionDenied,

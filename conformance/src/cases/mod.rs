@@ -24,6 +24,7 @@ mod exec;
 mod handlers;
 pub(crate) mod hooks;
 mod image;
+mod import;
 mod inspect;
 mod isolation;
 mod leaks;
@@ -68,6 +69,8 @@ pub fn all() -> Vec<Case> {
         case!("remove_image_by_id", image::remove_image_by_id),
         case!("remove_image_twice", image::remove_image_twice),
         case!("remove_image_in_use", image::remove_image_in_use),
+        case!("image_import_through_daemon", import::through_daemon),
+        case!("image_import_daemon_stopped", import::daemon_stopped),
         case!("pod_run_status", pod::run_status),
         case!("pod_list_filters", pod::list_filters),
         case!("pod_same_metadata_twice", pod::same_metadata_twice),

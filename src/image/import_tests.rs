@@ -1,0 +1,401 @@
+//! [`super::ImageStore::import`] on real archives built here with the `tar` crate: docker-archive
+//! (legacy and docker 25+ names, symlinked repeated layers), OCI image layout with a nested
+//! image index, gzip'd archives, and bad archives that must leave nothing behind.
+
+use super::*;
+use crate::config::ImageConfig;
+use crate::state::{Store, IMAGES, LAYERS};
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+fn sha(b: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(b)))
+}
+
+fn hex(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+fn header(path: &str, kind: tar::EntryType, size: usize, mode: u32) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_size(size as u64);
+    h.set_mode(mode);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    // Bypass set_path's own `..` refusal: hostile names must reach the reader.
+    let name = &mut h.as_old_mut().name;
+    name[..path.len()].copy_from_slice(path.as_bytes());
+    h.set_cksum();
+    h
+}
+
+/// A tar of `(path, content)` files (a trailing `/` makes a directory) and `(path, "->target")`
+/// symlinks.
+fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in entries {
+        if path.ends_with('/') {
+            b.append(&header(path, tar::EntryType::Directory, 0, 0o755), &[][..]).unwrap();
+        } else if let Some(target) = data.strip_prefix(b"->") {
+            let mut h = header(path, tar::EntryType::Symlink, 0, 0o777);
+            h.set_link_name(std::str::from_utf8(target).unwrap()).unwrap();
+            h.set_cksum();
+            b.append(&h, &[][..]).unwrap();
+        } else {
+            b.append(&header(path, tar::EntryType::Regular, data.len(), 0o644), *data).unwrap();
+        }
+    }
+    b.into_inner().unwrap()
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+fn config(diff_ids: &[String], cmd: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": [cmd], "Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }))
+    .unwrap()
+}
+
+/// Plain layer tars for the tests.
+struct Layers {
+    base: Vec<u8>,
+    one: Vec<u8>,
+    two: Vec<u8>,
+}
+
+fn layers() -> Layers {
+    Layers {
+        base: tar_of(&[("etc/", b""), ("etc/os-release", b"base\n"), ("bin/", b"")]),
+        one: tar_of(&[("one.txt", b"one\n")]),
+        two: tar_of(&[("two/", b""), ("two/file", b"two\n")]),
+    }
+}
+
+/// What the store holds: image IDs, layer records, layer dirs, config blobs, tmp entries.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    images: Vec<String>,
+    layer_records: Vec<String>,
+    layer_dirs: Vec<String>,
+    configs: Vec<String>,
+    tmp: Vec<String>,
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+    store: Arc<Store>,
+    images: ImageStore,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let store = Arc::new(Store::open(&root).unwrap());
+    let images = ImageStore::open(root.join("images"), store.clone(), ImageConfig::default()).unwrap();
+    Fixture { _dir: dir, root, store, images }
+}
+
+impl Fixture {
+    async fn import(&self, archive: Vec<u8>) -> Result<Vec<Image>, ImageError> {
+        self.images.import(std::io::Cursor::new(archive), "test.tar").await
+    }
+
+    fn names(&self, sub: &str) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.root.join("images").join(sub))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            images: self.store.list::<Image>(IMAGES).unwrap().into_iter().map(|(k, _)| k).collect(),
+            layer_records: self.store.list::<LayerRecord>(LAYERS).unwrap().into_iter().map(|(k, _)| k).collect(),
+            layer_dirs: self.names("layers"),
+            configs: self.names("configs"),
+            tmp: self.names("tmp"),
+        }
+    }
+}
+
+/// A legacy docker-archive (`docker save` before 25): `<id>/layer.tar`, `<hex>.json` configs,
+/// layers before manifest.json, and image B's base layer a symlink to image A's.
+fn docker_two_images(l: &Layers) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let cfg_a = config(&[sha(&l.base), sha(&l.one)], "a");
+    let cfg_b = config(&[sha(&l.base), sha(&l.two)], "b");
+    let (ca, cb) = (format!("{}.json", hex(&cfg_a)), format!("{}.json", hex(&cfg_b)));
+    let manifest = serde_json::to_vec(&serde_json::json!([
+        {"Config": ca, "RepoTags": ["a:1", "example.com/team/a:latest"], "Layers": ["base/layer.tar", "one/layer.tar"]},
+        {"Config": cb, "RepoTags": ["b:1"], "Layers": ["b-base/layer.tar", "two/layer.tar"]},
+    ]))
+    .unwrap();
+    let gz_one = gzip(&l.one);
+    let archive = tar_of(&[
+        ("base/", b""),
+        ("base/layer.tar", &l.base),
+        ("one/", b""),
+        ("one/layer.tar", &gz_one),
+        ("b-base/", b""),
+        ("b-base/layer.tar", b"->../base/layer.tar"),
+        ("two/", b""),
+        ("two/layer.tar", &l.two),
+        (&ca, &cfg_a),
+        (&cb, &cfg_b),
+        ("manifest.json", &manifest),
+        ("repositories", b"{}"),
+    ]);
+    (archive, cfg_a, cfg_b)
+}
+
+#[tokio::test]
+async fn docker_archive_two_images_share_the_base_layer() {
+    let f = fixture();
+    let l = layers();
+    let (archive, cfg_a, cfg_b) = docker_two_images(&l);
+    let got = f.import(archive.clone()).await.unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].id, sha(&cfg_a));
+    assert_eq!(got[0].repo_tags, vec!["docker.io/library/a:1", "example.com/team/a:latest"]);
+    assert_eq!(got[0].config.cmd, vec!["a"]);
+    assert_eq!(got[1].repo_tags, vec!["docker.io/library/b:1"]);
+    assert_eq!(got[0].chain_ids[0], got[1].chain_ids[0], "the base layer is shared by chain ID");
+    let snap = f.snapshot();
+    assert_eq!(snap.images.len(), 2);
+    assert_eq!(snap.layer_records.len(), 3, "base, one, two: {snap:?}");
+    assert_eq!(snap.layer_dirs.len(), 3);
+    let mut want = vec![hex(&cfg_a), hex(&cfg_b)];
+    want.sort();
+    assert_eq!(snap.configs, want);
+    assert!(snap.tmp.is_empty(), "tmp: {snap:?}");
+    let dirs = f.images.layer_dirs(&got[0]).unwrap();
+    assert_eq!(std::fs::read(dirs[0].join("etc/os-release")).unwrap(), b"base\n");
+    assert_eq!(std::fs::read(dirs[1].join("one.txt")).unwrap(), b"one\n");
+    assert_eq!(f.images.config_blob(&got[1].id).unwrap().unwrap(), cfg_b);
+    assert_eq!(f.images.resolve("b:1").unwrap().unwrap().id, sha(&cfg_b));
+
+    // Again: the same images, nothing unpacked again (layer dirs keep their inodes).
+    let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    let before = ino(&dirs[0]);
+    f.import(archive).await.unwrap();
+    assert_eq!(f.snapshot().layer_records.len(), 3);
+    assert_eq!(ino(&dirs[0]), before, "the base layer was unpacked again");
+
+    // A third image named a:1 takes the tag from the first.
+    let cfg_c = config(&[sha(&l.base)], "c");
+    let manifest = serde_json::to_vec(&serde_json::json!([{"Config": "c.json", "RepoTags": ["a:1"], "Layers": ["l.tar"]}])).unwrap();
+    let got = f.import(tar_of(&[("l.tar", &l.base), ("c.json", &cfg_c), ("manifest.json", &manifest)])).await.unwrap();
+    assert_eq!(got[0].repo_tags, vec!["docker.io/library/a:1"]);
+    let a = f.images.resolve(&sha(&cfg_a)).unwrap().unwrap();
+    assert_eq!(a.repo_tags, vec!["example.com/team/a:latest"], "a:1 moved to the new image");
+    assert_eq!(f.snapshot().layer_records.len(), 3, "image c reuses the base layer");
+
+    // Removing an image removes its config blob.
+    f.images.remove(&sha(&cfg_c)).await.unwrap();
+    assert!(f.images.config_blob(&sha(&cfg_c)).unwrap().is_none());
+    assert!(!f.snapshot().configs.contains(&hex(&cfg_c)));
+}
+
+/// An OCI image layout (docker 25+ names its blobs this way too) with `index.json` pointing
+/// at an image index for amd64 and arm64 (the arm64 blobs are absent, as `docker save` leaves
+/// them); the whole archive gzip'd.
+fn oci_layout(l: &Layers, names: serde_json::Value) -> (Vec<u8>, Vec<u8>) {
+    let (os, arch) = archive::host_platform();
+    let gz_base = gzip(&l.base);
+    let cfg = config(&[sha(&l.base), sha(&l.two)], "oci");
+    let desc = |mt: &str, b: &[u8]| serde_json::json!({"mediaType": mt, "digest": sha(b), "size": b.len()});
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": desc("application/vnd.oci.image.config.v1+json", &cfg),
+        "layers": [desc("application/vnd.oci.image.layer.v1.tar+gzip", &gz_base), desc("application/vnd.oci.image.layer.v1.tar", &l.two)],
+    }))
+    .unwrap();
+    let mut m_desc = desc("application/vnd.oci.image.manifest.v1+json", &manifest);
+    m_desc["platform"] = serde_json::json!({"os": os, "architecture": arch});
+    let other = serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{}", "e".repeat(64)), "size": 10, "platform": {"os": "linux", "architecture": "s390x-none"}});
+    let index = serde_json::to_vec(
+        &serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [other, m_desc]}),
+    )
+    .unwrap();
+    let mut top = desc("application/vnd.oci.image.index.v1+json", &index);
+    top["annotations"] = names;
+    let index_json = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [top]})).unwrap();
+    let blob = |b: &[u8]| format!("blobs/sha256/{}", hex(b));
+    let archive = tar_of(&[
+        ("./", b""),
+        ("./oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#),
+        ("./blobs/", b""),
+        ("./blobs/sha256/", b""),
+        (&format!("./{}", blob(&gz_base)), &gz_base),
+        (&format!("./{}", blob(&l.two)), &l.two),
+        (&format!("./{}", blob(&cfg)), &cfg),
+        (&format!("./{}", blob(&manifest)), &manifest),
+        (&format!("./{}", blob(&index)), &index),
+        ("./index.json", &index_json),
+    ]);
+    (gzip(&archive), cfg)
+}
+
+#[tokio::test]
+async fn oci_layout_gzipped_with_a_nested_index() {
+    let f = fixture();
+    let l = layers();
+    let names = serde_json::json!({"io.containerd.image.name": "registry.example/app:v1", "org.opencontainers.image.ref.name": "v1"});
+    let (archive, cfg) = oci_layout(&l, names);
+    let got = f.import(archive).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].id, sha(&cfg));
+    assert_eq!(got[0].repo_tags, vec!["registry.example/app:v1"]);
+    assert_eq!(got[0].media_type, "application/vnd.oci.image.manifest.v1+json");
+    assert_eq!(got[0].config.cmd, vec!["oci"]);
+    let dirs = f.images.layer_dirs(&got[0]).unwrap();
+    assert_eq!(std::fs::read(dirs[1].join("two/file")).unwrap(), b"two\n");
+    assert_eq!(f.images.config_blob(&got[0].id).unwrap().unwrap(), cfg);
+    assert!(f.snapshot().tmp.is_empty(), "tmp is empty");
+
+    // A bare tag in ref.name names no repository: the image is kept by ID only.
+    let f = fixture();
+    let (archive, _) = oci_layout(&l, serde_json::json!({"org.opencontainers.image.ref.name": "latest"}));
+    let got = f.import(archive).await.unwrap();
+    assert!(got[0].repo_tags.is_empty(), "{:?}", got[0].repo_tags);
+}
+
+/// Imports `archive` into a store that already holds image `base:1` (the base layer), expects
+/// an error containing every one of `want`, and checks nothing changed.
+async fn refused(archive: Vec<u8>, want: &[&str]) {
+    let f = fixture();
+    let l = layers();
+    let cfg = config(&[sha(&l.base)], "base");
+    let manifest = serde_json::to_vec(&serde_json::json!([{"Config": "c.json", "RepoTags": ["base:1"], "Layers": ["l.tar"]}])).unwrap();
+    f.import(tar_of(&[("l.tar", &l.base), ("c.json", &cfg), ("manifest.json", &manifest)])).await.unwrap();
+    let before = f.snapshot();
+    let err = f.import(archive).await.expect_err("a bad archive was imported").to_string();
+    eprintln!("refused: {err}");
+    for w in want {
+        assert!(err.contains(w), "error {err:?} lacks {w:?}");
+    }
+    assert_eq!(f.snapshot(), before, "the bad archive left something behind ({err})");
+    assert_eq!(f.images.resolve("base:1").unwrap().unwrap().id, sha(&cfg));
+}
+
+fn docker_one(layer_files: &[(&str, &[u8])], diff_ids: &[String], layer_names: &[&str]) -> Vec<u8> {
+    let cfg = config(diff_ids, "x");
+    let manifest = serde_json::to_vec(&serde_json::json!([{"Config": "c.json", "RepoTags": ["bad:1"], "Layers": layer_names}])).unwrap();
+    let mut entries: Vec<(&str, &[u8])> = layer_files.to_vec();
+    entries.push(("c.json", &cfg));
+    entries.push(("manifest.json", &manifest));
+    tar_of(&entries)
+}
+
+#[tokio::test]
+async fn missing_layer_leaves_nothing() {
+    let l = layers();
+    let a = docker_one(&[("b.tar", &l.base)], &[sha(&l.base), sha(&l.one)], &["b.tar", "one/layer.tar"]);
+    refused(a, &["test.tar", "layer one/layer.tar is not in the archive"]).await;
+}
+
+#[tokio::test]
+async fn diff_id_mismatch_leaves_nothing() {
+    // The second layer's diff ID is wrong: the first (new) layer is unpacked, then removed.
+    let l = layers();
+    let a = docker_one(&[("one.tar", &l.one), ("two.tar", &l.two)], &[sha(&l.one), sha(&l.base)], &["one.tar", "two.tar"]);
+    refused(a, &["bad:1", "layer two.tar", "rootfs.diff_ids", &sha(&l.base), &sha(&l.two)]).await;
+}
+
+#[tokio::test]
+async fn dotdot_entry_in_a_layer_leaves_nothing() {
+    let l = layers();
+    let evil = tar_of(&[("../escape", b"x")]);
+    let a = docker_one(
+        &[("base.tar", &l.base), ("one.tar", &l.one), ("evil.tar", &evil)],
+        &[sha(&l.base), sha(&l.one), sha(&evil)],
+        &["base.tar", "one.tar", "evil.tar"],
+    );
+    refused(a, &["layer evil.tar", "../escape", "'..'"]).await;
+}
+
+#[tokio::test]
+async fn manifest_not_json_leaves_nothing() {
+    let l = layers();
+    refused(
+        tar_of(&[("l.tar", &l.base), ("manifest.json", b"[{not json")]),
+        &["test.tar", "manifest.json", "not a docker-archive manifest"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn unknown_layout_and_hostile_names_leave_nothing() {
+    refused(tar_of(&[("hello.txt", b"hi")]), &["unknown layout", "manifest.json", "index.json"]).await;
+    refused(tar_of(&[("../manifest.json", b"[]")]), &["../manifest.json", "'..'"]).await;
+    refused(b"this is not a tar archive at all, not even gzip, just words and more words".repeat(20).to_vec(), &["test.tar"]).await;
+    refused(Vec::new(), &["empty"]).await;
+}
+
+#[tokio::test]
+async fn blob_digest_mismatch_leaves_nothing() {
+    let l = layers();
+    let (gz, _) = oci_layout(&l, serde_json::json!({"io.containerd.image.name": "x:1"}));
+    // Corrupt the plain `two` layer blob in place (same size, other bytes).
+    let mut plain = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut plain).unwrap();
+    let at = plain.windows(4).position(|w| w == b"two\n").unwrap();
+    plain[at] = b'T';
+    refused(plain, &["x:1", "layer blobs/sha256/", &sha(&l.two)]).await;
+}
+
+/// docker 25+ `docker save`: manifest.json names blobs of an OCI layout written beside it
+/// (`index.json` too); manifest.json is what is read, and blob names are checked as digests.
+#[tokio::test]
+async fn docker25_archive_reads_manifest_json_and_checks_blob_names() {
+    let f = fixture();
+    let l = layers();
+    let cfg = config(&[sha(&l.base), sha(&l.one)], "d25");
+    let blob = |b: &[u8]| format!("blobs/sha256/{}", hex(b));
+    let manifest = serde_json::to_vec(&serde_json::json!([
+        {"Config": blob(&cfg), "RepoTags": ["d25:1"], "Layers": [blob(&l.base), blob(&l.one)]},
+    ]))
+    .unwrap();
+    let (b_base, b_one, b_cfg) = (blob(&l.base), blob(&l.one), blob(&cfg));
+    let index = br#"{"schemaVersion":2,"manifests":[]}"#;
+    let good = tar_of(&[
+        ("blobs/", b""),
+        ("blobs/sha256/", b""),
+        (&b_base, &l.base),
+        (&b_one, &l.one),
+        (&b_cfg, &cfg),
+        ("index.json", index),
+        ("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#),
+        ("manifest.json", &manifest),
+    ]);
+    let got = f.import(good).await.unwrap();
+    assert_eq!((got[0].id.as_str(), got[0].repo_tags.as_slice()), (sha(&cfg).as_str(), &["docker.io/library/d25:1".to_string()][..]));
+
+    // The same names over other content: the blob name is its digest, so this is refused.
+    let bad = tar_of(&[(&b_base, &l.base), (&b_one, &l.two), (&b_cfg, &cfg), ("manifest.json", &manifest)]);
+    refused(bad, &["d25:1", &format!("layer {b_one}"), &sha(&l.one), &sha(&l.two)]).await;
+}
+
+/// A config blob without an image record (a crash between the two) is deleted on open.
+#[tokio::test]
+async fn orphan_config_blobs_go_on_open() {
+    let f = fixture();
+    let orphan = f.root.join("images/configs").join("f".repeat(64));
+    std::fs::write(&orphan, b"{}").unwrap();
+    let reopened = ImageStore::open(f.root.join("images"), f.store.clone(), ImageConfig::default()).unwrap();
+    assert!(!orphan.exists());
+    drop(reopened);
+}
