@@ -107,17 +107,12 @@ fn berth_import(ctx: &Ctx, archive: &Path, stdin: bool) -> Result<(bool, String,
     Ok((out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned()))
 }
 
+async fn images(ctx: &Ctx) -> Result<Vec<cri::Image>> {
+    Ok(ctx.img().list_images(cri::ListImagesRequest { filter: None }).await.context("ListImages")?.into_inner().images)
+}
+
 async fn image_ids(ctx: &Ctx) -> Result<Vec<String>> {
-    let mut ids: Vec<String> = ctx
-        .img()
-        .list_images(cri::ListImagesRequest { filter: None })
-        .await
-        .context("ListImages")?
-        .into_inner()
-        .images
-        .into_iter()
-        .map(|i| i.id)
-        .collect();
+    let mut ids: Vec<String> = images(ctx).await?.into_iter().map(|i| i.id).collect();
     ids.sort();
     Ok(ids)
 }
@@ -172,17 +167,7 @@ pub async fn through_daemon(ctx: &Ctx) -> Result<()> {
     check(ok && out.contains(&id) && !err.contains("directly"), || {
         format!("berth image import through the daemon: success {ok}, stdout {out:?}, stderr {err:?}")
     })?;
-    let tags: Vec<String> = ctx
-        .img()
-        .list_images(cri::ListImagesRequest { filter: None })
-        .await
-        .context("ListImages")?
-        .into_inner()
-        .images
-        .into_iter()
-        .filter(|i| i.id == id)
-        .flat_map(|i| i.repo_tags)
-        .collect();
+    let tags: Vec<String> = images(ctx).await?.into_iter().filter(|i| i.id == id).flat_map(|i| i.repo_tags).collect();
     check(tags.contains(&one.to_string()) && tags.contains(&two.to_string()), || format!("ListImages: image {id} has tags {tags:?}"))?;
     let r = check_imported(ctx, two, &id).await;
     remove_image(ctx, &id).await?;
