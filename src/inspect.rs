@@ -10,6 +10,10 @@
 //!   `{"images": [{"id", "repo_tags"}]}` ([`crate::image::ImageStore::import`]); a bad archive
 //!   -> 400, a store failure -> 500. This is how `berth image import` reaches a running daemon,
 //!   which holds the store's lock.
+//! - `POST /images/export` with the JSON body [`ExportRequest`] -> 200
+//!   `{"images": [ExportedImage]}` once the daemon has written the archive to `output`
+//!   ([`crate::image::ImageStore::export_to_file`]: whole or not at all); an image it lacks ->
+//!   400, a write or store failure -> 500. How `berth image export` reaches a running daemon.
 //! - anything else -> 404 / 405; an unknown or ambiguous ID -> 404 / 400. Errors are
 //!   `{"error": "<message>"}`.
 //!
@@ -248,6 +252,51 @@ async fn import_route(d: &Daemon, req: Request<hyper::body::Incoming>) -> (Statu
     }
 }
 
+/// The export route.
+pub const EXPORT_PATH: &str = "/images/export";
+
+/// The body of `POST /images/export`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ExportRequest {
+    /// Image references (tags, IDs, unique ID prefixes).
+    pub images: Vec<String>,
+    /// Absolute path of the archive to write on this host.
+    pub output: PathBuf,
+}
+
+/// `POST /images/export`: the daemon writes the archive itself (its body is small JSON).
+async fn export_route(d: &Daemon, req: Request<hyper::body::Incoming>) -> (StatusCode, serde_json::Value) {
+    use crate::image::ImageError;
+    use http_body_util::BodyExt;
+    if req.method() != Method::POST {
+        return error(StatusCode::METHOD_NOT_ALLOWED, format!("{} {EXPORT_PATH}: only POST is served", req.method()));
+    }
+    let body = match http_body_util::Limited::new(req.into_body(), 1 << 20).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{EXPORT_PATH}: reading the body (at most 1 MiB of JSON): {e}")),
+    };
+    let r: ExportRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("{EXPORT_PATH}: expected JSON {{\"images\": [...], \"output\": \"/path\"}}: {e}"),
+            )
+        }
+    };
+    if !r.output.is_absolute() || r.images.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{EXPORT_PATH}: expected at least one image and an absolute output path, got {:?}", r.output),
+        );
+    }
+    match d.images.export_to_file(&r.images, &r.output).await {
+        Ok(images) => (StatusCode::OK, serde_json::json!({ "images": images })),
+        Err(e @ ImageError::Archive { .. }) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
 fn error(code: StatusCode, message: String) -> (StatusCode, serde_json::Value) {
     (code, serde_json::json!({ "error": message }))
 }
@@ -285,6 +334,8 @@ pub async fn serve(d: Arc<Daemon>, socket: &Path) -> Result<tokio::task::JoinHan
                     async move {
                         let (code, body) = if req.uri().path() == IMPORT_PATH {
                             import_route(&d, req).await
+                        } else if req.uri().path() == EXPORT_PATH {
+                            export_route(&d, req).await
                         } else {
                             route(&d, req.method(), req.uri().path())
                         };

@@ -70,6 +70,22 @@ enum ImageCommand {
         #[arg(required = true, value_name = "ARCHIVE")]
         archives: Vec<String>,
     },
+    /// Export images (with all their names) as one docker-archive tarball, which `berth image
+    /// import`, `docker load` and `ctr images import` read. Layers are written from their
+    /// unpacked directories; see docs/operations.md for when that changes an image's ID.
+    Export {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The inspect socket (default: `<run_root>/inspect.sock` of the configuration).
+        #[arg(long)]
+        inspect_socket: Option<PathBuf>,
+        /// The archive to write (replaced whole, or left as it was on failure).
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// Images: tags, IDs or unique ID prefixes.
+        #[arg(required = true, value_name = "IMAGE")]
+        images: Vec<String>,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -131,6 +147,11 @@ fn main() -> anyhow::Result<()> {
             let config = load(&config)?;
             let socket = inspect_socket.unwrap_or_else(|| berth::inspect::socket_path(&config.run_root));
             import(&config, &socket, &archives)
+        }
+        Command::Image { command: ImageCommand::Export { config, inspect_socket, output, images } } => {
+            let config = load(&config)?;
+            let socket = inspect_socket.unwrap_or_else(|| berth::inspect::socket_path(&config.run_root));
+            export(&config, &socket, &output, &images)
         }
     }
 }
@@ -222,6 +243,48 @@ fn import(config: &Config, socket: &std::path::Path, archives: &[String]) -> any
         }
     }
     Ok(())
+}
+
+/// `berth image export`: through the daemon when its inspect socket answers (the daemon writes
+/// the file), else straight from the store.
+fn export(config: &Config, socket: &std::path::Path, output: &std::path::Path, images: &[String]) -> anyhow::Result<()> {
+    let output = std::path::absolute(output).with_context(|| format!("output {}", output.display()))?;
+    let print = |exported: &[berth::image::export::ExportedImage]| {
+        for i in exported {
+            let renamed = if i.id == i.source_id { String::new() } else { format!(" (in the store: {})", i.source_id) };
+            println!("{}: exported {}{renamed} {}", output.display(), i.id, i.repo_tags.join(" "));
+        }
+    };
+    match std::os::unix::net::UnixStream::connect(socket) {
+        Ok(_) => {
+            let req = berth::inspect::ExportRequest { images: images.to_vec(), output: output.clone() };
+            let body = serde_json::to_vec(&req)?;
+            let (code, answer) =
+                berth::inspect::post_stream(socket, berth::inspect::EXPORT_PATH, &[], &mut &body[..], Some(body.len() as u64))
+                    .context("exporting through the daemon")?;
+            let v: serde_json::Value = serde_json::from_str(&answer).unwrap_or_else(|_| serde_json::json!({ "error": answer.trim() }));
+            if code != 200 {
+                let msg = v.get("error").and_then(|e| e.as_str()).map(str::to_string).unwrap_or_else(|| v.to_string());
+                anyhow::bail!("berth image export: the daemon refused (HTTP {code}): {msg}");
+            }
+            let exported: Vec<berth::image::export::ExportedImage> = serde_json::from_value(v.get("images").cloned().unwrap_or_default())
+                .with_context(|| format!("the daemon's answer {answer:?}"))?;
+            print(&exported);
+            Ok(())
+        }
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
+            let store = Arc::new(berth::state::Store::open(&config.root).with_context(|| {
+                format!("no berth daemon answers on {} ({e}); opening the store at {}", socket.display(), config.root.display())
+            })?);
+            let store = berth::image::ImageStore::open(config.root.join("images"), store, config.image.clone())
+                .context("opening the image store")?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let exported = rt.block_on(store.export_to_file(images, &output)).context("berth image export")?;
+            print(&exported);
+            Ok(())
+        }
+        Err(e) => Err(anyhow::anyhow!("inspect socket {}: {e}", socket.display())),
+    }
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {

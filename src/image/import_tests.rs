@@ -1,6 +1,7 @@
 //! [`super::ImageStore::import`] on real archives built here with the `tar` crate: docker-archive
 //! (legacy and docker 25+ names, symlinked repeated layers), OCI image layout with a nested
-//! image index, gzip'd archives, and bad archives that must leave nothing behind.
+//! image index, gzip'd archives, and bad archives that must leave nothing behind; and
+//! [`super::ImageStore::export`] round trips through import.
 
 use super::*;
 use crate::config::ImageConfig;
@@ -398,4 +399,85 @@ async fn orphan_config_blobs_go_on_open() {
     let reopened = ImageStore::open(f.root.join("images"), f.store.clone(), ImageConfig::default()).unwrap();
     assert!(!orphan.exists());
     drop(reopened);
+}
+
+impl Fixture {
+    async fn export(&self, refs: &[&str]) -> Result<(Vec<u8>, Vec<super::export::ExportedImage>), ImageError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        struct Sink(std::sync::mpsc::Sender<Vec<u8>>);
+        impl Write for Sink {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                let _ = self.0.send(b.to_vec());
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let refs: Vec<String> = refs.iter().map(|r| r.to_string()).collect();
+        let exported = self.images.export(&refs, Sink(tx), "out.tar").await?;
+        Ok((rx.try_iter().flatten().collect(), exported))
+    }
+}
+
+/// An image whose upper layer deletes a file (`.wh.gone`) and makes a directory opaque
+/// (`.wh..wh..opq`) goes out as a docker-archive and comes back into another store the same:
+/// the whiteout is a 0:0 character device again and the directory opaque; its config and names
+/// are kept; exporting it from the second store gives the same bytes. Needs root (whiteouts
+/// are device nodes, the opaque mark a trusted xattr).
+#[tokio::test]
+async fn export_round_trips_through_import() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let base = tar_of(&[("etc/", b""), ("etc/os-release", b"base\n"), ("etc/gone", b"x"), ("opq/", b""), ("opq/old", b"old")]);
+    let upper = tar_of(&[
+        ("etc/", b""),
+        ("etc/.wh.gone", b""),
+        ("opq/", b""),
+        ("opq/.wh..wh..opq", b""),
+        ("opq/new", b"new"),
+        ("link", b"->etc/os-release"),
+    ]);
+    let cfg = config(&[sha(&base), sha(&upper)], "a");
+    let manifest =
+        serde_json::to_vec(&serde_json::json!([{"Config": "c.json", "RepoTags": ["a:1"], "Layers": ["l0.tar", "l1.tar"]}])).unwrap();
+    let f = fixture();
+    let orig = f.import(tar_of(&[("l0.tar", &base), ("l1.tar", &upper), ("c.json", &cfg), ("manifest.json", &manifest)])).await.unwrap();
+
+    let (archive, exported) = f.export(&["a:1"]).await.unwrap();
+    assert_eq!(exported[0].source_id, orig[0].id);
+    assert_eq!(exported[0].repo_tags, ["docker.io/library/a:1"]);
+
+    let g = fixture();
+    let back = g.import(archive.clone()).await.unwrap();
+    assert_eq!(back[0].id, exported[0].id, "the archive's config digest is the imported image's ID");
+    assert_eq!(back[0].repo_tags, ["docker.io/library/a:1"]);
+    assert_eq!(back[0].config.cmd, orig[0].config.cmd);
+    let dirs = g.images.layer_dirs(&back[0]).unwrap();
+    let gone = std::fs::symlink_metadata(dirs[1].join("etc/gone")).unwrap();
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    assert!(gone.file_type().is_char_device() && gone.rdev() == 0, "the whiteout came back as a 0:0 device");
+    assert_eq!(xattr::get(dirs[1].join("opq"), "trusted.overlay.opaque").unwrap().as_deref(), Some(&b"y"[..]));
+    assert_eq!(std::fs::read(dirs[1].join("opq/new")).unwrap(), b"new");
+    assert_eq!(std::fs::read_link(dirs[1].join("link")).unwrap(), Path::new("etc/os-release"));
+
+    let (again, _) = g.export(&["a:1"]).await.unwrap();
+    assert!(again == archive, "a second export of the imported image differs from the first export");
+    assert!(g.snapshot().tmp.is_empty() && f.snapshot().tmp.is_empty(), "export left files in tmp/");
+}
+
+/// An image the store lacks, or one whose config it did not keep, is refused by name.
+#[tokio::test]
+async fn export_refuses_what_it_cannot_write() {
+    let l = layers();
+    let f = fixture();
+    let (archive, cfg_a, _) = docker_two_images(&l);
+    f.import(archive).await.unwrap();
+    let err = f.export(&["nosuch:1"]).await.unwrap_err().to_string();
+    assert!(err.contains("nosuch:1") && err.contains("not in the store"), "{err}");
+    std::fs::remove_file(f.root.join("images/configs").join(hex(&cfg_a))).unwrap();
+    let err = f.export(&["a:1"]).await.unwrap_err().to_string();
+    assert!(err.contains("config was not kept") && err.contains("pull it again"), "{err}");
 }

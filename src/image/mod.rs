@@ -2,6 +2,8 @@
 //!
 //! - [`archive`] and [`import`]: `berth image import`, loading docker-archive and OCI image
 //!   layout tarballs into the store with a pull's guarantees.
+//! - [`export`]: `berth image export`, images written as one docker-archive, layers re-tarred
+//!   from their directories.
 //! - [`reference`]: docker-style name normalization.
 //! - [`registry`]: the registry side of a pull (oci-client, mirrors, auth, platform choice).
 //! - [`store`]: [`ImageStore`], the image index in the metadata store and the layer directories
@@ -11,6 +13,7 @@
 //!   whiteouts translated for overlayfs.
 
 pub mod archive;
+pub mod export;
 pub mod import;
 pub mod reference;
 pub mod registry;

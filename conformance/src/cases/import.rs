@@ -195,3 +195,77 @@ pub async fn daemon_stopped(ctx: &Ctx) -> Result<()> {
     remove_image(ctx, &id).await?;
     r
 }
+
+/// Runs `berth image export --config <tmp>/berth.toml -o OUTPUT IMAGES...`; returns (success,
+/// stdout, stderr).
+fn berth_export(ctx: &Ctx, output: &Path, images: &[&str]) -> Result<(bool, String, String)> {
+    let bin = crate::daemon::berth_binary();
+    let out = std::process::Command::new(&bin)
+        .args(["image", "export", "--config"])
+        .arg(ctx.tmp.join("berth.toml"))
+        .arg("-o")
+        .arg(output)
+        .args(images)
+        .env("RUST_BACKTRACE", "0")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("running {} image export", bin.display()))?;
+    Ok((out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned()))
+}
+
+/// `berth image export` through the running daemon writes a docker-archive of an image; an
+/// unknown image is refused by name and leaves no file; the archive, imported back after a
+/// RemoveImage, gives the image under its name and a container runs from it. With the daemon
+/// stopped, the export reads the store directly and writes the same bytes.
+pub async fn export_round_trip(ctx: &Ctx) -> Result<()> {
+    if ctx.kind != TargetKind::Berth {
+        return skip("`berth image export` is berth's");
+    }
+    let name = "import.example/export:1";
+    let (archive, _) = docker_archive(&[name])?;
+    let file = ctx.tmp.join("export-src.tar");
+    std::fs::write(&file, archive)?;
+    let (ok, _, err) = berth_import(ctx, &file, false)?;
+    check(ok, || format!("importing the image to export: {err}"))?;
+
+    let missing = ctx.tmp.join("export-missing.tar");
+    let (ok, _, err) = berth_export(ctx, &missing, &["import.example/nosuch:1"])?;
+    check(!ok && err.contains("import.example/nosuch:1") && !missing.exists(), || {
+        format!("exporting an unknown image: success {ok}, stderr {err:?}, file left {}", missing.exists())
+    })?;
+
+    let out = ctx.tmp.join("export-out.tar");
+    let (ok, stdout, err) = berth_export(ctx, &out, &[name])?;
+    check(ok && stdout.contains("exported") && out.is_file(), || {
+        format!("berth image export: success {ok}, stdout {stdout:?}, stderr {err:?}")
+    })?;
+    // `<output>: exported sha256:<id> [(in the store: ...)] <names>`
+    let id = stdout.split_whitespace().find(|w| w.starts_with("sha256:")).context("no image ID in the export's output")?.to_string();
+    let exported = std::fs::read(&out)?;
+    let stored: Vec<String> = images(ctx).await?.into_iter().filter(|i| i.repo_tags.iter().any(|t| t == name)).map(|i| i.id).collect();
+    for s in &stored {
+        remove_image(ctx, s).await?;
+    }
+
+    let (ok, imported, err) = berth_import(ctx, &out, false)?;
+    check(ok && imported.contains(&id), || format!("importing the exported archive: success {ok}, stdout {imported:?}, stderr {err:?}"))?;
+    let r = check_imported(ctx, name, &id).await;
+
+    let stopped = if r.is_ok() && ctx.can_restart() {
+        let again = ctx.tmp.join("export-offline.tar");
+        ctx.stop_daemon().await?;
+        let res = berth_export(ctx, &again, &[name]);
+        ctx.start_daemon().await.context("starting the daemon after the export")?;
+        let (ok, _, err) = res?;
+        let same = again.is_file() && std::fs::read(&again)? == exported;
+        let _ = std::fs::remove_file(&again);
+        check(ok && same, || format!("export with the daemon stopped: success {ok}, same bytes {same}, stderr {err:?}"))
+    } else {
+        Ok(())
+    };
+    remove_image(ctx, &id).await?;
+    for f in [&file, &out] {
+        let _ = std::fs::remove_file(f);
+    }
+    r.and(stopped)
+}

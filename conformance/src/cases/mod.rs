@@ -71,6 +71,7 @@ pub fn all() -> Vec<Case> {
         case!("remove_image_in_use", image::remove_image_in_use),
         case!("image_import_through_daemon", import::through_daemon),
         case!("image_import_daemon_stopped", import::daemon_stopped),
+        case!("image_export_round_trip", import::export_round_trip),
         case!("pod_run_status", pod::run_status),
         case!("pod_list_filters", pod::list_filters),
         case!("pod_same_metadata_twice", pod::same_metadata_twice),
