@@ -24,10 +24,9 @@
 //! checked against it when referenced.
 
 use super::reference::is_hex64;
-use super::unpack::{detect_compression, Compression};
+use super::unpack::{detect_compression, Compression, Hashing};
 use super::ImageError;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Component, Path, PathBuf};
@@ -154,24 +153,6 @@ fn link_target(entry: &str, target: &Path, symlink: bool) -> Option<String> {
     Some(parts.join("/"))
 }
 
-struct HashWriter<W> {
-    inner: W,
-    hasher: Sha256,
-    count: u64,
-}
-
-impl<W: Write> Write for HashWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 impl Spool {
     fn create(dir: PathBuf, source: &str) -> Result<Spool, ImageError> {
         std::fs::create_dir(&dir).map_err(|e| ImageError::io(&dir, e))?;
@@ -220,12 +201,12 @@ impl Spool {
                     tar::EntryType::Regular | tar::EntryType::Continuous => {
                         let path = self.dir.join(format!("{n}"));
                         let f = std::fs::File::create(&path).map_err(|e| ImageError::io(&path, e))?;
-                        let mut w = HashWriter { inner: BufWriter::with_capacity(1 << 16, f), hasher: Sha256::new(), count: 0 };
+                        let mut w = Hashing::new(BufWriter::with_capacity(1 << 16, f));
                         io::copy(&mut entry, &mut w).map_err(|e| err(format!("entry {name:?}: spooling to {}: {e}", path.display())))?;
                         w.flush().map_err(|e| ImageError::io(&path, e))?;
-                        let digest = format!("sha256:{}", hex::encode(w.hasher.finalize()));
+                        let (digest, size) = w.finish();
                         self.links.remove(&name);
-                        self.files.insert(name, SpoolFile { path, digest, size: w.count });
+                        self.files.insert(name, SpoolFile { path, digest, size });
                     }
                     tar::EntryType::Symlink | tar::EntryType::Link => {
                         let target = entry.link_name().ok().flatten().map(|t| t.into_owned()).unwrap_or_default();

@@ -22,6 +22,7 @@
 //! is kept when nothing changes.
 
 use super::store::{hex_of, Image, ImageStore};
+use super::unpack::Hashing;
 use super::ImageError;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -88,25 +89,6 @@ impl ImageStore {
     }
 }
 
-/// A writer that hashes and counts what passes through.
-struct Hashing<W> {
-    inner: W,
-    hasher: Sha256,
-    count: u64,
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 fn blob_name(digest: &str) -> String {
     format!("blobs/sha256/{}", hex_of(digest))
 }
@@ -127,11 +109,11 @@ fn write_archive<W: Write>(sources: &[Source], tmp: &Path, out: W) -> io::Result
                 continue;
             }
             let staged = tmp.join("layer");
-            let mut w = Hashing { inner: io::BufWriter::new(std::fs::File::create(&staged)?), hasher: Sha256::new(), count: 0 };
+            let mut w = Hashing::new(io::BufWriter::new(std::fs::File::create(&staged)?));
             write_layer(dir, &mut w)?;
             w.flush()?;
-            let diff_id = format!("sha256:{}", hex::encode(w.hasher.finalize()));
-            let mut h = file_header(w.count);
+            let (diff_id, size) = w.finish();
+            let mut h = file_header(size);
             ar.append_data(&mut h, blob_name(&diff_id), std::fs::File::open(&staged)?)?;
             std::fs::remove_file(&staged)?;
             written.insert(chain.clone(), diff_id.clone());
@@ -209,27 +191,32 @@ fn header_of(md: &std::fs::Metadata, kind: tar::EntryType) -> tar::Header {
     h
 }
 
-/// The xattrs of `path` (not followed) that belong in a layer, as PAX records.
-fn pax_xattrs(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
+/// PAX records (`SCHILY.xattr.NAME`, value) of one entry.
+type PaxRecords = Vec<(String, Vec<u8>)>;
+
+/// The xattrs of `path` (not followed) that belong in a layer, as PAX records, and whether
+/// overlayfs marks it opaque (`trusted.overlay.opaque=y`, which is not among the records).
+fn pax_xattrs(path: &Path) -> io::Result<(PaxRecords, bool)> {
     let mut out = Vec::new();
+    let mut opaque = false;
     let names = match xattr::list(path) {
         Ok(n) => n,
         // A filesystem without xattrs has none to keep.
-        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(out),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok((out, false)),
         Err(e) => return Err(e),
     };
     let mut names: Vec<OsString> = names.collect();
     names.sort();
     for name in names {
         let name = name.to_string_lossy().into_owned();
-        if name.starts_with("trusted.overlay.") {
-            continue;
-        }
-        if let Some(value) = xattr::get(path, &name)? {
+        let Some(value) = xattr::get(path, &name)? else { continue };
+        if name == super::whiteout::OPAQUE_XATTR {
+            opaque = value == b"y";
+        } else if !name.starts_with("trusted.overlay.") {
             out.push((format!("SCHILY.xattr.{name}"), value));
         }
     }
-    Ok(out)
+    Ok((out, opaque))
 }
 
 fn walk<W: Write>(b: &mut tar::Builder<W>, abs: &Path, rel: &Path, links: &mut HashMap<(u64, u64), PathBuf>) -> io::Result<()> {
@@ -248,14 +235,14 @@ fn walk<W: Write>(b: &mut tar::Builder<W>, abs: &Path, rel: &Path, links: &mut H
             b.append_data(&mut h, rel.join(wh), io::empty())?;
             continue;
         }
-        let xattrs = pax_xattrs(&path)?;
+        let (xattrs, opaque) = pax_xattrs(&path)?;
         if !xattrs.is_empty() {
             b.append_pax_extensions(xattrs.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
         }
         if ft.is_dir() {
             let mut h = header_of(&md, tar::EntryType::Directory);
             b.append_data(&mut h, &entry, io::empty())?;
-            if xattr::get(&path, super::whiteout::OPAQUE_XATTR)?.as_deref() == Some(b"y") {
+            if opaque {
                 let mut h = header_of(&md, tar::EntryType::Regular);
                 h.set_mode(0o644);
                 b.append_data(&mut h, entry.join(super::whiteout::WHITEOUT_OPAQUE), io::empty())?;

@@ -58,13 +58,15 @@ pub struct UnpackedLayer {
     pub uncompressed_size: u64,
 }
 
-struct HashingReader<R> {
-    inner: R,
+/// A reader or writer that takes the sha256 and the byte count of what passes through it:
+/// the blob and diff digests of a pull, an import's spooled blobs, an export's layer tars.
+pub(super) struct Hashing<T> {
+    inner: T,
     hasher: Sha256,
     count: u64,
 }
 
-impl<R: Read> Read for HashingReader<R> {
+impl<R: Read> Read for Hashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
@@ -73,11 +75,24 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-impl<R> HashingReader<R> {
-    fn new(inner: R) -> Self {
-        HashingReader { inner, hasher: Sha256::new(), count: 0 }
+impl<W: io::Write> io::Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
     }
-    fn finish(self) -> (String, u64) {
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<T> Hashing<T> {
+    pub(super) fn new(inner: T) -> Self {
+        Hashing { inner, hasher: Sha256::new(), count: 0 }
+    }
+    /// `("sha256:<hex>", bytes)` of everything that passed.
+    pub(super) fn finish(self) -> (String, u64) {
         (format!("sha256:{}", hex::encode(self.hasher.finalize())), self.count)
     }
 }
@@ -97,7 +112,7 @@ pub fn unpack_blob_file(blob: &Path, dest: &Path, layer: &str) -> Result<Unpacke
     }
     let compression = detect_compression(&magic[..got]);
     let f = fs::File::open(blob).map_err(|e| ImageError::io(blob, e))?;
-    let mut outer = HashingReader::new(io::BufReader::with_capacity(1 << 16, f));
+    let mut outer = Hashing::new(io::BufReader::with_capacity(1 << 16, f));
     let read_err = |e: io::Error| ImageError::Unpack {
         layer: layer.to_string(),
         entry: String::new(),
@@ -109,7 +124,7 @@ pub fn unpack_blob_file(blob: &Path, dest: &Path, layer: &str) -> Result<Unpacke
             Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&mut outer)),
             Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(&mut outer).map_err(read_err)?),
         };
-        let mut inner = HashingReader::new(decoder);
+        let mut inner = Hashing::new(decoder);
         apply_tar(&mut inner, dest, layer)?;
         // The tar reader stops at the end-of-archive blocks; the DiffID covers every byte.
         io::copy(&mut inner, &mut io::sink()).map_err(read_err)?;
