@@ -151,7 +151,8 @@ impl Daemon {
     }
 
     /// How many objects have a lock entry (a removed object's entry must go with it).
-    pub fn lock_count(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn lock_count(&self) -> usize {
         self.locks.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }

@@ -100,11 +100,6 @@ impl EventBus {
         Subscription { rx: self.tx.subscribe() }
     }
 
-    /// Number of live subscribers.
-    pub fn subscribers(&self) -> usize {
-        self.tx.receiver_count()
-    }
-
     /// Publishes `kind` for object `id` unless it would repeat or reverse that object's order;
     /// `snapshot` builds the pod state (called only when the event is published and someone
     /// subscribes). When `fill`

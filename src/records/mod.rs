@@ -133,7 +133,8 @@ impl Records {
     }
 
     /// How many infra and container processes are being waited on.
-    pub fn watched(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn watched(&self) -> usize {
         self.exits.watched()
     }
 

@@ -71,7 +71,8 @@ impl ExitWatch {
     }
 
     /// How many processes are being waited on now.
-    pub fn watched(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn watched(&self) -> usize {
         lock(&self.watched).len()
     }
 }
