@@ -320,3 +320,32 @@ pub fn end_leftovers_under(tmp: &Path) {
         let _ = Command::new("umount").arg("-l").arg(&m).status();
     }
 }
+
+/// Polls `f` every 500 ms until it gives `Some`, for at most `limit`; prints how long it took.
+/// The error names `what` and carries `f`'s last error. For the check binaries
+/// (kubelet-check, node-image-check).
+pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let start = std::time::Instant::now();
+    let mut last_err = None;
+    loop {
+        match f().await {
+            Ok(Some(v)) => {
+                eprintln!("  {what}: after {:.1} s", start.elapsed().as_secs_f64());
+                return Ok(v);
+            }
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if start.elapsed() > limit {
+            match last_err {
+                Some(e) => anyhow::bail!("{what}: not within {limit:?} (last error: {e:#})"),
+                None => anyhow::bail!("{what}: not within {limit:?}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -35,13 +35,14 @@
 use anyhow::{bail, Context, Result};
 use berth_conformance::client::Clients;
 use berth_conformance::daemon::{self, Daemon, Handlers, TargetKind};
+pub use berth_conformance::harness::wait_for;
 use berth_conformance::harness::{self, BRIDGE, LOCK_FILE};
 use berth_conformance::images;
 use berth_conformance::proc;
 use berth_conformance::registry::{free_port, Registry};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[path = "kubelet-check/kubelet.rs"]
 mod kubelet;
@@ -230,32 +231,5 @@ fn teardown(o: &mut Owned) {
         eprintln!("--keep: keeping {}", o.tmp.display());
     } else if let Err(e) = std::fs::remove_dir_all(&o.tmp) {
         eprintln!("teardown: cannot remove {}: {e}", o.tmp.display());
-    }
-}
-
-/// Polls `f` every 500 ms until it gives `Some`, for at most `limit`.
-pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<T>>>,
-{
-    let start = Instant::now();
-    let mut last_err = None;
-    loop {
-        match f().await {
-            Ok(Some(v)) => {
-                eprintln!("  {what}: after {:.1} s", start.elapsed().as_secs_f64());
-                return Ok(v);
-            }
-            Ok(None) => {}
-            Err(e) => last_err = Some(e),
-        }
-        if start.elapsed() > limit {
-            match last_err {
-                Some(e) => bail!("{what}: not within {limit:?} (last error: {e:#})"),
-                None => bail!("{what}: not within {limit:?}"),
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

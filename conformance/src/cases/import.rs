@@ -12,8 +12,8 @@ use berth::cri::v1 as cri;
 use std::io::Write;
 use std::path::Path;
 
-/// The marker file's content in the imported images.
-const MARKER: &str = "imported by berth image import";
+/// The marker file's content (`/imported`) in the imported images.
+pub const MARKER: &str = "imported by berth image import";
 
 /// A tar (the archive itself) of `(name, bytes)` regular files, in order.
 fn tar_of(files: &[(&str, &[u8])]) -> Result<Vec<u8>> {
@@ -50,8 +50,10 @@ fn goarch() -> &'static str {
 }
 
 /// A docker-archive as `docker save` (before 25) writes it: layers first, then the config and
-/// `manifest.json` naming the image by `tags`. Returns (archive, image ID).
-fn docker_archive(tags: &[&str]) -> Result<(Vec<u8>, String)> {
+/// `manifest.json` naming the image by `tags`: the suite's busybox as a gzip'd layer plus a
+/// layer adding `/imported` ([`MARKER`]). Returns (archive, image ID). Also used by
+/// `node-image-check`.
+pub fn docker_archive(tags: &[&str]) -> Result<(Vec<u8>, String)> {
     let (base, marker) = layers()?;
     let cfg = image_config(goarch(), &[&base, &marker], serde_json::json!({ "Env": [PATH_ENV], "Cmd": ["sh"] }));
     let id = sha256_digest(&cfg);

@@ -24,7 +24,7 @@ mod exec;
 mod handlers;
 pub(crate) mod hooks;
 mod image;
-mod import;
+pub mod import;
 mod inspect;
 mod isolation;
 mod leaks;
