@@ -3,6 +3,9 @@
 # formatting and clippy (-D warnings), then runs the unit tests of src/ and the CRI conformance
 # suite (conformance/) against a fresh berth started on temporary roots. Run as root from a fresh clone; reads no stdin.
 #
+# Then the node-image lane: deploy/node-image built with podman and used as a kind node
+# (conformance/src/bin/node-image-check.rs; BERTH_NODE_LANE=0 leaves it out, said in the output).
+#
 # Then the cgroup v2 lane: the conformance suite again inside a Debian 12 guest booted with
 # cgroup v2 and systemd (scripts/v2-guest.sh, docs/cgroups.md), once with the systemd cgroup
 # driver (every case), once with cgroupfs (the cgroup cases) and once with cgroupfs nested in a
@@ -50,6 +53,32 @@ set +e
 cargo test --workspace --no-fail-fast </dev/null 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+
+# The node-image lane (issue #13): deploy/node-image built with podman from this build's
+# binaries, started as kind starts a node, and used over CRI and `podman exec`
+# (conformance/src/bin/node-image-check.rs). KUBELET=PATH adds a static pod run by the node's
+# kubelet. Its "N passed, N failed" line goes into the log.
+if [ -n "${CRI_TARGET:-}${BERTH_ENDPOINT:-}" ]; then
+  echo "== node-image lane: not run (the suite targets ${CRI_TARGET:-$BERTH_ENDPOINT})" | tee -a "$log"
+elif [ "${BERTH_NODE_LANE:-1}" = 0 ]; then
+  echo "== node-image lane: NOT RUN (BERTH_NODE_LANE=0)" | tee -a "$log"
+else
+  if [ ! -x /usr/bin/podman ]; then
+    echo "== installing podman (the node-image lane's builder and node runtime)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends podman </dev/null
+  fi
+  echo "== node-image lane: deploy/node-image/build.sh + node-image-check"
+  set +e
+  target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+  "$target_dir/debug/node-image-check" ${KUBELET:+--kubelet "$KUBELET"} </dev/null 2>&1 | tee -a "$log"
+  node_lane=${PIPESTATUS[0]}
+  set -e
+  if [ "$node_lane" != 0 ]; then
+    echo "== node-image lane FAILED (exit $node_lane)"
+    status=1
+  fi
+fi
 
 # The cgroup v2 lane. Its suite lines go into the same log, so the closing total counts them.
 if [ -n "${CRI_TARGET:-}${BERTH_ENDPOINT:-}" ]; then
