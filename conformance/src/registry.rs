@@ -27,6 +27,19 @@ pub fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// Writes a `docker-registry serve` config to `path`: filesystem storage at `storage`
+/// (deletes allowed), listening on `addr` (`127.0.0.1:PORT`), warnings only in its log.
+pub fn write_config(path: &Path, storage: &Path, addr: &str) -> Result<()> {
+    std::fs::write(
+        path,
+        format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+            storage.display()
+        ),
+    )
+    .with_context(|| format!("write {}", path.display()))
+}
+
 impl Registry {
     /// Starts `docker-registry serve` with its storage under `dir`, waits (30 s max) until
     /// `GET /v2/` answers 200. Its output goes to `dir/registry.log`.
@@ -35,13 +48,7 @@ impl Registry {
         let port = free_port()?;
         let addr = format!("127.0.0.1:{port}");
         let cfg = dir.join("config.yml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
-                dir.join("storage").display()
-            ),
-        )?;
+        write_config(&cfg, &dir.join("storage"), &addr)?;
         let log = std::fs::File::create(dir.join("registry.log"))?;
         let child = Command::new("docker-registry")
             .arg("serve")

@@ -39,7 +39,7 @@ use berth_conformance::daemon::berth_binary;
 pub use berth_conformance::harness::wait_for;
 use berth_conformance::images;
 use berth_conformance::proc;
-use berth_conformance::registry::Registry;
+use berth_conformance::registry::{self, Registry};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -258,13 +258,7 @@ fn build_image(tmp: &Path, tag: &str, preload: &Path, kubelet: Option<&Path>) ->
 /// started in the node's network namespace. Waits (30 s max) until it accepts a connection.
 fn start_node_registry(tmp: &Path, pid: u32, addr: &str) -> Result<Child> {
     let cfg = tmp.join("node-registry.yml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
-            tmp.join("registry").join("storage").display()
-        ),
-    )?;
+    registry::write_config(&cfg, &tmp.join("registry").join("storage"), addr)?;
     let log = std::fs::File::create(tmp.join("node-registry.log"))?;
     let mut child = Command::new("nsenter")
         .arg(format!("--net=/proc/{pid}/ns/net"))
