@@ -20,6 +20,10 @@
 //! 7. Scale (see `bench/scale.rs`): with `--scale-pods` x `--scale-per-pod` running containers
 //!    (default 10 x 10), ListContainers and ListContainerStats latency and idle CPU over
 //!    `--idle-secs` (default 30). `--only scale` runs this phase alone.
+//! 9. Run right after 1 (see `bench/import.rs`): `kind load` against a pull. `--imports` rounds
+//!    (default 5) of importing a 150 MB, 5-layer docker-archive (berth: `berth image import`
+//!    through the daemon; containerd: `ctr images import`) and pulling the same image, each
+//!    after RemoveImage. `--only import` runs this phase alone.
 //! 6. With `--pods` pods (default 10) each running one `sleep` container: the daemon's VmRSS
 //!    (/proc/PID/status), one per-container monitor's / shim's PSS and the total PSS of all
 //!    monitors (berth-monitor) or shims (containerd-shim-runc-v2) (/proc/PID/smaps_rollup).
@@ -29,12 +33,13 @@
 //! (containerd pulls its pause image there). Everything created is removed at the end; leftovers
 //! (mounts, /var/run/netns entries, processes, cgroup dirs, the bridge) are checked and printed.
 //!
-//! Usage: `bench [--pulls N] [--runs N] [--execs N] [--pods N] [--targets berth,containerd]`,
+//! Usage: `bench [--pulls N] [--runs N] [--execs N] [--pods N] [--imports N] [--only scale|import]
+//! [--targets berth,containerd]`,
 //! as root.
 //! `BERTH_BIN` names the berth binary (default `<target>/release/berth`, else debug).
 //!
 //! Layout: this file holds options, results, one target's lifecycle and `main`; `bench/rpc.rs`
-//! the CRI request shapes and RPC sequences, `bench/phases.rs` phases 0-4 and 6, `bench/userns.rs` 8,
+//! the CRI request shapes and RPC sequences, `bench/phases.rs` phases 0-4 and 6, `bench/userns.rs` 8, `bench/import.rs` 9,
 //! `bench/stream.rs` 5, `bench/scale.rs` 7, `bench/procfs.rs` the /proc readers,
 //! `bench/facts.rs` machine facts and leak checks, `bench/report.rs` the table.
 
@@ -55,6 +60,8 @@ use std::time::Duration;
 
 #[path = "bench/facts.rs"]
 mod facts;
+#[path = "bench/import.rs"]
+mod import;
 #[path = "bench/phases.rs"]
 mod phases;
 #[path = "bench/procfs.rs"]
@@ -83,6 +90,10 @@ struct Opts {
     scale: scale::ScaleOpts,
     /// `--only scale`: run the scale phase alone.
     only_scale: bool,
+    /// Rounds of phase 9 (import, pull of the same image).
+    imports: usize,
+    /// `--only import`: run phase 9 alone.
+    only_import: bool,
 }
 
 fn parse_opts() -> Result<Opts> {
@@ -94,6 +105,8 @@ fn parse_opts() -> Result<Opts> {
         targets: vec![TargetKind::Berth, TargetKind::Containerd],
         scale: scale::ScaleOpts { pods: 10, per_pod: 10, runs: 20, idle_secs: 30 },
         only_scale: false,
+        imports: 5,
+        only_import: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -103,12 +116,14 @@ fn parse_opts() -> Result<Opts> {
             "--runs" => o.runs = val("--runs")?.parse().context("--runs: expected a count")?,
             "--execs" => o.execs = val("--execs")?.parse().context("--execs: expected a count")?,
             "--pods" => o.pods = val("--pods")?.parse().context("--pods: expected a count")?,
+            "--imports" => o.imports = val("--imports")?.parse().context("--imports: expected a count")?,
             "--scale-pods" => o.scale.pods = val("--scale-pods")?.parse().context("--scale-pods: expected a count")?,
             "--scale-per-pod" => o.scale.per_pod = val("--scale-per-pod")?.parse().context("--scale-per-pod: expected a count")?,
             "--idle-secs" => o.scale.idle_secs = val("--idle-secs")?.parse().context("--idle-secs: expected seconds")?,
             "--only" => match val("--only")?.as_str() {
                 "scale" => o.only_scale = true,
-                other => bail!("--only: unknown phase {other:?}, expected scale"),
+                "import" => o.only_import = true,
+                other => bail!("--only: unknown phase {other:?}, expected scale or import"),
             },
             "--targets" => {
                 o.targets = val("--targets")?
@@ -121,17 +136,24 @@ fn parse_opts() -> Result<Opts> {
                     .collect::<Result<_>>()?
             }
             "-h" | "--help" => {
-                println!("usage: bench [--pulls N] [--runs N] [--execs N] [--pods N] [--scale-pods N] [--scale-per-pod N] [--idle-secs N] [--only scale] [--targets berth,containerd]");
+                println!("usage: bench [--pulls N] [--runs N] [--execs N] [--pods N] [--scale-pods N] [--scale-per-pod N] [--idle-secs N] [--imports N] [--only scale|import] [--targets berth,containerd]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (see --help)"),
         }
     }
     o.scale.runs = o.runs;
-    if o.pulls == 0 || o.runs == 0 || o.execs == 0 || o.pods == 0 || o.scale.pods == 0 || o.scale.per_pod == 0 {
-        bail!("--pulls, --runs, --execs and --pods must be at least 1");
+    if o.pulls == 0 || o.runs == 0 || o.execs == 0 || o.pods == 0 || o.imports == 0 || o.scale.pods == 0 || o.scale.per_pod == 0 {
+        bail!("--pulls, --runs, --execs, --pods and --imports must be at least 1");
     }
     Ok(o)
+}
+
+/// What the phases load: the suite's test images, and phase 9's image (not built for
+/// `--only scale`).
+struct Fixtures {
+    imgs: TestImages,
+    big: Option<import::BigImage>,
 }
 
 /// Latency samples of one phase.
@@ -171,6 +193,7 @@ struct Results {
     userns: userns::UsernsResults,
     streaming: stream::StreamResults,
     scale: scale::ScaleResults,
+    import: import::ImportResults,
     image_size: Option<u64>,
     daemon_rss_idle_kib: Option<u64>,
     daemon_rss_kib: Option<u64>,
@@ -197,10 +220,10 @@ fn kind_name(k: TargetKind) -> &'static str {
 
 /// Starts `kind` on fresh roots under `base/<kind>`, runs every phase, removes everything it
 /// created, stops the daemon and cleans its directory's mounts and processes.
-async fn bench_target(kind: TargetKind, base: &Path, imgs: &TestImages, o: &Opts) -> Results {
+async fn bench_target(kind: TargetKind, base: &Path, fx: &Fixtures, o: &Opts) -> Results {
     let mut r = Results { netns_before: harness::netns_names(), ..Default::default() };
     let dir = base.join(kind_name(kind));
-    let mut d = match make_daemon(kind, &dir, imgs) {
+    let mut d = match make_daemon(kind, &dir, &fx.imgs) {
         Ok(d) => d,
         Err(e) => {
             r.error = Some(format!("set-up: {e:#}"));
@@ -210,7 +233,7 @@ async fn bench_target(kind: TargetKind, base: &Path, imgs: &TestImages, o: &Opts
     match d.start().await {
         Ok(mut c) => {
             let pid = d.pid().map(|p| p as i32).unwrap_or(0);
-            match tokio::time::timeout(TARGET_LIMIT, phases(kind, &dir, &mut c, pid, imgs, o, &mut r)).await {
+            match tokio::time::timeout(TARGET_LIMIT, phases(kind, &dir, &mut c, pid, fx, o, &mut r)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => r.error = Some(format!("{e:#}")),
                 Err(_) => r.error = Some(format!("phases did not finish within {TARGET_LIMIT:?}")),
@@ -316,26 +339,29 @@ async fn run(o: Opts) -> Result<bool> {
     let tmp = tempfile::Builder::new().prefix("berth-bench-").tempdir_in("/tmp").context("create temp dir")?.keep();
     eprintln!("bench: temp dir {}", tmp.display());
     let mut cols = Vec::new();
-    let setup = (|| -> Result<(Registry, TestImages)> {
+    let setup = (|| -> Result<(Registry, Fixtures)> {
         let reg = Registry::start(&tmp.join("registry"))?;
         let work = tmp.join("build");
         std::fs::create_dir_all(&work)?;
         let imgs =
             images::build_and_push(&reg, &work, o.targets.contains(&TargetKind::Containerd)).context("build and push test images")?;
-        Ok((reg, imgs))
+        let big = if o.only_scale { None } else { Some(import::build(&reg, &work).context("build the import image")?) };
+        Ok((reg, Fixtures { imgs, big }))
     })();
     let mut setup_err = None;
+    let mut big_image = None;
     match setup {
-        Ok((mut reg, imgs)) => {
+        Ok((mut reg, fx)) => {
             for &k in &o.targets {
                 eprintln!("bench: target {}", kind_name(k));
-                let r = bench_target(k, &tmp, &imgs, &o).await;
+                let r = bench_target(k, &tmp, &fx, &o).await;
                 if let Some(e) = &r.error {
                     eprintln!("bench[{}]: ERROR: {e}", kind_name(k));
                 }
                 cols.push((k, r));
             }
             reg.stop();
+            big_image = fx.big;
         }
         Err(e) => setup_err = Some(format!("{e:#}")),
     }
@@ -349,7 +375,7 @@ async fn run(o: Opts) -> Result<bool> {
     if let Some(e) = setup_err {
         bail!("set-up: {e}");
     }
-    print_report(&o, &facts, &cols);
+    print_report(&o, &facts, &cols, big_image.as_ref());
     let ours: BTreeSet<String> = cols.iter().flat_map(|(_, r)| r.netns_seen.iter().cloned()).collect();
     let (left, foreign) = leftovers(bridge_before, &netns_before, &ours, &tmp);
     println!();

@@ -1,16 +1,15 @@
 //! The measured phases of one target (numbered as in the crate docs): Version floor, pull,
-//! RunPodSandbox, Create+Start / Stop+Remove, the userns rows (`userns.rs`), streaming, memory with `--pods` pods, scale.
+//! import vs pull (`import.rs`), RunPodSandbox, Create+Start / Stop+Remove, the userns rows (`userns.rs`), streaming, memory with `--pods` pods, scale.
 //! `phases` runs them in order on one client.
 
 use crate::procfs::{entries, pids_of, pids_with_argv, ppid, pss_kib, vm_rss_kib};
 use crate::rpc::{create_start, created, image_spec, pod_config, remove_image, remove_pod, run_pod, sleep_config, stop_remove};
-use crate::{kind_name, scale, stream, userns, Opts, Results};
+use crate::{import, kind_name, scale, stream, userns, Fixtures, Opts, Results};
 use anyhow::{Context, Result};
 use berth::cri::v1 as cri;
 use berth_conformance::client::Clients;
 use berth_conformance::daemon::TargetKind;
 use berth_conformance::harness;
-use berth_conformance::images::TestImages;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -136,17 +135,35 @@ async fn phase_memory(
     Ok(())
 }
 
+/// Phase 9 (`import.rs`), when its image was built.
+async fn phase_import(
+    kind: TargetKind,
+    dir: &Path,
+    c: &mut Clients,
+    big: Option<&import::BigImage>,
+    o: &Opts,
+    r: &mut Results,
+) -> Result<()> {
+    let big = big.context("the import image was not built")?;
+    eprintln!("bench[{}]: import vs pull of a 150 MB image x{}", kind_name(kind), o.imports);
+    import::phase_import(kind, dir, c, big, o.imports, &mut r.import).await
+}
+
 /// Every phase of one target in order (`--only scale`: the scale phase alone).
 pub async fn phases(
     kind: TargetKind,
     dir: &Path,
     c: &mut Clients,
     daemon_pid: i32,
-    imgs: &TestImages,
+    fx: &Fixtures,
     o: &Opts,
     r: &mut Results,
 ) -> Result<()> {
+    let (imgs, big) = (&fx.imgs, fx.big.as_ref());
     r.daemon_rss_idle_kib = vm_rss_kib(daemon_pid);
+    if o.only_import {
+        return phase_import(kind, dir, c, big, o, r).await;
+    }
     if o.only_scale {
         eprintln!("bench[{}]: scale: {} pods x {} containers", kind_name(kind), o.scale.pods, o.scale.per_pod);
         return scale::phase_scale(kind, dir, c, daemon_pid, &imgs.busybox, &o.scale, &mut r.scale).await;
@@ -159,6 +176,7 @@ pub async fn phases(
     }
     eprintln!("bench[{}]: pull x{}", kind_name(kind), o.pulls);
     phase_pull(kind, dir, c, &imgs.busybox, o.pulls, r).await?;
+    phase_import(kind, dir, c, big, o, r).await?;
     eprintln!("bench[{}]: RunPodSandbox x{}", kind_name(kind), o.runs);
     phase_run_pod(dir, c, o.runs, r).await?;
     eprintln!("bench[{}]: Create+Start / Stop+Remove x{}", kind_name(kind), o.runs);

@@ -2,6 +2,7 @@
 //! min / median / max of every latency row, notes, and the machine facts.
 
 use crate::facts::loadavg;
+use crate::import::BigImage;
 use crate::{kind_name, scale, stream, Opts, Results};
 use berth_conformance::daemon::TargetKind;
 use std::time::Duration;
@@ -21,8 +22,25 @@ fn mib(k: Option<u64>) -> String {
     k.map(|k| format!("{:.1} MiB", k as f64 / 1024.0)).unwrap_or_else(|| "n/a".into())
 }
 
+/// `a / b` with two decimals, "n/a" when either is missing.
+fn ratio(a: Option<Duration>, b: Option<Duration>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if !b.is_zero() => format!("{:.2}", a.as_secs_f64() / b.as_secs_f64()),
+        _ => "n/a".into(),
+    }
+}
+
+/// `bytes` over `d` in MB/s (10^6), "n/a" when missing.
+fn rate(bytes: u64, d: Option<Duration>) -> String {
+    match d {
+        Some(d) if bytes > 0 && !d.is_zero() => format!("{:.0} MB/s", bytes as f64 / 1e6 / d.as_secs_f64()),
+        _ => "n/a".into(),
+    }
+}
+
 /// Prints the table, min/median/max lines, notes and machine facts to stdout.
-pub fn print_report(o: &Opts, facts: &[(String, String)], cols: &[(TargetKind, Results)]) {
+pub fn print_report(o: &Opts, facts: &[(String, String)], cols: &[(TargetKind, Results)], big: Option<&BigImage>) {
+    let unpacked = big.map(|b| b.unpacked).unwrap_or(0);
     let row = |name: &str, f: &dyn Fn(&Results) -> String| {
         let mut line = format!("{name:<34}");
         for (_, r) in cols {
@@ -38,6 +56,11 @@ pub fn print_report(o: &Opts, facts: &[(String, String)], cols: &[(TargetKind, R
     println!("{head}");
     row(&format!("Version RPC (median of {})", o.runs), &|r| ms(r.version.median()));
     row(&format!("pull+unpack busybox (median of {})", o.pulls), &|r| ms(r.pull.median()));
+    row(&format!("kind load: import (median of {})", o.imports), &|r| ms(r.import.import.median()));
+    row("  pull of the same image (median)", &|r| ms(r.import.pull.median()));
+    row("  import / pull", &|r| ratio(r.import.import.median(), r.import.pull.median()));
+    row("  import, MB/s unpacked", &|r| rate(unpacked, r.import.import.median()));
+    row("  pull, MB/s unpacked", &|r| rate(unpacked, r.import.pull.median()));
     row(&format!("RunPodSandbox (median of {})", o.runs), &|r| ms(r.run_pod.median()));
     row(&format!("Create+Start (median of {})", o.runs), &|r| ms(r.create_start.median()));
     row(&format!("Stop+Remove (median of {})", o.runs), &|r| ms(r.stop_remove.median()));
@@ -65,6 +88,8 @@ pub fn print_report(o: &Opts, facts: &[(String, String)], cols: &[(TargetKind, R
             ("ListCtrStats", &r.scale.list_stats),
             ("Version", &r.version),
             ("pull", &r.pull),
+            ("import big", &r.import.import),
+            ("pull big", &r.import.pull),
             ("RunPodSandbox", &r.run_pod),
             ("Create+Start", &r.create_start),
             ("Stop+Remove", &r.stop_remove),
@@ -95,6 +120,15 @@ pub fn print_report(o: &Opts, facts: &[(String, String)], cols: &[(TargetKind, R
     println!("  - PSS from /proc/PID/smaps_rollup (shared pages divided among sharers), RSS from /proc/PID/status.");
     println!("  - each pull follows RemoveImage; what RemoveImage left on disk (a runtime that keeps content");
     println!("    pulls faster) is counted below. Version RPC = the client+socket floor in every timing.");
+    if let Some(b) = big {
+        println!(
+            "  - kind load rows: one image, {} files in 5 layers, {:.0} MB unpacked, {:.0} MB gzip'd in the registry;",
+            b.files,
+            b.unpacked as f64 / 1e6,
+            b.compressed as f64 / 1e6
+        );
+        println!("    imported from a `docker save`-style archive (uncompressed layers), each round after RemoveImage.");
+    }
     for (k, r) in cols {
         for n in &r.notes {
             println!("  - {}: {n}", kind_name(*k));
