@@ -19,7 +19,6 @@ use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
 use oci_client::secrets::RegistryAuth as OciAuth;
 use oci_client::{Client, Reference};
-use std::path::Path;
 use std::sync::Arc;
 
 /// Credentials for a registry, as CRI `AuthConfig` carries them. Empty fields are unset.
@@ -224,17 +223,96 @@ impl Session {
         Ok(out)
     }
 
-    /// Streams the blob `desc` of `r` from `src` into the file `path` (created or truncated),
-    /// verified by digest.
-    pub async fn blob_to_file(&self, src: &Source, r: &ImageReference, desc: &OciDescriptor, path: &Path) -> Result<(), ImageError> {
-        let f = tokio::fs::File::create(path).await.map_err(|e| ImageError::io(path, e))?;
-        let mut w = tokio::io::BufWriter::with_capacity(1 << 16, f);
+    /// Streams the blob `desc` of `r` from `src` through `consume`, a blocking function of a
+    /// [`Read`] over the blob's bytes, run on a blocking thread while the bytes arrive: a layer
+    /// is unpacked as it downloads, and nothing is written but what `consume` writes.
+    ///
+    /// oci-client checks the blob's digest as it streams; a mismatch or a broken transfer
+    /// reaches `consume` as a read error and is returned in its place
+    /// ([`ImageError::Registry`], or what [`map_error`] makes of a refused request). When
+    /// `consume` stops reading early, the transfer stops and its result is returned.
+    pub async fn stream_blob<T, F>(&self, src: &Source, r: &ImageReference, desc: &OciDescriptor, consume: F) -> Result<T, ImageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(BlobReader) -> Result<T, ImageError> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::mpsc::channel(BLOB_CHUNKS);
+        let consumer = tokio::task::spawn_blocking(move || consume(BlobReader { rx, chunk: bytes::Bytes::new() }));
+        let produced = self.send_blob(src, r, desc, tx).await;
+        let consumed = consumer.await.map_err(|e| ImageError::Unpack {
+            layer: desc.digest.clone(),
+            entry: String::new(),
+            message: format!("unpack task failed: {e}"),
+        })?;
+        produced?;
+        consumed
+    }
+
+    /// The producer half of [`Session::stream_blob`]: the blob's chunks into `tx`, an error
+    /// both sent (so the reader fails) and returned. Ok when the reader hung up.
+    async fn send_blob(
+        &self,
+        src: &Source,
+        r: &ImageReference,
+        desc: &OciDescriptor,
+        tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
+    ) -> Result<(), ImageError> {
+        use futures_util::StreamExt;
         let oref = oci_ref(src, r);
         self.client.store_auth_if_needed(oref.resolve_registry(), &self.auth).await;
-        self.client.pull_blob(&oref, desc, &mut w).await.map_err(|e| map_error(&r.to_string(), &src.host, e))?;
-        let f = w.into_inner();
-        f.sync_all().await.map_err(|e| ImageError::io(path, e))?;
+        let mut stream = match self.client.pull_blob_stream(&oref, desc).await {
+            Ok(s) => s.stream,
+            Err(e) => {
+                let err = map_error(&r.to_string(), &src.host, e);
+                let _ = tx.send(Err(std::io::Error::other(err.to_string()))).await;
+                return Err(err);
+            }
+        };
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(bytes) => {
+                    if tx.send(Ok(bytes)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Err(e) => {
+                    let err = ImageError::Registry {
+                        image: r.to_string(),
+                        registry: src.host.clone(),
+                        message: format!("blob {}: {e}", desc.digest),
+                    };
+                    let _ = tx.send(Err(std::io::Error::other(err.to_string()))).await;
+                    return Err(err);
+                }
+            }
+        }
         Ok(())
+    }
+}
+
+/// Chunks in flight between a blob's download and its reader (each as the HTTP body gave it,
+/// typically 8 to 16 KiB).
+const BLOB_CHUNKS: usize = 64;
+
+/// The reading end of [`Session::stream_blob`]: the blob's bytes in order, EOF at its end, the
+/// transfer's error as a read error. Blocks: use it on a blocking thread only.
+pub struct BlobReader {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>,
+    chunk: bytes::Bytes,
+}
+
+impl std::io::Read for BlobReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                None => return Ok(0),
+                Some(Ok(b)) => self.chunk = b,
+                Some(Err(e)) => return Err(e),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
     }
 }
 

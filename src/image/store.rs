@@ -3,13 +3,15 @@
 //! On disk, under `<root>/images`:
 //! - `layers/<chain-id hex>/diff`: one directory per layer, shared by every image whose layer
 //!   stack has that chain ID (image-spec config.md "Layer ChainID"). A layer is unpacked into
-//!   `layers/<hex>.tmp-<rand>/diff` and renamed into place, then recorded in the metadata
-//!   table `layers`; a directory without its record is treated as garbage.
+//!   `layers/<hex>.tmp-<rand>/diff` (a pulled one as it downloads, up to three layers at once,
+//!   the blob never written), made durable with one `syncfs(2)`, renamed into place, then
+//!   recorded in the metadata table `layers`; a directory without its record is garbage and is
+//!   deleted on open.
 //! - `configs/<hex>`: the image config blob of each image, byte for byte as pulled or imported
 //!   (`sha256:<hex>` is the image ID), written before the image record (tmp file, rename) and
 //!   removed with it; one without a record is deleted on open. Images pulled before configs were
 //!   kept have none ([`ImageStore::config_blob`] answers `None`).
-//! - `tmp/`: blobs being downloaded, archives being imported; emptied on open.
+//! - `tmp/`: archives being imported, config files being written; emptied on open.
 //!
 //! Image records live in the metadata table `images`, keyed by image ID
 //! (`sha256:<config digest>`), as JSON [`Image`].
@@ -23,11 +25,12 @@
 use super::reference::{is_hex, is_hex64, is_sha256_digest, ImageReference};
 use super::registry::{Puller, RegistryAuth, Session, Source};
 use super::types::ImageRuntimeConfig;
-use super::unpack::unpack_blob_file;
+use super::unpack::{unpack_blob_file, unpack_reader};
 use super::ImageError;
 use crate::config::ImageConfig;
 use crate::state::{Store, IMAGES, LAYERS, LEASES};
 use crate::util::{new_id, now_nanos, remove_dir_all_idempotent};
+use futures_util::StreamExt;
 use oci_client::secrets::RegistryAuth as OciAuth;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -154,6 +157,27 @@ pub(super) async fn unpack_file(blob: PathBuf, diff: PathBuf, layer: String) -> 
         entry: String::new(),
         message: format!("unpack task failed: {e}"),
     })?
+}
+
+/// Layers of one pull fetched and unpacked at once (containerd's default
+/// `max_concurrent_downloads`).
+const LAYER_DOWNLOADS: usize = 3;
+
+/// Makes an unpacked layer durable before it is renamed into place and recorded: one
+/// `syncfs(2)` of the filesystem holding `dir`, instead of an fsync per file (a crash after the
+/// record is written then never finds a layer with files missing or empty).
+async fn sync_layer(dir: &std::path::Path) -> Result<(), ImageError> {
+    let d = dir.to_path_buf();
+    let synced = tokio::task::spawn_blocking(move || {
+        let f = std::fs::File::open(&d)?;
+        nix::unistd::syncfs(&f).map_err(std::io::Error::from)
+    })
+    .await;
+    match synced {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(ImageError::io(dir, e)),
+        Err(e) => Err(ImageError::Io { path: dir.to_path_buf(), message: format!("syncfs task failed: {e}") }),
+    }
 }
 
 /// Checks what unpacking measured against the expected blob digest (when known) and the
@@ -314,17 +338,28 @@ impl ImageStore {
         let chains = chain_ids(&diff_ids);
         let _gc = self.gc.read().await;
         let name = image_name.as_str();
+        // Up to LAYER_DOWNLOADS layers at once, each unpacked into its own directory as it
+        // downloads. Every layer's future runs to its end (no early exit on the first error),
+        // so no unpack is left running into a directory nobody will clean up.
+        let mut layers = Vec::with_capacity(m.layers.len());
         for ((desc, diff_id), chain_id) in m.layers.iter().zip(&diff_ids).zip(&chains) {
-            let unpack = |tmp_dir: PathBuf, blob: PathBuf| async move {
-                let diff = tmp_dir.join("diff");
-                std::fs::create_dir_all(&diff).map_err(|e| ImageError::io(&diff, e))?;
-                session.blob_to_file(src, r, desc, &blob).await?;
-                let unpacked = unpack_file(blob, diff, desc.digest.clone()).await?;
-                layer_record(name, &format!("layer {}", desc.digest), unpacked, Some(&desc.digest), diff_id, chain_id)
-            };
-            if self.ensure_layer(chain_id, unpack).await? {
-                crate::metrics::global().image_pull_bytes.add(desc.size.max(0) as u64);
-            }
+            layers.push(async move {
+                let unpack = |tmp_dir: PathBuf, _blob: PathBuf| async move {
+                    let diff = tmp_dir.join("diff");
+                    std::fs::create_dir_all(&diff).map_err(|e| ImageError::io(&diff, e))?;
+                    let layer = desc.digest.clone();
+                    let unpacked = session.stream_blob(src, r, desc, move |blob| unpack_reader(blob, &diff, &layer)).await?;
+                    layer_record(name, &format!("layer {}", desc.digest), unpacked, Some(&desc.digest), diff_id, chain_id)
+                };
+                if self.ensure_layer(chain_id, unpack).await? {
+                    crate::metrics::global().image_pull_bytes.add(desc.size.max(0) as u64);
+                }
+                Ok::<(), ImageError>(())
+            });
+        }
+        let results: Vec<Result<(), ImageError>> = futures_util::stream::iter(layers).buffered(LAYER_DOWNLOADS).collect().await;
+        if let Some(e) = results.into_iter().find_map(Result::err) {
+            return Err(e);
         }
         let _meta = self.meta.lock().await;
         self.put_config(&image_name, &id, &config_bytes)?;
@@ -461,6 +496,10 @@ impl ImageStore {
         let result = unpack(tmp_dir.clone(), blob.clone()).await;
         let _ = std::fs::remove_file(&blob);
         let record = match result {
+            Ok(rec) => sync_layer(&tmp_dir).await.map(|()| rec),
+            Err(e) => Err(e),
+        };
+        let record = match record {
             Ok(rec) => rec,
             Err(e) => {
                 let _ = remove_dir_all_idempotent(&tmp_dir);

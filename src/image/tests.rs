@@ -344,3 +344,62 @@ async fn pull_with_basic_auth() {
     assert_eq!(img.id, pushed.config_digest);
     drop(reg);
 }
+
+/// Blob files of the registry's filesystem storage whose content starts with `magic`.
+fn stored_blobs_starting_with(dir: &Path, magic: &[u8]) -> Vec<std::path::PathBuf> {
+    let blobs = dir.join("data/docker/registry/v2/blobs/sha256");
+    let mut out = Vec::new();
+    for prefix in std::fs::read_dir(&blobs).unwrap() {
+        for blob in std::fs::read_dir(prefix.unwrap().path()).unwrap() {
+            let data = blob.unwrap().path().join("data");
+            if std::fs::read(&data).map(|b| b.starts_with(magic)).unwrap_or(false) {
+                out.push(data);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_of_a_corrupted_blob_fails_and_leaves_no_partial_layer() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping pull_of_a_corrupted_blob_fails_and_leaves_no_partial_layer: needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = start_registry(tmp.path(), None);
+    let port = reg.port;
+    push_images(port).await;
+    // The registry serves what is on its disk: flip one byte inside the zstd layer's blob.
+    let zstd_blobs = stored_blobs_starting_with(tmp.path(), &[0x28, 0xb5, 0x2f, 0xfd]);
+    assert_eq!(zstd_blobs.len(), 1, "{zstd_blobs:?}");
+    let good = std::fs::read(&zstd_blobs[0]).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0xff;
+    std::fs::write(&zstd_blobs[0], &bad).unwrap();
+    let digest = sha(&good);
+
+    let mut cfg = ImageConfig::default();
+    cfg.insecure_registries.push(format!("127.0.0.1:{port}"));
+    let state = Arc::new(crate::state::Store::open(&tmp.path().join("state")).unwrap());
+    let images = ImageStore::open(tmp.path().join("images"), state, cfg).unwrap();
+    let name = format!("127.0.0.1:{port}/test/img:1");
+    let err = images.pull(&name, None).await.expect_err("a corrupted layer blob fails the pull");
+    let msg = err.to_string();
+    eprintln!("corrupted blob: {msg}");
+    assert!(msg.contains(&digest) || msg.contains(&digest[7..]), "the error names the layer: {msg}");
+    assert!(images.list().unwrap().is_empty(), "no image recorded");
+    let layers: Vec<String> = std::fs::read_dir(tmp.path().join("images/layers"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(layers.iter().all(|l| !l.contains(".tmp-")), "a partial layer was left: {layers:?}");
+    assert!(layers.len() <= 1, "only the intact first layer may stay (recorded, reused by a retry): {layers:?}");
+
+    // With the blob whole again, the same store pulls the image.
+    std::fs::write(&zstd_blobs[0], &good).unwrap();
+    let img = images.pull(&name, None).await.unwrap();
+    assert_eq!(images.layer_dirs(&img).unwrap().len(), 2);
+    drop(reg);
+}

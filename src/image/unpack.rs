@@ -97,32 +97,50 @@ impl<T> Hashing<T> {
     }
 }
 
-/// Unpacks the blob file `blob` into the (empty, existing) directory `dest`, returning the
-/// digests it measured. `layer` names the layer in errors (its digest). Blocking: call from
-/// `spawn_blocking`. The caller compares the digests with the manifest and config.
+/// Unpacks the blob file `blob` into the (empty, existing) directory `dest`: [`unpack_reader`]
+/// over the file. Blocking.
 pub fn unpack_blob_file(blob: &Path, dest: &Path, layer: &str) -> Result<UnpackedLayer, ImageError> {
-    let mut f = fs::File::open(blob).map_err(|e| ImageError::io(blob, e))?;
+    let f = fs::File::open(blob).map_err(|e| ImageError::io(blob, e))?;
+    unpack_reader(f, dest, layer)
+}
+
+/// Unpacks a layer blob read from `reader` (plain, gzip or zstd, told by its first bytes) into
+/// the (empty, existing) directory `dest` in one pass, returning the digests it measured over
+/// the blob and over the uncompressed tar, and their sizes. The whole stream is read, past the
+/// tar's end-of-archive blocks, so both digests cover every byte. `layer` names the layer in
+/// errors (its digest). Blocking: call from `spawn_blocking`. The caller compares the digests
+/// with the manifest and config, and removes `dest` on any error.
+pub fn unpack_reader<R: Read>(reader: R, dest: &Path, layer: &str) -> Result<UnpackedLayer, ImageError> {
+    let mut outer = Hashing::new(io::BufReader::with_capacity(1 << 16, reader));
+    let early_err = |e: io::Error| ImageError::Unpack {
+        layer: layer.to_string(),
+        entry: String::new(),
+        message: format!("reading the layer blob: {e}"),
+    };
+    // The first bytes tell the compression; they are hashed once (here) and replayed to the
+    // decoder from `magic`.
     let mut magic = [0u8; 4];
     let mut got = 0;
     while got < magic.len() {
-        match f.read(&mut magic[got..]).map_err(|e| ImageError::io(blob, e))? {
-            0 => break,
-            n => got += n,
+        match outer.read(&mut magic[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(early_err(e)),
         }
     }
     let compression = detect_compression(&magic[..got]);
-    let f = fs::File::open(blob).map_err(|e| ImageError::io(blob, e))?;
-    let mut outer = Hashing::new(io::BufReader::with_capacity(1 << 16, f));
     let read_err = |e: io::Error| ImageError::Unpack {
         layer: layer.to_string(),
         entry: String::new(),
         message: format!("reading {compression:?} stream: {e}"),
     };
     let (diff_id, uncompressed_size) = {
+        let blob = io::Cursor::new(&magic[..got]).chain(&mut outer);
         let decoder: Box<dyn Read + '_> = match compression {
-            Compression::None => Box::new(&mut outer),
-            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&mut outer)),
-            Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(&mut outer).map_err(read_err)?),
+            Compression::None => Box::new(blob),
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(blob)),
+            Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(blob).map_err(read_err)?),
         };
         let mut inner = Hashing::new(decoder);
         apply_tar(&mut inner, dest, layer)?;
