@@ -6,8 +6,9 @@
 //!    (JSON, `rootfs.diff_ids` as many as the layers) are checked before anything is unpacked.
 //! 2. Under the GC lock held shared (as a pull holds it), each layer the store lacks is unpacked
 //!    by the pull's own path ([`ImageStore::ensure_layer`], [`super::unpack::unpack_blob_file`]:
-//!    tmp dir, hostile-entry checks, rename, record), keyed by chain ID, and its diff ID checked
-//!    against the config. A layer already present is not unpacked again.
+//!    tmp dir, hostile-entry checks, one syncfs, rename, record), keyed by chain ID, and its diff
+//!    ID checked against the config; up to three layers at once. A layer already present is not
+//!    unpacked again.
 //! 3. Only when every layer of every image of the archive is in are the config blobs and image
 //!    records written, tags moving from other images as a pull moves them.
 //!
@@ -22,7 +23,11 @@ use super::types::ImageRuntimeConfig;
 use super::ImageError;
 use crate::state::IMAGES;
 use crate::util::{new_id, now_nanos};
+use futures_util::StreamExt;
 use std::io::Read;
+
+/// Layers of one import unpacked at once (as a pull's `LAYER_DOWNLOADS`).
+const IMPORT_UNPACKS: usize = 3;
 
 /// An archive image checked and ready to be stored.
 struct Plan {
@@ -136,20 +141,38 @@ impl ImageStore {
         plans: &[Plan],
         created: &mut Vec<String>,
     ) -> Result<Vec<Image>, ImageError> {
+        // Up to IMPORT_UNPACKS layers at once, as a pull does; a layer two images share is
+        // unpacked once (the second waits on its chain ID's lock, then finds it). Every future
+        // runs to its end before the first error is returned.
+        let mut layers = Vec::new();
         for (img, plan) in archive.images.iter().zip(plans) {
             for ((layer, diff_id), chain_id) in img.layers.iter().zip(&plan.diff_ids).zip(&plan.chains) {
-                let what = format!("archive {source}: layer {}", layer.entry);
-                let unpack_name = format!("{} (archive {source})", layer.entry);
-                let unpack = |tmp_dir: std::path::PathBuf, _blob: std::path::PathBuf| async move {
-                    let diff = tmp_dir.join("diff");
-                    std::fs::create_dir_all(&diff).map_err(|e| ImageError::io(&diff, e))?;
-                    let unpacked = unpack_file(layer.path.clone(), diff, unpack_name).await?;
-                    layer_record(&plan.name, &what, unpacked, Some(&layer.digest), diff_id, chain_id)
-                };
-                if self.ensure_layer(chain_id, unpack).await? {
-                    created.push(chain_id.clone());
+                layers.push(async move {
+                    let what = format!("archive {source}: layer {}", layer.entry);
+                    let unpack_name = format!("{} (archive {source})", layer.entry);
+                    let unpack = |tmp_dir: std::path::PathBuf, _blob: std::path::PathBuf| async move {
+                        let diff = tmp_dir.join("diff");
+                        std::fs::create_dir_all(&diff).map_err(|e| ImageError::io(&diff, e))?;
+                        let unpacked = unpack_file(layer.path.clone(), diff, unpack_name).await?;
+                        layer_record(&plan.name, &what, unpacked, Some(&layer.digest), diff_id, chain_id)
+                    };
+                    self.ensure_layer(chain_id, unpack).await.map(|fresh| fresh.then(|| chain_id.clone()))
+                });
+            }
+        }
+        let results: Vec<Result<Option<String>, ImageError>> = futures_util::stream::iter(layers).buffered(IMPORT_UNPACKS).collect().await;
+        let mut first_err = None;
+        for r in results {
+            match r {
+                Ok(Some(chain_id)) => created.push(chain_id),
+                Ok(None) => {}
+                Err(e) => {
+                    first_err.get_or_insert(e);
                 }
             }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
         }
         let _meta = self.meta.lock().await;
         for (img, plan) in archive.images.iter().zip(plans) {
