@@ -317,6 +317,9 @@ pub fn apply_tar<R: Read>(reader: R, dest: &Path, layer: &str) -> Result<(), Ima
                     if same_owner {
                         std::os::unix::fs::lchown(&target, Some(uid as u32), Some(gid as u32)).map_err(|e| err(format!("chown: {e}")))?;
                     }
+                    // The `.wh.` entry's mtime, so that an export writes the whiteout back as it
+                    // came (not the time of this unpack).
+                    set_mtime(&target, mtime).map_err(|e| err(format!("mtime: {e}")))?;
                     continue;
                 }
                 Whiteout::None => {}

@@ -97,6 +97,8 @@ fn translates_whiteouts_and_opaque_dirs() {
         let m = std::fs::symlink_metadata(p.join(w)).unwrap();
         assert!(m.file_type().is_char_device(), "{w}");
         assert_eq!(m.rdev(), 0, "{w}");
+        // The `.wh.` entry's mtime, not the unpack's: an export gives the same bytes later.
+        assert_eq!(m.mtime(), 1_000_000, "{w}");
     }
     assert_eq!(whiteout::lgetxattr(&p.join("dir"), whiteout::OPAQUE_XATTR).unwrap().as_deref(), Some(&b"y"[..]));
     assert!(!p.join("dir/.wh..wh..opq").exists());
