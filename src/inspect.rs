@@ -186,29 +186,6 @@ pub struct ImportedImage {
     pub repo_tags: Vec<String>,
 }
 
-/// A blocking reader over the request body's frames (fed by an async task): what
-/// [`crate::image::ImageStore::import`] reads on its blocking thread.
-struct BodyReader {
-    rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
-    cur: Bytes,
-}
-
-impl std::io::Read for BodyReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.cur.is_empty() {
-            match self.rx.blocking_recv() {
-                None => return Ok(0),
-                Some(Ok(b)) => self.cur = b,
-                Some(Err(e)) => return Err(e),
-            }
-        }
-        let n = buf.len().min(self.cur.len());
-        buf[..n].copy_from_slice(&self.cur[..n]);
-        let _ = self.cur.split_to(n);
-        Ok(n)
-    }
-}
-
 /// `POST /images/import`: streams the body into [`crate::image::ImageStore::import`].
 async fn import_route(d: &Daemon, req: Request<hyper::body::Incoming>) -> (StatusCode, serde_json::Value) {
     use crate::image::ImageError;
@@ -240,7 +217,7 @@ async fn import_route(d: &Daemon, req: Request<hyper::body::Incoming>) -> (Statu
             }
         }
     });
-    let result = d.images.import(BodyReader { rx, cur: Bytes::new() }, &source).await;
+    let result = d.images.import(crate::util::ChannelReader::new(rx), &source).await;
     pump.abort();
     match result {
         Ok(images) => {

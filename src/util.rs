@@ -45,6 +45,37 @@ pub fn remove_dir_all_idempotent(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// A blocking [`std::io::Read`] over byte chunks an async task sends: the chunks in order, EOF
+/// when the sender is dropped, an `Err` item as a read error. For a blocking consumer (an
+/// unpack, an archive reader) fed by an HTTP body. Blocks in `read`: use it on a blocking thread
+/// only (`spawn_blocking`), never on the runtime's.
+pub struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>,
+    chunk: bytes::Bytes,
+}
+
+impl ChannelReader {
+    /// Reads what arrives on `rx`.
+    pub fn new(rx: tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>) -> Self {
+        ChannelReader { rx, chunk: bytes::Bytes::new() }
+    }
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                None => return Ok(0),
+                Some(Ok(b)) => self.chunk = b,
+                Some(Err(e)) => return Err(e),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

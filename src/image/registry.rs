@@ -14,6 +14,7 @@
 use super::reference::ImageReference;
 use super::ImageError;
 use crate::config::ImageConfig;
+use crate::util::ChannelReader;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
@@ -234,10 +235,10 @@ impl Session {
     pub async fn stream_blob<T, F>(&self, src: &Source, r: &ImageReference, desc: &OciDescriptor, consume: F) -> Result<T, ImageError>
     where
         T: Send + 'static,
-        F: FnOnce(BlobReader) -> Result<T, ImageError> + Send + 'static,
+        F: FnOnce(ChannelReader) -> Result<T, ImageError> + Send + 'static,
     {
         let (tx, rx) = tokio::sync::mpsc::channel(BLOB_CHUNKS);
-        let consumer = tokio::task::spawn_blocking(move || consume(BlobReader { rx, chunk: bytes::Bytes::new() }));
+        let consumer = tokio::task::spawn_blocking(move || consume(ChannelReader::new(rx)));
         let produced = self.send_blob(src, r, desc, tx).await;
         let consumed = consumer.await.map_err(|e| ImageError::Unpack {
             layer: desc.digest.clone(),
@@ -293,28 +294,6 @@ impl Session {
 /// Chunks in flight between a blob's download and its reader (each as the HTTP body gave it,
 /// typically 8 to 16 KiB).
 const BLOB_CHUNKS: usize = 64;
-
-/// The reading end of [`Session::stream_blob`]: the blob's bytes in order, EOF at its end, the
-/// transfer's error as a read error. Blocks: use it on a blocking thread only.
-pub struct BlobReader {
-    rx: tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>,
-    chunk: bytes::Bytes,
-}
-
-impl std::io::Read for BlobReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.chunk.is_empty() {
-            match self.rx.blocking_recv() {
-                None => return Ok(0),
-                Some(Ok(b)) => self.chunk = b,
-                Some(Err(e)) => return Err(e),
-            }
-        }
-        let n = buf.len().min(self.chunk.len());
-        buf[..n].copy_from_slice(&self.chunk.split_to(n));
-        Ok(n)
-    }
-}
 
 /// `host[:port]` of a mirror URL with the scheme already stripped.
 fn mirror_host(rest: &str) -> String {
