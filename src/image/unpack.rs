@@ -135,21 +135,30 @@ pub fn unpack_reader<R: Read>(reader: R, dest: &Path, layer: &str) -> Result<Unp
         entry: String::new(),
         message: format!("reading {compression:?} stream: {e}"),
     };
-    let (diff_id, uncompressed_size) = {
-        let blob = io::Cursor::new(&magic[..got]).chain(&mut outer);
-        let decoder: Box<dyn Read + '_> = match compression {
-            Compression::None => Box::new(blob),
-            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(blob)),
-            Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(blob).map_err(read_err)?),
-        };
-        let mut inner = Hashing::new(decoder);
-        apply_tar(&mut inner, dest, layer)?;
-        // The tar reader stops at the end-of-archive blocks; the DiffID covers every byte.
-        io::copy(&mut inner, &mut io::sink()).map_err(read_err)?;
-        inner.finish()
+    let blob = io::Cursor::new(&magic[..got]).chain(&mut outer);
+    let inner = match compression {
+        // A plain tar is its own diff: the blob's digest is the DiffID, hashed once.
+        Compression::None => {
+            let mut plain = blob;
+            apply_tar(&mut plain, dest, layer)?;
+            io::copy(&mut plain, &mut io::sink()).map_err(read_err)?;
+            None
+        }
+        Compression::Gzip | Compression::Zstd => {
+            let decoder: Box<dyn Read + '_> = match compression {
+                Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(blob).map_err(read_err)?),
+                _ => Box::new(flate2::read::MultiGzDecoder::new(blob)),
+            };
+            let mut inner = Hashing::new(decoder);
+            apply_tar(&mut inner, dest, layer)?;
+            // The tar reader stops at the end-of-archive blocks; the DiffID covers every byte.
+            io::copy(&mut inner, &mut io::sink()).map_err(read_err)?;
+            Some(inner.finish())
+        }
     };
     io::copy(&mut outer, &mut io::sink()).map_err(read_err)?;
     let (digest, compressed_size) = outer.finish();
+    let (diff_id, uncompressed_size) = inner.unwrap_or_else(|| (digest.clone(), compressed_size));
     Ok(UnpackedLayer { digest, diff_id, compressed_size, uncompressed_size })
 }
 
