@@ -40,6 +40,28 @@ pub fn write_config(path: &Path, storage: &Path, addr: &str) -> Result<()> {
     .with_context(|| format!("write {}", path.display()))
 }
 
+/// Spawns `[PREFIX...] docker-registry serve CFG` (a prefix such as `nsenter --net=...` runs it
+/// elsewhere), its output into the file `log`, stdin closed.
+pub fn spawn_serve(prefix: &[String], cfg: &Path, log: &Path) -> Result<Child> {
+    let out = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+    let (program, args): (&str, &[String]) = match prefix.split_first() {
+        Some((p, rest)) => (p.as_str(), rest),
+        None => ("docker-registry", &[]),
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    if !prefix.is_empty() {
+        cmd.arg("docker-registry");
+    }
+    cmd.arg("serve")
+        .arg(cfg)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .with_context(|| format!("spawn {program} docker-registry serve (Debian package docker-registry)"))
+}
+
 impl Registry {
     /// Starts `docker-registry serve` with its storage under `dir`, waits (30 s max) until
     /// `GET /v2/` answers 200. Its output goes to `dir/registry.log`.
@@ -49,15 +71,7 @@ impl Registry {
         let addr = format!("127.0.0.1:{port}");
         let cfg = dir.join("config.yml");
         write_config(&cfg, &dir.join("storage"), &addr)?;
-        let log = std::fs::File::create(dir.join("registry.log"))?;
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawn docker-registry (Debian package docker-registry)")?;
+        let child = spawn_serve(&[], &cfg, &dir.join("registry.log"))?;
         let mut reg = Registry { addr, child: Some(child) };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

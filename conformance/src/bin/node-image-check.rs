@@ -259,17 +259,9 @@ fn build_image(tmp: &Path, tag: &str, preload: &Path, kubelet: Option<&Path>) ->
 fn start_node_registry(tmp: &Path, pid: u32, addr: &str) -> Result<Child> {
     let cfg = tmp.join("node-registry.yml");
     registry::write_config(&cfg, &tmp.join("registry").join("storage"), addr)?;
-    let log = std::fs::File::create(tmp.join("node-registry.log"))?;
-    let mut child = Command::new("nsenter")
-        .arg(format!("--net=/proc/{pid}/ns/net"))
-        .arg("docker-registry")
-        .arg("serve")
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("nsenter docker-registry into the node's network namespace")?;
+    let nsenter = ["nsenter".to_string(), format!("--net=/proc/{pid}/ns/net")];
+    let mut child =
+        registry::spawn_serve(&nsenter, &cfg, &tmp.join("node-registry.log")).context("docker-registry in the node's network namespace")?;
     let port = addr.rsplit(':').next().unwrap_or_default().to_string();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
