@@ -225,8 +225,9 @@ impl Session {
     }
 
     /// Streams the blob `desc` of `r` from `src` through `consume`, a blocking function of a
-    /// [`Read`] over the blob's bytes, run on a blocking thread while the bytes arrive: a layer
-    /// is unpacked as it downloads, and nothing is written but what `consume` writes.
+    /// [`std::io::Read`] over the blob's bytes, run on a blocking thread while the bytes
+    /// arrive: a layer is unpacked as it downloads, and nothing is written but what `consume`
+    /// writes.
     ///
     /// oci-client checks the blob's digest as it streams; a mismatch or a broken transfer
     /// reaches `consume` as a read error and is returned in its place
