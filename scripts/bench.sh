@@ -3,10 +3,11 @@
 # Installs dependencies (scripts/install-deps.sh, nothing more), builds berth in release
 # (`cargo build --release --bins`) and the bench binary of berth-conformance, then runs it as root.
 # The bench sets up a local registry and test images once, starts each daemon on fresh temp roots
-# under /tmp/berth-bench-*, prints a side-by-side table, removes everything it created and checks
-# for leftovers (mounts, /var/run/netns, processes, cgroup dirs, bridge brt0).
+# under /tmp/berth-bench-* (or --tmp DIR), prints a side-by-side table, removes everything it
+# created and checks for leftovers (mounts, /var/run/netns, processes, cgroup dirs, bridge brt0).
 #
-# Arguments go to the bench: [--pulls N] [--runs N] [--pods N] [--targets berth,containerd].
+# Arguments go to the bench: [--pulls N] [--runs N] [--pods N] [--imports N] [--only scale|import]
+# [--tmp DIR] [--targets berth,containerd] (see its --help).
 # Reads no stdin. Exit status non-zero when a target failed or something was left behind.
 set -euo pipefail
 

@@ -1,6 +1,6 @@
 //! `bench`: berth and containerd side by side, over the CRI socket, in one run.
 //!
-//! Set-up once: a temp dir `/tmp/berth-bench-*`, the conformance registry (Debian's
+//! Set-up once: a temp dir `/tmp/berth-bench-*` (`--tmp DIR`: `DIR/berth-bench-*`), the conformance registry (Debian's
 //! `docker-registry` on 127.0.0.1) and its test images (`busybox:latest` etc., plus `pause:latest`
 //! for containerd's `sandbox_image`). Then for each target in order (berth, then containerd) the
 //! daemon is started on fresh roots under `<tmp>/<target>/` and measured:
@@ -34,8 +34,8 @@
 //! (mounts, /var/run/netns entries, processes, cgroup dirs, the bridge) are checked and printed.
 //!
 //! Usage: `bench [--pulls N] [--runs N] [--execs N] [--pods N] [--imports N] [--only scale|import]
-//! [--targets berth,containerd]`,
-//! as root.
+//! [--tmp DIR] [--targets berth,containerd]`, as root. Both daemons' roots live in the temp dir,
+//! so `--tmp` picks the filesystem every image and container row writes to.
 //! `BERTH_BIN` names the berth binary (default `<target>/release/berth`, else debug).
 //!
 //! Layout: this file holds options, results, one target's lifecycle and `main`; `bench/rpc.rs`
@@ -94,6 +94,8 @@ struct Opts {
     imports: usize,
     /// `--only import`: run phase 9 alone.
     only_import: bool,
+    /// `--tmp`: where the temp dir (registry storage, both daemons' roots) is made.
+    tmp: PathBuf,
 }
 
 fn parse_opts() -> Result<Opts> {
@@ -107,6 +109,7 @@ fn parse_opts() -> Result<Opts> {
         only_scale: false,
         imports: 5,
         only_import: false,
+        tmp: PathBuf::from("/tmp"),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -116,6 +119,7 @@ fn parse_opts() -> Result<Opts> {
             "--runs" => o.runs = val("--runs")?.parse().context("--runs: expected a count")?,
             "--execs" => o.execs = val("--execs")?.parse().context("--execs: expected a count")?,
             "--pods" => o.pods = val("--pods")?.parse().context("--pods: expected a count")?,
+            "--tmp" => o.tmp = PathBuf::from(val("--tmp")?),
             "--imports" => o.imports = val("--imports")?.parse().context("--imports: expected a count")?,
             "--scale-pods" => o.scale.pods = val("--scale-pods")?.parse().context("--scale-pods: expected a count")?,
             "--scale-per-pod" => o.scale.per_pod = val("--scale-per-pod")?.parse().context("--scale-per-pod: expected a count")?,
@@ -136,7 +140,7 @@ fn parse_opts() -> Result<Opts> {
                     .collect::<Result<_>>()?
             }
             "-h" | "--help" => {
-                println!("usage: bench [--pulls N] [--runs N] [--execs N] [--pods N] [--scale-pods N] [--scale-per-pod N] [--idle-secs N] [--imports N] [--only scale|import] [--targets berth,containerd]");
+                println!("usage: bench [--pulls N] [--runs N] [--execs N] [--pods N] [--scale-pods N] [--scale-per-pod N] [--idle-secs N] [--imports N] [--only scale|import] [--tmp DIR] [--targets berth,containerd]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (see --help)"),
@@ -333,10 +337,14 @@ async fn run(o: Opts) -> Result<bool> {
         eprintln!("bench: waiting for another run to release {LOCK_FILE}");
         lock.lock().with_context(|| format!("lock {LOCK_FILE}"))?;
     }
-    let facts = machine_facts();
+    let facts = machine_facts(&o.tmp);
     let netns_before = harness::netns_names();
     let bridge_before = Path::new("/sys/class/net").join(BRIDGE).exists();
-    let tmp = tempfile::Builder::new().prefix("berth-bench-").tempdir_in("/tmp").context("create temp dir")?.keep();
+    let tmp = tempfile::Builder::new()
+        .prefix("berth-bench-")
+        .tempdir_in(&o.tmp)
+        .with_context(|| format!("create a temp dir in {}", o.tmp.display()))?
+        .keep();
     eprintln!("bench: temp dir {}", tmp.display());
     let mut cols = Vec::new();
     let setup = (|| -> Result<(Registry, Fixtures)> {

@@ -1,5 +1,5 @@
-//! Machine facts printed under the table (date, CPU, memory, kernel, runc/containerd versions,
-//! berth binary, load average) and the leak checks run after cleanup.
+//! Machine facts printed under the table (date, CPU, memory, kernel, the temp dir's filesystem,
+//! runc/containerd versions, berth binary, load average) and the leak checks run after cleanup.
 
 use crate::berth_bin;
 use crate::procfs::proc_kib;
@@ -19,8 +19,9 @@ fn first_line_of(cmd: &str, args: &[&str]) -> String {
         .unwrap_or_else(|e| format!("({cmd}: {e})"))
 }
 
-/// (name, value) pairs describing the machine and the binaries compared.
-pub fn machine_facts() -> Vec<(String, String)> {
+/// (name, value) pairs describing the machine and the binaries compared; `tmp` is where the
+/// bench's temp dir goes (its filesystem is what the image rows write to).
+pub fn machine_facts(tmp: &Path) -> Vec<(String, String)> {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|t| t.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string()))
@@ -32,6 +33,7 @@ pub fn machine_facts() -> Vec<(String, String)> {
         ("cpu".into(), cpu),
         ("memory".into(), mem),
         ("kernel".into(), std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string()),
+        ("temp dir fs".into(), first_line_of("findmnt", &["-no", "SOURCE,FSTYPE,OPTIONS", "-T", &tmp.display().to_string()])),
         ("runc".into(), first_line_of("runc", &["--version"])),
         ("containerd".into(), first_line_of("containerd", &["--version"])),
         ("berth binary".into(), std::fs::canonicalize(berth_bin()).unwrap_or_else(|_| berth_bin()).display().to_string()),
