@@ -10,8 +10,13 @@
 //!
 //! Per target, `--imports` rounds of: a timed import of the archive (berth: the `berth image
 //! import` CLI through the running daemon; containerd: `ctr -n k8s.io images import`, which
-//! unpacks into its snapshotter), RemoveImage, a timed PullImage, RemoveImage.
+//! unpacks into its snapshotter), RemoveImage, a timed PullImage, RemoveImage. Each timing starts
+//! after an untimed sync(2), so that none pays for writing back what the one before it wrote.
+//! After each import and pull, ImageStatus must show the config digest as the image ID; what the
+//! target holds on disk before the phase, after the first import and after its RemoveImage is
+//! noted (every round does the whole work, and ctr's import did unpack).
 
+use crate::phases::images_on_disk;
 use crate::rpc::{image_spec, remove_image};
 use crate::{kind_name, Samples};
 use anyhow::{bail, Context, Result};
@@ -36,6 +41,8 @@ const FILE_SIZE: usize = 16 * 1024;
 pub struct BigImage {
     /// `127.0.0.1:PORT/bench-big:latest`: pulled by this name, and the archive's tag.
     pub name: String,
+    /// `sha256:` of its config: the image ID both paths must end with.
+    pub id: String,
     /// The docker-archive on disk.
     pub archive: PathBuf,
     /// Bytes of the uncompressed layer tars (what an unpack writes, give or take headers).
@@ -49,8 +56,12 @@ pub struct BigImage {
 /// What phase 9 measured on one target.
 #[derive(Default)]
 pub struct ImportResults {
+    /// Timed imports, in round order.
     pub import: Samples,
+    /// Timed pulls, in round order.
     pub pull: Samples,
+    /// What the target held on disk before the phase, after an import and after its RemoveImage.
+    pub disk: String,
 }
 
 /// A fast deterministic byte stream (xorshift64*), for content gzip cannot shrink.
@@ -131,6 +142,7 @@ pub fn build(reg: &Registry, work: &Path) -> Result<BigImage> {
     b.into_inner()?.flush()?;
     let img = BigImage {
         name,
+        id: sha256_digest(&config),
         archive,
         unpacked: tars.iter().map(|t| t.len() as u64).sum(),
         compressed: layers.iter().map(|l| l.blob.len() as u64).sum(),
@@ -165,28 +177,53 @@ fn import_command(kind: TargetKind, dir: &Path, archive: &Path) -> Command {
     cmd
 }
 
+/// Flushes every filesystem's dirty pages (sync(2)).
+fn sync_disks() {
+    // SAFETY: sync(2) takes no arguments, touches no memory of ours and cannot fail.
+    unsafe { libc::sync() };
+}
+
+/// Fails unless ImageStatus of the image's name shows the expected image ID.
+async fn check_present(kind: TargetKind, c: &mut Clients, img: &BigImage, after: &str) -> Result<()> {
+    let st = c.img.image_status(cri::ImageStatusRequest { image: Some(image_spec(&img.name)), verbose: false }).await?.into_inner();
+    match st.image {
+        Some(i) if i.id == img.id => Ok(()),
+        Some(i) => bail!("{}: after {after}, ImageStatus {} has ID {}, expected {}", kind_name(kind), img.name, i.id, img.id),
+        None => bail!("{}: after {after}, ImageStatus {} finds nothing", kind_name(kind), img.name),
+    }
+}
+
 /// Phase 9 on one target: `n` rounds of import, RemoveImage, pull, RemoveImage.
 pub async fn phase_import(kind: TargetKind, dir: &Path, c: &mut Clients, img: &BigImage, n: usize, r: &mut ImportResults) -> Result<()> {
+    let before = images_on_disk(kind, dir);
     for i in 0..n {
         let mut cmd = import_command(kind, dir, &img.archive);
+        sync_disks();
         let t = Instant::now();
         let out = cmd.output().with_context(|| format!("{}: run the import command {cmd:?}", kind_name(kind)))?;
         let took = t.elapsed();
+        let stderr = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() {
-            bail!("{cmd:?} (round {i}) exited with {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+            bail!("{cmd:?} (round {i}) exited with {}: {}", out.status, stderr.trim());
+        }
+        if stderr.contains("no daemon answers") {
+            bail!("berth image import did not go through the daemon: {}", stderr.trim());
         }
         r.import.0.push(took);
-        let st = c.img.image_status(cri::ImageStatusRequest { image: Some(image_spec(&img.name)), verbose: false }).await?;
-        if st.into_inner().image.is_none() {
-            bail!("{}: ImageStatus {} finds nothing after the import", kind_name(kind), img.name);
-        }
+        check_present(kind, c, img, "the import").await?;
+        let after_import = images_on_disk(kind, dir);
         remove_image(c, &img.name).await?;
+        if i == 0 {
+            r.disk = format!("before: {before}; after an import: {after_import}; after its RemoveImage: {}", images_on_disk(kind, dir));
+        }
+        sync_disks();
         let t = Instant::now();
         c.img
             .pull_image(cri::PullImageRequest { image: Some(image_spec(&img.name)), auth: None, sandbox_config: None })
             .await
             .with_context(|| format!("PullImage {} (round {i})", img.name))?;
         r.pull.0.push(t.elapsed());
+        check_present(kind, c, img, "the pull").await?;
         remove_image(c, &img.name).await?;
     }
     Ok(())

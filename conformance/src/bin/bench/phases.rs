@@ -14,9 +14,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// What stays on disk after RemoveImage: berth's unpacked layer dirs, containerd's content
-/// blobs and snapshots.
-fn disk_after_remove(kind: TargetKind, dir: &Path) -> String {
+/// What a target holds on disk for images (what stays after RemoveImage): berth's unpacked
+/// layer dirs, containerd's content blobs and snapshots.
+pub fn images_on_disk(kind: TargetKind, dir: &Path) -> String {
     match kind {
         TargetKind::Berth => format!("{} unpacked layer dirs in root/images/layers", entries(&dir.join("root/images/layers"))),
         _ => {
@@ -36,7 +36,7 @@ async fn phase_pull(kind: TargetKind, dir: &Path, c: &mut Clients, image: &str, 
         if i > 0 {
             remove_image(c, image).await?;
             if i == 1 {
-                r.notes.push(format!("after RemoveImage busybox: {}", disk_after_remove(kind, dir)));
+                r.notes.push(format!("after RemoveImage busybox: {}", images_on_disk(kind, dir)));
             }
         }
         let t = Instant::now();

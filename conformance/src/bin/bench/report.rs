@@ -110,6 +110,17 @@ pub fn print_report(o: &Opts, facts: &[(String, String)], cols: &[(TargetKind, R
         if let Some(sz) = r.image_size {
             println!("  {:<11} busybox ImageStatus.size = {} bytes", kind_name(*k), sz);
         }
+        if !r.import.import.0.is_empty() {
+            let rounds: Vec<String> = r
+                .import
+                .import
+                .0
+                .iter()
+                .zip(&r.import.pull.0)
+                .map(|(i, p)| format!("{:.2}/{:.2}", i.as_secs_f64(), p.as_secs_f64()))
+                .collect();
+            println!("  {:<11} import/pull s by round: {}", kind_name(*k), rounds.join(", "));
+        }
     }
     println!();
     println!("notes:");
@@ -127,9 +138,13 @@ pub fn print_report(o: &Opts, facts: &[(String, String)], cols: &[(TargetKind, R
             b.unpacked as f64 / 1e6,
             b.compressed as f64 / 1e6
         );
-        println!("    imported from a `docker save`-style archive (uncompressed layers), each round after RemoveImage.");
+        println!("    imported from a `docker save`-style archive (uncompressed layers), each round after RemoveImage;");
+        println!("    sync(2) untimed before each import and pull.");
     }
     for (k, r) in cols {
+        if !r.import.disk.is_empty() {
+            println!("  - {}: kind load rows: {}", kind_name(*k), r.import.disk);
+        }
         for n in &r.notes {
             println!("  - {}: {n}", kind_name(*k));
         }
