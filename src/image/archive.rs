@@ -18,10 +18,13 @@
 //!   (`latest`) names no repository and is ignored. Entries for another platform are skipped.
 //!
 //! An archive may list layers before its manifest (`docker save` does), so every regular file
-//! is first spooled to a directory of the store's `tmp/` with its sha256 measured on the way
-//! ([`read_archive`]); the [`Archive`] owns that directory and removes it when dropped. Blobs
-//! whose name carries a digest (`blobs/sha256/<hex>`, docker's `<hex>.json` config) are
-//! checked against it when referenced.
+//! is first spooled to a directory of the store's `tmp/` ([`read_archive`]); the [`Archive`]
+//! owns that directory and removes it when dropped. Blobs whose name carries a digest
+//! (`blobs/sha256/<hex>`, docker's `<hex>.json` config) have their sha256 measured on the way
+//! and are checked against it when referenced. Other files are hashed only if something needs
+//! their digest (a config's, for the image ID): a layer named `<id>/layer.tar` is measured by
+//! the unpack, which checks it against the config's `rootfs.diff_ids`, so its bytes go through
+//! sha256 once, not twice.
 
 use super::reference::is_hex64;
 use super::unpack::{detect_compression, Compression, Hashing};
@@ -70,8 +73,10 @@ pub struct ArchiveLayer {
     pub entry: String,
     /// The spooled file.
     pub path: PathBuf,
-    /// `sha256:<hex>` of the blob as stored (compressed or not).
-    pub digest: String,
+    /// `sha256:<hex>` of the blob as stored (compressed or not), checked against the name or
+    /// descriptor that carries it; `None` when nothing in the archive names it (docker's
+    /// `<id>/layer.tar`: the unpack measures it, and checks the diff ID).
+    pub digest: Option<String>,
     /// Blob size in bytes.
     pub size: u64,
 }
@@ -94,7 +99,8 @@ impl Archive {
 #[derive(Debug, Clone)]
 struct SpoolFile {
     path: PathBuf,
-    digest: String,
+    /// Measured while spooling when the entry's name carries a digest; else see [`Spool::digest`].
+    digest: Option<String>,
     size: u64,
 }
 
@@ -201,10 +207,19 @@ impl Spool {
                     tar::EntryType::Regular | tar::EntryType::Continuous => {
                         let path = self.dir.join(format!("{n}"));
                         let f = std::fs::File::create(&path).map_err(|e| ImageError::io(&path, e))?;
-                        let mut w = Hashing::new(BufWriter::with_capacity(1 << 16, f));
-                        io::copy(&mut entry, &mut w).map_err(|e| err(format!("entry {name:?}: spooling to {}: {e}", path.display())))?;
-                        w.flush().map_err(|e| ImageError::io(&path, e))?;
-                        let (digest, size) = w.finish();
+                        let spool_err = |e: io::Error| err(format!("entry {name:?}: spooling to {}: {e}", path.display()));
+                        let (digest, size) = if digest_in_name(&name).is_some() {
+                            let mut w = Hashing::new(BufWriter::with_capacity(1 << 16, f));
+                            io::copy(&mut entry, &mut w).map_err(spool_err)?;
+                            w.flush().map_err(|e| ImageError::io(&path, e))?;
+                            let (digest, size) = w.finish();
+                            (Some(digest), size)
+                        } else {
+                            let mut w = BufWriter::with_capacity(1 << 16, f);
+                            let size = io::copy(&mut entry, &mut w).map_err(spool_err)?;
+                            w.flush().map_err(|e| ImageError::io(&path, e))?;
+                            (None, size)
+                        };
                         self.links.remove(&name);
                         self.files.insert(name, SpoolFile { path, digest, size });
                     }
@@ -241,6 +256,18 @@ impl Spool {
         self.get(name).is_some()
     }
 
+    /// `sha256:<hex>` of a spooled file: measured while spooling, or now (read back from the
+    /// spool) for a file whose name carried no digest.
+    fn digest(&self, f: &SpoolFile) -> Result<String, ImageError> {
+        if let Some(d) = &f.digest {
+            return Ok(d.clone());
+        }
+        let file = std::fs::File::open(&f.path).map_err(|e| ImageError::io(&f.path, e))?;
+        let mut r = Hashing::new(io::BufReader::with_capacity(1 << 16, file));
+        io::copy(&mut r, &mut io::sink()).map_err(|e| ImageError::io(&f.path, e))?;
+        Ok(r.finish().0)
+    }
+
     /// Reads a JSON document of the archive into memory (at most [`MAX_JSON`] bytes).
     fn read_small(&self, name: &str, f: &SpoolFile) -> Result<Vec<u8>, ImageError> {
         if f.size > MAX_JSON {
@@ -258,12 +285,13 @@ impl Spool {
         let f = self.get(&name).ok_or_else(|| {
             archive_err(&self.source, format!("image {image}: {what} {name} ({}) is not in the archive", desc.media_type))
         })?;
-        if f.digest != desc.digest {
+        let actual = self.digest(f)?;
+        if actual != desc.digest {
             return Err(ImageError::DigestMismatch {
                 image: image.to_string(),
                 what: format!("archive {}: {what} {name}", self.source),
                 expected: desc.digest.clone(),
-                actual: f.digest.clone(),
+                actual,
             });
         }
         if desc.size >= 0 && desc.size as u64 != f.size {
@@ -272,7 +300,7 @@ impl Spool {
                 format!("image {image}: {what} {name}: {} bytes, the descriptor says {}", f.size, desc.size),
             ));
         }
-        Ok((name, f.clone()))
+        Ok((name, SpoolFile { digest: Some(actual), ..f.clone() }))
     }
 }
 
@@ -351,35 +379,36 @@ fn docker_images(spool: &Spool) -> Result<Vec<ArchiveImage>, ImageError> {
     for e in entries {
         let names = e.repo_tags.unwrap_or_default();
         let image = names.first().cloned().unwrap_or_else(|| e.config.clone());
-        let check = |entry: &str, f: &SpoolFile, what: &str| match digest_in_name(entry) {
-            Some(want) if want != f.digest => Err(ImageError::DigestMismatch {
-                image: image.clone(),
-                what: format!("archive {src}: {what} {entry}"),
-                expected: want,
-                actual: f.digest.clone(),
-            }),
-            _ => Ok(()),
+        // The digest an entry's name carries, checked; None when the name carries none.
+        let check = |entry: &str, f: &SpoolFile, what: &str| -> Result<Option<String>, ImageError> {
+            let Some(want) = digest_in_name(entry) else { return Ok(None) };
+            let actual = spool.digest(f)?;
+            if want != actual {
+                return Err(ImageError::DigestMismatch {
+                    image: image.clone(),
+                    what: format!("archive {src}: {what} {entry}"),
+                    expected: want,
+                    actual,
+                });
+            }
+            Ok(Some(actual))
         };
         let cf = spool
             .get(&e.config)
             .ok_or_else(|| archive_err(src, format!("manifest.json: image {image}: config {} is not in the archive", e.config)))?;
-        check(&e.config, cf, "config")?;
+        let id = match check(&e.config, cf, "config")? {
+            Some(d) => d,
+            None => spool.digest(cf)?,
+        };
         let config = spool.read_small(&e.config, cf)?;
         let mut layers = Vec::new();
         for l in &e.layers {
             let f =
                 spool.get(l).ok_or_else(|| archive_err(src, format!("manifest.json: image {image}: layer {l} is not in the archive")))?;
-            check(l, f, "layer")?;
-            layers.push(ArchiveLayer { entry: l.clone(), path: f.path.clone(), digest: f.digest.clone(), size: f.size });
+            let digest = check(l, f, "layer")?;
+            layers.push(ArchiveLayer { entry: l.clone(), path: f.path.clone(), digest, size: f.size });
         }
-        out.push(ArchiveImage {
-            id: cf.digest.clone(),
-            config,
-            config_entry: e.config.clone(),
-            names,
-            layers,
-            media_type: DOCKER_MANIFEST.to_string(),
-        });
+        out.push(ArchiveImage { id, config, config_entry: e.config.clone(), names, layers, media_type: DOCKER_MANIFEST.to_string() });
     }
     Ok(out)
 }
@@ -517,19 +546,13 @@ fn oci_images(spool: &Spool) -> Result<Vec<ArchiveImage>, ImageError> {
         let m: Manifest = parse_json(spool, &name, &spool.read_small(&name, &f)?, "an OCI image manifest")?;
         let (config_entry, cf) = spool.blob(&image, &m.config, "config")?;
         let config = spool.read_small(&config_entry, &cf)?;
+        let id = spool.digest(&cf)?;
         let mut layers = Vec::new();
         for l in &m.layers {
             let (entry, f) = spool.blob(&image, l, "layer")?;
             layers.push(ArchiveLayer { entry, path: f.path, digest: f.digest, size: f.size });
         }
-        out.push(ArchiveImage {
-            id: cf.digest.clone(),
-            config,
-            config_entry,
-            names,
-            layers,
-            media_type: m.media_type.unwrap_or(desc.media_type),
-        });
+        out.push(ArchiveImage { id, config, config_entry, names, layers, media_type: m.media_type.unwrap_or(desc.media_type) });
     }
     if out.is_empty() {
         return Err(archive_err(src, format!("index.json: no image for {os}/{arch} (skipped: {})", skipped.join(", "))));

@@ -154,7 +154,7 @@ impl ImageStore {
                         let diff = tmp_dir.join("diff");
                         std::fs::create_dir_all(&diff).map_err(|e| ImageError::io(&diff, e))?;
                         let unpacked = unpack_file(layer.path.clone(), diff, unpack_name).await?;
-                        layer_record(&plan.name, &what, unpacked, Some(&layer.digest), diff_id, chain_id)
+                        layer_record(&plan.name, &what, unpacked, layer.digest.as_deref(), diff_id, chain_id)
                     };
                     self.ensure_layer(chain_id, unpack).await.map(|fresh| fresh.then(|| chain_id.clone()))
                 });

@@ -390,6 +390,36 @@ async fn docker25_archive_reads_manifest_json_and_checks_blob_names() {
     refused(bad, &["d25:1", &format!("layer {b_one}"), &sha(&l.one), &sha(&l.two)]).await;
 }
 
+/// A name that carries a digest may be a link to a file whose own name carries none, which is
+/// spooled without hashing (docker's `<id>/layer.tar`, `c.json`): the digest is measured when
+/// the name is checked, so a link over other content is still refused. The other content is
+/// the same layer gzip'd differently: same diff ID, so only the name's digest tells them apart.
+#[tokio::test]
+async fn digest_named_link_to_an_unhashed_file_is_checked() {
+    let f = fixture();
+    let l = layers();
+    let cfg = config(&[sha(&l.base)], "link");
+    let good = gzip(&l.base);
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    e.write_all(&l.base).unwrap();
+    let other = e.finish().unwrap();
+    assert_ne!(good, other);
+    let (cfg_name, layer_name) = (format!("{}.json", hex(&cfg)), format!("blobs/sha256/{}", hex(&good)));
+    let manifest = serde_json::to_vec(&serde_json::json!([{"Config": cfg_name, "RepoTags": ["link:1"], "Layers": [layer_name]}])).unwrap();
+    let archive = |layer: &[u8]| {
+        tar_of(&[
+            ("l/layer.tar", layer),
+            (&layer_name, b"->../../l/layer.tar"),
+            ("c.json", &cfg),
+            (&cfg_name, b"->c.json"),
+            ("manifest.json", &manifest),
+        ])
+    };
+    let got = f.import(archive(&good)).await.unwrap();
+    assert_eq!(got[0].id, sha(&cfg));
+    refused(archive(&other), &["link:1", &format!("layer {layer_name}"), &sha(&good), &sha(&other)]).await;
+}
+
 /// A config blob without an image record (a crash between the two) is deleted on open.
 #[tokio::test]
 async fn orphan_config_blobs_go_on_open() {
