@@ -19,13 +19,16 @@
 //!
 //! An archive may list layers before its manifest (`docker save` does), so every regular file
 //! is first spooled to a directory of the store's `tmp/` ([`read_archive`]); the [`Archive`]
-//! owns that directory and removes it when dropped. Blobs whose name carries a digest
-//! (`blobs/sha256/<hex>`, docker's `<hex>.json` config) have their sha256 measured on the way
-//! and are checked against it when referenced. Other files are hashed only if something needs
-//! their digest (a config's, for the image ID): a layer named `<id>/layer.tar` is measured by
-//! the unpack, which checks it against the config's `rootfs.diff_ids`, so its bytes go through
-//! sha256 once, not twice.
+//! owns that directory and removes it when dropped. Files whose name carries a digest
+//! (`blobs/sha256/<hex>`, docker's `<hex>.json` config) or that may be layers
+//! ([`early::may_be_layer`], e.g. `<id>/layer.tar`) have their sha256 measured on the way; a
+//! digest in a name is checked when the name is referenced. Other files (a config named
+//! `c.json`) are hashed only if something needs their digest (a config's, for the image ID).
+//! Files that may be layers are unpacked while the rest of the archive is read, without
+//! hashing them again ([`super::early`]); the import adopts what its manifests name
+//! ([`Archive::take_unpacked`]).
 
+use super::early::{self, Unpacked};
 use super::reference::is_hex64;
 use super::unpack::{detect_compression, Compression, Hashing};
 use super::ImageError;
@@ -86,10 +89,34 @@ pub struct ArchiveLayer {
 pub struct Archive {
     /// The images, in the archive's order; one per image ID (names of duplicates merged).
     pub images: Vec<ArchiveImage>,
+    /// Layer files unpacked while the archive was read, by spooled path ([`super::early`]).
+    unpacked: std::sync::Mutex<early::Results>,
     spool: Spool,
 }
 
 impl Archive {
+    /// Takes what the early unpack made of the spooled file `path` ([`ArchiveLayer::path`]):
+    /// `Some(Ok)` the directory holding its `diff/` and the digests measured (the caller renames
+    /// it into the store and checks the digests), `Some(Err)` why the unpack failed, `None` when
+    /// it was not unpacked or was taken already (the caller unpacks the spooled file).
+    pub fn take_unpacked(&self, path: &Path) -> Option<Result<Unpacked, ImageError>> {
+        self.unpacked.lock().ok()?.remove(path)
+    }
+
+    /// Deletes the spooled files of layers unpacked early, but for those in `keep` (files the
+    /// import may unpack again, e.g. one layer under two chain IDs): they are not read again,
+    /// and deleting them before the first layer's `syncfs` spares writing them to disk.
+    pub fn release_unpacked_files(&self, keep: &std::collections::HashSet<&Path>) {
+        let Ok(unpacked) = self.unpacked.lock() else { return };
+        for (path, r) in unpacked.iter() {
+            if r.is_ok() && !keep.contains(path.as_path()) {
+                if let Err(e) = std::fs::remove_file(path) {
+                    tracing::warn!(path = %path.display(), "removing a spooled layer file: {e}");
+                }
+            }
+        }
+    }
+
     /// The spool directory (exists until the archive is dropped).
     pub fn spool_dir(&self) -> &Path {
         &self.spool.dir
@@ -165,8 +192,9 @@ impl Spool {
         Ok(Spool { dir, source: source.to_string(), files: HashMap::new(), links: HashMap::new() })
     }
 
-    /// Reads the whole (outer) tar, spooling regular files and noting links. Blocking.
-    fn fill<R: Read>(&mut self, reader: R) -> Result<(), ImageError> {
+    /// Reads the whole (outer) tar, spooling regular files and noting links; each file that
+    /// may be a layer ([`early::may_be_layer`]) goes to `unpack` once spooled. Blocking.
+    fn fill<R: Read>(&mut self, reader: R, unpack: &mut dyn FnMut(early::Job)) -> Result<(), ImageError> {
         let source = self.source.clone();
         let err = |m: String| archive_err(&source, m);
         let mut reader = reader;
@@ -208,7 +236,7 @@ impl Spool {
                         let path = self.dir.join(format!("{n}"));
                         let f = std::fs::File::create(&path).map_err(|e| ImageError::io(&path, e))?;
                         let spool_err = |e: io::Error| err(format!("entry {name:?}: spooling to {}: {e}", path.display()));
-                        let (digest, size) = if digest_in_name(&name).is_some() {
+                        let (digest, size) = if digest_in_name(&name).is_some() || early::may_be_layer(&name) {
                             let mut w = Hashing::new(BufWriter::with_capacity(1 << 16, f));
                             io::copy(&mut entry, &mut w).map_err(spool_err)?;
                             w.flush().map_err(|e| ImageError::io(&path, e))?;
@@ -221,6 +249,10 @@ impl Spool {
                             (None, size)
                         };
                         self.links.remove(&name);
+                        if let (true, Some(d)) = (early::may_be_layer(&name), &digest) {
+                            let dir = self.dir.join(format!("u{n}"));
+                            unpack(early::Job { path: path.clone(), digest: d.clone(), entry: name.clone(), dir });
+                        }
                         self.files.insert(name, SpoolFile { path, digest, size });
                     }
                     tar::EntryType::Symlink | tar::EntryType::Link => {
@@ -306,16 +338,18 @@ impl Spool {
 
 /// Reads the archive `reader` (plain, gzip or zstd tar): spools its files into `spool_dir`
 /// (created here; it must not exist) and returns its images. `source` names the archive in
-/// errors (a path, `-`, `request body`). Blocking: call from `spawn_blocking`.
+/// errors (a path, `-`, `request body`). Layer files are unpacked meanwhile, but those whose
+/// digest is `known` to the store ([`super::early`]). Blocking: call from `spawn_blocking`.
 ///
 /// Errors: [`ImageError::Archive`] naming the archive and the entry for an unreadable tar, a
 /// hostile entry name (`..`, a link leaving the archive), a missing or non-JSON
 /// `manifest.json` / `index.json` / `oci-layout`, a missing blob, or no image for this
 /// platform; [`ImageError::DigestMismatch`] for a blob whose content does not match its name;
 /// [`ImageError::Io`] when the spool cannot be written. The spool is removed on every error.
-pub fn read_archive<R: Read>(reader: R, spool_dir: PathBuf, source: &str) -> Result<Archive, ImageError> {
+pub fn read_archive<R: Read>(reader: R, spool_dir: PathBuf, source: &str, known: &early::Known<'_>) -> Result<Archive, ImageError> {
     let mut spool = Spool::create(spool_dir, source)?;
-    spool.fill(reader)?;
+    let (filled, unpacked) = early::with_unpackers(source, known, |unpack| spool.fill(reader, unpack));
+    filled?;
     let images = if spool.has("manifest.json") {
         docker_images(&spool)?
     } else if spool.has("index.json") || spool.has("oci-layout") {
@@ -342,7 +376,7 @@ pub fn read_archive<R: Read>(reader: R, spool_dir: PathBuf, source: &str) -> Res
             None => merged.push(img),
         }
     }
-    Ok(Archive { images: merged, spool })
+    Ok(Archive { images: merged, unpacked: std::sync::Mutex::new(unpacked), spool })
 }
 
 #[derive(Deserialize)]

@@ -4,11 +4,15 @@
 //! 1. The archive is read once and spooled to `<root>/images/tmp/import-<rand>/`
 //!    ([`super::archive::read_archive`]); manifests, blob digests and every image config
 //!    (JSON, `rootfs.diff_ids` as many as the layers) are checked before anything is unpacked.
-//! 2. Under the GC lock held shared (as a pull holds it), each layer the store lacks is unpacked
-//!    by the pull's own path ([`ImageStore::ensure_layer`], [`super::unpack::unpack_blob_file`]:
-//!    tmp dir, hostile-entry checks, one syncfs, rename, record), keyed by chain ID, and its diff
-//!    ID checked against the config; up to three layers at once. A layer already present is not
-//!    unpacked again.
+//!    Each file that may be a layer, and whose digest the store does not know, is unpacked as
+//!    soon as it is spooled, three at once, by the pull's own unpack ([`super::early`],
+//!    [`super::unpack::unpack_measured_file`]: hostile-entry checks, the DiffID measured on the
+//!    way), so unpacking overlaps reading as in a pull.
+//! 2. Under the GC lock held shared (as a pull holds it), each layer the store lacks goes in
+//!    through [`ImageStore::ensure_layer`] (tmp dir, one syncfs, rename, record), keyed by chain
+//!    ID, with its diff ID checked against the config: the early unpack's directory is renamed
+//!    in, or the spooled file is unpacked now when it was not unpacked early. A layer already
+//!    present is not unpacked again (an early unpack of it is discarded with the spool).
 //! 3. Only when every layer of every image of the archive is in are the config blobs and image
 //!    records written, tags moving from other images as a pull moves them.
 //!
@@ -17,14 +21,17 @@
 //! and the spool is removed. This is stricter than a pull, which keeps the layers it finished.
 
 use super::archive::{read_archive, Archive, ArchiveImage};
+use super::early::unpack_name;
 use super::reference::ImageReference;
-use super::store::{chain_ids, layer_record, unpack_file, ConfigFile, Image, ImageStore};
+use super::store::{chain_ids, layer_record, unpack_file, ConfigFile, Image, ImageStore, LayerRecord};
 use super::types::ImageRuntimeConfig;
 use super::ImageError;
-use crate::state::IMAGES;
+use crate::state::{IMAGES, LAYERS};
 use crate::util::{new_id, now_nanos};
 use futures_util::StreamExt;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
+use std::path::Path;
 
 /// Layers of one import unpacked at once (as a pull's `LAYER_DOWNLOADS`).
 const IMPORT_UNPACKS: usize = 3;
@@ -100,10 +107,21 @@ impl ImageStore {
         let started = std::time::Instant::now();
         let spool = self.dir.join("tmp").join(format!("import-{}", &new_id()[..12]));
         let src = source.to_string();
-        let archive = tokio::task::spawn_blocking(move || read_archive(reader, spool, &src))
+        // Digests of the layers the store has: their files are not unpacked early.
+        let known: HashSet<String> = self.store.list::<LayerRecord>(LAYERS)?.into_iter().flat_map(|(_, l)| [l.digest, l.diff_id]).collect();
+        let archive = tokio::task::spawn_blocking(move || read_archive(reader, spool, &src, &|d: &str| known.contains(d)))
             .await
             .map_err(|e| ImageError::Archive { archive: source.to_string(), message: format!("reading task failed: {e}") })??;
         let plans = archive.images.iter().map(|img| plan(source, img)).collect::<Result<Vec<_>, _>>()?;
+        // A layer file under two chain IDs (one layer at two depths) may be unpacked twice:
+        // keep its spooled file; drop the others unpacked already.
+        let mut chains_of: HashMap<&Path, HashSet<&str>> = HashMap::new();
+        for (img, plan) in archive.images.iter().zip(&plans) {
+            for (layer, chain) in img.layers.iter().zip(&plan.chains) {
+                chains_of.entry(layer.path.as_path()).or_default().insert(chain);
+            }
+        }
+        archive.release_unpacked_files(&chains_of.iter().filter(|(_, c)| c.len() > 1).map(|(p, _)| *p).collect());
         let mut created: Vec<String> = Vec::new();
         let gc = self.gc.read().await;
         let result = self.import_locked(source, &archive, &plans, &mut created).await;
@@ -149,11 +167,24 @@ impl ImageStore {
             for ((layer, diff_id), chain_id) in img.layers.iter().zip(&plan.diff_ids).zip(&plan.chains) {
                 layers.push(async move {
                     let what = format!("archive {source}: layer {}", layer.entry);
-                    let unpack_name = format!("{} (archive {source})", layer.entry);
                     let unpack = |tmp_dir: std::path::PathBuf, _blob: std::path::PathBuf| async move {
-                        let diff = tmp_dir.join("diff");
-                        std::fs::create_dir_all(&diff).map_err(|e| ImageError::io(&diff, e))?;
-                        let unpacked = unpack_file(layer.path.clone(), diff, unpack_name).await?;
+                        let unpacked = match archive.take_unpacked(&layer.path) {
+                            // Unpacked while the archive was read: adopt it (one filesystem,
+                            // the store's images/ directory).
+                            Some(Ok(early)) => {
+                                std::fs::rename(&early.dir, &tmp_dir).map_err(|e| ImageError::Io {
+                                    path: tmp_dir.clone(),
+                                    message: format!("moving the layer unpacked at {} here: {e}", early.dir.display()),
+                                })?;
+                                early.layer
+                            }
+                            Some(Err(e)) => return Err(e),
+                            None => {
+                                let diff = tmp_dir.join("diff");
+                                std::fs::create_dir_all(&diff).map_err(|e| ImageError::io(&diff, e))?;
+                                unpack_file(layer.path.clone(), diff, unpack_name(&layer.entry, source)).await?
+                            }
+                        };
                         layer_record(&plan.name, &what, unpacked, layer.digest.as_deref(), diff_id, chain_id)
                     };
                     self.ensure_layer(chain_id, unpack).await.map(|fresh| fresh.then(|| chain_id.clone()))

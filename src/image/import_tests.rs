@@ -420,6 +420,42 @@ async fn digest_named_link_to_an_unhashed_file_is_checked() {
     refused(archive(&other), &["link:1", &format!("layer {layer_name}"), &sha(&good), &sha(&other)]).await;
 }
 
+/// Files that look like layers are unpacked while the archive is read ([`super::early`]) and
+/// adopted by the layers the manifests name. One file named at two depths (two chain IDs) ends
+/// up in both layers; layer-looking files no manifest names, one of them hostile, are not an
+/// error and leave nothing behind.
+#[tokio::test]
+async fn early_unpacks_are_adopted_or_discarded() {
+    let f = fixture();
+    let l = layers();
+    let evil = tar_of(&[("../escape", b"x")]);
+    let (cfg_a, cfg_b) = (config(&[sha(&l.one)], "a"), config(&[sha(&l.base), sha(&l.one)], "b"));
+    let manifest = serde_json::to_vec(&serde_json::json!([
+        {"Config": "a.json", "RepoTags": ["a:1"], "Layers": ["one.tar"]},
+        {"Config": "b.json", "RepoTags": ["b:1"], "Layers": ["base.tar", "one.tar"]},
+    ]))
+    .unwrap();
+    let archive = tar_of(&[
+        ("one.tar", &l.one),
+        ("base.tar", &l.base),
+        ("stray.tar", &l.two),
+        ("evil.tar", &evil),
+        ("a.json", &cfg_a),
+        ("b.json", &cfg_b),
+        ("manifest.json", &manifest),
+    ]);
+    let got = f.import(archive).await.unwrap();
+    assert_eq!(got.iter().map(|i| i.id.clone()).collect::<Vec<_>>(), [sha(&cfg_a), sha(&cfg_b)]);
+    let s = f.snapshot();
+    assert_eq!((s.layer_records.len(), s.layer_dirs.len()), (3, 3), "{s:?}");
+    assert!(s.tmp.is_empty(), "{s:?}");
+    for img in &got {
+        let top = img.chain_ids.last().unwrap().strip_prefix("sha256:").unwrap();
+        let file = f.root.join("images/layers").join(top).join("diff/one.txt");
+        assert_eq!(std::fs::read(&file).unwrap(), b"one\n", "{}", file.display());
+    }
+}
+
 /// A config blob without an image record (a crash between the two) is deleted on open.
 #[tokio::test]
 async fn orphan_config_blobs_go_on_open() {

@@ -13,6 +13,7 @@
 //!   whiteouts translated for overlayfs.
 
 pub mod archive;
+pub mod early;
 pub mod export;
 pub mod import;
 pub mod reference;

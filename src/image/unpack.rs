@@ -62,14 +62,17 @@ pub struct UnpackedLayer {
 /// the blob and diff digests of a pull, an import's spooled blobs, an export's layer tars.
 pub(super) struct Hashing<T> {
     inner: T,
-    hasher: Sha256,
+    /// `None` when only counting ([`Hashing::counting`]).
+    hasher: Option<Sha256>,
     count: u64,
 }
 
 impl<R: Read> Read for Hashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
         self.count += n as u64;
         Ok(n)
     }
@@ -78,7 +81,9 @@ impl<R: Read> Read for Hashing<R> {
 impl<W: io::Write> io::Write for Hashing<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
         self.count += n as u64;
         Ok(n)
     }
@@ -89,11 +94,16 @@ impl<W: io::Write> io::Write for Hashing<W> {
 
 impl<T> Hashing<T> {
     pub(super) fn new(inner: T) -> Self {
-        Hashing { inner, hasher: Sha256::new(), count: 0 }
+        Hashing { inner, hasher: Some(Sha256::new()), count: 0 }
     }
-    /// `("sha256:<hex>", bytes)` of everything that passed.
+    /// Counts the bytes without hashing them (a blob whose digest was measured already);
+    /// [`Hashing::finish`] then gives an empty digest.
+    fn counting(inner: T) -> Self {
+        Hashing { inner, hasher: None, count: 0 }
+    }
+    /// `("sha256:<hex>", bytes)` of everything that passed (`""` for the digest when counting).
     pub(super) fn finish(self) -> (String, u64) {
-        (format!("sha256:{}", hex::encode(self.hasher.finalize())), self.count)
+        (self.hasher.map(|h| format!("sha256:{}", hex::encode(h.finalize()))).unwrap_or_default(), self.count)
     }
 }
 
@@ -104,6 +114,15 @@ pub fn unpack_blob_file(blob: &Path, dest: &Path, layer: &str) -> Result<Unpacke
     unpack_reader(f, dest, layer)
 }
 
+/// [`unpack_blob_file`] for a file whose sha256 `digest` (`sha256:<hex>`) was measured as it
+/// was written (an import's spool, [`super::archive`]): the blob is not hashed again, and
+/// `digest` is returned as [`UnpackedLayer::digest`] (and as the DiffID of a plain tar). The
+/// caller vouches that the file has not changed since. Blocking.
+pub fn unpack_measured_file(blob: &Path, digest: &str, dest: &Path, layer: &str) -> Result<UnpackedLayer, ImageError> {
+    let f = fs::File::open(blob).map_err(|e| ImageError::io(blob, e))?;
+    unpack_stream(f, Some(digest), dest, layer)
+}
+
 /// Unpacks a layer blob read from `reader` (plain, gzip or zstd, told by its first bytes) into
 /// the (empty, existing) directory `dest` in one pass, returning the digests it measured over
 /// the blob and over the uncompressed tar, and their sizes. The whole stream is read, past the
@@ -111,7 +130,13 @@ pub fn unpack_blob_file(blob: &Path, dest: &Path, layer: &str) -> Result<Unpacke
 /// errors (its digest). Blocking: call from `spawn_blocking`. The caller compares the digests
 /// with the manifest and config, and removes `dest` on any error.
 pub fn unpack_reader<R: Read>(reader: R, dest: &Path, layer: &str) -> Result<UnpackedLayer, ImageError> {
-    let mut outer = Hashing::new(io::BufReader::with_capacity(1 << 16, reader));
+    unpack_stream(reader, None, dest, layer)
+}
+
+/// [`unpack_reader`], with the blob's digest given (`Some`: not measured) or measured (`None`).
+fn unpack_stream<R: Read>(reader: R, measured: Option<&str>, dest: &Path, layer: &str) -> Result<UnpackedLayer, ImageError> {
+    let buffered = io::BufReader::with_capacity(1 << 16, reader);
+    let mut outer = if measured.is_some() { Hashing::counting(buffered) } else { Hashing::new(buffered) };
     let early_err = |e: io::Error| ImageError::Unpack {
         layer: layer.to_string(),
         entry: String::new(),
@@ -158,6 +183,7 @@ pub fn unpack_reader<R: Read>(reader: R, dest: &Path, layer: &str) -> Result<Unp
     };
     io::copy(&mut outer, &mut io::sink()).map_err(read_err)?;
     let (digest, compressed_size) = outer.finish();
+    let digest = measured.map(str::to_string).unwrap_or(digest);
     let (diff_id, uncompressed_size) = inner.unwrap_or_else(|| (digest.clone(), compressed_size));
     Ok(UnpackedLayer { digest, diff_id, compressed_size, uncompressed_size })
 }
