@@ -275,10 +275,51 @@ fn remove_existing(path: &Path, keep_dir: bool) -> io::Result<bool> {
     Ok(false)
 }
 
+/// Runs `make`, which creates the node `path` and fails with `AlreadyExists` when something is
+/// there; then removes that (a directory with all it holds, as tar does) and runs `make` again,
+/// setting `replaced`. Trying first spares a stat per entry: a layer mostly adds new names.
+fn create_replacing<T>(path: &Path, replaced: &mut bool, mut make: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    match make() {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            *replaced = true;
+            remove_existing(path, false)?;
+            make()
+        }
+        r => r,
+    }
+}
+
+/// The last parent directory resolved ([`resolve_dir_in_root`]): entries of one directory come
+/// together in a tar, so most need no resolving. Valid while entries only add new names: adding
+/// a name cannot change how existing names resolve. Cleared by whatever removes or replaces a
+/// node (a whiteout, an entry over an existing name) or adds a symlink: even inside the cached
+/// directory, that node may be one its resolution went through (`s` -> `e/f/..`).
+#[derive(Default)]
+struct ParentCache(Option<(PathBuf, PathBuf)>);
+
+impl ParentCache {
+    fn resolve(&mut self, root: &Path, rel: &Path) -> Result<PathBuf, String> {
+        if let Some((r, real)) = &self.0 {
+            if r == rel {
+                return Ok(real.clone());
+            }
+        }
+        let real = resolve_dir_in_root(root, rel, true)?;
+        self.0 = Some((rel.to_path_buf(), real.clone()));
+        Ok(real)
+    }
+    fn clear(&mut self) {
+        self.0 = None;
+    }
+}
+
+fn mtime_spec(mtime: u64) -> nix::sys::time::TimeSpec {
+    nix::sys::time::TimeSpec::new(mtime as libc::time_t, 0)
+}
+
 fn set_mtime(path: &Path, mtime: u64) -> io::Result<()> {
     use nix::sys::stat::{utimensat, UtimensatFlags};
-    use nix::sys::time::TimeSpec;
-    let t = TimeSpec::new(mtime as libc::time_t, 0);
+    let t = mtime_spec(mtime);
     utimensat(nix::fcntl::AT_FDCWD, path, &t, &t, UtimensatFlags::NoFollowSymlink).map_err(io::Error::from)
 }
 
@@ -290,6 +331,7 @@ pub fn apply_tar<R: Read>(reader: R, dest: &Path, layer: &str) -> Result<(), Ima
     let same_owner = nix::unistd::geteuid().is_root();
     let mut archive = tar::Archive::new(reader);
     let mut dir_mtimes: Vec<(PathBuf, u64)> = Vec::new();
+    let mut parents = ParentCache::default();
     let fail = |entry: &str, message: String| ImageError::Unpack { layer: layer.to_string(), entry: entry.to_string(), message };
     let entries = archive.entries().map_err(|e| fail("", format!("reading tar: {e}")))?;
     for entry in entries {
@@ -330,6 +372,8 @@ pub fn apply_tar<R: Read>(reader: R, dest: &Path, layer: &str) -> Result<(), Ima
                 }
             }
         }
+        // A regular file stays open for its metadata (fchown, fchmod, futimens: no path walks).
+        let mut file: Option<fs::File> = None;
         let (path, is_dir) = if rel.as_os_str().is_empty() {
             if kind != tar::EntryType::Directory {
                 return Err(err("the layer root must be a directory".into()));
@@ -338,7 +382,7 @@ pub fn apply_tar<R: Read>(reader: R, dest: &Path, layer: &str) -> Result<(), Ima
         } else {
             let name = rel.file_name().map(OsStr::to_owned).unwrap_or_default();
             let parent_rel = rel.parent().unwrap_or(Path::new(""));
-            let parent = resolve_dir_in_root(dest, parent_rel, true).map_err(err)?;
+            let parent = parents.resolve(dest, parent_rel).map_err(err)?;
             match whiteout::classify(&name) {
                 Whiteout::Meta => continue,
                 Whiteout::Opaque => {
@@ -346,6 +390,7 @@ pub fn apply_tar<R: Read>(reader: R, dest: &Path, layer: &str) -> Result<(), Ima
                     continue;
                 }
                 Whiteout::Remove(hidden) => {
+                    parents.clear();
                     let target = parent.join(hidden);
                     remove_existing(&target, false).map_err(|e| err(format!("replacing {}: {e}", target.display())))?;
                     whiteout::create_whiteout_device(&target).map_err(|e| err(format!("mknod whiteout {}: {e}", target.display())))?;
@@ -361,25 +406,33 @@ pub fn apply_tar<R: Read>(reader: R, dest: &Path, layer: &str) -> Result<(), Ima
             }
             let path = parent.join(&name);
             let is_dir = kind == tar::EntryType::Directory;
-            let kept = remove_existing(&path, is_dir).map_err(|e| err(format!("replacing {}: {e}", path.display())))?;
+            let mut replaced = false;
+            let replacing = |e: io::Error| err(format!("replacing {}: {e}", path.display()));
             match kind {
-                tar::EntryType::Directory => {
-                    if !kept {
-                        fs::DirBuilder::new().mode(0o700).create(&path).map_err(|e| err(format!("mkdir: {e}")))?;
+                tar::EntryType::Directory => match fs::DirBuilder::new().mode(0o700).create(&path) {
+                    Ok(()) => {}
+                    // An existing directory is kept (its metadata updated); anything else goes.
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        if !remove_existing(&path, true).map_err(replacing)? {
+                            replaced = true;
+                            fs::DirBuilder::new().mode(0o700).create(&path).map_err(|e| err(format!("mkdir: {e}")))?;
+                        }
                     }
-                }
+                    Err(e) => return Err(err(format!("mkdir: {e}"))),
+                },
                 tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-                    let mut f = fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(0o600)
-                        .open(&path)
-                        .map_err(|e| err(format!("create: {e}")))?;
+                    let mut f = create_replacing(&path, &mut replaced, || {
+                        fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)
+                    })
+                    .map_err(|e| err(format!("create: {e}")))?;
                     io::copy(&mut entry, &mut f).map_err(|e| err(format!("write: {e}")))?;
+                    file = Some(f);
                 }
                 tar::EntryType::Symlink => {
                     let target = link_name.clone().ok_or_else(|| err("symlink without a target".into()))?;
-                    std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path).map_err(|e| err(format!("symlink: {e}")))?;
+                    parents.clear();
+                    create_replacing(&path, &mut replaced, || std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path))
+                        .map_err(|e| err(format!("symlink: {e}")))?;
                 }
                 tar::EntryType::Link => {
                     let target_raw = link_name.clone().ok_or_else(|| err("hardlink without a target".into()))?;
@@ -397,7 +450,10 @@ pub fn apply_tar<R: Read>(reader: R, dest: &Path, layer: &str) -> Result<(), Ima
                             )))
                         }
                     }
-                    fs::hard_link(&target, &path).map_err(|e| err(format!("link: {e}")))?;
+                    create_replacing(&path, &mut replaced, || fs::hard_link(&target, &path)).map_err(|e| err(format!("link: {e}")))?;
+                    if replaced {
+                        parents.clear();
+                    }
                     // A hardlink shares the target's inode and metadata.
                     continue;
                 }
@@ -410,23 +466,37 @@ pub fn apply_tar<R: Read>(reader: R, dest: &Path, layer: &str) -> Result<(), Ima
                         tar::EntryType::Block => SFlag::S_IFBLK,
                         _ => SFlag::S_IFIFO,
                     };
-                    mknod(&path, sflag, Mode::from_bits_truncate(0o600), makedev(major as u64, minor as u64))
-                        .map_err(|e| err(format!("mknod: {e}")))?;
+                    create_replacing(&path, &mut replaced, || {
+                        mknod(&path, sflag, Mode::from_bits_truncate(0o600), makedev(major as u64, minor as u64)).map_err(io::Error::from)
+                    })
+                    .map_err(|e| err(format!("mknod: {e}")))?;
                 }
                 other => {
                     tracing::debug!(layer, entry = %shown, "skipping tar entry of type {other:?}");
                     continue;
                 }
             }
+            if replaced {
+                parents.clear();
+            }
             (path, is_dir)
         };
         let is_symlink = kind == tar::EntryType::Symlink;
         if same_owner {
-            std::os::unix::fs::lchown(&path, Some(uid as u32), Some(gid as u32)).map_err(|e| err(format!("chown {uid}:{gid}: {e}")))?;
+            match &file {
+                Some(f) => std::os::unix::fs::fchown(f, Some(uid as u32), Some(gid as u32)),
+                None => std::os::unix::fs::lchown(&path, Some(uid as u32), Some(gid as u32)),
+            }
+            .map_err(|e| err(format!("chown {uid}:{gid}: {e}")))?;
         }
         if !is_symlink {
             // After chown: chown clears setuid/setgid bits.
-            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(|e| err(format!("chmod {mode:o}: {e}")))?;
+            let perms = fs::Permissions::from_mode(mode);
+            match &file {
+                Some(f) => f.set_permissions(perms),
+                None => fs::set_permissions(&path, perms),
+            }
+            .map_err(|e| err(format!("chmod {mode:o}: {e}")))?;
         }
         for (name, value) in &xattrs {
             if let Err(e) = whiteout::lsetxattr(&path, name, value) {
@@ -441,7 +511,12 @@ pub fn apply_tar<R: Read>(reader: R, dest: &Path, layer: &str) -> Result<(), Ima
         if is_dir {
             dir_mtimes.push((path, mtime));
         } else {
-            set_mtime(&path, mtime).map_err(|e| err(format!("mtime: {e}")))?;
+            let t = mtime_spec(mtime);
+            match &file {
+                Some(f) => nix::sys::stat::futimens(f, &t, &t).map_err(io::Error::from),
+                None => set_mtime(&path, mtime),
+            }
+            .map_err(|e| err(format!("mtime: {e}")))?;
         }
     }
     // Directory mtimes last: creating their children changed them.

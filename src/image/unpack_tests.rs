@@ -173,6 +173,50 @@ fn parent_symlinks_inside_the_layer_are_rooted_at_it() {
     assert!(!Path::new("/etc/berth-test-file").exists());
 }
 
+/// Parents are resolved once per run of entries in one directory; an entry that replaces a
+/// directory already used (by a symlink leaving the layer, by a file) makes the next entry under
+/// it resolve again, and fail, instead of writing through the old resolution.
+#[test]
+fn a_parent_replaced_after_use_is_resolved_again() {
+    let outside = tempfile::tempdir().unwrap();
+    let up = format!("../../../../../../../..{}", outside.path().display());
+    expect_hostile(
+        &[
+            e("a/", EntryType::Directory),
+            E { data: b"x", ..e("a/x", EntryType::Regular) },
+            E { link: Some(&up), ..e("a", EntryType::Symlink) },
+            E { data: b"y", ..e("a/y", EntryType::Regular) },
+        ],
+        "a/y",
+        "outside the layer",
+    );
+    assert!(!outside.path().join("y").exists());
+    expect_hostile(
+        &[
+            e("a/", EntryType::Directory),
+            E { data: b"x", ..e("a/x", EntryType::Regular) },
+            E { data: b"now a file", ..e("a", EntryType::Regular) },
+            E { data: b"y", ..e("a/y", EntryType::Regular) },
+        ],
+        "a/y",
+        "not a directory",
+    );
+    // The entry that changes the resolution lies inside the cached directory: `s` resolves
+    // through `e/f`, which `s/f` replaces while `s` is the cached parent.
+    expect_hostile(
+        &[
+            e("e/", EntryType::Directory),
+            e("e/f/", EntryType::Directory),
+            E { link: Some("e/f/.."), ..e("s", EntryType::Symlink) },
+            E { data: b"x", ..e("s/x", EntryType::Regular) },
+            E { link: Some("/../.."), ..e("s/f", EntryType::Symlink) },
+            E { data: b"z", ..e("s/z", EntryType::Regular) },
+        ],
+        "s/z",
+        "outside the layer",
+    );
+}
+
 #[test]
 fn never_writes_through_a_final_symlink() {
     let outside = tempfile::tempdir().unwrap();
