@@ -18,6 +18,7 @@ pub mod error;
 pub mod exits;
 
 pub mod handlers;
+pub mod heap;
 pub mod image;
 pub mod inspect;
 pub mod metrics;

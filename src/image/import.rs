@@ -104,6 +104,14 @@ impl ImageStore {
     /// [`ImageError::Unpack`] for a hostile or unreadable layer entry, [`ImageError::Io`] /
     /// [`ImageError::State`] for the store itself.
     pub async fn import<R: Read + Send + 'static>(&self, reader: R, source: &str) -> Result<Vec<Image>, ImageError> {
+        let imported = self.import_archive(reader, source).await;
+        // The archive's buffers are free now: give them back (see crate::heap).
+        crate::heap::release_free_memory();
+        imported
+    }
+
+    /// [`ImageStore::import`] but for the memory release.
+    async fn import_archive<R: Read + Send + 'static>(&self, reader: R, source: &str) -> Result<Vec<Image>, ImageError> {
         let started = std::time::Instant::now();
         let spool = self.dir.join("tmp").join(format!("import-{}", &new_id()[..12]));
         let src = source.to_string();

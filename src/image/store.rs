@@ -281,6 +281,14 @@ impl ImageStore {
     /// last one is returned), [`ImageError::DigestMismatch`] / [`ImageError::BadConfig`] for
     /// inconsistent content, [`ImageError::Unpack`] for hostile or unreadable layers.
     pub async fn pull(&self, reference: &str, auth: Option<RegistryAuth>) -> Result<Image, ImageError> {
+        let pulled = self.pull_any_source(reference, auth).await;
+        // The streams' buffers are free now: give them back (see crate::heap).
+        crate::heap::release_free_memory();
+        pulled
+    }
+
+    /// [`ImageStore::pull`] but for the memory release: each source in turn.
+    async fn pull_any_source(&self, reference: &str, auth: Option<RegistryAuth>) -> Result<Image, ImageError> {
         let r = ImageReference::parse(reference)?;
         let auth = match auth {
             None => OciAuth::Anonymous,

@@ -149,6 +149,11 @@ async fn phase_import(
     import::phase_import(kind, dir, c, big, o.imports, &mut r.import).await
 }
 
+/// KiB as MiB with one decimal, `?` when unknown.
+fn mib(kib: Option<u64>) -> String {
+    kib.map(|k| format!("{:.1}", k as f64 / 1024.0)).unwrap_or_else(|| "?".into())
+}
+
 /// Every phase of one target in order (`--only scale`: the scale phase alone).
 pub async fn phases(
     kind: TargetKind,
@@ -174,13 +179,20 @@ pub async fn phases(
         c.rt.version(cri::VersionRequest { version: "v1".into() }).await.context("Version")?;
         r.version.0.push(t.elapsed());
     }
+    // The daemon's RSS after each phase, in MiB: where memory stays behind.
+    let mut trail = vec![format!("idle {}", mib(r.daemon_rss_idle_kib))];
+    let mut after = |phase: &str| trail.push(format!("{phase} {}", mib(vm_rss_kib(daemon_pid))));
     eprintln!("bench[{}]: pull x{}", kind_name(kind), o.pulls);
     phase_pull(kind, dir, c, &imgs.busybox, o.pulls, r).await?;
+    after("pulls");
     phase_import(kind, dir, c, big, o, r).await?;
+    after("kind load");
     eprintln!("bench[{}]: RunPodSandbox x{}", kind_name(kind), o.runs);
     phase_run_pod(dir, c, o.runs, r).await?;
+    after("pods");
     eprintln!("bench[{}]: Create+Start / Stop+Remove x{}", kind_name(kind), o.runs);
     phase_containers(dir, c, &imgs.busybox, o.runs, r).await?;
+    after("containers");
     eprintln!("bench[{}]: userns pod: RunPodSandbox, Create+Start x{}", kind_name(kind), o.runs);
     match userns::phase_userns(kind, dir, c, &imgs.busybox, o.runs, &mut r.userns).await {
         Ok(None) => {}
@@ -188,9 +200,12 @@ pub async fn phases(
         Err(e) => r.notes.push(format!("userns rows: ERROR: {e:#}")),
     }
     eprintln!("bench[{}]: exec round trip x{}, port-forward 64 MiB x{} each way", kind_name(kind), o.execs, stream::PF_RUNS);
+    after("userns");
     stream::phase_streaming(dir, c, &imgs.busybox, o.execs, &mut r.streaming).await?;
+    after("exec and port-forward");
     eprintln!("bench[{}]: memory with {} pods", kind_name(kind), o.pods);
     phase_memory(kind, dir, c, daemon_pid, &imgs.busybox, o.pods, r).await?;
+    r.notes.push(format!("daemon RSS (MiB) after each phase: {}", trail.join(", ")));
     eprintln!("bench[{}]: scale: {} pods x {} containers", kind_name(kind), o.scale.pods, o.scale.per_pod);
     scale::phase_scale(kind, dir, c, daemon_pid, &imgs.busybox, &o.scale, &mut r.scale).await
 }
