@@ -134,8 +134,8 @@ pub fn with_unpackers<T>(
         }
         let tx = job_tx;
         let out = read(&mut |job| {
-            // A send fails only if every unpacker is gone (a panic): the import then unpacks
-            // that layer itself.
+            // A send fails only when every unpacker has panicked; the scope re-raises that
+            // panic once `read` is done, and the import fails.
             let _ = tx.send(job);
         });
         if out.is_err() {
