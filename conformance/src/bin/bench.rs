@@ -11,6 +11,9 @@
 //! 2. RunPodSandbox, `--runs` times (default 20); each pod stopped+removed outside the timing.
 //! 3. CreateContainer+StartContainer of a `sleep 3600` busybox container in one ready pod, and
 //! 4. StopContainer(timeout 0)+RemoveContainer of that container, `--runs` times each.
+//!    4b. Pod + container from scratch, `--runs` times: RunPodSandbox, CreateContainer and
+//!    StartContainer of a new pod timed together (critest's benchmark of the same name); each
+//!    pod removed outside the timing.
 //! 8. Run right after 4, berth only (see `bench/userns.rs`): RunPodSandbox, and Create+Start of a
 //!    `sleep` container, for pods with their own user namespace (`userns_options` mode POD, one
 //!    65536-id range per pod), `--runs` times each; "n/a" on containerd and when Status reports
@@ -32,6 +35,9 @@
 //! reported, never asserted. One untimed warm-up RunPodSandbox per target runs before phase 2
 //! (containerd pulls its pause image there). Everything created is removed at the end; leftovers
 //! (mounts, /var/run/netns entries, processes, cgroup dirs, the bridge) are checked and printed.
+//!
+//! The table has a column per target; with two targets, each timing row also has a `ratio`
+//! column: the first target's median over the second's (berth / containerd, #15's figures).
 //!
 //! Usage: `bench [--pulls N] [--runs N] [--execs N] [--pods N] [--imports N] [--only scale|import]
 //! [--tmp DIR] [--targets berth,containerd]`, as root. Both daemons' roots live in the temp dir,
@@ -194,6 +200,8 @@ struct Results {
     run_pod: Samples,
     create_start: Samples,
     stop_remove: Samples,
+    /// RunPodSandbox, CreateContainer and StartContainer of a new pod, timed together.
+    from_scratch: Samples,
     userns: userns::UsernsResults,
     streaming: stream::StreamResults,
     scale: scale::ScaleResults,

@@ -87,6 +87,20 @@ async fn phase_containers(dir: &Path, c: &mut Clients, image: &str, n: usize, r:
     remove_pod(c, &pod).await
 }
 
+/// Phase 4b: `n` times a new pod with one `sleep` container, RunPodSandbox to StartContainer
+/// timed together (critest's "pod and container from scratch"); each pod removed untimed.
+async fn phase_from_scratch(dir: &Path, c: &mut Clients, image: &str, n: usize, r: &mut Results) -> Result<()> {
+    for i in 0..n {
+        let cfg = pod_config(dir, &format!("scratch-{i}"));
+        let t = Instant::now();
+        let pod = run_pod(c, &cfg).await?;
+        create_start(c, &pod, &cfg, sleep_config("sleep", image)).await?;
+        r.from_scratch.0.push(t.elapsed());
+        remove_pod(c, &pod).await?;
+    }
+    Ok(())
+}
+
 /// Phase 6: `n` pods with one `sleep` container each; daemon RSS, monitor/shim PSS and RSS.
 async fn phase_memory(
     kind: TargetKind,
@@ -193,6 +207,8 @@ pub async fn phases(
     eprintln!("bench[{}]: Create+Start / Stop+Remove x{}", kind_name(kind), o.runs);
     phase_containers(dir, c, &imgs.busybox, o.runs, r).await?;
     after("containers");
+    eprintln!("bench[{}]: pod + container from scratch x{}", kind_name(kind), o.runs);
+    phase_from_scratch(dir, c, &imgs.busybox, o.runs, r).await?;
     eprintln!("bench[{}]: userns pod: RunPodSandbox, Create+Start x{}", kind_name(kind), o.runs);
     match userns::phase_userns(kind, dir, c, &imgs.busybox, o.runs, &mut r.userns).await {
         Ok(None) => {}

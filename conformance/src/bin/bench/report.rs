@@ -48,25 +48,40 @@ pub fn print_report(o: &Opts, facts: &[(String, String)], cols: &[(TargetKind, R
         }
         println!("{line}");
     };
+    // A timing row; with two targets, the first's median over the second's (berth/containerd).
+    let timed = |name: &str, f: &dyn Fn(&Results) -> Option<Duration>| {
+        let mut line = format!("{name:<34}");
+        for (_, r) in cols {
+            line.push_str(&format!(" {:>14}", ms(f(r))));
+        }
+        if let [(_, a), (_, b)] = cols {
+            line.push_str(&format!(" {:>8}", ratio(f(a), f(b))));
+        }
+        println!("{line}");
+    };
     println!();
     let mut head = format!("{:<34}", "metric");
     for (k, _) in cols {
         head.push_str(&format!(" {:>14}", kind_name(*k)));
     }
+    if cols.len() == 2 {
+        head.push_str(&format!(" {:>8}", "ratio"));
+    }
     println!("{head}");
-    row(&format!("Version RPC (median of {})", o.runs), &|r| ms(r.version.median()));
-    row(&format!("pull+unpack busybox (median of {})", o.pulls), &|r| ms(r.pull.median()));
-    row(&format!("kind load: import (median of {})", o.imports), &|r| ms(r.import.import.median()));
-    row("  pull of the same image (median)", &|r| ms(r.import.pull.median()));
+    timed(&format!("Version RPC (median of {})", o.runs), &|r| r.version.median());
+    timed(&format!("pull+unpack busybox (median of {})", o.pulls), &|r| r.pull.median());
+    timed(&format!("kind load: import (median of {})", o.imports), &|r| r.import.import.median());
+    timed("  pull of the same image (median)", &|r| r.import.pull.median());
     row("  import / pull", &|r| ratio(r.import.import.median(), r.import.pull.median()));
     row("  import, MB/s unpacked", &|r| rate(unpacked, r.import.import.median()));
     row("  pull, MB/s unpacked", &|r| rate(unpacked, r.import.pull.median()));
-    row(&format!("RunPodSandbox (median of {})", o.runs), &|r| ms(r.run_pod.median()));
-    row(&format!("Create+Start (median of {})", o.runs), &|r| ms(r.create_start.median()));
-    row(&format!("Stop+Remove (median of {})", o.runs), &|r| ms(r.stop_remove.median()));
+    timed(&format!("RunPodSandbox (median of {})", o.runs), &|r| r.run_pod.median());
+    timed(&format!("Create+Start (median of {})", o.runs), &|r| r.create_start.median());
+    timed(&format!("Stop+Remove (median of {})", o.runs), &|r| r.stop_remove.median());
+    timed(&format!("pod + container from scratch ({})", o.runs), &|r| r.from_scratch.median());
     row(&format!("RunPodSandbox, userns (med of {})", o.runs), &|r| ms(r.userns.run_pod.median()));
     row(&format!("Create+Start, userns (med of {})", o.runs), &|r| ms(r.userns.create_start.median()));
-    row(&format!("exec echo hi, SPDY (median of {})", o.execs), &|r| ms(r.streaming.exec.median()));
+    timed(&format!("exec echo hi, SPDY (median of {})", o.execs), &|r| r.streaming.exec.median());
     row("port-forward 64 MiB down (median)", &|r| stream::median_rate(&r.streaming.pf_down));
     row("port-forward 64 MiB up (median)", &|r| stream::median_rate(&r.streaming.pf_up));
     row("daemon RSS, idle", &|r| mib(r.daemon_rss_idle_kib));
@@ -76,8 +91,8 @@ pub fn print_report(o: &Opts, facts: &[(String, String)], cols: &[(TargetKind, R
     row("monitors/shims PSS (all)", &|r| mib(r.all_monitors_pss_kib));
     row("monitors/shims (count)", &|r| if r.monitor_count > 0 { r.monitor_count.to_string() } else { "n/a".into() });
     let n = o.scale.pods * o.scale.per_pod;
-    row(&format!("ListContainers, {n} running (med)"), &|r| ms(r.scale.list_containers.median()));
-    row(&format!("ListContainerStats, {n} run. (med)"), &|r| ms(r.scale.list_stats.median()));
+    timed(&format!("ListContainers, {n} running (med)"), &|r| r.scale.list_containers.median());
+    timed(&format!("ListContainerStats, {n} run. (med)"), &|r| r.scale.list_stats.median());
     row(&format!("daemon CPU idle {} s, {n} ctrs", o.scale.idle_secs), &|r| scale::percent(r.scale.daemon_idle_cpu));
     row(&format!("monitors/shims CPU idle, {n} ctrs"), &|r| scale::percent(r.scale.monitors_idle_cpu));
     println!();
@@ -93,6 +108,7 @@ pub fn print_report(o: &Opts, facts: &[(String, String)], cols: &[(TargetKind, R
             ("RunPodSandbox", &r.run_pod),
             ("Create+Start", &r.create_start),
             ("Stop+Remove", &r.stop_remove),
+            ("from scratch", &r.from_scratch),
             ("RunPod userns", &r.userns.run_pod),
             ("Create userns", &r.userns.create_start),
             ("exec echo hi", &r.streaming.exec),
