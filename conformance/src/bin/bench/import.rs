@@ -6,11 +6,14 @@
 //! opaque directory in the upper layers. It is pushed to the bench registry with gzip'd layers
 //! (Docker schema2), and written as the docker-archive `docker save` writes, which is what
 //! `kind load docker-image` pipes into the node: uncompressed layer tars, `manifest.json`, the
-//! config. Both paths end with the same image ID.
+//! config. Both paths end with the same image ID. The same layers are pushed a second time
+//! zstd-compressed (an OCI manifest, `bench-big-zstd:latest`): same diff IDs, same config, same
+//! image ID.
 //!
 //! Per target, `--imports` rounds of: a timed import of the archive (berth: the `berth image
 //! import` CLI through the running daemon; containerd: `ctr -n k8s.io images import`, which
-//! unpacks into its snapshotter), RemoveImage, a timed PullImage, RemoveImage. Each timing starts
+//! unpacks into its snapshotter), RemoveImage, a timed PullImage, RemoveImage, a timed PullImage
+//! of the zstd image, RemoveImage. Each timing starts
 //! after an untimed sync(2), so that none pays for writing back what the one before it wrote.
 //! After each import and pull, ImageStatus must show the config digest as the image ID; what the
 //! target holds on disk before the phase, after the first import and after its RemoveImage is
@@ -41,6 +44,8 @@ const FILE_SIZE: usize = 16 * 1024;
 pub struct BigImage {
     /// `127.0.0.1:PORT/bench-big:latest`: pulled by this name, and the archive's tag.
     pub name: String,
+    /// `127.0.0.1:PORT/bench-big-zstd:latest`: the same layers zstd-compressed.
+    pub zstd_name: String,
     /// `sha256:` of its config: the image ID both paths must end with.
     pub id: String,
     /// The docker-archive on disk.
@@ -49,6 +54,8 @@ pub struct BigImage {
     pub unpacked: u64,
     /// Bytes of the gzip'd layer blobs a pull downloads.
     pub compressed: u64,
+    /// Bytes of the zstd layer blobs.
+    pub zstd_compressed: u64,
     /// Regular files over all layers.
     pub files: usize,
 }
@@ -60,6 +67,8 @@ pub struct ImportResults {
     pub import: Samples,
     /// Timed pulls, in round order.
     pub pull: Samples,
+    /// Timed pulls of the zstd image, in round order.
+    pub pull_zstd: Samples,
     /// What the target held on disk before the phase, after an import and after its RemoveImage.
     pub disk: String,
 }
@@ -107,15 +116,20 @@ pub fn build(reg: &Registry, work: &Path) -> Result<BigImage> {
     let mut noise = Noise(0x9e37_79b9_7f4a_7c15);
     let mut tars = Vec::new();
     let mut layers: Vec<Layer> = Vec::new();
+    let mut zlayers: Vec<Layer> = Vec::new();
     for i in 0..LAYERS {
         let tar = layer_tar(i, &mut noise)?;
         layers.push(compress(tar.clone(), Compression::Gzip, true)?);
+        zlayers.push(compress(tar.clone(), Compression::Zstd, false)?);
         tars.push(tar);
     }
     let refs: Vec<&Layer> = layers.iter().collect();
     let config = image_config("amd64", &refs, serde_json::json!({ "Env": [PATH_ENV], "Cmd": ["sh"] }));
     push_image(reg, "bench-big", Some("latest"), &config, &refs, true)?;
     let name = format!("{}/bench-big:latest", reg.addr);
+    let zrefs: Vec<&Layer> = zlayers.iter().collect();
+    push_image(reg, "bench-big-zstd", Some("latest"), &config, &zrefs, false)?;
+    let zstd_name = format!("{}/bench-big-zstd:latest", reg.addr);
 
     // The archive, as `docker save` (before 25) lays it out.
     let archive = work.join("bench-big.tar");
@@ -142,6 +156,8 @@ pub fn build(reg: &Registry, work: &Path) -> Result<BigImage> {
     b.into_inner()?.flush()?;
     let img = BigImage {
         name,
+        zstd_name,
+        zstd_compressed: zlayers.iter().map(|l| l.blob.len() as u64).sum(),
         id: sha256_digest(&config),
         archive,
         unpacked: tars.iter().map(|t| t.len() as u64).sum(),
@@ -149,10 +165,11 @@ pub fn build(reg: &Registry, work: &Path) -> Result<BigImage> {
         files: LAYERS * FILES_PER_LAYER,
     };
     eprintln!(
-        "bench: import image: {LAYERS} layers, {} files, {:.0} MB unpacked, {:.0} MB gzip'd (built in {:.1} s)",
+        "bench: import image: {LAYERS} layers, {} files, {:.0} MB unpacked, {:.0} MB gzip'd, {:.0} MB zstd (built in {:.1} s)",
         img.files,
         img.unpacked as f64 / 1e6,
         img.compressed as f64 / 1e6,
+        img.zstd_compressed as f64 / 1e6,
         started.elapsed().as_secs_f64()
     );
     Ok(img)
@@ -183,14 +200,28 @@ fn sync_disks() {
     unsafe { libc::sync() };
 }
 
-/// Fails unless ImageStatus of the image's name shows the expected image ID.
-async fn check_present(kind: TargetKind, c: &mut Clients, img: &BigImage, after: &str) -> Result<()> {
-    let st = c.img.image_status(cri::ImageStatusRequest { image: Some(image_spec(&img.name)), verbose: false }).await?.into_inner();
+/// Fails unless ImageStatus of `name` shows the image's ID.
+async fn check_present(kind: TargetKind, c: &mut Clients, img: &BigImage, name: &str, after: &str) -> Result<()> {
+    let st = c.img.image_status(cri::ImageStatusRequest { image: Some(image_spec(name)), verbose: false }).await?.into_inner();
     match st.image {
         Some(i) if i.id == img.id => Ok(()),
-        Some(i) => bail!("{}: after {after}, ImageStatus {} has ID {}, expected {}", kind_name(kind), img.name, i.id, img.id),
-        None => bail!("{}: after {after}, ImageStatus {} finds nothing", kind_name(kind), img.name),
+        Some(i) => bail!("{}: after {after}, ImageStatus {name} has ID {}, expected {}", kind_name(kind), i.id, img.id),
+        None => bail!("{}: after {after}, ImageStatus {name} finds nothing", kind_name(kind)),
     }
+}
+
+/// A timed PullImage of `name` (after an untimed sync), checked, then RemoveImage.
+async fn timed_pull(kind: TargetKind, c: &mut Clients, img: &BigImage, name: &str, round: usize) -> Result<std::time::Duration> {
+    sync_disks();
+    let t = Instant::now();
+    c.img
+        .pull_image(cri::PullImageRequest { image: Some(image_spec(name)), auth: None, sandbox_config: None })
+        .await
+        .with_context(|| format!("PullImage {name} (round {round})"))?;
+    let took = t.elapsed();
+    check_present(kind, c, img, name, "the pull").await?;
+    remove_image(c, name).await?;
+    Ok(took)
 }
 
 /// Phase 9 on one target: `n` rounds of import, RemoveImage, pull, RemoveImage.
@@ -210,21 +241,14 @@ pub async fn phase_import(kind: TargetKind, dir: &Path, c: &mut Clients, img: &B
             bail!("berth image import did not go through the daemon: {}", stderr.trim());
         }
         r.import.0.push(took);
-        check_present(kind, c, img, "the import").await?;
+        check_present(kind, c, img, &img.name, "the import").await?;
         let after_import = images_on_disk(kind, dir);
         remove_image(c, &img.name).await?;
         if i == 0 {
             r.disk = format!("before: {before}; after an import: {after_import}; after its RemoveImage: {}", images_on_disk(kind, dir));
         }
-        sync_disks();
-        let t = Instant::now();
-        c.img
-            .pull_image(cri::PullImageRequest { image: Some(image_spec(&img.name)), auth: None, sandbox_config: None })
-            .await
-            .with_context(|| format!("PullImage {} (round {i})", img.name))?;
-        r.pull.0.push(t.elapsed());
-        check_present(kind, c, img, "the pull").await?;
-        remove_image(c, &img.name).await?;
+        r.pull.0.push(timed_pull(kind, c, img, &img.name, i).await?);
+        r.pull_zstd.0.push(timed_pull(kind, c, img, &img.zstd_name, i).await?);
     }
     Ok(())
 }

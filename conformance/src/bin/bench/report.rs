@@ -75,6 +75,8 @@ pub fn print_report(o: &Opts, facts: &[(String, String)], cols: &[(TargetKind, R
     row("  import / pull", &|r| ratio(r.import.import.median(), r.import.pull.median()));
     row("  import, MB/s unpacked", &|r| rate(unpacked, r.import.import.median()));
     row("  pull, MB/s unpacked", &|r| rate(unpacked, r.import.pull.median()));
+    timed("  pull, zstd layers (median)", &|r| r.import.pull_zstd.median());
+    row("  pull zstd, MB/s unpacked", &|r| rate(unpacked, r.import.pull_zstd.median()));
     timed(&format!("RunPodSandbox (median of {})", o.runs), &|r| r.run_pod.median());
     timed(&format!("Create+Start (median of {})", o.runs), &|r| r.create_start.median());
     timed(&format!("Stop+Remove (median of {})", o.runs), &|r| r.stop_remove.median());
@@ -105,6 +107,7 @@ pub fn print_report(o: &Opts, facts: &[(String, String)], cols: &[(TargetKind, R
             ("pull", &r.pull),
             ("import big", &r.import.import),
             ("pull big", &r.import.pull),
+            ("pull big zstd", &r.import.pull_zstd),
             ("RunPodSandbox", &r.run_pod),
             ("Create+Start", &r.create_start),
             ("Stop+Remove", &r.stop_remove),
@@ -133,9 +136,10 @@ pub fn print_report(o: &Opts, facts: &[(String, String)], cols: &[(TargetKind, R
                 .0
                 .iter()
                 .zip(&r.import.pull.0)
-                .map(|(i, p)| format!("{:.2}/{:.2}", i.as_secs_f64(), p.as_secs_f64()))
+                .zip(&r.import.pull_zstd.0)
+                .map(|((i, p), z)| format!("{:.2}/{:.2}/{:.2}", i.as_secs_f64(), p.as_secs_f64(), z.as_secs_f64()))
                 .collect();
-            println!("  {:<11} import/pull s by round: {}", kind_name(*k), rounds.join(", "));
+            println!("  {:<11} import/pull/zstd pull s by round: {}", kind_name(*k), rounds.join(", "));
         }
     }
     println!();
@@ -149,11 +153,12 @@ pub fn print_report(o: &Opts, facts: &[(String, String)], cols: &[(TargetKind, R
     println!("    pulls faster) is counted below. Version RPC = the client+socket floor in every timing.");
     if let Some(b) = big {
         println!(
-            "  - kind load rows: one image, {} files in 5 layers, {:.0} MB unpacked, {:.0} MB gzip'd in the registry;",
+            "  - kind load rows: one image, {} files in 5 layers, {:.0} MB unpacked, {:.0} MB gzip'd in the registry",
             b.files,
             b.unpacked as f64 / 1e6,
             b.compressed as f64 / 1e6
         );
+        println!("    ({:.0} MB as zstd layers, pushed as a second name: same diff IDs, same image ID);", b.zstd_compressed as f64 / 1e6);
         println!("    imported from a `docker save`-style archive (uncompressed layers), each round after RemoveImage;");
         println!("    sync(2) untimed before each import and pull.");
     }
