@@ -236,7 +236,8 @@ impl Spool {
                         let path = self.dir.join(format!("{n}"));
                         let f = std::fs::File::create(&path).map_err(|e| ImageError::io(&path, e))?;
                         let spool_err = |e: io::Error| err(format!("entry {name:?}: spooling to {}: {e}", path.display()));
-                        let (digest, size) = if digest_in_name(&name).is_some() || early::may_be_layer(&name) {
+                        let may_be_layer = early::may_be_layer(&name);
+                        let (digest, size) = if may_be_layer || digest_in_name(&name).is_some() {
                             let mut w = Hashing::new(BufWriter::with_capacity(1 << 16, f));
                             io::copy(&mut entry, &mut w).map_err(spool_err)?;
                             w.flush().map_err(|e| ImageError::io(&path, e))?;
@@ -249,7 +250,7 @@ impl Spool {
                             (None, size)
                         };
                         self.links.remove(&name);
-                        if let (true, Some(d)) = (early::may_be_layer(&name), &digest) {
+                        if let (true, Some(d)) = (may_be_layer, &digest) {
                             let dir = self.dir.join(format!("u{n}"));
                             unpack(early::Job { path: path.clone(), digest: d.clone(), entry: name.clone(), dir });
                         }

@@ -3,6 +3,7 @@
 //! `phases` runs them in order on one client.
 
 use crate::procfs::{entries, pids_of, pids_with_argv, ppid, pss_kib, vm_rss_kib};
+use crate::report::mib;
 use crate::rpc::{create_start, created, image_spec, pod_config, remove_image, remove_pod, run_pod, sleep_config, stop_remove};
 use crate::{import, kind_name, scale, stream, userns, Fixtures, Opts, Results};
 use anyhow::{Context, Result};
@@ -163,11 +164,6 @@ async fn phase_import(
     import::phase_import(kind, dir, c, big, o.imports, &mut r.import).await
 }
 
-/// KiB as MiB with one decimal, `?` when unknown.
-fn mib(kib: Option<u64>) -> String {
-    kib.map(|k| format!("{:.1}", k as f64 / 1024.0)).unwrap_or_else(|| "?".into())
-}
-
 /// Every phase of one target in order (`--only scale`: the scale phase alone).
 pub async fn phases(
     kind: TargetKind,
@@ -221,7 +217,7 @@ pub async fn phases(
     after("exec and port-forward");
     eprintln!("bench[{}]: memory with {} pods", kind_name(kind), o.pods);
     phase_memory(kind, dir, c, daemon_pid, &imgs.busybox, o.pods, r).await?;
-    r.notes.push(format!("daemon RSS (MiB) after each phase: {}", trail.join(", ")));
+    r.notes.push(format!("daemon RSS after each phase: {}", trail.join(", ")));
     eprintln!("bench[{}]: scale: {} pods x {} containers", kind_name(kind), o.scale.pods, o.scale.per_pod);
     scale::phase_scale(kind, dir, c, daemon_pid, &imgs.busybox, &o.scale, &mut r.scale).await
 }

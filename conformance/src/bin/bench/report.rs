@@ -18,7 +18,7 @@ fn kib(k: Option<u64>) -> String {
 }
 
 /// KiB shown as MiB with one decimal, "n/a" for None.
-fn mib(k: Option<u64>) -> String {
+pub fn mib(k: Option<u64>) -> String {
     k.map(|k| format!("{:.1} MiB", k as f64 / 1024.0)).unwrap_or_else(|| "n/a".into())
 }
 
