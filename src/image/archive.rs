@@ -97,24 +97,39 @@ pub struct Archive {
 impl Archive {
     /// Takes what the early unpack made of the spooled file `path` ([`ArchiveLayer::path`]):
     /// `Some(Ok)` the directory holding its `diff/` and the digests measured (the caller renames
-    /// it into the store and checks the digests), `Some(Err)` why the unpack failed, `None` when
-    /// it was not unpacked or was taken already (the caller unpacks the spooled file).
+    /// it into the store and checks the digests), `Some(Err)` why the early unpack failed or
+    /// gave up (the caller unpacks the spooled file itself), `None` when it was not unpacked or
+    /// was taken already (the caller unpacks the spooled file).
     pub fn take_unpacked(&self, path: &Path) -> Option<Result<Unpacked, ImageError>> {
         self.unpacked.lock().ok()?.remove(path)
     }
 
-    /// Deletes the spooled files of layers unpacked early, but for those in `keep` (files the
-    /// import may unpack again, e.g. one layer under two chain IDs): they are not read again,
-    /// and deleting them before the first layer's `syncfs` spares writing them to disk.
-    pub fn release_unpacked_files(&self, keep: &std::collections::HashSet<&Path>) {
-        let Ok(unpacked) = self.unpacked.lock() else { return };
-        for (path, r) in unpacked.iter() {
-            if r.is_ok() && !keep.contains(path.as_path()) {
-                if let Err(e) = std::fs::remove_file(path) {
-                    tracing::warn!(path = %path.display(), "removing a spooled layer file: {e}");
+    /// Settles the early unpacks once the manifests are read, before any layer is stored.
+    /// `uses` counts, by spooled path, the chain IDs each layer file is stored under. What a
+    /// file no manifest names was unpacked into is deleted (its space may be needed by the
+    /// layers to come). The spooled file of a layer unpacked early is deleted too, but when it
+    /// is used more than once (it is unpacked again for the other chain IDs): it is not read
+    /// again, and deleting it before the first layer's `syncfs` spares writing it to disk.
+    pub fn settle_unpacked(&self, uses: &HashMap<&Path, usize>) {
+        let Ok(mut unpacked) = self.unpacked.lock() else { return };
+        unpacked.retain(|path, r| match (uses.get(path.as_path()), r) {
+            (None, Ok(early)) => {
+                if let Err(e) = crate::util::remove_dir_all_idempotent(&early.dir) {
+                    tracing::warn!(path = %early.dir.display(), "removing an unused early unpack: {e}");
                 }
+                false
             }
-        }
+            (None, Err(_)) => false,
+            (Some(&n), Ok(_)) => {
+                if n == 1 {
+                    if let Err(e) = std::fs::remove_file(path) {
+                        tracing::warn!(path = %path.display(), "removing a spooled layer file: {e}");
+                    }
+                }
+                true
+            }
+            (Some(_), Err(_)) => true,
+        });
     }
 
     /// The spool directory (exists until the archive is dropped).

@@ -10,12 +10,20 @@
 //! checks as a pull, measuring the DiffID of a compressed layer on the way (the spool measured
 //! the blob's digest; [`super::unpack::unpack_measured_file`]). Once the manifests are
 //! read, the import adopts each unpacked directory under its layer's chain ID (a rename) instead
-//! of unpacking, and checks its measured digests as before; a directory nobody adopts goes with
-//! the spool. A file that only looked like a layer costs one wasted unpack, and an unpack error
-//! matters only if a manifest names the file as a layer. A file whose digest the store already
+//! of unpacking, and checks its measured digests as before; a directory no manifest names is
+//! deleted then. A file that only looked like a layer costs one wasted unpack, within the
+//! budget below. A file whose digest the store already
 //! knows (as a layer's blob digest or DiffID) is left to the import, which then mostly finds
 //! its layer present: importing an image again, or one on a base the store has, does not
 //! unpack what it will not keep.
+//!
+//! An early unpack is an optimization, never a verdict: it may give up, and the import then
+//! unpacks the spooled file itself (or not at all, when no manifest names it). It gives up
+//! past a budget of [`EARLY_RATIO`] times the file's size (at least [`EARLY_FLOOR`]), and is
+//! not started when the spool's filesystem has less than twice the budget free, so a
+//! decompression bomb that no manifest names cannot fill the disk under a valid import. An
+//! unpack error is likewise only kept for the import to log: a layer whose early unpack
+//! failed (a hostile entry, a full disk) is unpacked again by the import, whose error counts.
 
 use super::unpack::{detect_compression, unpack_measured_file, Compression, UnpackedLayer};
 use super::ImageError;
@@ -27,6 +35,19 @@ use std::sync::{mpsc, Mutex};
 
 /// Layer files of one archive unpacked at once (as a pull's `LAYER_DOWNLOADS`).
 pub const EARLY_UNPACKS: usize = 3;
+
+/// How many times its file's size an early unpack may write ([`super::unpack::apply_tar_within`]'s
+/// budget). Layers of real images unpack to 2 to 5 times their gzip size; one past 16 (large
+/// runs of zeros) is unpacked by the import instead, one at a time.
+pub const EARLY_RATIO: u64 = 16;
+
+/// The least budget of an early unpack, in bytes (small and plain-tar layers).
+pub const EARLY_FLOOR: u64 = 16 << 20;
+
+/// The budget of an early unpack of a `size`-byte file, in bytes.
+pub fn early_budget(size: u64) -> u64 {
+    size.saturating_mul(EARLY_RATIO).max(EARLY_FLOOR)
+}
 
 /// A spooled file to unpack if it is a layer.
 #[derive(Debug)]
@@ -80,17 +101,30 @@ fn looks_like_layer(path: &Path) -> bool {
     }
 }
 
-/// Unpacks `job`'s file if it looks like a layer the store does not know; removes its
-/// directory again on error.
+/// Bytes free to an unprivileged writer on the filesystem holding `path`; `None` when unknown.
+fn free_bytes(path: &Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(path).ok()?;
+    Some((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
+}
+
+/// Unpacks `job`'s file if it looks like a layer the store does not know, within its budget
+/// ([`early_budget`]) and if the disk has room for twice that; removes its directory again on
+/// error.
 fn unpack_one(job: &Job, source: &str, known: &Known<'_>) -> Option<Result<Unpacked, ImageError>> {
     if known(&job.digest) || !looks_like_layer(&job.path) {
+        return None;
+    }
+    let budget = early_budget(std::fs::metadata(&job.path).ok()?.len());
+    let spool = job.path.parent().unwrap_or(&job.path);
+    if free_bytes(spool).is_some_and(|free| free < budget.saturating_mul(2)) {
+        tracing::debug!(entry = %job.entry, budget, "too little disk free to unpack a layer file early");
         return None;
     }
     let diff = job.dir.join("diff");
     if let Err(e) = std::fs::create_dir_all(&diff) {
         return Some(Err(ImageError::io(&diff, e)));
     }
-    let result = unpack_measured_file(&job.path, &job.digest, &diff, &unpack_name(&job.entry, source));
+    let result = unpack_measured_file(&job.path, &job.digest, &diff, &unpack_name(&job.entry, source), budget);
     if result.is_err() {
         let _ = crate::util::remove_dir_all_idempotent(&job.dir);
     }

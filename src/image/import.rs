@@ -11,8 +11,10 @@
 //! 2. Under the GC lock held shared (as a pull holds it), each layer the store lacks goes in
 //!    through [`ImageStore::ensure_layer`] (tmp dir, one syncfs, rename, record), keyed by chain
 //!    ID, with its diff ID checked against the config: the early unpack's directory is renamed
-//!    in, or the spooled file is unpacked now when it was not unpacked early. A layer already
-//!    present is not unpacked again (an early unpack of it is discarded with the spool).
+//!    in, or the spooled file is unpacked now when it was not unpacked early (or that gave up
+//!    past its budget, or failed). A layer already present is not unpacked again (an early
+//!    unpack of it is discarded with the spool); what files no manifest names were unpacked
+//!    into is deleted before the first layer goes in.
 //! 3. Only when every layer of every image of the archive is in are the config blobs and image
 //!    records written, tags moving from other images as a pull moves them.
 //!
@@ -121,15 +123,15 @@ impl ImageStore {
             .await
             .map_err(|e| ImageError::Archive { archive: source.to_string(), message: format!("reading task failed: {e}") })??;
         let plans = archive.images.iter().map(|img| plan(source, img)).collect::<Result<Vec<_>, _>>()?;
-        // A layer file under two chain IDs (one layer at two depths) may be unpacked twice:
-        // keep its spooled file; drop the others unpacked already.
+        // A layer file under two chain IDs (one layer at two depths) is unpacked again for the
+        // second: keep its spooled file. Drop what files no manifest names were unpacked into.
         let mut chains_of: HashMap<&Path, HashSet<&str>> = HashMap::new();
         for (img, plan) in archive.images.iter().zip(&plans) {
             for (layer, chain) in img.layers.iter().zip(&plan.chains) {
                 chains_of.entry(layer.path.as_path()).or_default().insert(chain);
             }
         }
-        archive.release_unpacked_files(&chains_of.iter().filter(|(_, c)| c.len() > 1).map(|(p, _)| *p).collect());
+        archive.settle_unpacked(&chains_of.iter().map(|(p, c)| (*p, c.len())).collect());
         let mut created: Vec<String> = Vec::new();
         let gc = self.gc.read().await;
         let result = self.import_locked(source, &archive, &plans, &mut created).await;
@@ -186,8 +188,13 @@ impl ImageStore {
                                 })?;
                                 early.layer
                             }
-                            Some(Err(e)) => return Err(e),
-                            None => {
+                            // Not unpacked early, or that gave up (over its budget) or failed:
+                            // unpack the spooled file now; its error, if any, is the one that
+                            // counts.
+                            not_early => {
+                                if let Some(Err(e)) = not_early {
+                                    tracing::debug!(source, layer = %layer.entry, "unpacking again after the early unpack: {e}");
+                                }
                                 let diff = tmp_dir.join("diff");
                                 std::fs::create_dir_all(&diff).map_err(|e| ImageError::io(&diff, e))?;
                                 unpack_file(layer.path.clone(), diff, unpack_name(&layer.entry, source)).await?

@@ -547,3 +547,108 @@ async fn export_refuses_what_it_cannot_write() {
     let err = f.export(&["a:1"]).await.unwrap_err().to_string();
     assert!(err.contains("config was not kept") && err.contains("pull it again"), "{err}");
 }
+
+/// A gzip'd tar of one file `name` of `mib` MiB of zeros, and its DiffID: a decompression
+/// bomb, built as one gzip member per MiB (a multi-member stream, as `pigz` writes).
+fn zero_bomb(name: &str, mib: usize) -> (Vec<u8>, String) {
+    let head = header(name, tar::EntryType::Regular, mib << 20, 0o644);
+    let zeros = vec![0u8; 1 << 20];
+    let member = gzip(&zeros);
+    let mut blob = gzip(head.as_bytes());
+    let mut diff = Sha256::new();
+    diff.update(head.as_bytes());
+    for _ in 0..mib {
+        blob.extend_from_slice(&member);
+        diff.update(&zeros);
+    }
+    // The end-of-archive blocks.
+    blob.extend_from_slice(&gzip(&[0u8; 1024]));
+    diff.update([0u8; 1024]);
+    (blob, format!("sha256:{}", hex::encode(diff.finalize())))
+}
+
+/// A layer that unpacks to more than its early-unpack budget (zeros compress a thousandfold)
+/// is unpacked by the import instead, whole.
+#[tokio::test]
+async fn a_layer_past_the_early_budget_is_still_imported() {
+    let f = fixture();
+    let mib = (super::early::EARLY_FLOOR >> 20) as usize + 8;
+    let (bomb, diff_id) = zero_bomb("zeros", mib);
+    let a = docker_one(&[("z.tar.gz", &bomb)], &[diff_id], &["z.tar.gz"]);
+    let got = f.import(a).await.unwrap();
+    let top = got[0].chain_ids[0].strip_prefix("sha256:").unwrap();
+    let file = f.root.join("images/layers").join(top).join("diff/zeros");
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), (mib as u64) << 20);
+    assert!(f.snapshot().tmp.is_empty());
+}
+
+/// Unmounts a test's tmpfs (lazily) when dropped, also on a failed assertion.
+struct TmpfsGuard(std::path::PathBuf);
+
+impl Drop for TmpfsGuard {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Yields `bytes`, pausing once for `pause` after the first `at` of them (so that what those
+/// bytes set off, e.g. an early unpack, has time to run before the rest is read).
+struct PausingReader {
+    bytes: std::io::Cursor<Vec<u8>>,
+    at: u64,
+    pause: std::time::Duration,
+}
+
+impl std::io::Read for PausingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let pos = self.bytes.position();
+        if pos == self.at {
+            std::thread::sleep(self.pause);
+        }
+        let n = if pos < self.at { buf.len().min((self.at - pos) as usize) } else { buf.len() };
+        self.bytes.read(&mut buf[..n])
+    }
+}
+
+/// A decompression bomb that no manifest names, placed before a real layer, costs a valid
+/// import at most its early-unpack budget, for as long as the early unpack runs: on a 48 MiB
+/// disk, a 40 MiB bomb does not keep the 12 MiB layer after it from being spooled and
+/// unpacked (it did, unpacked whole and kept until the import ended).
+#[tokio::test]
+async fn an_unreferenced_bomb_does_not_fill_the_disk() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    nix::mount::mount(Some("tmpfs"), dir.path(), Some("tmpfs"), nix::mount::MsFlags::empty(), Some("size=48m")).unwrap();
+    let _guard = TmpfsGuard(dir.path().to_path_buf());
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let images = ImageStore::open(dir.path().join("images"), store.clone(), ImageConfig::default()).unwrap();
+    let (bomb, _) = zero_bomb("zeros", 40);
+    // 12 MiB that do not compress (xorshift), so the layer's spooled file is 12 MiB too.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let noise: Vec<u8> = (0..12 << 17)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    let layer = tar_of(&[("noise", &noise)]);
+    let (cfg, manifest) = (
+        config(&[sha(&layer)], "a"),
+        serde_json::to_vec(&serde_json::json!([{"Config": "a.json", "RepoTags": ["a:1"], "Layers": ["layer.tar"]}])).unwrap(),
+    );
+    let archive = tar_of(&[("bomb/layer.tar", &bomb), ("layer.tar", &layer), ("a.json", &cfg), ("manifest.json", &manifest)]);
+    // The bomb's entry: one header block and its data, padded to a block.
+    let at = 512 + (bomb.len() as u64).div_ceil(512) * 512;
+    let reader = PausingReader { bytes: std::io::Cursor::new(archive), at, pause: std::time::Duration::from_millis(1500) };
+    let got = images.import(reader, "bomb.tar").await.expect("an unreferenced bomb failed a valid import");
+    assert_eq!(got[0].id, sha(&cfg));
+    let top = got[0].chain_ids[0].strip_prefix("sha256:").unwrap();
+    assert_eq!(std::fs::read(dir.path().join("images/layers").join(top).join("diff/noise")).unwrap(), noise);
+    let tmp: Vec<_> = std::fs::read_dir(dir.path().join("images/tmp")).unwrap().collect();
+    assert!(tmp.is_empty(), "{tmp:?}");
+}

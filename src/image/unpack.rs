@@ -118,9 +118,12 @@ pub fn unpack_blob_file(blob: &Path, dest: &Path, layer: &str) -> Result<Unpacke
 /// was written (an import's spool, [`super::archive`]): the blob is not hashed again, and
 /// `digest` is returned as [`UnpackedLayer::digest`] (and as the DiffID of a plain tar). The
 /// caller vouches that the file has not changed since. Blocking.
-pub fn unpack_measured_file(blob: &Path, digest: &str, dest: &Path, layer: &str) -> Result<UnpackedLayer, ImageError> {
+///
+/// `budget` bounds what the unpack may write, in bytes, as [`apply_tar_within`] counts them:
+/// past it the unpack stops with [`ImageError::Unpack`] (`dest` keeps what was written).
+pub fn unpack_measured_file(blob: &Path, digest: &str, dest: &Path, layer: &str, budget: u64) -> Result<UnpackedLayer, ImageError> {
     let f = fs::File::open(blob).map_err(|e| ImageError::io(blob, e))?;
-    unpack_stream(f, Some(digest), dest, layer)
+    unpack_stream(f, Some(digest), dest, layer, budget)
 }
 
 /// Unpacks a layer blob read from `reader` (plain, gzip or zstd, told by its first bytes) into
@@ -130,11 +133,12 @@ pub fn unpack_measured_file(blob: &Path, digest: &str, dest: &Path, layer: &str)
 /// errors (its digest). Blocking: call from `spawn_blocking`. The caller compares the digests
 /// with the manifest and config, and removes `dest` on any error.
 pub fn unpack_reader<R: Read>(reader: R, dest: &Path, layer: &str) -> Result<UnpackedLayer, ImageError> {
-    unpack_stream(reader, None, dest, layer)
+    unpack_stream(reader, None, dest, layer, u64::MAX)
 }
 
-/// [`unpack_reader`], with the blob's digest given (`Some`: not measured) or measured (`None`).
-fn unpack_stream<R: Read>(reader: R, measured: Option<&str>, dest: &Path, layer: &str) -> Result<UnpackedLayer, ImageError> {
+/// [`unpack_reader`], with the blob's digest given (`Some`: not measured) or measured (`None`),
+/// writing at most `budget` bytes ([`apply_tar_within`]).
+fn unpack_stream<R: Read>(reader: R, measured: Option<&str>, dest: &Path, layer: &str, budget: u64) -> Result<UnpackedLayer, ImageError> {
     let buffered = io::BufReader::with_capacity(1 << 16, reader);
     let mut outer = if measured.is_some() { Hashing::counting(buffered) } else { Hashing::new(buffered) };
     let early_err = |e: io::Error| ImageError::Unpack {
@@ -165,7 +169,7 @@ fn unpack_stream<R: Read>(reader: R, measured: Option<&str>, dest: &Path, layer:
         // A plain tar is its own diff: the blob's digest is the DiffID, hashed once.
         Compression::None => {
             let mut plain = blob;
-            apply_tar(&mut plain, dest, layer)?;
+            apply_tar_within(&mut plain, dest, layer, budget)?;
             io::copy(&mut plain, &mut io::sink()).map_err(read_err)?;
             None
         }
@@ -175,7 +179,7 @@ fn unpack_stream<R: Read>(reader: R, measured: Option<&str>, dest: &Path, layer:
                 _ => Box::new(flate2::read::MultiGzDecoder::new(blob)),
             };
             let mut inner = Hashing::new(decoder);
-            apply_tar(&mut inner, dest, layer)?;
+            apply_tar_within(&mut inner, dest, layer, budget)?;
             // The tar reader stops at the end-of-archive blocks; the DiffID covers every byte.
             io::copy(&mut inner, &mut io::sink()).map_err(read_err)?;
             Some(inner.finish())
@@ -328,6 +332,20 @@ fn set_mtime(path: &Path, mtime: u64) -> io::Result<()> {
 /// Ownership is kept only when running as root (otherwise chown would fail); whiteout devices
 /// and `trusted.*` xattrs need root too.
 pub fn apply_tar<R: Read>(reader: R, dest: &Path, layer: &str) -> Result<(), ImageError> {
+    apply_tar_within(reader, dest, layer, u64::MAX)
+}
+
+/// What an entry costs against an unpack budget besides its data, in bytes: one tar block,
+/// for the inode and directory entry it makes.
+pub const ENTRY_COST: u64 = 512;
+
+/// [`apply_tar`] writing at most `budget` bytes: each entry costs [`ENTRY_COST`] plus the
+/// data of a regular file. The entry that would pass the budget fails the layer with
+/// [`ImageError::Unpack`] ("unpacks to more than N bytes"), having written at most one byte
+/// past `budget`. A guard against decompression bombs where the caller can afford to give up
+/// (an import's early unpack, [`super::early`]); a pull checks the layer's digest instead.
+pub fn apply_tar_within<R: Read>(reader: R, dest: &Path, layer: &str, budget: u64) -> Result<(), ImageError> {
+    let mut spent: u64 = 0;
     let same_owner = nix::unistd::geteuid().is_root();
     let mut archive = tar::Archive::new(reader);
     let mut dir_mtimes: Vec<(PathBuf, u64)> = Vec::new();
@@ -346,6 +364,11 @@ pub fn apply_tar<R: Read>(reader: R, dest: &Path, layer: &str) -> Result<(), Ima
             tar::EntryType::XGlobalHeader | tar::EntryType::XHeader | tar::EntryType::GNULongName | tar::EntryType::GNULongLink
         ) {
             continue;
+        }
+        spent = spent.saturating_add(ENTRY_COST);
+        let over_budget = || err(format!("unpacks to more than {budget} bytes; stopped"));
+        if spent > budget {
+            return Err(over_budget());
         }
         let rel = sanitize(&raw).map_err(err)?;
         let mut uid = header.uid().map_err(|e| err(format!("uid: {e}")))?;
@@ -425,7 +448,14 @@ pub fn apply_tar<R: Read>(reader: R, dest: &Path, layer: &str) -> Result<(), Ima
                         fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)
                     })
                     .map_err(|e| err(format!("create: {e}")))?;
-                    io::copy(&mut entry, &mut f).map_err(|e| err(format!("write: {e}")))?;
+                    // One byte past what is left tells a file that does not fit.
+                    let left = budget - spent;
+                    let written =
+                        io::copy(&mut (&mut entry).take(left.saturating_add(1)), &mut f).map_err(|e| err(format!("write: {e}")))?;
+                    if written > left {
+                        return Err(over_budget());
+                    }
+                    spent += written;
                     file = Some(f);
                 }
                 tar::EntryType::Symlink => {

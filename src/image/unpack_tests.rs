@@ -266,3 +266,40 @@ fn unpacks_gzip_zstd_and_plain_blobs_measuring_digests() {
         assert_eq!(std::fs::read(dest.join("f")).unwrap(), b"content");
     }
 }
+
+#[test]
+fn a_layer_past_its_budget_stops_and_says_so() {
+    let entries = [
+        E { data: &[7u8; 1000], ..e("a", EntryType::Regular) },
+        e("d/", EntryType::Directory),
+        E { data: &[7u8; 1000], ..e("d/b", EntryType::Regular) },
+    ];
+    let tar = build(&entries);
+    let exact = 3 * ENTRY_COST + 2000;
+    let d = tempfile::tempdir().unwrap();
+    apply_tar_within(tar.as_slice(), d.path(), "l", exact).expect("a layer of exactly its budget");
+    assert_eq!(std::fs::read(d.path().join("d/b")).unwrap().len(), 1000);
+    for budget in [exact - 1, 2 * ENTRY_COST + 1000, ENTRY_COST - 1] {
+        let d = tempfile::tempdir().unwrap();
+        let err = apply_tar_within(tar.as_slice(), d.path(), "l", budget).expect_err("past the budget").to_string();
+        assert!(err.contains(&format!("unpacks to more than {budget} bytes")), "{budget}: {err}");
+        let written: u64 = walk_sizes(d.path());
+        assert!(written <= budget + 1, "{budget}: {written} bytes written");
+    }
+}
+
+/// Bytes of the regular files under `dir`.
+fn walk_sizes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                walk_sizes(&e.path())
+            } else {
+                m.len()
+            }
+        })
+        .sum()
+}
