@@ -10,6 +10,7 @@ use std::process::Command;
 
 fn main() {
     build_cri();
+    build_nri();
     build_pause();
 }
 
@@ -27,6 +28,20 @@ fn build_cri() {
         .field_attribute(".runtime.v1.KeyValue.value", "#[serde(with = \"crate::cri::serde_kv_value\")]")
         .compile_fds(fds)
         .unwrap_or_else(|e| panic!("generating the CRI bindings from {PROTO}: {e}"));
+}
+
+/// The NRI messages (containerd/nri's `pkg/api/api.proto`, vendored as `proto/nri/api.proto`)
+/// with prost, into `$OUT_DIR/nri.pkg.api.v1alpha1.rs`: messages only, as the transport is
+/// ttrpc (`src/nri/`), not gRPC.
+fn build_nri() {
+    const PROTO: &str = "proto/nri/api.proto";
+    println!("cargo:rerun-if-changed={PROTO}");
+    let fds = protox::compile(["nri/api.proto"], ["proto"]).unwrap_or_else(|e| panic!("parsing {PROTO}: {e}"));
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(false)
+        .compile_fds(fds)
+        .unwrap_or_else(|e| panic!("generating the NRI bindings from {PROTO}: {e}"));
 }
 
 /// `$RUSTC --edition 2021 -C opt-level=s -C panic=abort -C target-feature=+crt-static
