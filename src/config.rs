@@ -84,6 +84,8 @@ pub struct Config {
     pub streaming: StreamingConfig,
     /// The opt-in Prometheus endpoint.
     pub metrics: MetricsConfig,
+    /// NRI plugins (off by default).
+    pub nri: NriConfig,
 }
 
 /// `[runtime]`: the OCI runtime handlers (CRI `runtime_handler` / RuntimeClass).
@@ -177,6 +179,37 @@ impl Default for MetricsConfig {
     }
 }
 
+/// `[nri]`: the Node Resource Interface socket NRI plugins connect to (containerd's
+/// `io.containerd.nri.v1.nri` plugin, CRI-O's `[crio.nri]`). See docs/nri.md.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NriConfig {
+    /// Accept plugins (off by default: the socket path is shared with containerd's).
+    pub enable: bool,
+    /// The socket plugins connect to.
+    pub socket_path: PathBuf,
+    /// How long a connected plugin has to call RegisterPlugin, in milliseconds (NRI's 5 s).
+    pub registration_timeout_ms: u64,
+    /// How long a plugin has to answer Configure or an event, in milliseconds (NRI's 2 s). A
+    /// plugin that does not is dropped; the operation goes on without it.
+    pub request_timeout_ms: u64,
+    /// How long a new plugin has to answer Synchronize, in milliseconds. Operations that
+    /// create pods and containers wait meanwhile.
+    pub sync_timeout_ms: u64,
+}
+
+impl Default for NriConfig {
+    fn default() -> Self {
+        NriConfig {
+            enable: false,
+            socket_path: "/var/run/nri/nri.sock".into(),
+            registration_timeout_ms: 5000,
+            request_timeout_ms: 2000,
+            sync_timeout_ms: 10000,
+        }
+    }
+}
+
 /// The values `log_format` accepts.
 pub const LOG_FORMATS: &[&str] = &["text", "json"];
 
@@ -199,6 +232,7 @@ impl Default for Config {
             image: ImageConfig::default(),
             streaming: StreamingConfig::default(),
             metrics: MetricsConfig::default(),
+            nri: NriConfig::default(),
         }
     }
 }
@@ -369,6 +403,21 @@ impl Config {
                 key: "streaming.tls_cert_file/tls_key_file".into(),
                 message: "set both (HTTPS) or neither (plain HTTP)".into(),
             });
+        }
+        if !self.nri.socket_path.is_absolute() {
+            return Err(ConfigError::Invalid {
+                key: "nri.socket_path".into(),
+                message: format!("{} is not an absolute path", self.nri.socket_path.display()),
+            });
+        }
+        for (key, ms) in [
+            ("nri.registration_timeout_ms", self.nri.registration_timeout_ms),
+            ("nri.request_timeout_ms", self.nri.request_timeout_ms),
+            ("nri.sync_timeout_ms", self.nri.sync_timeout_ms),
+        ] {
+            if ms == 0 {
+                return Err(ConfigError::Invalid { key: key.into(), message: "must be at least 1 (milliseconds)".into() });
+            }
         }
         if !LOG_FORMATS.contains(&self.log_format.as_str()) {
             return Err(ConfigError::Invalid {

@@ -37,6 +37,8 @@ pub struct Daemon {
     pub pause_bin: PathBuf,
     /// Reserved names (pod sandbox and container name keys) -> object ID.
     names: Mutex<HashMap<String, String>>,
+    /// Pod sandboxes whose RunPodSandbox is under way: not listed until it returns.
+    creating: Mutex<std::collections::HashSet<String>>,
     /// Per-object operation locks, so two RPCs on one object never interleave.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// SIGKILL deadlines of graceful container stops in progress (a shorter stop preempts).
@@ -49,6 +51,8 @@ pub struct Daemon {
     /// systemd over D-Bus, under `cgroup_manager = "systemd"` (monitor scopes); `None` under
     /// cgroupfs. Set by the binary after [`Daemon::open`] ([`Daemon::connect_systemd`]).
     pub systemd: Option<crate::cgroups::systemd::SystemdClient>,
+    /// The NRI plugins, when `[nri] enable` ([`crate::nri`]).
+    pub nri: Option<Arc<crate::nri::Nri>>,
 }
 
 impl Daemon {
@@ -83,6 +87,7 @@ impl Daemon {
         let own_oom_score_adj = std::fs::read_to_string("/proc/self/oom_score_adj").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
         let cni = Cni::new(config.network.clone());
         let records = crate::records::Records::open(store.clone(), &config).context("loading the pod sandbox and container records")?;
+        let config_nri = config.nri.clone();
         Ok(Daemon {
             config,
             records,
@@ -93,11 +98,13 @@ impl Daemon {
             monitor_bin,
             pause_bin,
             names: Mutex::new(HashMap::new()),
+            creating: Mutex::new(Default::default()),
             locks: Mutex::new(HashMap::new()),
             stop_deadlines: Default::default(),
             own_oom_score_adj,
             host_facts: crate::spec::HostFacts::probe(),
             systemd: None,
+            nri: config_nri.enable.then(|| Arc::new(crate::nri::Nri::new(&config_nri))),
         })
     }
 
@@ -144,6 +151,40 @@ impl Daemon {
         locks.entry(id.to_string()).or_default().clone()
     }
 
+    /// Marks pod sandbox `id` as being created until the guard is dropped: ListPodSandbox
+    /// does not show it meanwhile (as containerd), so NRI plugins and clients never see a pod
+    /// whose RunPodSandbox may still fail.
+    pub fn creating(&self, id: &str) -> CreatingGuard<'_> {
+        self.creating.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string());
+        CreatingGuard { d: self, id: id.to_string() }
+    }
+
+    /// Whether pod sandbox `id`'s RunPodSandbox is under way.
+    pub fn is_creating(&self, id: &str) -> bool {
+        self.creating.lock().unwrap_or_else(|p| p.into_inner()).contains(id)
+    }
+
+    /// Opens the NRI socket when `[nri] enable` ([`crate::nri::Nri::listen`]); a new plugin is
+    /// synchronized with every pod sandbox (but those being created) and container.
+    pub fn start_nri(self: &Arc<Self>) -> std::io::Result<()> {
+        let Some(nri) = &self.nri else { return Ok(()) };
+        let weak = Arc::downgrade(self);
+        nri.listen(Arc::new(move || {
+            let Some(d) = weak.upgrade() else { return Default::default() };
+            let pods = crate::sandbox::list(&d).iter().map(crate::nri::convert::pod).collect();
+            let containers = d.records.containers().iter().map(crate::nri::convert::container).collect();
+            (pods, containers)
+        }))
+    }
+
+    /// The NRI host and the NRI view of pod sandbox `sandbox_id`, when NRI is on and the pod
+    /// is stored: what a container's NRI event needs.
+    pub fn nri_pod(&self, sandbox_id: &str) -> Option<(&crate::nri::Nri, crate::nri::api::PodSandbox)> {
+        let nri = self.nri.as_deref()?;
+        let pod = self.records.stored_sandbox(sandbox_id)?;
+        Some((nri, crate::nri::convert::pod(&pod)))
+    }
+
     /// Forgets the lock of a removed object.
     pub fn drop_lock(&self, id: &str) {
         let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
@@ -154,6 +195,18 @@ impl Daemon {
     #[cfg(test)]
     pub(crate) fn lock_count(&self) -> usize {
         self.locks.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// Ends a pod sandbox's "being created" mark ([`Daemon::creating`]) when dropped.
+pub struct CreatingGuard<'a> {
+    d: &'a Daemon,
+    id: String,
+}
+
+impl Drop for CreatingGuard<'_> {
+    fn drop(&mut self) {
+        self.d.creating.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
     }
 }
 

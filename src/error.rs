@@ -41,6 +41,9 @@ pub enum Error {
     /// The image store failed.
     #[error(transparent)]
     Image(#[from] crate::image::ImageError),
+    /// An NRI plugin refused RunPodSandbox or CreateContainer (gRPC FailedPrecondition).
+    #[error(transparent)]
+    Nri(#[from] crate::nri::NriError),
     /// The metadata store failed.
     #[error(transparent)]
     State(#[from] crate::state::StateError),

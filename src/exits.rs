@@ -41,11 +41,21 @@ pub async fn fold(d: &Daemon, end: &End) {
         let lock = d.lock_for(&end.id);
         let guard = lock.lock().await;
         let folded = match end.kind {
-            Kind::Container => d.records.stored_container(&end.id).map(|r| d.records.fold_container(r).map(drop)),
-            Kind::Sandbox => d.records.stored_sandbox(&end.id).map(|r| d.records.fold_sandbox(r).map(drop)),
+            Kind::Container => d.records.stored_container(&end.id).map(|r| {
+                let was = r.state;
+                d.records.fold_container(r).map(|r| (was != r.state && r.state == crate::records::ContainerState::Exited).then_some(r))
+            }),
+            Kind::Sandbox => d.records.stored_sandbox(&end.id).map(|r| d.records.fold_sandbox(r).map(|_| None)),
         };
         match folded {
-            Some(Ok(())) => return,
+            Some(Ok(ended)) => {
+                // A container that ended by itself: NRI's StopContainer, under the lock, so
+                // before any RemoveContainer's RemoveContainer.
+                if let Some(r) = ended {
+                    crate::container::nri_stopped(d, &r).await;
+                }
+                return;
+            }
             None => {
                 // Removed: the removal held this lock and dropped its entry, which lock_for above
                 // made again.

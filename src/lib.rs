@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod mountinfo;
 pub mod network;
+pub mod nri;
 pub mod oci;
 pub mod pause;
 pub mod records;

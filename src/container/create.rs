@@ -200,6 +200,20 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
         if !injected.is_empty() {
             tracing::info!(hooks = ?injected, "OCI hooks injected");
         }
+        // NRI plugins see the container as the runtime will get it and may adjust it; a refusal
+        // undoes it all. The container is stored (and listed) only after them, and plugin
+        // synchronization waits until it is (see crate::nri).
+        let _nri_sync = match &d.nri {
+            Some(nri) => {
+                let sync = nri.block_sync().await;
+                let pod = crate::nri::convert::pod(&sandbox);
+                let ctr = crate::nri::convert::with_spec(crate::nri::convert::container(&record), &oci);
+                let adjustments = nri.create_container(&pod, &ctr).await?;
+                crate::nri::adjust::apply(&mut oci, &adjustments).map_err(crate::nri::NriError::from)?;
+                Some(sync)
+            }
+            None => None,
+        };
         record.user = spec::effective_user(&oci);
         let config_json = paths.bundle.join("config.json");
         let bytes = serde_json::to_vec_pretty(&oci).map_err(|e| Error::io("encoding config.json")(e.into()))?;
@@ -258,6 +272,9 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
             d.records.publish_container(crate::records::ContainerEventKind::Created, &record);
             d.records.watch_container(&record);
             tracing::info!(parent: &span, "container created");
+            if let Some((nri, pod)) = d.nri_pod(&record.sandbox_id) {
+                nri.post_create_container(&pod, &crate::nri::convert::container(&record)).await;
+            }
             Ok(id)
         }
         Err(e) => {

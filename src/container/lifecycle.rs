@@ -27,6 +27,10 @@ pub async fn start(d: &Daemon, id: &str) -> Result<()> {
                 state_name(r.state)
             )));
         }
+        let nri = d.nri_pod(&r.sandbox_id);
+        if let Some((nri, pod)) = &nri {
+            nri.start_container(pod, &crate::nri::convert::container(&r)).await;
+        }
         let started_at = crate::util::now_nanos();
         d.runtime(&r.runtime_handler)?.start(&r.id).await?;
         r.started_at = started_at;
@@ -36,6 +40,9 @@ pub async fn start(d: &Daemon, id: &str) -> Result<()> {
         // this start lets go of the lock.
         d.records.publish_container(crate::records::ContainerEventKind::Started, &r);
         tracing::info!("container started");
+        if let Some((nri, pod)) = &nri {
+            nri.post_start_container(pod, &crate::nri::convert::container(&r)).await;
+        }
         Ok(())
     }
     .instrument(span)
@@ -75,7 +82,7 @@ async fn stop_locked(d: &Daemon, r: ContainerRecord, timeout: i64) -> Result<Con
     // Ended already, its end not folded in yet (the exit path waits for this lock): settle it
     // here rather than signal a process that is gone.
     if let Some(ended) = paths.watched(&r).observe() {
-        return finish(d, r, &ended);
+        return finish(d, r, &ended).await;
     }
     if timeout > 0 {
         let signal = super::signal::parse_signal(&r.stop_signal).unwrap_or(libc::SIGTERM);
@@ -86,7 +93,7 @@ async fn stop_locked(d: &Daemon, r: ContainerRecord, timeout: i64) -> Result<Con
             let remaining = reg.deadline.borrow_and_update().saturating_duration_since(Instant::now());
             tokio::select! {
                 ended = w.wait(remaining) => match ended {
-                    Some(ended) => return finish(d, r, &ended),
+                    Some(ended) => return finish(d, r, &ended).await,
                     None => break,
                 },
                 // A later stop or a remove shortened the deadline: wait again with what is left.
@@ -99,7 +106,7 @@ async fn stop_locked(d: &Daemon, r: ContainerRecord, timeout: i64) -> Result<Con
     }
     runtime.kill(&r.id, libc::SIGKILL, false).await?;
     match paths.watched(&r).wait(KILL_GRACE).await {
-        Some(ended) => finish(d, r, &ended),
+        Some(ended) => finish(d, r, &ended).await,
         None => Err(Error::DeadlineExceeded(format!(
             "container {} was sent SIGKILL but its monitor reported no exit within {}s",
             r.id,
@@ -108,12 +115,22 @@ async fn stop_locked(d: &Daemon, r: ContainerRecord, timeout: i64) -> Result<Con
     }
 }
 
-fn finish(d: &Daemon, r: ContainerRecord, ended: &super::liveness::Ended) -> Result<ContainerRecord> {
+/// Stores the end of a container that was running, publishes STOPPED and tells NRI plugins
+/// (StopContainer, once: only a container that was running gets here).
+async fn finish(d: &Daemon, r: ContainerRecord, ended: &super::liveness::Ended) -> Result<ContainerRecord> {
     let r = super::apply_end(r, ended);
     d.records.put_container(&r)?;
     d.records.publish_container(crate::records::ContainerEventKind::Stopped, &r);
     tracing::info!(exit_code = r.exit_code, "container stopped");
+    nri_stopped(d, &r).await;
     Ok(r)
+}
+
+/// Sends NRI's StopContainer for a container that has just been seen to end.
+pub(crate) async fn nri_stopped(d: &Daemon, r: &ContainerRecord) {
+    if let Some((nri, pod)) = d.nri_pod(&r.sandbox_id) {
+        nri.stop_container(&pod, &crate::nri::convert::container(r)).await;
+    }
 }
 
 /// Removes a container: kills it if it still runs, deletes it from the runtime, unmounts its
@@ -152,6 +169,9 @@ pub async fn remove(d: &Daemon, id: &str) -> Result<()> {
         }
         d.records.publish_container(crate::records::ContainerEventKind::Deleted, &r);
         tracing::info!("container removed");
+        if let Some((nri, pod)) = d.nri_pod(&r.sandbox_id) {
+            nri.remove_container(&pod, &crate::nri::convert::container(&r)).await;
+        }
         Ok(())
     }
     .instrument(span)

@@ -48,6 +48,9 @@ pub struct SandboxRecord {
     pub hostname: String,
     /// Whether the pod's `/dev/shm` tmpfs is mounted under the run dir.
     pub shm_mounted: bool,
+    /// Whether StopPodSandbox has run to its end (NRI's StopPodSandbox is sent once).
+    #[serde(default)]
+    pub stopped: bool,
 }
 
 impl SandboxRecord {

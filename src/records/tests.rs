@@ -29,6 +29,7 @@ fn ready_pod(id: &str) -> SandboxRecord {
         cgroup_parent: String::new(),
         hostname: "h".into(),
         shm_mounted: true,
+        stopped: false,
     }
 }
 

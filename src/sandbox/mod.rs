@@ -52,9 +52,12 @@ pub async fn update_resources(
     Ok(())
 }
 
-/// Every sandbox, as stored, in ID order.
+/// Every sandbox, as stored, in ID order, but those whose RunPodSandbox is under way
+/// ([`Daemon::creating`]).
 pub fn list(d: &Daemon) -> Vec<SandboxRecord> {
-    d.records.sandboxes()
+    let mut all = d.records.sandboxes();
+    all.retain(|r| !d.is_creating(&r.id));
+    all
 }
 
 /// Restart recovery: re-reserve names, fold in the ends of infra processes that ended while

@@ -68,6 +68,7 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
     d.reserve_name("pod sandbox", &name_key, &id)?;
     let lock = d.lock_for(&id);
     let _guard = lock.lock().await;
+    let _creating = d.creating(&id);
     let span = tracing::info_span!("run_pod_sandbox", sandbox = %id, pod = %meta.name, namespace = %meta.namespace);
 
     let paths = SandboxPaths::new(d, &id);
@@ -85,6 +86,7 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
         cgroup_parent: cgroup_parent.clone(),
         hostname: hostname.clone(),
         shm_mounted: false,
+        stopped: false,
     };
 
     let mut undo = Cleanup::new();
@@ -193,6 +195,16 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
         tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, pid = spawned.container_pid, "infra container started");
         record.infra_pid = spawned.container_pid;
         record.monitor_pid = spawned.monitor_pid;
+        // NRI plugins see the pod up but not yet Ready; a refusal undoes it all. Plugin
+        // synchronization waits until the pod is stored Ready (see crate::nri).
+        let _nri_sync = match &d.nri {
+            Some(nri) => {
+                let sync = nri.block_sync().await;
+                nri.run_pod_sandbox(&crate::nri::convert::pod(&record)).await?;
+                Some(sync)
+            }
+            None => None,
+        };
         record.state = SandboxState::Ready;
         d.records.put_sandbox(&record)?;
         Ok::<(), Error>(())

@@ -26,6 +26,10 @@ async fn stop_locked(d: &Daemon, mut r: SandboxRecord) -> Result<()> {
     for c in crate::container::list_in_sandbox(d, &r.id) {
         crate::container::stop(d, &c.id, 0).await?;
     }
+    // NRI: once per pod, its containers stopped (and still listed), its network still up.
+    if let (false, Some(nri)) = (r.stopped, &d.nri) {
+        nri.stop_pod_sandbox(&crate::nri::convert::pod(&r)).await;
+    }
     let paths = SandboxPaths::new(d, &r.id);
     if r.network_attached {
         if let Some(netns) = &r.netns_path {
@@ -57,6 +61,7 @@ async fn stop_locked(d: &Daemon, mut r: SandboxRecord) -> Result<()> {
     crate::storage::unmount(&paths.shm)?;
     r.shm_mounted = false;
     r.state = SandboxState::NotReady;
+    r.stopped = true;
     d.records.put_sandbox(&r)?;
     d.records.publish_sandbox(crate::records::ContainerEventKind::Stopped, &r);
     tracing::info!("pod sandbox stopped");
@@ -92,6 +97,9 @@ pub async fn remove(d: &Daemon, id: &str) -> Result<()> {
         last.state = SandboxState::NotReady;
         d.records.publish_sandbox(crate::records::ContainerEventKind::Deleted, &last);
         tracing::info!("pod sandbox removed");
+        if let Some(nri) = &d.nri {
+            nri.remove_pod_sandbox(&crate::nri::convert::pod(&last)).await;
+        }
         Ok::<(), Error>(())
     }
     .instrument(span)

@@ -33,6 +33,7 @@ pub fn code(e: &Error) -> Code {
         Error::AlreadyExists { .. } => Code::AlreadyExists,
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+        Error::Nri(_) => Code::FailedPrecondition,
         Error::Spec(s) => spec_code(s),
         Error::Image(i) => image_code(i),
         Error::Storage(s) => storage_code(s),

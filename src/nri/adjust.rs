@@ -1,0 +1,328 @@
+//! Applying NRI plugins' CreateContainer adjustments (nri `ContainerAdjustment`) to the OCI
+//! spec before the runtime sees it, in plugin index order (a later plugin's value wins).
+//!
+//! Honoured, as containerd's NRI adaptation applies them: annotations, mounts (one per
+//! destination), env, args, OCI hooks (appended), rlimits, and on Linux memory (limit,
+//! reservation, swap, swappiness), CPU (shares, quota, period, cpus, mems), pids limit, unified
+//! cgroup v2 keys, cgroups path and OOM score. A key or destination marked for removal (a
+//! leading `-`, nri's `MarkForRemoval`) removes it. Anything else a plugin asks for (devices,
+//! CDI devices, namespaces, sysctls, seccomp, scheduling, RDT, I/O priority, net devices,
+//! memory policy, hugepages, block I/O and RDT classes) fails the CreateContainer with
+//! [`AdjustError::Unsupported`] naming the plugin and the field: never silently dropped.
+//! Conflicting claims of two plugins on one field are not detected (the later one wins).
+
+use super::api;
+use oci_spec::runtime::{Hook, Hooks, LinuxCpu, LinuxMemory, LinuxPids, LinuxResources, Mount, PosixRlimitBuilder, Spec};
+use std::path::PathBuf;
+
+/// Why an adjustment could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum AdjustError {
+    /// The plugin asked for something berth does not apply.
+    #[error("NRI plugin {plugin} adjusted {field}, which berth does not apply to containers yet")]
+    Unsupported { plugin: String, field: &'static str },
+    /// The plugin's value is not valid for the OCI spec.
+    #[error("NRI plugin {plugin} adjusted {field}: {message}")]
+    Invalid { plugin: String, field: &'static str, message: String },
+}
+
+/// Applies each `(plugin, adjustment)` in order to `spec`.
+pub fn apply(spec: &mut Spec, adjustments: &[(String, api::ContainerAdjustment)]) -> Result<(), AdjustError> {
+    for (plugin, a) in adjustments {
+        apply_one(spec, plugin, a)?;
+    }
+    Ok(())
+}
+
+/// `key` without its removal mark, and whether it had one.
+fn removal(key: &str) -> (&str, bool) {
+    match key.strip_prefix('-') {
+        Some(k) => (k, true),
+        None => (key, false),
+    }
+}
+
+fn apply_one(spec: &mut Spec, plugin: &str, a: &api::ContainerAdjustment) -> Result<(), AdjustError> {
+    let unsupported = |field| Err(AdjustError::Unsupported { plugin: plugin.into(), field });
+    if !a.cdi_devices.is_empty() {
+        return unsupported("cdi_devices");
+    }
+    if !a.annotations.is_empty() {
+        let annotations = spec.annotations_mut().get_or_insert_with(Default::default);
+        for (k, v) in &a.annotations {
+            match removal(k) {
+                (k, true) => annotations.remove(k),
+                (k, false) => annotations.insert(k.to_string(), v.clone()),
+            };
+        }
+    }
+    if !a.mounts.is_empty() {
+        let mounts = spec.mounts_mut().get_or_insert_with(Vec::new);
+        for m in &a.mounts {
+            let (dest, remove) = removal(&m.destination);
+            mounts.retain(|x| x.destination() != &PathBuf::from(dest));
+            if !remove {
+                let mut nm = Mount::default();
+                nm.set_destination(dest.into())
+                    .set_typ(Some(m.r#type.clone()).filter(|t| !t.is_empty()))
+                    .set_source(Some(PathBuf::from(&m.source)).filter(|s| !s.as_os_str().is_empty()))
+                    .set_options(Some(m.options.clone()));
+                mounts.push(nm);
+            }
+        }
+        // Parents before children, as runtime-tools' generator orders mounts (stable).
+        mounts.sort_by_key(|m| m.destination().components().count());
+    }
+    let process = spec.process_mut().get_or_insert_with(Default::default);
+    if !a.env.is_empty() {
+        let env = process.env_mut().get_or_insert_with(Vec::new);
+        for kv in &a.env {
+            let (key, remove) = removal(&kv.key);
+            env.retain(|e| e.split_once('=').map(|(k, _)| k).unwrap_or(e) != key);
+            if !remove {
+                env.push(format!("{key}={}", kv.value));
+            }
+        }
+    }
+    if !a.args.is_empty() {
+        process.set_args(Some(a.args.clone()));
+    }
+    if !a.rlimits.is_empty() {
+        let mut limits = process.rlimits().clone().unwrap_or_default();
+        for r in &a.rlimits {
+            let typ = serde_json::from_value(serde_json::Value::String(r.r#type.clone())).map_err(|_| AdjustError::Invalid {
+                plugin: plugin.into(),
+                field: "rlimits",
+                message: format!("{:?} is not an OCI rlimit type (RLIMIT_NOFILE, ...)", r.r#type),
+            })?;
+            limits.retain(|l| l.typ() != typ);
+            let l = PosixRlimitBuilder::default().typ(typ).hard(r.hard).soft(r.soft).build().map_err(|e| AdjustError::Invalid {
+                plugin: plugin.into(),
+                field: "rlimits",
+                message: e.to_string(),
+            })?;
+            limits.push(l);
+        }
+        process.set_rlimits(Some(limits));
+    }
+    if let Some(h) = &a.hooks {
+        add_hooks(spec, h);
+    }
+    if let Some(l) = &a.linux {
+        apply_linux(spec, plugin, l)?;
+    }
+    Ok(())
+}
+
+fn add_hooks(spec: &mut Spec, h: &api::Hooks) {
+    let hooks: &mut Hooks = spec.hooks_mut().get_or_insert_with(Default::default);
+    let oci = |list: &[api::Hook]| -> Vec<Hook> {
+        list.iter()
+            .map(|x| {
+                let mut o = Hook::default();
+                o.set_path(PathBuf::from(&x.path))
+                    .set_args(Some(x.args.clone()).filter(|a| !a.is_empty()))
+                    .set_env(Some(x.env.clone()).filter(|e| !e.is_empty()))
+                    .set_timeout(x.timeout.as_ref().map(|t| t.value));
+                o
+            })
+            .collect()
+    };
+    let add = |list: &mut Option<Vec<Hook>>, more: &[api::Hook]| {
+        if !more.is_empty() {
+            list.get_or_insert_with(Vec::new).extend(oci(more));
+        }
+    };
+    #[allow(deprecated)]
+    add(hooks.prestart_mut(), &h.prestart);
+    add(hooks.create_runtime_mut(), &h.create_runtime);
+    add(hooks.create_container_mut(), &h.create_container);
+    add(hooks.start_container_mut(), &h.start_container);
+    add(hooks.poststart_mut(), &h.poststart);
+    add(hooks.poststop_mut(), &h.poststop);
+}
+
+fn apply_linux(spec: &mut Spec, plugin: &str, l: &api::LinuxContainerAdjustment) -> Result<(), AdjustError> {
+    let unsupported = |field| Err(AdjustError::Unsupported { plugin: plugin.into(), field });
+    if !l.devices.is_empty() {
+        return unsupported("linux.devices");
+    }
+    if !l.namespaces.is_empty() {
+        return unsupported("linux.namespaces");
+    }
+    if !l.sysctl.is_empty() {
+        return unsupported("linux.sysctl");
+    }
+    if !l.net_devices.is_empty() {
+        return unsupported("linux.net_devices");
+    }
+    if l.seccomp_policy.is_some() {
+        return unsupported("linux.seccomp_policy");
+    }
+    if l.io_priority.is_some() {
+        return unsupported("linux.io_priority");
+    }
+    if l.scheduler.is_some() {
+        return unsupported("linux.scheduler");
+    }
+    if l.rdt.is_some() {
+        return unsupported("linux.rdt");
+    }
+    if l.memory_policy.is_some() {
+        return unsupported("linux.memory_policy");
+    }
+    if let Some(o) = &l.oom_score_adj {
+        let v = i32::try_from(o.value).ok().filter(|v| (-1000..=1000).contains(v)).ok_or_else(|| AdjustError::Invalid {
+            plugin: plugin.into(),
+            field: "linux.oom_score_adj",
+            message: format!("{} is outside -1000..=1000", o.value),
+        })?;
+        spec.process_mut().get_or_insert_with(Default::default).set_oom_score_adj(Some(v));
+    }
+    let linux = spec.linux_mut().get_or_insert_with(Default::default);
+    if !l.cgroups_path.is_empty() {
+        linux.set_cgroups_path(Some(PathBuf::from(&l.cgroups_path)));
+    }
+    let Some(r) = &l.resources else { return Ok(()) };
+    if !r.hugepage_limits.is_empty() {
+        return unsupported("linux.resources.hugepage_limits");
+    }
+    if !r.devices.is_empty() {
+        return unsupported("linux.resources.devices");
+    }
+    if r.blockio_class.is_some() {
+        return unsupported("linux.resources.blockio_class");
+    }
+    if r.rdt_class.is_some() {
+        return unsupported("linux.resources.rdt_class");
+    }
+    let res: &mut LinuxResources = linux.resources_mut().get_or_insert_with(Default::default);
+    if let Some(m) = &r.memory {
+        if m.kernel.is_some() || m.kernel_tcp.is_some() || m.disable_oom_killer.is_some() || m.use_hierarchy.is_some() {
+            return unsupported("linux.resources.memory (kernel, kernel_tcp, disable_oom_killer, use_hierarchy)");
+        }
+        let mem: &mut LinuxMemory = res.memory_mut().get_or_insert_with(Default::default);
+        if let Some(v) = &m.limit {
+            mem.set_limit(Some(v.value));
+            // As the CRI path does on v1 (spec::linux::resources): no swap beyond the limit
+            // unless the plugin sets swap too.
+            if m.swap.is_none() {
+                mem.set_swap(Some(v.value));
+            }
+        }
+        if let Some(v) = &m.reservation {
+            mem.set_reservation(Some(v.value));
+        }
+        if let Some(v) = &m.swap {
+            mem.set_swap(Some(v.value));
+        }
+        if let Some(v) = &m.swappiness {
+            mem.set_swappiness(Some(v.value));
+        }
+    }
+    if let Some(c) = &r.cpu {
+        if c.realtime_runtime.is_some() || c.realtime_period.is_some() {
+            return unsupported("linux.resources.cpu (realtime)");
+        }
+        let cpu: &mut LinuxCpu = res.cpu_mut().get_or_insert_with(Default::default);
+        if let Some(v) = &c.shares {
+            cpu.set_shares(Some(v.value));
+        }
+        if let Some(v) = &c.quota {
+            cpu.set_quota(Some(v.value));
+        }
+        if let Some(v) = &c.period {
+            cpu.set_period(Some(v.value));
+        }
+        if !c.cpus.is_empty() {
+            cpu.set_cpus(Some(c.cpus.clone()));
+        }
+        if !c.mems.is_empty() {
+            cpu.set_mems(Some(c.mems.clone()));
+        }
+    }
+    if let Some(p) = &r.pids {
+        let mut pids = LinuxPids::default();
+        pids.set_limit(p.limit);
+        res.set_pids(Some(pids));
+    }
+    if !r.unified.is_empty() {
+        let unified = res.unified_mut().get_or_insert_with(Default::default);
+        for (k, v) in &r.unified {
+            match removal(k) {
+                (k, true) => unified.remove(k),
+                (k, false) => unified.insert(k.to_string(), v.clone()),
+            };
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(k: &str, v: &str) -> api::KeyValue {
+        api::KeyValue { key: k.into(), value: v.into() }
+    }
+
+    fn spec() -> Spec {
+        let mut s = Spec::default();
+        s.process_mut().get_or_insert_with(Default::default).set_env(Some(vec!["PATH=/bin".into(), "KEEP=1".into(), "DROP=1".into()]));
+        s
+    }
+
+    #[test]
+    fn env_mounts_and_memory_are_applied_in_plugin_order() {
+        let mut s = spec();
+        let first = api::ContainerAdjustment {
+            env: vec![kv("A", "1"), kv("-DROP", "")],
+            mounts: vec![api::Mount {
+                destination: "/data".into(),
+                r#type: "bind".into(),
+                source: "/srv/a".into(),
+                options: vec!["rbind".into()],
+            }],
+            linux: Some(api::LinuxContainerAdjustment {
+                resources: Some(api::LinuxResources {
+                    memory: Some(api::LinuxMemory { limit: Some(api::OptionalInt64 { value: 64 << 20 }), ..Default::default() }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let second = api::ContainerAdjustment {
+            env: vec![kv("A", "2")],
+            mounts: vec![api::Mount { destination: "/data".into(), r#type: "bind".into(), source: "/srv/b".into(), options: vec![] }],
+            ..Default::default()
+        };
+        apply(&mut s, &[("10-a".into(), first), ("20-b".into(), second)]).unwrap();
+        let env = s.process().as_ref().unwrap().env().clone().unwrap();
+        assert_eq!(env, ["PATH=/bin", "KEEP=1", "A=2"]);
+        let mounts = s.mounts().clone().unwrap();
+        let data: Vec<_> = mounts.iter().filter(|m| m.destination() == std::path::Path::new("/data")).collect();
+        assert_eq!(data.len(), 1, "one mount per destination: {mounts:?}");
+        assert_eq!(data[0].source().as_deref(), Some(std::path::Path::new("/srv/b")));
+        let depth: Vec<usize> = mounts.iter().map(|m| m.destination().components().count()).collect();
+        assert!(depth.windows(2).all(|w| w[0] <= w[1]), "parents first: {mounts:?}");
+        let mem = s.linux().as_ref().unwrap().resources().as_ref().unwrap().memory().unwrap();
+        assert_eq!((mem.limit(), mem.swap()), (Some(64 << 20), Some(64 << 20)));
+    }
+
+    #[test]
+    fn what_is_not_applied_fails_naming_plugin_and_field() {
+        let a = api::ContainerAdjustment {
+            linux: Some(api::LinuxContainerAdjustment { sysctl: [("net.x".to_string(), "1".to_string())].into(), ..Default::default() }),
+            ..Default::default()
+        };
+        let e = apply(&mut spec(), &[("05-tuner".into(), a)]).unwrap_err().to_string();
+        assert!(e.contains("05-tuner") && e.contains("linux.sysctl"), "{e}");
+        let bad = api::ContainerAdjustment {
+            rlimits: vec![api::PosixRlimit { r#type: "NOFILE".into(), hard: 1, soft: 1 }],
+            ..Default::default()
+        };
+        let e = apply(&mut spec(), &[("05-lim".into(), bad)]).unwrap_err().to_string();
+        assert!(e.contains("\"NOFILE\" is not an OCI rlimit type"), "{e}");
+    }
+}

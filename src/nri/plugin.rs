@@ -1,0 +1,251 @@
+//! One connected NRI plugin: registration, Configure, and the calls the runtime makes on it,
+//! over the two ttrpc connections of its trunk ([`super::mux`]).
+//!
+//! The sequence follows containerd/nri v0.12.1 (`pkg/adaptation/plugin.go`): the plugin calls
+//! `Runtime.RegisterPlugin(name, index)` within the registration timeout; the runtime calls
+//! `Plugin.Configure` (runtime name and version, both timeouts in milliseconds) and keeps the
+//! event mask it returns (bit `e - 1` for event `e`; 0 means every event); the caller then
+//! synchronizes it ([`Plugin::call`] with `Synchronize`) before it gets events.
+
+use super::api;
+use super::mux::{self, Trunk};
+use futures_util::StreamExt;
+use prost::Message;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use ttrpc::r#async::{Client, MethodHandler, Server, Service, TtrpcContext};
+
+/// The ttrpc service a plugin serves.
+pub const PLUGIN_SERVICE: &str = "nri.pkg.api.v1alpha1.Plugin";
+/// The ttrpc service the runtime serves to plugins.
+pub const RUNTIME_SERVICE: &str = "nri.pkg.api.v1alpha1.Runtime";
+/// The NRI protocol version berth speaks (the vendored proto's release).
+pub const NRI_VERSION: &str = "v0.12.1";
+
+/// The events a plugin may subscribe to (nri `api.ValidEvents`): bits 0 to 13.
+const VALID_EVENTS: i32 = (1 << 14) - 1;
+
+/// Why a plugin could not be connected, or a call on it failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The plugin did not register within the registration timeout.
+    #[error("did not register within {0:?}")]
+    NotRegistered(Duration),
+    /// The plugin registered with a name or index NRI does not allow.
+    #[error("registered with {what}: {why}")]
+    BadRegistration { what: String, why: String },
+    /// The plugin answered with an error status: its verdict, which fails the operation.
+    #[error("plugin {plugin} failed {method}: {message} (ttrpc code {code})")]
+    Refused { plugin: String, method: String, code: i32, message: String },
+    /// The plugin is unreachable: connection closed, timeout, or a reply that does not decode.
+    /// The plugin is dropped; the operation goes on without it (as containerd does).
+    #[error("plugin {plugin}: {method}: {message}")]
+    Broken { plugin: String, method: String, message: String },
+}
+
+impl PluginError {
+    /// Whether the plugin must be dropped (it cannot be talked to any more).
+    pub fn is_broken(&self) -> bool {
+        !matches!(self, PluginError::Refused { .. })
+    }
+}
+
+/// A registered and configured plugin.
+pub struct Plugin {
+    /// `<index>-<name>`, as NRI names plugins in logs.
+    pub id: String,
+    /// The two-digit index plugins are ordered by.
+    pub index: String,
+    /// The event mask from Configure (never 0: "all" is stored as every valid bit).
+    pub events: i32,
+    client: Client,
+    // Both kept for as long as the plugin is: dropping the trunk closes the connection.
+    trunk: Trunk,
+    // Not Sync (it holds its listener); only kept, never used.
+    _server: std::sync::Mutex<Server>,
+    broken: AtomicBool,
+}
+
+/// How the runtime introduces itself and times plugins ([`crate::config::NriConfig`]).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub runtime_name: String,
+    pub runtime_version: String,
+    pub registration_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+/// Serves `nri.pkg.api.v1alpha1.Runtime.RegisterPlugin`: hands the request to [`connect`].
+struct Register(tokio::sync::mpsc::UnboundedSender<api::RegisterPluginRequest>);
+
+#[async_trait::async_trait]
+impl MethodHandler for Register {
+    async fn handler(&self, _ctx: TtrpcContext, req: ttrpc::Request) -> ttrpc::Result<ttrpc::Response> {
+        let r = api::RegisterPluginRequest::decode(req.payload.as_slice())
+            .map_err(|e| ttrpc::error::get_rpc_status(ttrpc::Code::INVALID_ARGUMENT, format!("RegisterPluginRequest: {e}")))?;
+        let _ = self.0.send(r);
+        let mut resp = ttrpc::Response::new();
+        resp.set_payload(api::Empty {}.encode_to_vec());
+        Ok(resp)
+    }
+}
+
+/// Serves `nri.pkg.api.v1alpha1.Runtime.UpdateContainers` (unsolicited updates) as not built.
+struct UpdateContainers;
+
+#[async_trait::async_trait]
+impl MethodHandler for UpdateContainers {
+    async fn handler(&self, _ctx: TtrpcContext, _req: ttrpc::Request) -> ttrpc::Result<ttrpc::Response> {
+        Err(ttrpc::error::get_rpc_status(
+            ttrpc::Code::UNIMPLEMENTED,
+            "berth does not apply unsolicited container updates (Runtime.UpdateContainers) yet",
+        ))
+    }
+}
+
+/// Checks an external plugin's registration as nri's `api.CheckPluginName` and
+/// `api.CheckPluginIndex` do: a name of `[A-Za-z0-9_.+-]`, an index of exactly two digits.
+fn check_registration(r: &api::RegisterPluginRequest) -> Result<(), PluginError> {
+    if r.plugin_name.is_empty() || !r.plugin_name.chars().all(|c| c.is_ascii_alphanumeric() || "_.+-".contains(c)) {
+        return Err(PluginError::BadRegistration {
+            what: format!("name {:?}", r.plugin_name),
+            why: "expected letters, digits, '_', '.', '+' or '-'".into(),
+        });
+    }
+    if r.plugin_idx.len() != 2 || !r.plugin_idx.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(PluginError::BadRegistration { what: format!("index {:?}", r.plugin_idx), why: "expected two digits".into() });
+    }
+    Ok(())
+}
+
+/// Takes a plugin's connection through registration and Configure. `peer` names it in logs
+/// until it has a name (e.g. its pid).
+///
+/// Errors: [`PluginError::NotRegistered`], [`PluginError::BadRegistration`], or Configure's
+/// error; the connection is closed then.
+pub async fn connect(stream: tokio::net::UnixStream, settings: &Settings, peer: &str) -> Result<Plugin, PluginError> {
+    let mut trunk = mux::split(stream);
+    let (reg_tx, mut reg_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut methods: HashMap<String, Box<dyn MethodHandler + Send + Sync>> = HashMap::new();
+    methods.insert("RegisterPlugin".into(), Box::new(Register(reg_tx)));
+    methods.insert("UpdateContainers".into(), Box::new(UpdateContainers));
+    let services = HashMap::from([(RUNTIME_SERVICE.to_string(), Service { methods, streams: HashMap::new() })]);
+    let runtime_conn = trunk.runtime_service.take().expect("split gives both connections");
+    let plugin_conn = trunk.plugin_service.take().expect("split gives both connections");
+    // The server's accept loop yields this one connection, then waits (ending it would be
+    // harmless, but a pending stream keeps the loop's intent plain).
+    let incoming = futures_util::stream::once(async move { Ok::<_, std::io::Error>(runtime_conn) }).chain(futures_util::stream::pending());
+    let mut server = Server::new().register_service(services).add_listener(ttrpc::r#async::transport::Listener::new(incoming));
+    let broken = |method: &str, message: String| PluginError::Broken { plugin: peer.to_string(), method: method.into(), message };
+    server.start().await.map_err(|e| broken("serving", e.to_string()))?;
+    let client = Client::new(ttrpc::r#async::transport::Socket::new(plugin_conn));
+
+    let reg = tokio::select! {
+        r = reg_rx.recv() => r.ok_or_else(|| broken("RegisterPlugin", "connection closed".into()))?,
+        () = trunk.closed() => return Err(broken("RegisterPlugin", "connection closed before registering".into())),
+        () = tokio::time::sleep(settings.registration_timeout) => return Err(PluginError::NotRegistered(settings.registration_timeout)),
+    };
+    check_registration(&reg)?;
+    let mut plugin = Plugin {
+        id: format!("{}-{}", reg.plugin_idx, reg.plugin_name),
+        index: reg.plugin_idx.clone(),
+        events: VALID_EVENTS,
+        client,
+        trunk,
+        _server: std::sync::Mutex::new(server),
+        broken: AtomicBool::new(false),
+    };
+    let configure = api::ConfigureRequest {
+        config: String::new(),
+        runtime_name: settings.runtime_name.clone(),
+        runtime_version: settings.runtime_version.clone(),
+        registration_timeout: settings.registration_timeout.as_millis() as i64,
+        request_timeout: settings.request_timeout.as_millis() as i64,
+        nri_version: NRI_VERSION.into(),
+    };
+    let reply: api::ConfigureResponse = plugin.call("Configure", &configure, settings.request_timeout).await?;
+    if reply.events & !VALID_EVENTS != 0 {
+        return Err(PluginError::BadRegistration {
+            what: format!("event mask {:#x}", reply.events),
+            why: format!("bits outside {VALID_EVENTS:#x} name no event"),
+        });
+    }
+    if reply.events != 0 {
+        plugin.events = reply.events;
+    }
+    tracing::info!(plugin = %plugin.id, peer, events = format_args!("{:#x}", plugin.events), "NRI plugin registered");
+    Ok(plugin)
+}
+
+impl Plugin {
+    /// Whether the plugin subscribed to `event`.
+    pub fn wants(&self, event: api::Event) -> bool {
+        let e = event as i32;
+        e > 0 && self.events & (1 << (e - 1)) != 0
+    }
+
+    /// Whether the plugin can still be called: its connection is open and no call on it broke.
+    pub fn is_alive(&self) -> bool {
+        !self.broken.load(Ordering::Relaxed) && !self.trunk.is_closed()
+    }
+
+    /// Resolves once the plugin's connection is closed.
+    pub async fn closed(&self) {
+        self.trunk.closed().await
+    }
+
+    /// Calls `Plugin.<method>` with `req`, waiting at most `timeout`; the deadline is sent along
+    /// (ttrpc `timeout_nano`), so the plugin's handler sees it too.
+    ///
+    /// Errors: [`PluginError::Refused`] when the plugin returns an error status (but
+    /// DEADLINE_EXCEEDED), [`PluginError::Broken`] for everything else, which also marks the
+    /// plugin dead.
+    pub async fn call<Req: Message, Resp: Message + Default>(
+        &self,
+        method: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, PluginError> {
+        let mut r = ttrpc::Request::new();
+        r.set_service(PLUGIN_SERVICE.into());
+        r.set_method(method.into());
+        r.set_payload(req.encode_to_vec());
+        r.set_timeout_nano(timeout.as_nanos().min(i64::MAX as u128) as i64);
+        let broken = |message: String| {
+            self.broken.store(true, Ordering::Relaxed);
+            PluginError::Broken { plugin: self.id.clone(), method: method.into(), message }
+        };
+        // The client enforces the deadline itself; this bound only guards against a client that
+        // would not.
+        let resp = match tokio::time::timeout(timeout + Duration::from_secs(1), self.client.request(r)).await {
+            Err(_) => return Err(broken(format!("no reply within {timeout:?}"))),
+            Ok(Err(ttrpc::Error::RpcStatus(s))) if s.code() != ttrpc::Code::DEADLINE_EXCEEDED => {
+                return Err(PluginError::Refused {
+                    plugin: self.id.clone(),
+                    method: method.into(),
+                    code: s.code() as i32,
+                    message: s.message.clone(),
+                })
+            }
+            Ok(Err(e)) => return Err(broken(e.to_string())),
+            Ok(Ok(resp)) => resp,
+        };
+        Resp::decode(resp.payload.as_slice()).map_err(|e| broken(format!("reply does not decode: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registrations_are_checked_as_nri_does() {
+        let reg = |n: &str, i: &str| api::RegisterPluginRequest { plugin_name: n.into(), plugin_idx: i.into(), nri_version: String::new() };
+        assert!(check_registration(&reg("cri-test-nri-create", "00")).is_ok());
+        assert!(check_registration(&reg("a_b.c+d", "99")).is_ok());
+        for (n, i) in [("", "00"), ("a b", "00"), ("a/b", "00"), ("x", "0"), ("x", "100"), ("x", "a1")] {
+            assert!(check_registration(&reg(n, i)).is_err(), "{n:?} {i:?}");
+        }
+    }
+}
