@@ -530,6 +530,12 @@ fn comment_for(key: &str) -> Option<&'static str> {
         "metrics.enabled" => "serve the endpoint",
         "metrics.address" => "IP address to bind",
         "metrics.port" => "TCP port; 0 picks a free one",
+        "nri" => "NRI plugins (the Node Resource Interface; see docs/nri.md)",
+        "nri.enable" => "accept NRI plugins on socket_path",
+        "nri.socket_path" => "the socket NRI plugins connect to",
+        "nri.registration_timeout_ms" => "milliseconds a connected plugin has to register",
+        "nri.request_timeout_ms" => "milliseconds a plugin has to answer Configure or an event; a plugin that does not is dropped",
+        "nri.sync_timeout_ms" => "milliseconds a new plugin has to answer Synchronize (creates of pods and containers wait meanwhile)",
         _ => {
             return generic.or(match base {
                 "path" if key.starts_with("runtime.handlers.") => Some("runtime binary, looked up on PATH when not absolute"),

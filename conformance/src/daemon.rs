@@ -57,8 +57,15 @@ pub const BROKEN_RUNTIME_MESSAGE: &str = "this runtime cannot create containers 
 /// crun, configured as handler `crun` when installed.
 pub const CRUN: &str = "/usr/bin/crun";
 
+/// berth's NRI socket in the suite's temp dir (the NRI cases and critest's NRI specs connect
+/// their plugins to it).
+pub fn nri_socket(tmp: &Path) -> PathBuf {
+    tmp.join("nri.sock")
+}
+
 /// Writes berth's config (`<tmp>/berth.toml`) and returns its path.
-/// Keys follow src/config.rs: listen, root, run_root, log_level, network.*, image.*, metrics.*.
+/// Keys follow src/config.rs: listen, root, run_root, log_level, network.*, image.*, metrics.*,
+/// nri.* (NRI on, on [`nri_socket`]).
 pub fn write_berth_config(tmp: &Path, cni_dir: &Path, registry: &str) -> Result<PathBuf> {
     write_berth_config_with(tmp, cni_dir, registry, Handlers::Test)
 }
@@ -122,6 +129,10 @@ enabled = true
 address = "127.0.0.1"
 port = {metrics_port}
 
+[nri]
+enable = true
+socket_path = "{nri}"
+
 {handlers}"#,
         sock = p("berth.sock"),
         root = p("root"),
@@ -129,6 +140,7 @@ port = {metrics_port}
         cni = cni_dir.display(),
         cache = p("cni-cache"),
         metrics_port = free_loopback_port()?,
+        nri = nri_socket(tmp).display(),
         cgroups = crate::cgroups::config_lines(),
     );
     let path = tmp.join("berth.toml");

@@ -14,6 +14,7 @@ pub mod harness;
 pub mod http;
 pub mod imagekit;
 pub mod images;
+pub mod nri_plugin;
 pub mod proc;
 pub mod rawh2;
 pub mod registry;

@@ -135,6 +135,7 @@ impl Nri {
             }
             Err(e) => {
                 tracing::warn!(plugin = %plugin.id, error = %e, "NRI: Synchronize failed; plugin dropped");
+                plugin.close();
                 return;
             }
         }
@@ -182,6 +183,7 @@ impl Nri {
                 Ok(resp) => take(&p, resp),
                 Err(e) if e.is_broken() => {
                     tracing::warn!(plugin = %p.id, error = %e, "NRI: plugin dropped");
+                    p.close();
                     self.plugins.write().unwrap_or_else(|p| p.into_inner()).retain(|q| !Arc::ptr_eq(q, &p));
                 }
                 Err(e) => return Err(e.into()),

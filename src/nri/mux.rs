@@ -64,7 +64,15 @@ impl Trunk {
 
     /// Whether the trunk is closed.
     pub fn is_closed(&self) -> bool {
-        *self.closed.borrow()
+        // A dropped sender: the tasks were aborted (close).
+        *self.closed.borrow() || self.closed.has_changed().is_err()
+    }
+
+    /// Closes the trunk now: its tasks stop, which shuts the connection.
+    pub fn close(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }
 

@@ -190,6 +190,13 @@ impl Plugin {
         !self.broken.load(Ordering::Relaxed) && !self.trunk.is_closed()
     }
 
+    /// Closes the plugin's connection (it timed out, or sent what cannot be read); the plugin
+    /// sees its connection end, as nri's runtime closes a plugin.
+    pub fn close(&self) {
+        self.broken.store(true, Ordering::Relaxed);
+        self.trunk.close();
+    }
+
     /// Resolves once the plugin's connection is closed.
     pub async fn closed(&self) {
         self.trunk.closed().await

@@ -208,7 +208,6 @@ async fn set_up(o: &mut Owned) -> Result<Clients> {
     let cni = harness::write_cni_config(&o.tmp)?;
     let cfg = daemon::write_berth_config_with(&o.tmp, &cni, &addr, Handlers::RuncOnly)?;
     add_mirrors(&cfg, &addr)?;
-    enable_nri(&cfg, &nri_socket(socket_dir(&cfg)))?;
     let bin = daemon::berth_binary();
     if !bin.exists() {
         bail!("berth binary {} does not exist: run `cargo build --workspace --bins` or set BERTH_BIN", bin.display());
@@ -239,28 +238,11 @@ fn add_mirrors(cfg: &Path, registry: &str) -> Result<()> {
     Ok(())
 }
 
-/// The directory of berth's config (the temp dir), where its sockets are.
-fn socket_dir(cfg: &Path) -> &Path {
-    cfg.parent().unwrap_or(Path::new("/tmp"))
-}
-
-/// berth's NRI socket in `dir` (critest's NRI specs connect their plugins to it).
-fn nri_socket(dir: &Path) -> PathBuf {
-    dir.join("nri.sock")
-}
-
-/// Turns NRI on in berth's config, on `socket` (critest v1.36 has 13 NRI specs, run with
-/// `-nri-socket`).
-fn enable_nri(cfg: &Path, socket: &Path) -> Result<()> {
-    let mut text = std::fs::read_to_string(cfg)?;
-    text.push_str(&format!("\n[nri]\nenable = true\nsocket_path = \"{}\"\n", socket.display()));
-    std::fs::write(cfg, text)?;
-    Ok(())
-}
-
 fn critest_command_line(bin: &str, socket: &Path, extra: &[String]) -> Vec<String> {
     let ep = format!("unix://{}", socket.display());
-    let nri = nri_socket(socket_dir(socket));
+    // berth's config (daemon::write_berth_config_with) puts its NRI socket beside its CRI one;
+    // critest v1.36's 13 NRI specs run against it.
+    let nri = daemon::nri_socket(socket.parent().unwrap_or(Path::new("/tmp")));
     let mut v = vec![
         bin.to_string(),
         "--runtime-endpoint".into(),

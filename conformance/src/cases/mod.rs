@@ -32,6 +32,7 @@ mod mac_sysctl;
 mod metrics;
 mod monitor;
 mod namespaces;
+mod nri;
 mod oom;
 mod pod;
 mod podnet;
@@ -127,6 +128,8 @@ pub fn all() -> Vec<Case> {
         case!("log_size_limit", oom::log_size_limit),
         case!("inspect_status_container_and_pod", inspect::status_shows_container_and_pod),
         case!("oci_hooks_run_at_their_stages", hooks::hooks_run_at_their_stages),
+        case!("nri_adjustments_reach_the_container", nri::adjustments_reach_the_container),
+        case!("nri_hung_plugin_is_dropped", nri::a_hung_plugin_is_dropped),
         case!("oci_hook_failing_fails_create", hooks::failing_hook_fails_create),
         case!("inspect_any_host_header", inspect::any_host_header),
         case!("stats_cpu_moves", stats::cpu_moves),
