@@ -188,6 +188,10 @@ pub struct NriConfig {
     pub enable: bool,
     /// The socket plugins connect to.
     pub socket_path: PathBuf,
+    /// Plugins berth launches at start: executables named `<index>-<name>`.
+    pub plugin_dir: PathBuf,
+    /// Their configuration files (`<index>-<name>.conf` or `<name>.conf`), sent in Configure.
+    pub plugin_config_dir: PathBuf,
     /// How long a connected plugin has to call RegisterPlugin, in milliseconds (NRI's 5 s).
     pub registration_timeout_ms: u64,
     /// How long a plugin has to answer Configure or an event, in milliseconds (NRI's 2 s). A
@@ -203,6 +207,8 @@ impl Default for NriConfig {
         NriConfig {
             enable: false,
             socket_path: "/var/run/nri/nri.sock".into(),
+            plugin_dir: "/opt/nri/plugins".into(),
+            plugin_config_dir: "/etc/nri/conf.d".into(),
             registration_timeout_ms: 5000,
             request_timeout_ms: 2000,
             sync_timeout_ms: 10000,
@@ -533,6 +539,8 @@ fn comment_for(key: &str) -> Option<&'static str> {
         "nri" => "NRI plugins (the Node Resource Interface; see docs/nri.md)",
         "nri.enable" => "accept NRI plugins on socket_path",
         "nri.socket_path" => "the socket NRI plugins connect to",
+        "nri.plugin_dir" => "plugins berth launches at start: executables named <index>-<name>",
+        "nri.plugin_config_dir" => "their configuration files, <index>-<name>.conf or <name>.conf",
         "nri.registration_timeout_ms" => "milliseconds a connected plugin has to register",
         "nri.request_timeout_ms" => "milliseconds a plugin has to answer Configure or an event; a plugin that does not is dropped",
         "nri.sync_timeout_ms" => "milliseconds a new plugin has to answer Synchronize (creates of pods and containers wait meanwhile)",

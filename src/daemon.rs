@@ -168,6 +168,23 @@ impl Daemon {
     /// synchronized with every pod sandbox (but those being created) and container.
     pub fn start_nri(self: &Arc<Self>) -> std::io::Result<()> {
         let Some(nri) = &self.nri else { return Ok(()) };
+        if let Some(mut updates) = nri.take_updates() {
+            // Plugins' updates of containers, applied one at a time, each under its container's
+            // lock (never under the lock of the operation whose event returned it).
+            let weak = Arc::downgrade(self);
+            tokio::spawn(async move {
+                while let Some(u) = updates.recv().await {
+                    let Some(d) = weak.upgrade() else { return };
+                    match crate::container::apply_nri_update(&d, &u).await {
+                        Ok(()) => tracing::info!(plugin = %u.plugin, container = %u.update.container_id, "NRI update applied"),
+                        Err(e) if u.update.ignore_failure => {
+                            tracing::info!(plugin = %u.plugin, container = %u.update.container_id, error = %e, "NRI update failed (ignore_failure)")
+                        }
+                        Err(e) => tracing::warn!(plugin = %u.plugin, container = %u.update.container_id, error = %e, "NRI update failed"),
+                    }
+                }
+            });
+        }
         let weak = Arc::downgrade(self);
         nri.listen(Arc::new(move || {
             let Some(d) = weak.upgrade() else { return Default::default() };
@@ -183,6 +200,17 @@ impl Daemon {
         let nri = self.nri.as_deref()?;
         let pod = self.records.stored_sandbox(sandbox_id)?;
         Some((nri, crate::nri::convert::pod(&pod)))
+    }
+
+    /// [`crate::nri::Nri::block_sync`] when NRI is on: held from storing an object's new state
+    /// until its NRI event is sent, so a plugin being synchronized sees one or the other.
+    /// Never held across another call that takes it (the lock is fair: a waiting Synchronize
+    /// would deadlock a nested read).
+    pub async fn nri_block_sync(&self) -> Option<tokio::sync::RwLockReadGuard<'_, ()>> {
+        match &self.nri {
+            Some(n) => Some(n.block_sync().await),
+            None => None,
+        }
     }
 
     /// Forgets the lock of a removed object.

@@ -40,6 +40,7 @@ pub async fn fold(d: &Daemon, end: &End) {
     loop {
         let lock = d.lock_for(&end.id);
         let guard = lock.lock().await;
+        let nri_sync = d.nri_block_sync().await;
         let folded = match end.kind {
             Kind::Container => d.records.stored_container(&end.id).map(|r| {
                 let was = r.state;
@@ -54,6 +55,7 @@ pub async fn fold(d: &Daemon, end: &End) {
                 if let Some(r) = ended {
                     crate::container::nri_stopped(d, &r).await;
                 }
+                drop(nri_sync);
                 return;
             }
             None => {
@@ -67,6 +69,7 @@ pub async fn fold(d: &Daemon, end: &End) {
                 tracing::error!(id = %end.id, kind = ?end.kind, error = %e, "cannot store the end of a process; trying again");
             }
         }
+        drop(nri_sync);
         drop(guard);
         tokio::time::sleep(RETRY).await;
     }

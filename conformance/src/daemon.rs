@@ -132,6 +132,8 @@ port = {metrics_port}
 [nri]
 enable = true
 socket_path = "{nri}"
+plugin_dir = "{nri_plugins}"
+plugin_config_dir = "{nri_conf}"
 
 {handlers}"#,
         sock = p("berth.sock"),
@@ -141,6 +143,8 @@ socket_path = "{nri}"
         cache = p("cni-cache"),
         metrics_port = free_loopback_port()?,
         nri = nri_socket(tmp).display(),
+        nri_plugins = p("nri-plugins"),
+        nri_conf = p("nri-conf.d"),
         cgroups = crate::cgroups::config_lines(),
     );
     let path = tmp.join("berth.toml");

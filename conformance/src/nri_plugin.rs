@@ -29,6 +29,14 @@ pub struct Behaviour {
     pub adjust: Option<api::ContainerAdjustment>,
     /// Never answer (the runtime's request timeout must drop the plugin).
     pub hang: bool,
+    /// Set this env variable to the text Configure carried (trimmed), proving it arrived.
+    pub env_from_config: Option<String>,
+    /// Returned as the updates of other containers.
+    pub updates: Vec<api::ContainerUpdate>,
+    /// Serve only what a plugin built against nri before v0.12 serves: Configure,
+    /// Synchronize, Shutdown, CreateContainer, UpdateContainer, StopContainer and
+    /// `StateChange` (recorded as `StateChange:<event number>`).
+    pub before_v012: bool,
 }
 
 /// One call the plugin got: the method and the container's name (empty for pod events).
@@ -49,6 +57,7 @@ struct Handler {
     behaviour: Arc<Behaviour>,
     calls: Arc<Mutex<Vec<Call>>>,
     synced: Arc<Mutex<Option<api::SynchronizeRequest>>>,
+    config: Arc<Mutex<String>>,
 }
 
 fn reply(m: impl Message) -> ttrpc::Response {
@@ -67,8 +76,9 @@ impl MethodHandler for Handler {
         let p = req.payload.as_slice();
         match self.method {
             "Configure" => {
-                api::ConfigureRequest::decode(p).map_err(bad)?;
+                let r = api::ConfigureRequest::decode(p).map_err(bad)?;
                 self.calls.lock().unwrap().push(("Configure".into(), String::new()));
+                *self.config.lock().unwrap() = r.config;
                 // 0: every event.
                 Ok(reply(api::ConfigureResponse { events: 0 }))
             }
@@ -89,7 +99,18 @@ impl MethodHandler for Handler {
                 if self.behaviour.hang {
                     std::future::pending::<()>().await;
                 }
-                Ok(reply(api::CreateContainerResponse { adjust: self.behaviour.adjust.clone(), ..Default::default() }))
+                let mut adjust = self.behaviour.adjust.clone();
+                if let Some(key) = &self.behaviour.env_from_config {
+                    let value = self.config.lock().unwrap().trim().to_string();
+                    adjust.get_or_insert_with(Default::default).env.push(api::KeyValue { key: key.clone(), value });
+                }
+                Ok(reply(api::CreateContainerResponse { adjust, update: self.behaviour.updates.clone(), ..Default::default() }))
+            }
+            "StateChange" => {
+                let r = api::StateChangeEvent::decode(p).map_err(bad)?;
+                let name = r.container.map(|c| c.name).unwrap_or_default();
+                self.calls.lock().unwrap().push((format!("StateChange:{}", r.event), name));
+                Ok(reply(api::Empty {}))
             }
             other => {
                 // Every other event carries the container at field 2 (pod events: none).
@@ -131,12 +152,21 @@ impl TestPlugin {
     pub async fn connect(socket: &Path, name: &str, idx: &str, behaviour: Behaviour) -> Result<TestPlugin> {
         let stream =
             tokio::net::UnixStream::connect(socket).await.with_context(|| format!("connecting to NRI socket {}", socket.display()))?;
+        TestPlugin::on(stream, name, idx, behaviour).await
+    }
+
+    /// [`TestPlugin::connect`] over a connected stream (a launched plugin's fd 3).
+    pub async fn on(stream: tokio::net::UnixStream, name: &str, idx: &str, behaviour: Behaviour) -> Result<TestPlugin> {
         let mut trunk = mux::split(stream);
         let (calls, synced) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(None)));
+        let config = Arc::new(Mutex::new(String::new()));
         let behaviour = Arc::new(behaviour);
         let mut methods: HashMap<String, Box<dyn MethodHandler + Send + Sync>> = HashMap::new();
-        for m in METHODS {
-            let h = Handler { method: m, behaviour: behaviour.clone(), calls: calls.clone(), synced: synced.clone() };
+        const BEFORE_V012: &[&str] =
+            &["Configure", "Synchronize", "Shutdown", "CreateContainer", "UpdateContainer", "StopContainer", "StateChange"];
+        for m in if behaviour.before_v012 { BEFORE_V012 } else { METHODS } {
+            let h =
+                Handler { method: m, behaviour: behaviour.clone(), calls: calls.clone(), synced: synced.clone(), config: config.clone() };
             methods.insert(m.to_string(), Box::new(h));
         }
         let services = HashMap::from([(PLUGIN_SERVICE.to_string(), Service { methods, streams: HashMap::new() })]);
@@ -181,6 +211,11 @@ impl TestPlugin {
     /// What Synchronize told the plugin.
     pub fn synced(&self) -> Option<api::SynchronizeRequest> {
         self.synced.lock().unwrap().clone()
+    }
+
+    /// Resolves when the runtime closes the connection.
+    pub async fn closed(&self) {
+        self.trunk.closed().await
     }
 
     /// Whether the runtime has closed the connection, waiting up to `limit` for it.

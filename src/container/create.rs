@@ -186,6 +186,26 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
         if let (Some(u), Some(process)) = (userns.as_ref(), oci.process().as_ref()) {
             crate::spec::userns::check_ids(u, process.user())?;
         }
+        // NRI plugins see the container as the runtime will get it and may adjust it, each after
+        // the ones before (their mounts are idmapped below like the CRI's); a refusal undoes it
+        // all, and plugins that took the event then get StopContainer and RemoveContainer. The
+        // container is stored (and listed) only after them, and plugin synchronization waits
+        // until it is (see crate::nri).
+        let nri_sync = match &d.nri {
+            Some(nri) => {
+                let sync = nri.block_sync().await;
+                let pod = crate::nri::convert::pod(&sandbox);
+                let base = crate::nri::convert::container(&record);
+                nri.create_container(&pod, &base, &mut oci).await?;
+                let gone = crate::nri::convert::with_spec(base, &oci);
+                undo.push("NRI StopContainer and RemoveContainer", async move {
+                    nri.stop_container(&pod, &gone).await;
+                    nri.remove_container(&pod, &gone).await;
+                });
+                Some(sync)
+            }
+            None => None,
+        };
         match userns.as_ref() {
             // The runtime idmaps mounts itself when its features say so; else berth does.
             Some(u) if runtime.features.idmap_mounts => {
@@ -200,20 +220,6 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
         if !injected.is_empty() {
             tracing::info!(hooks = ?injected, "OCI hooks injected");
         }
-        // NRI plugins see the container as the runtime will get it and may adjust it; a refusal
-        // undoes it all. The container is stored (and listed) only after them, and plugin
-        // synchronization waits until it is (see crate::nri).
-        let _nri_sync = match &d.nri {
-            Some(nri) => {
-                let sync = nri.block_sync().await;
-                let pod = crate::nri::convert::pod(&sandbox);
-                let ctr = crate::nri::convert::with_spec(crate::nri::convert::container(&record), &oci);
-                let adjustments = nri.create_container(&pod, &ctr).await?;
-                crate::nri::adjust::apply(&mut oci, &adjustments).map_err(crate::nri::NriError::from)?;
-                Some(sync)
-            }
-            None => None,
-        };
         record.user = spec::effective_user(&oci);
         let config_json = paths.bundle.join("config.json");
         let bytes = serde_json::to_vec_pretty(&oci).map_err(|e| Error::io("encoding config.json")(e.into()))?;
@@ -224,6 +230,9 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
         // mounts and a lease without a record, which `recover` sweeps at the next start.
         d.records.put_container(&record)?;
         undo.push("drop record", async { let _ = d.records.delete_container(&id); });
+        // Stored: a plugin synchronized from now on finds it (not across the runtime create,
+        // which may take long while new creates wait behind a waiting Synchronize).
+        drop(nri_sync);
 
         let mspec = MonitorSpec {
             id: id.clone(),

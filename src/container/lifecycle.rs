@@ -28,6 +28,7 @@ pub async fn start(d: &Daemon, id: &str) -> Result<()> {
             )));
         }
         let nri = d.nri_pod(&r.sandbox_id);
+        let _nri_sync = d.nri_block_sync().await;
         if let Some((nri, pod)) = &nri {
             nri.start_container(pod, &crate::nri::convert::container(&r)).await;
         }
@@ -118,6 +119,7 @@ async fn stop_locked(d: &Daemon, r: ContainerRecord, timeout: i64) -> Result<Con
 /// Stores the end of a container that was running, publishes STOPPED and tells NRI plugins
 /// (StopContainer, once: only a container that was running gets here).
 async fn finish(d: &Daemon, r: ContainerRecord, ended: &super::liveness::Ended) -> Result<ContainerRecord> {
+    let _nri_sync = d.nri_block_sync().await;
     let r = super::apply_end(r, ended);
     d.records.put_container(&r)?;
     d.records.publish_container(crate::records::ContainerEventKind::Stopped, &r);
@@ -161,6 +163,7 @@ pub async fn remove(d: &Daemon, id: &str) -> Result<()> {
             Error::remove_dir(dir)?;
         }
         d.images.release_layers(&r.id).await?;
+        let _nri_sync = d.nri_block_sync().await;
         d.records.delete_container(&r.id)?;
         d.release_name(&r.name_key, &r.id);
         // A container removed before anyone saw it stop still gets its STOPPED first.

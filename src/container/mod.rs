@@ -23,7 +23,7 @@ pub use exec::{exec_sync, validate_stream, ExecOutput};
 pub(crate) use lifecycle::nri_stopped;
 pub use lifecycle::{remove, start, stop};
 pub use logs::reopen_log;
-pub use update::update_resources;
+pub use update::{apply_nri_update, update_resources};
 
 pub use crate::records::{apply_end, apply_exit, liveness, ContainerPaths, ContainerRecord, ContainerState};
 

@@ -82,17 +82,44 @@ fn validate(id: &str, r: &cri::LinuxContainerResources) -> Result<()> {
 /// Errors: NotFound / InvalidArgument as `container::get`; InvalidArgument for negative limits;
 /// the runtime's error (Internal, naming the container) when `runtime update` refuses, e.g. a
 /// memory limit below current usage.
+///
+/// With NRI plugins (docs/nri.md), they get UpdateContainer with the merged resources first;
+/// their updates of this container are merged over it in order, a refusal fails the call
+/// (FailedPrecondition), and PostUpdateContainer follows.
 pub async fn update_resources(d: &Daemon, id: &str, linux: Option<cri::LinuxContainerResources>) -> Result<()> {
+    set_resources(d, id, linux, true).await
+}
+
+/// Applies an NRI plugin's update of a container's resources (from the queue of
+/// [`crate::nri::Nri::take_updates`]) as UpdateContainerResources does, without NRI events
+/// (a plugin's update must not set off more plugin updates).
+pub async fn apply_nri_update(d: &Daemon, u: &crate::nri::Update) -> Result<()> {
+    let Some(res) = u.update.linux.as_ref().and_then(|l| l.resources.as_ref()) else { return Ok(()) };
+    if res.pids.is_some() || res.blockio_class.is_some() || res.rdt_class.is_some() {
+        tracing::warn!(plugin = %u.plugin, container = %u.update.container_id, "NRI update: pids, blockio and rdt classes are not applied");
+    }
+    set_resources(d, &u.update.container_id, Some(crate::nri::convert::cri_resources(res)), false).await
+}
+
+async fn set_resources(d: &Daemon, id: &str, linux: Option<cri::LinuxContainerResources>, with_nri: bool) -> Result<()> {
     let r = super::get(d, id)?;
     let Some(new) = linux else { return Ok(()) };
     validate(&r.id, &new)?;
     let lock = d.lock_for(&r.id);
     let _guard = lock.lock().await;
     let span = tracing::info_span!("update_container_resources", container = %r.id, sandbox = %r.sandbox_id);
+    let nri = if with_nri { d.nri_pod(&r.sandbox_id) } else { None };
     async {
         let mut r = super::get(d, &r.id)?;
         let old = r.config.linux.as_ref().and_then(|l| l.resources.clone()).unwrap_or_default();
-        let merged = merge_resources(&old, &new);
+        let mut merged = merge_resources(&old, &new);
+        if let Some((nri, pod)) = &nri {
+            let ctr = crate::nri::convert::container(&r);
+            for own in nri.update_container(pod, &ctr, &crate::nri::convert::resources_of_cri(&merged)).await? {
+                merged = merge_resources(&merged, &crate::nri::convert::cri_resources(&own));
+            }
+            validate(&r.id, &merged)?;
+        }
         let mut oci = crate::spec::linux::resources(Some(&merged), &d.host_facts);
         oci.set_devices(None);
         let paths = ContainerPaths::new(d, &r.id);
@@ -103,6 +130,9 @@ pub async fn update_resources(d: &Daemon, id: &str, linux: Option<cri::LinuxCont
         r.config.linux.get_or_insert_with(Default::default).resources = Some(merged);
         d.records.put_container(&r)?;
         tracing::info!("container resources updated");
+        if let Some((nri, pod)) = &nri {
+            nri.post_update_container(pod, &crate::nri::convert::container(&r)).await;
+        }
         Ok(())
     }
     .instrument(span)

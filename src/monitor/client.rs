@@ -69,7 +69,7 @@ async fn spawn_file(monitor_bin: &Path, file: &MonitorFile, timeout: Duration) -
     })?;
     let mut cmd = tokio::process::Command::new(monitor_bin);
     cmd.arg(&spec_path).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-    set_sync_fd(&mut cmd, &write_end);
+    pass_as_fd3(&mut cmd, &write_end);
     let mut child = cmd.spawn().map_err(|source| MonitorError::Io { what: "run monitor", path: monitor_bin.to_path_buf(), source })?;
     // Only the monitor may hold the write end, so a dead monitor means EOF here.
     drop(write_end);
@@ -101,9 +101,10 @@ async fn spawn_file(monitor_bin: &Path, file: &MonitorFile, timeout: Duration) -
     }
 }
 
-/// Makes the child see `fd` as its fd 3 (the sync pipe), without the close-on-exec flag.
+/// Makes the child see `fd` as its fd 3, without the close-on-exec flag (the monitor's sync
+/// pipe; a pre-launched NRI plugin's socket). `fd` must stay open until the spawn returns.
 #[allow(unsafe_code)]
-fn set_sync_fd(cmd: &mut tokio::process::Command, fd: &OwnedFd) {
+pub(crate) fn pass_as_fd3(cmd: &mut tokio::process::Command, fd: &OwnedFd) {
     let raw = fd.as_raw_fd();
     // SAFETY: the closure runs in the forked child before exec and only calls dup2 and fcntl,
     // which are async-signal-safe; it allocates nothing and touches no locks. `raw` stays open in

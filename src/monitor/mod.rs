@@ -11,4 +11,5 @@ pub mod client;
 
 pub use attach::{attach, AttachConn};
 pub use berth_monitor::{read_pid, ExecProcess, ExitInfo, MonitorError, MonitorFile, MonitorSpec, SyncMessage, PID_FILE, SPEC_FILE};
+pub(crate) use client::pass_as_fd3;
 pub use client::{read_exit_file, spawn, spawn_exec, Spawned};

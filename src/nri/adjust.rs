@@ -1,10 +1,14 @@
 //! Applying NRI plugins' CreateContainer adjustments (nri `ContainerAdjustment`) to the OCI
-//! spec before the runtime sees it, in plugin index order (a later plugin's value wins).
+//! spec before the runtime sees it, one plugin after the other in index order (a later
+//! plugin's value wins; [`super::Nri::create_container`] shows each plugin the spec as the ones
+//! before left it).
 //!
-//! Honoured, as containerd's NRI adaptation applies them: annotations, mounts (one per
-//! destination), env, args, OCI hooks (appended), rlimits, and on Linux memory (limit,
-//! reservation, swap, swappiness), CPU (shares, quota, period, cpus, mems), pids limit, unified
-//! cgroup v2 keys, cgroups path and OOM score. A key or destination marked for removal (a
+//! Honoured: annotations, mounts (one per destination; their options are passed on as they
+//! are, so a plugin's `rshared` mount does not change the rootfs propagation as containerd's
+//! generator would), env (a changed variable moves to the end), args (nri's leading `""`
+//! marker stripped), OCI hooks (appended), rlimits (one per type), and on Linux memory (limit,
+//! 0 ignored; reservation, swap, swappiness, which containerd ignores), CPU (shares, quota,
+//! period, cpus, mems), pids limit, unified cgroup v2 keys, cgroups path and OOM score. A key or destination marked for removal (a
 //! leading `-`, nri's `MarkForRemoval`) removes it. Anything else a plugin asks for (devices,
 //! CDI devices, namespaces, sysctls, seccomp, scheduling, RDT, I/O priority, net devices,
 //! memory policy, hugepages, block I/O and RDT classes) fails the CreateContainer with
@@ -84,8 +88,13 @@ fn apply_one(spec: &mut Spec, plugin: &str, a: &api::ContainerAdjustment) -> Res
             }
         }
     }
-    if !a.args.is_empty() {
-        process.set_args(Some(a.args.clone()));
+    // nri's `UpdateArgs` sends a leading "" (replace even if another plugin set them).
+    let args = match a.args.split_first() {
+        Some((first, rest)) if first.is_empty() => rest,
+        _ => &a.args[..],
+    };
+    if !args.is_empty() {
+        process.set_args(Some(args.to_vec()));
     }
     if !a.rlimits.is_empty() {
         let mut limits = process.rlimits().clone().unwrap_or_default();
@@ -202,7 +211,7 @@ fn apply_linux(spec: &mut Spec, plugin: &str, l: &api::LinuxContainerAdjustment)
             return unsupported("linux.resources.memory (kernel, kernel_tcp, disable_oom_killer, use_hierarchy)");
         }
         let mem: &mut LinuxMemory = res.memory_mut().get_or_insert_with(Default::default);
-        if let Some(v) = &m.limit {
+        if let Some(v) = m.limit.as_ref().filter(|v| v.value != 0) {
             mem.set_limit(Some(v.value));
             // As the CRI path does on v1 (spec::linux::resources): no swap beyond the limit
             // unless the plugin sets swap too.
@@ -308,6 +317,14 @@ mod tests {
         assert!(depth.windows(2).all(|w| w[0] <= w[1]), "parents first: {mounts:?}");
         let mem = s.linux().as_ref().unwrap().resources().as_ref().unwrap().memory().unwrap();
         assert_eq!((mem.limit(), mem.swap()), (Some(64 << 20), Some(64 << 20)));
+    }
+
+    #[test]
+    fn update_args_marker_is_stripped() {
+        let mut s = spec();
+        let a = api::ContainerAdjustment { args: vec!["".into(), "/bin/app".into(), "-v".into()], ..Default::default() };
+        apply(&mut s, &[("10-a".into(), a)]).unwrap();
+        assert_eq!(s.process().as_ref().unwrap().args().clone().unwrap(), ["/bin/app", "-v"]);
     }
 
     #[test]

@@ -149,8 +149,31 @@ pub fn with_spec(mut c: api::Container, spec: &Spec) -> api::Container {
     c
 }
 
+/// NRI `LinuxResources` (a plugin's update) as CRI `LinuxContainerResources`, for
+/// UpdateContainerResources' merge (an unset field stays 0: kept). Memory limit and swap, CPU
+/// shares, quota, period, cpus and mems, hugepage limits and `unified`; pids, block I/O and RDT
+/// classes have no CRI field and are dropped (logged by the caller).
+pub fn cri_resources(r: &api::LinuxResources) -> crate::cri::v1::LinuxContainerResources {
+    let mut out = crate::cri::v1::LinuxContainerResources::default();
+    if let Some(m) = &r.memory {
+        out.memory_limit_in_bytes = m.limit.as_ref().map_or(0, |v| v.value);
+        out.memory_swap_limit_in_bytes = m.swap.as_ref().map_or(0, |v| v.value);
+    }
+    if let Some(c) = &r.cpu {
+        out.cpu_shares = c.shares.as_ref().map_or(0, |v| v.value.min(i64::MAX as u64) as i64);
+        out.cpu_quota = c.quota.as_ref().map_or(0, |v| v.value);
+        out.cpu_period = c.period.as_ref().map_or(0, |v| v.value.min(i64::MAX as u64) as i64);
+        out.cpuset_cpus = c.cpus.clone();
+        out.cpuset_mems = c.mems.clone();
+    }
+    out.hugepage_limits =
+        r.hugepage_limits.iter().map(|h| crate::cri::v1::HugepageLimit { page_size: h.page_size.clone(), limit: h.limit }).collect();
+    out.unified = r.unified.clone().into_iter().collect();
+    out
+}
+
 /// CRI `LinuxContainerResources` in NRI's terms (memory, CPU; 0 means unset in the CRI).
-fn resources_of_cri(r: &crate::cri::v1::LinuxContainerResources) -> api::LinuxResources {
+pub fn resources_of_cri(r: &crate::cri::v1::LinuxContainerResources) -> api::LinuxResources {
     let set_i = |v: i64| (v != 0).then_some(api::OptionalInt64 { value: v });
     let set_u = |v: i64| (v > 0).then_some(api::OptionalUInt64 { value: v as u64 });
     api::LinuxResources {

@@ -5,13 +5,18 @@
 //! - [`plugin`]: registration, Configure, calls on one plugin.
 //! - [`convert`]: berth's records as NRI's `PodSandbox` and `Container`.
 //! - [`adjust`]: CreateContainer adjustments applied to the OCI spec.
+//! - [`launch`]: plugins berth starts itself from `[nri] plugin_dir`.
 //! - This module: the socket, the plugins in index order, Synchronize, and the events.
 //!
 //! **Ordering with plugins that connect late.** A plugin is synchronized (told every pod and
-//! container) and added to the list under one lock held exclusively. Each lifecycle
-//! operation holds it shared ([`Nri::block_sync`]) from its first NRI event until the state it
-//! makes is stored, so an object is either in a new plugin's Synchronize or reported to it by an
-//! event, never lost between the two (containerd's `BlockPluginSync`). Reads never take it.
+//! container) and added to the list under one lock held exclusively. Lifecycle operations
+//! hold it shared ([`Nri::block_sync`]) across storing their new state and sending its event
+//! (RunPodSandbox and CreateContainer from their event until their record is stored), so an
+//! object is either in a new plugin's Synchronize or reported to it by an event, never lost
+//! between the two (containerd's `BlockPluginSync`). Reads never take it.
+//!
+//! **One call at a time per plugin**, as nri's runtime makes them; a plugin built against nri
+//! before v0.12 gets the events it has no method for as `StateChange`.
 //!
 //! **Failures.** A plugin's error status fails RunPodSandbox and CreateContainer (the caller
 //! undoes what it did); errors of other events are logged. A plugin that times out or whose
@@ -19,6 +24,7 @@
 
 pub mod adjust;
 pub mod convert;
+pub mod launch;
 pub mod mux;
 pub mod plugin;
 
@@ -38,6 +44,16 @@ use std::time::Duration;
 /// Every pod and container, as a plugin is told them when it connects.
 pub type Snapshot = (Vec<api::PodSandbox>, Vec<api::Container>);
 
+/// A plugin's resource update of a container, queued for the daemon to apply
+/// ([`Nri::take_updates`]): from Synchronize, CreateContainer, UpdateContainer (updates of
+/// other containers), StopContainer, or sent on the plugin's own (`UpdateContainers`).
+#[derive(Debug, Clone)]
+pub struct Update {
+    /// The plugin, as `<index>-<name>` (or its peer before it registered).
+    pub plugin: String,
+    pub update: api::ContainerUpdate,
+}
+
 /// Errors of NRI events that fail the operation (RunPodSandbox, CreateContainer).
 #[derive(Debug, thiserror::Error)]
 pub enum NriError {
@@ -55,29 +71,54 @@ pub struct Nri {
     settings: Settings,
     sync_timeout: Duration,
     socket: std::path::PathBuf,
+    plugin_dir: std::path::PathBuf,
+    plugin_config_dir: std::path::PathBuf,
     plugins: RwLock<Vec<Arc<Plugin>>>,
     sync_lock: tokio::sync::RwLock<()>,
+    updates: tokio::sync::mpsc::UnboundedSender<Update>,
+    updates_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Update>>>,
 }
 
 impl Nri {
     /// An NRI host with no plugin yet, for `[nri]` with `enable = true`.
     pub fn new(config: &NriConfig) -> Nri {
+        let (updates, rx) = tokio::sync::mpsc::unbounded_channel();
         Nri {
             settings: Settings {
                 runtime_name: "berth".into(),
                 runtime_version: env!("CARGO_PKG_VERSION").into(),
                 registration_timeout: Duration::from_millis(config.registration_timeout_ms),
                 request_timeout: Duration::from_millis(config.request_timeout_ms),
+                updates: Some(updates.clone()),
             },
             sync_timeout: Duration::from_millis(config.sync_timeout_ms),
             socket: config.socket_path.clone(),
+            plugin_dir: config.plugin_dir.clone(),
+            plugin_config_dir: config.plugin_config_dir.clone(),
             plugins: RwLock::new(Vec::new()),
             sync_lock: tokio::sync::RwLock::new(()),
+            updates,
+            updates_rx: std::sync::Mutex::new(Some(rx)),
         }
     }
 
-    /// Binds the NRI socket (its directory made 0700 if missing, a stale socket file replaced) and accepts
-    /// plugins on it from now on; `snapshot` gives what a new plugin is synchronized with.
+    /// The queue of plugins' container updates (once; later calls get `None`). The daemon
+    /// applies them as UpdateContainerResources would, without sending NRI events for them
+    /// (so plugins cannot loop), and logs the ones that fail.
+    pub fn take_updates(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Update>> {
+        self.updates_rx.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Queues `updates` from `plugin` (see [`Update`]).
+    fn queue(&self, plugin: &str, updates: Vec<api::ContainerUpdate>) {
+        for update in updates {
+            let _ = self.updates.send(Update { plugin: plugin.to_string(), update });
+        }
+    }
+
+    /// Binds the NRI socket (its directory made 0700 if missing, a stale socket file replaced),
+    /// launches the plugins of `plugin_dir` ([`launch`]) and admits them one by one, then
+    /// accepts plugins on the socket; `snapshot` gives what a new plugin is synchronized with.
     ///
     /// Errors: the socket cannot be made or bound (the message names the path).
     pub fn listen(self: &Arc<Self>, snapshot: Arc<dyn Fn() -> Snapshot + Send + Sync>) -> std::io::Result<()> {
@@ -95,7 +136,19 @@ impl Nri {
         let listener = tokio::net::UnixListener::bind(path).map_err(|e| named("binding", e))?;
         tracing::info!(socket = %path.display(), "NRI: accepting plugins");
         let weak = Arc::downgrade(self);
+        let launched = launch::discover(&self.plugin_dir);
         tokio::spawn(async move {
+            for f in launched {
+                let Some(nri) = weak.upgrade() else { return };
+                match launch::spawn(&f) {
+                    Ok((stream, child)) => {
+                        let config = launch::config_for(&nri.plugin_config_dir, &f);
+                        let peer = format!("{} (launched)", f.path.display());
+                        nri.clone().admit(stream, &*snapshot, &peer, config, Some(child)).await;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "NRI: plugin not launched"),
+                }
+            }
             loop {
                 let stream = match listener.accept().await {
                     Ok((s, _)) => s,
@@ -107,17 +160,31 @@ impl Nri {
                 };
                 let Some(nri) = weak.upgrade() else { return };
                 let snapshot = snapshot.clone();
-                tokio::spawn(async move { nri.admit(stream, &*snapshot).await });
+                let peer = stream.peer_cred().ok().and_then(|c| c.pid()).map(|p| format!("pid {p}")).unwrap_or_else(|| "a plugin".into());
+                tokio::spawn(async move { nri.admit(stream, &*snapshot, &peer, String::new(), None).await });
             }
         });
         Ok(())
     }
 
     /// Registers, configures and synchronizes one connecting plugin, then adds it; logs why not.
-    async fn admit(self: Arc<Self>, stream: tokio::net::UnixStream, snapshot: &(dyn Fn() -> Snapshot + Send + Sync)) {
-        let peer = stream.peer_cred().ok().and_then(|c| c.pid()).map(|p| format!("pid {p}")).unwrap_or_else(|| "a plugin".into());
-        let plugin = match plugin::connect(stream, &self.settings, &peer).await {
-            Ok(p) => Arc::new(p),
+    /// `peer` names it in logs until it registers; `config` is its Configure text; `child` is
+    /// the process of a launched plugin (killed if it is not admitted, or when it is dropped).
+    async fn admit(
+        self: Arc<Self>,
+        stream: tokio::net::UnixStream,
+        snapshot: &(dyn Fn() -> Snapshot + Send + Sync),
+        peer: &str,
+        config: String,
+        child: Option<tokio::process::Child>,
+    ) {
+        let plugin = match plugin::connect(stream, &self.settings, peer, config).await {
+            Ok(p) => {
+                if let Some(c) = child {
+                    p.own_process(c);
+                }
+                Arc::new(p)
+            }
             Err(e) => {
                 tracing::warn!(peer, error = %e, "NRI: plugin not admitted");
                 return;
@@ -128,11 +195,7 @@ impl Nri {
         let (npods, nctrs) = (pods.len(), containers.len());
         let req = api::SynchronizeRequest { pods, containers, more: false };
         match plugin.call::<_, api::SynchronizeResponse>("Synchronize", &req, self.sync_timeout).await {
-            Ok(reply) => {
-                if !reply.update.is_empty() {
-                    tracing::warn!(plugin = %plugin.id, updates = reply.update.len(), "NRI: container updates from Synchronize are not applied yet");
-                }
-            }
+            Ok(reply) => self.queue(&plugin.id, reply.update),
             Err(e) => {
                 tracing::warn!(plugin = %plugin.id, error = %e, "NRI: Synchronize failed; plugin dropped");
                 plugin.close();
@@ -169,6 +232,34 @@ impl Nri {
         plugins.iter().filter(|p| p.is_alive() && p.wants(event)).cloned().collect()
     }
 
+    /// Drops a plugin that cannot be talked to any more.
+    fn drop_plugin(&self, p: &Arc<Plugin>, e: &PluginError) {
+        tracing::warn!(plugin = %p.id, error = %e, "NRI: plugin dropped");
+        p.close();
+        self.plugins.write().unwrap_or_else(|p| p.into_inner()).retain(|q| !Arc::ptr_eq(q, p));
+    }
+
+    /// Calls `method` on `p`. A plugin built against nri before v0.12 has no per-event method
+    /// for the events that are not CreateContainer, UpdateContainer or StopContainer and
+    /// answers UNIMPLEMENTED: it gets the same event as `StateChange` (`fallback`), as nri's
+    /// own runtime does (`origImplWrapper`); its empty reply is then taken as the default
+    /// response.
+    async fn call_one<Req: prost::Message, Resp: prost::Message + Default>(
+        &self,
+        p: &Plugin,
+        method: &str,
+        req: &Req,
+        fallback: Option<&api::StateChangeEvent>,
+    ) -> Result<Resp, PluginError> {
+        match p.call::<Req, Resp>(method, req, self.settings.request_timeout).await {
+            Err(PluginError::Refused { code, .. }) if code == ttrpc::Code::UNIMPLEMENTED as i32 && fallback.is_some() => {
+                let ev = fallback.expect("checked above");
+                p.call::<_, api::Empty>("StateChange", ev, self.settings.request_timeout).await.map(|_| Resp::default())
+            }
+            other => other,
+        }
+    }
+
     /// Sends one event to every subscribed plugin in order. A plugin's refusal ends the round
     /// and is returned; a broken plugin is dropped and the round goes on.
     async fn each<Req: prost::Message, Resp: prost::Message + Default>(
@@ -176,99 +267,164 @@ impl Nri {
         event: Event,
         method: &str,
         req: &Req,
+        fallback: Option<&api::StateChangeEvent>,
         mut take: impl FnMut(&Plugin, Resp),
     ) -> Result<(), NriError> {
         for p in self.subscribed(event) {
-            match p.call::<Req, Resp>(method, req, self.settings.request_timeout).await {
+            match self.call_one::<Req, Resp>(&p, method, req, fallback).await {
                 Ok(resp) => take(&p, resp),
-                Err(e) if e.is_broken() => {
-                    tracing::warn!(plugin = %p.id, error = %e, "NRI: plugin dropped");
-                    p.close();
-                    self.plugins.write().unwrap_or_else(|p| p.into_inner()).retain(|q| !Arc::ptr_eq(q, &p));
-                }
+                Err(e) if e.is_broken() => self.drop_plugin(&p, &e),
                 Err(e) => return Err(e.into()),
             }
         }
         Ok(())
     }
 
-    /// Like [`Nri::each`] for events whose errors do not fail the operation: logged.
-    async fn notify<Req: prost::Message, Resp: prost::Message + Default>(&self, event: Event, method: &str, req: &Req) {
-        if let Err(e) = self.each::<Req, Resp>(event, method, req, |_, _| {}).await {
-            tracing::warn!(error = %e, "NRI: {method} refused; ignored");
+    /// Sends an event whose refusal does not fail the operation to every subscribed plugin: a
+    /// refusal is logged and the next plugin still gets it.
+    async fn notify<Req: prost::Message, Resp: prost::Message + Default>(
+        &self,
+        event: Event,
+        method: &str,
+        req: &Req,
+        fallback: Option<&api::StateChangeEvent>,
+        mut take: impl FnMut(&Plugin, Resp),
+    ) {
+        for p in self.subscribed(event) {
+            match self.call_one::<Req, Resp>(&p, method, req, fallback).await {
+                Ok(resp) => take(&p, resp),
+                Err(e) if e.is_broken() => self.drop_plugin(&p, &e),
+                Err(e) => tracing::warn!(plugin = %p.id, error = %e, "NRI: {method} refused; ignored"),
+            }
         }
+    }
+
+    /// The `StateChange` form of an event (pre-v0.12 plugins).
+    fn state_change(event: Event, pod: &api::PodSandbox, ctr: Option<&api::Container>) -> api::StateChangeEvent {
+        api::StateChangeEvent { event: event as i32, pod: Some(pod.clone()), container: ctr.cloned() }
     }
 
     /// RunPodSandbox: sent once the pod's network and infra are up, before it turns Ready. A
     /// plugin's error fails the RunPodSandbox.
     pub async fn run_pod_sandbox(&self, pod: &api::PodSandbox) -> Result<(), NriError> {
         let req = api::RunPodSandboxRequest { pod: Some(pod.clone()) };
-        self.each::<_, api::RunPodSandboxResponse>(Event::RunPodSandbox, "RunPodSandbox", &req, |_, _| {}).await
+        let ev = Self::state_change(Event::RunPodSandbox, pod, None);
+        self.each::<_, api::RunPodSandboxResponse>(Event::RunPodSandbox, "RunPodSandbox", &req, Some(&ev), |_, _| {}).await
     }
 
-    /// StopPodSandbox: sent once per pod, after its containers stopped and before its network
-    /// and infra go.
+    /// StopPodSandbox: sent after the pod's containers stopped and before its network and
+    /// infra go (once, unless that stop fails and is retried).
     pub async fn stop_pod_sandbox(&self, pod: &api::PodSandbox) {
         let req = api::StopPodSandboxRequest { pod: Some(pod.clone()) };
-        self.notify::<_, api::StopPodSandboxResponse>(Event::StopPodSandbox, "StopPodSandbox", &req).await
+        let ev = Self::state_change(Event::StopPodSandbox, pod, None);
+        self.notify::<_, api::StopPodSandboxResponse>(Event::StopPodSandbox, "StopPodSandbox", &req, Some(&ev), |_, _| {}).await
     }
 
     /// RemovePodSandbox.
     pub async fn remove_pod_sandbox(&self, pod: &api::PodSandbox) {
         let req = api::RemovePodSandboxRequest { pod: Some(pod.clone()) };
-        self.notify::<_, api::RemovePodSandboxResponse>(Event::RemovePodSandbox, "RemovePodSandbox", &req).await
+        let ev = Self::state_change(Event::RemovePodSandbox, pod, None);
+        self.notify::<_, api::RemovePodSandboxResponse>(Event::RemovePodSandbox, "RemovePodSandbox", &req, Some(&ev), |_, _| {}).await
     }
 
-    /// CreateContainer: sent with the container as its OCI spec describes it, before the
-    /// runtime creates it. Returns each plugin's adjustment in order. A plugin's error fails the
-    /// CreateContainer.
+    /// CreateContainer: each subscribed plugin in turn gets the container as `spec` describes
+    /// it then (`base` with the spec's process, mounts and Linux settings), and its adjustment
+    /// is applied to `spec` before the next plugin sees it (as nri's runtime hands each plugin
+    /// the container adjusted by the ones before). A plugin's error, or an adjustment that
+    /// cannot be applied, fails the CreateContainer.
     pub async fn create_container(
         &self,
         pod: &api::PodSandbox,
+        base: &api::Container,
+        spec: &mut oci_spec::runtime::Spec,
+    ) -> Result<(), NriError> {
+        for p in self.subscribed(Event::CreateContainer) {
+            let ctr = convert::with_spec(base.clone(), spec);
+            let req = api::CreateContainerRequest { pod: Some(pod.clone()), container: Some(ctr) };
+            match self.call_one::<_, api::CreateContainerResponse>(&p, "CreateContainer", &req, None).await {
+                Ok(resp) => {
+                    if !resp.evict.is_empty() {
+                        tracing::warn!(plugin = %p.id, evictions = resp.evict.len(), "NRI: evictions are not carried out (as containerd)");
+                    }
+                    self.queue(&p.id, resp.update);
+                    if let Some(a) = resp.adjust {
+                        adjust::apply(spec, &[(p.id.clone(), a)])?;
+                    }
+                }
+                Err(e) if e.is_broken() => self.drop_plugin(&p, &e),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// UpdateContainer: sent with the resources UpdateContainerResources is about to apply
+    /// (merged over the current ones). Returns the plugins' updates of this container, in
+    /// order; their updates of other containers are queued. A plugin's error fails the
+    /// UpdateContainerResources.
+    pub async fn update_container(
+        &self,
+        pod: &api::PodSandbox,
         ctr: &api::Container,
-    ) -> Result<Vec<(String, api::ContainerAdjustment)>, NriError> {
-        let req = api::CreateContainerRequest { pod: Some(pod.clone()), container: Some(ctr.clone()) };
-        let mut adjustments = Vec::new();
-        self.each::<_, api::CreateContainerResponse>(Event::CreateContainer, "CreateContainer", &req, |p, resp| {
-            if !resp.update.is_empty() || !resp.evict.is_empty() {
-                tracing::warn!(plugin = %p.id, "NRI: updates and evictions from CreateContainer are not applied yet");
-            }
-            if let Some(a) = resp.adjust {
-                adjustments.push((p.id.clone(), a));
-            }
+        resources: &api::LinuxResources,
+    ) -> Result<Vec<api::LinuxResources>, NriError> {
+        let req =
+            api::UpdateContainerRequest { pod: Some(pod.clone()), container: Some(ctr.clone()), linux_resources: Some(resources.clone()) };
+        let mut own = Vec::new();
+        self.each::<_, api::UpdateContainerResponse>(Event::UpdateContainer, "UpdateContainer", &req, None, |p, resp| {
+            let (mine, others): (Vec<_>, Vec<_>) = resp.update.into_iter().partition(|u| u.container_id == ctr.id);
+            own.extend(mine.into_iter().filter_map(|u| u.linux.and_then(|l| l.resources)));
+            self.queue(&p.id, others);
         })
         .await?;
-        Ok(adjustments)
+        Ok(own)
+    }
+
+    /// PostUpdateContainer.
+    pub async fn post_update_container(&self, pod: &api::PodSandbox, ctr: &api::Container) {
+        let req = api::PostUpdateContainerRequest { pod: Some(pod.clone()), container: Some(ctr.clone()) };
+        let ev = Self::state_change(Event::PostUpdateContainer, pod, Some(ctr));
+        self.notify::<_, api::PostUpdateContainerResponse>(Event::PostUpdateContainer, "PostUpdateContainer", &req, Some(&ev), |_, _| {})
+            .await
     }
 
     /// PostCreateContainer.
     pub async fn post_create_container(&self, pod: &api::PodSandbox, ctr: &api::Container) {
         let req = api::PostCreateContainerRequest { pod: Some(pod.clone()), container: Some(ctr.clone()) };
-        self.notify::<_, api::PostCreateContainerResponse>(Event::PostCreateContainer, "PostCreateContainer", &req).await
+        let ev = Self::state_change(Event::PostCreateContainer, pod, Some(ctr));
+        self.notify::<_, api::PostCreateContainerResponse>(Event::PostCreateContainer, "PostCreateContainer", &req, Some(&ev), |_, _| {})
+            .await
     }
 
     /// StartContainer: sent before the runtime starts it.
     pub async fn start_container(&self, pod: &api::PodSandbox, ctr: &api::Container) {
         let req = api::StartContainerRequest { pod: Some(pod.clone()), container: Some(ctr.clone()) };
-        self.notify::<_, api::StartContainerResponse>(Event::StartContainer, "StartContainer", &req).await
+        let ev = Self::state_change(Event::StartContainer, pod, Some(ctr));
+        self.notify::<_, api::StartContainerResponse>(Event::StartContainer, "StartContainer", &req, Some(&ev), |_, _| {}).await
     }
 
     /// PostStartContainer.
     pub async fn post_start_container(&self, pod: &api::PodSandbox, ctr: &api::Container) {
         let req = api::PostStartContainerRequest { pod: Some(pod.clone()), container: Some(ctr.clone()) };
-        self.notify::<_, api::PostStartContainerResponse>(Event::PostStartContainer, "PostStartContainer", &req).await
+        let ev = Self::state_change(Event::PostStartContainer, pod, Some(ctr));
+        self.notify::<_, api::PostStartContainerResponse>(Event::PostStartContainer, "PostStartContainer", &req, Some(&ev), |_, _| {}).await
     }
 
     /// StopContainer: sent once per container, when it is seen to have ended (stopped, killed
     /// with its pod, or exited by itself).
+    /// Plugins' updates of other containers (e.g. CPUs freed) are queued.
     pub async fn stop_container(&self, pod: &api::PodSandbox, ctr: &api::Container) {
         let req = api::StopContainerRequest { pod: Some(pod.clone()), container: Some(ctr.clone()) };
-        self.notify::<_, api::StopContainerResponse>(Event::StopContainer, "StopContainer", &req).await
+        self.notify::<_, api::StopContainerResponse>(Event::StopContainer, "StopContainer", &req, None, |p, resp| {
+            self.queue(&p.id, resp.update)
+        })
+        .await
     }
 
     /// RemoveContainer.
     pub async fn remove_container(&self, pod: &api::PodSandbox, ctr: &api::Container) {
         let req = api::RemoveContainerRequest { pod: Some(pod.clone()), container: Some(ctr.clone()) };
-        self.notify::<_, api::RemoveContainerResponse>(Event::RemoveContainer, "RemoveContainer", &req).await
+        let ev = Self::state_change(Event::RemoveContainer, pod, Some(ctr));
+        self.notify::<_, api::RemoveContainerResponse>(Event::RemoveContainer, "RemoveContainer", &req, Some(&ev), |_, _| {}).await
     }
 }

@@ -65,6 +65,11 @@ pub struct Plugin {
     // Not Sync (it holds its listener); only kept, never used.
     _server: std::sync::Mutex<Server>,
     broken: AtomicBool,
+    /// Calls go one at a time, as nri's runtime makes them: plugin handlers written for it
+    /// need not be reentrant, and ttrpc stream IDs reach the plugin in increasing order.
+    calls: tokio::sync::Mutex<()>,
+    /// A pre-launched plugin's process, killed when the plugin is dropped ([`super::launch`]).
+    child: std::sync::Mutex<Option<tokio::process::Child>>,
 }
 
 /// How the runtime introduces itself and times plugins ([`crate::config::NriConfig`]).
@@ -74,33 +79,56 @@ pub struct Settings {
     pub runtime_version: String,
     pub registration_timeout: Duration,
     pub request_timeout: Duration,
+    /// Where `Runtime.UpdateContainers` calls go ([`super::Nri::take_updates`]).
+    pub updates: Option<tokio::sync::mpsc::UnboundedSender<super::Update>>,
 }
 
-/// Serves `nri.pkg.api.v1alpha1.Runtime.RegisterPlugin`: hands the request to [`connect`].
-struct Register(tokio::sync::mpsc::UnboundedSender<api::RegisterPluginRequest>);
+/// Serves `nri.pkg.api.v1alpha1.Runtime.RegisterPlugin`: checks the name and index (a bad one
+/// is answered INVALID_ARGUMENT, so the plugin sees why) and hands the outcome to [`connect`].
+struct Register(tokio::sync::mpsc::UnboundedSender<Result<api::RegisterPluginRequest, PluginError>>);
 
 #[async_trait::async_trait]
 impl MethodHandler for Register {
     async fn handler(&self, _ctx: TtrpcContext, req: ttrpc::Request) -> ttrpc::Result<ttrpc::Response> {
         let r = api::RegisterPluginRequest::decode(req.payload.as_slice())
             .map_err(|e| ttrpc::error::get_rpc_status(ttrpc::Code::INVALID_ARGUMENT, format!("RegisterPluginRequest: {e}")))?;
-        let _ = self.0.send(r);
+        if let Err(e) = check_registration(&r) {
+            let message = e.to_string();
+            let _ = self.0.send(Err(e));
+            return Err(ttrpc::error::get_rpc_status(ttrpc::Code::INVALID_ARGUMENT, message));
+        }
+        let _ = self.0.send(Ok(r));
         let mut resp = ttrpc::Response::new();
         resp.set_payload(api::Empty {}.encode_to_vec());
         Ok(resp)
     }
 }
 
-/// Serves `nri.pkg.api.v1alpha1.Runtime.UpdateContainers` (unsolicited updates) as not built.
-struct UpdateContainers;
+/// Serves `nri.pkg.api.v1alpha1.Runtime.UpdateContainers` (updates a plugin sends on its own):
+/// queues them for the daemon ([`super::Nri::take_updates`]) and answers at once with no
+/// failures; an update that then fails is logged by the daemon. Evictions are not carried out
+/// (as containerd).
+struct UpdateContainers {
+    peer: String,
+    queue: Option<tokio::sync::mpsc::UnboundedSender<super::Update>>,
+}
 
 #[async_trait::async_trait]
 impl MethodHandler for UpdateContainers {
-    async fn handler(&self, _ctx: TtrpcContext, _req: ttrpc::Request) -> ttrpc::Result<ttrpc::Response> {
-        Err(ttrpc::error::get_rpc_status(
-            ttrpc::Code::UNIMPLEMENTED,
-            "berth does not apply unsolicited container updates (Runtime.UpdateContainers) yet",
-        ))
+    async fn handler(&self, _ctx: TtrpcContext, req: ttrpc::Request) -> ttrpc::Result<ttrpc::Response> {
+        let r = api::UpdateContainersRequest::decode(req.payload.as_slice())
+            .map_err(|e| ttrpc::error::get_rpc_status(ttrpc::Code::INVALID_ARGUMENT, format!("UpdateContainersRequest: {e}")))?;
+        if !r.evict.is_empty() {
+            tracing::warn!(peer = %self.peer, evictions = r.evict.len(), "NRI: evictions are not carried out (as containerd)");
+        }
+        if let Some(q) = &self.queue {
+            for update in r.update {
+                let _ = q.send(super::Update { plugin: self.peer.clone(), update });
+            }
+        }
+        let mut resp = ttrpc::Response::new();
+        resp.set_payload(api::UpdateContainersResponse::default().encode_to_vec());
+        Ok(resp)
     }
 }
 
@@ -124,12 +152,12 @@ fn check_registration(r: &api::RegisterPluginRequest) -> Result<(), PluginError>
 ///
 /// Errors: [`PluginError::NotRegistered`], [`PluginError::BadRegistration`], or Configure's
 /// error; the connection is closed then.
-pub async fn connect(stream: tokio::net::UnixStream, settings: &Settings, peer: &str) -> Result<Plugin, PluginError> {
+pub async fn connect(stream: tokio::net::UnixStream, settings: &Settings, peer: &str, config: String) -> Result<Plugin, PluginError> {
     let mut trunk = mux::split(stream);
     let (reg_tx, mut reg_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut methods: HashMap<String, Box<dyn MethodHandler + Send + Sync>> = HashMap::new();
     methods.insert("RegisterPlugin".into(), Box::new(Register(reg_tx)));
-    methods.insert("UpdateContainers".into(), Box::new(UpdateContainers));
+    methods.insert("UpdateContainers".into(), Box::new(UpdateContainers { peer: peer.to_string(), queue: settings.updates.clone() }));
     let services = HashMap::from([(RUNTIME_SERVICE.to_string(), Service { methods, streams: HashMap::new() })]);
     let runtime_conn = trunk.runtime_service.take().expect("split gives both connections");
     let plugin_conn = trunk.plugin_service.take().expect("split gives both connections");
@@ -142,11 +170,10 @@ pub async fn connect(stream: tokio::net::UnixStream, settings: &Settings, peer: 
     let client = Client::new(ttrpc::r#async::transport::Socket::new(plugin_conn));
 
     let reg = tokio::select! {
-        r = reg_rx.recv() => r.ok_or_else(|| broken("RegisterPlugin", "connection closed".into()))?,
+        r = reg_rx.recv() => r.ok_or_else(|| broken("RegisterPlugin", "connection closed".into()))??,
         () = trunk.closed() => return Err(broken("RegisterPlugin", "connection closed before registering".into())),
         () = tokio::time::sleep(settings.registration_timeout) => return Err(PluginError::NotRegistered(settings.registration_timeout)),
     };
-    check_registration(&reg)?;
     let mut plugin = Plugin {
         id: format!("{}-{}", reg.plugin_idx, reg.plugin_name),
         index: reg.plugin_idx.clone(),
@@ -155,9 +182,11 @@ pub async fn connect(stream: tokio::net::UnixStream, settings: &Settings, peer: 
         trunk,
         _server: std::sync::Mutex::new(server),
         broken: AtomicBool::new(false),
+        calls: tokio::sync::Mutex::new(()),
+        child: std::sync::Mutex::new(None),
     };
     let configure = api::ConfigureRequest {
-        config: String::new(),
+        config,
         runtime_name: settings.runtime_name.clone(),
         runtime_version: settings.runtime_version.clone(),
         registration_timeout: settings.registration_timeout.as_millis() as i64,
@@ -179,6 +208,11 @@ pub async fn connect(stream: tokio::net::UnixStream, settings: &Settings, peer: 
 }
 
 impl Plugin {
+    /// Ties a pre-launched plugin's process to it: killed when the plugin is closed or dropped.
+    pub fn own_process(&self, child: tokio::process::Child) {
+        *self.child.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
+    }
+
     /// Whether the plugin subscribed to `event`.
     pub fn wants(&self, event: api::Event) -> bool {
         let e = event as i32;
@@ -195,6 +229,9 @@ impl Plugin {
     pub fn close(&self) {
         self.broken.store(true, Ordering::Relaxed);
         self.trunk.close();
+        if let Some(mut child) = self.child.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = child.start_kill();
+        }
     }
 
     /// Resolves once the plugin's connection is closed.
@@ -224,8 +261,12 @@ impl Plugin {
             PluginError::Broken { plugin: self.id.clone(), method: method.into(), message }
         };
         // The client enforces the deadline itself; this bound only guards against a client that
-        // would not.
-        let resp = match tokio::time::timeout(timeout + Duration::from_secs(1), self.client.request(r)).await {
+        // would not. Waiting for an earlier call to this plugin counts against it too.
+        let one_at_a_time = async {
+            let _turn = self.calls.lock().await;
+            self.client.request(r).await
+        };
+        let resp = match tokio::time::timeout(timeout + Duration::from_secs(1), one_at_a_time).await {
             Err(_) => return Err(broken(format!("no reply within {timeout:?}"))),
             Ok(Err(ttrpc::Error::RpcStatus(s))) if s.code() != ttrpc::Code::DEADLINE_EXCEEDED => {
                 return Err(PluginError::Refused {

@@ -52,11 +52,11 @@ pub async fn update_resources(
     Ok(())
 }
 
-/// Every sandbox, as stored, in ID order, but those whose RunPodSandbox is under way
-/// ([`Daemon::creating`]).
+/// Every sandbox, as stored, in ID order, but those whose RunPodSandbox is under way and has
+/// not stored them Ready yet ([`Daemon::creating`]).
 pub fn list(d: &Daemon) -> Vec<SandboxRecord> {
     let mut all = d.records.sandboxes();
-    all.retain(|r| !d.is_creating(&r.id));
+    all.retain(|r| r.state == SandboxState::Ready || !d.is_creating(&r.id));
     all
 }
 

@@ -91,6 +91,7 @@ pub async fn remove(d: &Daemon, id: &str) -> Result<()> {
         for dir in [&paths.bundle, &paths.state] {
             Error::remove_dir(dir)?;
         }
+        let _nri_sync = d.nri_block_sync().await;
         d.records.delete_sandbox(&id)?;
         d.release_name(&name_key, &id);
         let mut last = last;

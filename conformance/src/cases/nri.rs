@@ -1,15 +1,19 @@
 //! NRI plugins (issue #14): a plugin's CreateContainer adjustment reaches the container (env,
-//! a bind mount, the memory limit), a plugin that hangs is dropped after the request timeout
-//! and the runtime goes on, and a late plugin is synchronized with what exists. The plugin is
+//! a bind mount, the memory limit), its update of another container reaches that one, a
+//! plugin that hangs is dropped after the request timeout and the runtime goes on, a late
+//! plugin is synchronized with what exists, and a plugin the runtime launches from its plugin
+//! directory runs with its configuration. The plugin is
 //! the suite's own ([`crate::nri_plugin`]), connected to the socket the suite's berth config
 //! names ([`crate::daemon::nri_socket`]); a target without that socket is skipped (Debian's
 //! containerd 1.6 has no NRI).
 //!
 //! Each plugin acts only on containers carrying this case's annotation, and is disconnected at
-//! the end of its case.
+//! the end of its case. A plugin berth launches from its plugin directory is the suite's
+//! `nri-test-plugin` program.
 
 use super::util::check;
 use crate::ctx::{skip, Ctx, Pod};
+use crate::daemon::TargetKind;
 use crate::nri_plugin::{Behaviour, TestPlugin};
 use anyhow::Result;
 use berth::cri::v1 as cri;
@@ -74,7 +78,7 @@ pub async fn adjustments_reach_the_container(ctx: &Ctx) -> Result<()> {
         &socket,
         "conformance-adjust",
         "50",
-        Behaviour { select: (ANNOTATION.into(), u.clone()), adjust: Some(adjust), hang: false },
+        Behaviour { select: (ANNOTATION.into(), u.clone()), adjust: Some(adjust), ..Default::default() },
     )
     .await?;
     let pod = ctx.run_pod("nri-adjust").await?;
@@ -122,7 +126,7 @@ pub async fn a_hung_plugin_is_dropped(ctx: &Ctx) -> Result<()> {
         &socket,
         "conformance-hang",
         "40",
-        Behaviour { select: (ANNOTATION.into(), u.clone()), adjust: None, hang: true },
+        Behaviour { select: (ANNOTATION.into(), u.clone()), hang: true, ..Default::default() },
     )
     .await?;
     let pod = ctx.run_pod("nri-hang").await?;
@@ -147,6 +151,148 @@ pub async fn a_hung_plugin_is_dropped(ctx: &Ctx) -> Result<()> {
         check(synced.pods.iter().any(|p| p.id == pod.id), || format!("Synchronize lacks pod {}", pod.id))?;
         check(synced.containers.iter().any(|c| c.id == id && c.name == "waited"), || format!("Synchronize lacks container {id}"))?;
         Ok(())
+    }
+    .await;
+    ctx.remove_pod(&pod.id).await?;
+    res
+}
+
+/// A plugin in berth's plugin directory (`[nri] plugin_dir`, `<index>-<name>`) is launched
+/// when berth starts, talks over the socketpair it is given as fd 3, gets its configuration
+/// file's text in Configure, and adjusts containers like a connected plugin; once its file is
+/// gone and berth restarts, it is gone too (berth only: the suite configures no plugin
+/// directory for containerd).
+pub async fn launched_plugin_runs_with_its_config(ctx: &Ctx) -> Result<()> {
+    if ctx.kind != TargetKind::Berth || !ctx.can_restart() {
+        return skip("the suite configures an NRI plugin directory for the berth it starts only");
+    }
+    let program = crate::daemon::berth_binary().with_file_name("nri-test-plugin");
+    anyhow::ensure!(program.exists(), "{} is missing: build it with `cargo build --workspace --bins`", program.display());
+    let u = ctx.unique();
+    let (dir, conf) = (ctx.tmp.join("nri-plugins"), ctx.tmp.join("nri-conf.d"));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::create_dir_all(&conf)?;
+    let installed = dir.join("30-launched");
+    std::fs::copy(&program, &installed)?;
+    std::fs::write(conf.join("launched.conf"), format!("config-{u}\n"))?;
+    let res = async {
+        ctx.restart_daemon().await?;
+        let mut admitted = false;
+        for _ in 0..100 {
+            if ctx.daemon_log_tail(400).await.lines().any(|l| l.contains("NRI: plugin synchronized") && l.contains("30-launched")) {
+                admitted = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        check(admitted, || format!("berth did not admit the plugin it launched from {} within 10s", installed.display()))?;
+        let pod = ctx.run_pod("nri-launched").await?;
+        let out = async {
+            ctx.ensure_image(&ctx.images.busybox).await?;
+            let mut config = ctx.container_config("launched", &ctx.images.busybox, &["sleep", "1000"]);
+            config.annotations.insert("conformance.berth.dev/nri-launched".into(), "yes".into());
+            let id = start(ctx, &pod, config).await?;
+            ctx.exec(&id, &["sh", "-c", "echo \"$NRI_LAUNCHED_CONFIG\""], 10).await
+        }
+        .await;
+        ctx.remove_pod(&pod.id).await?;
+        let got = String::from_utf8_lossy(&out?.stdout).trim().to_string();
+        check(got == format!("config-{u}"), || {
+            format!("the launched plugin's adjustment: NRI_LAUNCHED_CONFIG={got:?}, expected \"config-{u}\"")
+        })
+    }
+    .await;
+    let _ = std::fs::remove_file(&installed);
+    let _ = std::fs::remove_file(conf.join("launched.conf"));
+    ctx.restart_daemon().await?;
+    res?;
+    // The plugin ends with the daemon that launched it (its connection closes).
+    let mut gone = false;
+    for _ in 0..50 {
+        gone = !running_program(&installed);
+        if gone {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    check(gone, || format!("{} still runs after its daemon restarted without it", installed.display()))
+}
+
+/// Whether a process runs `program` (its /proc/PID/exe, which reads "(deleted)" once removed).
+fn running_program(program: &std::path::Path) -> bool {
+    let want = program.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| std::fs::read_link(e.path().join("exe")).is_ok_and(|exe| exe.to_string_lossy().trim_end_matches(" (deleted)") == want))
+}
+
+/// A plugin's CreateContainer reply updates another, running container (a new memory limit,
+/// as a resource policy moves limits around): the runtime applies it to that container's
+/// cgroup and ContainerStatus shows it.
+pub async fn updates_reach_other_containers(ctx: &Ctx) -> Result<()> {
+    let socket = socket(ctx)?;
+    let u = ctx.unique();
+    let pod = ctx.run_pod("nri-update").await?;
+    let res = async {
+        ctx.ensure_image(&ctx.images.busybox).await?;
+        let first = start(ctx, &pod, annotated(ctx, "first", &format!("{u}-first"))).await?;
+        let limit: i64 = 80 << 20;
+        let update = api::ContainerUpdate {
+            container_id: first.clone(),
+            linux: Some(api::LinuxContainerUpdate {
+                resources: Some(api::LinuxResources {
+                    memory: Some(api::LinuxMemory { limit: Some(api::OptionalInt64 { value: limit }), ..Default::default() }),
+                    ..Default::default()
+                }),
+            }),
+            ignore_failure: false,
+        };
+        let plugin = TestPlugin::connect(
+            &socket,
+            "conformance-update",
+            "50",
+            Behaviour { select: (ANNOTATION.into(), u.clone()), updates: vec![update], ..Default::default() },
+        )
+        .await?;
+        start(ctx, &pod, annotated(ctx, "second", &u)).await?;
+        let read = "cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes";
+        let mut seen = String::new();
+        for _ in 0..50 {
+            seen = String::from_utf8_lossy(&ctx.exec(&first, &["sh", "-c", read], 10).await?.stdout).trim().to_string();
+            if seen == limit.to_string() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        drop(plugin);
+        check(seen == limit.to_string(), || format!("the other container's memory limit is {seen}, expected the plugin's {limit}"))?;
+        let status = ctx.container_status(&first).await?;
+        let shown = status.resources.and_then(|r| r.linux).map(|l| l.memory_limit_in_bytes);
+        check(shown == Some(limit), || format!("ContainerStatus.resources shows memory limit {shown:?}, expected {limit}"))
+    }
+    .await;
+    ctx.remove_pod(&pod.id).await?;
+    res
+}
+
+/// A plugin built against nri before v0.12 serves no per-event method but CreateContainer,
+/// UpdateContainer and StopContainer: it gets RunPodSandbox, StartContainer and the others as
+/// `StateChange`, as nri's own runtime sends them, and the pod and its container run (an
+/// UNIMPLEMENTED answer must not count as the plugin refusing).
+pub async fn plugins_before_v012_get_state_changes(ctx: &Ctx) -> Result<()> {
+    let socket = socket(ctx)?;
+    let plugin = TestPlugin::connect(&socket, "conformance-old", "50", Behaviour { before_v012: true, ..Default::default() }).await?;
+    let pod = ctx.run_pod("nri-old").await?;
+    let res = async {
+        ctx.ensure_image(&ctx.images.busybox).await?;
+        start(ctx, &pod, ctx.container_config("old", &ctx.images.busybox, &["sleep", "1000"])).await?;
+        let calls = plugin.calls();
+        // nri's Event numbers: RUN_POD_SANDBOX = 1, START_CONTAINER = 6.
+        check(calls.iter().any(|(m, _)| m == "StateChange:1"), || format!("no StateChange(RUN_POD_SANDBOX): {calls:?}"))?;
+        check(calls.iter().any(|(m, n)| m == "StateChange:6" && n == "old"), || format!("no StateChange(START_CONTAINER): {calls:?}"))?;
+        check(calls.iter().any(|(m, n)| m == "CreateContainer" && n == "old"), || format!("no CreateContainer: {calls:?}"))
     }
     .await;
     ctx.remove_pod(&pod.id).await?;
