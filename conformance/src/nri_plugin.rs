@@ -157,7 +157,7 @@ impl TestPlugin {
 
     /// [`TestPlugin::connect`] over a connected stream (a launched plugin's fd 3).
     pub async fn on(stream: tokio::net::UnixStream, name: &str, idx: &str, behaviour: Behaviour) -> Result<TestPlugin> {
-        let mut trunk = mux::split(stream);
+        let (trunk, conns) = mux::split(stream);
         let (calls, synced) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(None)));
         let config = Arc::new(Mutex::new(String::new()));
         let behaviour = Arc::new(behaviour);
@@ -171,8 +171,7 @@ impl TestPlugin {
         }
         let services = HashMap::from([(PLUGIN_SERVICE.to_string(), Service { methods, streams: HashMap::new() })]);
         // The roles of the two connections are the runtime's, swapped.
-        let serve_on = trunk.plugin_service.take().context("mux gives the plugin-service connection")?;
-        let call_on = trunk.runtime_service.take().context("mux gives the runtime-service connection")?;
+        let (serve_on, call_on) = (conns.plugin_service, conns.runtime_service);
         let incoming = futures_util::stream::once(async move { Ok::<_, std::io::Error>(serve_on) }).chain(futures_util::stream::pending());
         let mut server = Server::new().register_service(services).add_listener(ttrpc::r#async::transport::Listener::new(incoming));
         server.start().await.context("serving the plugin service")?;

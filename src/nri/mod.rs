@@ -251,52 +251,48 @@ impl Nri {
         req: &Req,
         fallback: Option<&api::StateChangeEvent>,
     ) -> Result<Resp, PluginError> {
-        match p.call::<Req, Resp>(method, req, self.settings.request_timeout).await {
-            Err(PluginError::Refused { code, .. }) if code == ttrpc::Code::UNIMPLEMENTED as i32 && fallback.is_some() => {
-                let ev = fallback.expect("checked above");
+        match (p.call::<Req, Resp>(method, req, self.settings.request_timeout).await, fallback) {
+            (Err(PluginError::Refused { code, .. }), Some(ev)) if code == ttrpc::Code::UNIMPLEMENTED as i32 => {
                 p.call::<_, api::Empty>("StateChange", ev, self.settings.request_timeout).await.map(|_| Resp::default())
             }
-            other => other,
+            (other, _) => other,
         }
     }
 
-    /// Sends one event to every subscribed plugin in order. A plugin's refusal ends the round
-    /// and is returned; a broken plugin is dropped and the round goes on.
+    /// Sends one event to every subscribed plugin in order; a broken plugin is dropped and the
+    /// round goes on. With `refusal_fails`, a plugin's refusal ends the round and is returned;
+    /// else it is logged and the next plugin still gets the event.
     async fn each<Req: prost::Message, Resp: prost::Message + Default>(
         &self,
         event: Event,
         method: &str,
         req: &Req,
         fallback: Option<&api::StateChangeEvent>,
+        refusal_fails: bool,
         mut take: impl FnMut(&Plugin, Resp),
     ) -> Result<(), NriError> {
         for p in self.subscribed(event) {
             match self.call_one::<Req, Resp>(&p, method, req, fallback).await {
                 Ok(resp) => take(&p, resp),
                 Err(e) if e.is_broken() => self.drop_plugin(&p, &e),
-                Err(e) => return Err(e.into()),
+                Err(e) if refusal_fails => return Err(e.into()),
+                Err(e) => tracing::warn!(plugin = %p.id, error = %e, "NRI: {method} refused; ignored"),
             }
         }
         Ok(())
     }
 
-    /// Sends an event whose refusal does not fail the operation to every subscribed plugin: a
-    /// refusal is logged and the next plugin still gets it.
+    /// [`Nri::each`] for an event whose refusal does not fail the operation.
     async fn notify<Req: prost::Message, Resp: prost::Message + Default>(
         &self,
         event: Event,
         method: &str,
         req: &Req,
         fallback: Option<&api::StateChangeEvent>,
-        mut take: impl FnMut(&Plugin, Resp),
+        take: impl FnMut(&Plugin, Resp),
     ) {
-        for p in self.subscribed(event) {
-            match self.call_one::<Req, Resp>(&p, method, req, fallback).await {
-                Ok(resp) => take(&p, resp),
-                Err(e) if e.is_broken() => self.drop_plugin(&p, &e),
-                Err(e) => tracing::warn!(plugin = %p.id, error = %e, "NRI: {method} refused; ignored"),
-            }
-        }
+        // Refusals are logged in each: it cannot fail.
+        let _ = self.each(event, method, req, fallback, false, take).await;
     }
 
     /// The `StateChange` form of an event (pre-v0.12 plugins).
@@ -309,7 +305,7 @@ impl Nri {
     pub async fn run_pod_sandbox(&self, pod: &api::PodSandbox) -> Result<(), NriError> {
         let req = api::RunPodSandboxRequest { pod: Some(pod.clone()) };
         let ev = Self::state_change(Event::RunPodSandbox, pod, None);
-        self.each::<_, api::RunPodSandboxResponse>(Event::RunPodSandbox, "RunPodSandbox", &req, Some(&ev), |_, _| {}).await
+        self.each::<_, api::RunPodSandboxResponse>(Event::RunPodSandbox, "RunPodSandbox", &req, Some(&ev), true, |_, _| {}).await
     }
 
     /// StopPodSandbox: sent after the pod's containers stopped and before its network and
@@ -371,7 +367,7 @@ impl Nri {
         let req =
             api::UpdateContainerRequest { pod: Some(pod.clone()), container: Some(ctr.clone()), linux_resources: Some(resources.clone()) };
         let mut own = Vec::new();
-        self.each::<_, api::UpdateContainerResponse>(Event::UpdateContainer, "UpdateContainer", &req, None, |p, resp| {
+        self.each::<_, api::UpdateContainerResponse>(Event::UpdateContainer, "UpdateContainer", &req, None, true, |p, resp| {
             let (mine, others): (Vec<_>, Vec<_>) = resp.update.into_iter().partition(|u| u.container_id == ctr.id);
             own.extend(mine.into_iter().filter_map(|u| u.linux.and_then(|l| l.resources)));
             self.queue(&p.id, others);

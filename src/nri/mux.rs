@@ -44,12 +44,8 @@ const GO_READ_BUFFER: usize = 4096;
 /// Bytes buffered in each direction of a logical connection.
 const PIPE: usize = 64 << 10;
 
-/// A trunk split into its two logical connections. Dropping it closes the trunk.
+/// The tasks moving a trunk's frames ([`split`]). Dropping it closes the trunk.
 pub struct Trunk {
-    /// Where the runtime's ttrpc client runs ([`PLUGIN_SERVICE_CONN`]).
-    pub plugin_service: Option<DuplexStream>,
-    /// Where the runtime's ttrpc server runs ([`RUNTIME_SERVICE_CONN`]).
-    pub runtime_service: Option<DuplexStream>,
     closed: watch::Receiver<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -84,11 +80,19 @@ impl Drop for Trunk {
     }
 }
 
+/// The two logical connections of a trunk, as in-memory streams.
+pub struct Conns {
+    /// [`PLUGIN_SERVICE_CONN`]: the runtime's ttrpc client runs here (a plugin's server).
+    pub plugin_service: DuplexStream,
+    /// [`RUNTIME_SERVICE_CONN`]: the runtime's ttrpc server runs here (a plugin's client).
+    pub runtime_service: DuplexStream,
+}
+
 /// Splits `stream` into its two logical connections and starts the tasks that move frames
 /// (one reader, one writer per connection). They end, closing the trunk, on the first I/O
 /// error, on a frame longer than a ttrpc message, on a ttrpc message longer than 4 MiB written
 /// locally, or when the [`Trunk`] is dropped.
-pub fn split(stream: UnixStream) -> Trunk {
+pub fn split(stream: UnixStream) -> (Trunk, Conns) {
     let (mut rd, wr) = stream.into_split();
     let wr = Arc::new(Mutex::new(wr));
     let (closed_tx, closed) = watch::channel(false);
@@ -117,7 +121,7 @@ pub fn split(stream: UnixStream) -> Trunk {
             let _ = closed_tx.send(true);
         }));
     }
-    Trunk { plugin_service: Some(plugin_local), runtime_service: Some(runtime_local), closed, tasks }
+    (Trunk { closed, tasks }, Conns { plugin_service: plugin_local, runtime_service: runtime_local })
 }
 
 /// Reads frames off the trunk into the logical connections until the trunk ends.
@@ -208,9 +212,8 @@ mod tests {
     #[tokio::test]
     async fn frames_in_and_messages_out() {
         let (ours, mut peer) = UnixStream::pair().unwrap();
-        let mut trunk = split(ours);
-        let mut runtime = trunk.runtime_service.take().unwrap();
-        let mut plugin = trunk.plugin_service.take().unwrap();
+        let (trunk, conns) = split(ours);
+        let (mut runtime, mut plugin) = (conns.runtime_service, conns.plugin_service);
 
         peer.write_all(&frame(7, b"nobody")).await.unwrap();
         peer.write_all(&frame(RUNTIME_SERVICE_CONN, b"hello ")).await.unwrap();
@@ -248,9 +251,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn close_ends_the_connection() {
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        let (trunk, _conns) = split(ours);
+        assert!(!trunk.is_closed());
+        trunk.close();
+        tokio::time::timeout(std::time::Duration::from_secs(5), trunk.closed()).await.expect("closed() resolves");
+        assert!(trunk.is_closed());
+        let mut b = [0u8; 1];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), peer.read(&mut b)).await.expect("the peer sees EOF").unwrap();
+        assert_eq!(n, 0, "the peer's read ends");
+    }
+
+    #[tokio::test]
     async fn an_oversized_frame_closes_the_trunk() {
         let (ours, mut peer) = UnixStream::pair().unwrap();
-        let trunk = split(ours);
+        let (trunk, _conns) = split(ours);
         let mut h = RUNTIME_SERVICE_CONN.to_be_bytes().to_vec();
         h.extend_from_slice(&((FRAME_MAX + 1) as u32).to_be_bytes());
         peer.write_all(&h).await.unwrap();

@@ -153,14 +153,13 @@ fn check_registration(r: &api::RegisterPluginRequest) -> Result<(), PluginError>
 /// Errors: [`PluginError::NotRegistered`], [`PluginError::BadRegistration`], or Configure's
 /// error; the connection is closed then.
 pub async fn connect(stream: tokio::net::UnixStream, settings: &Settings, peer: &str, config: String) -> Result<Plugin, PluginError> {
-    let mut trunk = mux::split(stream);
+    let (trunk, conns) = mux::split(stream);
     let (reg_tx, mut reg_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut methods: HashMap<String, Box<dyn MethodHandler + Send + Sync>> = HashMap::new();
     methods.insert("RegisterPlugin".into(), Box::new(Register(reg_tx)));
     methods.insert("UpdateContainers".into(), Box::new(UpdateContainers { peer: peer.to_string(), queue: settings.updates.clone() }));
     let services = HashMap::from([(RUNTIME_SERVICE.to_string(), Service { methods, streams: HashMap::new() })]);
-    let runtime_conn = trunk.runtime_service.take().expect("split gives both connections");
-    let plugin_conn = trunk.plugin_service.take().expect("split gives both connections");
+    let (runtime_conn, plugin_conn) = (conns.runtime_service, conns.plugin_service);
     // The server's accept loop yields this one connection, then waits (ending it would be
     // harmless, but a pending stream keeps the loop's intent plain).
     let incoming = futures_util::stream::once(async move { Ok::<_, std::io::Error>(runtime_conn) }).chain(futures_util::stream::pending());
