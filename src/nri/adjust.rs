@@ -6,17 +6,23 @@
 //! Honoured: annotations, mounts (one per destination; their options are passed on as they
 //! are, so a plugin's `rshared` mount does not change the rootfs propagation as containerd's
 //! generator would), env (a changed variable moves to the end), args (nri's leading `""`
-//! marker stripped), OCI hooks (appended), rlimits (one per type), and on Linux memory (limit,
-//! 0 ignored; reservation, swap, swappiness, which containerd ignores), CPU (shares, quota,
-//! period, cpus, mems), pids limit, unified cgroup v2 keys, cgroups path and OOM score. A key or destination marked for removal (a
-//! leading `-`, nri's `MarkForRemoval`) removes it. Anything else a plugin asks for (devices,
-//! CDI devices, namespaces, sysctls, seccomp, scheduling, RDT, I/O priority, net devices,
-//! memory policy, hugepages, block I/O and RDT classes) fails the CreateContainer with
-//! [`AdjustError::Unsupported`] naming the plugin and the field: never silently dropped.
+//! marker stripped), OCI hooks (appended), rlimits (one per type), devices (a node replacing
+//! one at its path, with a device cgroup rule allowing it `rwm`, as containerd's generator
+//! adds them; extra device cgroup rules appended), and on Linux memory (limit, 0 ignored;
+//! reservation, swap, swappiness, which containerd ignores), CPU (shares, quota, period, cpus,
+//! mems), pids limit, unified cgroup v2 keys, cgroups path and OOM score. A key, destination or
+//! device path marked for removal (a leading `-`, nri's `MarkForRemoval`) removes it.
+//! Anything else a plugin asks for (CDI devices, namespaces, sysctls, seccomp, scheduling,
+//! RDT, I/O priority, net devices, memory policy, hugepages, block I/O and RDT classes) fails
+//! the CreateContainer with [`AdjustError::Unsupported`] naming the plugin and the field:
+//! never silently dropped.
 //! Conflicting claims of two plugins on one field are not detected (the later one wins).
 
 use super::api;
-use oci_spec::runtime::{Hook, Hooks, LinuxCpu, LinuxMemory, LinuxPids, LinuxResources, Mount, PosixRlimitBuilder, Spec};
+use oci_spec::runtime::{
+    Hook, Hooks, LinuxCpu, LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType, LinuxMemory, LinuxPids, LinuxResources, Mount,
+    PosixRlimitBuilder, Spec,
+};
 use std::path::PathBuf;
 
 /// Why an adjustment could not be applied.
@@ -123,6 +129,58 @@ fn apply_one(spec: &mut Spec, plugin: &str, a: &api::ContainerAdjustment) -> Res
     Ok(())
 }
 
+/// An OCI device type from NRI's one-letter form (`c`, `b`, `u`, `p`; and `a` for a cgroup
+/// rule when `rule`); empty is `None` (a rule for every type).
+fn device_type(plugin: &str, field: &'static str, t: &str, rule: bool) -> Result<Option<LinuxDeviceType>, AdjustError> {
+    Ok(Some(match t {
+        "" if rule => return Ok(None),
+        "a" if rule => LinuxDeviceType::A,
+        "c" => LinuxDeviceType::C,
+        "b" => LinuxDeviceType::B,
+        "u" => LinuxDeviceType::U,
+        "p" => LinuxDeviceType::P,
+        other => {
+            return Err(AdjustError::Invalid {
+                plugin: plugin.into(),
+                field,
+                message: format!("device type {other:?}: expected c, b, u or p"),
+            })
+        }
+    }))
+}
+
+/// Adds (or, with `-/path`, removes) a device node, as containerd's generator does: the node
+/// replaces one at the same path, and the device cgroup allows it `rwm`.
+fn add_device(linux: &mut oci_spec::runtime::Linux, plugin: &str, d: &api::LinuxDevice) -> Result<(), AdjustError> {
+    let (path, remove) = removal(&d.path);
+    let devices = linux.devices_mut().get_or_insert_with(Vec::new);
+    devices.retain(|x| x.path() != std::path::Path::new(path));
+    if remove {
+        return Ok(());
+    }
+    if !path.starts_with('/') {
+        return Err(AdjustError::Invalid {
+            plugin: plugin.into(),
+            field: "linux.devices",
+            message: format!("path {path:?} is not absolute"),
+        });
+    }
+    let typ = device_type(plugin, "linux.devices", &d.r#type, false)?.unwrap_or(LinuxDeviceType::C);
+    let mut dev = LinuxDevice::default();
+    dev.set_path(PathBuf::from(path))
+        .set_typ(typ)
+        .set_major(d.major)
+        .set_minor(d.minor)
+        .set_file_mode(d.file_mode.as_ref().map(|m| m.value))
+        .set_uid(d.uid.as_ref().map(|v| v.value))
+        .set_gid(d.gid.as_ref().map(|v| v.value));
+    devices.push(dev);
+    let mut rule = LinuxDeviceCgroup::default();
+    rule.set_allow(true).set_typ(Some(typ)).set_major(Some(d.major)).set_minor(Some(d.minor)).set_access(Some("rwm".into()));
+    linux.resources_mut().get_or_insert_with(Default::default).devices_mut().get_or_insert_with(Vec::new).push(rule);
+    Ok(())
+}
+
 fn add_hooks(spec: &mut Spec, h: &api::Hooks) {
     let hooks: &mut Hooks = spec.hooks_mut().get_or_insert_with(Default::default);
     let oci = |list: &[api::Hook]| -> Vec<Hook> {
@@ -153,9 +211,6 @@ fn add_hooks(spec: &mut Spec, h: &api::Hooks) {
 
 fn apply_linux(spec: &mut Spec, plugin: &str, l: &api::LinuxContainerAdjustment) -> Result<(), AdjustError> {
     let unsupported = |field| Err(AdjustError::Unsupported { plugin: plugin.into(), field });
-    if !l.devices.is_empty() {
-        return unsupported("linux.devices");
-    }
     if !l.namespaces.is_empty() {
         return unsupported("linux.namespaces");
     }
@@ -189,15 +244,15 @@ fn apply_linux(spec: &mut Spec, plugin: &str, l: &api::LinuxContainerAdjustment)
         spec.process_mut().get_or_insert_with(Default::default).set_oom_score_adj(Some(v));
     }
     let linux = spec.linux_mut().get_or_insert_with(Default::default);
+    for d in &l.devices {
+        add_device(linux, plugin, d)?;
+    }
     if !l.cgroups_path.is_empty() {
         linux.set_cgroups_path(Some(PathBuf::from(&l.cgroups_path)));
     }
     let Some(r) = &l.resources else { return Ok(()) };
     if !r.hugepage_limits.is_empty() {
         return unsupported("linux.resources.hugepage_limits");
-    }
-    if !r.devices.is_empty() {
-        return unsupported("linux.resources.devices");
     }
     if r.blockio_class.is_some() {
         return unsupported("linux.resources.blockio_class");
@@ -206,6 +261,17 @@ fn apply_linux(spec: &mut Spec, plugin: &str, l: &api::LinuxContainerAdjustment)
         return unsupported("linux.resources.rdt_class");
     }
     let res: &mut LinuxResources = linux.resources_mut().get_or_insert_with(Default::default);
+    // Device cgroup rules are appended (nri gives them no owner; containerd appends them).
+    for rule in &r.devices {
+        let typ = device_type(plugin, "linux.resources.devices", &rule.r#type, true)?;
+        let mut oci = LinuxDeviceCgroup::default();
+        oci.set_allow(rule.allow)
+            .set_typ(typ)
+            .set_major(rule.major.as_ref().map(|v| v.value))
+            .set_minor(rule.minor.as_ref().map(|v| v.value))
+            .set_access(Some(rule.access.clone()).filter(|a| !a.is_empty()));
+        res.devices_mut().get_or_insert_with(Vec::new).push(oci);
+    }
     if let Some(m) = &r.memory {
         if m.kernel.is_some() || m.kernel_tcp.is_some() || m.disable_oom_killer.is_some() || m.use_hierarchy.is_some() {
             return unsupported("linux.resources.memory (kernel, kernel_tcp, disable_oom_killer, use_hierarchy)");
@@ -317,6 +383,43 @@ mod tests {
         assert!(depth.windows(2).all(|w| w[0] <= w[1]), "parents first: {mounts:?}");
         let mem = s.linux().as_ref().unwrap().resources().as_ref().unwrap().memory().unwrap();
         assert_eq!((mem.limit(), mem.swap()), (Some(64 << 20), Some(64 << 20)));
+    }
+
+    #[test]
+    fn devices_get_a_node_and_a_cgroup_rule() {
+        let mut s = spec();
+        let dev = |path: &str| api::LinuxDevice {
+            path: path.into(),
+            r#type: "c".into(),
+            major: 10,
+            minor: 229,
+            file_mode: Some(api::OptionalFileMode { value: 0o666 }),
+            ..Default::default()
+        };
+        let a = api::ContainerAdjustment {
+            linux: Some(api::LinuxContainerAdjustment { devices: vec![dev("/dev/fuse"), dev("-/dev/gone")], ..Default::default() }),
+            ..Default::default()
+        };
+        apply(&mut s, &[("10-dev".into(), a)]).unwrap();
+        let linux = s.linux().as_ref().unwrap();
+        let devs = linux.devices().clone().unwrap();
+        assert_eq!(devs.len(), 1, "{devs:?}");
+        assert_eq!(
+            (devs[0].path().to_str(), devs[0].major(), devs[0].minor(), devs[0].file_mode()),
+            (Some("/dev/fuse"), 10, 229, Some(0o666))
+        );
+        let rules = linux.resources().as_ref().unwrap().devices().clone().unwrap();
+        let last = rules.last().unwrap();
+        assert_eq!((last.allow(), last.major(), last.minor(), last.access().as_deref()), (true, Some(10), Some(229), Some("rwm")));
+        let bad = api::ContainerAdjustment {
+            linux: Some(api::LinuxContainerAdjustment {
+                devices: vec![api::LinuxDevice { r#type: "x".into(), ..dev("/dev/x") }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let e = apply(&mut spec(), &[("10-dev".into(), bad)]).unwrap_err().to_string();
+        assert!(e.contains("10-dev") && e.contains("device type \"x\""), "{e}");
     }
 
     #[test]

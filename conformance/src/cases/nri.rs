@@ -44,8 +44,9 @@ async fn start(ctx: &Ctx, pod: &Pod, config: cri::ContainerConfig) -> Result<Str
     Ok(id)
 }
 
-/// A plugin adjusts env (one variable set, one the image config sets removed), adds a
-/// read-only bind mount and sets a 96 MiB memory limit: the running container sees all three,
+/// A plugin adjusts env (one variable set, one the container config sets removed), adds a
+/// read-only bind mount, sets a 96 MiB memory limit and adds a device (the null device under
+/// another name): the running container sees all four,
 /// and the plugin saw CreateContainer and StartContainer for it by name.
 pub async fn adjustments_reach_the_container(ctx: &Ctx) -> Result<()> {
     let socket = socket(ctx)?;
@@ -70,6 +71,16 @@ pub async fn adjustments_reach_the_container(ctx: &Ctx) -> Result<()> {
                 memory: Some(api::LinuxMemory { limit: Some(api::OptionalInt64 { value: limit }), ..Default::default() }),
                 ..Default::default()
             }),
+            // The null device again, under another name: writable only if the device cgroup
+            // allows it too.
+            devices: vec![api::LinuxDevice {
+                path: "/dev/nri-null".into(),
+                r#type: "c".into(),
+                major: 1,
+                minor: 3,
+                file_mode: Some(api::OptionalFileMode { value: 0o666 }),
+                ..Default::default()
+            }],
             ..Default::default()
         }),
         ..Default::default()
@@ -88,10 +99,11 @@ pub async fn adjustments_reach_the_container(ctx: &Ctx) -> Result<()> {
         config.envs.push(cri::KeyValue { key: "CASE_UNSET".into(), value: b"kept".to_vec() });
         let id = start(ctx, &pod, config).await?;
         let script = "echo \"env=$NRI_CASE unset=${CASE_UNSET:-gone}\"; cat /nri/f; \
-                      cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes";
+                      cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes; \
+                      echo x > /dev/nri-null && echo wrote /dev/nri-null";
         let out = ctx.exec(&id, &["sh", "-c", script], 10).await?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let want = [format!("env={u} unset=gone"), format!("mounted by NRI {u}"), limit.to_string()];
+        let want = [format!("env={u} unset=gone"), format!("mounted by NRI {u}"), limit.to_string(), "wrote /dev/nri-null".to_string()];
         check(text.lines().map(str::trim).eq(want.iter().map(String::as_str)), || {
             format!(
                 "the container does not show the plugin's adjustments: got {text:?} (stderr {:?}), expected {want:?}",
