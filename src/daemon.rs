@@ -164,42 +164,20 @@ impl Daemon {
         self.creating.lock().unwrap_or_else(|p| p.into_inner()).contains(id)
     }
 
-    /// Opens the NRI socket when `[nri] enable` ([`crate::nri::Nri::listen`]); a new plugin is
-    /// synchronized with every pod sandbox (but those being created) and container.
-    pub fn start_nri(self: &Arc<Self>) -> std::io::Result<()> {
-        let Some(nri) = &self.nri else { return Ok(()) };
-        if let Some(mut updates) = nri.take_updates() {
-            // Plugins' updates of containers, applied one at a time, each under its container's
-            // lock (never under the lock of the operation whose event returned it).
-            let weak = Arc::downgrade(self);
-            tokio::spawn(async move {
-                while let Some(u) = updates.recv().await {
-                    let Some(d) = weak.upgrade() else { return };
-                    match crate::container::apply_nri_update(&d, &u).await {
-                        Ok(()) => tracing::info!(plugin = %u.plugin, container = %u.update.container_id, "NRI update applied"),
-                        Err(e) if u.update.ignore_failure => {
-                            tracing::info!(plugin = %u.plugin, container = %u.update.container_id, error = %e, "NRI update failed (ignore_failure)")
-                        }
-                        Err(e) => tracing::warn!(plugin = %u.plugin, container = %u.update.container_id, error = %e, "NRI update failed"),
-                    }
-                }
-            });
-        }
-        let weak = Arc::downgrade(self);
-        nri.listen(Arc::new(move || {
-            let Some(d) = weak.upgrade() else { return Default::default() };
-            let pods = crate::sandbox::list(&d).iter().map(crate::nri::convert::pod).collect();
-            let containers = d.records.containers().iter().map(crate::nri::convert::container).collect();
-            (pods, containers)
-        }))
-    }
-
     /// The NRI host and the NRI view of pod sandbox `sandbox_id`, when NRI is on and the pod
     /// is stored: what a container's NRI event needs.
     pub fn nri_pod(&self, sandbox_id: &str) -> Option<(&crate::nri::Nri, crate::nri::api::PodSandbox)> {
         let nri = self.nri.as_deref()?;
         let pod = self.records.stored_sandbox(sandbox_id)?;
-        Some((nri, crate::nri::convert::pod(&pod)))
+        Some((nri, crate::records::nri_pod(&pod)))
+    }
+
+    /// Sends NRI's StopContainer for container `r`, which has just been seen to end (the stop
+    /// path and the exit path both come here, each once per container).
+    pub async fn nri_container_stopped(&self, r: &crate::records::ContainerRecord) {
+        if let Some((nri, pod)) = self.nri_pod(&r.sandbox_id) {
+            nri.stop_container(&pod, &crate::records::nri_container(r)).await;
+        }
     }
 
     /// [`crate::nri::Nri::block_sync`] when NRI is on: held from storing an object's new state

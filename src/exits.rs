@@ -53,7 +53,7 @@ pub async fn fold(d: &Daemon, end: &End) {
                 // A container that ended by itself: NRI's StopContainer, under the lock, so
                 // before any RemoveContainer's RemoveContainer.
                 if let Some(r) = ended {
-                    crate::container::nri_stopped(d, &r).await;
+                    d.nri_container_stopped(&r).await;
                 }
                 drop(nri_sync);
                 return;

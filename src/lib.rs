@@ -26,6 +26,7 @@ pub mod monitor;
 pub mod mountinfo;
 pub mod network;
 pub mod nri;
+pub mod nrihost;
 pub mod oci;
 pub mod pause;
 pub mod records;

@@ -69,7 +69,9 @@ fn graph() -> Graph {
         let rel = f.strip_prefix(&src).unwrap();
         let Some(module) = module_of(rel) else { continue };
         let text = std::fs::read_to_string(&f).unwrap();
-        let code = text.split("#[cfg(test)]\nmod tests").next().unwrap_or("");
+        // An inline `#[cfg(test)] mod tests { .. }` block (at the end of a file) is left out;
+        // `#[cfg(test)] mod tests;` declares a file and must not cut the rest of this one.
+        let code = text.split("#[cfg(test)]\nmod tests {").next().unwrap_or("");
         for target in imports(code) {
             if target != module {
                 g.entry(module.clone()).or_default().entry(target).or_default().insert(rel.display().to_string());

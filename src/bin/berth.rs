@@ -355,7 +355,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // The one exit path: every end recovery and later RPCs start waiting on is folded into
         // its record (and published as STOPPED) as it happens.
         berth::exits::start(&daemon);
-        daemon.start_nri().context("opening the NRI socket ([nri] socket_path)")?;
+        berth::nrihost::start(&daemon).context("opening the NRI socket ([nri] socket_path)")?;
         let backend = Arc::new(berth::container::streaming::StreamBackend::new(daemon.clone()));
         let streaming = berth::streaming::server::StreamingServer::start(&daemon.config.streaming, backend)
             .await

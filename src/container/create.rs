@@ -194,8 +194,8 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
         let nri_sync = match &d.nri {
             Some(nri) => {
                 let sync = nri.block_sync().await;
-                let pod = crate::nri::convert::pod(&sandbox);
-                let base = crate::nri::convert::container(&record);
+                let pod = crate::records::nri_pod(&sandbox);
+                let base = crate::records::nri_container(&record);
                 nri.create_container(&pod, &base, &mut oci).await?;
                 let gone = crate::nri::convert::with_spec(base, &oci);
                 undo.push("NRI StopContainer and RemoveContainer", async move {
@@ -282,7 +282,7 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
             d.records.watch_container(&record);
             tracing::info!(parent: &span, "container created");
             if let Some((nri, pod)) = d.nri_pod(&record.sandbox_id) {
-                nri.post_create_container(&pod, &crate::nri::convert::container(&record)).await;
+                nri.post_create_container(&pod, &crate::records::nri_container(&record)).await;
             }
             Ok(id)
         }

@@ -30,7 +30,7 @@ pub async fn start(d: &Daemon, id: &str) -> Result<()> {
         let nri = d.nri_pod(&r.sandbox_id);
         let _nri_sync = d.nri_block_sync().await;
         if let Some((nri, pod)) = &nri {
-            nri.start_container(pod, &crate::nri::convert::container(&r)).await;
+            nri.start_container(pod, &crate::records::nri_container(&r)).await;
         }
         let started_at = crate::util::now_nanos();
         d.runtime(&r.runtime_handler)?.start(&r.id).await?;
@@ -42,7 +42,7 @@ pub async fn start(d: &Daemon, id: &str) -> Result<()> {
         d.records.publish_container(crate::records::ContainerEventKind::Started, &r);
         tracing::info!("container started");
         if let Some((nri, pod)) = &nri {
-            nri.post_start_container(pod, &crate::nri::convert::container(&r)).await;
+            nri.post_start_container(pod, &crate::records::nri_container(&r)).await;
         }
         Ok(())
     }
@@ -124,15 +124,8 @@ async fn finish(d: &Daemon, r: ContainerRecord, ended: &super::liveness::Ended) 
     d.records.put_container(&r)?;
     d.records.publish_container(crate::records::ContainerEventKind::Stopped, &r);
     tracing::info!(exit_code = r.exit_code, "container stopped");
-    nri_stopped(d, &r).await;
+    d.nri_container_stopped(&r).await;
     Ok(r)
-}
-
-/// Sends NRI's StopContainer for a container that has just been seen to end.
-pub(crate) async fn nri_stopped(d: &Daemon, r: &ContainerRecord) {
-    if let Some((nri, pod)) = d.nri_pod(&r.sandbox_id) {
-        nri.stop_container(&pod, &crate::nri::convert::container(r)).await;
-    }
 }
 
 /// Removes a container: kills it if it still runs, deletes it from the runtime, unmounts its
@@ -173,7 +166,7 @@ pub async fn remove(d: &Daemon, id: &str) -> Result<()> {
         d.records.publish_container(crate::records::ContainerEventKind::Deleted, &r);
         tracing::info!("container removed");
         if let Some((nri, pod)) = d.nri_pod(&r.sandbox_id) {
-            nri.remove_container(&pod, &crate::nri::convert::container(&r)).await;
+            nri.remove_container(&pod, &crate::records::nri_container(&r)).await;
         }
         Ok(())
     }

@@ -20,7 +20,6 @@ mod update;
 
 pub use create::create;
 pub use exec::{exec_sync, validate_stream, ExecOutput};
-pub(crate) use lifecycle::nri_stopped;
 pub use lifecycle::{remove, start, stop};
 pub use logs::reopen_log;
 pub use update::{apply_nri_update, update_resources};

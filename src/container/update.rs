@@ -114,7 +114,7 @@ async fn set_resources(d: &Daemon, id: &str, linux: Option<cri::LinuxContainerRe
         let old = r.config.linux.as_ref().and_then(|l| l.resources.clone()).unwrap_or_default();
         let mut merged = merge_resources(&old, &new);
         if let Some((nri, pod)) = &nri {
-            let ctr = crate::nri::convert::container(&r);
+            let ctr = crate::records::nri_container(&r);
             for own in nri.update_container(pod, &ctr, &crate::nri::convert::resources_of_cri(&merged)).await? {
                 merged = merge_resources(&merged, &crate::nri::convert::cri_resources(&own));
             }
@@ -131,7 +131,7 @@ async fn set_resources(d: &Daemon, id: &str, linux: Option<cri::LinuxContainerRe
         d.records.put_container(&r)?;
         tracing::info!("container resources updated");
         if let Some((nri, pod)) = &nri {
-            nri.post_update_container(pod, &crate::nri::convert::container(&r)).await;
+            nri.post_update_container(pod, &crate::records::nri_container(&r)).await;
         }
         Ok(())
     }

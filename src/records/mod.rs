@@ -23,6 +23,7 @@
 pub mod container;
 pub mod events;
 pub mod liveness;
+mod nri;
 pub mod sandbox;
 pub mod table;
 #[cfg(test)]
@@ -31,6 +32,7 @@ pub mod watch;
 
 pub use container::{apply_end, apply_exit, ContainerPaths, ContainerRecord, ContainerState};
 pub use events::{ContainerEvent, ContainerEventKind, EventBus, Lagged, Subscription};
+pub use nri::{nri_container, nri_pod};
 pub use sandbox::{namespace_options, SandboxPaths, SandboxRecord, SandboxState};
 
 use std::path::{Path, PathBuf};

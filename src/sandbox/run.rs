@@ -200,7 +200,7 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
         let _nri_sync = match &d.nri {
             Some(nri) => {
                 let sync = nri.block_sync().await;
-                nri.run_pod_sandbox(&crate::nri::convert::pod(&record)).await?;
+                nri.run_pod_sandbox(&crate::records::nri_pod(&record)).await?;
                 Some(sync)
             }
             None => None,

@@ -28,7 +28,7 @@ async fn stop_locked(d: &Daemon, mut r: SandboxRecord) -> Result<()> {
     }
     // NRI: once per pod, its containers stopped (and still listed), its network still up.
     if let (false, Some(nri)) = (r.stopped, &d.nri) {
-        nri.stop_pod_sandbox(&crate::nri::convert::pod(&r)).await;
+        nri.stop_pod_sandbox(&crate::records::nri_pod(&r)).await;
     }
     let paths = SandboxPaths::new(d, &r.id);
     if r.network_attached {
@@ -99,7 +99,7 @@ pub async fn remove(d: &Daemon, id: &str) -> Result<()> {
         d.records.publish_sandbox(crate::records::ContainerEventKind::Deleted, &last);
         tracing::info!("pod sandbox removed");
         if let Some(nri) = &d.nri {
-            nri.remove_pod_sandbox(&crate::nri::convert::pod(&last)).await;
+            nri.remove_pod_sandbox(&crate::records::nri_pod(&last)).await;
         }
         Ok::<(), Error>(())
     }
