@@ -270,6 +270,9 @@ fn make_daemon(kind: TargetKind, dir: &Path, imgs: &TestImages) -> Result<Daemon
     Ok(match kind {
         TargetKind::Berth => {
             let cfg = daemon::write_berth_config(dir, &cni, &imgs.registry)?;
+            // Measured as shipped: NRI off (the suite's config turns it on for its NRI cases).
+            let text = std::fs::read_to_string(&cfg)?;
+            std::fs::write(&cfg, text.replace("[nri]\nenable = true", "[nri]\nenable = false"))?;
             let bin = berth_bin();
             if !bin.exists() {
                 bail!("berth binary {} does not exist: run `cargo build --release --bins` or set BERTH_BIN", bin.display());
