@@ -70,6 +70,13 @@ fn apply_one(spec: &mut Spec, plugin: &str, a: &api::ContainerAdjustment) -> Res
         let mounts = spec.mounts_mut().get_or_insert_with(Vec::new);
         for m in &a.mounts {
             let (dest, remove) = removal(&m.destination);
+            if !dest.starts_with('/') || dest.split('/').any(|c| c == "..") {
+                return Err(AdjustError::Invalid {
+                    plugin: plugin.into(),
+                    field: "mounts",
+                    message: format!("destination {dest:?}: expected an absolute path without \"..\""),
+                });
+            }
             mounts.retain(|x| x.destination() != &PathBuf::from(dest));
             if !remove {
                 let mut nm = Mount::default();
@@ -248,6 +255,13 @@ fn apply_linux(spec: &mut Spec, plugin: &str, l: &api::LinuxContainerAdjustment)
         add_device(linux, plugin, d)?;
     }
     if !l.cgroups_path.is_empty() {
+        if l.cgroups_path.split(['/', ':']).any(|c| c == "..") {
+            return Err(AdjustError::Invalid {
+                plugin: plugin.into(),
+                field: "linux.cgroups_path",
+                message: format!("{:?} has a \"..\" component", l.cgroups_path),
+            });
+        }
         linux.set_cgroups_path(Some(PathBuf::from(&l.cgroups_path)));
     }
     let Some(r) = &l.resources else { return Ok(()) };
@@ -275,6 +289,15 @@ fn apply_linux(spec: &mut Spec, plugin: &str, l: &api::LinuxContainerAdjustment)
     if let Some(m) = &r.memory {
         if m.kernel.is_some() || m.kernel_tcp.is_some() || m.disable_oom_killer.is_some() || m.use_hierarchy.is_some() {
             return unsupported("linux.resources.memory (kernel, kernel_tcp, disable_oom_killer, use_hierarchy)");
+        }
+        for (name, v) in [("limit", &m.limit), ("reservation", &m.reservation), ("swap", &m.swap)] {
+            if let Some(v) = v.as_ref().filter(|v| v.value < -1) {
+                return Err(AdjustError::Invalid {
+                    plugin: plugin.into(),
+                    field: "linux.resources.memory",
+                    message: format!("{name} {}: expected bytes, or -1 for no limit", v.value),
+                });
+            }
         }
         let mem: &mut LinuxMemory = res.memory_mut().get_or_insert_with(Default::default);
         if let Some(v) = m.limit.as_ref().filter(|v| v.value != 0) {
@@ -444,5 +467,21 @@ mod tests {
         };
         let e = apply(&mut spec(), &[("05-lim".into(), bad)]).unwrap_err().to_string();
         assert!(e.contains("\"NOFILE\" is not an OCI rlimit type"), "{e}");
+        let linux = |l: api::LinuxContainerAdjustment| api::ContainerAdjustment { linux: Some(l), ..Default::default() };
+        let memory = |limit: i64| api::LinuxResources {
+            memory: Some(api::LinuxMemory { limit: Some(api::OptionalInt64 { value: limit }), ..Default::default() }),
+            ..Default::default()
+        };
+        for (a, want) in [
+            (linux(api::LinuxContainerAdjustment { cgroups_path: "/../../escape".into(), ..Default::default() }), "linux.cgroups_path"),
+            (linux(api::LinuxContainerAdjustment { resources: Some(memory(-5)), ..Default::default() }), "limit -5"),
+            (api::ContainerAdjustment { mounts: vec![api::Mount::default()], ..Default::default() }, "destination \"\""),
+        ] {
+            let e = apply(&mut spec(), &[("07-bad".into(), a)]).unwrap_err().to_string();
+            assert!(e.contains("07-bad") && e.contains(want), "{want}: {e}");
+        }
+        let mut s = spec();
+        apply(&mut s, &[("07-ok".into(), linux(api::LinuxContainerAdjustment { resources: Some(memory(-1)), ..Default::default() }))])
+            .unwrap();
     }
 }

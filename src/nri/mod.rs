@@ -54,6 +54,26 @@ pub struct Update {
     pub update: api::ContainerUpdate,
 }
 
+/// How many plugin updates of containers may wait to be applied (a plugin that floods
+/// `UpdateContainers` gets the rest back as failed).
+pub const UPDATE_QUEUE: usize = 1024;
+
+/// Queues `updates` from `plugin` on `tx` while there is room; returns those that did not fit.
+fn enqueue(tx: &tokio::sync::mpsc::Sender<Update>, plugin: &str, updates: Vec<api::ContainerUpdate>) -> Vec<api::ContainerUpdate> {
+    let mut left = Vec::new();
+    for update in updates {
+        if !left.is_empty() {
+            left.push(update);
+            continue;
+        }
+        if let Err(e) = tx.try_send(Update { plugin: plugin.to_string(), update }) {
+            let (tokio::sync::mpsc::error::TrySendError::Full(u) | tokio::sync::mpsc::error::TrySendError::Closed(u)) = e;
+            left.push(u.update);
+        }
+    }
+    left
+}
+
 /// Errors of NRI events that fail the operation (RunPodSandbox, CreateContainer).
 #[derive(Debug, thiserror::Error)]
 pub enum NriError {
@@ -75,14 +95,18 @@ pub struct Nri {
     plugin_config_dir: std::path::PathBuf,
     plugins: RwLock<Vec<Arc<Plugin>>>,
     sync_lock: tokio::sync::RwLock<()>,
-    updates: tokio::sync::mpsc::UnboundedSender<Update>,
-    updates_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Update>>>,
+    /// New plugins are synchronized one at a time, and each waits for the exclusive lock only
+    /// when it is its turn: operations queued meanwhile go first, so one waits for at most
+    /// the Synchronize under way, not for every plugin in line.
+    admit_turn: tokio::sync::Mutex<()>,
+    updates: tokio::sync::mpsc::Sender<Update>,
+    updates_rx: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<Update>>>,
 }
 
 impl Nri {
     /// An NRI host with no plugin yet, for `[nri]` with `enable = true`.
     pub fn new(config: &NriConfig) -> Nri {
-        let (updates, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (updates, rx) = tokio::sync::mpsc::channel(UPDATE_QUEUE);
         Nri {
             settings: Settings {
                 runtime_name: "berth".into(),
@@ -97,6 +121,7 @@ impl Nri {
             plugin_config_dir: config.plugin_config_dir.clone(),
             plugins: RwLock::new(Vec::new()),
             sync_lock: tokio::sync::RwLock::new(()),
+            admit_turn: tokio::sync::Mutex::new(()),
             updates,
             updates_rx: std::sync::Mutex::new(Some(rx)),
         }
@@ -105,14 +130,16 @@ impl Nri {
     /// The queue of plugins' container updates (once; later calls get `None`). The daemon
     /// applies them as UpdateContainerResources would, without sending NRI events for them
     /// (so plugins cannot loop), and logs the ones that fail.
-    pub fn take_updates(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Update>> {
+    pub fn take_updates(&self) -> Option<tokio::sync::mpsc::Receiver<Update>> {
         self.updates_rx.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
-    /// Queues `updates` from `plugin` (see [`Update`]).
+    /// Queues `updates` from `plugin` (see [`Update`]); past [`UPDATE_QUEUE`] waiting updates
+    /// the rest are dropped, with one warning.
     fn queue(&self, plugin: &str, updates: Vec<api::ContainerUpdate>) {
-        for update in updates {
-            let _ = self.updates.send(Update { plugin: plugin.to_string(), update });
+        let dropped = enqueue(&self.updates, plugin, updates).len();
+        if dropped > 0 {
+            tracing::warn!(plugin, dropped, "NRI: the update queue is full; updates dropped");
         }
     }
 
@@ -190,6 +217,7 @@ impl Nri {
                 return;
             }
         };
+        let _turn = self.admit_turn.lock().await;
         let _sync = self.sync_lock.write().await;
         let (pods, containers) = snapshot();
         let (npods, nctrs) = (pods.len(), containers.len());
@@ -210,10 +238,14 @@ impl Nri {
         tracing::info!(plugin = %plugin.id, pods = npods, containers = nctrs, "NRI: plugin synchronized");
         drop(plugins);
         drop(_sync);
+        drop(_turn);
         let weak = Arc::downgrade(&self);
         tokio::spawn(async move {
             plugin.closed().await;
-            tracing::info!(plugin = %plugin.id, "NRI: plugin disconnected");
+            match plugin.process_end().await {
+                Some(end) => tracing::warn!(plugin = %plugin.id, process = %end, "NRI: launched plugin disconnected"),
+                None => tracing::info!(plugin = %plugin.id, "NRI: plugin disconnected"),
+            }
             if let Some(nri) = weak.upgrade() {
                 nri.plugins.write().unwrap_or_else(|p| p.into_inner()).retain(|p| !Arc::ptr_eq(p, &plugin));
             }
@@ -422,5 +454,20 @@ impl Nri {
         let req = api::RemoveContainerRequest { pod: Some(pod.clone()), container: Some(ctr.clone()) };
         let ev = Self::state_change(Event::RemoveContainer, pod, Some(ctr));
         self.notify::<_, api::RemoveContainerResponse>(Event::RemoveContainer, "RemoveContainer", &req, Some(&ev), |_, _| {}).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn updates_past_the_queue_come_back() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+        let u = |id: &str| api::ContainerUpdate { container_id: id.into(), ..Default::default() };
+        let left = enqueue(&tx, "10-p", vec![u("a"), u("b"), u("c"), u("d")]);
+        assert_eq!(left.iter().map(|u| u.container_id.as_str()).collect::<Vec<_>>(), ["c", "d"]);
+        let first = rx.try_recv().unwrap();
+        assert_eq!((first.plugin.as_str(), first.update.container_id.as_str()), ("10-p", "a"));
     }
 }

@@ -32,8 +32,9 @@ pub enum PluginError {
     /// The plugin did not register within the registration timeout.
     #[error("did not register within {0:?}")]
     NotRegistered(Duration),
-    /// The plugin registered with a name or index NRI does not allow.
-    #[error("registered with {what}: {why}")]
+    /// The plugin registered with a name or index NRI does not allow, or answered Configure
+    /// with an event mask naming no event.
+    #[error("refused: {what}: {why}")]
     BadRegistration { what: String, why: String },
     /// The plugin answered with an error status: its verdict, which fails the operation.
     #[error("plugin {plugin} failed {method}: {message} (ttrpc code {code})")]
@@ -80,24 +81,47 @@ pub struct Settings {
     pub registration_timeout: Duration,
     pub request_timeout: Duration,
     /// Where `Runtime.UpdateContainers` calls go ([`super::Nri::take_updates`]).
-    pub updates: Option<tokio::sync::mpsc::UnboundedSender<super::Update>>,
+    pub updates: Option<tokio::sync::mpsc::Sender<super::Update>>,
 }
+
+/// Longest plugin name accepted (nri sets none; this keeps log lines readable).
+const NAME_MAX: usize = 128;
+
+/// A reply carrying an error status, as a ttrpc handler must give it for the peer to see the
+/// code and message (a handler's `Err` reaches the peer as UNKNOWN with a debug dump).
+fn status_reply(code: ttrpc::Code, message: impl ToString) -> ttrpc::Response {
+    let mut resp = ttrpc::Response::new();
+    resp.set_status(ttrpc::get_status(code, message));
+    resp
+}
+
+/// The plugin's `<index>-<name>` once it registered (shared by the runtime service's handlers).
+type Registered = std::sync::Arc<std::sync::OnceLock<String>>;
 
 /// Serves `nri.pkg.api.v1alpha1.Runtime.RegisterPlugin`: checks the name and index (a bad one
 /// is answered INVALID_ARGUMENT, so the plugin sees why) and hands the outcome to [`connect`].
-struct Register(tokio::sync::mpsc::UnboundedSender<Result<api::RegisterPluginRequest, PluginError>>);
+struct Register {
+    outcome: tokio::sync::mpsc::UnboundedSender<Result<api::RegisterPluginRequest, PluginError>>,
+    registered: Registered,
+}
 
 #[async_trait::async_trait]
 impl MethodHandler for Register {
     async fn handler(&self, _ctx: TtrpcContext, req: ttrpc::Request) -> ttrpc::Result<ttrpc::Response> {
-        let r = api::RegisterPluginRequest::decode(req.payload.as_slice())
-            .map_err(|e| ttrpc::error::get_rpc_status(ttrpc::Code::INVALID_ARGUMENT, format!("RegisterPluginRequest: {e}")))?;
+        let r = match api::RegisterPluginRequest::decode(req.payload.as_slice()) {
+            Ok(r) => r,
+            Err(e) => return Ok(status_reply(ttrpc::Code::INVALID_ARGUMENT, format!("RegisterPluginRequest: {e}"))),
+        };
+        if let Some(id) = self.registered.get() {
+            return Ok(status_reply(ttrpc::Code::FAILED_PRECONDITION, format!("already registered as {id}")));
+        }
         if let Err(e) = check_registration(&r) {
             let message = e.to_string();
-            let _ = self.0.send(Err(e));
-            return Err(ttrpc::error::get_rpc_status(ttrpc::Code::INVALID_ARGUMENT, message));
+            let _ = self.outcome.send(Err(e));
+            return Ok(status_reply(ttrpc::Code::INVALID_ARGUMENT, message));
         }
-        let _ = self.0.send(Ok(r));
+        let _ = self.registered.set(format!("{}-{}", r.plugin_idx, r.plugin_name));
+        let _ = self.outcome.send(Ok(r));
         let mut resp = ttrpc::Response::new();
         resp.set_payload(api::Empty {}.encode_to_vec());
         Ok(resp)
@@ -105,29 +129,37 @@ impl MethodHandler for Register {
 }
 
 /// Serves `nri.pkg.api.v1alpha1.Runtime.UpdateContainers` (updates a plugin sends on its own):
-/// queues them for the daemon ([`super::Nri::take_updates`]) and answers at once with no
-/// failures; an update that then fails is logged by the daemon. Evictions are not carried out
-/// (as containerd).
+/// only from a registered plugin (FAILED_PRECONDITION before); queues them for the daemon
+/// ([`super::Nri::take_updates`]) and answers at once, the updates that did not fit in the
+/// queue ([`super::UPDATE_QUEUE`]) as failed; an update that fails later is logged by the
+/// daemon. Evictions are not carried out (as containerd).
 struct UpdateContainers {
-    peer: String,
-    queue: Option<tokio::sync::mpsc::UnboundedSender<super::Update>>,
+    registered: Registered,
+    queue: Option<tokio::sync::mpsc::Sender<super::Update>>,
 }
 
 #[async_trait::async_trait]
 impl MethodHandler for UpdateContainers {
     async fn handler(&self, _ctx: TtrpcContext, req: ttrpc::Request) -> ttrpc::Result<ttrpc::Response> {
-        let r = api::UpdateContainersRequest::decode(req.payload.as_slice())
-            .map_err(|e| ttrpc::error::get_rpc_status(ttrpc::Code::INVALID_ARGUMENT, format!("UpdateContainersRequest: {e}")))?;
+        let Some(plugin) = self.registered.get() else {
+            return Ok(status_reply(ttrpc::Code::FAILED_PRECONDITION, "UpdateContainers before RegisterPlugin"));
+        };
+        let r = match api::UpdateContainersRequest::decode(req.payload.as_slice()) {
+            Ok(r) => r,
+            Err(e) => return Ok(status_reply(ttrpc::Code::INVALID_ARGUMENT, format!("UpdateContainersRequest: {e}"))),
+        };
         if !r.evict.is_empty() {
-            tracing::warn!(peer = %self.peer, evictions = r.evict.len(), "NRI: evictions are not carried out (as containerd)");
+            tracing::warn!(%plugin, evictions = r.evict.len(), "NRI: evictions are not carried out (as containerd)");
         }
-        if let Some(q) = &self.queue {
-            for update in r.update {
-                let _ = q.send(super::Update { plugin: self.peer.clone(), update });
-            }
+        let failed = match &self.queue {
+            Some(q) => super::enqueue(q, plugin, r.update),
+            None => r.update,
+        };
+        if !failed.is_empty() {
+            tracing::warn!(%plugin, failed = failed.len(), "NRI: UpdateContainers past the update queue's room; answered as failed");
         }
         let mut resp = ttrpc::Response::new();
-        resp.set_payload(api::UpdateContainersResponse::default().encode_to_vec());
+        resp.set_payload(api::UpdateContainersResponse { failed }.encode_to_vec());
         Ok(resp)
     }
 }
@@ -136,9 +168,16 @@ impl MethodHandler for UpdateContainers {
 /// `api.CheckPluginIndex` do: a name of `[A-Za-z0-9_.+-]`, an index of exactly two digits.
 fn check_registration(r: &api::RegisterPluginRequest) -> Result<(), PluginError> {
     if r.plugin_name.is_empty() || !r.plugin_name.chars().all(|c| c.is_ascii_alphanumeric() || "_.+-".contains(c)) {
+        let shown: String = r.plugin_name.chars().take(NAME_MAX).collect();
         return Err(PluginError::BadRegistration {
-            what: format!("name {:?}", r.plugin_name),
+            what: format!("name {shown:?}"),
             why: "expected letters, digits, '_', '.', '+' or '-'".into(),
+        });
+    }
+    if r.plugin_name.len() > NAME_MAX {
+        return Err(PluginError::BadRegistration {
+            what: format!("a name of {} bytes", r.plugin_name.len()),
+            why: format!("at most {NAME_MAX}"),
         });
     }
     if r.plugin_idx.len() != 2 || !r.plugin_idx.bytes().all(|b| b.is_ascii_digit()) {
@@ -155,9 +194,10 @@ fn check_registration(r: &api::RegisterPluginRequest) -> Result<(), PluginError>
 pub async fn connect(stream: tokio::net::UnixStream, settings: &Settings, peer: &str, config: String) -> Result<Plugin, PluginError> {
     let (trunk, conns) = mux::split(stream);
     let (reg_tx, mut reg_rx) = tokio::sync::mpsc::unbounded_channel();
+    let registered = Registered::default();
     let mut methods: HashMap<String, Box<dyn MethodHandler + Send + Sync>> = HashMap::new();
-    methods.insert("RegisterPlugin".into(), Box::new(Register(reg_tx)));
-    methods.insert("UpdateContainers".into(), Box::new(UpdateContainers { peer: peer.to_string(), queue: settings.updates.clone() }));
+    methods.insert("RegisterPlugin".into(), Box::new(Register { outcome: reg_tx, registered: registered.clone() }));
+    methods.insert("UpdateContainers".into(), Box::new(UpdateContainers { registered, queue: settings.updates.clone() }));
     let services = HashMap::from([(RUNTIME_SERVICE.to_string(), Service { methods, streams: HashMap::new() })]);
     let (runtime_conn, plugin_conn) = (conns.runtime_service, conns.plugin_service);
     // The server's accept loop yields this one connection, then waits (ending it would be
@@ -169,9 +209,17 @@ pub async fn connect(stream: tokio::net::UnixStream, settings: &Settings, peer: 
     let client = Client::new(ttrpc::r#async::transport::Socket::new(plugin_conn));
 
     let reg = tokio::select! {
-        r = reg_rx.recv() => r.ok_or_else(|| broken("RegisterPlugin", "connection closed".into()))??,
-        () = trunk.closed() => return Err(broken("RegisterPlugin", "connection closed before registering".into())),
+        r = reg_rx.recv() => r.ok_or_else(|| broken("RegisterPlugin", "connection closed".into()))?,
+        () = trunk.closed() => return Err(broken("RegisterPlugin", "connection closed before registering (or sent what is not NRI's framing)".into())),
         () = tokio::time::sleep(settings.registration_timeout) => return Err(PluginError::NotRegistered(settings.registration_timeout)),
+    };
+    let reg = match reg {
+        Ok(r) => r,
+        Err(e) => {
+            // Let the refusal reach the plugin (it hangs up on it) before the connection goes.
+            let _ = tokio::time::timeout(Duration::from_secs(1), trunk.closed()).await;
+            return Err(e);
+        }
     };
     let mut plugin = Plugin {
         id: format!("{}-{}", reg.plugin_idx, reg.plugin_name),
@@ -195,7 +243,7 @@ pub async fn connect(stream: tokio::net::UnixStream, settings: &Settings, peer: 
     let reply: api::ConfigureResponse = plugin.call("Configure", &configure, settings.request_timeout).await?;
     if reply.events & !VALID_EVENTS != 0 {
         return Err(PluginError::BadRegistration {
-            what: format!("event mask {:#x}", reply.events),
+            what: format!("Configure's event mask {:#x}", reply.events),
             why: format!("bits outside {VALID_EVENTS:#x} name no event"),
         });
     }
@@ -233,6 +281,20 @@ impl Plugin {
         }
     }
 
+    /// For a launched plugin whose connection closed: how its process ended, waiting up to a
+    /// second for it (then killing it); `None` for a plugin that connected by itself.
+    pub async fn process_end(&self) -> Option<String> {
+        let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+        Some(match tokio::time::timeout(Duration::from_secs(1), child.wait()).await {
+            Ok(Ok(status)) => status.to_string(),
+            Ok(Err(e)) => format!("unknown ({e})"),
+            Err(_) => {
+                let _ = child.start_kill();
+                "still running; killed".into()
+            }
+        })
+    }
+
     /// Resolves once the plugin's connection is closed.
     pub async fn closed(&self) {
         self.trunk.closed().await
@@ -259,13 +321,15 @@ impl Plugin {
             self.broken.store(true, Ordering::Relaxed);
             PluginError::Broken { plugin: self.id.clone(), method: method.into(), message }
         };
-        // The client enforces the deadline itself; this bound only guards against a client that
-        // would not. Waiting for an earlier call to this plugin counts against it too.
-        let one_at_a_time = async {
-            let _turn = self.calls.lock().await;
-            self.client.request(r).await
+        // One at a time: the deadline starts once it is this call's turn (each call before it is
+        // bounded by its own). The client enforces the deadline itself; the outer bound only
+        // guards against a client that would not, and a closed connection ends the call at once.
+        let _turn = self.calls.lock().await;
+        let answered = tokio::select! {
+            r = tokio::time::timeout(timeout + Duration::from_secs(1), self.client.request(r)) => r,
+            () = self.trunk.closed() => return Err(broken("the connection closed".into())),
         };
-        let resp = match tokio::time::timeout(timeout + Duration::from_secs(1), one_at_a_time).await {
+        let resp = match answered {
             Err(_) => return Err(broken(format!("no reply within {timeout:?}"))),
             Ok(Err(ttrpc::Error::RpcStatus(s))) if s.code() != ttrpc::Code::DEADLINE_EXCEEDED => {
                 return Err(PluginError::Refused {
@@ -275,7 +339,7 @@ impl Plugin {
                     message: s.message.clone(),
                 })
             }
-            Ok(Err(e)) => return Err(broken(e.to_string())),
+            Ok(Err(e)) => return Err(broken(format!("{e} (request timeout {timeout:?})"))),
             Ok(Ok(resp)) => resp,
         };
         Resp::decode(resp.payload.as_slice()).map_err(|e| broken(format!("reply does not decode: {e}")))
