@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The cgroup v2 test lane: a small Debian 12 guest (systemd as PID 1, cgroup v2 only) booted with
 # QEMU, with this checkout shared in read-only over 9p at the same absolute path, so the binaries
-# built here (berth, berth-monitor, the conformance suite) run there unchanged.
+# built here (berth, berth-monitor, the conformance suite, its NRI test plugin) run there unchanged.
 #
 #   bash scripts/v2-guest.sh build            # debootstrap the guest and make its disk (once)
 #   bash scripts/v2-guest.sh run [FILTER...]   # boot a fresh copy, run the conformance suite
@@ -185,6 +185,9 @@ for line in sys.stdin:
   # restarts berth) must not mix two builds in one run.
   mkdir -p "$lane/bin"
   cp "$repo/target/debug/berth" "$repo/target/debug/berth-monitor" "$program" "${extra[@]}" "$lane/bin/"
+  # The suite's NRI test plugin, which berth launches from its plugin directory (cases/nri.rs
+  # looks for it beside berth).
+  if [ -x "$repo/target/debug/nri-test-plugin" ]; then cp "$repo/target/debug/nri-test-plugin" "$lane/bin/"; fi
   {
     printf 'REPO=%q\n' "$repo"
   } >"$lane/env"
