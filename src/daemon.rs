@@ -159,9 +159,13 @@ impl Daemon {
         CreatingGuard { d: self, id: id.to_string() }
     }
 
-    /// Whether pod sandbox `id`'s RunPodSandbox is under way.
-    pub fn is_creating(&self, id: &str) -> bool {
-        self.creating.lock().unwrap_or_else(|p| p.into_inner()).contains(id)
+    /// Drops from `pods` those whose RunPodSandbox is under way and has not stored them Ready
+    /// yet ([`Daemon::creating`]); one look at the set for the whole list.
+    pub fn retain_created(&self, pods: &mut Vec<crate::records::SandboxRecord>) {
+        let creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
+        if !creating.is_empty() {
+            pods.retain(|r| r.state == crate::records::SandboxState::Ready || !creating.contains(&r.id));
+        }
     }
 
     /// The NRI host and the NRI view of pod sandbox `sandbox_id`, when NRI is on and the pod

@@ -40,7 +40,12 @@ pub async fn fold(d: &Daemon, end: &End) {
     loop {
         let lock = d.lock_for(&end.id);
         let guard = lock.lock().await;
-        let nri_sync = d.nri_block_sync().await;
+        // A container's end and its NRI StopContainer go under the NRI sync lock (a pod's end
+        // sends no NRI event).
+        let nri_sync = match end.kind {
+            Kind::Container => d.nri_block_sync().await,
+            Kind::Sandbox => None,
+        };
         let folded = match end.kind {
             Kind::Container => d.records.stored_container(&end.id).map(|r| {
                 let was = r.state;

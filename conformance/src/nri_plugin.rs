@@ -77,21 +77,21 @@ impl MethodHandler for Handler {
         match self.method {
             "Configure" => {
                 let r = api::ConfigureRequest::decode(p).map_err(bad)?;
-                self.calls.lock().unwrap().push(("Configure".into(), String::new()));
-                *self.config.lock().unwrap() = r.config;
+                self.calls.lock().unwrap_or_else(|p| p.into_inner()).push(("Configure".into(), String::new()));
+                *self.config.lock().unwrap_or_else(|p| p.into_inner()) = r.config;
                 // 0: every event.
                 Ok(reply(api::ConfigureResponse { events: 0 }))
             }
             "Synchronize" => {
                 let r = api::SynchronizeRequest::decode(p).map_err(bad)?;
-                self.calls.lock().unwrap().push(("Synchronize".into(), String::new()));
-                *self.synced.lock().unwrap() = Some(r);
+                self.calls.lock().unwrap_or_else(|p| p.into_inner()).push(("Synchronize".into(), String::new()));
+                *self.synced.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
                 Ok(reply(api::SynchronizeResponse::default()))
             }
             "CreateContainer" => {
                 let r = api::CreateContainerRequest::decode(p).map_err(bad)?;
                 let ctr = r.container.unwrap_or_default();
-                self.calls.lock().unwrap().push(("CreateContainer".into(), ctr.name.clone()));
+                self.calls.lock().unwrap_or_else(|p| p.into_inner()).push(("CreateContainer".into(), ctr.name.clone()));
                 let (k, v) = &self.behaviour.select;
                 if ctr.annotations.get(k) != Some(v) {
                     return Ok(reply(api::CreateContainerResponse::default()));
@@ -101,7 +101,7 @@ impl MethodHandler for Handler {
                 }
                 let mut adjust = self.behaviour.adjust.clone();
                 if let Some(key) = &self.behaviour.env_from_config {
-                    let value = self.config.lock().unwrap().trim().to_string();
+                    let value = self.config.lock().unwrap_or_else(|p| p.into_inner()).trim().to_string();
                     adjust.get_or_insert_with(Default::default).env.push(api::KeyValue { key: key.clone(), value });
                 }
                 Ok(reply(api::CreateContainerResponse { adjust, update: self.behaviour.updates.clone(), ..Default::default() }))
@@ -109,7 +109,7 @@ impl MethodHandler for Handler {
             "StateChange" => {
                 let r = api::StateChangeEvent::decode(p).map_err(bad)?;
                 let name = r.container.map(|c| c.name).unwrap_or_default();
-                self.calls.lock().unwrap().push((format!("StateChange:{}", r.event), name));
+                self.calls.lock().unwrap_or_else(|p| p.into_inner()).push((format!("StateChange:{}", r.event), name));
                 Ok(reply(api::Empty {}))
             }
             other => {
@@ -120,7 +120,7 @@ impl MethodHandler for Handler {
                     container: Option<api::Container>,
                 }
                 let name = AnyEvent::decode(p).ok().and_then(|e| e.container).map(|c| c.name).unwrap_or_default();
-                self.calls.lock().unwrap().push((other.into(), name));
+                self.calls.lock().unwrap_or_else(|p| p.into_inner()).push((other.into(), name));
                 // Every reply of these is an empty message or one whose fields may be unset.
                 Ok(reply(api::Empty {}))
             }
@@ -191,7 +191,7 @@ impl TestPlugin {
         client.request(req).await.context("RegisterPlugin")?;
         let plugin = TestPlugin { trunk, _server: Mutex::new(server), _client: client, calls, synced };
         for _ in 0..100 {
-            if plugin.synced.lock().unwrap().is_some() {
+            if plugin.synced.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
                 return Ok(plugin);
             }
             if plugin.trunk.is_closed() {
@@ -204,12 +204,12 @@ impl TestPlugin {
 
     /// Every call so far, in order.
     pub fn calls(&self) -> Vec<Call> {
-        self.calls.lock().unwrap().clone()
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// What Synchronize told the plugin.
     pub fn synced(&self) -> Option<api::SynchronizeRequest> {
-        self.synced.lock().unwrap().clone()
+        self.synced.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Resolves when the runtime closes the connection.

@@ -113,7 +113,7 @@ impl Nri {
                 runtime_version: env!("CARGO_PKG_VERSION").into(),
                 registration_timeout: Duration::from_millis(config.registration_timeout_ms),
                 request_timeout: Duration::from_millis(config.request_timeout_ms),
-                updates: Some(updates.clone()),
+                updates: updates.clone(),
             },
             sync_timeout: Duration::from_millis(config.sync_timeout_ms),
             socket: config.socket_path.clone(),

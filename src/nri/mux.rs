@@ -46,6 +46,7 @@ const PIPE: usize = 64 << 10;
 
 /// The tasks moving a trunk's frames ([`split`]). Dropping it closes the trunk.
 pub struct Trunk {
+    closed_tx: Arc<watch::Sender<bool>>,
     closed: watch::Receiver<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -60,12 +61,12 @@ impl Trunk {
 
     /// Whether the trunk is closed.
     pub fn is_closed(&self) -> bool {
-        // A dropped sender: the tasks were aborted (close).
-        *self.closed.borrow() || self.closed.has_changed().is_err()
+        *self.closed.borrow()
     }
 
     /// Closes the trunk now: its tasks stop, which shuts the connection.
     pub fn close(&self) {
+        let _ = self.closed_tx.send(true);
         for t in &self.tasks {
             t.abort();
         }
@@ -121,7 +122,7 @@ pub fn split(stream: UnixStream) -> (Trunk, Conns) {
             let _ = closed_tx.send(true);
         }));
     }
-    (Trunk { closed, tasks }, Conns { plugin_service: plugin_local, runtime_service: runtime_local })
+    (Trunk { closed_tx, closed, tasks }, Conns { plugin_service: plugin_local, runtime_service: runtime_local })
 }
 
 /// Reads frames off the trunk into the logical connections until the trunk ends.

@@ -81,7 +81,7 @@ pub struct Settings {
     pub registration_timeout: Duration,
     pub request_timeout: Duration,
     /// Where `Runtime.UpdateContainers` calls go ([`super::Nri::take_updates`]).
-    pub updates: Option<tokio::sync::mpsc::Sender<super::Update>>,
+    pub updates: tokio::sync::mpsc::Sender<super::Update>,
 }
 
 /// Longest plugin name accepted (nri sets none; this keeps log lines readable).
@@ -135,7 +135,7 @@ impl MethodHandler for Register {
 /// daemon. Evictions are not carried out (as containerd).
 struct UpdateContainers {
     registered: Registered,
-    queue: Option<tokio::sync::mpsc::Sender<super::Update>>,
+    queue: tokio::sync::mpsc::Sender<super::Update>,
 }
 
 #[async_trait::async_trait]
@@ -151,10 +151,7 @@ impl MethodHandler for UpdateContainers {
         if !r.evict.is_empty() {
             tracing::warn!(%plugin, evictions = r.evict.len(), "NRI: evictions are not carried out (as containerd)");
         }
-        let failed = match &self.queue {
-            Some(q) => super::enqueue(q, plugin, r.update),
-            None => r.update,
-        };
+        let failed = super::enqueue(&self.queue, plugin, r.update);
         if !failed.is_empty() {
             tracing::warn!(%plugin, failed = failed.len(), "NRI: UpdateContainers past the update queue's room; answered as failed");
         }

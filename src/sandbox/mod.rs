@@ -56,7 +56,7 @@ pub async fn update_resources(
 /// not stored them Ready yet ([`Daemon::creating`]).
 pub fn list(d: &Daemon) -> Vec<SandboxRecord> {
     let mut all = d.records.sandboxes();
-    all.retain(|r| r.state == SandboxState::Ready || !d.is_creating(&r.id));
+    d.retain_created(&mut all);
     all
 }
 

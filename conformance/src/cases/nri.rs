@@ -221,23 +221,13 @@ pub async fn launched_plugin_runs_with_its_config(ctx: &Ctx) -> Result<()> {
     // The plugin ends with the daemon that launched it (its connection closes).
     let mut gone = false;
     for _ in 0..50 {
-        gone = !running_program(&installed);
+        gone = crate::proc::pids_mentioning(&installed.display().to_string()).is_empty();
         if gone {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     check(gone, || format!("{} still runs after its daemon restarted without it", installed.display()))
-}
-
-/// Whether a process runs `program` (its /proc/PID/exe, which reads "(deleted)" once removed).
-fn running_program(program: &std::path::Path) -> bool {
-    let want = program.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|e| std::fs::read_link(e.path().join("exe")).is_ok_and(|exe| exe.to_string_lossy().trim_end_matches(" (deleted)") == want))
 }
 
 /// A plugin's CreateContainer reply updates another, running container (a new memory limit,
