@@ -71,7 +71,8 @@ impl Cni {
     /// capability args of each cached attachment of `req.container_id`; without a cache entry it
     /// uses the current config with no `prevResult`; without either there is nothing to delete.
     /// Every plugin runs even when an earlier one fails; a cache entry is removed only when all of
-    /// its plugins succeeded, so a retry can use it. A vanished netns is fine (plugins tolerate it).
+    /// its plugins succeeded, so a retry can use it. A vanished netns is fine (plugins tolerate it);
+    /// a file that no longer holds one is sent as no netns ([`del_netns`]).
     /// Errors: [`NetworkError::TeardownFailed`] listing every failed plugin.
     pub async fn teardown(&self, req: &AttachRequest) -> Result<(), NetworkError> {
         let mut errors = Vec::new();
@@ -93,6 +94,7 @@ impl Cni {
         let mut errors = Vec::new();
         let entries = cache::find(&self.cfg.cache_dir, &req.container_id, ifname);
         let mut inv = Invocation::new(req, ifname, &self.cfg.plugin_dirs);
+        inv.netns = del_netns(&inv.netns);
         if entries.is_empty() {
             let Some(net) = fallback else {
                 tracing::warn!(sandbox = %req.container_id, ifname, "CNI DEL: no cached attachment and no network config; nothing to delete");
@@ -114,6 +116,7 @@ impl Cni {
                     if req.netns.as_os_str().is_empty() && !c.netns.is_empty() {
                         inv.netns = c.netns.clone().into();
                     }
+                    inv.netns = del_netns(&inv.netns);
                     let caps = if c.capability_args.is_empty() { exec::capability_args(req) } else { c.capability_args };
                     (net, c.result, caps)
                 }
@@ -246,3 +249,16 @@ fn unreachable_empty_list(net: &NetworkConfList) -> (usize, NetworkError, Option
 
 #[cfg(test)]
 mod tests;
+
+/// The `CNI_NETNS` of a DEL: `netns` as it is, but empty when the path exists and no namespace is
+/// mounted on it any more (unmounted by hand, or a pin file on a disk that outlived a reboot).
+/// Plugins skip their in-namespace part for a missing path but fail on such a file ("unknown FS
+/// magic"); with no netns they still release IPs and host-side state, as containerd and CRI-O
+/// send DEL for a pod whose namespace is gone (CNI spec: DEL must tolerate missing resources).
+fn del_netns(netns: &std::path::Path) -> std::path::PathBuf {
+    if !netns.as_os_str().is_empty() && netns.exists() && !netns::is_pinned(netns) {
+        tracing::info!(netns = %netns.display(), "the pod's network namespace is gone; CNI DEL without it");
+        return std::path::PathBuf::new();
+    }
+    netns.to_path_buf()
+}

@@ -6,6 +6,7 @@
 //! pin and the namespace really dies on [`remove`]. A dir that is already a mount point is left
 //! as its owner set it up.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -14,8 +15,9 @@ use nix::sched::{unshare, CloneFlags};
 
 use super::types::NetworkError;
 
-/// Serialises the "is the dir a mount point yet" check so two creates never stack bind mounts.
-static DIR_SETUP: Mutex<()> = Mutex::new(());
+/// The dirs made (or found) shared mount points so far; the lock serialises the "is the dir a
+/// mount point yet" check so two creates never stack bind mounts.
+static DIR_SETUP: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
 
 fn sys_err<'a>(path: &'a Path, syscall: &'static str) -> impl FnOnce(nix::Error) -> NetworkError + 'a {
     move |e| NetworkError::Netns { path: path.to_path_buf(), syscall, source: std::io::Error::from(e) }
@@ -78,7 +80,7 @@ pub fn pin(dir: &Path, name: &str, pid: i32) -> Result<PathBuf, NetworkError> {
 }
 
 /// Checks `name`, prepares `dir` (created, shared mount point) and creates the empty pin file.
-fn pin_file(dir: &Path, name: &str) -> Result<PathBuf, NetworkError> {
+pub fn pin_file(dir: &Path, name: &str) -> Result<PathBuf, NetworkError> {
     if name.is_empty() || name.contains('/') || name == "." || name == ".." {
         return Err(NetworkError::Netns {
             path: dir.join(name),
@@ -116,6 +118,27 @@ pub fn connect_tcp(netns: &Path, port: u16) -> Result<std::net::TcpStream, Netwo
         })
 }
 
+/// Reads `/proc/thread-self/net/<file>` (e.g. `dev`, the per-interface counters) as seen from
+/// inside the network namespace pinned at `netns`: for a pod without an infra process, whose
+/// `/proc/<pid>/net` no process offers. A short-lived thread `setns(CLONE_NEWNET)`s into the
+/// namespace, reads and ends; the daemon's own threads never change namespace. Blocking (about
+/// 0.1 ms). Errors: [`NetworkError::Netns`] naming the path and `open`, `setns` or `read`.
+pub fn read_proc_net(netns: &Path, file: &'static str) -> Result<String, NetworkError> {
+    let path = netns.to_path_buf();
+    std::thread::Builder::new()
+        .name("berth-netns-read".into())
+        .spawn(move || -> Result<String, NetworkError> {
+            let ns = std::fs::File::open(&path).map_err(io_err(&path, "open"))?;
+            nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).map_err(sys_err(&path, "setns(CLONE_NEWNET)"))?;
+            std::fs::read_to_string(format!("/proc/thread-self/net/{file}")).map_err(io_err(&path, "read"))
+        })
+        .map_err(io_err(netns, "clone(thread)"))?
+        .join()
+        .unwrap_or_else(|_| {
+            Err(NetworkError::Netns { path: netns.to_path_buf(), syscall: "thread", source: std::io::Error::other("read thread panicked") })
+        })
+}
+
 /// Unpins and deletes a namespace made by [`create`]: `umount2(path, MNT_DETACH)` then unlink.
 /// Idempotent: a missing file or a file that is not mounted is fine.
 /// Errors: [`NetworkError::Netns`] naming the path and `umount2` or `unlink`.
@@ -131,17 +154,23 @@ pub fn remove(path: &Path) -> Result<(), NetworkError> {
     }
 }
 
-/// Whether `path` is pinned, i.e. a mount point of an nsfs namespace file.
+/// Whether `path` is pinned, i.e. an nsfs namespace file is mounted on it (`statfs(2)` says
+/// `NSFS_MAGIC`; a file left after its namespace was unmounted, or after a reboot, says the
+/// filesystem it lies on). A missing path is not pinned.
 pub fn is_pinned(path: &Path) -> bool {
-    let Ok(canon) = std::fs::canonicalize(path) else { return false };
-    mount_points().iter().any(|(p, fstype)| *p == canon && fstype == "nsfs")
+    matches!(nix::sys::statfs::statfs(path), Ok(st) if st.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
 }
 
 /// Makes `dir` a shared mount point as `ip netns` does, unless it already is a mount point.
+/// Each dir is looked up in mountinfo once per process (the daemon keeps its dirs set up).
 fn make_shared_mount_point(dir: &Path) -> Result<(), NetworkError> {
-    let _guard = DIR_SETUP.lock().unwrap_or_else(|p| p.into_inner());
+    let mut ready = DIR_SETUP.lock().unwrap_or_else(|p| p.into_inner());
     let canon = std::fs::canonicalize(dir).map_err(io_err(dir, "realpath"))?;
+    if ready.contains(&canon) {
+        return Ok(());
+    }
     if mount_points().iter().any(|(p, _)| *p == canon) {
+        ready.insert(canon);
         return Ok(());
     }
     mount(Some(&canon), &canon, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).map_err(sys_err(dir, "mount(MS_BIND)"))?;
@@ -149,6 +178,7 @@ fn make_shared_mount_point(dir: &Path) -> Result<(), NetworkError> {
         let _ = umount2(&canon, MntFlags::MNT_DETACH);
         return Err(sys_err(dir, "mount(MS_SHARED)")(e));
     }
+    ready.insert(canon);
     Ok(())
 }
 
