@@ -100,6 +100,11 @@ pub struct RuntimeConfig {
     /// read), read at each CreateContainer; a file name in a later directory masks the same name
     /// in an earlier one; missing directories are skipped. See `spec::hooks`.
     pub hooks_dir: Vec<PathBuf>,
+    /// Run pods that share no PID namespace (kubelet's default) and have no user namespace of
+    /// their own without an infra process: their IPC, UTS and network namespaces are pinned to
+    /// files instead (CRI-O's `drop_infra_ctr`; see `sandbox::pinns`). `false` gives every pod
+    /// an infra container, as before. Default `true`.
+    pub drop_infra: bool,
 }
 
 /// `[runtime.handlers.NAME]`: one runc-compatible runtime.
@@ -251,6 +256,7 @@ impl Default for RuntimeConfig {
             default_handler: "runc".into(),
             handlers,
             hooks_dir: vec!["/usr/share/containers/oci/hooks.d".into(), "/etc/containers/oci/hooks.d".into()],
+            drop_infra: true,
         }
     }
 }
@@ -520,6 +526,9 @@ fn comment_for(key: &str) -> Option<&'static str> {
         "runtime" => "OCI runtimes",
         "runtime.default_handler" => "handler used when a request names none",
         "runtime.hooks_dir" => "OCI hook file directories (oci-hooks(5)); a later directory's file masks an earlier one's",
+        "runtime.drop_infra" => {
+            "pods sharing no PID namespace and no user namespace run without an infra process (namespaces pinned to files)"
+        }
         "network" => "CNI",
         "network.conf_dir" => "CNI network configs; the first in lexical order is the pod network",
         "network.plugin_dirs" => "directories searched for CNI plugin binaries",

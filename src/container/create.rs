@@ -8,7 +8,7 @@ use crate::daemon::Daemon;
 use crate::error::{Error, Result};
 use crate::monitor::MonitorSpec;
 use crate::records::{SandboxPaths, SandboxState};
-use crate::spec::{self, ContainerContext, SandboxContext};
+use crate::spec::{self, ContainerContext, PodNamespaces, SandboxContext};
 use std::path::{Component, Path, PathBuf};
 use tracing::Instrument;
 
@@ -164,7 +164,10 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
             sandbox_id: &sandbox.id,
             config: &sandbox.config,
             netns_path: sandbox.netns_path.as_deref(),
-            infra_pid: sandbox.infra_pid,
+            namespaces: match &sandbox.pinned {
+                None => PodNamespaces::Infra(sandbox.infra_pid),
+                Some(p) => PodNamespaces::Pinned { ipc: p.ipc.as_deref(), uts: p.uts.as_deref() },
+            },
             hostname: &sandbox.hostname,
             hosts_file: &hosts_file,
             resolv_conf: &resolv_conf,

@@ -123,7 +123,7 @@ fn create_and_delete(
         sandbox_id: &id,
         config: &config,
         netns_path: None,
-        infra_pid: 0,
+        namespaces: crate::spec::PodNamespaces::Infra(0),
         hostname: "selftest",
         hosts_file: none,
         resolv_conf: none,

@@ -33,7 +33,7 @@ pub mod watch;
 pub use container::{apply_end, apply_exit, ContainerPaths, ContainerRecord, ContainerState};
 pub use events::{ContainerEvent, ContainerEventKind, EventBus, Lagged, Subscription};
 pub use nri::{nri_container, nri_pod};
-pub use sandbox::{namespace_options, SandboxPaths, SandboxRecord, SandboxState};
+pub use sandbox::{namespace_options, PinnedNamespaces, SandboxPaths, SandboxRecord, SandboxState};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -121,9 +121,9 @@ impl Records {
     }
 
     /// Starts waiting for the end of pod sandbox `r`'s infra process (a Ready record); its end
-    /// comes out of [`Records::take_ends`].
+    /// comes out of [`Records::take_ends`]. A pod without an infra process has nothing to watch.
     pub fn watch_sandbox(&self, r: &SandboxRecord) {
-        if r.state == SandboxState::Ready {
+        if r.state == SandboxState::Ready && r.has_infra() {
             let exit_file = SandboxPaths::new(self, &r.id).exit_file;
             self.exits.watch(watch::Kind::Sandbox, &r.id, exit_file, r.monitor_pid, r.infra_pid);
         }
@@ -259,9 +259,10 @@ impl Records {
 
     /// Marks a Ready pod sandbox NotReady when its infra process has ended (exit file, or it and
     /// its monitor gone), and stores that, never bringing back a sandbox RemovePodSandbox
-    /// deleted since it was read. Errors: the store's.
+    /// deleted since it was read. A pod without an infra process is returned as it is.
+    /// Errors: the store's.
     pub fn fold_sandbox(&self, mut r: SandboxRecord) -> Result<SandboxRecord> {
-        if r.state != SandboxState::Ready || r.infra_watched(&SandboxPaths::new(self, &r.id)).observe().is_none() {
+        if r.state != SandboxState::Ready || !r.has_infra() || r.infra_watched(&SandboxPaths::new(self, &r.id)).observe().is_none() {
             return Ok(r);
         }
         // Only the state changes, in the record as stored now: what a StopPodSandbox wrote

@@ -6,13 +6,20 @@ use super::{ContainerRecord, ContainerState, SandboxRecord};
 use crate::nri::{api, convert};
 
 /// The NRI view of a pod sandbox (nri `PodSandbox`): CRI metadata, labels and annotations, the
-/// runtime handler, the cgroup parent and network namespace, the infra pid and the pod IPs.
+/// runtime handler, the cgroup parent and network namespace (and the pinned IPC and UTS ones of
+/// a pod without an infra process), the infra pid (0 without one) and the pod IPs.
 pub fn nri_pod(r: &SandboxRecord) -> api::PodSandbox {
     let meta = r.config.metadata.clone().unwrap_or_default();
     let linux = r.config.linux.as_ref();
     let mut namespaces = Vec::new();
     if let Some(netns) = &r.netns_path {
         namespaces.push(api::LinuxNamespace { r#type: "network".into(), path: netns.to_string_lossy().into_owned() });
+    }
+    // A pod without an infra process: its pinned IPC and UTS namespaces (CRI-O lists them).
+    for (kind, path) in r.pinned.iter().flat_map(|p| [("ipc", &p.ipc), ("uts", &p.uts)]) {
+        if let Some(path) = path {
+            namespaces.push(api::LinuxNamespace { r#type: kind.into(), path: path.to_string_lossy().into_owned() });
+        }
     }
     api::PodSandbox {
         id: r.id.clone(),

@@ -12,9 +12,11 @@ use crate::cri::v1::{NamespaceMode, NamespaceOption, PodSandboxConfig};
 /// State of a pod sandbox, as CRI `PodSandboxState` names them.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub enum SandboxState {
-    /// `SANDBOX_READY`: the infra process runs and the network is set up.
+    /// `SANDBOX_READY`: the pod's namespaces are held (its infra process runs, or they are
+    /// pinned) and the network is set up.
     Ready,
-    /// `SANDBOX_NOTREADY`: being created, stopped, or the infra died.
+    /// `SANDBOX_NOTREADY`: being created, stopped, or the infra died (or, for a pod without
+    /// one, its pinned namespaces were found gone at restart).
     NotReady,
 }
 
@@ -37,7 +39,7 @@ pub struct SandboxRecord {
     pub network_attached: bool,
     /// Pod IPs from CNI, the first one primary.
     pub ips: Vec<String>,
-    /// Host PID of the infra process (0 before it started).
+    /// Host PID of the infra process (0 before it started, and always for a pod without one).
     pub infra_pid: i32,
     /// PID of the infra's `berth-monitor` (0 before it started).
     #[serde(default)]
@@ -51,6 +53,29 @@ pub struct SandboxRecord {
     /// Whether StopPodSandbox has run to its end (NRI's StopPodSandbox is sent once).
     #[serde(default)]
     pub stopped: bool,
+    /// `Some` for a pod without an infra process (CRI-O's `drop_infra_ctr`): its IPC and UTS
+    /// namespaces are pinned at these files instead (its network namespace at `netns_path`).
+    /// `None` for a pod whose infra process holds them, and for every record written before
+    /// pods without one existed.
+    #[serde(default)]
+    pub pinned: Option<PinnedNamespaces>,
+}
+
+/// The namespaces of a pod without an infra process, each bind-mounted onto a file (the way
+/// `ip netns` pins a network namespace, CRI-O's `pinns`); `None` = the pod uses the host's.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PinnedNamespaces {
+    /// The pod's IPC namespace: `<run_root>/ns/ipc-<first 16 hex of the ID>`.
+    pub ipc: Option<PathBuf>,
+    /// The pod's UTS namespace (the pod's hostname): `<run_root>/ns/uts-<first 16 hex>`.
+    pub uts: Option<PathBuf>,
+}
+
+impl PinnedNamespaces {
+    /// The pinned files, IPC first.
+    pub fn files(&self) -> impl Iterator<Item = &PathBuf> {
+        self.ipc.iter().chain(self.uts.iter())
+    }
 }
 
 impl SandboxRecord {
@@ -63,6 +88,11 @@ impl SandboxRecord {
     /// The pod's namespace options (defaults: POD for every namespace).
     pub fn namespace_options(&self) -> NamespaceOption {
         namespace_options(&self.config)
+    }
+
+    /// Whether an infra process holds the pod's namespaces (else they are [`Self::pinned`]).
+    pub fn has_infra(&self) -> bool {
+        self.pinned.is_none()
     }
 
     /// The infra process as the liveness checks see it.
@@ -93,6 +123,9 @@ pub struct SandboxPaths {
     pub exit_file: PathBuf,
     /// `<root>/sandboxes/<id>`: hostname, hosts, resolv.conf.
     pub state: PathBuf,
+    /// `<run_root>/ns`: where the namespaces of pods without an infra process are pinned (a
+    /// shared mount point, as the netns dir).
+    pub ns_dir: PathBuf,
 }
 
 impl SandboxPaths {
@@ -105,6 +138,7 @@ impl SandboxPaths {
             exit_file: bundle.join("exit"),
             bundle,
             state: roots.root().join("sandboxes").join(id),
+            ns_dir: roots.run_root().join("ns"),
         }
     }
     /// `/etc/hostname` source.

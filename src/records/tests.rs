@@ -30,7 +30,30 @@ fn ready_pod(id: &str) -> SandboxRecord {
         hostname: "h".into(),
         shm_mounted: true,
         stopped: false,
+        pinned: None,
     }
+}
+
+#[test]
+fn a_pod_without_infra_is_never_folded_nor_watched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = records(tmp.path());
+    let mut pod = ready_pod("p2");
+    pod.infra_pid = 0;
+    pod.monitor_pid = 0;
+    pod.pinned = Some(crate::records::PinnedNamespaces { ipc: Some("/run/x/ns/ipc-p2".into()), uts: None });
+    rec.put_sandbox(&pod).unwrap();
+    // No infra process, no monitor, no exit file: for an infra pod that reads as "lost".
+    assert_eq!(rec.fold_sandbox(pod.clone()).unwrap().state, SandboxState::Ready);
+    assert_eq!(rec.stored_sandbox("p2").unwrap().state, SandboxState::Ready);
+}
+
+#[test]
+fn a_record_from_before_pinned_pods_has_an_infra() {
+    let mut v = serde_json::to_value(ready_pod("p3")).unwrap();
+    v.as_object_mut().unwrap().remove("pinned");
+    let r: SandboxRecord = serde_json::from_value(v).unwrap();
+    assert!(r.has_infra());
 }
 
 #[test]

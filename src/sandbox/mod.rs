@@ -1,11 +1,14 @@
 //! Pod sandbox lifecycle: a pinned network namespace wired by CNI, the pod's `/dev/shm`, its
-//! hostname/hosts/resolv.conf files, and the infra container (`berth-pause` run through
-//! `berth-monitor` and the OCI runtime) holding the pod's ipc, uts and pid namespaces.
+//! hostname/hosts/resolv.conf files, and what holds the pod's IPC, UTS and PID namespaces: the
+//! infra container (`berth-pause` run through `berth-monitor` and the OCI runtime) when the pod
+//! shares a PID namespace or has its own user namespace, else nothing but pinned files
+//! ([`pinns`]).
 //!
 //! CRI RPCs served from here: RunPodSandbox ([`run`]), StopPodSandbox ([`stop`]),
 //! RemovePodSandbox ([`remove`]), PodSandboxStatus ([`get`]), ListPodSandbox ([`list`]).
 
 pub mod files;
+pub mod pinns;
 mod run;
 mod stop;
 pub mod sysctl;
@@ -13,7 +16,7 @@ pub mod sysctl;
 pub use run::run;
 pub use stop::{remove, stop};
 
-pub use crate::records::{namespace_options, SandboxPaths, SandboxRecord, SandboxState};
+pub use crate::records::{namespace_options, PinnedNamespaces, SandboxPaths, SandboxRecord, SandboxState};
 
 use crate::daemon::Daemon;
 use crate::error::{Error, Result};
@@ -61,13 +64,22 @@ pub fn list(d: &Daemon) -> Vec<SandboxRecord> {
 }
 
 /// Restart recovery: re-reserve names, fold in the ends of infra processes that ended while
-/// berth was down (the one fold of recovery) and mark pods whose infra is gone NotReady. The
-/// pods still Ready are watched from here on ([`crate::records::Records::watch_sandbox`]).
+/// berth was down (the one fold of recovery) and mark pods whose infra is gone NotReady (for a
+/// pod without an infra process: whose pinned namespaces are gone). The pods with an infra
+/// still Ready are watched from here on ([`crate::records::Records::watch_sandbox`]).
 pub async fn recover(d: &Daemon) -> Result<()> {
     for r in d.records.sandboxes() {
         d.reserve_name("pod sandbox", &SandboxRecord::name_key(&r.config), &r.id)?;
         let mut r = d.records.fold_sandbox(r)?;
-        if r.state == SandboxState::Ready {
+        if let (SandboxState::Ready, Some(pins)) = (r.state, &r.pinned) {
+            // No infra to ask: the pod is as alive as its pins (gone after a reboot).
+            let missing = pinns::missing(pins, r.netns_path.as_deref());
+            if !missing.is_empty() {
+                tracing::warn!(sandbox = %r.id, missing = ?missing, "pod namespaces are no longer pinned; marking pod sandbox NotReady");
+                r.state = SandboxState::NotReady;
+                d.records.put_sandbox(&r)?;
+            }
+        } else if r.state == SandboxState::Ready {
             // A pod whose handler is gone from this host (binary removed, config changed) is
             // logged and left as it is (and watched: its monitor still tells its end): one such
             // pod must not keep the daemon from starting.

@@ -87,6 +87,8 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
         hostname: hostname.clone(),
         shm_mounted: false,
         stopped: false,
+        pinned: super::pinns::wanted(&config, userns.is_some(), d.config.runtime.drop_infra)
+            .then(|| super::pinns::planned(&paths.ns_dir, &id, &config)),
     };
 
     let mut undo = Cleanup::new();
@@ -98,7 +100,8 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
         undo.push("drop record", async {
             let _ = d.records.delete_sandbox(&id);
         });
-        for dir in [&paths.state, &paths.rootfs] {
+        let made = if record.has_infra() { &paths.rootfs } else { &paths.bundle };
+        for dir in [&paths.state, made] {
             std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
         }
         undo.push("remove dirs", async {
@@ -126,75 +129,23 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
             });
         }
 
-        // The infra container.
-        link_or_copy(&d.pause_bin, &paths.rootfs.join("berth-pause"))?;
-        // The mount points runc would otherwise make: in a pod user namespace its root cannot
-        // create them in a rootfs the host's root owns.
-        for dir in ["proc", "dev"] {
-            let p = paths.rootfs.join(dir);
-            std::fs::create_dir_all(&p).map_err(Error::io(format!("creating {}", p.display())))?;
+        if let Some(pins) = record.pinned.clone() {
+            // No infra process: the pod's namespaces are pinned to files (sandbox::pinns).
+            let mut sysctls: Vec<(String, String)> =
+                config.linux.as_ref().map(|l| l.sysctls.clone().into_iter().collect()).unwrap_or_default();
+            sysctls.sort();
+            let req = super::pinns::PinRequest { netns: record.netns_path.as_deref(), pins: &pins, hostname: &hostname, sysctls };
+            let started = std::time::Instant::now();
+            super::pinns::pin(&req)?;
+            undo.push("unpin namespaces", async move {
+                if let Err(e) = super::pinns::unpin(&pins) {
+                    tracing::warn!(error = %e, "undo: unpinning the pod's namespaces");
+                }
+            });
+            tracing::debug!(elapsed_us = started.elapsed().as_micros() as u64, "pod namespaces pinned (no infra process)");
+        } else {
+            start_infra(d, &mut undo, &mut record, &paths, userns.as_ref(), host_network, runtime).await?;
         }
-        let hostname_file = paths.hostname_file();
-        let hosts_file = paths.hosts_file();
-        let resolv_conf = paths.resolv_conf();
-        let ctx = SandboxContext {
-            sandbox_id: &id,
-            config: &config,
-            netns_path: record.netns_path.as_deref(),
-            infra_pid: 0,
-            hostname: &hostname,
-            hosts_file: &hosts_file,
-            resolv_conf: &resolv_conf,
-            hostname_file: &hostname_file,
-            shm_path: record.shm_mounted.then_some(paths.shm.as_path()),
-            cgroup_parent: &cgroup_parent,
-            userns: userns.as_ref(),
-        };
-        let infra = spec::infra_spec_with(&ctx, &paths.rootfs, &id, d.own_oom_score_adj)?;
-        let config_json = paths.bundle.join("config.json");
-        let bytes = serde_json::to_vec_pretty(&infra).map_err(|e| Error::io("encoding infra config.json")(e.into()))?;
-        crate::util::write_atomic(&config_json, &bytes).map_err(Error::io(format!("writing {}", config_json.display())))?;
-
-        let mspec = MonitorSpec {
-            id: id.clone(),
-            bundle: paths.bundle.clone(),
-            runtime: runtime.path.clone(),
-            runtime_root: runtime.root.clone(),
-            systemd_cgroup: runtime.systemd_cgroup,
-            log_path: None,
-            exit_file: paths.exit_file.clone(),
-            pid_file: paths.bundle.join("pidfile"),
-            attach_socket: paths.bundle.join("attach"),
-            terminal: false,
-            stdin: false,
-            stdin_once: false,
-            log_size_max: 0,
-        };
-        let started = std::time::Instant::now();
-        let spawned = crate::monitor::spawn(&d.monitor_bin, &mspec).await?;
-        if let Some(sd) = &d.systemd {
-            sd.place_monitor(&id, &cgroup_parent, spawned.monitor_pid).await;
-        }
-        let watched =
-            crate::records::liveness::Watched { exit_file: &paths.exit_file, monitor_pid: spawned.monitor_pid, pid: spawned.container_pid };
-        let infra_id = id.as_str();
-        undo.push("delete infra container", async move {
-            let _ = runtime.kill(infra_id, libc::SIGKILL, true).await;
-            watched.wait(std::time::Duration::from_secs(10)).await;
-            if let Err(e) = runtime.delete(infra_id, true).await {
-                tracing::warn!(error = %e, "undo: deleting infra container");
-            }
-        });
-        if userns.is_some() {
-            if let Some(netns) = record.netns_path.clone() {
-                wire_network(d, &mut undo, &mut record, netns, Some(spawned.container_pid)).await?;
-            }
-            write_pod_files(&paths, &record, host_network)?;
-        }
-        runtime.start(&id).await?;
-        tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, pid = spawned.container_pid, "infra container started");
-        record.infra_pid = spawned.container_pid;
-        record.monitor_pid = spawned.monitor_pid;
         // NRI plugins see the pod up but not yet Ready; a refusal undoes it all. Plugin
         // synchronization waits until the pod is stored Ready (see crate::nri).
         let _nri_sync = match &d.nri {
@@ -219,7 +170,7 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
             d.records.publish_sandbox(crate::records::ContainerEventKind::Created, &record);
             d.records.publish_sandbox(crate::records::ContainerEventKind::Started, &record);
             d.records.watch_sandbox(&record);
-            tracing::info!("pod sandbox ready");
+            tracing::info!(infra = record.has_infra(), "pod sandbox ready");
             Ok(id)
         }
         Err(e) => {
@@ -230,6 +181,94 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
             Err(e)
         }
     }
+}
+
+/// The infra container of a pod that needs one ([`super::pinns::wanted`] says which do not):
+/// `berth-pause` in a bundle of its own, run through the monitor and `runtime create`/`start`,
+/// pushing its undo. With a pod user namespace the pod's network is wired and its files written
+/// here, after `create` (the runtime makes that netns). Sets the record's infra and monitor pids.
+async fn start_infra<'a>(
+    d: &'a Daemon,
+    undo: &mut Cleanup<'a>,
+    record: &mut SandboxRecord,
+    paths: &'a SandboxPaths,
+    userns: Option<&crate::spec::userns::PodUserns>,
+    host_network: bool,
+    runtime: &'a crate::oci::Runtime,
+) -> Result<()> {
+    let id = record.id.clone();
+    let config = record.config.clone();
+    let hostname = record.hostname.clone();
+    let cgroup_parent = record.cgroup_parent.clone();
+    link_or_copy(&d.pause_bin, &paths.rootfs.join("berth-pause"))?;
+    // The mount points runc would otherwise make: in a pod user namespace its root cannot
+    // create them in a rootfs the host's root owns.
+    for dir in ["proc", "dev"] {
+        let p = paths.rootfs.join(dir);
+        std::fs::create_dir_all(&p).map_err(Error::io(format!("creating {}", p.display())))?;
+    }
+    let hostname_file = paths.hostname_file();
+    let hosts_file = paths.hosts_file();
+    let resolv_conf = paths.resolv_conf();
+    let ctx = SandboxContext {
+        sandbox_id: &id,
+        config: &config,
+        netns_path: record.netns_path.as_deref(),
+        namespaces: spec::PodNamespaces::Infra(0),
+        hostname: &hostname,
+        hosts_file: &hosts_file,
+        resolv_conf: &resolv_conf,
+        hostname_file: &hostname_file,
+        shm_path: record.shm_mounted.then_some(paths.shm.as_path()),
+        cgroup_parent: &cgroup_parent,
+        userns,
+    };
+    let infra = spec::infra_spec_with(&ctx, &paths.rootfs, &id, d.own_oom_score_adj)?;
+    let config_json = paths.bundle.join("config.json");
+    let bytes = serde_json::to_vec_pretty(&infra).map_err(|e| Error::io("encoding infra config.json")(e.into()))?;
+    crate::util::write_atomic(&config_json, &bytes).map_err(Error::io(format!("writing {}", config_json.display())))?;
+
+    let mspec = MonitorSpec {
+        id: id.clone(),
+        bundle: paths.bundle.clone(),
+        runtime: runtime.path.clone(),
+        runtime_root: runtime.root.clone(),
+        systemd_cgroup: runtime.systemd_cgroup,
+        log_path: None,
+        exit_file: paths.exit_file.clone(),
+        pid_file: paths.bundle.join("pidfile"),
+        attach_socket: paths.bundle.join("attach"),
+        terminal: false,
+        stdin: false,
+        stdin_once: false,
+        log_size_max: 0,
+    };
+    let started = std::time::Instant::now();
+    let spawned = crate::monitor::spawn(&d.monitor_bin, &mspec).await?;
+    if let Some(sd) = &d.systemd {
+        sd.place_monitor(&id, &cgroup_parent, spawned.monitor_pid).await;
+    }
+    let watched =
+        crate::records::liveness::Watched { exit_file: &paths.exit_file, monitor_pid: spawned.monitor_pid, pid: spawned.container_pid };
+    let infra_id = id.clone();
+    undo.push("delete infra container", async move {
+        let _ = runtime.kill(&infra_id, libc::SIGKILL, true).await;
+        watched.wait(std::time::Duration::from_secs(10)).await;
+        if let Err(e) = runtime.delete(&infra_id, true).await {
+            tracing::warn!(error = %e, "undo: deleting infra container");
+        }
+    });
+    if userns.is_some() {
+        if let Some(netns) = record.netns_path.clone() {
+            wire_network(d, undo, record, netns, Some(spawned.container_pid)).await?;
+        }
+        write_pod_files(paths, record, host_network)?;
+    }
+    runtime.start(&id).await?;
+    tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, pid = spawned.container_pid, "infra container started");
+    record.infra_pid = spawned.container_pid;
+    record.monitor_pid = spawned.monitor_pid;
+    Ok(())
 }
 
 /// Gives the pod its network: pins a new netns at `netns` (or, with `owner`, the netns of that

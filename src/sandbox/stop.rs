@@ -8,8 +8,8 @@ use std::time::Duration;
 use tracing::Instrument;
 
 /// Stops every container of the pod (SIGKILL: kubelet has already given them their grace
-/// period), runs CNI DEL, stops the infra container, unpins the netns and unmounts the pod's
-/// `/dev/shm`. The record stays, NotReady. A sandbox that does not exist is Ok.
+/// period), runs CNI DEL, stops the infra container (or, for a pod without one, unpins its IPC
+/// and UTS namespaces), unpins the netns and unmounts the pod's `/dev/shm`. The record stays, NotReady. A sandbox that does not exist is Ok.
 pub async fn stop(d: &Daemon, id: &str) -> Result<()> {
     let Some(r) = ok_if_missing(super::get(d, id))? else { return Ok(()) };
     let lock = d.lock_for(&r.id);
@@ -39,20 +39,10 @@ async fn stop_locked(d: &Daemon, mut r: SandboxRecord) -> Result<()> {
         r.network_attached = false;
         d.records.put_sandbox(&r)?;
     }
-    let runtime = d.runtime(&r.runtime_handler)?;
-    // Kill the infra only while it may still run: not when its end is known (exit file, or it and
-    // its monitor are gone), nor when the runtime already calls it stopped.
-    let running = match r.infra_watched(&paths).observe() {
-        Some(_) => false,
-        None => matches!(runtime.state(&r.id).await?, Some(s) if s.status != "stopped"),
-    };
-    if running {
-        runtime.kill(&r.id, libc::SIGKILL, true).await?;
-        if r.infra_watched(&paths).wait(Duration::from_secs(10)).await.is_none() {
-            return Err(Error::DeadlineExceeded(format!("infra container of pod sandbox {} did not exit within 10s of SIGKILL", r.id)));
-        }
+    match &r.pinned {
+        None => stop_infra(d, &r, &paths).await?,
+        Some(pins) => super::pinns::unpin(pins)?,
     }
-    runtime.delete(&r.id, true).await?;
     if let Some(netns) = &r.netns_path {
         crate::network::netns::remove(netns)?;
     }
@@ -65,6 +55,25 @@ async fn stop_locked(d: &Daemon, mut r: SandboxRecord) -> Result<()> {
     d.records.put_sandbox(&r)?;
     d.records.publish_sandbox(crate::records::ContainerEventKind::Stopped, &r);
     tracing::info!("pod sandbox stopped");
+    Ok(())
+}
+
+/// Kills the pod's infra container (while it may still run) and deletes it from the runtime.
+async fn stop_infra(d: &Daemon, r: &SandboxRecord, paths: &SandboxPaths) -> Result<()> {
+    let runtime = d.runtime(&r.runtime_handler)?;
+    // Kill the infra only while it may still run: not when its end is known (exit file, or it and
+    // its monitor are gone), nor when the runtime already calls it stopped.
+    let running = match r.infra_watched(paths).observe() {
+        Some(_) => false,
+        None => matches!(runtime.state(&r.id).await?, Some(s) if s.status != "stopped"),
+    };
+    if running {
+        runtime.kill(&r.id, libc::SIGKILL, true).await?;
+        if r.infra_watched(paths).wait(Duration::from_secs(10)).await.is_none() {
+            return Err(Error::DeadlineExceeded(format!("infra container of pod sandbox {} did not exit within 10s of SIGKILL", r.id)));
+        }
+    }
+    runtime.delete(&r.id, true).await?;
     Ok(())
 }
 

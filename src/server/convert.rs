@@ -57,11 +57,16 @@ pub fn pod_sandbox_status(r: &SandboxRecord) -> cri::PodSandboxStatus {
     }
 }
 
-/// Verbose info of PodSandboxStatus: `info["info"]` as JSON, the shape crictl inspectp prints.
+/// Verbose info of PodSandboxStatus: `info["info"]` as JSON, the shape crictl inspectp prints;
+/// `pid` is 0 and `infraContainer` false for a pod without an infra process, whose pinned
+/// namespace files are given instead.
 pub fn pod_sandbox_info(r: &SandboxRecord) -> HashMap<String, String> {
     let info = serde_json::json!({
         "pid": r.infra_pid,
+        "infraContainer": r.has_infra(),
         "netNamespacePath": r.netns_path,
+        "ipcNamespacePath": r.pinned.as_ref().and_then(|p| p.ipc.as_ref()),
+        "utsNamespacePath": r.pinned.as_ref().and_then(|p| p.uts.as_ref()),
         "cgroupParent": r.cgroup_parent,
         "hostname": r.hostname,
         "runtimeHandler": r.runtime_handler,

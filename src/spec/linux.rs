@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::{cgroups_path, ContainerContext, HostFacts, SandboxContext, SpecError};
+use super::{cgroups_path, ContainerContext, HostFacts, PodNamespaces, SandboxContext, SpecError};
 
 /// Paths masked in unprivileged containers (containerd's `defaultUnixSpec`).
 pub const DEFAULT_MASKED_PATHS: [&str; 11] = [
@@ -52,12 +52,14 @@ pub fn ipc_mode(sb: &SandboxContext, sc: &cri::LinuxContainerSecurityContext) ->
     }
 }
 
-/// The container's namespaces. PID: POD joins the infra's, CONTAINER gets a new one, NODE stays
-/// on the host, TARGET joins `/proc/<pid_target>/ns/pid` (the caller resolves the target). IPC: NODE
-/// stays on the host, CONTAINER gets a new one, POD joins the infra's, TARGET is refused; a
-/// container-level network mode CONTAINER or TARGET is refused.
-/// UTS joins the infra's unless the pod uses the host network (then the host's). Network: the
-/// pinned netns, or the host's. Mount: always new.
+/// The container's namespaces. PID: POD joins the infra's (refused in a pod without an infra
+/// process: it shares no PID namespace), CONTAINER gets a new one, NODE stays on the host,
+/// TARGET joins `/proc/<pid_target>/ns/pid` (the caller resolves the target). IPC: NODE stays on
+/// the host, CONTAINER gets a new one, POD joins the pod's (the infra's or the pinned file),
+/// TARGET is refused; a container-level network mode CONTAINER or TARGET is refused.
+/// UTS joins the pod's (infra's or pinned) unless the pod uses the host network (then the
+/// host's). Network: the pinned netns, or the host's. User: the infra's, for a pod with its own
+/// user namespace. Mount: always new. See [`PodNamespaces`].
 pub fn container_namespaces(
     sb: &SandboxContext,
     container: &str,
@@ -65,10 +67,26 @@ pub fn container_namespaces(
     pid_target: Option<i32>,
 ) -> Result<Vec<LinuxNamespace>, SpecError> {
     let opts = sc.namespace_options.clone().or_else(|| pod_namespace_options(sb));
-    let infra_ns = |name: &str| Some(PathBuf::from(format!("/proc/{}/ns/{name}", sb.infra_pid)));
+    // The path of the pod's namespace `name` (`pid`, `ipc`, `uts`, `user`): the infra's, or the
+    // pinned file; `Ok(None)` = the host's (a pinned pod whose IPC mode is NODE).
+    let pod_ns = |name: &'static str| -> Result<Option<PathBuf>, SpecError> {
+        match (sb.namespaces, name) {
+            (PodNamespaces::Infra(pid), _) => Ok(Some(PathBuf::from(format!("/proc/{pid}/ns/{name}")))),
+            (PodNamespaces::Pinned { ipc, .. }, "ipc") => Ok(ipc.map(Path::to_path_buf)),
+            (PodNamespaces::Pinned { uts, .. }, "uts") => Ok(uts.map(Path::to_path_buf)),
+            (PodNamespaces::Pinned { .. }, _) => Err(SpecError::InvalidField {
+                container: container.to_string(),
+                field: if name == "pid" { "namespace_options.pid" } else { "namespace_options.userns_options" },
+                reason: format!(
+                    "POD asks for the pod's {name} namespace, and this pod has none to share (its own namespace_options.{} is not POD)",
+                    if name == "pid" { "pid" } else { "userns_options" }
+                ),
+            }),
+        }
+    };
     let mut ns = Vec::new();
     match mode(opts.as_ref(), |o| o.pid) {
-        cri::NamespaceMode::Pod => ns.push(namespace(LinuxNamespaceType::Pid, infra_ns("pid"))),
+        cri::NamespaceMode::Pod => ns.push(namespace(LinuxNamespaceType::Pid, pod_ns("pid")?)),
         cri::NamespaceMode::Container => ns.push(namespace(LinuxNamespaceType::Pid, None)),
         cri::NamespaceMode::Node => {}
         cri::NamespaceMode::Target => match pid_target {
@@ -84,7 +102,11 @@ pub fn container_namespaces(
     }
     match ipc_mode(sb, sc) {
         cri::NamespaceMode::Node => {}
-        cri::NamespaceMode::Pod => ns.push(namespace(LinuxNamespaceType::Ipc, infra_ns("ipc"))),
+        cri::NamespaceMode::Pod => {
+            if let Some(path) = pod_ns("ipc")? {
+                ns.push(namespace(LinuxNamespaceType::Ipc, Some(path)));
+            }
+        }
         cri::NamespaceMode::Container => ns.push(namespace(LinuxNamespaceType::Ipc, None)),
         cri::NamespaceMode::Target => {
             return Err(SpecError::InvalidField {
@@ -103,11 +125,13 @@ pub fn container_namespaces(
         });
     }
     if let Some(netns) = sb.netns_path {
-        ns.push(namespace(LinuxNamespaceType::Uts, infra_ns("uts")));
+        // A pod of its own network always has a UTS namespace to join; `None` (never made so)
+        // would give the container a private one, never the host's.
+        ns.push(namespace(LinuxNamespaceType::Uts, pod_ns("uts")?));
         ns.push(namespace(LinuxNamespaceType::Network, Some(netns.to_path_buf())));
     }
     if sb.userns.is_some() {
-        ns.push(namespace(LinuxNamespaceType::User, infra_ns("user")));
+        ns.push(namespace(LinuxNamespaceType::User, pod_ns("user")?));
     }
     ns.push(namespace(LinuxNamespaceType::Mount, None));
     Ok(ns)

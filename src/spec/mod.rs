@@ -156,8 +156,8 @@ pub struct SandboxContext<'a> {
     pub config: &'a cri::PodSandboxConfig,
     /// Pinned network namespace (`/var/run/netns/<name>`); `None` = host network.
     pub netns_path: Option<&'a Path>,
-    /// PID of the infra process; containers join `/proc/<pid>/ns/{ipc,uts,pid}`.
-    pub infra_pid: i32,
+    /// Where the pod's containers find its IPC, UTS and PID namespaces.
+    pub namespaces: PodNamespaces<'a>,
     /// The pod's hostname (for host network: the node's).
     pub hostname: &'a str,
     /// Host files bind-mounted at `/etc/hosts`, `/etc/resolv.conf`, `/etc/hostname`.
@@ -172,6 +172,23 @@ pub struct SandboxContext<'a> {
     /// The pod's own user namespace (CRI `userns_options` mode POD); `None` = the host's. The
     /// infra creates it (with a new network namespace owned by it); containers join it.
     pub userns: Option<&'a userns::PodUserns>,
+}
+
+/// Where a pod's containers find the namespaces they share with the pod (besides the network
+/// namespace, always [`SandboxContext::netns_path`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodNamespaces<'a> {
+    /// The infra process of this host PID holds them: containers join
+    /// `/proc/<pid>/ns/{ipc,uts,pid,user}`. 0 while the infra is being made.
+    Infra(i32),
+    /// No infra process (CRI-O's `drop_infra_ctr`): the IPC and UTS namespaces are bind-mounted
+    /// onto these files (`None`: the host's), and the pod shares no PID namespace.
+    Pinned {
+        /// The pod's IPC namespace file.
+        ipc: Option<&'a Path>,
+        /// The pod's UTS namespace file.
+        uts: Option<&'a Path>,
+    },
 }
 
 /// One container to create in a pod.

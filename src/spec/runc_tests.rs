@@ -94,7 +94,7 @@ fn infra_and_container_specs_run_under_runc_root() {
         sandbox_id: tag,
         config: &pod,
         netns_path: Some(&netns),
-        infra_pid: 0,
+        namespaces: crate::spec::PodNamespaces::Infra(0),
         hostname: "podhost",
         hosts_file: &hosts,
         resolv_conf: &resolv,
@@ -128,7 +128,7 @@ fn infra_and_container_specs_run_under_runc_root() {
     let state: serde_json::Value = serde_json::from_slice(&runc(&cleanup.runc_root, &["state", &infra_id]).stdout).unwrap();
     assert_eq!(state["status"], "running", "{state}");
     let infra_pid = state["pid"].as_i64().unwrap() as i32;
-    sb.infra_pid = infra_pid;
+    sb.namespaces = crate::spec::PodNamespaces::Infra(infra_pid);
 
     // A container joining it, as user www from the image.
     let rootfs = d.path().join("rootfs");

@@ -10,6 +10,8 @@ pub(super) struct Fixture {
     netns: Option<PathBuf>,
     shm: Option<PathBuf>,
     userns: Option<crate::spec::userns::PodUserns>,
+    /// A pod without an infra process: its IPC and UTS namespaces pinned at these files.
+    pinned: Option<(Option<PathBuf>, Option<PathBuf>)>,
 }
 
 impl Fixture {
@@ -27,7 +29,14 @@ impl Fixture {
             }),
             ..Default::default()
         };
-        Fixture { pod, netns: Some(PathBuf::from("/var/run/netns/pod1")), shm: Some(dir.path().join("shm")), userns: None, dir }
+        Fixture {
+            pod,
+            netns: Some(PathBuf::from("/var/run/netns/pod1")),
+            shm: Some(dir.path().join("shm")),
+            userns: None,
+            pinned: None,
+            dir,
+        }
     }
 
     fn sb(&self) -> SandboxContext<'_> {
@@ -35,7 +44,10 @@ impl Fixture {
             sandbox_id: "sb1",
             config: &self.pod,
             netns_path: self.netns.as_deref(),
-            infra_pid: 4242,
+            namespaces: match &self.pinned {
+                None => crate::spec::PodNamespaces::Infra(4242),
+                Some((ipc, uts)) => crate::spec::PodNamespaces::Pinned { ipc: ipc.as_deref(), uts: uts.as_deref() },
+            },
             hostname: "web-host",
             hosts_file: Path::new("/run/berth/sb1/hosts"),
             resolv_conf: Path::new("/run/berth/sb1/resolv.conf"),
@@ -438,6 +450,36 @@ fn namespaces_for_each_option() {
     let spec = build(&f, &config(), &image()).unwrap();
     assert_eq!(ns_of(&spec)[0], (Uts, p("/proc/4242/ns/uts")));
     assert_eq!(find(&spec, "/dev/shm").source().as_deref(), Some(Path::new("/dev/shm")));
+}
+
+#[test]
+fn namespaces_of_a_pod_without_infra() {
+    use LinuxNamespaceType::*;
+    let p = |s: &str| Some(PathBuf::from(s));
+    let mut f = Fixture::new();
+    f.pinned = Some((p("/run/berth/ns/ipc-sb1"), p("/run/berth/ns/uts-sb1")));
+    let mut cfg = config();
+    sec(&mut cfg).namespace_options = Some(cri::NamespaceOption { pid: cri::NamespaceMode::Container as i32, ..Default::default() });
+    let spec = build(&f, &cfg, &image()).unwrap();
+    assert_eq!(
+        ns_of(&spec),
+        vec![
+            (Pid, None),
+            (Ipc, p("/run/berth/ns/ipc-sb1")),
+            (Uts, p("/run/berth/ns/uts-sb1")),
+            (Network, p("/var/run/netns/pod1")),
+            (Mount, None),
+        ]
+    );
+    assert_eq!(spec.hostname().as_deref(), Some("web-host"));
+    // The pod's IPC mode NODE: nothing pinned, the host's IPC namespace.
+    f.pinned = Some((None, p("/run/berth/ns/uts-sb1")));
+    let spec = build(&f, &cfg, &image()).unwrap();
+    assert_eq!(ns_of(&spec)[..2], [(Pid, None), (Uts, p("/run/berth/ns/uts-sb1"))]);
+    // A shared PID namespace is asked of a pod that has none: refused, naming the field.
+    sec(&mut cfg).namespace_options = Some(cri::NamespaceOption { pid: cri::NamespaceMode::Pod as i32, ..Default::default() });
+    let err = build(&f, &cfg, &image()).unwrap_err();
+    assert!(matches!(&err, SpecError::InvalidField { field: "namespace_options.pid", .. }), "{err}");
 }
 
 #[test]

@@ -190,15 +190,11 @@ pub fn list_container_stats(d: &Daemon, filter: &cri::ContainerStatsFilter) -> R
     Ok(out)
 }
 
-/// Network usage of a pod from `/proc/<infra_pid>/net/dev`; `None` for host-network pods, an
-/// infra that is not running, or an unreadable file. The default interface is `eth0` (the CNI
-/// convention kubelet uses), else the first non-loopback one.
+/// Network usage of a pod from its `net/dev` ([`crate::stats::pod_net_dev`]); `None` for
+/// host-network pods, an infra that is not running, or an unreadable file. The default
+/// interface is `eth0` (the CNI convention kubelet uses), else the first non-loopback one.
 fn network(sb: &SandboxRecord, now: i64) -> Option<cri::NetworkUsage> {
-    if sb.host_network() || sb.netns_path.is_none() || sb.infra_pid <= 0 {
-        return None;
-    }
-    let path = format!("/proc/{}/net/dev", sb.infra_pid);
-    let text = std::fs::read_to_string(&path).map_err(|e| tracing::debug!(pod = %sb.id, path, error = %e, "no network stats")).ok()?;
+    let text = super::pod_net_dev(sb)?;
     let interfaces: Vec<cri::NetworkInterfaceUsage> = parse::net_dev(&text)
         .into_iter()
         .map(|c| cri::NetworkInterfaceUsage {

@@ -293,19 +293,10 @@ pub fn network_metrics(sandbox_id: &str, interfaces: &[InterfaceCounters]) -> Ve
     v
 }
 
-/// Interfaces of a pod's network namespace from `/proc/<infra pid>/net/dev`; empty for
-/// host-network pods, pods without an infra process, or an unreadable file.
+/// Interfaces of a pod's network namespace from its `net/dev` ([`crate::stats::pod_net_dev`]);
+/// empty for host-network pods, an infra that is not running, or an unreadable file.
 fn pod_interfaces(sb: &SandboxRecord) -> Vec<InterfaceCounters> {
-    if sb.host_network() || sb.netns_path.is_none() || sb.infra_pid <= 0 {
-        return Vec::new();
-    }
-    match std::fs::read_to_string(format!("/proc/{}/net/dev", sb.infra_pid)) {
-        Ok(text) => crate::stats::parse::net_dev(&text),
-        Err(e) => {
-            tracing::debug!(pod = %sb.id, error = %e, "no network metrics");
-            Vec::new()
-        }
-    }
+    crate::stats::pod_net_dev(sb).map(|text| crate::stats::parse::net_dev(&text)).unwrap_or_default()
 }
 
 /// The filesystem holding path `p` as [`FsFigures`] without usage: `statvfs(3)` for inodes and

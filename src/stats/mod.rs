@@ -24,6 +24,28 @@ use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+/// The text of a pod's `net/dev` (per-interface counters, `proc(5)`): `/proc/<infra pid>/net/dev`
+/// while its infra process runs; for a pod without one, read from inside its pinned network
+/// namespace ([`crate::network::netns::read_proc_net`]). `None` for host-network pods, a pod
+/// whose infra is not running or whose namespace is gone, or an unreadable file (logged at
+/// debug).
+pub fn pod_net_dev(sb: &crate::records::SandboxRecord) -> Option<String> {
+    if sb.host_network() {
+        return None;
+    }
+    let netns = sb.netns_path.as_deref()?;
+    let read = if sb.has_infra() {
+        if sb.infra_pid <= 0 {
+            return None;
+        }
+        let path = format!("/proc/{}/net/dev", sb.infra_pid);
+        std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))
+    } else {
+        crate::network::netns::read_proc_net(netns, "dev").map_err(|e| e.to_string())
+    };
+    read.map_err(|e| tracing::debug!(pod = %sb.id, error = %e, "no network stats")).ok()
+}
+
 /// Errors of the stats readers. Each names the cgroup or file.
 #[derive(Debug, thiserror::Error)]
 pub enum StatsError {
