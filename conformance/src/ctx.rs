@@ -176,7 +176,10 @@ impl Ctx {
     }
 
     /// A pod config named `name-<unique>` in namespace `berth-conformance`, with its own
-    /// log_directory under `<tmp>/logs`, the suite label and the extra `labels`.
+    /// log_directory under `<tmp>/logs`, the suite label and the extra `labels`, and the
+    /// namespace options kubelet sends for a pod without `shareProcessNamespace`, hostNetwork,
+    /// hostPID or hostIPC: network and IPC POD, PID CONTAINER (berth runs such a pod without
+    /// an infra process). [`Ctx::shared_pid_pod_config`] is the pod of one PID namespace.
     pub fn pod_config(&self, name: &str, labels: &[(&str, &str)]) -> cri::PodSandboxConfig {
         let u = self.unique();
         let full = format!("{name}-{u}");
@@ -192,9 +195,25 @@ impl Ctx {
             hostname: name.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect(),
             log_directory: self.tmp.join("logs").join(&full).display().to_string(),
             labels: l,
-            linux: Some(cri::LinuxPodSandboxConfig { cgroup_parent: String::new(), ..Default::default() }),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                cgroup_parent: String::new(),
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(kubelet_namespace_options(false)),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
             ..Default::default()
         }
+    }
+
+    /// [`Ctx::pod_config`] of a pod whose containers share one PID namespace (kubelet's
+    /// `shareProcessNamespace: true`: PID mode POD), which berth gives an infra process.
+    pub fn shared_pid_pod_config(&self, name: &str, labels: &[(&str, &str)]) -> cri::PodSandboxConfig {
+        let mut pc = self.pod_config(name, labels);
+        pc.linux.get_or_insert_with(Default::default).security_context.get_or_insert_with(Default::default).namespace_options =
+            Some(kubelet_namespace_options(true));
+        pc
     }
 
     /// RunPodSandbox with `config`.
@@ -378,4 +397,15 @@ pub fn spec(image: &str) -> cri::ImageSpec {
 /// The proto name of a ContainerState value, e.g. `CONTAINER_EXITED`.
 pub fn state_name(v: i32) -> &'static str {
     cri::ContainerState::try_from(v).map(|s| s.as_str_name()).unwrap_or("UNKNOWN_VALUE")
+}
+
+/// The namespace options kubelet sends (its `namespacesForPod`) for a pod with its own network
+/// and IPC namespaces: PID POD when `share_pid` (`shareProcessNamespace: true`), else CONTAINER.
+pub fn kubelet_namespace_options(share_pid: bool) -> cri::NamespaceOption {
+    cri::NamespaceOption {
+        network: cri::NamespaceMode::Pod as i32,
+        pid: if share_pid { cri::NamespaceMode::Pod } else { cri::NamespaceMode::Container } as i32,
+        ipc: cri::NamespaceMode::Pod as i32,
+        ..Default::default()
+    }
 }

@@ -65,8 +65,14 @@ pub async fn status_shows_container_and_pod(ctx: &Ctx) -> Result<()> {
         check(listed, || format!("pod view containers {}, expected {id} among them", p["containers"]))?;
         let netns = p["netns_path"].as_str().unwrap_or("");
         check(Path::new(netns).exists(), || format!("pod netns_path {netns:?} does not exist"))?;
+        // kubelet's default pod (PID CONTAINER) has no infra process: its IPC and UTS namespaces
+        // are pinned files (issue #15).
         let infra = p["pids"]["init"].as_i64().unwrap_or(0);
-        check(infra > 0 && Path::new(&format!("/proc/{infra}")).exists(), || format!("pod pids.init {infra} is not a live process"))?;
+        let pinned = &p["record"]["pinned"];
+        let files: Vec<&str> = ["ipc", "uts"].iter().filter_map(|k| pinned[*k].as_str()).collect();
+        check(infra == 0 && files.len() == 2 && files.iter().all(|f| Path::new(f).exists()), || {
+            format!("pod without an infra process: pids.init {infra}, pinned {pinned}, expected 0 and two existing files")
+        })?;
         // Without a kind, the ID is looked for among containers, then pods.
         let v2 = json(ctx, &[&pod.id])?;
         check(v2["record"]["id"] == pod.id.as_str(), || format!("`berth status <pod id>` answered {}", v2["record"]["id"]))?;

@@ -204,10 +204,11 @@ async fn zombies(ctx: &Ctx, id: &str) -> Result<Vec<String>> {
     Ok(String::from_utf8_lossy(&r.stdout).lines().map(str::to_string).collect())
 }
 
-/// Default (POD) PID mode: a container's orphan is re-parented to PID 1 of the pod, which is the
-/// infra (not the container's command), and reaped when it exits: no zombie remains.
+/// A pod sharing one PID namespace (PID mode POD, kubelet's `shareProcessNamespace`): a
+/// container's orphan is re-parented to PID 1 of the pod, which is the infra (not the
+/// container's command), and reaped when it exits: no zombie remains.
 pub async fn pod_pid1_reaps_zombies(ctx: &Ctx) -> Result<()> {
-    let pc = ctx.pod_config("reaper", &[]);
+    let pc = ctx.shared_pid_pod_config("reaper", &[]);
     with_pod(ctx, pc, async |pod: &Pod| {
         // Three orphans: each `( ... &)` subshell exits at once, leaving its sleep to PID 1. They
         // sleep long enough to be seen on a slow (emulated) machine; their end is polled for.

@@ -40,7 +40,8 @@ pub async fn monitor_killed(ctx: &Ctx) -> Result<()> {
     if ctx.kind != TargetKind::Berth {
         return skip("berth-monitor is berth's; other runtimes' shims recover differently");
     }
-    let pod = ctx.run_pod("monkill").await?;
+    // A pod sharing one PID namespace, so that it has an infra process (and monitor) to kill.
+    let pod = ctx.run_pod_with(ctx.shared_pid_pod_config("monkill", &[])).await?;
     let res = async {
         let c = ctx.start_container(&pod, "victim", &ctx.images.busybox, &["sleep", "1000"]).await?;
         let st = ctx

@@ -184,3 +184,51 @@ pub async fn refuses_chroot(ctx: &Ctx) -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     res
 }
+
+/// Pods without an infra process across a restart (berth, issue #15): a pod whose pinned
+/// namespaces survive stays READY, keeps its running container, and takes a new container
+/// into the same network and UTS namespaces; a pod whose pins are gone when berth starts (as
+/// after a reboot: they were unmounted while it was down) is NOTREADY, and both stop and
+/// remove cleanly.
+pub async fn pod_without_infra(ctx: &Ctx) -> Result<()> {
+    if !ctx.can_restart() {
+        return skip("the harness does not own the daemon (BERTH_ENDPOINT)");
+    }
+    if ctx.kind != crate::daemon::TargetKind::Berth {
+        return skip("berth's pods without an infra process (pinned namespace files)");
+    }
+    let kept = ctx.run_pod("restart-pinned").await?;
+    let lost = ctx.run_pod("restart-unpinned").await?;
+    let long = ctx.start_container(&kept, "long", &ctx.images.busybox, &["sleep", "1000"]).await?;
+    ctx.wait_container_state(&long, cri::ContainerState::ContainerRunning, Duration::from_secs(30)).await?;
+    let info = super::util::pod_verbose_info(ctx, &lost.id).await?;
+    let pins: Vec<String> =
+        ["ipcNamespacePath", "utsNamespacePath", "netNamespacePath"].iter().filter_map(|k| info[*k].as_str().map(str::to_string)).collect();
+    check(pins.len() == 3, || format!("pinned files of {}: {info}", lost.id))?;
+    ctx.stop_daemon().await?;
+    for p in &pins {
+        let st = std::process::Command::new("umount").arg(p).status()?;
+        check(st.success(), || format!("umount {p}: {st}"))?;
+    }
+    ctx.start_daemon().await.context("start the daemon again")?;
+    let state = |id: String| async move {
+        let r = ctx.rt().pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: id, verbose: false }).await?;
+        Ok::<i32, anyhow::Error>(r.into_inner().status.map(|s| s.state).unwrap_or(-1))
+    };
+    check(state(kept.id.clone()).await? == cri::PodSandboxState::SandboxReady as i32, || {
+        "the pinned pod is not READY after restart".into()
+    })?;
+    check(state(lost.id.clone()).await? == cri::PodSandboxState::SandboxNotready as i32, || {
+        "the pod whose pins were gone at restart is not NOTREADY".into()
+    })?;
+    let late = ctx.start_container(&kept, "late", &ctx.images.busybox, &["sleep", "1000"]).await?;
+    ctx.wait_container_state(&late, cri::ContainerState::ContainerRunning, Duration::from_secs(30)).await?;
+    let links = |id: String| async move {
+        let out = ctx.exec(&id, &["sh", "-c", "for n in net uts ipc; do readlink /proc/self/ns/$n; done"], 10).await?;
+        Ok::<String, anyhow::Error>(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (a, b) = (links(long.clone()).await?, links(late.clone()).await?);
+    check(a == b && a.lines().count() == 3, || format!("namespaces before the restart {a:?}, after {b:?}"))?;
+    ctx.remove_pod(&lost.id).await?;
+    ctx.remove_pod(&kept.id).await
+}

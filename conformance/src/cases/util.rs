@@ -90,6 +90,20 @@ pub fn check(cond: bool, what: impl FnOnce() -> String) -> Result<()> {
     Ok(())
 }
 
+/// PodSandboxStatus verbose `info["info"]` of pod `id`, parsed (berth's and containerd's are
+/// JSON objects).
+pub async fn pod_verbose_info(ctx: &Ctx, id: &str) -> Result<serde_json::Value> {
+    use anyhow::Context;
+    let r = ctx
+        .rt()
+        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: id.into(), verbose: true })
+        .await
+        .context("PodSandboxStatus verbose")?
+        .into_inner();
+    let text = r.info.get("info").context("no info[\"info\"]")?;
+    serde_json::from_str(text).with_context(|| format!("info is not JSON: {text}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
