@@ -8,7 +8,11 @@
 //! 0. Version, `--runs` times: the client + socket floor included in every other timing.
 //! 1. PullImage of busybox, `--pulls` times (default 10), each after RemoveImage so the layers
 //!    are fetched and unpacked again (what is left on disk after RemoveImage is printed).
-//! 2. RunPodSandbox, `--runs` times (default 20); each pod stopped+removed outside the timing.
+//! 2. RunPodSandbox, `--runs` times (default 20), of the pod kubelet sends by default (PID
+//!    namespace mode CONTAINER, which berth runs without an infra process), then `--runs` times
+//!    of a pod sharing one PID namespace (mode POD: infra process on both); each pod
+//!    stopped+removed outside the timing. Every pod is given kubelet's namespace options, and
+//!    every container the pod's, as kubelet repeats them.
 //! 3. CreateContainer+StartContainer of a `sleep 3600` busybox container in one ready pod, and
 //! 4. StopContainer(timeout 0)+RemoveContainer of that container, `--runs` times each.
 //!    4b. Pod + container from scratch, `--runs` times: RunPodSandbox, CreateContainer and
@@ -198,6 +202,8 @@ struct Results {
     version: Samples,
     pull: Samples,
     run_pod: Samples,
+    /// RunPodSandbox of a pod sharing one PID namespace (PID mode POD).
+    run_pod_shared: Samples,
     create_start: Samples,
     stop_remove: Samples,
     /// RunPodSandbox, CreateContainer and StartContainer of a new pod, timed together.

@@ -4,7 +4,9 @@
 
 use crate::procfs::{entries, pids_of, pids_with_argv, ppid, pss_kib, vm_rss_kib};
 use crate::report::mib;
-use crate::rpc::{create_start, created, image_spec, pod_config, remove_image, remove_pod, run_pod, sleep_config, stop_remove};
+use crate::rpc::{
+    create_start, created, image_spec, pod_config, remove_image, remove_pod, run_pod, shared_pid_pod_config, sleep_config, stop_remove,
+};
 use crate::{import, kind_name, scale, stream, userns, Fixtures, Opts, Results};
 use anyhow::{Context, Result};
 use berth::cri::v1 as cri;
@@ -57,7 +59,9 @@ async fn phase_pull(kind: TargetKind, dir: &Path, c: &mut Clients, image: &str, 
     Ok(())
 }
 
-/// Phase 2: one untimed warm-up pod, then `n` timed RunPodSandbox, each pod removed untimed.
+/// Phase 2: one untimed warm-up pod, then `n` timed RunPodSandbox of kubelet's default pod
+/// (PID CONTAINER) and `n` of a pod sharing one PID namespace (berth gives only those an infra
+/// process), each pod removed untimed.
 async fn phase_run_pod(dir: &Path, c: &mut Clients, n: usize, r: &mut Results) -> Result<()> {
     // Untimed warm-up: containerd pulls its sandbox (pause) image on the first pod.
     let warm = pod_config(dir, "warmup");
@@ -68,6 +72,13 @@ async fn phase_run_pod(dir: &Path, c: &mut Clients, n: usize, r: &mut Results) -
         let t = Instant::now();
         let id = run_pod(c, &cfg).await?;
         r.run_pod.0.push(t.elapsed());
+        remove_pod(c, &id).await?;
+    }
+    for i in 0..n {
+        let cfg = shared_pid_pod_config(dir, &format!("runpod-shared-{i}"));
+        let t = Instant::now();
+        let id = run_pod(c, &cfg).await?;
+        r.run_pod_shared.0.push(t.elapsed());
         remove_pod(c, &id).await?;
     }
     Ok(())

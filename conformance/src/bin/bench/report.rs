@@ -78,6 +78,7 @@ pub fn print_report(o: &Opts, facts: &[(String, String)], cols: &[(TargetKind, R
     timed("  pull, zstd layers (median)", &|r| r.import.pull_zstd.median());
     row("  pull zstd, MB/s unpacked", &|r| rate(unpacked, r.import.pull_zstd.median()));
     timed(&format!("RunPodSandbox (median of {})", o.runs), &|r| r.run_pod.median());
+    timed(&format!("RunPodSandbox, shared PID ({})", o.runs), &|r| r.run_pod_shared.median());
     timed(&format!("Create+Start (median of {})", o.runs), &|r| r.create_start.median());
     timed(&format!("Stop+Remove (median of {})", o.runs), &|r| r.stop_remove.median());
     timed(&format!("pod + container from scratch ({})", o.runs), &|r| r.from_scratch.median());
@@ -109,6 +110,7 @@ pub fn print_report(o: &Opts, facts: &[(String, String)], cols: &[(TargetKind, R
             ("pull big", &r.import.pull),
             ("pull big zstd", &r.import.pull_zstd),
             ("RunPodSandbox", &r.run_pod),
+            ("RunPod shared", &r.run_pod_shared),
             ("Create+Start", &r.create_start),
             ("Stop+Remove", &r.stop_remove),
             ("from scratch", &r.from_scratch),

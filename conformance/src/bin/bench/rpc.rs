@@ -33,7 +33,8 @@ pub fn image_spec(image: &str) -> cri::ImageSpec {
 }
 
 /// A pod config named `name` (uid `uid-<name>`, namespace `berth-bench`, label `berth-bench=1`),
-/// logging under `<dir>/logs/<name>` (created here), no user namespace.
+/// logging under `<dir>/logs/<name>` (created here), no user namespace, and the namespace
+/// options kubelet sends by default (PID CONTAINER: no `shareProcessNamespace`).
 pub fn pod_config(dir: &Path, name: &str) -> cri::PodSandboxConfig {
     let mut labels = HashMap::new();
     labels.insert(BENCH_LABEL.to_string(), "1".to_string());
@@ -49,9 +50,24 @@ pub fn pod_config(dir: &Path, name: &str) -> cri::PodSandboxConfig {
         hostname: name.into(),
         log_directory: log_dir.display().to_string(),
         labels,
-        linux: Some(cri::LinuxPodSandboxConfig::default()),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(berth_conformance::ctx::kubelet_namespace_options(false)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         ..Default::default()
     }
+}
+
+/// [`pod_config`] of a pod whose containers share one PID namespace (kubelet's
+/// `shareProcessNamespace: true`, PID mode POD).
+pub fn shared_pid_pod_config(dir: &Path, name: &str) -> cri::PodSandboxConfig {
+    let mut pc = pod_config(dir, name);
+    pc.linux.get_or_insert_with(Default::default).security_context.get_or_insert_with(Default::default).namespace_options =
+        Some(berth_conformance::ctx::kubelet_namespace_options(true));
+    pc
 }
 
 /// A container config named `name` running `sleep 3600` from `image`, log `<name>.log`.
@@ -97,7 +113,13 @@ pub async fn remove_pod(c: &mut Clients, id: &str) -> Result<()> {
 }
 
 /// CreateContainer of `cfg` in `pod` then StartContainer; records and returns the container id.
-pub async fn create_start(c: &mut Clients, pod: &str, pod_cfg: &cri::PodSandboxConfig, cfg: cri::ContainerConfig) -> Result<String> {
+pub async fn create_start(c: &mut Clients, pod: &str, pod_cfg: &cri::PodSandboxConfig, mut cfg: cri::ContainerConfig) -> Result<String> {
+    // kubelet repeats the pod's namespace options on each container.
+    let pod_ns = pod_cfg.linux.as_ref().and_then(|l| l.security_context.as_ref()).and_then(|s| s.namespace_options.clone());
+    let sc = cfg.linux.get_or_insert_with(Default::default).security_context.get_or_insert_with(Default::default);
+    if sc.namespace_options.is_none() {
+        sc.namespace_options = pod_ns;
+    }
     let name = cfg.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
     let id =
         c.rt.create_container(cri::CreateContainerRequest {
