@@ -32,8 +32,8 @@
 //!    through the daemon; containerd: `ctr images import`) and pulling the same image, each
 //!    after RemoveImage. `--only import` runs this phase alone.
 //! 6. With `--pods` pods (default 10) each running one `sleep` container: the daemon's VmRSS
-//!    (/proc/PID/status), one per-container monitor's / shim's PSS and the total PSS of all
-//!    monitors (berth-monitor) or shims (containerd-shim-runc-v2) (/proc/PID/smaps_rollup).
+//!    (/proc/PID/status) and PSS, one per-container monitor's / shim's PSS and the total PSS of
+//!    all monitors (berth-monitor) or shims (containerd-shim-runc-v2) (/proc/PID/smaps_rollup).
 //!
 //! Timings are `Instant` around the RPCs of one client on the same unix socket; they are
 //! reported, never asserted. One untimed warm-up RunPodSandbox per target runs before phase 2
@@ -215,6 +215,8 @@ struct Results {
     image_size: Option<u64>,
     daemon_rss_idle_kib: Option<u64>,
     daemon_rss_kib: Option<u64>,
+    /// The daemon's PSS with `--pods` pods up (#15's per-pod memory target is in PSS).
+    daemon_pss_kib: Option<u64>,
     one_monitor_pss_kib: Option<u64>,
     one_monitor_rss_kib: Option<u64>,
     all_monitors_pss_kib: Option<u64>,

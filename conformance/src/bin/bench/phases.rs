@@ -133,6 +133,7 @@ async fn phase_memory(
     // Let start-up allocations settle (monitors' first log writes, daemon caches).
     tokio::time::sleep(Duration::from_secs(2)).await;
     r.daemon_rss_kib = vm_rss_kib(daemon_pid);
+    r.daemon_pss_kib = pss_kib(daemon_pid);
     // Ours: berth names a pod's netns `berth-<first 16 of the pod id>`, containerd `cni-<uuid>`.
     let ids = created();
     r.netns_seen = harness::netns_names()

@@ -89,6 +89,7 @@ pub fn print_report(o: &Opts, facts: &[(String, String)], cols: &[(TargetKind, R
     row("port-forward 64 MiB up (median)", &|r| stream::median_rate(&r.streaming.pf_up));
     row("daemon RSS, idle", &|r| mib(r.daemon_rss_idle_kib));
     row(&format!("daemon RSS, {} pods", o.pods), &|r| mib(r.daemon_rss_kib));
+    row(&format!("daemon PSS, {} pods", o.pods), &|r| mib(r.daemon_pss_kib));
     row("monitor/shim PSS (one)", &|r| kib(r.one_monitor_pss_kib));
     row("monitor/shim RSS (one)", &|r| kib(r.one_monitor_rss_kib));
     row("monitors/shims PSS (all)", &|r| mib(r.all_monitors_pss_kib));
