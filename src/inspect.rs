@@ -104,12 +104,13 @@ pub struct ContainerView {
 pub struct PodView {
     /// The store record: CRI config, state, IPs, cgroup parent, times (ns).
     pub record: SandboxRecord,
-    /// The infra (`berth-pause`) process and its monitor.
+    /// The infra (`berth-pause`) process and its monitor (0 for a pod without an infra
+    /// process, whose namespaces are `record.pinned`).
     pub pids: Pids,
-    /// The infra container's OCI bundle directory.
+    /// The infra container's OCI bundle directory (for a pod without one: the pod's `shm/`).
     pub bundle: PathBuf,
-    /// The infra container's OCI `linux.cgroupsPath`.
-    pub cgroups_path: String,
+    /// The infra container's OCI `linux.cgroupsPath`; `None` for a pod without one.
+    pub cgroups_path: Option<String>,
     /// Pinned network namespace; `None` for a host-network pod.
     pub netns_path: Option<PathBuf>,
     /// IDs of the pod's containers.
@@ -150,7 +151,7 @@ pub fn pod_view(d: &Daemon, id: &str) -> Result<PodView, DaemonError> {
     Ok(PodView {
         pids: pids(record.infra_pid, record.monitor_pid),
         bundle: paths.bundle,
-        cgroups_path: crate::spec::cgroups_path(&record.cgroup_parent, &record.id),
+        cgroups_path: record.has_infra().then(|| crate::spec::cgroups_path(&record.cgroup_parent, &record.id)),
         netns_path: record.netns_path.clone(),
         containers,
         record,

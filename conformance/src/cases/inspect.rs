@@ -70,8 +70,11 @@ pub async fn status_shows_container_and_pod(ctx: &Ctx) -> Result<()> {
         let infra = p["pids"]["init"].as_i64().unwrap_or(0);
         let pinned = &p["record"]["pinned"];
         let files: Vec<&str> = ["ipc", "uts"].iter().filter_map(|k| pinned[*k].as_str()).collect();
-        check(infra == 0 && files.len() == 2 && files.iter().all(|f| Path::new(f).exists()), || {
-            format!("pod without an infra process: pids.init {infra}, pinned {pinned}, expected 0 and two existing files")
+        check(infra == 0 && files.len() == 2 && files.iter().all(|f| Path::new(f).exists()) && p["cgroups_path"].is_null(), || {
+            format!(
+                "pod without an infra process: pids.init {infra}, pinned {pinned}, cgroups_path {}: expected 0, two existing files, null",
+                p["cgroups_path"]
+            )
         })?;
         // Without a kind, the ID is looked for among containers, then pods.
         let v2 = json(ctx, &[&pod.id])?;
