@@ -81,7 +81,10 @@ pub async fn run(d: &Daemon, config: PodSandboxConfig, runtime_handler: &str) ->
         state: SandboxState::NotReady,
         created_at: crate::util::now_nanos(),
         netns_path: (!host_network).then(|| d.config.netns_dir.join(netns_name(&id))),
-        network_attached: false,
+        // Stored with the first record when the netns is made before anything else (all but
+        // user-namespaced pods): a crash at any later step still gets its CNI DEL at Stop, and
+        // RunPodSandbox saves a durable commit (see wire_network).
+        network_attached: !host_network && userns.is_none(),
         ips: Vec::new(),
         infra_pid: 0,
         monitor_pid: 0,
@@ -275,8 +278,11 @@ async fn start_infra<'a>(
 
 /// Gives the pod its network: pins a new netns at `netns` (or, with `owner`, the netns of that
 /// process, made by the runtime inside the pod's user namespace), then CNI ADD, pushing the undo
-/// of each step. `network_attached` is stored before ADD, so a crash during or after it still
-/// gets its DEL at Stop (a DEL of what was never added is fine for CNI); the IPs after.
+/// of each step. `network_attached` is stored before ADD (in the first record, or here), so a
+/// crash during or after it still gets its DEL at Stop (a DEL of what was never added is fine
+/// for CNI). The IPs go into the record in memory and are stored with the Ready record: a pod
+/// that never became Ready needs only the CNI cache for its DEL. Each durable commit of the
+/// store costs an fsync, and RunPodSandbox of a pod without an infra process makes two.
 async fn wire_network<'a>(
     d: &'a Daemon,
     undo: &mut Cleanup<'a>,
@@ -296,8 +302,10 @@ async fn wire_network<'a>(
         }
     });
     let req = attach_request(record, &netns);
-    record.network_attached = true;
-    d.records.put_sandbox(record)?;
+    if !record.network_attached {
+        record.network_attached = true;
+        d.records.put_sandbox(record)?;
+    }
     let started = std::time::Instant::now();
     let attached = d.cni.setup(&req).await?;
     tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, ips = ?attached.ips, "CNI ADD done");
@@ -307,7 +315,6 @@ async fn wire_network<'a>(
         }
     });
     record.ips = attached.ips.iter().map(|ip| ip.to_string()).collect();
-    d.records.put_sandbox(record)?;
     Ok(())
 }
 
