@@ -78,24 +78,7 @@ impl NetworkConfList {
         });
         NetworkConfList::from_value(list, source)
     }
-
-    /// The built-in loopback network CRI-O runs after the pod network so `lo` is up:
-    /// `{"cniVersion":"1.0.0","name":"cni-loopback","type":"loopback"}`.
-    pub fn loopback() -> NetworkConfList {
-        let conf = serde_json::json!({"cniVersion": "1.0.0", "name": LOOPBACK_NETWORK, "type": "loopback"});
-        let raw = serde_json::json!({"cniVersion": "1.0.0", "name": LOOPBACK_NETWORK, "plugins": [conf]});
-        NetworkConfList {
-            name: LOOPBACK_NETWORK.into(),
-            cni_version: "1.0.0".into(),
-            plugins: vec![conf],
-            raw,
-            source: "<built-in>".into(),
-        }
-    }
 }
-
-/// Name of the built-in loopback network.
-pub const LOOPBACK_NETWORK: &str = "cni-loopback";
 
 fn non_empty_str(v: Option<&Value>) -> Option<String> {
     match v {
@@ -252,12 +235,5 @@ mod tests {
         let e = load_network(&cfg(&d.path().join("absent"), "")).unwrap_err().to_string();
         assert_eq!(e, format!("no CNI network config found in {}", d.path().join("absent").display()));
         assert!(matches!(load_network(&cfg(d.path(), "")), Err(NetworkError::NoConfig { .. })));
-    }
-
-    #[test]
-    fn loopback_list_shape() {
-        let l = NetworkConfList::loopback();
-        assert_eq!(l.plugins[0], serde_json::json!({"cniVersion":"1.0.0","name":"cni-loopback","type":"loopback"}));
-        assert_eq!(NetworkConfList::from_value(l.raw.clone(), Path::new("x")).unwrap(), NetworkConfList { source: "x".into(), ..l });
     }
 }

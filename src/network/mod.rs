@@ -1,10 +1,16 @@
 //! network: a mini-libcni (conflist loading, ADD/DEL, result cache, capabilities) and pinned
 //! network namespaces, in the role libcni + ocicni play for CRI-O.
 //!
-//! [`Cni::setup`] runs the pod network's plugin list (ADD, in order, chaining `prevResult`), caches
-//! the result like libcni, then runs the built-in `loopback` network on `lo`, as CRI-O does.
-//! [`Cni::teardown`] runs DEL for both in reverse, from the cached config and result when present.
-//! Namespaces are pinned with [`netns::create`] before ADD and removed with [`netns::remove`].
+//! [`Cni::setup`] runs the pod network's plugin list (ADD, in order, chaining `prevResult`) and
+//! caches the result like libcni. [`Cni::teardown`] runs DEL in reverse, from the cached config
+//! and result when present. Namespaces are pinned with [`netns::create`] before ADD, which also
+//! brings their `lo` up, and removed with [`netns::remove`].
+//!
+//! `lo`: CRI-O and containerd run the CNI `loopback` plugin as a second network on `lo`; all it
+//! does on ADD is set `lo` up (its DEL sets it down in a namespace about to go). berth sets it up
+//! itself when it makes the namespace (one rtnetlink message instead of a plugin process, about
+//! 6 ms here, on every RunPodSandbox and again on every StopPodSandbox). Pods attached by an
+//! older berth still have a cached `cni-loopback` attachment, which teardown DELs as before.
 
 pub mod cache;
 pub mod conf;
@@ -43,8 +49,8 @@ impl Cni {
         conf::load_network(&self.cfg).map(|n| n.name)
     }
 
-    /// Attaches the pod: ADD of the pod network on `req.ifname`, then ADD of the loopback network
-    /// on `lo`. On any failure what was added is deleted again and the plugin's error returned.
+    /// Attaches the pod: ADD of the pod network on `req.ifname` (`lo` is up already: see the
+    /// module docs). On failure what was added is deleted again and the plugin's error returned.
     /// Returns the pod network's final result and its IPs (IPv4 first).
     /// Errors: config errors ([`NetworkError::NoConfig`], ...), [`NetworkError::PluginNotFound`],
     /// [`NetworkError::PluginFailed`] (with the plugin's CNI error code and message), cache errors.
@@ -53,21 +59,12 @@ impl Cni {
         let caps = exec::capability_args(req);
         let started = std::time::Instant::now();
         let result = self.add_list(&net, req, &req.ifname, &caps).await?;
-        let lo = NetworkConfList::loopback();
-        if let Err(e) = self.add_list(&lo, req, LOOPBACK_IFNAME, &Map::new()).await {
-            let inv = Invocation::new(req, &req.ifname, &self.cfg.plugin_dirs);
-            for d in self.del_list(&net, &inv, Some(&result), &caps).await {
-                tracing::warn!(sandbox = %req.container_id, error = %d, "CNI DEL after failed loopback ADD");
-            }
-            let _ = cache::remove(&cache::entry_path(&self.cfg.cache_dir, &net.name, &req.container_id, &req.ifname));
-            return Err(e);
-        }
         tracing::debug!(sandbox = %req.container_id, network = %net.name, elapsed_ms = started.elapsed().as_millis() as u64, "CNI ADD done");
         Ok(AttachResult { ips: exec::result_ips(&result), result })
     }
 
-    /// Detaches the pod: DEL of the loopback network, then of the pod network, each plugin list in
-    /// reverse order. Uses the cached config, result (as `prevResult` for CNI >= 0.4.0) and
+    /// Detaches the pod: DEL of a cached loopback attachment (pods attached by an older berth),
+    /// then of the pod network, each plugin list in reverse order. Uses the cached config, result (as `prevResult` for CNI >= 0.4.0) and
     /// capability args of each cached attachment of `req.container_id`; without a cache entry it
     /// uses the current config with no `prevResult`; without either there is nothing to delete.
     /// Every plugin runs even when an earlier one fails; a cache entry is removed only when all of
@@ -76,7 +73,7 @@ impl Cni {
     /// Errors: [`NetworkError::TeardownFailed`] listing every failed plugin.
     pub async fn teardown(&self, req: &AttachRequest) -> Result<(), NetworkError> {
         let mut errors = Vec::new();
-        errors.extend(self.teardown_ifname(req, LOOPBACK_IFNAME, Some(NetworkConfList::loopback())).await);
+        errors.extend(self.teardown_ifname(req, LOOPBACK_IFNAME, None).await);
         let current = conf::load_network(&self.cfg).ok();
         errors.extend(self.teardown_ifname(req, &req.ifname, current).await);
         if errors.is_empty() {

@@ -30,11 +30,12 @@ fn io_err<'a>(path: &'a Path, syscall: &'static str) -> impl FnOnce(std::io::Err
 /// Creates and pins a new network namespace at `dir/name` and returns that path.
 ///
 /// Steps: create `dir` (0755), make it a shared mount point (see the module docs), create the
-/// empty file `dir/name` (it must not exist), then in a fresh thread `unshare(CLONE_NEWNET)` and
-/// bind-mount `/proc/thread-self/ns/net` onto the file. The new namespace has only a down `lo`;
-/// the CNI loopback plugin brings it up. On failure nothing is left behind.
+/// empty file `dir/name` (it must not exist), then in a fresh thread `unshare(CLONE_NEWNET)`,
+/// bring `lo` up ([`loopback_up`], what the CNI `loopback` plugin's ADD does) and bind-mount
+/// `/proc/thread-self/ns/net` onto the file. On failure nothing is left behind.
 /// Errors: [`NetworkError::Netns`] naming the path and the failing syscall (`mkdir`, `open`
-/// (EEXIST when the name is taken), `unshare`, `mount`, `mount(MS_SHARED)`).
+/// (EEXIST when the name is taken), `unshare`, `netlink(RTM_NEWLINK lo up)`, `mount`,
+/// `mount(MS_SHARED)`).
 pub fn create(dir: &Path, name: &str) -> Result<PathBuf, NetworkError> {
     let path = pin_file(dir, name)?;
     let target = path.clone();
@@ -43,6 +44,7 @@ pub fn create(dir: &Path, name: &str) -> Result<PathBuf, NetworkError> {
         .spawn(move || -> Result<(), NetworkError> {
             // Only this thread changes namespace, and it ends right after the bind mount.
             unshare(CloneFlags::CLONE_NEWNET).map_err(sys_err(&target, "unshare(CLONE_NEWNET)"))?;
+            loopback_up().map_err(io_err(&target, "netlink(RTM_NEWLINK lo up)"))?;
             mount(Some("/proc/thread-self/ns/net"), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
                 .map_err(sys_err(&target, "mount(MS_BIND)"))
         })
@@ -67,8 +69,10 @@ pub fn create(dir: &Path, name: &str) -> Result<PathBuf, NetworkError> {
 /// that path: the same file and shared dir as [`create`], for a namespace someone else made (the
 /// OCI runtime, for a pod with its own user namespace: the netns must be owned by the pod's user
 /// namespace, so runc creates it inside that namespace and berth pins it for CNI and teardown).
-/// Errors: [`NetworkError::Netns`] naming the path and `mkdir`, `open` or `mount(MS_BIND)`
-/// (ENOENT when the process is gone); on failure nothing is left behind.
+/// Its `lo` is brought up as in [`create`], from a thread that joins it.
+/// Errors: [`NetworkError::Netns`] naming the path and `mkdir`, `open`, `mount(MS_BIND)` (ENOENT
+/// when the process is gone), `setns` or `netlink(RTM_NEWLINK lo up)`; on failure nothing is
+/// left behind.
 pub fn pin(dir: &Path, name: &str, pid: i32) -> Result<PathBuf, NetworkError> {
     let path = pin_file(dir, name)?;
     let source = format!("/proc/{pid}/ns/net");
@@ -76,7 +80,71 @@ pub fn pin(dir: &Path, name: &str, pid: i32) -> Result<PathBuf, NetworkError> {
         let _ = std::fs::remove_file(&path);
         return Err(sys_err(&path, "mount(MS_BIND)")(e));
     }
+    let joined = path.clone();
+    let up = std::thread::Builder::new()
+        .name("berth-netns-lo".into())
+        .spawn(move || -> Result<(), NetworkError> {
+            let ns = std::fs::File::open(&joined).map_err(io_err(&joined, "open"))?;
+            nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).map_err(sys_err(&joined, "setns(CLONE_NEWNET)"))?;
+            loopback_up().map_err(io_err(&joined, "netlink(RTM_NEWLINK lo up)"))
+        })
+        .map_err(io_err(&path, "clone(thread)"))
+        .and_then(|h| {
+            h.join().unwrap_or_else(|_| {
+                Err(NetworkError::Netns {
+                    path: path.clone(),
+                    syscall: "thread",
+                    source: std::io::Error::other("namespace thread panicked"),
+                })
+            })
+        });
+    if let Err(e) = up {
+        let _ = remove(&path);
+        return Err(e);
+    }
     Ok(path)
+}
+
+/// The interface index of `lo` in every network namespace: the kernel registers the loopback
+/// device first, with the fixed index `LOOPBACK_IFINDEX` (include/net/net_namespace.h).
+const LOOPBACK_IFINDEX: i32 = 1;
+
+/// Brings up `lo` in the calling thread's network namespace, as the CNI `loopback` plugin's ADD
+/// (and `ip link set lo up`) does: one rtnetlink `RTM_NEWLINK` request for index 1 with
+/// `ifi_flags = ifi_change = IFF_UP`, and its acknowledgement (rtnetlink(7)). The kernel gives
+/// `lo` 127.0.0.1/8 and ::1/128 itself when it comes up. Errors: the failing syscall's errno, or
+/// the error the kernel acknowledged with.
+fn loopback_up() -> std::io::Result<()> {
+    use nix::sys::socket::{recv, sendto, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType};
+    use std::os::fd::AsRawFd;
+    let fd = socket(AddressFamily::Netlink, SockType::Raw, SockFlag::SOCK_CLOEXEC, SockProtocol::NetlinkRoute)?;
+    const LEN: u32 = 16 + 16; // struct nlmsghdr + struct ifinfomsg
+    let mut msg = Vec::with_capacity(LEN as usize);
+    // nlmsghdr: length, type, flags, sequence number, port id (0: the kernel).
+    msg.extend_from_slice(&LEN.to_ne_bytes());
+    msg.extend_from_slice(&libc::RTM_NEWLINK.to_ne_bytes());
+    msg.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
+    msg.extend_from_slice(&1u32.to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    // ifinfomsg: family AF_UNSPEC, padding, device type, index, flags, change mask.
+    msg.extend_from_slice(&[libc::AF_UNSPEC as u8, 0]);
+    msg.extend_from_slice(&0u16.to_ne_bytes());
+    msg.extend_from_slice(&LOOPBACK_IFINDEX.to_ne_bytes());
+    msg.extend_from_slice(&(libc::IFF_UP as u32).to_ne_bytes());
+    msg.extend_from_slice(&(libc::IFF_UP as u32).to_ne_bytes());
+    sendto(fd.as_raw_fd(), &msg, &NetlinkAddr::new(0, 0), MsgFlags::empty())?;
+    let mut buf = [0u8; 512];
+    let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
+    // The answer is an NLMSG_ERROR message: its first field after the header is 0 for an ack,
+    // else a negative errno.
+    let field = |at: usize, len: usize| buf.get(at..at + len).filter(|_| at + len <= n);
+    let kind = field(4, 2).map(|b| u16::from_ne_bytes([b[0], b[1]]));
+    let code = field(16, 4).map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+    match (kind, code) {
+        (Some(k), Some(0)) if k == libc::NLMSG_ERROR as u16 => Ok(()),
+        (Some(k), Some(c)) if k == libc::NLMSG_ERROR as u16 => Err(std::io::Error::from_raw_os_error(-c)),
+        _ => Err(std::io::Error::other(format!("unexpected rtnetlink answer ({n} bytes, type {kind:?})"))),
+    }
 }
 
 /// Checks `name`, prepares `dir` (created, shared mount point) and creates the empty pin file.
@@ -198,6 +266,9 @@ fn mount_points() -> Vec<(PathBuf, String)> {
 /// Undoes the shared self-bind of a netns dir made by [`create`] (tests and `berth` cleanup).
 /// Only unmounts when `dir` is a bind mount of itself; missing or not mounted is Ok.
 pub fn release_dir(dir: &Path) -> Result<(), NetworkError> {
+    if let Ok(canon) = std::fs::canonicalize(dir) {
+        DIR_SETUP.lock().unwrap_or_else(|p| p.into_inner()).remove(&canon);
+    }
     match umount2(dir, MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::Error::ENOENT) | Err(nix::Error::EINVAL) => Ok(()),
         Err(e) => Err(sys_err(dir, "umount2(MNT_DETACH)")(e)),
@@ -277,6 +348,13 @@ mod tests {
         assert!(is_pinned(&p));
         let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
         assert_ne!(ino(&p), ino(Path::new("/proc/self/ns/net")), "a new namespace, not ours");
+        let lo = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", p.display()))
+            .args(["ip", "-o", "link", "show", "lo"])
+            .output()
+            .unwrap();
+        let lo = String::from_utf8_lossy(&lo.stdout);
+        assert!(lo.contains("<LOOPBACK,UP,LOWER_UP>"), "lo of a new namespace is up: {lo}");
         let p2 = create(&dir, "t2").unwrap();
         assert_ne!(ino(&p), ino(&p2));
         assert!(matches!(create(&dir, "t1"), Err(NetworkError::Netns { syscall: "open", .. })));

@@ -1,5 +1,6 @@
 //! Tests of [`Cni`] against fake plugins (shell scripts that log what they got) and, as root,
-//! against Debian's real bridge + host-local + portmap + loopback plugins in a pinned netns.
+//! against Debian's real bridge + host-local + portmap plugins in a pinned netns (whose `lo`
+//! berth brings up itself).
 
 use std::path::{Path, PathBuf};
 
@@ -82,7 +83,7 @@ async fn add_chains_caches_and_del_reverses() {
     let r = f.cni.setup(&req).await.unwrap();
     assert_eq!(r.ips, vec!["10.1.2.3".parse::<std::net::IpAddr>().unwrap()]);
     assert_eq!(r.result["plugin"], "fakeb", "the last plugin's result is final");
-    assert_eq!(log(&f), ["ADD fakea eth0", "ADD fakeb eth0", "ADD loopback lo"]);
+    assert_eq!(log(&f), ["ADD fakea eth0", "ADD fakeb eth0"], "no loopback plugin: netns::create brings lo up");
 
     let a = stdin_of(&f, "ADD", "fakea");
     assert_eq!((a["name"].as_str(), a["cniVersion"].as_str(), a["x"].as_i64()), (Some("fakenet"), Some("1.0.0"), Some(1)));
@@ -90,7 +91,6 @@ async fn add_chains_caches_and_del_reverses() {
     let b = stdin_of(&f, "ADD", "fakeb");
     assert_eq!(b["prevResult"]["plugin"], "fakea");
     assert_eq!(b["runtimeConfig"]["portMappings"][0]["hostPort"], 8080);
-    assert_eq!(stdin_of(&f, "ADD", "loopback")["name"], "cni-loopback");
 
     let env = std::fs::read_to_string(f.bin.join("env-ADD-fakea")).unwrap();
     for want in [
@@ -108,13 +108,13 @@ async fn add_chains_caches_and_del_reverses() {
     let entry = cache::entry_path(&f.cfg.cache_dir, "fakenet", "sb1", "eth0");
     let cached = cache::read(&entry).unwrap().unwrap();
     assert_eq!(cached.result.as_ref().unwrap()["plugin"], "fakeb");
-    assert!(cache::entry_path(&f.cfg.cache_dir, "cni-loopback", "sb1", "lo").exists());
+    assert!(cache::find(&f.cfg.cache_dir, "sb1", "lo").is_empty());
 
     // DEL uses the cached config even after the conf dir lost it.
     std::fs::remove_file(f.cfg.conf_dir.join("10-fake.conflist")).unwrap();
     assert!(f.cni.status().unwrap_err().to_string().starts_with("no CNI network config found in"));
     f.cni.teardown(&req).await.unwrap();
-    assert_eq!(log(&f)[3..], ["DEL loopback lo", "DEL fakeb eth0", "DEL fakea eth0"]);
+    assert_eq!(log(&f)[2..], ["DEL fakeb eth0", "DEL fakea eth0"]);
     assert_eq!(stdin_of(&f, "DEL", "fakeb")["prevResult"]["plugin"], "fakeb", "cached result is prevResult");
     assert!(cache::find(&f.cfg.cache_dir, "sb1", "eth0").is_empty() && cache::find(&f.cfg.cache_dir, "sb1", "lo").is_empty());
     // A second DEL with nothing cached and no config is fine.
@@ -139,12 +139,30 @@ async fn failed_add_is_undone_and_reports_the_plugin_error() {
     assert_eq!(log(&f), ["ADD fakea eth0", "ADD fakeb eth0", "DEL fakeb eth0", "DEL fakea eth0"]);
     assert!(cache::find(&f.cfg.cache_dir, "sb1", "eth0").is_empty());
 
-    // Loopback failing undoes the pod network too.
+    // A loopback attachment cached by an older berth (which ran the loopback plugin) still
+    // gets its DEL, before the pod network's.
     std::fs::remove_file(f.bin.join("fail-ADD-fakeb")).unwrap();
-    std::fs::write(f.bin.join("fail-ADD-loopback"), "").unwrap();
+    let req = request(Path::new("/x"));
+    f.cni.setup(&req).await.unwrap();
+    let lo = json!({"cniVersion":"1.0.0","name":"cni-loopback","plugins":[{"cniVersion":"1.0.0","name":"cni-loopback","type":"loopback"}]});
+    cache::write(
+        &f.cfg.cache_dir,
+        &cache::CachedAttachment {
+            kind: cache::CACHE_KIND.into(),
+            container_id: "sb1".into(),
+            config: lo.to_string().into_bytes(),
+            if_name: "lo".into(),
+            network_name: "cni-loopback".into(),
+            netns: "/x".into(),
+            cni_args: Vec::new(),
+            capability_args: Default::default(),
+            result: None,
+        },
+    )
+    .unwrap();
     std::fs::remove_file(f.bin.join("log")).unwrap();
-    assert!(f.cni.setup(&request(Path::new("/x"))).await.is_err());
-    assert_eq!(log(&f), ["ADD fakea eth0", "ADD fakeb eth0", "ADD loopback lo", "DEL loopback lo", "DEL fakeb eth0", "DEL fakea eth0"]);
+    f.cni.teardown(&req).await.unwrap();
+    assert_eq!(log(&f), ["DEL loopback lo", "DEL fakeb eth0", "DEL fakea eth0"]);
     assert!(cache::find(&f.cfg.cache_dir, "sb1", "eth0").is_empty() && cache::find(&f.cfg.cache_dir, "sb1", "lo").is_empty());
 }
 
@@ -156,7 +174,7 @@ async fn failed_del_runs_the_rest_and_keeps_the_cache() {
     std::fs::write(f.bin.join("fail-DEL-fakeb"), "").unwrap();
     let e = f.cni.teardown(&req).await.unwrap_err();
     assert!(matches!(e, NetworkError::TeardownFailed { .. }) && e.to_string().contains("boom"), "{e}");
-    assert_eq!(log(&f)[3..], ["DEL loopback lo", "DEL fakeb eth0", "DEL fakea eth0"]);
+    assert_eq!(log(&f)[2..], ["DEL fakeb eth0", "DEL fakea eth0"]);
     assert_eq!(cache::find(&f.cfg.cache_dir, "sb1", "eth0").len(), 1, "kept for a retry");
     std::fs::remove_file(f.bin.join("fail-DEL-fakeb")).unwrap();
     f.cni.teardown(&req).await.unwrap();
@@ -219,7 +237,7 @@ impl Drop for RealCleanup {
 }
 
 #[tokio::test]
-async fn real_plugins_bridge_host_local_portmap_loopback_as_root() {
+async fn real_plugins_bridge_host_local_portmap_as_root() {
     if !nix::unistd::geteuid().is_root() || !Path::new("/usr/lib/cni/bridge").exists() {
         eprintln!("skipped: needs root and Debian's CNI plugins in /usr/lib/cni");
         return;
@@ -290,6 +308,18 @@ async fn real_plugins_bridge_host_local_portmap_loopback_as_root() {
     cni.teardown(&req).await.unwrap();
     netns::remove(&ns).unwrap();
     cni.teardown(&req).await.unwrap();
+
+    // A netns file that no longer holds a namespace (unmounted by hand, or a pin file that
+    // outlived a reboot): DEL is sent without a netns, and still releases the lease.
+    let ns2 = netns::create(&netns_dir, &format!("{ns_name}-2")).unwrap();
+    let req2 = AttachRequest { container_id: format!("{container_id}-2"), netns: ns2.clone(), port_mappings: Vec::new(), ..req.clone() };
+    let ip2 = cni.setup(&req2).await.unwrap().ips[0].to_string();
+    assert!(ipam_dir.join(&net).join(&ip2).exists());
+    nix::mount::umount2(&ns2, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    assert!(ns2.exists() && !netns::is_pinned(&ns2));
+    cni.teardown(&req2).await.unwrap();
+    assert!(!ipam_dir.join(&net).join(&ip2).exists(), "host-local lease of the gone netns released");
+    netns::remove(&ns2).unwrap();
 
     drop(guard);
     assert!(!run("ip", &["link", "show", &bridge]).0, "bridge {bridge} removed");
