@@ -9,7 +9,8 @@ use tracing::Instrument;
 
 /// Stops every container of the pod (SIGKILL: kubelet has already given them their grace
 /// period), runs CNI DEL, stops the infra container (or, for a pod without one, unpins its IPC
-/// and UTS namespaces), unpins the netns and unmounts the pod's `/dev/shm`. The record stays, NotReady. A sandbox that does not exist is Ok.
+/// and UTS namespaces), unpins the netns and unmounts the pod's `/dev/shm`. The record stays,
+/// NotReady. A sandbox that does not exist is Ok.
 pub async fn stop(d: &Daemon, id: &str) -> Result<()> {
     let Some(r) = ok_if_missing(super::get(d, id))? else { return Ok(()) };
     let lock = d.lock_for(&r.id);
@@ -93,7 +94,8 @@ pub async fn remove(d: &Daemon, id: &str) -> Result<()> {
         for c in crate::container::list_in_sandbox(d, &id) {
             crate::container::remove(d, &c.id).await?;
         }
-        if let Some(sd) = &d.systemd {
+        // Only an infra has a monitor (and so a scope); saves a D-Bus round trip per pod.
+        if let (Some(sd), true) = (&d.systemd, last.has_infra()) {
             sd.remove_monitor_scope(&id).await;
         }
         let paths = SandboxPaths::new(d, &id);
