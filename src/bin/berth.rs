@@ -288,6 +288,8 @@ fn export(config: &Config, socket: &std::path::Path, output: &std::path::Path, i
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Before any thread exists: at most two malloc arenas (see berth::heap).
+    berth::heap::limit_arenas();
     // Before any thread or child exists: no child may inherit NOTIFY_SOCKET (see sdnotify).
     let notifier = berth::sdnotify::Notifier::from_env();
     let mut config = load(&args.config)?;
