@@ -73,7 +73,9 @@ impl Cni {
     /// Errors: [`NetworkError::TeardownFailed`] listing every failed plugin.
     pub async fn teardown(&self, req: &AttachRequest) -> Result<(), NetworkError> {
         let mut errors = Vec::new();
-        errors.extend(self.teardown_ifname(req, LOOPBACK_IFNAME, None).await);
+        if !cache::find(&self.cfg.cache_dir, &req.container_id, LOOPBACK_IFNAME).is_empty() {
+            errors.extend(self.teardown_ifname(req, LOOPBACK_IFNAME, None).await);
+        }
         let current = conf::load_network(&self.cfg).ok();
         errors.extend(self.teardown_ifname(req, &req.ifname, current).await);
         if errors.is_empty() {
