@@ -148,9 +148,10 @@ pub fn print_report(o: &Opts, facts: &[(String, String)], cols: &[(TargetKind, R
     println!();
     println!("notes:");
     println!("  - one monitor/shim = the parent of one `sleep 3600` container; berth runs one berth-monitor per");
-    println!("    container plus one per pod infra, containerd one containerd-shim-runc-v2 per pod.");
+    println!("    container (plus one per pod infra, only for pods sharing a PID namespace), containerd one");
+    println!("    containerd-shim-runc-v2 per pod.");
     println!("  - idle CPU: utime+stime from /proc/PID/stat over the idle window, % of one core; the scale rows'");
-    println!("    monitors/shims: berth-monitor per container and pod infra, containerd-shim-runc-v2 per pod.");
+    println!("    monitors/shims: berth-monitor per container, containerd-shim-runc-v2 per pod.");
     println!("  - PSS from /proc/PID/smaps_rollup (shared pages divided among sharers), RSS from /proc/PID/status.");
     println!("  - each pull follows RemoveImage; what RemoveImage left on disk (a runtime that keeps content");
     println!("    pulls faster) is counted below. Version RPC = the client+socket floor in every timing.");

@@ -8,7 +8,8 @@
 //! - idle CPU over `--idle-secs` (default 30) with no client calls: utime+stime of the daemon
 //!   from /proc/PID/stat (fields 14 and 15, clock ticks), and the same summed over every
 //!   berth-monitor / containerd-shim-runc-v2 of the target (which differ in count: berth has one
-//!   per container and pod infra, containerd one per pod). Reported as % of one core.
+//!   per container and one per pod infra, which only pods sharing a PID namespace have;
+//!   containerd one per pod). Reported as % of one core.
 
 use crate::procfs::pids_of;
 use crate::rpc::{create_start, pod_config, remove_pod, run_pod, sleep_config};
