@@ -39,25 +39,12 @@ fn io_err<'a>(path: &'a Path, syscall: &'static str) -> impl FnOnce(std::io::Err
 pub fn create(dir: &Path, name: &str) -> Result<PathBuf, NetworkError> {
     let path = pin_file(dir, name)?;
     let target = path.clone();
-    let pinned = std::thread::Builder::new()
-        .name("berth-netns".into())
-        .spawn(move || -> Result<(), NetworkError> {
-            // Only this thread changes namespace, and it ends right after the bind mount.
-            unshare(CloneFlags::CLONE_NEWNET).map_err(sys_err(&target, "unshare(CLONE_NEWNET)"))?;
-            loopback_up().map_err(io_err(&target, "netlink(RTM_NEWLINK lo up)"))?;
-            mount(Some("/proc/thread-self/ns/net"), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                .map_err(sys_err(&target, "mount(MS_BIND)"))
-        })
-        .map_err(io_err(&path, "clone(thread)"))
-        .and_then(|h| {
-            h.join().unwrap_or_else(|_| {
-                Err(NetworkError::Netns {
-                    path: path.clone(),
-                    syscall: "thread",
-                    source: std::io::Error::other("namespace thread panicked"),
-                })
-            })
-        });
+    let pinned = on_own_thread(&path, "berth-netns", move || {
+        unshare(CloneFlags::CLONE_NEWNET).map_err(sys_err(&target, "unshare(CLONE_NEWNET)"))?;
+        loopback_up().map_err(io_err(&target, "netlink(RTM_NEWLINK lo up)"))?;
+        mount(Some("/proc/thread-self/ns/net"), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(sys_err(&target, "mount(MS_BIND)"))
+    });
     if let Err(e) = pinned {
         let _ = std::fs::remove_file(&path);
         return Err(e);
@@ -80,24 +67,7 @@ pub fn pin(dir: &Path, name: &str, pid: i32) -> Result<PathBuf, NetworkError> {
         let _ = std::fs::remove_file(&path);
         return Err(sys_err(&path, "mount(MS_BIND)")(e));
     }
-    let joined = path.clone();
-    let up = std::thread::Builder::new()
-        .name("berth-netns-lo".into())
-        .spawn(move || -> Result<(), NetworkError> {
-            let ns = std::fs::File::open(&joined).map_err(io_err(&joined, "open"))?;
-            nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).map_err(sys_err(&joined, "setns(CLONE_NEWNET)"))?;
-            loopback_up().map_err(io_err(&joined, "netlink(RTM_NEWLINK lo up)"))
-        })
-        .map_err(io_err(&path, "clone(thread)"))
-        .and_then(|h| {
-            h.join().unwrap_or_else(|_| {
-                Err(NetworkError::Netns {
-                    path: path.clone(),
-                    syscall: "thread",
-                    source: std::io::Error::other("namespace thread panicked"),
-                })
-            })
-        });
+    let up = in_netns(&path, "berth-netns-lo", |p| loopback_up().map_err(io_err(p, "netlink(RTM_NEWLINK lo up)")));
     if let Err(e) = up {
         let _ = remove(&path);
         return Err(e);
@@ -171,19 +141,9 @@ pub fn pin_file(dir: &Path, name: &str) -> Result<PathBuf, NetworkError> {
 /// Errors: [`NetworkError::Netns`] naming the path and `open`, `setns` or `connect` (ECONNREFUSED
 /// when nothing listens on the port).
 pub fn connect_tcp(netns: &Path, port: u16) -> Result<std::net::TcpStream, NetworkError> {
-    let path = netns.to_path_buf();
-    std::thread::Builder::new()
-        .name("berth-netns-dial".into())
-        .spawn(move || -> Result<std::net::TcpStream, NetworkError> {
-            let ns = std::fs::File::open(&path).map_err(io_err(&path, "open"))?;
-            nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).map_err(sys_err(&path, "setns(CLONE_NEWNET)"))?;
-            std::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port)).map_err(io_err(&path, "connect"))
-        })
-        .map_err(io_err(netns, "clone(thread)"))?
-        .join()
-        .unwrap_or_else(|_| {
-            Err(NetworkError::Netns { path: netns.to_path_buf(), syscall: "thread", source: std::io::Error::other("dial thread panicked") })
-        })
+    in_netns(netns, "berth-netns-dial", move |p| {
+        std::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port)).map_err(io_err(p, "connect"))
+    })
 }
 
 /// Reads `/proc/thread-self/net/<file>` (e.g. `dev`, the per-interface counters) as seen from
@@ -192,19 +152,37 @@ pub fn connect_tcp(netns: &Path, port: u16) -> Result<std::net::TcpStream, Netwo
 /// namespace, reads and ends; the daemon's own threads never change namespace. Blocking (about
 /// 0.1 ms). Errors: [`NetworkError::Netns`] naming the path and `open`, `setns` or `read`.
 pub fn read_proc_net(netns: &Path, file: &'static str) -> Result<String, NetworkError> {
+    in_netns(netns, "berth-netns-read", move |p| {
+        std::fs::read_to_string(format!("/proc/thread-self/net/{file}")).map_err(io_err(p, "read"))
+    })
+}
+
+/// Runs `f` on a fresh thread named `name` and returns its result. The thread ends with `f`, so
+/// a namespace it joined or made never reaches any other work of the daemon. Errors: `f`'s, or
+/// [`NetworkError::Netns`] naming `path` and `clone(thread)` / `thread` (it panicked).
+fn on_own_thread<T: Send + 'static>(
+    path: &Path,
+    name: &str,
+    f: impl FnOnce() -> Result<T, NetworkError> + Send + 'static,
+) -> Result<T, NetworkError> {
+    std::thread::Builder::new().name(name.into()).spawn(f).map_err(io_err(path, "clone(thread)"))?.join().unwrap_or_else(|_| {
+        Err(NetworkError::Netns { path: path.to_path_buf(), syscall: "thread", source: std::io::Error::other(format!("{name} panicked")) })
+    })
+}
+
+/// [`on_own_thread`], with the thread in the network namespace pinned at `netns` first (`open`,
+/// `setns(CLONE_NEWNET)`); `f` gets the path for its errors.
+fn in_netns<T: Send + 'static>(
+    netns: &Path,
+    name: &str,
+    f: impl FnOnce(&Path) -> Result<T, NetworkError> + Send + 'static,
+) -> Result<T, NetworkError> {
     let path = netns.to_path_buf();
-    std::thread::Builder::new()
-        .name("berth-netns-read".into())
-        .spawn(move || -> Result<String, NetworkError> {
-            let ns = std::fs::File::open(&path).map_err(io_err(&path, "open"))?;
-            nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).map_err(sys_err(&path, "setns(CLONE_NEWNET)"))?;
-            std::fs::read_to_string(format!("/proc/thread-self/net/{file}")).map_err(io_err(&path, "read"))
-        })
-        .map_err(io_err(netns, "clone(thread)"))?
-        .join()
-        .unwrap_or_else(|_| {
-            Err(NetworkError::Netns { path: netns.to_path_buf(), syscall: "thread", source: std::io::Error::other("read thread panicked") })
-        })
+    on_own_thread(netns, name, move || {
+        let ns = std::fs::File::open(&path).map_err(io_err(&path, "open"))?;
+        nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).map_err(sys_err(&path, "setns(CLONE_NEWNET)"))?;
+        f(&path)
+    })
 }
 
 /// Unpins and deletes a namespace made by [`create`]: `umount2(path, MNT_DETACH)` then unlink.
@@ -294,7 +272,7 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let ns = create(dir.path(), "dial").unwrap();
-        // Nothing listens inside the new namespace (its lo is even down): refused or unreachable.
+        // Nothing listens inside the new namespace (its lo is up): refused.
         let e = connect_tcp(&ns, 1).unwrap_err().to_string();
         assert!(e.contains("connect"), "{e}");
         // A listener in the namespace, made the same way, is reached.
@@ -302,7 +280,6 @@ mod tests {
         let listener = std::thread::spawn(move || {
             let f = std::fs::File::open(&ns2).unwrap();
             nix::sched::setns(&f, CloneFlags::CLONE_NEWNET).unwrap();
-            std::process::Command::new("ip").args(["link", "set", "lo", "up"]).status().unwrap();
             std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap()
         })
         .join()
