@@ -52,8 +52,8 @@ pub fn ipc_mode(sb: &SandboxContext, sc: &cri::LinuxContainerSecurityContext) ->
     }
 }
 
-/// The container's namespaces. PID: POD joins the infra's (refused in a pod without an infra
-/// process: it shares no PID namespace), CONTAINER gets a new one, NODE stays on the host,
+/// The container's namespaces. PID: POD joins the infra's (in a pod without an infra process:
+/// the host's when the pod's PID mode is NODE, else refused, as it shares none), CONTAINER gets a new one, NODE stays on the host,
 /// TARGET joins `/proc/<pid_target>/ns/pid` (the caller resolves the target). IPC: NODE stays on
 /// the host, CONTAINER gets a new one, POD joins the pod's (the infra's or the pinned file),
 /// TARGET is refused; a container-level network mode CONTAINER or TARGET is refused.
@@ -68,12 +68,16 @@ pub fn container_namespaces(
 ) -> Result<Vec<LinuxNamespace>, SpecError> {
     let opts = sc.namespace_options.clone().or_else(|| pod_namespace_options(sb));
     // The path of the pod's namespace `name` (`pid`, `ipc`, `uts`, `user`): the infra's, or the
-    // pinned file; `Ok(None)` = the host's (a pinned pod whose IPC mode is NODE).
+    // pinned file; `Ok(None)` = the host's (a pinned pod whose IPC or PID mode is NODE).
     let pod_ns = |name: &'static str| -> Result<Option<PathBuf>, SpecError> {
         match (sb.namespaces, name) {
             (PodNamespaces::Infra(pid), _) => Ok(Some(PathBuf::from(format!("/proc/{pid}/ns/{name}")))),
             (PodNamespaces::Pinned { ipc, .. }, "ipc") => Ok(ipc.map(Path::to_path_buf)),
             (PodNamespaces::Pinned { uts, .. }, "uts") => Ok(uts.map(Path::to_path_buf)),
+            // The pod's PID namespace is the host's (hostPID), as an infra's would have been.
+            (PodNamespaces::Pinned { .. }, "pid") if mode(pod_namespace_options(sb).as_ref(), |o| o.pid) == cri::NamespaceMode::Node => {
+                Ok(None)
+            }
             (PodNamespaces::Pinned { .. }, _) => Err(SpecError::InvalidField {
                 container: container.to_string(),
                 field: if name == "pid" { "namespace_options.pid" } else { "namespace_options.userns_options" },
@@ -86,7 +90,11 @@ pub fn container_namespaces(
     };
     let mut ns = Vec::new();
     match mode(opts.as_ref(), |o| o.pid) {
-        cri::NamespaceMode::Pod => ns.push(namespace(LinuxNamespaceType::Pid, pod_ns("pid")?)),
+        cri::NamespaceMode::Pod => {
+            if let Some(path) = pod_ns("pid")? {
+                ns.push(namespace(LinuxNamespaceType::Pid, Some(path)));
+            }
+        }
         cri::NamespaceMode::Container => ns.push(namespace(LinuxNamespaceType::Pid, None)),
         cri::NamespaceMode::Node => {}
         cri::NamespaceMode::Target => match pid_target {

@@ -480,6 +480,13 @@ fn namespaces_of_a_pod_without_infra() {
     sec(&mut cfg).namespace_options = Some(cri::NamespaceOption { pid: cri::NamespaceMode::Pod as i32, ..Default::default() });
     let err = build(&f, &cfg, &image()).unwrap_err();
     assert!(matches!(&err, SpecError::InvalidField { field: "namespace_options.pid", .. }), "{err}");
+    // ...unless the pod's own PID namespace is the host's (hostPID): then that is what POD gives.
+    f.pod.linux.as_mut().unwrap().security_context = Some(cri::LinuxSandboxSecurityContext {
+        namespace_options: Some(cri::NamespaceOption { pid: cri::NamespaceMode::Node as i32, ..Default::default() }),
+        ..Default::default()
+    });
+    let spec = build(&f, &cfg, &image()).unwrap();
+    assert!(ns_of(&spec).iter().all(|(t, _)| *t != Pid), "hostPID pod: the container stays in the host's: {:?}", ns_of(&spec));
 }
 
 #[test]
