@@ -69,6 +69,11 @@ pub struct PinnedNamespaces {
     pub ipc: Option<PathBuf>,
     /// The pod's UTS namespace (the pod's hostname): `<run_root>/ns/uts-<first 16 hex>`.
     pub uts: Option<PathBuf>,
+    /// The kernel's boot ID (`/proc/sys/kernel/random/boot_id`) when the pod was made: a pod of
+    /// an earlier boot has lost its namespaces even when nothing was pinned (host network and
+    /// host IPC) or its pin files lie on a disk that outlived the reboot. Empty: unknown.
+    #[serde(default)]
+    pub boot_id: String,
 }
 
 impl PinnedNamespaces {
@@ -138,8 +143,12 @@ impl SandboxPaths {
             exit_file: bundle.join("exit"),
             bundle,
             state: roots.root().join("sandboxes").join(id),
-            ns_dir: roots.run_root().join("ns"),
+            ns_dir: Self::ns_dir(roots),
         }
+    }
+    /// `<run_root>/ns`, the one dir of every pod's pins ([`SandboxPaths::ns_dir`]).
+    pub fn ns_dir(roots: &impl Roots) -> PathBuf {
+        roots.run_root().join("ns")
     }
     /// `/etc/hostname` source.
     pub fn hostname_file(&self) -> PathBuf {

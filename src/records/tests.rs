@@ -41,7 +41,7 @@ fn a_pod_without_infra_is_never_folded_nor_watched() {
     let mut pod = ready_pod("p2");
     pod.infra_pid = 0;
     pod.monitor_pid = 0;
-    pod.pinned = Some(crate::records::PinnedNamespaces { ipc: Some("/run/x/ns/ipc-p2".into()), uts: None });
+    pod.pinned = Some(crate::records::PinnedNamespaces { ipc: Some("/run/x/ns/ipc-p2".into()), ..Default::default() });
     rec.put_sandbox(&pod).unwrap();
     // No infra process, no monitor, no exit file: for an infra pod that reads as "lost".
     assert_eq!(rec.fold_sandbox(pod.clone()).unwrap().state, SandboxState::Ready);

@@ -65,17 +65,21 @@ pub fn list(d: &Daemon) -> Vec<SandboxRecord> {
 
 /// Restart recovery: re-reserve names, fold in the ends of infra processes that ended while
 /// berth was down (the one fold of recovery) and mark pods whose infra is gone NotReady (for a
-/// pod without an infra process: whose pinned namespaces are gone). The pods with an infra
-/// still Ready are watched from here on ([`crate::records::Records::watch_sandbox`]).
+/// pod without an infra process: whose pinned namespaces are gone, or that was made before the
+/// last reboot), then remove the pins no record names. The pods with an infra still Ready are
+/// watched from here on ([`crate::records::Records::watch_sandbox`]).
 pub async fn recover(d: &Daemon) -> Result<()> {
+    let mut pinned = std::collections::HashSet::new();
     for r in d.records.sandboxes() {
         d.reserve_name("pod sandbox", &SandboxRecord::name_key(&r.config), &r.id)?;
         let mut r = d.records.fold_sandbox(r)?;
+        pinned.extend(r.pinned.iter().flat_map(|p| p.files().cloned()));
         if let (SandboxState::Ready, Some(pins)) = (r.state, &r.pinned) {
-            // No infra to ask: the pod is as alive as its pins (gone after a reboot).
+            // No infra to ask: the pod is as alive as its pins, and none outlives a reboot.
             let missing = pinns::missing(pins, r.netns_path.as_deref());
-            if !missing.is_empty() {
-                tracing::warn!(sandbox = %r.id, missing = ?missing, "pod namespaces are no longer pinned; marking pod sandbox NotReady");
+            let rebooted = pinns::from_earlier_boot(pins);
+            if rebooted || !missing.is_empty() {
+                tracing::warn!(sandbox = %r.id, missing = ?missing, rebooted, "pod namespaces are gone; marking pod sandbox NotReady");
                 r.state = SandboxState::NotReady;
                 d.records.put_sandbox(&r)?;
             }
@@ -96,5 +100,6 @@ pub async fn recover(d: &Daemon) -> Result<()> {
         }
         d.records.watch_sandbox(&r);
     }
+    pinns::sweep_orphans(&SandboxPaths::ns_dir(d), &pinned);
     Ok(())
 }

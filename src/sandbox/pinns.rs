@@ -61,6 +61,34 @@ pub fn planned(ns_dir: &Path, id: &str, config: &PodSandboxConfig) -> PinnedName
     PinnedNamespaces {
         ipc: (ns.ipc != node).then(|| ns_dir.join(format!("ipc-{short}"))),
         uts: (ns.network != node).then(|| ns_dir.join(format!("uts-{short}"))),
+        boot_id: boot_id().to_string(),
+    }
+}
+
+/// This boot's ID (`/proc/sys/kernel/random/boot_id`, a UUID the kernel makes at each boot),
+/// read once; empty when unreadable.
+fn boot_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default())
+}
+
+/// Whether the pod was made in an earlier boot than this one (its namespaces ended with it).
+/// Unknown boot IDs (records of an older berth, an unreadable file) are not taken as a reboot.
+pub fn from_earlier_boot(pins: &PinnedNamespaces) -> bool {
+    !pins.boot_id.is_empty() && !boot_id().is_empty() && pins.boot_id != boot_id()
+}
+
+/// Removes the pins under `ns_dir` that no record names (`known`): a RunPodSandbox whose undo
+/// could not unpin before it dropped the record, or a crash between making a pin and storing
+/// what follows. Errors are logged, not returned: one stray file must not keep the daemon from
+/// starting. A missing `ns_dir` is fine.
+pub fn sweep_orphans(ns_dir: &Path, known: &std::collections::HashSet<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(ns_dir) else { return };
+    for path in entries.flatten().map(|e| e.path()).filter(|p| !known.contains(p)) {
+        match crate::network::netns::remove(&path) {
+            Ok(()) => tracing::warn!(path = %path.display(), "recovery: removed a pinned namespace no pod sandbox names"),
+            Err(e) => tracing::error!(path = %path.display(), error = %e, "recovery: cannot remove an orphan pinned namespace"),
+        }
     }
 }
 
@@ -157,13 +185,17 @@ fn split(path: &Path) -> Result<(&Path, &str)> {
 }
 
 /// Unpins a pod's IPC and UTS namespaces (`umount2(MNT_DETACH)` and unlink, each): the
-/// namespaces end once no container is in them. Idempotent: a file that is missing or not
-/// mounted is fine. Errors: Network naming the file and the syscall.
+/// namespaces end once no container is in them. Every file is tried even when one fails, so one
+/// stuck pin never leaves the other behind. Idempotent: a file that is missing or not mounted is
+/// fine. Errors: Network naming the first file that failed and the syscall.
 pub fn unpin(pins: &PinnedNamespaces) -> Result<()> {
+    let mut first = None;
     for path in pins.files() {
-        crate::network::netns::remove(path)?;
+        if let Err(e) = crate::network::netns::remove(path) {
+            first.get_or_insert(e);
+        }
     }
-    Ok(())
+    first.map_or(Ok(()), |e| Err(e.into()))
 }
 
 /// The pinned files of `pins` (and the pod's netns, if any) that are not pinned any more, e.g.

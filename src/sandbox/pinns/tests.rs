@@ -146,3 +146,38 @@ fn cleanup_dirs(tmp: &Path) {
         while nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
     }
 }
+
+#[test]
+fn a_pod_of_an_earlier_boot_is_known_by_its_boot_id() {
+    let now =
+        planned(Path::new("/run/x/ns"), "0123456789abcdef", &config(NamespaceMode::Container, NamespaceMode::Node, NamespaceMode::Node));
+    assert!(now.files().next().is_none(), "host network and IPC: nothing to pin");
+    assert!(!now.boot_id.is_empty() && !from_earlier_boot(&now));
+    let before = PinnedNamespaces { boot_id: "00000000-0000-0000-0000-000000000000".into(), ..now.clone() };
+    assert!(from_earlier_boot(&before), "made before the last reboot, though nothing was pinned");
+    let unknown = PinnedNamespaces { boot_id: String::new(), ..now };
+    assert!(!from_earlier_boot(&unknown), "no boot ID recorded (an older berth): not taken as a reboot");
+}
+
+#[test]
+fn orphan_pins_are_swept_and_known_ones_kept() {
+    if !root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ns");
+    let kept = planned(&dir, "1111222233334444aa", &config(NamespaceMode::Container, NamespaceMode::Pod, NamespaceMode::Node));
+    let orphan = planned(&dir, "5555666677778888bb", &config(NamespaceMode::Container, NamespaceMode::Pod, NamespaceMode::Node));
+    for p in [&kept, &orphan] {
+        pin(&PinRequest { netns: None, pins: p, hostname: "h", sysctls: Vec::new() }).unwrap();
+    }
+    let known: std::collections::HashSet<PathBuf> = kept.files().cloned().collect();
+    sweep_orphans(&dir, &known);
+    assert!(missing(&kept, None).is_empty(), "a pin a record names stays");
+    for p in orphan.files() {
+        assert!(!p.exists(), "orphan {} left", p.display());
+    }
+    unpin(&kept).unwrap();
+    sweep_orphans(&tmp.path().join("absent"), &known);
+    cleanup_dirs(tmp.path());
+}
