@@ -112,13 +112,26 @@ pub async fn pod_pid_children_die_with_main(ctx: &Ctx) -> Result<()> {
 /// A pod as kubelet sends it by default (PID CONTAINER), which berth runs without an infra
 /// process (issue #15): its two containers share the pod's network, IPC and UTS namespaces
 /// (none of them the host's) and the pod's hostname, each has a PID namespace of its own, and
-/// the pod's IPC and net sysctls are set in them. On berth also: no process mentions the pod's
+/// the pod's IPC and net sysctls are set in them while the host's stay. On berth also, before
+/// any container (whose spec would set them again), the pinned files hold the hostname and the
+/// sysctls (read with nsenter through them); and: no process mentions the pod's
 /// ID while a shared-PID pod's infra does (the control), PodSandboxStatus verbose info says
 /// `infraContainer: false` and names the pinned files, a container asking for the pod's PID
 /// namespace is refused with InvalidArgument naming `namespace_options.pid`, and the pinned
 /// files are gone once the pod is stopped.
 pub async fn pod_without_infra(ctx: &Ctx) -> Result<()> {
     let host = |ns: &str| std::fs::read_link(format!("/proc/self/ns/{ns}")).map(|p| p.display().to_string());
+    let host_values = || -> Result<Vec<String>> {
+        ["kernel/hostname", "kernel/shmmni", "net/ipv4/ip_unprivileged_port_start"]
+            .iter()
+            .map(|k| {
+                std::fs::read_to_string(format!("/proc/sys/{k}"))
+                    .map(|v| v.trim().to_string())
+                    .with_context(|| format!("reading /proc/sys/{k}"))
+            })
+            .collect()
+    };
+    let host_before = host_values()?;
     let mut pc = ctx.pod_config("noinfra", &[]);
     pc.hostname = "noinfra-host".into();
     let l = pc.linux.get_or_insert_with(Default::default);
@@ -128,6 +141,26 @@ pub async fn pod_without_infra(ctx: &Ctx) -> Result<()> {
     let shared = ctx.run_pod_with(ctx.shared_pid_pod_config("infra-control", &[])).await;
     let r = async {
         let shared = shared.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        if ctx.kind == TargetKind::Berth {
+            // Before any container exists (each container's spec carries the hostname and the
+            // sysctls again): what the pinned namespaces themselves hold, read through the files.
+            let info = super::util::pod_verbose_info(ctx, &pod.id).await?;
+            let at = |k: &str| info[k].as_str().map(str::to_string).with_context(|| format!("no {k} in {info}"));
+            let (uts, ipc, net) = (at("utsNamespacePath")?, at("ipcNamespacePath")?, at("netNamespacePath")?);
+            let enter = |flag: String, file: &str| -> Result<String> {
+                let out = std::process::Command::new("nsenter").arg(flag).args(["cat", file]).output().context("nsenter")?;
+                check(out.status.success(), || format!("nsenter cat {file}: {}", String::from_utf8_lossy(&out.stderr)))?;
+                Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+            };
+            let pinned = [
+                enter(format!("--uts={uts}"), "/proc/sys/kernel/hostname")?,
+                enter(format!("--ipc={ipc}"), "/proc/sys/kernel/shmmni")?,
+                enter(format!("--net={net}"), "/proc/sys/net/ipv4/ip_unprivileged_port_start")?,
+            ];
+            check(pinned == ["noinfra-host", "2345", "77"], || {
+                format!("the pinned namespaces hold hostname, kernel.shmmni, net.ipv4.ip_unprivileged_port_start = {pinned:?}, expected noinfra-host, 2345, 77")
+            })?;
+        }
         let show = "for n in net ipc uts pid; do readlink /proc/self/ns/$n; done; hostname; \
                     cat /proc/sys/kernel/shmmni /proc/sys/net/ipv4/ip_unprivileged_port_start";
         let mut seen = Vec::new();
@@ -156,6 +189,8 @@ pub async fn pod_without_infra(ctx: &Ctx) -> Result<()> {
         check(a[5] == "2345" && a[6] == "77", || {
             format!("sysctls kernel.shmmni={} net.ipv4.ip_unprivileged_port_start={}, expected 2345 and 77", a[5], a[6])
         })?;
+        let host_after = host_values()?;
+        check(host_after == host_before, || format!("the host's hostname and sysctls changed: {host_before:?} -> {host_after:?}"))?;
         if ctx.kind != TargetKind::Berth {
             return Ok(());
         }

@@ -189,7 +189,7 @@ pub async fn refuses_chroot(ctx: &Ctx) -> Result<()> {
 /// namespaces survive stays READY, keeps its running container, and takes a new container
 /// into the same network and UTS namespaces; a pod whose pins are gone when berth starts (as
 /// after a reboot: they were unmounted while it was down) is NOTREADY, and both stop and
-/// remove cleanly.
+/// remove cleanly; a pin file no pod names, left while berth was down, is gone after the start.
 pub async fn pod_without_infra(ctx: &Ctx) -> Result<()> {
     if !ctx.can_restart() {
         return skip("the harness does not own the daemon (BERTH_ENDPOINT)");
@@ -210,7 +210,14 @@ pub async fn pod_without_infra(ctx: &Ctx) -> Result<()> {
         let st = std::process::Command::new("umount").arg(p).status()?;
         check(st.success(), || format!("umount {p}: {st}"))?;
     }
+    // A pin no record names (a RunPodSandbox whose undo could not unpin): swept at start.
+    let pin_dir = std::path::Path::new(&pins[0]).parent().context("pin dir")?.to_path_buf();
+    let orphan = pin_dir.join("ipc-0000deadbeef0000");
+    std::fs::write(&orphan, b"")?;
+    let st = std::process::Command::new("mount").args(["--bind", "/proc/self/ns/ipc"]).arg(&orphan).status()?;
+    check(st.success(), || format!("bind-mounting an orphan pin: {st}"))?;
     ctx.start_daemon().await.context("start the daemon again")?;
+    check(!orphan.exists(), || format!("orphan pin {} still there after the restart", orphan.display()))?;
     let state = |id: String| async move {
         let r = ctx.rt().pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: id, verbose: false }).await?;
         Ok::<i32, anyhow::Error>(r.into_inner().status.map(|s| s.state).unwrap_or(-1))
