@@ -32,15 +32,33 @@ pub fn release_free_memory() {
 pub const ARENA_MAX: i32 = 2;
 
 /// Limits glibc's malloc to [`ARENA_MAX`] arenas (see the module docs), unless
-/// `MALLOC_ARENA_MAX` is set in the environment (the operator's choice wins). Call it first
+/// `MALLOC_ARENA_MAX` or `GLIBC_TUNABLES` is set in the environment (the operator's choice wins;
+/// a tunables string may set `glibc.malloc.arena_max`, which this call would override). Call it first
 /// thing in the daemon, before any thread exists. A no-op on other C libraries.
 pub fn limit_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() && !tunes_arena_max(std::env::var("GLIBC_TUNABLES").ok().as_deref()) {
         // SAFETY: mallopt takes two integers and sets an allocator parameter under glibc's own
         // lock; M_ARENA_MAX only bounds arenas made from now on.
         unsafe {
             libc::mallopt(libc::M_ARENA_MAX, ARENA_MAX);
         }
+    }
+}
+
+/// Whether a `GLIBC_TUNABLES` value (`name=value:name=value`, glibc's tunables(7)) sets the arena
+/// count.
+fn tunes_arena_max(tunables: Option<&str>) -> bool {
+    tunables.is_some_and(|t| t.split(':').any(|kv| kv.split('=').next() == Some("glibc.malloc.arena_max")))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_tunables_arena_max_is_the_operators_choice() {
+        assert!(super::tunes_arena_max(Some("glibc.malloc.arena_max=4")));
+        assert!(super::tunes_arena_max(Some("glibc.malloc.tcache_count=0:glibc.malloc.arena_max=1")));
+        assert!(!super::tunes_arena_max(Some("glibc.malloc.tcache_count=0")));
+        assert!(!super::tunes_arena_max(None));
     }
 }

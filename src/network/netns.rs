@@ -2,9 +2,11 @@
 //! the netns dir with the namespace bind-mounted onto it, so the namespace outlives every process.
 //!
 //! The netns dir is made a shared mount point the way `ip netns` does (bind-mounted onto itself
-//! once, then `MS_SHARED`), so a later unmount propagates into mount namespaces that copied the
-//! pin and the namespace really dies on [`remove`]. A dir that is already a mount point is left
-//! as its owner set it up.
+//! once, then `MS_SHARED`), so a later unmount propagates into the mount namespaces that hold a
+//! peer or slave copy of the pin. Copies in private mount namespaces are detached by the unlink
+//! of [`remove`] (since Linux 3.18 unlinking a file detaches the mounts on it in every mount
+//! namespace), so the namespace really dies on [`remove`]. A dir that is already a mount point
+//! is left as its owner set it up.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

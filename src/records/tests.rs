@@ -46,6 +46,8 @@ fn a_pod_without_infra_is_never_folded_nor_watched() {
     // No infra process, no monitor, no exit file: for an infra pod that reads as "lost".
     assert_eq!(rec.fold_sandbox(pod.clone()).unwrap().state, SandboxState::Ready);
     assert_eq!(rec.stored_sandbox("p2").unwrap().state, SandboxState::Ready);
+    rec.watch_sandbox(&pod);
+    assert_eq!(rec.watched(), 0, "nothing to wait for");
 }
 
 #[test]

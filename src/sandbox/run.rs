@@ -14,8 +14,8 @@ use tracing::Instrument;
 /// Creates and starts a pod sandbox; returns its ID.
 ///
 /// Steps (each undone in reverse on failure): name reservation, store record (NotReady, with
-/// the files its namespaces will be pinned at), state and bundle dirs, pinned netns, CNI ADD (+
-/// loopback), hostname/hosts/resolv.conf, the pod's `/dev/shm` tmpfs, then either the pinned IPC
+/// the files its namespaces will be pinned at), state and bundle dirs, pinned netns (its `lo`
+/// up), CNI ADD, hostname/hosts/resolv.conf, the pod's `/dev/shm` tmpfs, then either the pinned IPC
 /// and UTS namespaces with the hostname and sysctls ([`super::pinns`], for a pod that shares no
 /// PID namespace and has no user namespace) or the infra container through the monitor and
 /// `runtime create`/`start`; then the record turns Ready.

@@ -39,8 +39,8 @@ pub async fn no_leftovers(ctx: &Ctx) -> Result<()> {
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let mut problems = Vec::new();
     // berth's pin dir `<run_root>/ns` is a shared bind mount of itself for as long as the daemon
-    // runs (as `ip netns` makes /var/run/netns), so that unpinning reaches every mount namespace
-    // that copied a pin; the pins under it are per pod and must be gone.
+    // runs (as `ip netns` makes /var/run/netns), so that unpinning reaches the mount namespaces
+    // holding peer or slave copies of a pin; the pins under it are per pod and must be gone.
     let pin_dir = run.join("ns").display().to_string();
     for d in [&root, &run] {
         for m in mounts_under(d) {
