@@ -78,7 +78,25 @@ impl NetworkConfList {
         });
         NetworkConfList::from_value(list, source)
     }
+
+    /// The loopback network an older berth attached on `lo` (as CRI-O does):
+    /// `{"cniVersion":"1.0.0","name":"cni-loopback","type":"loopback"}`. berth brings `lo` up
+    /// itself now; this config only DELs such an attachment whose cache entry is unusable.
+    pub fn loopback() -> NetworkConfList {
+        let conf = serde_json::json!({"cniVersion": "1.0.0", "name": LOOPBACK_NETWORK, "type": "loopback"});
+        let raw = serde_json::json!({"cniVersion": "1.0.0", "name": LOOPBACK_NETWORK, "plugins": [conf]});
+        NetworkConfList {
+            name: LOOPBACK_NETWORK.into(),
+            cni_version: "1.0.0".into(),
+            plugins: vec![conf],
+            raw,
+            source: "<built-in>".into(),
+        }
+    }
 }
+
+/// Name of the loopback network an older berth attached on `lo`.
+pub const LOOPBACK_NETWORK: &str = "cni-loopback";
 
 fn non_empty_str(v: Option<&Value>) -> Option<String> {
     match v {

@@ -74,7 +74,8 @@ impl Cni {
     pub async fn teardown(&self, req: &AttachRequest) -> Result<(), NetworkError> {
         let mut errors = Vec::new();
         if !cache::find(&self.cfg.cache_dir, &req.container_id, LOOPBACK_IFNAME).is_empty() {
-            errors.extend(self.teardown_ifname(req, LOOPBACK_IFNAME, None).await);
+            // An unusable cache entry still gets its DEL, through the loopback config it had.
+            errors.extend(self.teardown_ifname(req, LOOPBACK_IFNAME, Some(NetworkConfList::loopback())).await);
         }
         let current = conf::load_network(&self.cfg).ok();
         errors.extend(self.teardown_ifname(req, &req.ifname, current).await);

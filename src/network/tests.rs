@@ -164,6 +164,16 @@ async fn failed_add_is_undone_and_reports_the_plugin_error() {
     f.cni.teardown(&req).await.unwrap();
     assert_eq!(log(&f), ["DEL loopback lo", "DEL fakeb eth0", "DEL fakea eth0"]);
     assert!(cache::find(&f.cfg.cache_dir, "sb1", "eth0").is_empty() && cache::find(&f.cfg.cache_dir, "sb1", "lo").is_empty());
+
+    // An unreadable loopback cache entry: DEL through the loopback config it had, never a
+    // StopPodSandbox that fails on every retry.
+    f.cni.setup(&req).await.unwrap();
+    std::fs::write(cache::entry_path(&f.cfg.cache_dir, "cni-loopback", "sb1", "lo"), b"{not json").unwrap();
+    std::fs::remove_file(f.bin.join("log")).unwrap();
+    f.cni.teardown(&req).await.unwrap();
+    assert_eq!(log(&f), ["DEL loopback lo", "DEL fakeb eth0", "DEL fakea eth0"]);
+    assert_eq!(stdin_of(&f, "DEL", "loopback")["name"], "cni-loopback");
+    assert!(cache::find(&f.cfg.cache_dir, "sb1", "lo").is_empty(), "the unusable entry is gone after its DEL");
 }
 
 #[tokio::test]
