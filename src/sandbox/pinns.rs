@@ -27,7 +27,6 @@ use nix::sched::{setns, unshare, CloneFlags};
 use super::PinnedNamespaces;
 use crate::cri::v1::{NamespaceMode, PodSandboxConfig};
 use crate::error::{Error, Result};
-use crate::spec::linux::dotted_key;
 
 /// Whether a pod made from `config` goes without an infra process: `drop_infra` is on
 /// (`[runtime] drop_infra`), its PID mode is not POD and it has no user namespace of its own
@@ -152,17 +151,9 @@ fn in_pod_namespaces(netns: Option<&Path>, pins: &PinnedNamespaces, hostname: &s
     if pins.uts.is_some() {
         nix::unistd::sethostname(hostname).map_err(sys(format!("sethostname({hostname:?}) in the pod's UTS namespace")))?;
     }
-    // As runc writes `linux.sysctl`: /proc/sys resolves net, IPC and UTS keys in the namespaces
-    // of the writing thread.
     for (key, value) in sysctls {
-        let path = format!("/proc/sys/{}", dotted_key(key).replace('.', "/"));
-        std::fs::write(&path, value.as_bytes()).map_err(|e| {
-            let shown = crate::util::truncate_message(value.clone(), 64);
-            Error::invalid(
-                format!("config.linux.sysctls[{key:?}]"),
-                format!("the kernel refuses {shown:?} for it in the pod's namespaces ({path}: {e})"),
-            )
-        })?;
+        super::sysctl::write_here(key, value, "the pod's namespaces")
+            .map_err(|why| Error::invalid(format!("config.linux.sysctls[{key:?}]"), why))?;
     }
     for (path, name) in [(&pins.ipc, "ipc"), (&pins.uts, "uts")] {
         if let Some(path) = path {

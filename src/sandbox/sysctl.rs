@@ -123,11 +123,7 @@ fn try_in_scratch_namespaces(writes: &[(String, String)]) -> std::result::Result
         unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS)
             .map_err(|e| (String::new(), format!("cannot make scratch namespaces to check sysctls: {e}")))?;
         for (key, value) in &owned {
-            let path = format!("/proc/sys/{}", dotted_key(key).replace('.', "/"));
-            std::fs::write(&path, value.as_bytes()).map_err(|e| {
-                let shown = crate::util::truncate_message(value.clone(), 64);
-                (key.clone(), format!("the kernel refuses {shown:?} for it in a pod's own namespaces ({path}: {e})"))
-            })?;
+            write_here(key, value, "a pod's own namespaces").map_err(|why| (key.clone(), why))?;
         }
         Ok(())
     });
@@ -135,6 +131,18 @@ fn try_in_scratch_namespaces(writes: &[(String, String)]) -> std::result::Result
         Ok(h) => h.join().unwrap_or_else(|_| Err((String::new(), "the sysctl check panicked".into()))),
         Err(e) => Err((String::new(), format!("cannot start the sysctl check: {e}"))),
     }
+}
+
+/// Writes one sysctl as runc writes `linux.sysctl`: `/proc/sys/` + the dotted key with `.` as
+/// `/`. /proc/sys resolves net, IPC and UTS keys in the namespaces of the calling thread, so the
+/// caller is a thread that joined or made the namespaces meant (`whose` names them in the
+/// error). Errors: why the kernel refused, naming the file and the value.
+pub(super) fn write_here(key: &str, value: &str, whose: &str) -> std::result::Result<(), String> {
+    let path = format!("/proc/sys/{}", dotted_key(key).replace('.', "/"));
+    std::fs::write(&path, value.as_bytes()).map_err(|e| {
+        let shown = crate::util::truncate_message(value.to_string(), 64);
+        format!("the kernel refuses {shown:?} for it in {whose} ({path}: {e})")
+    })
 }
 
 /// The namespace of a sysctl key in dot form, `None` when the kernel does not namespace it (or
