@@ -121,6 +121,15 @@ impl Ctx {
         Ok(())
     }
 
+    /// Kills the daemon with SIGKILL (a crash); [`Ctx::start_daemon`] brings it back.
+    pub async fn kill_daemon(&self) -> Result<()> {
+        if !self.can_restart() {
+            bail!("cannot kill an external endpoint");
+        }
+        self.daemon.lock().await.kill();
+        Ok(())
+    }
+
     /// Starts the daemon again after [`Ctx::stop_daemon`] and reconnects.
     pub async fn start_daemon(&self) -> Result<()> {
         let c = self.daemon.lock().await.start().await?;

@@ -290,6 +290,15 @@ impl Daemon {
         }
     }
 
+    /// Kills the daemon we started with SIGKILL (by PID) and reaps it: a crash, with no chance
+    /// to flush or clean up anything.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            crate::proc::signal_pid(c.id() as i32, libc::SIGKILL);
+            let _ = c.wait();
+        }
+    }
+
     /// Stops and starts the daemon again on the same root and socket.
     pub async fn restart(&mut self) -> Result<Clients> {
         if !self.owned_by_us() {

@@ -10,7 +10,8 @@ use tracing::Instrument;
 /// How long a SIGKILLed container may take to be reaped before Stop reports DeadlineExceeded.
 const KILL_GRACE: Duration = Duration::from_secs(15);
 
-/// Starts a CREATED container (`runtime start`).
+/// Starts a CREATED container (`runtime start`). The Running record is stored lazily
+/// ([`crate::records::Records::put_container_lazy`]); restart recovery rebuilds it.
 ///
 /// Errors: NotFound; FailedPrecondition when it is not CREATED (already running or exited).
 pub async fn start(d: &Daemon, id: &str) -> Result<()> {
@@ -36,7 +37,9 @@ pub async fn start(d: &Daemon, id: &str) -> Result<()> {
         d.runtime(&r.runtime_handler)?.start(&r.id).await?;
         r.started_at = started_at;
         r.state = ContainerState::Running;
-        d.records.put_container(&r)?;
+        // No fsync of its own: a daemon that dies before the next durable commit restarts with
+        // this record Created, and `recover` reads Running back from the runtime's state.
+        d.records.put_container_lazy(&r)?;
         // It may have exited already: the exit path folds that in (and publishes STOPPED) once
         // this start lets go of the lock.
         d.records.publish_container(crate::records::ContainerEventKind::Started, &r);

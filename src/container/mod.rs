@@ -50,8 +50,9 @@ pub fn list_in_sandbox(d: &Daemon, sandbox_id: &str) -> Vec<ContainerRecord> {
 /// Restart recovery: re-reserve names; fold in the ends of processes that ended while berth was
 /// down (the one fold of recovery); a container the record calls Created or Running whose
 /// process is gone without an exit file (its monitor died too, or the node rebooted) becomes
-/// Exited with code 255 and reason `Unknown`... unless an exit file tells better. The containers
-/// still live are watched from here on ([`crate::records::Records::watch_container`]).
+/// Exited with code 255 and reason `Unknown`... unless an exit file tells better; a container
+/// stored Created that the runtime calls running or paused becomes Running (StartContainer's
+/// record is stored lazily), its start time the create time. The containers still live are watched from here on ([`crate::records::Records::watch_container`]).
 pub async fn recover(d: &Daemon) -> Result<()> {
     let records = d.records.containers();
     let known: std::collections::HashSet<String> = records.iter().map(|r| r.id.clone()).collect();
@@ -73,16 +74,24 @@ pub async fn recover(d: &Daemon) -> Result<()> {
             d.records.fold_container(r)?
         };
         if matches!(r.state, ContainerState::Created | ContainerState::Running) {
-            let gone = match d.runtime(&r.runtime_handler) {
-                Ok(rt) => {
-                    !matches!(rt.state(&r.id).await?, Some(s) if s.status == "running" || s.status == "created" || s.status == "paused")
-                }
+            let status = match d.runtime(&r.runtime_handler) {
+                Ok(rt) => Some(rt.state(&r.id).await?.map(|s| s.status).unwrap_or_default()),
                 Err(e) => {
                     // Left as it is (and watched: its monitor still tells its end).
                     tracing::error!(container = %r.id, error = %e, "recovery: cannot ask the container's runtime handler");
-                    false
+                    None
                 }
             };
+            let gone = status.as_deref().is_some_and(|s| !matches!(s, "running" | "created" | "paused"));
+            if r.state == ContainerState::Created && matches!(status.as_deref(), Some("running" | "paused")) {
+                // StartContainer stores Running lazily; berth died before a durable commit wrote
+                // it. The start time is lost with it: the create time stands in (kubelet starts a
+                // container right after creating it).
+                tracing::warn!(container = %r.id, "recovery: the runtime runs a container stored as created; storing it as running");
+                r.state = ContainerState::Running;
+                r.started_at = r.created_at;
+                d.records.put_container(&r)?;
+            }
             if gone {
                 tracing::warn!(container = %r.id, "container process is gone and left no exit file");
                 r.state = ContainerState::Exited;

@@ -611,6 +611,9 @@ impl ImageStore {
     /// [`ImageStore::lease_layers`] for several images under one lease (a container's rootfs
     /// image and the images its image volumes mount): their diff dirs, base first, one list per
     /// image in the order given. One lease per holder, so releasing it frees them all.
+    ///
+    /// The lease is stored without an fsync of its own ([`crate::state::Store::put_lazy`]): the
+    /// caller's next durable commit (CreateContainer's record) makes it durable.
     pub async fn lease_images(&self, holder: &str, images: &[&Image]) -> Result<Vec<Vec<PathBuf>>, ImageError> {
         let _gc = self.gc.write().await;
         let dirs = images.iter().map(|i| self.layer_dirs(i)).collect::<Result<Vec<_>, _>>()?;
@@ -620,7 +623,11 @@ impl ImageStore {
                 chain_ids.push(c.clone());
             }
         }
-        self.store.put(LEASES, holder, &chain_ids)?;
+        // Lazy: within this process the lease holds at once (GC reads the same store). The
+        // container record CreateContainer stores next, before the runtime runs, is a durable
+        // commit and writes this lease with it; a crash before that leaves no record, and
+        // `container::recover` sweeps what the create left (rootfs mount, directories).
+        self.store.put_lazy(LEASES, holder, &chain_ids)?;
         Ok(dirs)
     }
 

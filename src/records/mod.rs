@@ -170,6 +170,13 @@ impl Records {
         self.containers.put(r)
     }
 
+    /// Stores `r` without waiting for the disk: a daemon that dies before the next durable commit
+    /// loses it ([`crate::state::Store::put_lazy`]). Only for StartContainer's Created -> Running,
+    /// which `container::recover` rebuilds from the runtime's state. Errors: the store's.
+    pub fn put_container_lazy(&self, r: &ContainerRecord) -> std::result::Result<(), StateError> {
+        self.containers.put_lazy(r)
+    }
+
     /// Deletes the record `id`; `true` when it existed. Errors: the store's.
     pub fn delete_container(&self, id: &str) -> std::result::Result<bool, StateError> {
         self.containers.delete(id)

@@ -60,6 +60,15 @@ impl<R: Record> Table<R> {
         Ok(())
     }
 
+    /// [`Table::put`] without waiting for the disk ([`Store::put_lazy`]: lost if the daemon dies
+    /// before the next durable commit). Only for a change restart recovery rebuilds.
+    pub fn put_lazy(&self, r: &R) -> Result<(), StateError> {
+        let mut records = self.records.write().unwrap_or_else(|p| p.into_inner());
+        self.store.put_lazy(R::TABLE, r.id(), r)?;
+        records.insert(r.id().to_string(), r.clone());
+        Ok(())
+    }
+
     /// Applies `change` to the stored record `id` under the write lock, and writes the result
     /// through when `change` returns true. Returns the record as stored afterwards, or `None`
     /// when there is none (nothing written: a fold must never bring back an object that a

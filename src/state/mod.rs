@@ -6,7 +6,7 @@
 //! JSON so records can grow fields without a migration (unknown fields are ignored, missing ones
 //! take their serde default).
 
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableTable, TableDefinition};
 use serde::{de::DeserializeOwned, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -63,11 +63,28 @@ impl Store {
         Ok(store)
     }
 
-    /// Inserts or replaces the record `key` in `table`.
+    /// Inserts or replaces the record `key` in `table`, durably: on disk (fsynced) when this
+    /// returns, with every [`Store::put_lazy`] committed before it.
     pub fn put<T: Serialize>(&self, table: &'static str, key: &str, value: &T) -> Result<(), StateError> {
+        self.put_with(table, key, value, Durability::Immediate)
+    }
+
+    /// Inserts or replaces the record `key` in `table` without waiting for the disk (redb's
+    /// `Durability::None`: no fsync; the data stays in this process until a later durable
+    /// commit writes it). Readers of this process see it at once. A crash of the daemon before
+    /// the next durable commit (any [`Store::put`] or [`Store::delete`]) loses it, so it is only
+    /// for a change that a durable commit follows in the same operation, or that restart
+    /// recovery rebuilds from what the runtime reports. Saves one fsync (about 2 ms on a
+    /// journaled ext4 disk).
+    pub fn put_lazy<T: Serialize>(&self, table: &'static str, key: &str, value: &T) -> Result<(), StateError> {
+        self.put_with(table, key, value, Durability::None)
+    }
+
+    fn put_with<T: Serialize>(&self, table: &'static str, key: &str, value: &T, durability: Durability) -> Result<(), StateError> {
         let bytes = serde_json::to_vec(value).map_err(|e| StateError::Db { table, message: e.to_string() })?;
         let err = |e: &dyn std::fmt::Display| StateError::Db { table, message: e.to_string() };
-        let w = self.db.begin_write().map_err(|e| err(&e))?;
+        let mut w = self.db.begin_write().map_err(|e| err(&e))?;
+        w.set_durability(durability);
         {
             let mut t = w.open_table(def(table)).map_err(|e| err(&e))?;
             t.insert(key, bytes.as_slice()).map_err(|e| err(&e))?;
@@ -141,5 +158,28 @@ mod tests {
         assert!(s.delete(CONTAINERS, "a").unwrap());
         assert!(!s.delete(CONTAINERS, "a").unwrap());
         assert_eq!(s.list::<Rec>(CONTAINERS).unwrap().len(), 1);
+    }
+
+    /// What a crash leaves: a copy of the file while the store is open. A lazy put is read back
+    /// at once but is not on disk until a durable commit follows, which writes it too.
+    #[test]
+    fn a_lazy_put_reaches_the_disk_with_the_next_durable_commit() {
+        let d = tempfile::tempdir().unwrap();
+        let crash_copy = |name: &str| {
+            let dir = d.path().join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::copy(d.path().join("state.redb"), dir.join("state.redb")).unwrap();
+            Store::open(&dir).unwrap()
+        };
+        let s = Store::open(d.path()).unwrap();
+        s.put(CONTAINERS, "a", &Rec { name: "created".into(), n: 1 }).unwrap();
+        s.put_lazy(CONTAINERS, "a", &Rec { name: "running".into(), n: 2 }).unwrap();
+        assert_eq!(s.get::<Rec>(CONTAINERS, "a").unwrap().unwrap().name, "running");
+        let before = crash_copy("before");
+        assert_eq!(before.get::<Rec>(CONTAINERS, "a").unwrap().unwrap().name, "created");
+        s.put(SANDBOXES, "p", &Rec { name: "pod".into(), n: 3 }).unwrap();
+        let after = crash_copy("after");
+        assert_eq!(after.get::<Rec>(CONTAINERS, "a").unwrap().unwrap().name, "running");
+        assert_eq!(after.get::<Rec>(SANDBOXES, "p").unwrap().unwrap().name, "pod");
     }
 }

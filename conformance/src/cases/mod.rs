@@ -165,6 +165,7 @@ pub fn all() -> Vec<Case> {
     v.extend(cri036::cases());
     v.push(case!("daemon_restart_keeps_containers", restart::keeps_containers));
     v.push(case!("daemon_restart_pod_without_infra", restart::pod_without_infra));
+    v.push(case!("daemon_killed_keeps_containers", restart::killed_keeps_containers));
     v.push(case!("daemon_sd_notify_ready", restart::sd_notify_ready));
     v.push(case!("daemon_refuses_chroot", restart::refuses_chroot));
     v.push(case!("upgrade_from_older_berth_keeps_records", restart::upgrade_keeps_records));

@@ -43,6 +43,50 @@ pub async fn keeps_containers(ctx: &Ctx) -> Result<()> {
     ctx.remove_pod(&pod.id).await
 }
 
+/// A daemon killed (SIGKILL) right after StartContainer and CreateContainer: after the restart
+/// the started container is RUNNING with a start time, the created one CREATED and startable,
+/// and both stop and remove (berth stores a start without an fsync of its own and rebuilds it
+/// from the runtime at restart, issue #15).
+pub async fn killed_keeps_containers(ctx: &Ctx) -> Result<()> {
+    if !ctx.can_restart() {
+        return skip("the harness does not own the daemon (BERTH_ENDPOINT)");
+    }
+    let pod = ctx.run_pod("killed").await?;
+    let created = ctx.create_with(&pod, ctx.container_config("created", &ctx.images.busybox, &["sleep", "1000"])).await?;
+    let started = ctx.start_container(&pod, "started", &ctx.images.busybox, &["sleep", "1000"]).await?;
+    ctx.kill_daemon().await?;
+    ctx.start_daemon().await.context("start the daemon again after SIGKILL")?;
+    let st = ctx.container_status(&started).await?;
+    check(st.state == cri::ContainerState::ContainerRunning as i32 && st.started_at > 0 && st.started_at >= st.created_at, || {
+        format!(
+            "after SIGKILL and restart the started container is {} (started_at {}, created_at {}), expected RUNNING with a start time",
+            state_name(st.state),
+            st.started_at,
+            st.created_at
+        )
+    })?;
+    let st = ctx.container_status(&created).await?;
+    check(st.state == cri::ContainerState::ContainerCreated as i32 && st.started_at == 0, || {
+        format!("after SIGKILL and restart the created container is {} (started_at {})", state_name(st.state), st.started_at)
+    })?;
+    ctx.rt()
+        .start_container(cri::StartContainerRequest { container_id: created.clone() })
+        .await
+        .context("StartContainer of the created container after the restart")?;
+    for id in [&started, &created] {
+        let r = ctx.exec(id, &["true"], 10).await?;
+        check(r.exit_code == 0, || format!("ExecSync in {id} after the restart exited {}", r.exit_code))?;
+    }
+    // A second crash right after that start: it must come back RUNNING too.
+    ctx.kill_daemon().await?;
+    ctx.start_daemon().await.context("start the daemon again after the second SIGKILL")?;
+    let st = ctx.container_status(&created).await?;
+    check(st.state == cri::ContainerState::ContainerRunning as i32 && st.started_at > 0, || {
+        format!("after the second SIGKILL the container started after the first is {} (started_at {})", state_name(st.state), st.started_at)
+    })?;
+    ctx.remove_pod(&pod.id).await
+}
+
 /// Upgrade: an older berth (`CRI_UPGRADE_FROM=<its binary>`) makes a pod and a running
 /// container with env and labels and stops; this berth starts on the same roots and serves them
 /// (statuses, the env inside, ExecSync, stop, remove). Its records were written by the older
