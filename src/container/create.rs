@@ -272,7 +272,9 @@ pub async fn create(d: &Daemon, sandbox_id: &str, config: ContainerConfig, _sand
         if let Some(sd) = &d.systemd {
             sd.place_monitor(&record.id, &sandbox.cgroup_parent, spawned.monitor_pid).await;
         }
-        d.records.put_container(&record)?;
+        // No fsync of its own: after a crash `recover` reads both PIDs back (`monitor.pid`, the
+        // runtime's state) when the runtime holds the container.
+        d.records.put_container_lazy(&record)?;
         Ok::<(), Error>(())
     }
     .instrument(span.clone())

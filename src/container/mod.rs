@@ -59,6 +59,7 @@ pub async fn recover(d: &Daemon) -> Result<()> {
     sweep_orphans(d, &known).await;
     for r in records {
         d.reserve_name("container", &r.name_key, &r.id)?;
+        let r = if r.state == ContainerState::Created && r.monitor_pid == 0 { adopt_created(d, r).await? } else { r };
         let mut r = if r.state == ContainerState::Created && r.monitor_pid == 0 {
             // A CreateContainer the stop of berth cut short after storing the record.
             let mut r = r;
@@ -106,6 +107,31 @@ pub async fn recover(d: &Daemon) -> Result<()> {
         d.records.watch_container(&r);
     }
     Ok(())
+}
+
+/// A record stored Created without a monitor PID whose container the runtime did create: its
+/// monitor wrote `<bundle>/monitor.pid` and lives, and the runtime knows the container (created,
+/// running or paused). CreateContainer stores its last record (the PIDs) lazily, and a monitor
+/// finishes a `runtime create` whatever happens to berth, so this is a create that completed
+/// while berth died. Returns the record with both PIDs, stored durably; any other record as it
+/// is (the caller settles it as an interrupted create). Errors: the store's or the runtime's.
+async fn adopt_created(d: &Daemon, mut r: ContainerRecord) -> Result<ContainerRecord> {
+    let paths = ContainerPaths::new(d, &r.id);
+    let Some(monitor_pid) = crate::monitor::read_pid(&paths.bundle.join(crate::monitor::PID_FILE)) else { return Ok(r) };
+    let probe = crate::records::liveness::Watched { exit_file: &paths.exit_file, monitor_pid, pid: 0 };
+    if !probe.monitor_alive() {
+        return Ok(r);
+    }
+    let Ok(rt) = d.runtime(&r.runtime_handler) else { return Ok(r) };
+    let Some(state) = rt.state(&r.id).await? else { return Ok(r) };
+    if !matches!(state.status.as_str(), "created" | "running" | "paused") || state.pid <= 0 {
+        return Ok(r);
+    }
+    tracing::warn!(container = %r.id, monitor_pid, pid = state.pid, "recovery: CreateContainer's last record was lost; taking the container the runtime created");
+    r.monitor_pid = monitor_pid;
+    r.pid = state.pid;
+    d.records.put_container(&r)?;
+    Ok(r)
 }
 
 /// Cleans up what a CreateContainer cut short by a crash left without a record (the record is

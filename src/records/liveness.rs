@@ -61,7 +61,9 @@ impl Watched<'_> {
         Some(Ended::Lost)
     }
 
-    fn monitor_alive(&self) -> bool {
+    /// Whether `monitor_pid` is a live `berth-monitor` (its comm checked, so a reused PID of
+    /// another program is not taken for it).
+    pub fn monitor_alive(&self) -> bool {
         self.monitor_pid > 0 && alive(self.monitor_pid, Some(MONITOR_COMM))
     }
 

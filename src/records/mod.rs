@@ -171,8 +171,9 @@ impl Records {
     }
 
     /// Stores `r` without waiting for the disk: a daemon that dies before the next durable commit
-    /// loses it ([`crate::state::Store::put_lazy`]). Only for StartContainer's Created -> Running,
-    /// which `container::recover` rebuilds from the runtime's state. Errors: the store's.
+    /// loses it ([`crate::state::Store::put_lazy`]). Only for what `container::recover` rebuilds
+    /// from the runtime's state and the monitor's pid file: CreateContainer's PIDs and
+    /// StartContainer's Created -> Running. Errors: the store's.
     pub fn put_container_lazy(&self, r: &ContainerRecord) -> std::result::Result<(), StateError> {
         self.containers.put_lazy(r)
     }

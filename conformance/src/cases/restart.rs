@@ -43,47 +43,68 @@ pub async fn keeps_containers(ctx: &Ctx) -> Result<()> {
     ctx.remove_pod(&pod.id).await
 }
 
-/// A daemon killed (SIGKILL) right after StartContainer and CreateContainer: after the restart
-/// the started container is RUNNING with a start time, the created one CREATED and startable,
-/// and both stop and remove (berth stores a start without an fsync of its own and rebuilds it
-/// from the runtime at restart, issue #15).
+/// A daemon killed (SIGKILL) right after StartContainer or CreateContainer: after the restart a
+/// started container is RUNNING with a start time, a created one CREATED and startable, and all
+/// stop and remove (berth stores a create's PIDs and a start without an fsync of their own and
+/// rebuilds them from the monitor's pid file and the runtime at restart, issue #15).
 pub async fn killed_keeps_containers(ctx: &Ctx) -> Result<()> {
     if !ctx.can_restart() {
         return skip("the harness does not own the daemon (BERTH_ENDPOINT)");
     }
     let pod = ctx.run_pod("killed").await?;
-    let created = ctx.create_with(&pod, ctx.container_config("created", &ctx.images.busybox, &["sleep", "1000"])).await?;
-    let started = ctx.start_container(&pod, "started", &ctx.images.busybox, &["sleep", "1000"]).await?;
-    ctx.kill_daemon().await?;
-    ctx.start_daemon().await.context("start the daemon again after SIGKILL")?;
-    let st = ctx.container_status(&started).await?;
-    check(st.state == cri::ContainerState::ContainerRunning as i32 && st.started_at > 0 && st.started_at >= st.created_at, || {
-        format!(
-            "after SIGKILL and restart the started container is {} (started_at {}, created_at {}), expected RUNNING with a start time",
-            state_name(st.state),
-            st.started_at,
-            st.created_at
-        )
-    })?;
-    let st = ctx.container_status(&created).await?;
-    check(st.state == cri::ContainerState::ContainerCreated as i32 && st.started_at == 0, || {
-        format!("after SIGKILL and restart the created container is {} (started_at {})", state_name(st.state), st.started_at)
-    })?;
-    ctx.rt()
-        .start_container(cri::StartContainerRequest { container_id: created.clone() })
-        .await
-        .context("StartContainer of the created container after the restart")?;
-    for id in [&started, &created] {
+    let crash = |what: &'static str| async move {
+        ctx.kill_daemon().await?;
+        ctx.start_daemon().await.with_context(|| format!("start the daemon again after SIGKILL {what}"))
+    };
+    let running = |id: String, what: &'static str| async move {
+        let st = ctx.container_status(&id).await?;
+        check(st.state == cri::ContainerState::ContainerRunning as i32 && st.started_at > 0 && st.started_at >= st.created_at, || {
+            format!(
+                "after SIGKILL {what} and a restart, container {id} is {} (started_at {}, created_at {}), expected RUNNING with a start time",
+                state_name(st.state),
+                st.started_at,
+                st.created_at
+            )
+        })
+    };
+    let created = |id: String, what: &'static str| async move {
+        let st = ctx.container_status(&id).await?;
+        check(st.state == cri::ContainerState::ContainerCreated as i32 && st.started_at == 0, || {
+            format!(
+                "after SIGKILL {what} and a restart, container {id} is {} (started_at {}), expected CREATED",
+                state_name(st.state),
+                st.started_at
+            )
+        })
+    };
+    let start = |id: String| async move {
+        ctx.rt()
+            .start_container(cri::StartContainerRequest { container_id: id.clone() })
+            .await
+            .with_context(|| format!("StartContainer {id} after a restart"))
+    };
+    let config = |name: &str| ctx.container_config(name, &ctx.images.busybox, &["sleep", "1000"]);
+
+    let a = ctx.create_with(&pod, config("a")).await?;
+    let b = ctx.start_container(&pod, "b", &ctx.images.busybox, &["sleep", "1000"]).await?;
+    crash("after StartContainer").await?;
+    running(b.clone(), "after StartContainer").await?;
+    created(a.clone(), "after StartContainer").await?;
+
+    start(a.clone()).await?;
+    crash("after a StartContainer following a restart").await?;
+    running(a.clone(), "after a StartContainer following a restart").await?;
+
+    let c = ctx.create_with(&pod, config("c")).await?;
+    crash("after CreateContainer").await?;
+    created(c.clone(), "after CreateContainer").await?;
+    start(c.clone()).await?;
+    running(c.clone(), "after CreateContainer, then StartContainer").await?;
+
+    for id in [&a, &b, &c] {
         let r = ctx.exec(id, &["true"], 10).await?;
-        check(r.exit_code == 0, || format!("ExecSync in {id} after the restart exited {}", r.exit_code))?;
+        check(r.exit_code == 0, || format!("ExecSync in {id} after the restarts exited {}", r.exit_code))?;
     }
-    // A second crash right after that start: it must come back RUNNING too.
-    ctx.kill_daemon().await?;
-    ctx.start_daemon().await.context("start the daemon again after the second SIGKILL")?;
-    let st = ctx.container_status(&created).await?;
-    check(st.state == cri::ContainerState::ContainerRunning as i32 && st.started_at > 0, || {
-        format!("after the second SIGKILL the container started after the first is {} (started_at {})", state_name(st.state), st.started_at)
-    })?;
     ctx.remove_pod(&pod.id).await
 }
 
