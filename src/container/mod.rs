@@ -113,13 +113,21 @@ pub async fn recover(d: &Daemon) -> Result<()> {
 /// monitor wrote `<bundle>/monitor.pid` and lives, and the runtime knows the container (created,
 /// running or paused). CreateContainer stores its last record (the PIDs) lazily, and a monitor
 /// finishes a `runtime create` whatever happens to berth, so this is a create that completed
-/// while berth died. Returns the record with both PIDs, stored durably; any other record as it
-/// is (the caller settles it as an interrupted create). Errors: the store's or the runtime's.
+/// while berth died. Returns the record with both PIDs, stored durably; with the monitor PID
+/// alone when the monitor is gone but left an exit file (the fold reads it); any other record
+/// as it is (the caller settles it as an interrupted create). Errors: the store's or the
+/// runtime's.
 async fn adopt_created(d: &Daemon, mut r: ContainerRecord) -> Result<ContainerRecord> {
     let paths = ContainerPaths::new(d, &r.id);
     let Some(monitor_pid) = crate::monitor::read_pid(&paths.bundle.join(crate::monitor::PID_FILE)) else { return Ok(r) };
     let probe = crate::records::liveness::Watched { exit_file: &paths.exit_file, monitor_pid, pid: 0 };
     if !probe.monitor_alive() {
+        // Ended while berth was down: its exit file tells how (the fold that follows reads it).
+        if let Ok(Some(_)) = crate::monitor::read_exit_file(&paths.exit_file) {
+            tracing::warn!(container = %r.id, "recovery: CreateContainer's last record was lost; the container has ended since");
+            r.monitor_pid = monitor_pid;
+            d.records.put_container(&r)?;
+        }
         return Ok(r);
     }
     let Ok(rt) = d.runtime(&r.runtime_handler) else { return Ok(r) };

@@ -44,8 +44,8 @@ pub async fn keeps_containers(ctx: &Ctx) -> Result<()> {
 }
 
 /// A daemon killed (SIGKILL) right after StartContainer or CreateContainer: after the restart a
-/// started container is RUNNING with a start time, a created one CREATED and startable, and all
-/// stop and remove (berth stores a create's PIDs and a start without an fsync of their own and
+/// started container is RUNNING with a start time, a created one CREATED and startable, one that
+/// ended while the daemon was down EXITED with its exit code, and all stop and remove (berth stores a create's PIDs and a start without an fsync of their own and
 /// rebuilds them from the monitor's pid file and the runtime at restart, issue #15).
 pub async fn killed_keeps_containers(ctx: &Ctx) -> Result<()> {
     if !ctx.can_restart() {
@@ -105,6 +105,16 @@ pub async fn killed_keeps_containers(ctx: &Ctx) -> Result<()> {
         let r = ctx.exec(id, &["true"], 10).await?;
         check(r.exit_code == 0, || format!("ExecSync in {id} after the restarts exited {}", r.exit_code))?;
     }
+
+    // Killed right after a start, and the container ends while the daemon is down.
+    let e = ctx.start_container(&pod, "e", &ctx.images.busybox, &["sh", "-c", "sleep 2; exit 7"]).await?;
+    ctx.kill_daemon().await?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    ctx.start_daemon().await.context("start the daemon again after SIGKILL and downtime")?;
+    let st = ctx.wait_container_state(&e, cri::ContainerState::ContainerExited, Duration::from_secs(10)).await?;
+    check(st.exit_code == 7, || {
+        format!("a container that exited while the killed daemon was down: exit_code {} (reason {:?}), expected 7", st.exit_code, st.reason)
+    })?;
     ctx.remove_pod(&pod.id).await
 }
 
