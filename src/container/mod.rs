@@ -52,7 +52,10 @@ pub fn list_in_sandbox(d: &Daemon, sandbox_id: &str) -> Vec<ContainerRecord> {
 /// process is gone without an exit file (its monitor died too, or the node rebooted) becomes
 /// Exited with code 255 and reason `Unknown`... unless an exit file tells better; a container
 /// stored Created that the runtime calls running or paused becomes Running (StartContainer's
-/// record is stored lazily), its start time the create time. The containers still live are watched from here on ([`crate::records::Records::watch_container`]).
+/// record is stored lazily), its start time the create time; one stored Created without a
+/// monitor PID is taken in when its monitor and runtime container exist ([`adopt_created`]).
+/// The containers still live are watched from here on
+/// ([`crate::records::Records::watch_container`]).
 pub async fn recover(d: &Daemon) -> Result<()> {
     let records = d.records.containers();
     let known: std::collections::HashSet<String> = records.iter().map(|r| r.id.clone()).collect();
