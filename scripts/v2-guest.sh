@@ -16,7 +16,8 @@
 # `cargo test -p berth-conformance --test cri --no-run`).
 #
 # Env: BERTH_V2_DIR (default /var/cache/berth-test/v2-guest) holds the guest;
-# BERTH_V2_ACCEL=kvm|tcg overrides the probe; BERTH_V2_TIMEOUT (s, default 3600) bounds a run;
+# BERTH_V2_ACCEL=kvm|tcg overrides the probe; BERTH_V2_TIMEOUT (s, default 3600) bounds a boot;
+# BERTH_V2_WEDGED (s, default 300): a CPU stuck that long ends the boot, retried once (boot());
 # BERTH_V2_ENV: extra `NAME=value` lines for the suite's environment inside the guest.
 # docs/cgroups.md says what runs where and how long it takes.
 set -euo pipefail
@@ -180,7 +181,6 @@ for line in sys.stdin:
   local lane
   lane=$(mktemp -d /tmp/berth-v2-lane.XXXXXX)
   local img=$lane/disk.img
-  cp --sparse=always "$disk" "$img"
   # The binaries this run tests, copied: a rebuild on the host while the guest runs (the suite
   # restarts berth) must not mix two builds in one run.
   mkdir -p "$lane/bin"
@@ -203,38 +203,87 @@ for line in sys.stdin:
     echo
   } >"$lane/cmd.sh"
 
+  local attempt=1 rc qrc
+  while :; do
+    qrc=0
+    boot "$accel" "$cpu" "$lane" "$what" || qrc=$?
+    if [ -f "$lane/rc" ]; then
+      rc=$(cat "$lane/rc")
+      break
+    fi
+    rc=1
+    if [ "$qrc" = "$wedged" ] && [ "$attempt" -lt 2 ]; then
+      # A wedged guest kernel says nothing about berth (no process can lock up a CPU for
+      # minutes), so the lane boots a fresh guest once more. The first console is kept.
+      cp "$lane/console.log" "$lane/console.wedged.log"
+      echo "v2-guest: the guest's kernel wedged (console above): booting a fresh guest once more; the suite's lines before it do not count (no closing line)" >&2
+      attempt=$((attempt + 1))
+      continue
+    fi
+    break
+  done
+  # The disk copy and binaries are never worth keeping; the log and console are, after a failure.
+  rm -rf "$img" "$lane/bin"
+  if [ "$rc" = 0 ] && [ -z "${BERTH_TEST_KEEP:-}" ] && [ "$attempt" = 1 ]; then rm -rf "$lane"; else echo "v2-guest: log and console kept in $lane"; fi
+  return "$rc"
+}
+
+# qemu's status when boot() ended a wedged guest.
+wedged=125
+
+# Boots the guest once on a fresh copy of the disk and streams the suite's output. Returns qemu's
+# status, or $wedged when the guest's kernel reported a CPU stuck for BERTH_V2_WEDGED seconds
+# (default 300; its watchdog says "soft lockup - CPU#N stuck for Ns"): such a guest never comes
+# back (seen once in CI under TCG, both vCPUs stuck for an hour in a CNI ADD), so it is ended
+# at once rather than at BERTH_V2_TIMEOUT.
+boot() {
+  local accel=$1 cpu=$2 lane=$3 what=$4
+  local img=$lane/disk.img
+  # (Called as `boot ... || qrc=$?`, so set -e is off in here: each step checks for itself.)
+  rm -f "$lane/rc" "$lane/rc.tmp"
+  cp --sparse=always "$disk" "$img" || return 1
   echo "v2-guest: booting ($accel, 2 CPUs, 4 GiB) with $repo shared in; $what"
   local start=$SECONDS
   : >"$lane/log"
+  : >"$lane/console.log"
   tail -n +1 -f "$lane/log" &
   local tailer=$!
-  set +e
+  # loglevel=5, not quiet: a kernel warning comes with its stack trace, for a failure's report.
   timeout "${BERTH_V2_TIMEOUT:-3600}" qemu-system-x86_64 \
     -machine q35,accel="$accel" -cpu "$cpu" -smp 2 -m 4096 \
     -display none -no-reboot -nic none -serial file:"$lane/console.log" \
     -kernel "$dir/vmlinuz" -initrd "$dir/initrd.img" \
-    -append "root=/dev/vda rw console=ttyS0 panic=-1 systemd.unified_cgroup_hierarchy=1 systemd.show_status=0 quiet" \
+    -append "root=/dev/vda rw console=ttyS0 panic=-1 systemd.unified_cgroup_hierarchy=1 systemd.show_status=0 loglevel=5" \
     -drive file="$img",if=virtio,format=raw,cache=unsafe \
     -virtfs local,path="$repo",mount_tag=repo,security_model=passthrough,readonly=on \
-    -virtfs local,path="$lane",mount_tag=lane,security_model=passthrough
-  local qrc=$?
-  set -e
+    -virtfs local,path="$lane",mount_tag=lane,security_model=passthrough &
+  local qemu=$! qrc stuck=
+  while kill -0 "$qemu" 2>/dev/null; do
+    sleep 10
+    stuck=$(sed -n 's/.*soft lockup - CPU#[0-9]* stuck for \([0-9]*\)s.*/\1/p' "$lane/console.log" | sort -n | tail -1)
+    if [ -n "$stuck" ] && [ "$stuck" -ge "${BERTH_V2_WEDGED:-300}" ]; then
+      # timeout(1) is qemu's parent here: ending it ends qemu too.
+      kill "$qemu" 2>/dev/null || true
+      break
+    fi
+    stuck=
+  done
+  qrc=0
+  wait "$qemu" || qrc=$?
   sleep 0.5
   kill "$tailer" 2>/dev/null || true
   wait "$tailer" 2>/dev/null || true
-  local rc
   if [ -f "$lane/rc" ]; then
-    rc=$(cat "$lane/rc")
-    echo "v2-guest: suite exited $rc after $((SECONDS - start)) s in the guest ($accel)"
+    echo "v2-guest: suite exited $(cat "$lane/rc") after $((SECONDS - start)) s in the guest ($accel)"
+  elif [ -n "$stuck" ]; then
+    echo "v2-guest: the guest's kernel reports a CPU stuck for ${stuck} s, $((SECONDS - start)) s after boot; its console from the first report:" >&2
+    grep -m1 -A60 -e 'soft lockup' -e 'rcu: INFO' "$lane/console.log" >&2 || true
+    return "$wedged"
   else
-    rc=1
     echo "v2-guest: the guest stopped without a result (qemu status $qrc after $((SECONDS - start)) s); its console:" >&2
-    tail -40 "$lane/console.log" >&2 || true
+    tail -60 "$lane/console.log" >&2 || true
   fi
-  # The disk copy and binaries are never worth keeping; the log and console are, after a failure.
-  rm -rf "$img" "$lane/bin"
-  if [ "$rc" = 0 ] && [ -z "${BERTH_TEST_KEEP:-}" ]; then rm -rf "$lane"; else echo "v2-guest: log and console kept in $lane"; fi
-  return "$rc"
+  return "$qrc"
 }
 
 case "${1:-}" in
