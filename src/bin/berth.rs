@@ -385,11 +385,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Err(e) => tracing::warn!(error = %e, "sd_notify READY=1 failed"),
         };
         let after = daemon.clone();
+        let store = daemon.store.clone();
         let served = berth::server::serve(daemon, streaming, &listen, shutdown, ready).await;
         // A self-test still running would leave its test container behind: let it finish.
         let finished = tokio::task::spawn_blocking(move || after.handlers.wait_self_tests(std::time::Duration::from_secs(15))).await;
         if !matches!(finished, Ok(true)) {
             tracing::warn!("a runtime handler self-test did not finish within 15 s; the next start deletes what it left");
+        }
+        // Lazy records (StartContainer's Running, CreateContainer's PIDs) go to disk now, so a
+        // graceful stop leaves nothing for the next start's recovery to rebuild.
+        if let Err(e) = store.flush() {
+            tracing::warn!(error = %e, "writing the last records to disk; the next start rebuilds them");
         }
         // The CRI socket goes with the server; the inspect socket is ours to remove too.
         if let Err(e) = std::fs::remove_file(&inspect_socket) {
