@@ -50,11 +50,11 @@ pub fn list_in_sandbox(d: &Daemon, sandbox_id: &str) -> Vec<ContainerRecord> {
 /// Restart recovery: re-reserve names; fold in the ends of processes that ended while berth was
 /// down (the one fold of recovery); a container the record calls Created or Running whose
 /// process is gone without an exit file (its monitor died too, or the node rebooted) becomes
-/// Exited with code 255 and reason `Unknown`... unless an exit file tells better; a container
-/// stored Created that the runtime calls running or paused becomes Running (StartContainer's
-/// record is stored lazily), its start time the create time; one stored Created without a
-/// monitor PID is taken in when its monitor and runtime container exist ([`adopt_created`]).
-/// The containers still live are watched from here on
+/// Exited with code 255 and reason `Unknown` (unless an exit file tells better, or its monitor
+/// still runs and will write one); a container stored Created that the runtime calls running
+/// or paused becomes Running (StartContainer's record is stored lazily), its start time the
+/// create time; one stored Created without a monitor PID is taken in when its create reached
+/// the monitor ([`adopt_created`]). The containers still live are watched from here on
 /// ([`crate::records::Records::watch_container`]).
 pub async fn recover(d: &Daemon) -> Result<()> {
     let records = d.records.containers();
@@ -86,7 +86,10 @@ pub async fn recover(d: &Daemon) -> Result<()> {
                     None
                 }
             };
-            let gone = status.as_deref().is_some_and(|s| !matches!(s, "running" | "created" | "paused"));
+            // A monitor still running writes the exit file when it ends (it may be just doing so):
+            // the watch reads it then.
+            let monitor_alive = ContainerPaths::new(d, &r.id).watched(&r).monitor_alive();
+            let gone = !monitor_alive && status.as_deref().is_some_and(|s| !matches!(s, "running" | "created" | "paused"));
             if r.state == ContainerState::Created && matches!(status.as_deref(), Some("running" | "paused")) {
                 // StartContainer stores Running lazily; berth died before a durable commit wrote
                 // it. The start time is lost with it: the create time stands in (kubelet starts a
@@ -112,35 +115,35 @@ pub async fn recover(d: &Daemon) -> Result<()> {
     Ok(())
 }
 
-/// A record stored Created without a monitor PID whose container the runtime did create: its
-/// monitor wrote `<bundle>/monitor.pid` and lives, and the runtime knows the container (created,
-/// running or paused). CreateContainer stores its last record (the PIDs) lazily, and a monitor
+/// A record stored Created without a monitor PID whose create reached its monitor: the monitor
+/// wrote `<bundle>/monitor.pid` and, since, left an exit file, or still runs, or the runtime
+/// holds the container (created, running or paused; its monitor may have been killed while
+/// berth was down). CreateContainer stores its last record (the PIDs) lazily, and a monitor
 /// finishes a `runtime create` whatever happens to berth, so this is a create that completed
-/// while berth died. Returns the record with both PIDs, stored durably; with the monitor PID
-/// alone when the monitor is gone but left an exit file (the fold reads it); any other record
-/// as it is (the caller settles it as an interrupted create). Errors: the store's or the
-/// runtime's.
+/// (or is completing) while berth died. Returns the record with the monitor PID, and the
+/// container's PID when the runtime has one, stored durably: the fold and the watch that
+/// follow then read its end as for any container (the exit file first, so an exit code is
+/// never lost to a monitor still finishing). Any other record goes back as it is (the caller
+/// settles it as an interrupted create). Errors: the store's or the runtime's.
 async fn adopt_created(d: &Daemon, mut r: ContainerRecord) -> Result<ContainerRecord> {
     let paths = ContainerPaths::new(d, &r.id);
     let Some(monitor_pid) = crate::monitor::read_pid(&paths.bundle.join(crate::monitor::PID_FILE)) else { return Ok(r) };
-    let probe = crate::records::liveness::Watched { exit_file: &paths.exit_file, monitor_pid, pid: 0 };
-    if !probe.monitor_alive() {
-        // Ended while berth was down: its exit file tells how (the fold that follows reads it).
-        if let Ok(Some(_)) = crate::monitor::read_exit_file(&paths.exit_file) {
-            tracing::warn!(container = %r.id, "recovery: CreateContainer's last record was lost; the container has ended since");
-            r.monitor_pid = monitor_pid;
-            d.records.put_container(&r)?;
+    let ended = matches!(crate::monitor::read_exit_file(&paths.exit_file), Ok(Some(_)));
+    let held = match d.runtime(&r.runtime_handler) {
+        Ok(rt) => rt.state(&r.id).await?.filter(|s| matches!(s.status.as_str(), "created" | "running" | "paused") && s.pid > 0),
+        Err(e) => {
+            tracing::error!(container = %r.id, error = %e, "recovery: cannot ask the container's runtime handler");
+            None
         }
+    };
+    let probe = crate::records::liveness::Watched { exit_file: &paths.exit_file, monitor_pid, pid: 0 };
+    if !ended && held.is_none() && !probe.monitor_alive() {
         return Ok(r);
     }
-    let Ok(rt) = d.runtime(&r.runtime_handler) else { return Ok(r) };
-    let Some(state) = rt.state(&r.id).await? else { return Ok(r) };
-    if !matches!(state.status.as_str(), "created" | "running" | "paused") || state.pid <= 0 {
-        return Ok(r);
-    }
-    tracing::warn!(container = %r.id, monitor_pid, pid = state.pid, "recovery: CreateContainer's last record was lost; taking the container the runtime created");
+    let pid = held.map_or(0, |s| s.pid);
+    tracing::warn!(container = %r.id, monitor_pid, pid, ended, "recovery: CreateContainer's last record was lost; taking in the container its monitor created");
     r.monitor_pid = monitor_pid;
-    r.pid = state.pid;
+    r.pid = pid;
     d.records.put_container(&r)?;
     Ok(r)
 }

@@ -96,3 +96,64 @@ async fn fold_leaves_a_create_in_progress_and_never_resurrects() {
     let lost = d.records.fold_container(running.clone()).unwrap();
     assert_eq!((lost.state, lost.exit_code), (super::ContainerState::Exited, 255));
 }
+
+/// CreateContainer stores its last record (the PIDs) lazily, so a crash can leave a record
+/// Created without a monitor PID whose create the monitor completed. Recovery takes such a
+/// container in whenever its monitor left an exit file or still runs, and reads its end the
+/// usual way: the exit code in the exit file wins even while the monitor still runs (it was
+/// called "never ran", 255, when the monitor had not exited yet), and a monitor still running
+/// is watched, not settled. A create whose monitor is gone without a trace was interrupted.
+#[tokio::test]
+async fn recover_takes_in_a_create_whose_pids_were_lost() {
+    if !nix::unistd::geteuid().is_root() || !Path::new("/usr/sbin/runc").exists() {
+        eprintln!("skipped: needs root and runc");
+        return;
+    }
+    use super::{ContainerPaths, ContainerRecord, ContainerState};
+    let tmp = tempfile::tempdir().unwrap();
+    let d = daemon(tmp.path());
+    // A stand-in monitor: a process whose comm is berth-monitor, as liveness checks it.
+    let fake = tmp.path().join(crate::records::liveness::MONITOR_COMM);
+    std::fs::copy("/bin/sleep", &fake).unwrap();
+    let mut monitor = std::process::Command::new(&fake).arg("300").spawn().unwrap();
+    let monitor_pid = monitor.id() as i32;
+    let mut gone = std::process::Command::new("/bin/true").spawn().unwrap();
+    gone.wait().unwrap();
+    let gone_pid = gone.id() as i32;
+
+    let exit = |code: i32| format!(r#"{{"exit_code":{code},"exited_at":1,"oom_killed":false}}"#);
+    let mut ids = Vec::new();
+    for (n, (pid, exit_code)) in [(monitor_pid, Some(0)), (monitor_pid, None), (gone_pid, None)].into_iter().enumerate() {
+        let id = format!("{n}ost{}", "0".repeat(60));
+        let paths = ContainerPaths::new(&d, &id);
+        std::fs::create_dir_all(&paths.bundle).unwrap();
+        std::fs::write(paths.bundle.join(crate::monitor::PID_FILE), pid.to_string()).unwrap();
+        if let Some(code) = exit_code {
+            std::fs::write(&paths.exit_file, exit(code)).unwrap();
+        }
+        d.records.put_container(&ContainerRecord::for_test(&id, "s")).unwrap();
+        ids.push(id);
+    }
+    super::recover(&d).await.unwrap();
+    let stored = |id: &str| d.records.stored_container(id).unwrap();
+
+    // Ended while berth was down, its monitor not yet gone: the exit file's code.
+    let ended = stored(&ids[0]);
+    assert_eq!((ended.state, ended.exit_code, ended.monitor_pid), (ContainerState::Exited, 0, monitor_pid));
+    // Its monitor still runs: taken in and watched; its end is read when the monitor writes it.
+    let live = stored(&ids[1]);
+    assert_eq!((live.state, live.monitor_pid), (ContainerState::Created, monitor_pid));
+    // Nothing of the create is left: interrupted.
+    let interrupted = stored(&ids[2]);
+    assert_eq!((interrupted.state, interrupted.exit_code, interrupted.monitor_pid), (ContainerState::Exited, 255, 0));
+    assert!(interrupted.message.contains("never ran"), "{}", interrupted.message);
+
+    std::fs::write(ContainerPaths::new(&d, &ids[1]).exit_file, exit(3)).unwrap();
+    monitor.kill().unwrap();
+    monitor.wait().unwrap();
+    let folded = d.records.fold_container(live).unwrap();
+    assert_eq!((folded.state, folded.exit_code), (ContainerState::Exited, 3));
+    for c in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let _ = std::fs::remove_dir(c.path().join("berth-recover-test"));
+    }
+}
