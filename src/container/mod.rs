@@ -88,8 +88,8 @@ pub async fn recover(d: &Daemon) -> Result<()> {
             };
             // A monitor still running writes the exit file when it ends (it may be just doing so):
             // the watch reads it then.
-            let monitor_alive = ContainerPaths::new(d, &r.id).watched(&r).monitor_alive();
-            let gone = !monitor_alive && status.as_deref().is_some_and(|s| !matches!(s, "running" | "created" | "paused"));
+            let gone = status.as_deref().is_some_and(|s| !matches!(s, "running" | "created" | "paused"))
+                && !ContainerPaths::new(d, &r.id).watched(&r).monitor_alive();
             if r.state == ContainerState::Created && matches!(status.as_deref(), Some("running" | "paused")) {
                 // StartContainer stores Running lazily; berth died before a durable commit wrote
                 // it. The start time is lost with it: the create time stands in (kubelet starts a

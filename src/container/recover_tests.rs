@@ -23,6 +23,33 @@ fn daemon(tmp: &Path) -> Daemon {
     Daemon::open(config, images, store).unwrap()
 }
 
+/// Whether the tests that run recovery against the real runtime can run here; says so when not.
+fn root_with_runc() -> bool {
+    let can = nix::unistd::geteuid().is_root() && Path::new("/usr/sbin/runc").exists();
+    if !can {
+        eprintln!("skipped: needs root and runc");
+    }
+    can
+}
+
+/// Removes the (empty) `berth-recover-test` cgroup the daemon's cgroup parent made in each
+/// hierarchy.
+fn remove_test_cgroups() {
+    for c in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let _ = std::fs::remove_dir(c.path().join("berth-recover-test"));
+    }
+}
+
+/// A child process killed and reaped when dropped, so a failed assertion leaves none behind.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn mounted_under(dir: &Path) -> Vec<std::path::PathBuf> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     crate::mountinfo::points_under(&text, &std::fs::canonicalize(dir).unwrap())
@@ -30,8 +57,7 @@ fn mounted_under(dir: &Path) -> Vec<std::path::PathBuf> {
 
 #[tokio::test]
 async fn recover_sweeps_an_interrupted_create_and_spares_the_volume() {
-    if !nix::unistd::geteuid().is_root() || !Path::new("/usr/sbin/runc").exists() {
-        eprintln!("skipped: needs root and runc");
+    if !root_with_runc() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -64,9 +90,7 @@ async fn recover_sweeps_an_interrupted_create_and_spares_the_volume() {
     assert!(!paths.bundle.exists() && !paths.state.exists());
     assert_eq!(std::fs::read(volume.join("precious")).unwrap(), b"keep me");
     assert!(d.images.lease_holders().unwrap().is_empty());
-    for c in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
-        let _ = std::fs::remove_dir(c.path().join("berth-recover-test"));
-    }
+    remove_test_cgroups();
 }
 
 /// A record CreateContainer stored before the runtime ran (Created, no monitor yet) is a
@@ -105,8 +129,7 @@ async fn fold_leaves_a_create_in_progress_and_never_resurrects() {
 /// is watched, not settled. A create whose monitor is gone without a trace was interrupted.
 #[tokio::test]
 async fn recover_takes_in_a_create_whose_pids_were_lost() {
-    if !nix::unistd::geteuid().is_root() || !Path::new("/usr/sbin/runc").exists() {
-        eprintln!("skipped: needs root and runc");
+    if !root_with_runc() {
         return;
     }
     use super::{ContainerPaths, ContainerRecord, ContainerState};
@@ -115,8 +138,8 @@ async fn recover_takes_in_a_create_whose_pids_were_lost() {
     // A stand-in monitor: a process whose comm is berth-monitor, as liveness checks it.
     let fake = tmp.path().join(crate::records::liveness::MONITOR_COMM);
     std::fs::copy("/bin/sleep", &fake).unwrap();
-    let mut monitor = std::process::Command::new(&fake).arg("300").spawn().unwrap();
-    let monitor_pid = monitor.id() as i32;
+    let mut monitor = Reaped(std::process::Command::new(&fake).arg("300").spawn().unwrap());
+    let monitor_pid = monitor.0.id() as i32;
     let mut gone = std::process::Command::new("/bin/true").spawn().unwrap();
     gone.wait().unwrap();
     let gone_pid = gone.id() as i32;
@@ -149,11 +172,9 @@ async fn recover_takes_in_a_create_whose_pids_were_lost() {
     assert!(interrupted.message.contains("never ran"), "{}", interrupted.message);
 
     std::fs::write(ContainerPaths::new(&d, &ids[1]).exit_file, exit(3)).unwrap();
-    monitor.kill().unwrap();
-    monitor.wait().unwrap();
+    monitor.0.kill().unwrap();
+    monitor.0.wait().unwrap();
     let folded = d.records.fold_container(live).unwrap();
     assert_eq!((folded.state, folded.exit_code), (ContainerState::Exited, 3));
-    for c in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
-        let _ = std::fs::remove_dir(c.path().join("berth-recover-test"));
-    }
+    remove_test_cgroups();
 }
